@@ -1,0 +1,1 @@
+pub static GUEST_ELF: &[u8] = &[];
