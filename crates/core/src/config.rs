@@ -1,0 +1,47 @@
+//! What a VM is made of, as the binary hands it to [`crate::vm::run`].
+
+use std::path::PathBuf;
+
+use crate::boot::KernelSource;
+use crate::legacy::serial::ConsoleSink;
+
+/// The command line Linux kernels get unless the user gives one.
+pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off";
+/// Default vCPUs and memory.
+pub const DEFAULT_CPUS: u8 = 1;
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// A VM's configuration.
+pub struct VmConfig {
+    pub kernel: KernelSource,
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line; `None` picks the default for the kernel kind.
+    pub cmdline: Option<String>,
+    pub cpus: u8,
+    pub memory: u64,
+    /// Where the serial console's output goes.
+    pub console: ConsoleSink,
+    /// Forward this process's stdin to the serial console.
+    pub console_input: bool,
+    /// Turn SIGINT and SIGTERM into a clean stop (the binary sets this).
+    pub handle_signals: bool,
+    /// Boot a foreign kernel even on a host that cannot run it.
+    pub force: bool,
+}
+
+impl VmConfig {
+    /// A VM booting `kernel` with default resources, console to stdout.
+    pub fn new(kernel: KernelSource) -> Self {
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: None,
+            cpus: DEFAULT_CPUS,
+            memory: DEFAULT_MEMORY,
+            console: Box::new(std::io::stdout()),
+            console_input: false,
+            handle_signals: false,
+            force: false,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! vCPU threads: each runs `KVM_RUN` in a loop and hands the exits that reach
+//! userspace (port I/O and MMIO for the core's own devices, power events,
+//! failures) to the buses or the exit latch.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::bus::Bus;
+use crate::exit::{ExitLatch, VmExit};
+
+/// What every vCPU thread shares.
+#[derive(Clone)]
+pub struct VcpuShared {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: ExitLatch,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A running vCPU thread.
+pub struct VcpuThread {
+    handle: JoinHandle<()>,
+}
+
+/// The signal that kicks a vCPU out of `KVM_RUN`; its handler does nothing.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        register_signal_handler(kick_signal(), on_kick).expect("install the vCPU kick handler");
+    });
+}
+
+impl VcpuThread {
+    /// Starts vCPU `id` on its own thread.
+    pub fn spawn(id: u8, vcpu: VcpuFd, shared: VcpuShared) -> std::io::Result<Self> {
+        install_kick_handler();
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || run(id, vcpu, &shared))?;
+        Ok(VcpuThread { handle })
+    }
+
+    /// Kicks the thread out of `KVM_RUN` until it ends (it checks the stop
+    /// flag after every exit), then joins it.
+    pub fn stop(self) {
+        while !self.handle.is_finished() {
+            // SAFETY: the pthread id belongs to a thread we spawned and have
+            // not joined; the kick signal has a no-op handler installed.
+            unsafe { libc::pthread_kill(self.handle.as_pthread_t(), kick_signal()) };
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let _ = self.handle.join();
+    }
+}
+
+fn run(id: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
+    while !shared.stop.load(Ordering::Acquire) {
+        let outcome = match vcpu.run() {
+            Ok(exit) => handle_exit(id, exit, shared),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) => Err(VmExit::Error(format!("vCPU {id}: KVM_RUN failed: {e}"))),
+        };
+        if let Err(exit) = outcome {
+            shared.exit.request(with_state(exit, &mut vcpu));
+            break;
+        }
+    }
+}
+
+/// Adds where the vCPU stood to a crash report.
+fn with_state(exit: VmExit, vcpu: &mut VcpuFd) -> VmExit {
+    let VmExit::Crashed(mut why) = exit else { return exit };
+    let run = vcpu.get_kvm_run();
+    if run.exit_reason == kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+        // SAFETY: the exit reason says the `internal` member of the union is valid.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        why.push_str(&format!(" suberror={} data={:x?}", internal.suberror, &internal.data[..n]));
+    }
+    if let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) {
+        why.push_str(&format!(
+            " at rip={:#x} cs={:#x} cr0={:#x} efer={:#x}",
+            regs.rip, sregs.cs.selector, sregs.cr0, sregs.efer
+        ));
+    }
+    VmExit::Crashed(why)
+}
+
+/// Handles one exit; `Err` ends the VM with that reason.
+fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared) -> Result<(), VmExit> {
+    match exit {
+        VcpuExit::IoOut(port, data) => {
+            shared.pio.write(port.into(), data);
+        }
+        VcpuExit::IoIn(port, data) => {
+            shared.pio.read(port.into(), data);
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            shared.mmio.write(addr, data);
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            shared.mmio.read(addr, data);
+        }
+        VcpuExit::Hlt => {
+            return Err(VmExit::Crashed(format!("vCPU {id} halted with interrupts off")))
+        }
+        VcpuExit::Shutdown => return Err(VmExit::Crashed(format!("vCPU {id} triple-faulted"))),
+        VcpuExit::SystemEvent(kind, _) => {
+            return Err(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::PowerOff,
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmExit::Reboot,
+                other => VmExit::Crashed(format!("vCPU {id}: system event {other}")),
+            })
+        }
+        VcpuExit::InternalError => {
+            return Err(VmExit::Crashed(format!(
+                "vCPU {id}: KVM could not emulate an instruction (internal error)"
+            )))
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Err(VmExit::Crashed(format!(
+                "vCPU {id}: VM entry failed (reason {reason:#x}, host CPU {cpu})"
+            )))
+        }
+        VcpuExit::Intr => {}
+        other => return Err(VmExit::Crashed(format!("vCPU {id}: unexpected exit {other:?}"))),
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! A VM from start to end: KVM set-up, guest memory, boot, the core's
+//! devices, vCPU threads, and the main thread's event loop (console input,
+//! signals, the exit latch).
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, BootSpec, Kernel, KernelKind};
+use crate::bus::Bus;
+use crate::config::{VmConfig, DEFAULT_LINUX_CMDLINE};
+use crate::cpu;
+use crate::exit::{ExitLatch, VmExit};
+use crate::host::{self, HostKind};
+use crate::layout::ports;
+use crate::legacy::power::{AcpiPower, I8042Reset};
+use crate::legacy::serial::SerialConsole;
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::{VcpuShared, VcpuThread};
+
+/// The most vCPUs a VM may have (xAPIC IDs in the MADT are 8-bit).
+pub const MAX_CPUS: u8 = 254;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Kvm(#[from] host::OpenError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    #[error("{kernel} is a Linux kernel, and this host's KVM is {host}: guest kernel code runs in an instruction emulator here and stock Linux does not boot. Run the built-in guest (no --kernel), use a host with VT-x/AMD-V, or pass --force to try anyway")]
+    ForeignKernelOnPvm { kernel: String, host: &'static str },
+    #[error("--cpus must be between 1 and {max}, not {given}")]
+    Cpus { given: u32, max: u8 },
+    #[error("KVM refused to {what}")]
+    Setup { what: &'static str, source: kvm_ioctls::Error },
+    #[error("cannot {what}")]
+    Io { what: &'static str, source: std::io::Error },
+}
+
+fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Setup { what, source }
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+/// Boots the VM described by `config` and runs it to its end.
+pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
+    let host = HostKind::detect();
+    let kvm = host::open_kvm()?;
+    let kernel = Kernel::open(&config.kernel)?;
+    if kernel.kind.is_foreign() && !host.runs_linux() && !config.force {
+        return Err(VmError::ForeignKernelOnPvm {
+            kernel: kernel.name.clone(),
+            host: host.describe(),
+        });
+    }
+    let max = MAX_CPUS.min(kvm.get_max_vcpus().min(usize::from(MAX_CPUS)) as u8);
+    if config.cpus == 0 || config.cpus > max {
+        return Err(VmError::Cpus { given: config.cpus.into(), max });
+    }
+    let vm = create_vm(&kvm)?;
+    let ram = GuestRam::new(config.memory)?;
+    register_memory(&vm, &ram)?;
+    let cmdline = config.cmdline.clone().unwrap_or_else(|| default_cmdline(kernel.kind));
+    let spec = BootSpec {
+        kernel: &kernel,
+        initrd: config.initrd.clone(),
+        cmdline,
+        cpus: config.cpus,
+        devices: Vec::new(),
+    };
+    let entry = boot::load(&ram.memory, ram.size, &spec)?;
+
+    let exit = ExitLatch::new().map_err(io("create the exit event"))?;
+    let (pio, serial) = legacy_devices(&vm, &exit, config.console)?;
+    let shared = VcpuShared {
+        pio: Arc::new(pio),
+        mmio: Arc::new(Bus::default()),
+        exit: exit.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let threads = start_vcpus(&kvm, &vm, &ram, config.cpus, entry, &shared)?;
+    let result = event_loop(&exit, &serial, config.console_input, config.handle_signals);
+    shared.stop.store(true, Ordering::Release);
+    for t in threads {
+        t.stop();
+    }
+    result?;
+    Ok(exit.get().unwrap_or(VmExit::Error("the VM stopped without a reason".into())))
+}
+
+fn default_cmdline(kind: KernelKind) -> String {
+    match kind {
+        KernelKind::BuiltIn => String::new(),
+        _ => DEFAULT_LINUX_CMDLINE.to_string(),
+    }
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(setup("create a VM"))?;
+    vm.set_tss_address(0xfffb_d000).map_err(setup("set the TSS address"))?;
+    vm.create_irq_chip().map_err(setup("create the in-kernel interrupt controllers"))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(setup("create the in-kernel PIT"))?;
+    Ok(vm)
+}
+
+fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
+    for (slot, region) in ram.memory.iter().enumerate() {
+        let host = ram
+            .memory
+            .get_host_address(region.start_addr())
+            .expect("a region's start is inside guest memory");
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `ram`, which outlives
+        // the VM (both are dropped when `run` returns, vCPUs first), and the
+        // slots do not overlap.
+        unsafe { vm.set_user_memory_region(region) }.map_err(setup("map guest memory"))?;
+    }
+    Ok(())
+}
+
+fn legacy_devices(
+    vm: &VmFd,
+    exit: &ExitLatch,
+    console: crate::legacy::serial::ConsoleSink,
+) -> Result<(Bus, Arc<Mutex<SerialConsole>>), VmError> {
+    let irq =
+        Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("create the serial interrupt"))?);
+    vm.register_irqfd(&irq, ports::COM1_IRQ).map_err(setup("wire the serial interrupt"))?;
+    let serial = SerialConsole::new(irq, console);
+    let mut pio = Bus::default();
+    let overlap = |e: crate::bus::Overlap| VmError::Io {
+        what: "place the legacy devices",
+        source: std::io::Error::other(e),
+    };
+    pio.insert(ports::COM1.into(), 8, serial.clone()).map_err(overlap)?;
+    let power = Arc::new(Mutex::new(AcpiPower::new(exit.clone(), boot::acpi::S5_SLEEP_TYPE)));
+    pio.insert(ports::ACPI_SLEEP_CONTROL.into(), 3, power).map_err(overlap)?;
+    let i8042 = Arc::new(Mutex::new(I8042Reset::new(exit.clone())));
+    pio.insert(ports::I8042_COMMAND.into(), 1, i8042).map_err(overlap)?;
+    Ok((pio, serial))
+}
+
+fn start_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    ram: &GuestRam,
+    count: u8,
+    entry: boot::BootEntry,
+    shared: &VcpuShared,
+) -> Result<Vec<VcpuThread>, VmError> {
+    let base = cpu::supported_cpuid(kvm)?;
+    let mut vcpus = Vec::new();
+    for id in 0..count {
+        let vcpu = vm.create_vcpu(id.into()).map_err(setup("create a vCPU"))?;
+        let tsc_khz =
+            if kvm.check_extension(Cap::GetTscKhz) { vcpu.get_tsc_khz().ok() } else { None };
+        cpu::configure(&vcpu, id, &cpu::cpuid_for(&base, id, count, tsc_khz))?;
+        if id == 0 {
+            cpu::set_boot_registers(&vcpu, &ram.memory, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    let mut threads = Vec::new();
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        threads.push(
+            VcpuThread::spawn(id as u8, vcpu, shared.clone()).map_err(io("start a vCPU thread"))?,
+        );
+    }
+    Ok(threads)
+}
+
+/// The eventfd SIGINT/SIGTERM write to (-1 until installed).
+static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(signum: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    LAST_SIGNAL.store(signum, Ordering::SeqCst);
+    let fd = SIGNAL_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; the buffer is a live u64.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+#[derive(Clone, Copy)]
+#[repr(u64)]
+enum Token {
+    Exit = 1,
+    Signal = 2,
+    Stdin = 3,
+}
+
+/// Waits for the VM to end, feeding console input and watching signals.
+fn event_loop(
+    exit: &ExitLatch,
+    serial: &Arc<Mutex<SerialConsole>>,
+    console_input: bool,
+    handle_signals: bool,
+) -> Result<(), VmError> {
+    let epoll = Epoll::new().map_err(io("create the event loop"))?;
+    let add = |fd: i32, token: Token| {
+        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token as u64))
+    };
+    add(exit.event().as_raw_fd(), Token::Exit).map_err(io("watch the exit event"))?;
+    let signal_event = EventFd::new(libc::EFD_NONBLOCK).map_err(io("create the signal event"))?;
+    if handle_signals {
+        SIGNAL_FD.store(signal_event.as_raw_fd(), Ordering::SeqCst);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            vmm_sys_util::signal::register_signal_handler(sig, on_stop_signal)
+                .map_err(|e| VmError::Io { what: "handle SIGINT/SIGTERM", source: e.into() })?;
+        }
+        add(signal_event.as_raw_fd(), Token::Signal).map_err(io("watch signals"))?;
+    }
+    // Console input only from a pipe or terminal; EPOLL refuses regular files.
+    let mut stdin_open = console_input && add(libc::STDIN_FILENO, Token::Stdin).is_ok();
+    let mut events = vec![EpollEvent::default(); 4];
+    while !exit.is_set() {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(VmError::Io { what: "wait for events", source: e }),
+        };
+        for event in &events[..n] {
+            match event.data() {
+                t if t == Token::Signal as u64 => {
+                    let _ = signal_event.read();
+                    exit.request(VmExit::Signal(LAST_SIGNAL.load(Ordering::SeqCst)));
+                }
+                t if t == Token::Stdin as u64 && stdin_open => {
+                    stdin_open = forward_stdin(serial);
+                    if !stdin_open {
+                        let _ = epoll.ctl(
+                            ControlOperation::Delete,
+                            libc::STDIN_FILENO,
+                            EpollEvent::default(),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    SIGNAL_FD.store(-1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Reads what stdin has and queues it for the guest; false at end of input.
+fn forward_stdin(serial: &Arc<Mutex<SerialConsole>>) -> bool {
+    let mut buf = [0u8; 64];
+    // SAFETY: reading into a live stack buffer of the given length.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return false;
+    }
+    serial.lock().unwrap_or_else(|p| p.into_inner()).input(&buf[..n as usize]);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_guest_gets_an_empty_default_cmdline() {
+        assert_eq!(default_cmdline(KernelKind::BuiltIn), "");
+        assert!(default_cmdline(KernelKind::BzImage).contains("console=ttyS0"));
+    }
+
+    #[test]
+    fn layout_constants_fit_kvm() {
+        assert!(crate::layout::IOAPIC_START < crate::layout::LAPIC_START);
+    }
+}

@@ -1,0 +1,81 @@
+//! Command-line interface: one subcommand per task.
+
+mod guest;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+/// Bulkhead: a virtual machine monitor for Linux/KVM built like a microkernel.
+#[derive(Parser)]
+#[command(name = "bulkhead", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Boot a VM: the built-in guest by default, or your own kernel.
+    Run(run::RunArgs),
+    /// Measure Bulkhead (and QEMU, side by side).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+    /// The built-in guest: write it out to boot it under another VMM.
+    #[command(subcommand)]
+    Guest(guest::GuestCommand),
+}
+
+impl Command {
+    /// Runs the command; the result is the process exit code.
+    pub fn run(self) -> anyhow::Result<i32> {
+        match self {
+            Command::Run(args) => run::run(args),
+            Command::Bench(cmd) => crate::bench::run(cmd),
+            Command::Guest(cmd) => guest::run(cmd),
+        }
+    }
+}
+
+/// An error and its causes as one line: "what failed: because: because".
+pub fn describe(error: &anyhow::Error) -> String {
+    error.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+/// Parses a size such as `512M`, `2G` or `1048576K`; a bare number is MiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "M"),
+    };
+    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!("'{s}' is not a size: use a number with K, M, G or T (e.g. 512M)"))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: use a number with K, M, G or T (e.g. 512M)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("256"), Ok(256 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999T").is_err());
+    }
+}

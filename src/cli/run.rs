@@ -1,0 +1,69 @@
+//! `bulkhead run`: boot a VM and show its console.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bulkhead_core::boot::KernelSource;
+use bulkhead_core::VmConfig;
+use clap::Args;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Kernel to boot (bzImage, ELF vmlinux or PVH ELF); default: the built-in guest.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (replaces the default).
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Guest memory (e.g. 512M, 2G; a bare number is MiB).
+    #[arg(long, default_value = "256M", value_parser = super::parse_size)]
+    pub memory: u64,
+    /// Boot a Linux kernel even where this host cannot run one (KVM-PVM).
+    #[arg(long)]
+    pub force: bool,
+    /// Say how the VM ended on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+impl TryFrom<&RunArgs> for VmConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: &RunArgs) -> anyhow::Result<Self> {
+        let kernel = match &args.kernel {
+            Some(path) => KernelSource::File(path.clone()),
+            None => KernelSource::Bytes(bulkhead_guest_elf::GUEST_ELF),
+        };
+        let mut config = VmConfig::new(kernel);
+        config.initrd = args.initrd.clone();
+        config.cmdline = args.cmdline.clone();
+        config.cpus = u8::try_from(args.cpus).unwrap_or(u8::MAX);
+        if args.cpus > u32::from(u8::MAX) {
+            anyhow::bail!(
+                "--cpus must be between 1 and {}, not {}",
+                bulkhead_core::vm::MAX_CPUS,
+                args.cpus
+            );
+        }
+        config.memory = args.memory;
+        config.console_input = true;
+        config.handle_signals = true;
+        config.force = args.force;
+        Ok(config)
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let config = VmConfig::try_from(&args)?;
+    let exit = bulkhead_core::vm::run(config).context("cannot run the VM")?;
+    if args.verbose || exit.code() != 0 {
+        eprintln!("bulkhead: {} (exit code {})", exit.describe(), exit.code());
+    }
+    Ok(exit.code())
+}
