@@ -37,7 +37,7 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
-    #[error("{kernel} is a Linux kernel, and this host's KVM is {host}: guest kernel code runs in an instruction emulator here and stock Linux does not boot. Run the built-in guest (no --kernel), use a host with VT-x/AMD-V, or pass --force to try anyway")]
+    #[error("{kernel} is not the built-in guest but (presumably) a Linux kernel, and this host's KVM is {host}: guest kernel code runs in an instruction emulator here and stock Linux does not boot. Run the built-in guest (no --kernel), use a host with VT-x/AMD-V, or pass --force to try anyway")]
     ForeignKernelOnPvm { kernel: String, host: &'static str },
     #[error("--cpus must be between 1 and {max}, not {given}")]
     Cpus { given: u32, max: u8 },
@@ -60,12 +60,6 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
     let host = HostKind::detect();
     let kvm = host::open_kvm()?;
     let kernel = Kernel::open(&config.kernel)?;
-    if kernel.kind.is_foreign() && !host.runs_linux() && !config.force {
-        return Err(VmError::ForeignKernelOnPvm {
-            kernel: kernel.name.clone(),
-            host: host.describe(),
-        });
-    }
     let max = MAX_CPUS.min(kvm.get_max_vcpus().min(usize::from(MAX_CPUS)) as u8);
     if config.cpus == 0 || config.cpus > max {
         return Err(VmError::Cpus { given: config.cpus.into(), max });
@@ -82,6 +76,13 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         devices: Vec::new(),
     };
     let entry = boot::load(&ram.memory, ram.size, &spec)?;
+    // Refused only once it loaded, so that a malformed image is reported as such.
+    if kernel.kind.is_foreign() && !host.runs_linux() && !config.force {
+        return Err(VmError::ForeignKernelOnPvm {
+            kernel: kernel.name.clone(),
+            host: host.describe(),
+        });
+    }
 
     let exit = ExitLatch::new().map_err(io("create the exit event"))?;
     let (pio, serial) = legacy_devices(&vm, &exit, config.console)?;

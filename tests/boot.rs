@@ -1,0 +1,200 @@
+//! Booting the built-in guest through Bulkhead's core, for real: every test
+//! starts a VM and reads what the guest reports on its console.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{require_kvm, run, TempDir};
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn boots_with_one_vcpu_and_powers_off() {
+    require_kvm();
+    let r = run(&["run"], T);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let ready = r.event("ready");
+    assert_eq!(ready["guest"], "bulkhead");
+    assert_eq!(ready["protocol"], "pvh");
+    r.assert_check("memory");
+    let smp = r.assert_check("smp");
+    assert_eq!((smp["cpus"].as_str(), smp["online"].as_str()), ("1", "1"));
+    assert_eq!(r.event("done")["status"], "ok");
+}
+
+#[test]
+fn brings_up_two_vcpus() {
+    require_kvm();
+    let r = run(&["run", "--cpus", "2"], T);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let smp = r.assert_check("smp");
+    assert_eq!(smp["cpus"], "2");
+    assert_eq!(smp["online"], "2");
+    assert_eq!(smp["apic_ids"], "0,1");
+}
+
+#[test]
+fn brings_up_many_vcpus() {
+    require_kvm();
+    let r = run(&["run", "--cpus", "8"], T);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let smp = r.assert_check("smp");
+    assert_eq!(smp["online"], "8");
+    // Listed in the order the APs reported in.
+    let mut ids: Vec<u32> = smp["apic_ids"].split(',').map(|i| i.parse().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (0..8).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_guest_sees_the_memory_it_was_given() {
+    require_kvm();
+    let r = run(&["run", "--memory", "512M"], T);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let mem = r.event("memory");
+    // Low RAM below the EBDA plus RAM from 1 MiB.
+    assert_eq!(mem["ram_bytes"], ((512u64 << 20) - (1 << 20) + 0x9fc00).to_string());
+    r.assert_check("memory");
+}
+
+#[test]
+fn memory_above_the_mmio_hole_is_mapped_above_4g() {
+    require_kvm();
+    let r = run(&["run", "--memory", "4G"], T);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let mem = r.event("memory");
+    assert_eq!(mem["ram_bytes"], ((4u64 << 30) - (1 << 20) + 0x9fc00).to_string());
+    assert_eq!(mem["ram_below_4g"], ((3u64 << 30) - (1 << 20) + 0x9fc00).to_string());
+    assert_eq!(mem["regions"], "4");
+}
+
+#[test]
+fn passes_the_command_line_and_initrd() {
+    require_kvm();
+    let dir = TempDir::new("initrd");
+    let data: Vec<u8> =
+        (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let initrd = dir.file("initrd.img", &data);
+    let r =
+        run(&["run", "--initrd", initrd.to_str().unwrap(), "--cmdline", "hello bulkhead.x=1"], T);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert_eq!(r.event("cmdline")["text"], "hello bulkhead.x=1");
+    let initrd =
+        r.events().into_iter().find(|(e, kv)| e == "initrd" && kv.contains_key("index")).unwrap().1;
+    assert_eq!(initrd["size"], data.len().to_string());
+    assert_eq!(initrd["fnv1a64"], format!("{:#018x}", common::fnv1a64(&data)));
+}
+
+#[test]
+fn exit_codes_say_how_the_guest_ended() {
+    require_kvm();
+    let reboot = run(&["run", "--cmdline", "bulkhead.run=reboot"], T);
+    assert_eq!(reboot.code, 3, "reboot: {}", reboot.stderr);
+    assert!(reboot.stderr.contains("rebooted"), "{}", reboot.stderr);
+    let crash = run(&["run", "--cmdline", "bulkhead.run=crash"], T);
+    assert_eq!(crash.code, 4, "crash: {}", crash.stderr);
+    assert!(crash.stderr.contains("triple-faulted"), "{}", crash.stderr);
+    let fault = run(&["run", "--cmdline", "bulkhead.run=fault"], T);
+    assert_eq!(fault.event("fault")["vector"], "14", "a page fault is reported");
+    assert_eq!(fault.event("fault")["cr2"], "0x100000000");
+    assert_eq!(fault.event("done")["status"], "fail");
+}
+
+#[test]
+fn sigint_stops_the_vm_cleanly() {
+    require_kvm();
+    let child = common::bulkhead()
+        .args(["run", "--cmdline", "bulkhead.run=boot bulkhead.hold_ms=20000"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let r = common::wait(child, Duration::from_secs(10));
+    assert_eq!(r.code, 130, "stderr: {}", r.stderr);
+    assert!(r.stdout.contains("BH hold"), "the guest was running: {}", r.stdout);
+}
+
+#[test]
+fn malformed_kernels_are_refused_with_a_clear_error() {
+    require_kvm();
+    let dir = TempDir::new("bad-kernel");
+    let junk = dir.file("junk", b"this is not a kernel");
+    let r = run(&["run", "--kernel", junk.to_str().unwrap()], T);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("is not a kernel Bulkhead can boot"), "{}", r.stderr);
+
+    // A valid ELF header whose program headers lie past the end of the file.
+    let mut elf = bulkhead_guest_elf::GUEST_ELF[..64].to_vec();
+    elf[32..40].copy_from_slice(&0x10_0000u64.to_le_bytes()); // e_phoff
+    let truncated = dir.file("truncated.elf", &elf);
+    let r = run(&["run", "--kernel", truncated.to_str().unwrap()], T);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("cannot load the kernel"), "{}", r.stderr);
+
+    let missing = dir.0.join("missing");
+    let r = run(&["run", "--kernel", missing.to_str().unwrap()], T);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("cannot read the kernel"), "{}", r.stderr);
+}
+
+/// A bzImage that linux-loader accepts and whose 64-bit entry executes
+/// `ud2` with no IDT: it triple-faults wherever it runs.
+fn fake_bzimage() -> Vec<u8> {
+    let setup_sects = 4usize;
+    let mut bz = vec![0u8; (setup_sects + 1) * 512 + 0x1000];
+    bz[0x1f1] = setup_sects as u8;
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+    bz[0x211] = 1; // LOADED_HIGH
+    bz[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    let entry64 = (setup_sects + 1) * 512 + 0x200;
+    bz[entry64..entry64 + 2].copy_from_slice(&[0x0f, 0x0b]);
+    bz
+}
+
+#[test]
+fn a_linux_kernel_on_a_pvm_host_is_refused() {
+    require_kvm();
+    let dir = TempDir::new("bzimage");
+    let kernel = dir.file("bzImage", &fake_bzimage());
+    let r = run(&["run", "--kernel", kernel.to_str().unwrap()], T);
+    if common::host_is_pvm() {
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("KVM-PVM"), "{}", r.stderr);
+        assert!(r.stderr.contains("--force"), "{}", r.stderr);
+    } else {
+        // On a hardware host it boots, and this image's one instruction faults.
+        assert_eq!(r.code, 4, "{}", r.stderr);
+    }
+}
+
+#[test]
+fn a_bzimage_enters_in_64_bit_mode() {
+    require_kvm();
+    let dir = TempDir::new("bzimage64");
+    let kernel = dir.file("bzImage", &fake_bzimage());
+    // --force: on PVM hosts too; ud2 at the entry point with no IDT is a
+    // triple fault at exactly the 64-bit entry (load address + 0x200).
+    let r = run(&["run", "--force", "--kernel", kernel.to_str().unwrap()], T);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("rip=0x100200"), "{}", r.stderr);
+    assert!(r.stderr.contains("efer=0x500"), "long mode: {}", r.stderr);
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let r = run(&["run", "--memory", "lots"], T);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("is not a size"), "{}", r.stderr);
+    let r = run(&["run", "--memory", "1M"], T);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("too small"), "{}", r.stderr);
+    let r = run(&["run", "--cpus", "1000"], T);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--cpus must be between 1 and 254"), "{}", r.stderr);
+}

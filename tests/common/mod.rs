@@ -1,0 +1,162 @@
+//! Running the `bulkhead` binary in integration tests and reading the
+//! built-in guest's `BH` report lines.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bulkhead() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+}
+
+/// Fails the test with a clear message if this machine cannot run VMs.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!(
+            "/dev/kvm cannot be opened ({e}): these tests boot real VMs and need KVM. \
+             Run them on a Linux host with KVM enabled, as a user who may open /dev/kvm."
+        );
+    }
+}
+
+/// A finished run: exit code, stdout (the guest console) and stderr.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The `BH` lines, each as (event, key=value map).
+    pub fn events(&self) -> Vec<(String, HashMap<String, String>)> {
+        self.stdout.lines().filter_map(parse_line).collect()
+    }
+
+    /// The first event named `name` (with `name=` when given as `check:memory`).
+    pub fn event(&self, name: &str) -> HashMap<String, String> {
+        let (event, check) = name.split_once(':').unwrap_or((name, ""));
+        self.events()
+            .into_iter()
+            .find(|(e, kv)| {
+                e == event
+                    && (check.is_empty() || kv.get("name").map(String::as_str) == Some(check))
+            })
+            .map(|(_, kv)| kv)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no '{name}' line in the guest output:\n{}\nstderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    /// Asserts that `check:N` passed.
+    pub fn assert_check(&self, name: &str) -> HashMap<String, String> {
+        let kv = self.event(&format!("check:{name}"));
+        assert_eq!(
+            kv.get("status").map(String::as_str),
+            Some("ok"),
+            "check {name} failed: {kv:?}\n{}",
+            self.stdout
+        );
+        kv
+    }
+}
+
+/// Parses `BH event k=v k=v text=free text`.
+pub fn parse_line(line: &str) -> Option<(String, HashMap<String, String>)> {
+    let rest = line.strip_prefix("BH ")?;
+    let mut words = rest.splitn(2, ' ');
+    let event = words.next()?.to_string();
+    let mut kv = HashMap::new();
+    let mut tail = words.next().unwrap_or("");
+    while !tail.is_empty() {
+        if let Some(text) = tail.strip_prefix("text=") {
+            kv.insert("text".into(), text.to_string());
+            break;
+        }
+        let (word, next) = tail.split_once(' ').unwrap_or((tail, ""));
+        if let Some((k, v)) = word.split_once('=') {
+            kv.insert(k.to_string(), v.to_string());
+        }
+        tail = next;
+    }
+    Some((event, kv))
+}
+
+/// Runs `bulkhead` with `args`, killing it after `timeout`.
+pub fn run(args: &[&str], timeout: Duration) -> Run {
+    let child = bulkhead()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bulkhead");
+    wait(child, timeout)
+}
+
+/// Waits for a started child, killing it after `timeout`.
+pub fn wait(mut child: Child, timeout: Duration) -> Run {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for bulkhead") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bulkhead did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    Run { code: status.code().unwrap_or(-1), stdout, stderr }
+}
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "bulkhead-test-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+    pub fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// FNV-1a 64, as the built-in guest computes it over an initrd.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Whether this host's KVM is KVM-PVM (no hardware virtualization).
+pub fn host_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
