@@ -64,9 +64,8 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
     if config.cpus == 0 || config.cpus > max {
         return Err(VmError::Cpus { given: config.cpus.into(), max });
     }
-    let vm = create_vm(&kvm)?;
     let ram = GuestRam::new(config.memory)?;
-    register_memory(&vm, &ram)?;
+    let vm = create_vm(&kvm, &ram)?;
     let cmdline = config.cmdline.clone().unwrap_or_else(|| default_cmdline(kernel.kind));
     let spec = BootSpec {
         kernel: &kernel,
@@ -109,9 +108,15 @@ fn default_cmdline(kind: KernelKind) -> String {
     }
 }
 
-fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+/// Creates the VM with its memory, interrupt controllers and PIT.
+///
+/// Memory is registered before the interrupt controllers exist: measured on
+/// KVM-PVM, the first memory slot then takes ~40 us instead of ~7 ms (after
+/// KVM_CREATE_IRQCHIP a memslot update waits for an SRCU grace period).
+fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
     let vm = kvm.create_vm().map_err(setup("create a VM"))?;
     vm.set_tss_address(0xfffb_d000).map_err(setup("set the TSS address"))?;
+    register_memory(&vm, ram)?;
     vm.create_irq_chip().map_err(setup("create the in-kernel interrupt controllers"))?;
     let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
     vm.create_pit2(pit).map_err(setup("create the in-kernel PIT"))?;
