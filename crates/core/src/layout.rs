@@ -67,6 +67,16 @@ pub mod ports {
     pub const ACPI_RESET_VALUE: u8 = 0x1;
 }
 
+// The boot structures must not overlap: checked at compile time.
+const _: () = {
+    assert!(PVH_MODLIST >= PVH_START_INFO + 56);
+    assert!(PVH_MEMMAP >= PVH_MODLIST + 32);
+    assert!(PVH_MEMMAP + 24 * 8 <= ZERO_PAGE);
+    assert!(ZERO_PAGE + 4096 <= BOOT_STACK - 0x800);
+    assert!(BOOT_PD + 4096 <= CMDLINE);
+    assert!(CMDLINE + CMDLINE_MAX as u64 <= EBDA_START);
+};
+
 /// The guest-physical RAM ranges for a VM of `size` bytes: low RAM up to the
 /// MMIO hole, the rest above 4 GiB.
 pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
@@ -88,15 +98,5 @@ mod tests {
             ram_ranges(4 << 30),
             vec![(0, MMIO_HOLE_START), (HIGH_RAM_START, (4 << 30) - MMIO_HOLE_START)]
         );
-    }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        assert!(PVH_MODLIST >= PVH_START_INFO + 56);
-        assert!(PVH_MEMMAP >= PVH_MODLIST + 32);
-        assert!(PVH_MEMMAP + 24 * 8 <= ZERO_PAGE);
-        assert!(ZERO_PAGE + 4096 <= BOOT_STACK - 0x800);
-        assert!(BOOT_PD + 4096 <= CMDLINE);
-        assert!(CMDLINE + CMDLINE_MAX as u64 <= EBDA_START);
     }
 }
