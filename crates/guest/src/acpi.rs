@@ -86,7 +86,7 @@ fn table(mem: &dyn PhysMem, at: u64, signature: &[u8; 4]) -> Option<u32> {
         return None;
     }
     let len = mem.read_u32(at + 4)?;
-    (len >= 36 && len <= 1 << 20 && checksum_ok(mem, at, u64::from(len))).then_some(len)
+    ((36..=1 << 20).contains(&len) && checksum_ok(mem, at, u64::from(len))).then_some(len)
 }
 
 /// Reads the tables reachable from the RSDP at `rsdp`.

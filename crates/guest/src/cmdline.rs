@@ -31,9 +31,8 @@ impl<'a> Cmdline<'a> {
         self.text
             .split_ascii_whitespace()
             .filter_map(|word| word.split_once('='))
-            .filter(|(k, _)| *k == key)
+            .rfind(|(k, _)| *k == key)
             .map(|(_, v)| v)
-            .last()
     }
 
     /// A numeric option, decimal or 0x-prefixed hex.

@@ -91,7 +91,8 @@ mod tests {
     #[test]
     fn lines_have_the_prefix_and_no_stray_newlines() {
         let mut line = Line::new();
-        write!(line, "check name={} status=ok text=a\nb", "memory").unwrap();
+        let name = "memory";
+        write!(line, "check name={name} status=ok text=a\nb").unwrap();
         assert_eq!(line.finish(), b"BH check name=memory status=ok text=a?b\n");
     }
 
