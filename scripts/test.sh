@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run) and as the README says.
+# Installs what the tests need (Debian packages, QEMU, the Linux guest image),
+# then checks formatting and lints and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "prerequisites"
+scripts/install-deps.sh
+
+step "format"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The built-in guest's bare-metal code is only compiled for the guest.
+CARGO_TARGET_DIR=target/guest-clippy RUSTFLAGS="--cfg bulkhead_guest" \
+    cargo clippy -p bulkhead-guest --lib --locked -- -D warnings
+
+step "tests"
+cargo test --workspace --locked --no-fail-fast
