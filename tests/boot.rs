@@ -24,6 +24,18 @@ fn boots_with_one_vcpu_and_powers_off() {
 }
 
 #[test]
+fn interrupts_reach_the_guest_through_the_ioapic_and_the_lapic_timer() {
+    require_kvm();
+    let r = run(&["run", "--cpus", "2"], T);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    // The UART's interrupt, routed by the core's I/O APIC as an MSI.
+    assert_eq!(r.assert_check("ioapic")["count"], "1");
+    // A 2 ms one-shot of the local APIC timer.
+    let us: u64 = r.assert_check("timer")["elapsed_us"].parse().unwrap();
+    assert!((1500..100_000).contains(&us), "{us}");
+}
+
+#[test]
 fn brings_up_two_vcpus() {
     require_kvm();
     let r = run(&["run", "--cpus", "2"], T);

@@ -29,7 +29,7 @@ pub fn find_qemu() -> Option<PathBuf> {
 pub fn microvm(qemu: &Path, guest: &Path, cpus: u8, memory_mib: u64, cmdline: &str) -> Command {
     let mut cmd = Command::new(qemu);
     cmd.args(["-M", "microvm,memory-backend=mem", "-accel", "kvm"])
-        .args(["-cpu", "host,-arch-capabilities"])
+        .args(["-cpu", "host,-arch-capabilities,+invtsc"])
         .args(["-smp", &cpus.to_string(), "-m", &format!("{memory_mib}M")])
         .arg("-object")
         .arg(format!("memory-backend-memfd,id=mem,size={memory_mib}M"))

@@ -13,6 +13,7 @@
 //! - [`memory`], [`layout`]: guest memory and the guest-physical map.
 //! - [`boot`]: kernel loading, boot protocols, ACPI tables.
 //! - [`bus`], [`legacy`]: exit dispatch and the core's own devices.
+//! - [`irq`]: the split irqchip's I/O APIC and interrupt routes.
 //! - [`host`], [`exit`], [`config`]: the host's KVM, how VMs end, configuration.
 
 pub mod boot;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod cpu;
 pub mod exit;
 pub mod host;
+pub mod irq;
 pub mod layout;
 pub mod legacy;
 pub mod memory;

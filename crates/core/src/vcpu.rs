@@ -13,12 +13,14 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::bus::Bus;
 use crate::exit::{ExitLatch, VmExit};
+use crate::irq::ioapic::IoApic;
 
 /// What every vCPU thread shares.
 #[derive(Clone)]
 pub struct VcpuShared {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
+    pub ioapic: Arc<std::sync::Mutex<IoApic>>,
     pub exit: ExitLatch,
     pub stop: Arc<AtomicBool>,
 }
@@ -135,6 +137,9 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared) -> Result<(), VmExit
             )))
         }
         VcpuExit::Intr => {}
+        VcpuExit::IoapicEoi(vector) => {
+            shared.ioapic.lock().unwrap_or_else(|p| p.into_inner()).end_of_interrupt(vector);
+        }
         other => return Err(VmExit::Crashed(format!("vCPU {id}: unexpected exit {other:?}"))),
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -18,7 +18,8 @@ use crate::config::{VmConfig, DEFAULT_LINUX_CMDLINE};
 use crate::cpu;
 use crate::exit::{ExitLatch, VmExit};
 use crate::host::{self, HostKind};
-use crate::layout::ports;
+use crate::irq::{self, ioapic::IoApic};
+use crate::layout::{self, ports};
 use crate::legacy::power::{AcpiPower, I8042Reset};
 use crate::legacy::serial::SerialConsole;
 use crate::memory::{GuestRam, MemoryError};
@@ -84,10 +85,12 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
     }
 
     let exit = ExitLatch::new().map_err(io("create the exit event"))?;
-    let (pio, serial) = legacy_devices(&vm, &exit, config.console)?;
+    let devices = core_devices(&vm, &exit, config.console)?;
+    let serial = devices.serial.clone();
     let shared = VcpuShared {
-        pio: Arc::new(pio),
-        mmio: Arc::new(Bus::default()),
+        pio: Arc::new(devices.pio),
+        mmio: Arc::new(devices.mmio),
+        ioapic: devices.ioapic,
         exit: exit.clone(),
         stop: Arc::new(AtomicBool::new(false)),
     };
@@ -108,19 +111,18 @@ fn default_cmdline(kind: KernelKind) -> String {
     }
 }
 
-/// Creates the VM with its memory, interrupt controllers and PIT.
+/// Creates the VM with its memory and a split irqchip (local APICs in KVM,
+/// the I/O APIC in the core, no PIC or PIT: see [`crate::irq`]).
 ///
-/// Memory is registered before the interrupt controllers exist: measured on
-/// KVM-PVM, the first memory slot then takes ~40 us instead of ~7 ms (after
-/// KVM_CREATE_IRQCHIP a memslot update waits for an SRCU grace period).
-fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
+/// Memory is registered first: measured on KVM-PVM, a first memory slot
+/// added after KVM's full irqchip waited ~7 ms for an SRCU grace period;
+/// before it, ~40 us.
+fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<Arc<VmFd>, VmError> {
     let vm = kvm.create_vm().map_err(setup("create a VM"))?;
     vm.set_tss_address(0xfffb_d000).map_err(setup("set the TSS address"))?;
     register_memory(&vm, ram)?;
-    vm.create_irq_chip().map_err(setup("create the in-kernel interrupt controllers"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-    vm.create_pit2(pit).map_err(setup("create the in-kernel PIT"))?;
-    Ok(vm)
+    irq::enable_split_irqchip(&vm).map_err(setup("enable the split irqchip"))?;
+    Ok(Arc::new(vm))
 }
 
 fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
@@ -144,26 +146,39 @@ fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
     Ok(())
 }
 
-fn legacy_devices(
-    vm: &VmFd,
+/// The core's own devices: the I/O APIC on the MMIO bus; COM1, the ACPI
+/// power registers and the i8042 reset on the port bus.
+struct CoreDevices {
+    pio: Bus,
+    mmio: Bus,
+    ioapic: Arc<Mutex<IoApic>>,
+    serial: Arc<Mutex<SerialConsole>>,
+}
+
+fn core_devices(
+    vm: &Arc<VmFd>,
     exit: &ExitLatch,
     console: crate::legacy::serial::ConsoleSink,
-) -> Result<(Bus, Arc<Mutex<SerialConsole>>), VmError> {
-    let irq =
-        Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("create the serial interrupt"))?);
-    vm.register_irqfd(&irq, ports::COM1_IRQ).map_err(setup("wire the serial interrupt"))?;
+) -> Result<CoreDevices, VmError> {
+    let place = |e: &dyn std::fmt::Display| VmError::Io {
+        what: "place the core's devices",
+        source: std::io::Error::other(e.to_string()),
+    };
+    let ioapic = Arc::new(Mutex::new(IoApic::new(vm.clone())));
+    let mut mmio = Bus::default();
+    mmio.insert(layout::IOAPIC_START, 0x1000, ioapic.clone()).map_err(|e| place(&e))?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("create the serial interrupt"))?;
+    let irq = Arc::new(irq);
+    let pin = ports::COM1_IRQ as usize;
+    ioapic.lock().unwrap().connect(pin, irq.clone()).map_err(|e| place(&e))?;
     let serial = SerialConsole::new(irq, console);
     let mut pio = Bus::default();
-    let overlap = |e: crate::bus::Overlap| VmError::Io {
-        what: "place the legacy devices",
-        source: std::io::Error::other(e),
-    };
-    pio.insert(ports::COM1.into(), 8, serial.clone()).map_err(overlap)?;
+    pio.insert(ports::COM1.into(), 8, serial.clone()).map_err(|e| place(&e))?;
     let power = Arc::new(Mutex::new(AcpiPower::new(exit.clone(), boot::acpi::S5_SLEEP_TYPE)));
-    pio.insert(ports::ACPI_SLEEP_CONTROL.into(), 3, power).map_err(overlap)?;
+    pio.insert(ports::ACPI_SLEEP_CONTROL.into(), 3, power).map_err(|e| place(&e))?;
     let i8042 = Arc::new(Mutex::new(I8042Reset::new(exit.clone())));
-    pio.insert(ports::I8042_COMMAND.into(), 1, i8042).map_err(overlap)?;
-    Ok((pio, serial))
+    pio.insert(ports::I8042_COMMAND.into(), 1, i8042).map_err(|e| place(&e))?;
+    Ok(CoreDevices { pio, mmio, ioapic, serial })
 }
 
 fn start_vcpus(

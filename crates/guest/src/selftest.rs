@@ -12,7 +12,7 @@ use crate::acpi::{self, Acpi};
 use crate::bootinfo::{self, BootInfo, E820_RAM};
 use crate::cmdline::Cmdline;
 use crate::mem::{Identity, PhysMem};
-use crate::{arch, bh, power, smp, time, VERSION};
+use crate::{arch, bh, irq, power, smp, time, VERSION};
 
 /// Counts checks and failures for the `done` line.
 #[derive(Default)]
@@ -102,6 +102,7 @@ fn selftest(
     check_memory(boot, &mut checks);
     report_initrd(boot);
     check_cpus(boot, acpi, &mut checks);
+    check_interrupts(&mut checks);
     check_virtio(cmdline, &mut checks);
     let status = if checks.failed == 0 { "ok" } else { "fail" };
     bh!("done status={} checks={} failed={}", status, checks.run, checks.failed);
@@ -186,6 +187,39 @@ fn check_cpus(boot: &BootInfo, acpi: Option<&Acpi>, checks: &mut Checks) {
         }
         Err(e) => bh!("check name=smp status={} text={}", checks.record(false), e),
     }
+}
+
+/// A device interrupt through the I/O APIC (the UART's "transmitter empty"
+/// on pin 4) and the local APIC timer both reach this CPU.
+fn check_interrupts(checks: &mut Checks) {
+    const UART_VECTOR: u8 = 0x40;
+    const TIMER_VECTOR: u8 = 0x41;
+    const COM1_IER: u16 = 0x3f9;
+    let me = arch::apic_id();
+    // The UART: route pin 4, enable its THRE interrupt (fires at once:
+    // the transmitter is empty), wait, switch it off again.
+    let before = irq::count(UART_VECTOR);
+    irq::route(4, UART_VECTOR, me);
+    irq::timer_oneshot(TIMER_VECTOR, 100_000_000); // a 100 ms safety net
+    arch::outb(COM1_IER, 0x02);
+    let after = irq::wait_for(UART_VECTOR, before, time::deadline_ms(100));
+    arch::outb(COM1_IER, 0);
+    irq::mask(4);
+    irq::timer_oneshot(TIMER_VECTOR, 0);
+    bh!(
+        "check name=ioapic status={} vector={:#x} count={}",
+        checks.record(after > before),
+        UART_VECTOR,
+        after - before
+    );
+    // The local APIC timer: 2 ms one-shot.
+    let before = irq::count(TIMER_VECTOR);
+    let start = arch::rdtsc();
+    irq::timer_oneshot(TIMER_VECTOR, 2_000_000);
+    let after = irq::wait_for(TIMER_VECTOR, before, time::deadline_ms(200));
+    let elapsed_us = time::ticks_to_ns(arch::rdtsc() - start) / 1000;
+    let ok = after == before + 1 && (1500..100_000).contains(&elapsed_us);
+    bh!("check name=timer status={} elapsed_us={}", checks.record(ok), elapsed_us);
 }
 
 fn check_virtio(cmdline: &Cmdline, checks: &mut Checks) {

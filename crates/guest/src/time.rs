@@ -14,6 +14,7 @@ pub enum Source {
     Cpuid15,
     Cpuid16,
     Pit,
+    None,
 }
 
 impl Source {
@@ -23,22 +24,26 @@ impl Source {
             Source::Cpuid15 => "cpuid15",
             Source::Cpuid16 => "cpuid16",
             Source::Pit => "pit",
+            Source::None => "none",
         }
     }
 }
 
-/// Finds the TSC rate; call once on the bootstrap processor.
+/// Finds the TSC rate; call once on the bootstrap processor. With no
+/// source at all the rate is assumed to be 1 GHz and the source says `none`.
 pub fn init() -> (u64, Source) {
-    let (khz, source) = from_cpuid().unwrap_or_else(|| (calibrate_with_pit(), Source::Pit));
+    let (khz, source) = from_cpuid()
+        .or_else(|| calibrate_with_pit().map(|khz| (khz, Source::Pit)))
+        .unwrap_or((1_000_000, Source::None));
     TSC_KHZ.store(khz.max(1), Ordering::Relaxed);
     (khz, source)
 }
 
 fn from_cpuid() -> Option<(u64, Source)> {
     // The hypervisor timing leaf (0x40000010: TSC kHz in eax), as Bulkhead,
-    // QEMU and VMware publish it.
+    // QEMU (with invtsc) and VMware publish it.
     let hv = cpuid(0x4000_0000, 0);
-    if hv[0] >= 0x4000_0010 {
+    if (0x4000_0010..0x4001_0000).contains(&hv[0]) {
         let khz = cpuid(0x4000_0010, 0)[0];
         if khz != 0 {
             return Some((khz.into(), Source::Hypervisor));
@@ -61,24 +66,40 @@ fn from_cpuid() -> Option<(u64, Source)> {
     None
 }
 
-/// Counts TSC ticks over 10 ms of PIT channel 2 (1.193182 MHz).
-fn calibrate_with_pit() -> u64 {
-    const TICKS: u16 = 11932; // 10 ms
-    let gate = inb(0x61);
-    outb(0x61, (gate & !0x02) | 0x01); // gate on, speaker off
-    outb(0x43, 0xb0); // channel 2, lobyte/hibyte, mode 0
-    outb(0x42, TICKS as u8);
-    outb(0x42, (TICKS >> 8) as u8);
-    let start = rdtsc();
-    let mut polls = 0u32;
-    while inb(0x61) & 0x20 == 0 && polls < 100_000 {
+/// Reads PIT channel 0's counter (latched).
+fn pit_count() -> u16 {
+    outb(0x43, 0x00);
+    let lo = inb(0x40);
+    let hi = inb(0x40);
+    u16::from_le_bytes([lo, hi])
+}
+
+/// Counts TSC ticks over 10 ms of PIT channel 0 (1.193182 MHz), read back
+/// by latching; `None` if the counter does not move (no PIT).
+fn calibrate_with_pit() -> Option<u64> {
+    const PIT_HZ: u64 = 1_193_182;
+    const WANT: u64 = PIT_HZ / 100; // 10 ms
+    outb(0x43, 0x34); // channel 0, lobyte/hibyte, mode 2, counting from 65536
+    outb(0x40, 0);
+    outb(0x40, 0);
+    let start_tsc = rdtsc();
+    let mut last = pit_count();
+    let (mut elapsed, mut polls) = (0u64, 0u32);
+    while elapsed < WANT {
+        let now = pit_count();
+        elapsed += u64::from(last.wrapping_sub(now));
+        last = now;
         polls += 1;
+        if polls > 20_000 && elapsed == 0 {
+            return None;
+        }
     }
-    (rdtsc() - start) / 10
+    let khz = (rdtsc() - start_tsc) * PIT_HZ / elapsed / 1000;
+    // A counter that moves but not at the PIT's rate is no clock either.
+    (10_000..100_000_000).contains(&khz).then_some(khz)
 }
 
 /// Nanoseconds between two TSC readings.
-#[allow(dead_code)] // used by the I/O workloads
 pub fn ticks_to_ns(ticks: u64) -> u64 {
     (u128::from(ticks) * 1_000_000 / u128::from(TSC_KHZ.load(Ordering::Relaxed))) as u64
 }

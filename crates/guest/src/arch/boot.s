@@ -25,6 +25,7 @@
     .set KSTACK_SIZE, 4096
     .set USTACK_SIZE, 65536
     .set LAPIC_EOI, 0xfee000b0
+    .set LAPIC_SVR, 0xfee000f0
     .set COM1, 0x3f8
     .set GDT_SIZE, 5 * 8 + MAX_CPUS * 16   # the linker script checks it
     .global gdt_size_value
@@ -95,6 +96,8 @@ cpu_enter_user:
     shl $12, %rax
     lea kstacks(%rax), %rsp
     lidt idt_ptr
+    mov $LAPIC_SVR, %eax            # (a 32-bit absolute would sign-extend)
+    movl $0x1ff, (%rax)             # software-enable the local APIC, spurious vector 0xff
     mov %rsi, %rax                  # TSS selector = TSS_SEL0 + index*16
     shl $4, %rax
     add $TSS_SEL0, %rax
@@ -209,7 +212,8 @@ isr_irq:
     cmp $255, %rax                  # spurious vector: no EOI
     je isr_return
     lock incq irq_counts(,%rax,8)
-    movl $0, LAPIC_EOI
+    mov $LAPIC_EOI, %ebx            # (a 32-bit absolute would sign-extend)
+    movl $0, (%rbx)
 isr_return:
     pop %r15
     pop %r14
