@@ -47,7 +47,7 @@ CHECKS=0
 bh() { echo "BH $*"; }
 
 # Replaces spaces and `=` so that a free text becomes one field value.
-word() { echo "$*" | tr ' =\n\t' '____' | cut -c1-120; }
+word() { printf '%s' "$*" | tr ' =\n\t' '____' | cut -c1-120; }
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 

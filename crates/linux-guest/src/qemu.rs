@@ -304,28 +304,33 @@ impl GuestRun {
         self.lines.iter().find(|l| l.event == "done")
     }
 
-    /// Panics, showing the console, unless the guest powered off cleanly, reported `done
-    /// status=ok`, and has an `ok` line for each of `checks`. For tests.
-    pub fn assert_ok(&self, checks: &[&str]) {
-        let fail = |why: String| -> ! {
-            panic!(
-                "{why}\n--- guest console ---\n{}\n--- end ---",
-                self.console
-            )
-        };
+    /// Whether the guest powered off cleanly, reported `done status=ok`, and has only `ok`
+    /// lines (at least one) for each of `checks`; the error says what went wrong.
+    pub fn verify(&self, checks: &[&str]) -> Result<(), String> {
         match self.exit {
             Exit::Exited(s) if s.success() => {}
-            Exit::Exited(s) => fail(format!("QEMU exited with {s}")),
-            Exit::TimedOut => fail(format!("the guest did not power off in {:?}", self.elapsed)),
+            Exit::Exited(s) => return Err(format!("QEMU exited with {s}")),
+            Exit::TimedOut => {
+                return Err(format!("the guest did not power off in {:?}", self.elapsed))
+            }
         }
         for name in checks {
             let lines = self.checks(name);
             if lines.is_empty() || !lines.iter().all(|l| l.is_ok()) {
-                fail(format!("check {name} did not pass: {lines:?}"));
+                let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                return Err(format!("check {name} did not pass: {lines:?}"));
             }
         }
-        if !self.done().is_some_and(BhLine::is_ok) {
-            fail(format!("the init did not finish ok: {:?}", self.done()));
+        match self.done() {
+            Some(done) if done.is_ok() => Ok(()),
+            other => Err(format!("the init did not finish ok: {other:?}")),
+        }
+    }
+
+    /// [`GuestRun::verify`], panicking with the guest's console on failure. For tests.
+    pub fn assert_ok(&self, checks: &[&str]) {
+        if let Err(why) = self.verify(checks) {
+            panic!("{why}\n--- guest console ---\n{}--- end ---", self.console);
         }
     }
 }
@@ -560,6 +565,34 @@ mod tests {
             "-device",
             "virtio-net-pci,netdev=net2,romfile="
         ));
+    }
+
+    fn finished(exit: Exit, console: &str) -> GuestRun {
+        GuestRun {
+            lines: console.lines().filter_map(BhLine::parse).collect(),
+            console: console.into(),
+            exit,
+            elapsed: Duration::from_secs(2),
+            ready_after: None,
+        }
+    }
+
+    #[test]
+    fn verify_needs_clean_exit_ok_checks_and_done() {
+        use std::os::unix::process::ExitStatusExt;
+        let clean = Exit::Exited(ExitStatus::from_raw(0));
+        let good = "BH ready kernel=6.1\nBH check name=blk status=ok dev=vda\n\
+                    BH check name=blk status=ok dev=vdb\nBH done status=ok\n";
+        assert_eq!(finished(clean, good).verify(&["blk"]), Ok(()));
+        let err = finished(clean, good).verify(&["blk", "rng"]).unwrap_err();
+        assert!(err.contains("check rng"), "{err}");
+        let one_bad = good.replace("ok dev=vdb", "fail reason=mismatch dev=vdb");
+        assert!(finished(clean, &one_bad).verify(&["blk"]).is_err());
+        let no_done = good.replace("BH done status=ok\n", "");
+        assert!(finished(clean, &no_done).verify(&[]).is_err());
+        assert!(finished(Exit::TimedOut, good).verify(&["blk"]).is_err());
+        let crashed = Exit::Exited(ExitStatus::from_raw(1 << 8));
+        assert!(finished(crashed, good).verify(&["blk"]).is_err());
     }
 
     #[test]
