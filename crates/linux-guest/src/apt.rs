@@ -1,7 +1,8 @@
 //! Fetching and unpacking Debian packages with the host's own tools, without installing them.
 //!
-//! * `apt-cache show --no-all-versions PKG` gives the candidate version (and dependencies) from
-//!   the host's apt lists; `--update-pins` uses it.
+//! * `apt-cache show --no-all-versions PKG` gives the candidate version, its dependencies and
+//!   the `.deb`'s SHA-256 from the host's apt lists (the archive's signed index);
+//!   `--update-pins` pins those.
 //! * `apt-get download PKG=VERSION` fetches one exact `.deb` into a folder of ours; apt checks it
 //!   against the archive's signed index, and we check it again against the lock file's SHA-256.
 //! * `dpkg-deb -x` unpacks it into a folder.
@@ -76,13 +77,15 @@ pub enum AptError {
     },
 }
 
-/// The candidate version of a package and its first-choice dependencies.
+/// The candidate version of a package, its first-choice dependencies and its checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// The version apt would install.
     pub version: String,
     /// Package names from `Depends:`, the first of each set of alternatives.
     pub depends: Vec<String>,
+    /// The SHA-256 of the `.deb` as the archive's signed index gives it.
+    pub sha256: String,
 }
 
 /// Asks apt for the version of `package` it would install now.
@@ -104,10 +107,12 @@ fn parse_candidate(package: &str, record: &str) -> Result<Candidate, AptError> {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .map(str::trim)
     };
-    let version = field("Version").ok_or(AptError::NoField {
+    let missing = |field| AptError::NoField {
         package: package.into(),
-        field: "Version",
-    })?;
+        field,
+    };
+    let version = field("Version").ok_or_else(|| missing("Version"))?;
+    let sha256 = field("SHA256").ok_or_else(|| missing("SHA256"))?;
     let depends = field("Depends")
         .unwrap_or("")
         .split(',')
@@ -117,6 +122,7 @@ fn parse_candidate(package: &str, record: &str) -> Result<Candidate, AptError> {
     Ok(Candidate {
         version: version.into(),
         depends,
+        sha256: sha256.to_ascii_lowercase(),
     })
 }
 
@@ -142,22 +148,6 @@ pub fn fetch(pin: &Pin, cache: &Path) -> Result<PathBuf, AptError> {
     fs::rename(&deb, &dest).map_err(io_at(&dest))?;
     let _ = fs::remove_dir_all(&tmp_dir);
     Ok(dest)
-}
-
-/// Downloads `package` at `version` without checking a pin; returns the file and its SHA-256.
-/// The file is kept in the cache under that checksum's pin name.
-pub fn fetch_unpinned(
-    package: &str,
-    version: &str,
-    cache: &Path,
-) -> Result<(PathBuf, String), AptError> {
-    let debs = cache.join("debs");
-    let (tmp_dir, deb) = download(package, version, &debs)?;
-    let sha = sha256_file(&deb)?;
-    let dest = debs.join(format!("{package}_{}.deb", version.replace(':', "%3a")));
-    fs::rename(&deb, &dest).map_err(io_at(&dest))?;
-    let _ = fs::remove_dir_all(&tmp_dir);
-    Ok((dest, sha))
 }
 
 /// `apt-get download package=version` into a fresh folder under `debs`; returns both.
@@ -268,13 +258,14 @@ mod tests {
     #[test]
     fn candidate_record_is_parsed() {
         let record = "Package: linux-image-cloud-amd64\nSource: linux-signed-amd64 (6.1.192+2)\n\
-                      Version: 6.1.192-2\nInstalled-Size: 13\n\
+                      Version: 6.1.192-2\nInstalled-Size: 13\nSHA256: ABCD\n\
                       Depends: linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2), foo | bar (>= 1)\n";
         let c = parse_candidate("linux-image-cloud-amd64", record).unwrap();
         assert_eq!(c.version, "6.1.192-2");
         assert_eq!(c.depends, ["linux-image-6.1.0-56-cloud-amd64", "foo"]);
+        assert_eq!(c.sha256, "abcd");
         assert!(matches!(
-            parse_candidate("x", "Package: x\n"),
+            parse_candidate("x", "Package: x\nVersion: 1\n"),
             Err(AptError::NoField { .. })
         ));
     }

@@ -189,14 +189,10 @@ pub fn update_pins(opts: &BuildOptions) -> Result<PinUpdate, BuildError> {
     let old = paths.read_lock()?;
     let mut pins = Vec::new();
     for role in Role::ALL {
-        let (package, version) = current_package(role)?;
-        let (_deb, sha256) = apt::fetch_unpinned(&package, &version, &paths.cache)?;
-        pins.push(Pin {
-            role,
-            package,
-            version,
-            sha256,
-        });
+        let pin = current_pin(role)?;
+        // Checks that the archive serves what its index says, and warms the cache.
+        apt::fetch(&pin, &paths.cache)?;
+        pins.push(pin);
     }
     let new = Lock::new(pins).map_err(|source| BuildError::Lock {
         path: paths.lock.clone(),
@@ -213,20 +209,26 @@ pub fn update_pins(opts: &BuildOptions) -> Result<PinUpdate, BuildError> {
     })
 }
 
-/// The concrete package and version apt offers now for `role`.
-fn current_package(role: Role) -> Result<(String, String), BuildError> {
+/// The concrete package, version and checksum apt offers now for `role`.
+fn current_pin(role: Role) -> Result<Pin, BuildError> {
     let source = role.source_package();
-    let candidate = apt::candidate(source)?;
-    if role != Role::Kernel {
-        return Ok((source.into(), candidate.version));
+    let mut package = source.to_string();
+    let mut candidate = apt::candidate(source)?;
+    if role == Role::Kernel {
+        package = candidate
+            .depends
+            .iter()
+            .find(|d| d.starts_with("linux-image-"))
+            .ok_or_else(|| BuildError::NotAKernel(source.into()))?
+            .clone();
+        candidate = apt::candidate(&package)?;
     }
-    let kernel = candidate
-        .depends
-        .iter()
-        .find(|d| d.starts_with("linux-image-"))
-        .ok_or_else(|| BuildError::NotAKernel(source.into()))?;
-    let version = apt::candidate(kernel)?.version;
-    Ok((kernel.clone(), version))
+    Ok(Pin {
+        role,
+        package,
+        version: candidate.version,
+        sha256: candidate.sha256,
+    })
 }
 
 /// The name of a build: a hash of everything that goes into it.
@@ -259,8 +261,9 @@ fn complete(dir: &Path) -> Option<LinuxGuest> {
 fn build_into(paths: &Paths, lock: &Lock, out: &Path, replace: bool) -> Result<(), BuildError> {
     let kernel_pin = lock.get(Role::Kernel);
     let busybox_pin = lock.get(Role::Busybox);
-    let kernel_deb = apt::fetch(kernel_pin, &paths.cache)?;
+    // The small package first: a stale pin or a bad checksum shows before the large download.
     let busybox_deb = apt::fetch(busybox_pin, &paths.cache)?;
+    let kernel_deb = apt::fetch(kernel_pin, &paths.cache)?;
 
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     let staging = paths
