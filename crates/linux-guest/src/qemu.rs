@@ -342,16 +342,29 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// `$BULKHEAD_QEMU`, else the wrapper `scripts/install-qemu.sh` writes in the cache dir.
+    /// `$BULKHEAD_QEMU`, else the wrapper `scripts/install-qemu.sh` writes in the cache dir,
+    /// else a `qemu-system-x86_64` on `PATH`.
     pub fn find() -> Result<Qemu, QemuError> {
-        let binary = match std::env::var_os("BULKHEAD_QEMU").filter(|v| !v.is_empty()) {
-            Some(path) => PathBuf::from(path),
-            None => crate::dirs::cache_dir()?.join(WRAPPER),
-        };
-        if !binary.is_file() {
-            return Err(QemuError::NotInstalled(binary));
+        if let Some(path) = std::env::var_os("BULKHEAD_QEMU").filter(|v| !v.is_empty()) {
+            let binary = PathBuf::from(path);
+            return match binary.is_file() {
+                true => Ok(Qemu { binary }),
+                false => Err(QemuError::NotInstalled(binary)),
+            };
         }
-        Ok(Qemu { binary })
+        let wrapper = crate::dirs::cache_dir()?.join(WRAPPER);
+        if wrapper.is_file() {
+            return Ok(Qemu { binary: wrapper });
+        }
+        let on_path = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("qemu-system-x86_64"))
+                .find(|p| p.is_file())
+        });
+        match on_path {
+            Some(binary) => Ok(Qemu { binary }),
+            None => Err(QemuError::NotInstalled(wrapper)),
+        }
     }
 
     /// The `qemu-system-x86_64` (wrapper) this runs.
