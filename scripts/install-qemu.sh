@@ -70,8 +70,9 @@ if [ -z "$qemu_version" ] || [ "$qemu_version" = "(none)" ]; then
 		apt-get update -q >&2 || die "apt-get update failed; check the apt sources"
 		qemu_version=$(candidate qemu-system-x86)
 	fi
-	[ -n "$qemu_version" ] && [ "$qemu_version" != "(none)" ] ||
+	if [ -z "$qemu_version" ] || [ "$qemu_version" = "(none)" ]; then
 		die "apt offers no qemu-system-x86; run 'apt-get update' as root (the bookworm 'main' source is needed)"
+	fi
 fi
 case "$qemu_version" in
 1:7.2*) ;;
@@ -149,6 +150,7 @@ chmod +x "$work/new/bin/qemu-system-x86_64"
 	die "the unpacked QEMU does not run: $("$work/new/bin/qemu-system-x86_64" --version 2>&1 | head -3)"
 "$work/new/bin/qemu-system-x86_64" -accel help | grep -qx tcg || die "the unpacked QEMU has no TCG accelerator"
 
+# shellcheck disable=SC2016 # dpkg-deb expands ${Package}, not the shell
 for deb in "$work"/debs/*.deb; do dpkg-deb --show --showformat='${Package} ${Version}\n' "$deb"; done >"$work/new/installed"
 rm -rf "$dest.old"
 [ ! -e "$dest" ] || mv "$dest" "$dest.old"

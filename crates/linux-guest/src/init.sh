@@ -53,6 +53,7 @@ uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
 # param NAME DEFAULT: the value of bulkhead.NAME on the kernel command line.
 param() {
+	# shellcheck disable=SC2013 # the command line is split into words on purpose
 	for arg in $(cat /proc/cmdline); do
 		case "$arg" in
 		"bulkhead.$1="*) echo "${arg#*=}"; return ;;
@@ -246,7 +247,7 @@ run_checks() {
 setup
 run_checks
 if [ $FAILED -eq 0 ]; then status=ok; else status=fail; fi
-bh done status=$status checks=$CHECKS failed=$FAILED uptime="$(uptime_s)"
+bh "done" status=$status checks=$CHECKS failed=$FAILED uptime="$(uptime_s)"
 if [ "$(param shell 0)" = 1 ]; then
 	setsid cttyhack sh
 fi
