@@ -5,7 +5,10 @@
 //! error reported through `anyhow`.
 
 use crate::tools::{self, CreateSpec};
-use crate::{CheckReport, Format, ImageInfo, OpenOptions, Qcow2CreateOptions, Qcow2Version, VmdkCreateOptions, VmdkSubformat};
+use crate::{
+    CheckReport, Format, ImageInfo, OpenOptions, Qcow2CreateOptions, Qcow2Version,
+    VmdkCreateOptions, VmdkSubformat,
+};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use std::io::{IsTerminal, Write};
@@ -85,7 +88,13 @@ pub enum DiskCommand {
     },
 }
 
-fn spec(format: &str, subformat: Option<&str>, backing: Option<String>, backing_format: Option<Format>, cluster: Option<u64>) -> anyhow::Result<CreateSpec> {
+fn spec(
+    format: &str,
+    subformat: Option<&str>,
+    backing: Option<String>,
+    backing_format: Option<Format>,
+    cluster: Option<u64>,
+) -> anyhow::Result<CreateSpec> {
     let format: Format = format.parse()?;
     Ok(match format {
         Format::Raw => {
@@ -100,7 +109,12 @@ fn spec(format: &str, subformat: Option<&str>, backing: Option<String>, backing_
                 Some("0.10") | Some("v2") => Qcow2Version::V2,
                 Some(other) => bail!("unknown qcow2 subformat {other:?}; use 0.10 or 1.1"),
             };
-            let mut o = Qcow2CreateOptions { version, backing_file: backing, backing_format, ..Default::default() };
+            let mut o = Qcow2CreateOptions {
+                version,
+                backing_file: backing,
+                backing_format,
+                ..Default::default()
+            };
             if let Some(c) = cluster {
                 o.cluster_size = c;
             }
@@ -110,8 +124,14 @@ fn spec(format: &str, subformat: Option<&str>, backing: Option<String>, backing_
             if backing.is_some() {
                 bail!("this tool creates VMDK disks without a parent");
             }
-            let subformat = subformat.map(str::parse::<VmdkSubformat>).transpose()?.unwrap_or_default();
-            CreateSpec::Vmdk(VmdkCreateOptions { subformat, zeroed_grain: false })
+            let subformat = subformat
+                .map(str::parse::<VmdkSubformat>)
+                .transpose()?
+                .unwrap_or_default();
+            CreateSpec::Vmdk(VmdkCreateOptions {
+                subformat,
+                zeroed_grain: false,
+            })
         }
     })
 }
@@ -119,20 +139,48 @@ fn spec(format: &str, subformat: Option<&str>, backing: Option<String>, backing_
 /// Runs one disk command; returns the exit code.
 pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
     match cmd {
-        DiskCommand::Create { file, size, format, subformat, backing, backing_format, cluster_size } => {
-            let backing_format = backing_format.as_deref().map(str::parse::<Format>).transpose()?;
+        DiskCommand::Create {
+            file,
+            size,
+            format,
+            subformat,
+            backing,
+            backing_format,
+            cluster_size,
+        } => {
+            let backing_format = backing_format
+                .as_deref()
+                .map(str::parse::<Format>)
+                .transpose()?;
             let cluster = cluster_size.as_deref().map(tools::parse_size).transpose()?;
             let size = match (size, &backing) {
                 (Some(s), _) => tools::parse_size(&s)?,
                 (None, Some(b)) => tools::backing_size(&file, b, backing_format, false)?,
                 (None, None) => bail!("give the image a --size"),
             };
-            let spec = spec(&format, subformat.as_deref(), backing, backing_format, cluster)?;
-            tools::create(&file, size, &spec).with_context(|| format!("cannot create {}", file.display()))?;
+            let spec = spec(
+                &format,
+                subformat.as_deref(),
+                backing,
+                backing_format,
+                cluster,
+            )?;
+            tools::create(&file, size, &spec)
+                .with_context(|| format!("cannot create {}", file.display()))?;
             Ok(0)
         }
-        DiskCommand::Info { file, json, allow_outside_paths } => {
-            let info = tools::info(&file, &OpenOptions { allow_outside_paths, ..Default::default() })?;
+        DiskCommand::Info {
+            file,
+            json,
+            allow_outside_paths,
+        } => {
+            let info = tools::info(
+                &file,
+                &OpenOptions {
+                    allow_outside_paths,
+                    ..Default::default()
+                },
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -140,8 +188,18 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        DiskCommand::Check { file, json, allow_outside_paths } => {
-            let report = tools::check(&file, &OpenOptions { allow_outside_paths, ..Default::default() })?;
+        DiskCommand::Check {
+            file,
+            json,
+            allow_outside_paths,
+        } => {
+            let report = tools::check(
+                &file,
+                &OpenOptions {
+                    allow_outside_paths,
+                    ..Default::default()
+                },
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -149,11 +207,22 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
             }
             Ok(if report.is_clean() { 0 } else { 1 })
         }
-        DiskCommand::Convert { input, output, format, subformat, allow_outside_paths } => {
+        DiskCommand::Convert {
+            input,
+            output,
+            format,
+            subformat,
+            allow_outside_paths,
+        } => {
             let spec = spec(&format, subformat.as_deref(), None, None, None)?;
             let mut bar = Progress::new();
-            let opts = OpenOptions { allow_outside_paths, ..Default::default() };
-            tools::convert(&input, &opts, &output, &spec, &mut |done, total| bar.show(done, total))?;
+            let opts = OpenOptions {
+                allow_outside_paths,
+                ..Default::default()
+            };
+            tools::convert(&input, &opts, &output, &spec, &mut |done, total| {
+                bar.show(done, total)
+            })?;
             bar.finish();
             Ok(0)
         }
@@ -173,15 +242,31 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
 fn print_info(info: &ImageInfo, depth: usize) {
     let pad = "  ".repeat(depth);
     println!("{pad}image: {}", info.path.display());
-    println!("{pad}format: {}{}", info.format, info.subformat.as_deref().map(|s| format!(" ({s})")).unwrap_or_default());
+    println!(
+        "{pad}format: {}{}",
+        info.format,
+        info.subformat
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default()
+    );
     println!("{pad}virtual size: {} bytes", info.virtual_size);
     println!("{pad}allocated: {} bytes", info.allocated_bytes);
     if let Some(c) = info.cluster_size {
         println!("{pad}cluster size: {c} bytes");
     }
     for e in &info.extents {
-        let name = e.path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no file)".into());
-        println!("{pad}extent: {} {} bytes {name}{}", e.kind, e.size, if e.writable { "" } else { " read-only" });
+        let name = e
+            .path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(no file)".into());
+        println!(
+            "{pad}extent: {} {} bytes {name}{}",
+            e.kind,
+            e.size,
+            if e.writable { "" } else { " read-only" }
+        );
     }
     if let Some(b) = &info.backing {
         println!("{pad}backing file:");
@@ -202,7 +287,12 @@ fn print_report(file: &Path, r: &CheckReport) {
     if r.is_clean() {
         println!("No errors were found on {}.", file.display());
     } else {
-        println!("{} errors and {} leaks were found on {}.", r.errors.len(), r.leaks.len(), file.display());
+        println!(
+            "{} errors and {} leaks were found on {}.",
+            r.errors.len(),
+            r.leaks.len(),
+            file.display()
+        );
     }
 }
 
@@ -214,7 +304,10 @@ struct Progress {
 
 impl Progress {
     fn new() -> Self {
-        Progress { on: std::io::stderr().is_terminal(), last: u64::MAX }
+        Progress {
+            on: std::io::stderr().is_terminal(),
+            last: u64::MAX,
+        }
     }
 
     fn show(&mut self, done: u64, total: u64) {
@@ -228,7 +321,12 @@ impl Progress {
         self.last = pct;
         let filled = (pct / 2) as usize;
         let mut err = std::io::stderr();
-        let _ = write!(err, "\r[{}{}] {pct:3}%", "#".repeat(filled), " ".repeat(50 - filled));
+        let _ = write!(
+            err,
+            "\r[{}{}] {pct:3}%",
+            "#".repeat(filled),
+            " ".repeat(50 - filled)
+        );
         let _ = err.flush();
     }
 

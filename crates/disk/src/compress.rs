@@ -19,7 +19,8 @@ pub(crate) fn decompress(codec: Codec, input: &[u8], out: &mut [u8]) -> Result<(
     match codec {
         Codec::Deflate | Codec::Zlib => inflate(codec == Codec::Zlib, input, out),
         Codec::Zstd => {
-            let mut dec = ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| format!("the zstd data is invalid ({e})"))?;
+            let mut dec = ruzstd::decoding::StreamingDecoder::new(input)
+                .map_err(|e| format!("the zstd data is invalid ({e})"))?;
             let mut done = 0;
             while done < out.len() {
                 match dec.read(&mut out[done..]) {
@@ -29,7 +30,10 @@ pub(crate) fn decompress(codec: Codec, input: &[u8], out: &mut [u8]) -> Result<(
                 }
             }
             if done < out.len() {
-                return Err(format!("the zstd data decompresses to {done} bytes, not {}", out.len()));
+                return Err(format!(
+                    "the zstd data decompresses to {done} bytes, not {}",
+                    out.len()
+                ));
             }
             Ok(())
         }
@@ -43,13 +47,20 @@ fn inflate(zlib_header: bool, input: &[u8], out: &mut [u8]) -> Result<(), String
         let in_pos = before.0 as usize;
         let out_pos = before.1 as usize;
         let status = dec
-            .decompress(&input[in_pos..], &mut out[out_pos..], flate2::FlushDecompress::Finish)
+            .decompress(
+                &input[in_pos..],
+                &mut out[out_pos..],
+                flate2::FlushDecompress::Finish,
+            )
             .map_err(|e| format!("the deflate data is invalid ({e})"))?;
         let full = dec.total_out() as usize == out.len();
         if full || status == flate2::Status::StreamEnd {
             if !full {
                 let n = dec.total_out();
-                return Err(format!("the deflate data decompresses to {n} bytes, not {}", out.len()));
+                return Err(format!(
+                    "the deflate data decompresses to {n} bytes, not {}",
+                    out.len()
+                ));
             }
             return Ok(());
         }

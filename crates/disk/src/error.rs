@@ -84,7 +84,9 @@ pub enum DiskError {
         max: usize,
     },
     /// A request reaches past the end of the virtual disk.
-    #[error("a request for {len} bytes at offset {offset} reaches past the end of the {size}-byte disk")]
+    #[error(
+        "a request for {len} bytes at offset {offset} reaches past the end of the {size}-byte disk"
+    )]
     OutOfRange {
         /// Guest offset of the request.
         offset: u64,
@@ -105,7 +107,11 @@ pub enum DiskError {
 }
 
 impl DiskError {
-    pub(crate) fn malformed(path: &std::path::Path, format: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn malformed(
+        path: &std::path::Path,
+        format: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
         DiskError::Malformed {
             path: path.to_path_buf(),
             format,
@@ -120,7 +126,11 @@ impl DiskError {
         }
     }
 
-    pub(crate) fn unsupported(path: &std::path::Path, format: &'static str, feature: impl Into<String>) -> Self {
+    pub(crate) fn unsupported(
+        path: &std::path::Path,
+        format: &'static str,
+        feature: impl Into<String>,
+    ) -> Self {
         DiskError::Unsupported {
             path: path.to_path_buf(),
             format,

@@ -79,7 +79,9 @@ impl ImageFile {
 
     /// Size of the file in bytes (works for block devices too).
     pub fn len(&self) -> Result<u64> {
-        (&self.file).seek(SeekFrom::End(0)).map_err(|e| self.io_err(e))
+        (&self.file)
+            .seek(SeekFrom::End(0))
+            .map_err(|e| self.io_err(e))
     }
 
     /// Bytes the file occupies on the host (allocated blocks).
@@ -89,13 +91,22 @@ impl ImageFile {
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`; a file that ends first is malformed.
-    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64, format: &'static str, what: &str) -> Result<()> {
+    pub fn read_exact_at(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        format: &'static str,
+        what: &str,
+    ) -> Result<()> {
         match self.file.read_exact_at(buf, offset) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(DiskError::malformed(
                 &self.path,
                 format,
-                format!("the {what} at offset {offset} ({} bytes) lies past the end of the file", buf.len()),
+                format!(
+                    "the {what} at offset {offset} ({} bytes) lies past the end of the file",
+                    buf.len()
+                ),
             )),
             Err(e) => Err(self.io_err(e)),
         }
@@ -121,7 +132,9 @@ impl ImageFile {
 
     /// Writes all of `buf` at `offset`.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.file.write_all_at(buf, offset).map_err(|e| self.io_err(e))
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| self.io_err(e))
     }
 
     /// Makes everything written so far durable.
@@ -178,11 +191,19 @@ pub(crate) fn resolve_named_file(image: &Path, name: &str, allow_outside: bool) 
         target: name.to_string(),
     };
     if name.is_empty() || name.contains('\0') {
-        return Err(DiskError::malformed(image, "disk", format!("it names the file {name:?}, which is not a valid file name")));
+        return Err(DiskError::malformed(
+            image,
+            "disk",
+            format!("it names the file {name:?}, which is not a valid file name"),
+        ));
     }
     let named = Path::new(name);
     let dir = image.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     if allow_outside {
         return Ok(dir.join(named));
     }
@@ -217,11 +238,19 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
         // middle part of the slice.
         unsafe { buf.align_to::<u64>() }
     };
-    prefix.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && suffix.iter().all(|&b| b == 0)
+    prefix.iter().all(|&b| b == 0)
+        && words.iter().all(|&w| w == 0)
+        && suffix.iter().all(|&b| b == 0)
 }
 
 /// Allocates a zeroed buffer of `len` bytes, refusing sizes above `limit`.
-pub(crate) fn bounded_vec(path: &Path, format: &'static str, what: &str, len: u64, limit: u64) -> Result<Vec<u8>> {
+pub(crate) fn bounded_vec(
+    path: &Path,
+    format: &'static str,
+    what: &str,
+    len: u64,
+    limit: u64,
+) -> Result<Vec<u8>> {
     if len > limit {
         return Err(DiskError::malformed(
             path,
@@ -239,11 +268,26 @@ mod tests {
     #[test]
     fn named_files_stay_inside_the_folder() {
         let img = Path::new("/images/a.qcow2");
-        assert_eq!(resolve_named_file(img, "b.qcow2", false).unwrap(), PathBuf::from("/images/b.qcow2"));
-        assert!(matches!(resolve_named_file(img, "../etc/passwd", false), Err(DiskError::OutsidePath { .. })));
-        assert!(matches!(resolve_named_file(img, "/etc/passwd", false), Err(DiskError::OutsidePath { .. })));
-        assert!(matches!(resolve_named_file(img, "x/../../y", false), Err(DiskError::OutsidePath { .. })));
-        assert_eq!(resolve_named_file(img, "/etc/passwd", true).unwrap(), PathBuf::from("/etc/passwd"));
+        assert_eq!(
+            resolve_named_file(img, "b.qcow2", false).unwrap(),
+            PathBuf::from("/images/b.qcow2")
+        );
+        assert!(matches!(
+            resolve_named_file(img, "../etc/passwd", false),
+            Err(DiskError::OutsidePath { .. })
+        ));
+        assert!(matches!(
+            resolve_named_file(img, "/etc/passwd", false),
+            Err(DiskError::OutsidePath { .. })
+        ));
+        assert!(matches!(
+            resolve_named_file(img, "x/../../y", false),
+            Err(DiskError::OutsidePath { .. })
+        ));
+        assert_eq!(
+            resolve_named_file(img, "/etc/passwd", true).unwrap(),
+            PathBuf::from("/etc/passwd")
+        );
         assert!(resolve_named_file(img, "", false).is_err());
     }
 

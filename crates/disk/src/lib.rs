@@ -254,7 +254,12 @@ impl Chain {
     }
 
     /// Opens one image of the chain (and, recursively, what lies below it).
-    pub(crate) fn open(&mut self, path: &Path, format: Option<Format>, writable: bool) -> Result<Box<dyn DiskImage>> {
+    pub(crate) fn open(
+        &mut self,
+        path: &Path,
+        format: Option<Format>,
+        writable: bool,
+    ) -> Result<Box<dyn DiskImage>> {
         let key = path.canonicalize().map_err(|source| DiskError::Open {
             path: path.to_path_buf(),
             source,
@@ -284,7 +289,12 @@ impl Chain {
     }
 
     /// Opens a backing file named inside `image`, read-only.
-    pub(crate) fn open_backing(&mut self, image: &Path, name: &str, format: Option<Format>) -> Result<Box<dyn DiskImage>> {
+    pub(crate) fn open_backing(
+        &mut self,
+        image: &Path,
+        name: &str,
+        format: Option<Format>,
+    ) -> Result<Box<dyn DiskImage>> {
         let target = file::resolve_named_file(image, name, self.allow_outside_paths)?;
         self.open(&target, format, false)
     }

@@ -34,7 +34,8 @@ pub(crate) fn probe_bytes(head: &[u8]) -> Format {
 fn looks_like_descriptor(head: &[u8]) -> bool {
     let text = String::from_utf8_lossy(head);
     let text = text.trim_start_matches('\u{feff}').trim_start();
-    text.starts_with(VMDK_DESCRIPTOR_START) || (text.starts_with('#') && text.contains("createType"))
+    text.starts_with(VMDK_DESCRIPTOR_START)
+        || (text.starts_with('#') && text.contains("createType"))
 }
 
 #[cfg(test)]
@@ -45,7 +46,10 @@ mod tests {
     fn probes_by_magic() {
         assert_eq!(probe_bytes(b"QFI\xfb\0\0\0\x03"), Format::Qcow2);
         assert_eq!(probe_bytes(b"KDMV\x01\0\0\0"), Format::Vmdk);
-        assert_eq!(probe_bytes(b"# Disk DescriptorFile\nversion=1\n"), Format::Vmdk);
+        assert_eq!(
+            probe_bytes(b"# Disk DescriptorFile\nversion=1\n"),
+            Format::Vmdk
+        );
         assert_eq!(probe_bytes(b"\0\0\0\0"), Format::Raw);
         assert_eq!(probe_bytes(b"#!/bin/sh\n"), Format::Raw);
     }

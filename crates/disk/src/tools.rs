@@ -2,7 +2,10 @@
 
 use crate::error::{DiskError, Result};
 use crate::file::is_zero;
-use crate::{open, CheckReport, DiskImage, Format, ImageInfo, Mapping, OpenOptions, Qcow2CreateOptions, VmdkCreateOptions, VmdkSubformat};
+use crate::{
+    open, CheckReport, DiskImage, Format, ImageInfo, Mapping, OpenOptions, Qcow2CreateOptions,
+    VmdkCreateOptions, VmdkSubformat,
+};
 use std::path::Path;
 
 /// What image to create.
@@ -40,9 +43,18 @@ pub fn create(path: &Path, size: u64, spec: &CreateSpec) -> Result<()> {
 }
 
 /// Size of the backing file named `name` for a new image at `path` (for create without a size).
-pub fn backing_size(path: &Path, name: &str, format: Option<Format>, allow_outside_paths: bool) -> Result<u64> {
+pub fn backing_size(
+    path: &Path,
+    name: &str,
+    format: Option<Format>,
+    allow_outside_paths: bool,
+) -> Result<u64> {
     let target = crate::file::resolve_named_file(path, name, allow_outside_paths)?;
-    let opts = OpenOptions { read_only: true, format, allow_outside_paths };
+    let opts = OpenOptions {
+        read_only: true,
+        format,
+        allow_outside_paths,
+    };
     Ok(open(&target, &opts)?.virtual_size())
 }
 
@@ -57,33 +69,59 @@ pub fn check(path: &Path, opts: &OpenOptions) -> Result<CheckReport> {
 }
 
 fn read_only(opts: &OpenOptions) -> OpenOptions {
-    OpenOptions { read_only: true, ..opts.clone() }
+    OpenOptions {
+        read_only: true,
+        ..opts.clone()
+    }
 }
 
 /// Copies the disk `input` into a new image `output`, leaving ranges that read as zeros
 /// unallocated. `progress(done, total)` is called as bytes are processed.
-pub fn convert(input: &Path, in_opts: &OpenOptions, output: &Path, spec: &CreateSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+pub fn convert(
+    input: &Path,
+    in_opts: &OpenOptions,
+    output: &Path,
+    spec: &CreateSpec,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
     let src = open(input, &read_only(in_opts))?;
     let size = src.virtual_size();
-    if let CreateSpec::Vmdk(VmdkCreateOptions { subformat: VmdkSubformat::StreamOptimized, .. }) = spec {
+    if let CreateSpec::Vmdk(VmdkCreateOptions {
+        subformat: VmdkSubformat::StreamOptimized,
+        ..
+    }) = spec
+    {
         return crate::vmdk::write_stream(output, src.as_ref(), &mut |done| progress(done, size));
     }
     if let CreateSpec::Qcow2(o) = spec {
         if o.backing_file.is_some() {
-            return Err(DiskError::InvalidArgument("convert writes a complete image; it takes no backing file".into()));
+            return Err(DiskError::InvalidArgument(
+                "convert writes a complete image; it takes no backing file".into(),
+            ));
         }
     }
     create(output, size, spec)?;
-    let out_opts = OpenOptions { read_only: false, format: Some(spec.format()), allow_outside_paths: false };
+    let out_opts = OpenOptions {
+        read_only: false,
+        format: Some(spec.format()),
+        allow_outside_paths: false,
+    };
     let dst = open(output, &out_opts)?;
     if dst.virtual_size() < size {
-        return Err(DiskError::InvalidArgument(format!("the new image holds {} bytes, less than the {size} of the input", dst.virtual_size())));
+        return Err(DiskError::InvalidArgument(format!(
+            "the new image holds {} bytes, less than the {size} of the input",
+            dst.virtual_size()
+        )));
     }
     copy_data(src.as_ref(), dst.as_ref(), progress)?;
     dst.flush()
 }
 
-fn copy_data(src: &dyn DiskImage, dst: &dyn DiskImage, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+fn copy_data(
+    src: &dyn DiskImage,
+    dst: &dyn DiskImage,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
     let size = src.virtual_size();
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
@@ -164,7 +202,10 @@ fn first_nonzero(d: &dyn DiskImage, from: u64) -> Result<Option<u64>> {
 /// Parses a size such as `10G`, `512M`, `4096` (suffixes are binary: K = 1024).
 pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
         Some('K') => (&t[..t.len() - 1], 10),
         Some('M') => (&t[..t.len() - 1], 20),
@@ -173,7 +214,11 @@ pub fn parse_size(text: &str) -> Result<u64> {
         Some('P') => (&t[..t.len() - 1], 50),
         _ => (t, 0),
     };
-    let bad = || DiskError::InvalidArgument(format!("{text:?} is not a size; write it like 4096, 512M or 10G"));
+    let bad = || {
+        DiskError::InvalidArgument(format!(
+            "{text:?} is not a size; write it like 4096, 512M or 10G"
+        ))
+    };
     let n: u64 = num.trim().parse().map_err(|_| bad())?;
     n.checked_mul(1u64 << shift).ok_or_else(bad)
 }

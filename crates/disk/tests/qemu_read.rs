@@ -16,7 +16,12 @@ fn s(p: &Path) -> &str {
 
 fn assert_reads_as(path: &Path, format: Option<Format>, expected: &[u8]) {
     let img = open_ro(path, format);
-    assert_eq!(img.virtual_size() as usize, expected.len(), "size of {}", path.display());
+    assert_eq!(
+        img.virtual_size() as usize,
+        expected.len(),
+        "size of {}",
+        path.display()
+    );
     let got = read_all(img.as_ref());
     if let Some(at) = first_diff(&got, expected) {
         panic!("{} differs from the reference at byte {at}", path.display());
@@ -27,7 +32,13 @@ fn assert_reads_as(path: &Path, format: Option<Format>, expected: &[u8]) {
         let (state, run) = img.map(pos, img.virtual_size() - pos).unwrap();
         assert!(run > 0);
         if state == Mapping::Zero {
-            assert!(expected[pos as usize..(pos + run) as usize].iter().all(|&b| b == 0), "{}: map says zero at {pos}", path.display());
+            assert!(
+                expected[pos as usize..(pos + run) as usize]
+                    .iter()
+                    .all(|&b| b == 0),
+                "{}: map says zero at {pos}",
+                path.display()
+            );
         }
         pos += run;
     }
@@ -57,7 +68,10 @@ fn qcow2_every_variant_reads_identical() {
         args.extend_from_slice(&[s(&raw), s(&img)]);
         qemu_img(&args);
         assert_reads_as(&img, None, &data);
-        assert!(open_ro(&img, None).check().unwrap().is_clean(), "{name}: own check not clean");
+        assert!(
+            open_ro(&img, None).check().unwrap().is_clean(),
+            "{name}: own check not clean"
+        );
     }
 }
 
@@ -69,7 +83,15 @@ fn qcow2_zero_clusters_and_backing_chains() {
     let base = dir.path().join("base.qcow2");
     qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&base)]);
     // Zero clusters (whole and partial) over data.
-    qemu_io(&["-f", "qcow2", "-c", "write -z 65536 196608", "-c", "write -z 1000000 5000", s(&base)]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -z 65536 196608",
+        "-c",
+        "write -z 1000000 5000",
+        s(&base),
+    ]);
     data[65536..65536 + 196608].fill(0);
     data[1_000_000..1_005_000].fill(0);
     assert_reads_as(&base, None, &data);
@@ -77,11 +99,39 @@ fn qcow2_zero_clusters_and_backing_chains() {
     // A chain of three: base <- mid (v2) <- top, each with its own writes.
     let mid = dir.path().join("mid.qcow2");
     let top = dir.path().join("top.qcow2");
-    qemu_img(&["create", "-f", "qcow2", "-o", "compat=0.10", "-b", "base.qcow2", "-F", "qcow2", s(&mid)]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        s(&mid),
+    ]);
     qemu_io(&["-f", "qcow2", "-c", "write -P 0x5a 70000 100000", s(&mid)]);
     data[70000..170000].fill(0x5a);
-    qemu_img(&["create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", s(&top)]);
-    qemu_io(&["-f", "qcow2", "-c", "write -P 0xa5 150000 30000", "-c", "write -z 2097152 65536", s(&top)]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        s(&top),
+    ]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 0xa5 150000 30000",
+        "-c",
+        "write -z 2097152 65536",
+        s(&top),
+    ]);
     data[150000..180000].fill(0xa5);
     data[2097152..2097152 + 65536].fill(0);
     assert_reads_as(&top, None, &data);
@@ -90,7 +140,17 @@ fn qcow2_zero_clusters_and_backing_chains() {
     let small = dir.path().join("small.raw");
     std::fs::write(&small, &data[..1 << 20]).unwrap();
     let over = dir.path().join("over-raw.qcow2");
-    qemu_img(&["create", "-f", "qcow2", "-b", "small.raw", "-F", "raw", s(&over), &SIZE.to_string()]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "small.raw",
+        "-F",
+        "raw",
+        s(&over),
+        &SIZE.to_string(),
+    ]);
     let mut expected = data[..1 << 20].to_vec();
     expected.resize(SIZE, 0);
     assert_reads_as(&over, None, &expected);
@@ -99,11 +159,29 @@ fn qcow2_zero_clusters_and_backing_chains() {
     let vmdk = dir.path().join("base.vmdk");
     qemu_img(&["convert", "-f", "raw", "-O", "vmdk", s(&raw), s(&vmdk)]);
     let over_vmdk = dir.path().join("over-vmdk.qcow2");
-    qemu_img(&["create", "-f", "qcow2", "-b", "base.vmdk", "-F", "vmdk", s(&over_vmdk)]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        s(&over_vmdk),
+    ]);
     let reference = std::fs::read(&raw).unwrap();
     assert_reads_as(&over_vmdk, None, &reference);
     let info = open_ro(&top, None).info();
-    assert_eq!(info.backing.as_ref().unwrap().backing.as_ref().unwrap().format, Format::Qcow2);
+    assert_eq!(
+        info.backing
+            .as_ref()
+            .unwrap()
+            .backing
+            .as_ref()
+            .unwrap()
+            .format,
+        Format::Qcow2
+    );
 }
 
 #[test]
@@ -111,18 +189,47 @@ fn vmdk_every_subformat_reads_identical() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("ref.raw");
     let data = make_reference(&raw, SIZE, 3);
-    for sub in ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat", "streamOptimized"] {
+    for sub in [
+        "monolithicSparse",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+        "streamOptimized",
+    ] {
         let img = dir.path().join(format!("{sub}.vmdk"));
-        qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", &format!("subformat={sub}"), s(&raw), s(&img)]);
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            &format!("subformat={sub}"),
+            s(&raw),
+            s(&img),
+        ]);
         assert_reads_as(&img, None, &data);
         let info = open_ro(&img, None).info();
         assert_eq!(info.subformat.as_deref(), Some(sub));
-        assert!(open_ro(&img, None).check().unwrap().is_clean(), "{sub}: own check not clean");
+        assert!(
+            open_ro(&img, None).check().unwrap().is_clean(),
+            "{sub}: own check not clean"
+        );
     }
     // Zero grains (GTE 1), written by qemu-io on an image made with zeroed_grain.
     let mut data = data;
     let zg = dir.path().join("zeroed.vmdk");
-    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", "zeroed_grain=on", s(&raw), s(&zg)]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "zeroed_grain=on",
+        s(&raw),
+        s(&zg),
+    ]);
     qemu_io(&["-f", "vmdk", "-c", "write -z 131072 262144", s(&zg)]);
     data[131072..131072 + 262144].fill(0);
     assert_reads_as(&zg, Some(Format::Vmdk), &data);
@@ -135,11 +242,29 @@ fn split_vmdk_larger_than_one_extent() {
     let boundary: u64 = 2 << 30;
     for sub in ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
         let img = dir.path().join(format!("big-{sub}.vmdk"));
-        qemu_img(&["create", "-f", "vmdk", "-o", &format!("subformat={sub}"), s(&img), &size.to_string()]);
+        qemu_img(&[
+            "create",
+            "-f",
+            "vmdk",
+            "-o",
+            &format!("subformat={sub}"),
+            s(&img),
+            &size.to_string(),
+        ]);
         let across = format!("write -P 0x3c {} 8192", boundary - 4096);
         let second = format!("write -P 0x77 {} 1000", 2 * boundary + 12345);
         let last = format!("write -P 0x11 {} 512", size - 512);
-        qemu_io(&["-f", "vmdk", "-c", &across, "-c", &second, "-c", &last, s(&img)]);
+        qemu_io(&[
+            "-f",
+            "vmdk",
+            "-c",
+            &across,
+            "-c",
+            &second,
+            "-c",
+            &last,
+            s(&img),
+        ]);
         let d = open_ro(&img, None);
         assert_eq!(d.virtual_size(), size);
         assert_eq!(d.info().extents.len(), 3);

@@ -4,7 +4,10 @@
 mod common;
 
 use bulkhead_disk::tools::{self, CreateSpec};
-use bulkhead_disk::{DiskImage, Format, OpenOptions, Qcow2CreateOptions, Qcow2Version, VmdkCreateOptions, VmdkSubformat};
+use bulkhead_disk::{
+    DiskImage, Format, OpenOptions, Qcow2CreateOptions, Qcow2Version, VmdkCreateOptions,
+    VmdkSubformat,
+};
 use common::*;
 use std::path::Path;
 
@@ -36,7 +39,11 @@ fn exercise(img: &dyn DiskImage, model: &mut [u8], seed: u64, ops: usize) {
                 let mut after = vec![0u8; len as usize];
                 img.read_at(&mut after, off).unwrap();
                 for (j, (&a, &b)) in after.iter().zip(&before).enumerate() {
-                    assert!(a == b || a == 0, "op {i}: discard made byte {} neither old nor zero", off as usize + j);
+                    assert!(
+                        a == b || a == 0,
+                        "op {i}: discard made byte {} neither old nor zero",
+                        off as usize + j
+                    );
                 }
                 model[range].copy_from_slice(&after);
             }
@@ -52,7 +59,11 @@ fn exercise(img: &dyn DiskImage, model: &mut [u8], seed: u64, ops: usize) {
         }
     }
     let got = read_all(img);
-    assert_eq!(first_diff(&got, model), None, "read-back differs from the model");
+    assert_eq!(
+        first_diff(&got, model),
+        None,
+        "read-back differs from the model"
+    );
 }
 
 fn create_and_exercise(path: &Path, spec: &CreateSpec, seed: u64) -> Vec<u8> {
@@ -65,16 +76,28 @@ fn create_and_exercise(path: &Path, spec: &CreateSpec, seed: u64) -> Vec<u8> {
     }
     // A fresh open sees the same.
     let again = read_all(open_ro(path, Some(spec.format())).as_ref());
-    assert_eq!(first_diff(&again, &model[..again.len()]), None, "{} after reopen", path.display());
+    assert_eq!(
+        first_diff(&again, &model[..again.len()]),
+        None,
+        "{} after reopen",
+        path.display()
+    );
     model
 }
 
 fn qcow2(version: Qcow2Version, cluster_size: u64) -> CreateSpec {
-    CreateSpec::Qcow2(Qcow2CreateOptions { version, cluster_size, ..Default::default() })
+    CreateSpec::Qcow2(Qcow2CreateOptions {
+        version,
+        cluster_size,
+        ..Default::default()
+    })
 }
 
 fn vmdk(subformat: VmdkSubformat, zeroed_grain: bool) -> CreateSpec {
-    CreateSpec::Vmdk(VmdkCreateOptions { subformat, zeroed_grain })
+    CreateSpec::Vmdk(VmdkCreateOptions {
+        subformat,
+        zeroed_grain,
+    })
 }
 
 #[test]
@@ -137,14 +160,26 @@ fn qcow2_overlay_on_qemu_made_images() {
     let mut model = make_reference(&base_raw, SIZE as usize, 5);
     // A compressed base: writes over compressed clusters must merge and free them.
     let comp = dir.path().join("comp.qcow2");
-    qemu_img(&["convert", "-c", "-f", "raw", "-O", "qcow2", base_raw.to_str().unwrap(), comp.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        base_raw.to_str().unwrap(),
+        comp.to_str().unwrap(),
+    ]);
     {
         let img = open_rw(&comp, Format::Qcow2);
         exercise(img.as_ref(), &mut model.clone(), 6, 60);
     }
     assert_qemu_check_clean(&comp, "qcow2");
 
-    for (name, version) in [("top3.qcow2", Qcow2Version::V3), ("top2.qcow2", Qcow2Version::V2)] {
+    for (name, version) in [
+        ("top3.qcow2", Qcow2Version::V3),
+        ("top2.qcow2", Qcow2Version::V2),
+    ] {
         let top = dir.path().join(name);
         let spec = CreateSpec::Qcow2(Qcow2CreateOptions {
             version,
@@ -161,7 +196,10 @@ fn qcow2_overlay_on_qemu_made_images() {
         assert_qemu_check_clean(&top, "qcow2");
         assert_qemu_compare(&raw, &top, "qcow2");
         let backing = qemu_img(&["info", "--output=json", top.to_str().unwrap()]);
-        assert!(backing.contains("\"backing-filename\": \"base.raw\""), "{backing}");
+        assert!(
+            backing.contains("\"backing-filename\": \"base.raw\""),
+            "{backing}"
+        );
         // Reset the model to the base for the next overlay.
         model = std::fs::read(&base_raw).unwrap();
     }
@@ -193,7 +231,10 @@ fn split_vmdk_written_across_extents() {
     let dir = tempfile::tempdir().unwrap();
     let size: u64 = (4 << 30) + 4096 * 3;
     let boundary: u64 = 2 << 30;
-    for sub in [VmdkSubformat::TwoGbMaxExtentSparse, VmdkSubformat::TwoGbMaxExtentFlat] {
+    for sub in [
+        VmdkSubformat::TwoGbMaxExtentSparse,
+        VmdkSubformat::TwoGbMaxExtentFlat,
+    ] {
         let path = dir.path().join(format!("{}.vmdk", sub.name()));
         tools::create(&path, size, &vmdk(sub, false)).unwrap();
         let img = open_rw(&path, Format::Vmdk);
@@ -221,9 +262,21 @@ fn convert_between_all_formats_keeps_content_and_holes() {
     let targets = [
         ("a.qcow2", qcow2(Qcow2Version::V3, 65536), "qcow2"),
         ("b.qcow2", qcow2(Qcow2Version::V2, 4096), "qcow2"),
-        ("c.vmdk", vmdk(VmdkSubformat::MonolithicSparse, false), "vmdk"),
-        ("d.vmdk", vmdk(VmdkSubformat::TwoGbMaxExtentFlat, false), "vmdk"),
-        ("e.vmdk", vmdk(VmdkSubformat::StreamOptimized, false), "vmdk"),
+        (
+            "c.vmdk",
+            vmdk(VmdkSubformat::MonolithicSparse, false),
+            "vmdk",
+        ),
+        (
+            "d.vmdk",
+            vmdk(VmdkSubformat::TwoGbMaxExtentFlat, false),
+            "vmdk",
+        ),
+        (
+            "e.vmdk",
+            vmdk(VmdkSubformat::StreamOptimized, false),
+            "vmdk",
+        ),
         ("f.vmdk", vmdk(VmdkSubformat::MonolithicFlat, false), "vmdk"),
         ("g.raw", CreateSpec::Raw, "raw"),
     ];
@@ -243,14 +296,24 @@ fn convert_between_all_formats_keeps_content_and_holes() {
     // Holes stay holes: the raw output takes less room than its size.
     let raw_out = dir.path().join("g.raw");
     let info = tools::info(&raw_out, &opts).unwrap();
-    assert!(info.allocated_bytes < SIZE, "raw output is not sparse: {} bytes", info.allocated_bytes);
+    assert!(
+        info.allocated_bytes < SIZE,
+        "raw output is not sparse: {} bytes",
+        info.allocated_bytes
+    );
     // And compare finds a difference where there is one.
     let mut changed = data.clone();
     changed[1_234_567] ^= 1;
     let other = dir.path().join("other.raw");
     std::fs::write(&other, &changed).unwrap();
-    assert_eq!(tools::compare(&raw, &other, &opts).unwrap(), Some(1_234_567));
-    assert_eq!(tools::compare(&dir.path().join("a.qcow2"), &other, &opts).unwrap(), Some(1_234_567));
+    assert_eq!(
+        tools::compare(&raw, &other, &opts).unwrap(),
+        Some(1_234_567)
+    );
+    assert_eq!(
+        tools::compare(&dir.path().join("a.qcow2"), &other, &opts).unwrap(),
+        Some(1_234_567)
+    );
 }
 
 #[test]
@@ -269,11 +332,40 @@ fn cli_exit_codes() {
         cluster_size: None,
     };
     assert_eq!(run(create).unwrap(), 0);
-    let convert = DiskCommand::Convert { input: a.clone(), output: b.clone(), format: "vmdk".into(), subformat: Some("monolithicSparse".into()), allow_outside_paths: false };
+    let convert = DiskCommand::Convert {
+        input: a.clone(),
+        output: b.clone(),
+        format: "vmdk".into(),
+        subformat: Some("monolithicSparse".into()),
+        allow_outside_paths: false,
+    };
     assert_eq!(run(convert).unwrap(), 0);
-    assert_eq!(run(DiskCommand::Compare { a: a.clone(), b: b.clone() }).unwrap(), 0);
-    assert_eq!(run(DiskCommand::Check { file: a.clone(), json: true, allow_outside_paths: false }).unwrap(), 0);
-    assert_eq!(run(DiskCommand::Info { file: b.clone(), json: true, allow_outside_paths: false }).unwrap(), 0);
+    assert_eq!(
+        run(DiskCommand::Compare {
+            a: a.clone(),
+            b: b.clone()
+        })
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        run(DiskCommand::Check {
+            file: a.clone(),
+            json: true,
+            allow_outside_paths: false
+        })
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        run(DiskCommand::Info {
+            file: b.clone(),
+            json: true,
+            allow_outside_paths: false
+        })
+        .unwrap(),
+        0
+    );
     open_rw(&b, Format::Vmdk).write_at(&[1], 5).unwrap();
     assert_eq!(run(DiskCommand::Compare { a: a.clone(), b }).unwrap(), 1);
     // A leaked cluster makes check exit 1: bump the refcount of a free cluster by hand.
@@ -284,5 +376,13 @@ fn cli_exit_codes() {
     // The refcount block is cluster 2 (64 KiB clusters); cluster 9 gets refcount 1.
     bytes[2 * 65536 + 9 * 2 + 1] = 1;
     std::fs::write(&leak, &bytes).unwrap();
-    assert_eq!(run(DiskCommand::Check { file: leak, json: false, allow_outside_paths: false }).unwrap(), 1);
+    assert_eq!(
+        run(DiskCommand::Check {
+            file: leak,
+            json: false,
+            allow_outside_paths: false
+        })
+        .unwrap(),
+        1
+    );
 }

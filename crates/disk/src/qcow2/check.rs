@@ -28,7 +28,9 @@ impl Checker<'_> {
         if self.report.errors.len() < MAX_LINES {
             self.report.errors.push(msg);
         } else if self.report.errors.len() == MAX_LINES {
-            self.report.errors.push("more errors follow; only the first ones are listed".into());
+            self.report
+                .errors
+                .push("more errors follow; only the first ones are listed".into());
         }
     }
 
@@ -42,7 +44,9 @@ impl Checker<'_> {
             return;
         }
         if offset.saturating_add(len) > self.file_len {
-            self.error(format!("the {what} at offset {offset:#x} lies past the end of the file"));
+            self.error(format!(
+                "the {what} at offset {offset:#x} lies past the end of the file"
+            ));
             return;
         }
         let cs = self.cs();
@@ -55,7 +59,8 @@ impl Checker<'_> {
 
     fn walk_l2(&mut self, l2: u64) -> Result<()> {
         let mut table = vec![0u8; self.cs() as usize];
-        self.file.read_exact_at(&mut table, l2, FORMAT, "L2 table")?;
+        self.file
+            .read_exact_at(&mut table, l2, FORMAT, "L2 table")?;
         for raw in table.chunks_exact(8) {
             let e = u64::from_be_bytes(raw.try_into().unwrap_or_default());
             if e & COMPRESSED != 0 {
@@ -63,7 +68,9 @@ impl Checker<'_> {
                 let host = e & ((1u64 << x) - 1);
                 let sectors = ((e >> x) & ((1u64 << (self.h.cluster_bits - 8)) - 1)) + 1;
                 if e & COPIED != 0 {
-                    self.error(format!("the compressed cluster at offset {host:#x} has the COPIED flag set"));
+                    self.error(format!(
+                        "the compressed cluster at offset {host:#x} has the COPIED flag set"
+                    ));
                 }
                 self.reference(host & !511, sectors * 512, "compressed cluster");
                 continue;
@@ -73,11 +80,15 @@ impl Checker<'_> {
                 continue;
             }
             if host % self.cs() != 0 {
-                self.error(format!("an L2 entry points at offset {host:#x}, which is not aligned to a cluster"));
+                self.error(format!(
+                    "an L2 entry points at offset {host:#x}, which is not aligned to a cluster"
+                ));
                 continue;
             }
             if self.h.version == 2 && e & ZERO != 0 {
-                self.error(format!("an L2 entry of a version 2 image has the zero flag set (offset {host:#x})"));
+                self.error(format!(
+                    "an L2 entry of a version 2 image has the zero flag set (offset {host:#x})"
+                ));
             }
             self.reference(host, self.cs(), "data cluster");
             self.copied.push((host, e & COPIED != 0, "data cluster"));
@@ -87,7 +98,8 @@ impl Checker<'_> {
 
     fn walk_l1(&mut self) -> Result<()> {
         let mut raw = vec![0u8; self.h.l1_size as usize * 8];
-        self.file.read_exact_at(&mut raw, self.h.l1_table_offset, FORMAT, "L1 table")?;
+        self.file
+            .read_exact_at(&mut raw, self.h.l1_table_offset, FORMAT, "L1 table")?;
         for chunk in raw.chunks_exact(8) {
             let e = u64::from_be_bytes(chunk.try_into().unwrap_or_default());
             let l2 = e & OFFSET_MASK;
@@ -95,7 +107,9 @@ impl Checker<'_> {
                 continue;
             }
             if l2 % self.cs() != 0 || l2.saturating_add(self.cs()) > self.file_len {
-                self.error(format!("an L2 table at offset {l2:#x} is misaligned or lies past the end of the file"));
+                self.error(format!(
+                    "an L2 table at offset {l2:#x} is misaligned or lies past the end of the file"
+                ));
                 continue;
             }
             self.reference(l2, self.cs(), "L2 table");
@@ -111,22 +125,34 @@ impl Checker<'_> {
             let r = u64::from(self.refs.get(c).copied().unwrap_or(0));
             let off = c as u64 * self.cs();
             if s < r {
-                self.error(format!("the cluster at offset {off:#x} is used {r} times but its refcount is {s}"));
+                self.error(format!(
+                    "the cluster at offset {off:#x} is used {r} times but its refcount is {s}"
+                ));
             } else if s > r {
                 leaks += 1;
                 if self.report.leaks.len() < MAX_LINES {
-                    self.report.leaks.push(format!("the cluster at offset {off:#x} has refcount {s} but is used {r} times"));
+                    self.report.leaks.push(format!(
+                        "the cluster at offset {off:#x} has refcount {s} but is used {r} times"
+                    ));
                 }
             }
         }
         if leaks > MAX_LINES {
-            self.report.leaks.push(format!("{} more leaked clusters", leaks - MAX_LINES));
+            self.report
+                .leaks
+                .push(format!("{} more leaked clusters", leaks - MAX_LINES));
         }
         for i in 0..self.copied.len() {
             let (host, copied, what) = self.copied[i];
-            let s = stored.get((host / self.cs()) as usize).copied().unwrap_or(0);
+            let s = stored
+                .get((host / self.cs()) as usize)
+                .copied()
+                .unwrap_or(0);
             if (s == 1) != copied {
-                self.error(format!("the {what} at offset {host:#x} has refcount {s} but its COPIED flag is {}", if copied { "set" } else { "clear" }));
+                self.error(format!(
+                    "the {what} at offset {host:#x} has refcount {s} but its COPIED flag is {}",
+                    if copied { "set" } else { "clear" }
+                ));
             }
         }
     }
@@ -140,7 +166,9 @@ pub(crate) fn check(file: &ImageFile, h: &Header) -> Result<CheckReport> {
     let refcounts = match Refcounts::load(file, h) {
         Ok(r) => r,
         Err(e) => {
-            report.errors.push(format!("the refcount table cannot be read: {e}"));
+            report
+                .errors
+                .push(format!("the refcount table cannot be read: {e}"));
             return Ok(report);
         }
     };
@@ -159,7 +187,11 @@ pub(crate) fn check(file: &ImageFile, h: &Header) -> Result<CheckReport> {
     };
     ck.reference(0, cs, "header");
     ck.reference(h.l1_table_offset, u64::from(h.l1_size) * 8, "L1 table");
-    ck.reference(h.refcount_table_offset, u64::from(h.refcount_table_clusters) * cs, "refcount table");
+    ck.reference(
+        h.refcount_table_offset,
+        u64::from(h.refcount_table_clusters) * cs,
+        "refcount table",
+    );
     for block in refcounts.block_offsets() {
         ck.reference(block, cs, "refcount block");
     }

@@ -52,12 +52,18 @@ const REFCOUNT_ORDER: u32 = 4;
 pub(crate) fn create(path: &Path, size: u64, opts: &Qcow2CreateOptions) -> Result<()> {
     let cs = opts.cluster_size;
     if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
-        return Err(DiskError::InvalidArgument(format!("the cluster size {cs} is not a power of two from 512 to 2 MiB")));
+        return Err(DiskError::InvalidArgument(format!(
+            "the cluster size {cs} is not a power of two from 512 to 2 MiB"
+        )));
     }
     let cluster_bits = cs.trailing_zeros();
     let l1_entries = Header::l1_entries_for(size, cluster_bits)
         .filter(|&n| n * 8 <= MAX_L1_BYTES)
-        .ok_or_else(|| DiskError::InvalidArgument(format!("a size of {size} bytes needs an L1 table above 32 MiB; use bigger clusters")))?;
+        .ok_or_else(|| {
+            DiskError::InvalidArgument(format!(
+                "a size of {size} bytes needs an L1 table above 32 MiB; use bigger clusters"
+            ))
+        })?;
     let l1_clusters = (l1_entries * 8).div_ceil(cs);
     let rb_entries = (cs * 8) >> REFCOUNT_ORDER;
     // Header, refcount table, refcount blocks, L1: find block/table counts that cover it all.

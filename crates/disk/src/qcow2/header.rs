@@ -28,7 +28,8 @@ pub(crate) const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 const INCOMPAT_EXTL2: u64 = 1 << 4;
-const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+const INCOMPAT_KNOWN: u64 =
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 
 /// Byte offset of `refcount_table_offset` (followed by `refcount_table_clusters`).
 pub(crate) const REFTABLE_FIELDS_OFFSET: u64 = 48;
@@ -96,7 +97,9 @@ impl Header {
         let bad = |reason: String| DiskError::malformed(path, FORMAT, reason);
         let file_len = file.len()?;
         if file_len < V2_HEADER_LEN as u64 {
-            return Err(bad(format!("the header is truncated: the file has only {file_len} bytes")));
+            return Err(bad(format!(
+                "the header is truncated: the file has only {file_len} bytes"
+            )));
         }
         let mut fixed = [0u8; V2_HEADER_LEN];
         file.read_exact_at(&mut fixed, 0, FORMAT, "header")?;
@@ -105,11 +108,17 @@ impl Header {
         }
         let version = be32(&fixed, 4);
         if version != 2 && version != 3 {
-            return Err(DiskError::unsupported(path, FORMAT, format!("version {version}")));
+            return Err(DiskError::unsupported(
+                path,
+                FORMAT,
+                format!("version {version}"),
+            ));
         }
         let cluster_bits = be32(&fixed, 20);
         if !(9..=21).contains(&cluster_bits) {
-            return Err(bad(format!("cluster_bits is {cluster_bits}; it must lie between 9 (512 bytes) and 21 (2 MiB)")));
+            return Err(bad(format!(
+                "cluster_bits is {cluster_bits}; it must lie between 9 (512 bytes) and 21 (2 MiB)"
+            )));
         }
         let cluster_size = 1u64 << cluster_bits;
         // The header and its extensions lie in the first cluster; read it whole (bounded by 2 MiB).
@@ -151,7 +160,10 @@ impl Header {
         // Backing name location, validated in read_backing_name.
         if version == 3 {
             if b.len() < V3_HEADER_LEN {
-                return Err(bad(format!("the version 3 header is truncated: the file has only {} bytes", b.len())));
+                return Err(bad(format!(
+                    "the version 3 header is truncated: the file has only {} bytes",
+                    b.len()
+                )));
             }
             h.incompatible = be64(b, 72);
             h.compatible = be64(b, 80);
@@ -159,10 +171,16 @@ impl Header {
             h.refcount_order = be32(b, 96);
             h.header_length = be32(b, 100);
             if (h.header_length as usize) < V3_HEADER_LEN || h.header_length as usize > b.len() {
-                return Err(bad(format!("its header length {} is outside the first cluster", h.header_length)));
+                return Err(bad(format!(
+                    "its header length {} is outside the first cluster",
+                    h.header_length
+                )));
             }
             if h.header_length % 8 != 0 {
-                return Err(bad(format!("its header length {} is not a multiple of 8", h.header_length)));
+                return Err(bad(format!(
+                    "its header length {} is not a multiple of 8",
+                    h.header_length
+                )));
             }
             h.compression = Self::compression(b, &h, path)?;
         }
@@ -174,12 +192,20 @@ impl Header {
             return Ok(Compression::Zlib);
         }
         if h.header_length < 105 {
-            return Err(DiskError::malformed(path, FORMAT, "the compression type bit is set but the header has no compression type field"));
+            return Err(DiskError::malformed(
+                path,
+                FORMAT,
+                "the compression type bit is set but the header has no compression type field",
+            ));
         }
         match b[104] {
             0 => Ok(Compression::Zlib),
             1 => Ok(Compression::Zstd),
-            t => Err(DiskError::unsupported(path, FORMAT, format!("compression type {t}"))),
+            t => Err(DiskError::unsupported(
+                path,
+                FORMAT,
+                format!("compression type {t}"),
+            )),
         }
     }
 
@@ -190,14 +216,27 @@ impl Header {
             return Ok(());
         }
         if len == 0 || len > MAX_BACKING_NAME {
-            return Err(DiskError::malformed(path, FORMAT, format!("its backing file name is {len} bytes long; the limit is {MAX_BACKING_NAME}")));
+            return Err(DiskError::malformed(
+                path,
+                FORMAT,
+                format!(
+                    "its backing file name is {len} bytes long; the limit is {MAX_BACKING_NAME}"
+                ),
+            ));
         }
-        let end = offset.checked_add(u64::from(len)).filter(|&e| e <= b.len() as u64);
+        let end = offset
+            .checked_add(u64::from(len))
+            .filter(|&e| e <= b.len() as u64);
         let Some(end) = end else {
-            return Err(DiskError::malformed(path, FORMAT, "its backing file name lies outside the first cluster"));
+            return Err(DiskError::malformed(
+                path,
+                FORMAT,
+                "its backing file name lies outside the first cluster",
+            ));
         };
-        let name = std::str::from_utf8(&b[offset as usize..end as usize])
-            .map_err(|_| DiskError::malformed(path, FORMAT, "its backing file name is not UTF-8"))?;
+        let name = std::str::from_utf8(&b[offset as usize..end as usize]).map_err(|_| {
+            DiskError::malformed(path, FORMAT, "its backing file name is not UTF-8")
+        })?;
         self.backing_file = Some(name.to_string());
         Ok(())
     }
@@ -207,7 +246,9 @@ impl Header {
         let mut pos = self.header_length as usize;
         loop {
             if pos + 8 > b.len() {
-                return Err(bad("its header extensions run past the end of the first cluster"));
+                return Err(bad(
+                    "its header extensions run past the end of the first cluster",
+                ));
             }
             let kind = be32(b, pos);
             let len = be32(b, pos + 4) as usize;
@@ -216,10 +257,13 @@ impl Header {
             }
             let data_end = pos + 8 + len;
             if data_end > b.len() {
-                return Err(bad("a header extension runs past the end of the first cluster"));
+                return Err(bad(
+                    "a header extension runs past the end of the first cluster",
+                ));
             }
             if kind == EXT_BACKING_FORMAT {
-                let fmt = std::str::from_utf8(&b[pos + 8..data_end]).map_err(|_| bad("its backing format name is not UTF-8"))?;
+                let fmt = std::str::from_utf8(&b[pos + 8..data_end])
+                    .map_err(|_| bad("its backing format name is not UTF-8"))?;
                 self.backing_format = Some(fmt.trim_end_matches('\0').to_string());
             }
             pos = data_end.div_ceil(8) * 8;
@@ -231,28 +275,48 @@ impl Header {
         let cs = self.cluster_size();
         let unknown = self.incompatible & !INCOMPAT_KNOWN;
         if unknown != 0 {
-            return Err(DiskError::unsupported(path, FORMAT, format!("unknown incompatible features {unknown:#x}")));
+            return Err(DiskError::unsupported(
+                path,
+                FORMAT,
+                format!("unknown incompatible features {unknown:#x}"),
+            ));
         }
         if self.incompatible & INCOMPAT_DATA_FILE != 0 {
             return Err(DiskError::unsupported(path, FORMAT, "external data files"));
         }
         if self.incompatible & INCOMPAT_EXTL2 != 0 {
-            return Err(DiskError::unsupported(path, FORMAT, "extended L2 entries (subclusters)"));
+            return Err(DiskError::unsupported(
+                path,
+                FORMAT,
+                "extended L2 entries (subclusters)",
+            ));
         }
         if self.refcount_order > 6 {
-            return Err(bad(format!("its refcount order {} is above 6", self.refcount_order)));
+            return Err(bad(format!(
+                "its refcount order {} is above 6",
+                self.refcount_order
+            )));
         }
         let need = Self::l1_entries_for(self.size, self.cluster_bits)
             .ok_or_else(|| bad(format!("its virtual size {} overflows", self.size)))?;
         if u64::from(self.l1_size) < need {
-            return Err(bad(format!("its L1 table has {} entries; a disk of {} bytes needs {need}", self.l1_size, self.size)));
+            return Err(bad(format!(
+                "its L1 table has {} entries; a disk of {} bytes needs {need}",
+                self.l1_size, self.size
+            )));
         }
         if u64::from(self.l1_size) * 8 > MAX_L1_BYTES {
-            return Err(bad(format!("its L1 table of {} entries is larger than the 32 MiB limit", self.l1_size)));
+            return Err(bad(format!(
+                "its L1 table of {} entries is larger than the 32 MiB limit",
+                self.l1_size
+            )));
         }
         let reftable_bytes = u64::from(self.refcount_table_clusters) * cs;
         if self.refcount_table_clusters == 0 || reftable_bytes > MAX_REFTABLE_BYTES {
-            return Err(bad(format!("its refcount table of {} clusters is empty or larger than the 8 MiB limit", self.refcount_table_clusters)));
+            return Err(bad(format!(
+                "its refcount table of {} clusters is empty or larger than the 8 MiB limit",
+                self.refcount_table_clusters
+            )));
         }
         let l1 = (self.l1_table_offset, u64::from(self.l1_size) * 8);
         let rt = (self.refcount_table_offset, reftable_bytes);
@@ -261,17 +325,25 @@ impl Header {
                 continue;
             }
             if off % cs != 0 || off == 0 {
-                return Err(bad(format!("its {what} offset {off:#x} is not a non-zero multiple of the cluster size")));
+                return Err(bad(format!(
+                    "its {what} offset {off:#x} is not a non-zero multiple of the cluster size"
+                )));
             }
             if off.checked_add(len).is_none_or(|end| end > file_len) {
-                return Err(bad(format!("its {what} at offset {off:#x} ({len} bytes) lies past the end of the file")));
+                return Err(bad(format!(
+                    "its {what} at offset {off:#x} ({len} bytes) lies past the end of the file"
+                )));
             }
         }
         if l1.1 > 0 && ranges_overlap(l1, rt) {
             return Err(bad("its L1 table and refcount table overlap".into()));
         }
-        if self.nb_snapshots > 0 && (self.snapshots_offset % cs != 0 || self.snapshots_offset == 0) {
-            return Err(bad(format!("its snapshot table offset {:#x} is not a non-zero multiple of the cluster size", self.snapshots_offset)));
+        if self.nb_snapshots > 0 && (self.snapshots_offset % cs != 0 || self.snapshots_offset == 0)
+        {
+            return Err(bad(format!(
+                "its snapshot table offset {:#x} is not a non-zero multiple of the cluster size",
+                self.snapshots_offset
+            )));
         }
         Ok(())
     }
@@ -295,12 +367,18 @@ impl Header {
             put64(&mut b, 88, self.autoclear);
             put32(&mut b, 96, self.refcount_order);
             put32(&mut b, 100, self.header_length);
-            b[104] = if self.compression == Compression::Zstd { 1 } else { 0 };
+            b[104] = if self.compression == Compression::Zstd {
+                1
+            } else {
+                0
+            };
         }
         let mut pos = self.header_length as usize;
         if let Some(fmt) = &self.backing_format {
             if pos + 16 + fmt.len() > b.len() / 2 {
-                return Err(DiskError::InvalidArgument(format!("the backing format name {fmt:?} is too long")));
+                return Err(DiskError::InvalidArgument(format!(
+                    "the backing format name {fmt:?} is too long"
+                )));
             }
             put32(&mut b, pos, EXT_BACKING_FORMAT);
             put32(&mut b, pos + 4, fmt.len() as u32);
@@ -311,7 +389,9 @@ impl Header {
         pos += 8;
         if let Some(name) = &self.backing_file {
             if name.len() > MAX_BACKING_NAME as usize || pos + name.len() > b.len() {
-                return Err(DiskError::InvalidArgument(format!("the backing file name {name:?} is too long")));
+                return Err(DiskError::InvalidArgument(format!(
+                    "the backing file name {name:?} is too long"
+                )));
             }
             put64(&mut b, 8, pos as u64);
             put32(&mut b, 16, name.len() as u32);

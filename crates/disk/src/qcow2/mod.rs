@@ -30,8 +30,8 @@ mod create;
 mod header;
 mod refcount;
 
-pub use create::{Qcow2CreateOptions, Qcow2Version};
 pub(crate) use create::create;
+pub use create::{Qcow2CreateOptions, Qcow2Version};
 
 use crate::compress::{decompress, Codec};
 use crate::error::{DiskError, Result};
@@ -84,12 +84,18 @@ impl Qcow2 {
             Self::prepare_for_writes(&file, &mut header)?;
         }
         let (l1, l2_tables) = Self::load_l1(&file, &header)?;
-        let refs = if writable { Some(Refcounts::load(&file, &header)?) } else { None };
+        let refs = if writable {
+            Some(Refcounts::load(&file, &header)?)
+        } else {
+            None
+        };
         let backing = match &header.backing_file {
             Some(name) => {
                 let format = match header.backing_format.as_deref() {
                     None => None,
-                    Some(f) => Some(f.parse::<Format>().map_err(|_| DiskError::unsupported(path, FORMAT, format!("backing file format {f:?}")))?),
+                    Some(f) => Some(f.parse::<Format>().map_err(|_| {
+                        DiskError::unsupported(path, FORMAT, format!("backing file format {f:?}"))
+                    })?),
                 };
                 Some(chain.open_backing(path, name, format)?)
             }
@@ -99,7 +105,11 @@ impl Qcow2 {
             file,
             header,
             backing,
-            state: RwLock::new(State { l1, l2_tables, refs }),
+            state: RwLock::new(State {
+                l1,
+                l2_tables,
+                refs,
+            }),
         })
     }
 
@@ -108,13 +118,20 @@ impl Qcow2 {
     fn prepare_for_writes(file: &ImageFile, h: &mut Header) -> Result<()> {
         let path = file.path();
         if h.incompatible & INCOMPAT_CORRUPT != 0 {
-            return Err(DiskError::corrupt(path, "it is marked corrupt; repair it with `qemu-img check -r all` before writing"));
+            return Err(DiskError::corrupt(
+                path,
+                "it is marked corrupt; repair it with `qemu-img check -r all` before writing",
+            ));
         }
         if h.incompatible & INCOMPAT_DIRTY != 0 {
             return Err(DiskError::corrupt(path, "it was not closed cleanly (lazy refcounts); repair it with `qemu-img check -r all` before writing"));
         }
         if h.nb_snapshots > 0 {
-            return Err(DiskError::unsupported(path, FORMAT, "writing to an image with internal snapshots (open it read-only)"));
+            return Err(DiskError::unsupported(
+                path,
+                FORMAT,
+                "writing to an image with internal snapshots (open it read-only)",
+            ));
         }
         if h.version == 3 && h.autoclear != 0 {
             file.write_all_at(&0u64.to_be_bytes(), header::AUTOCLEAR_OFFSET)?;
@@ -126,18 +143,36 @@ impl Qcow2 {
     /// Reads the L1 table and checks every L2 table it names.
     fn load_l1(file: &ImageFile, h: &Header) -> Result<(Vec<u64>, HashSet<u64>)> {
         let cs = h.cluster_size();
-        let mut raw = crate::file::bounded_vec(file.path(), FORMAT, "L1 table", u64::from(h.l1_size) * 8, header::MAX_L1_BYTES)?;
+        let mut raw = crate::file::bounded_vec(
+            file.path(),
+            FORMAT,
+            "L1 table",
+            u64::from(h.l1_size) * 8,
+            header::MAX_L1_BYTES,
+        )?;
         file.read_exact_at(&mut raw, h.l1_table_offset, FORMAT, "L1 table")?;
-        let l1: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default())).collect();
+        let l1: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+            .collect();
         let file_len = file.len()?;
         let fixed = [
             (0, cs),
             (h.l1_table_offset, u64::from(h.l1_size) * 8),
-            (h.refcount_table_offset, u64::from(h.refcount_table_clusters) * cs),
+            (
+                h.refcount_table_offset,
+                u64::from(h.refcount_table_clusters) * cs,
+            ),
         ];
         let mut tables = HashSet::new();
         for off in l1.iter().map(|e| e & OFFSET_MASK).filter(|&o| o != 0) {
-            let bad = |why: &str| DiskError::malformed(file.path(), FORMAT, format!("an L2 table at offset {off:#x} {why}"));
+            let bad = |why: &str| {
+                DiskError::malformed(
+                    file.path(),
+                    FORMAT,
+                    format!("an L2 table at offset {off:#x} {why}"),
+                )
+            };
             if off % cs != 0 {
                 return Err(bad("is not aligned to a cluster"));
             }
@@ -145,7 +180,9 @@ impl Qcow2 {
                 return Err(bad("lies past the end of the file"));
             }
             if fixed.iter().any(|&r| header::ranges_overlap(r, (off, cs))) {
-                return Err(bad("overlaps the header, the L1 table or the refcount table"));
+                return Err(bad(
+                    "overlaps the header, the L1 table or the refcount table",
+                ));
             }
             if !tables.insert(off) {
                 return Err(bad("is named by two L1 entries"));
@@ -185,7 +222,12 @@ impl Qcow2 {
         }
         let host = entry & OFFSET_MASK;
         if host % self.cs() != 0 {
-            return Err(DiskError::corrupt(self.file.path(), format!("an L2 entry points at offset {host:#x}, which is not aligned to a cluster")));
+            return Err(DiskError::corrupt(
+                self.file.path(),
+                format!(
+                    "an L2 entry points at offset {host:#x}, which is not aligned to a cluster"
+                ),
+            ));
         }
         if self.header.version == 3 && entry & ZERO != 0 {
             return Ok(Cluster::Zero {
@@ -216,7 +258,9 @@ impl Qcow2 {
         let mut raw = vec![0u8; count as usize * 8];
         let at = table + (gc & (self.l2_entries() - 1)) * 8;
         self.file.read_exact_at(&mut raw, at, FORMAT, "L2 table")?;
-        raw.chunks_exact(8).map(|c| self.decode(u64::from_be_bytes(c.try_into().unwrap_or_default()))).collect()
+        raw.chunks_exact(8)
+            .map(|c| self.decode(u64::from_be_bytes(c.try_into().unwrap_or_default())))
+            .collect()
     }
 
     fn entry(&self, st: &State, gc: u64) -> Result<Cluster> {
@@ -229,7 +273,10 @@ impl Qcow2 {
             buf.fill(0);
             return Ok(());
         };
-        let avail = b.virtual_size().saturating_sub(offset).min(buf.len() as u64) as usize;
+        let avail = b
+            .virtual_size()
+            .saturating_sub(offset)
+            .min(buf.len() as u64) as usize;
         if avail > 0 {
             b.read_at(&mut buf[..avail], offset)?;
         }
@@ -248,15 +295,21 @@ impl Qcow2 {
             Compression::Zlib => Codec::Deflate,
             Compression::Zstd => Codec::Zstd,
         };
-        decompress(codec, &input, &mut out)
-            .map_err(|why| DiskError::corrupt(self.file.path(), format!("the compressed cluster at offset {host:#x} cannot be read: {why}")))?;
+        decompress(codec, &input, &mut out).map_err(|why| {
+            DiskError::corrupt(
+                self.file.path(),
+                format!("the compressed cluster at offset {host:#x} cannot be read: {why}"),
+            )
+        })?;
         Ok(out)
     }
 
     /// Reads part of one guest cluster, `buf` starting `within` bytes into it.
     fn read_cluster(&self, c: Cluster, gc: u64, within: u64, buf: &mut [u8]) -> Result<()> {
         match c {
-            Cluster::Unallocated => self.read_backing(buf, (gc << self.header.cluster_bits) + within),
+            Cluster::Unallocated => {
+                self.read_backing(buf, (gc << self.header.cluster_bits) + within)
+            }
             Cluster::Zero { .. } => {
                 buf.fill(0);
                 Ok(())
@@ -272,7 +325,12 @@ impl Qcow2 {
 
     /// Splits `[offset, offset + len)` into runs of clusters that share an L2 table, calling
     /// `f(first guest cluster, byte offset of the run in the request, cluster count)`.
-    fn for_each_run(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, u64) -> Result<()>) -> Result<()> {
+    fn for_each_run(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(u64, u64, u64) -> Result<()>,
+    ) -> Result<()> {
         let cs = self.cs();
         let mut pos = offset;
         let end = offset + len;
@@ -297,12 +355,19 @@ impl Qcow2 {
     /// Refuses in-place writes to a cluster that is really metadata or lies past the file.
     fn check_data_cluster(&self, st: &State, host: u64) -> Result<()> {
         let refs = st.refs.as_ref();
-        let is_meta = st.l2_tables.contains(&host) || refs.is_some_and(|r| r.is_block(host) || r.is_fixed(host));
+        let is_meta = st.l2_tables.contains(&host)
+            || refs.is_some_and(|r| r.is_block(host) || r.is_fixed(host));
         if is_meta {
-            return Err(DiskError::corrupt(self.file.path(), format!("a data cluster at offset {host:#x} overlaps metadata")));
+            return Err(DiskError::corrupt(
+                self.file.path(),
+                format!("a data cluster at offset {host:#x} overlaps metadata"),
+            ));
         }
         if host >= self.file.len()? {
-            return Err(DiskError::corrupt(self.file.path(), format!("a data cluster at offset {host:#x} lies past the end of the file")));
+            return Err(DiskError::corrupt(
+                self.file.path(),
+                format!("a data cluster at offset {host:#x} lies past the end of the file"),
+            ));
         }
         Ok(())
     }
@@ -321,23 +386,30 @@ impl Qcow2 {
         }
         let idx = gc >> self.header.l2_bits();
         let off = self.refs(st)?.alloc(&self.file)?;
-        self.file.write_all_at(&vec![0u8; self.cs() as usize], off)?;
+        self.file
+            .write_all_at(&vec![0u8; self.cs() as usize], off)?;
         let entry = off | COPIED;
-        self.file.write_all_at(&entry.to_be_bytes(), self.header.l1_table_offset + idx * 8)?;
+        self.file
+            .write_all_at(&entry.to_be_bytes(), self.header.l1_table_offset + idx * 8)?;
         st.l1[idx as usize] = entry;
         st.l2_tables.insert(off);
         Ok(off)
     }
 
     fn set_entry(&self, l2: u64, gc: u64, entry: u64) -> Result<()> {
-        self.file.write_all_at(&entry.to_be_bytes(), l2 + (gc & (self.l2_entries() - 1)) * 8)
+        self.file.write_all_at(
+            &entry.to_be_bytes(),
+            l2 + (gc & (self.l2_entries() - 1)) * 8,
+        )
     }
 
     /// Drops this image's reference to the host clusters of an entry that was just replaced.
     fn release(&self, st: &mut State, old: Cluster) -> Result<()> {
         let refs = self.refs(st)?;
         match old {
-            Cluster::Normal { host, .. } | Cluster::Zero { host: Some(host) } => refs.release(&self.file, host),
+            Cluster::Normal { host, .. } | Cluster::Zero { host: Some(host) } => {
+                refs.release(&self.file, host)
+            }
             Cluster::Compressed { host, sectors } => {
                 let start = host & !511;
                 let cs = 1u64 << self.header.cluster_bits;
@@ -399,7 +471,8 @@ impl Qcow2 {
             let (start, n) = self.clip(gc, offset, end);
             let whole = start == gc * cs && (n == cs || start + n == size);
             let entry = self.entry(&st, gc)?;
-            let reads_zero = matches!(entry, Cluster::Zero { .. }) || (entry == Cluster::Unallocated && self.backing.is_none());
+            let reads_zero = matches!(entry, Cluster::Zero { .. })
+                || (entry == Cluster::Unallocated && self.backing.is_none());
             if whole && self.backing.is_none() {
                 self.drop_cluster(&mut st, gc, false)?;
             } else if whole && v3 {
@@ -443,7 +516,12 @@ impl DiskImage for Qcow2 {
         let mut gc = offset / self.cs();
         while pos < buf.len() {
             let (start, n) = self.clip(gc, offset, end);
-            self.write_cluster(&mut st, gc, start - gc * self.cs(), &buf[pos..pos + n as usize])?;
+            self.write_cluster(
+                &mut st,
+                gc,
+                start - gc * self.cs(),
+                &buf[pos..pos + n as usize],
+            )?;
             pos += n as usize;
             gc += 1;
         }
@@ -482,7 +560,14 @@ impl DiskImage for Qcow2 {
         ImageInfo {
             path: self.file.path().to_path_buf(),
             format: Format::Qcow2,
-            subformat: Some(if self.header.version == 2 { "0.10" } else { "1.1" }.to_string()),
+            subformat: Some(
+                if self.header.version == 2 {
+                    "0.10"
+                } else {
+                    "1.1"
+                }
+                .to_string(),
+            ),
             virtual_size: self.header.size,
             cluster_size: Some(self.cs()),
             allocated_bytes: self.file.allocated_bytes(),
@@ -512,7 +597,9 @@ impl DiskImage for Qcow2 {
         }
         let run = (gc * cs).min(offset + len) - offset;
         match (first, &self.backing) {
-            (Cluster::Unallocated, Some(b)) if offset < b.virtual_size() => b.map(offset, run.min(b.virtual_size() - offset)),
+            (Cluster::Unallocated, Some(b)) if offset < b.virtual_size() => {
+                b.map(offset, run.min(b.virtual_size() - offset))
+            }
             (Cluster::Unallocated, _) | (Cluster::Zero { .. }, _) => Ok((Mapping::Zero, run)),
             _ => Ok((Mapping::Data, run)),
         }

@@ -8,7 +8,9 @@
 //! entry that names it; table growth writes the new blocks and table, then the header, then frees
 //! the old table. A crash at any point leaves at worst leaked clusters.
 
-use super::header::{put64, ranges_overlap, Header, FORMAT, MAX_REFTABLE_BYTES, REFTABLE_FIELDS_OFFSET};
+use super::header::{
+    put64, ranges_overlap, Header, FORMAT, MAX_REFTABLE_BYTES, REFTABLE_FIELDS_OFFSET,
+};
 use crate::error::{DiskError, Result};
 use crate::file::ImageFile;
 use std::collections::HashSet;
@@ -42,19 +44,37 @@ impl Refcounts {
     pub fn load(file: &ImageFile, h: &Header) -> Result<Self> {
         let cs = h.cluster_size();
         let bytes = u64::from(h.refcount_table_clusters) * cs;
-        let raw = crate::file::bounded_vec(file.path(), FORMAT, "refcount table", bytes, MAX_REFTABLE_BYTES)?;
+        let raw = crate::file::bounded_vec(
+            file.path(),
+            FORMAT,
+            "refcount table",
+            bytes,
+            MAX_REFTABLE_BYTES,
+        )?;
         let mut raw = raw;
         file.read_exact_at(&mut raw, h.refcount_table_offset, FORMAT, "refcount table")?;
-        let table: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()) & OFFSET_MASK).collect();
+        let table: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()) & OFFSET_MASK)
+            .collect();
         let fixed = vec![
             (0, cs),
-            (h.l1_table_offset, (u64::from(h.l1_size) * 8).div_ceil(cs) * cs),
+            (
+                h.l1_table_offset,
+                (u64::from(h.l1_size) * 8).div_ceil(cs) * cs,
+            ),
             (h.refcount_table_offset, bytes),
         ];
         let file_len = file.len()?;
         let mut blocks = HashSet::new();
         for &off in table.iter().filter(|&&o| o != 0) {
-            let bad = |why: &str| DiskError::malformed(file.path(), FORMAT, format!("a refcount block at offset {off:#x} {why}"));
+            let bad = |why: &str| {
+                DiskError::malformed(
+                    file.path(),
+                    FORMAT,
+                    format!("a refcount block at offset {off:#x} {why}"),
+                )
+            };
             if off % cs != 0 {
                 return Err(bad("is not aligned to a cluster"));
             }
@@ -62,7 +82,9 @@ impl Refcounts {
                 return Err(bad("lies past the end of the file"));
             }
             if fixed.iter().any(|&r| ranges_overlap(r, (off, cs))) {
-                return Err(bad("overlaps the header, the L1 table or the refcount table"));
+                return Err(bad(
+                    "overlaps the header, the L1 table or the refcount table",
+                ));
             }
             if !blocks.insert(off) {
                 return Err(bad("is named twice in the refcount table"));
@@ -104,7 +126,11 @@ impl Refcounts {
 
     /// Number of clusters up to the end of the last refcount block's range.
     pub fn covered_clusters(&self) -> u64 {
-        let last = self.table.iter().rposition(|&o| o != 0).map_or(0, |i| i as u64 + 1);
+        let last = self
+            .table
+            .iter()
+            .rposition(|&o| o != 0)
+            .map_or(0, |i| i as u64 + 1);
         last * self.rb_entries()
     }
 
@@ -115,7 +141,9 @@ impl Refcounts {
 
     /// True when the cluster at `off` is part of the header, L1 table or refcount table.
     pub fn is_fixed(&self, off: u64) -> bool {
-        self.fixed.iter().any(|&r| ranges_overlap(r, (off, self.cs())))
+        self.fixed
+            .iter()
+            .any(|&r| ranges_overlap(r, (off, self.cs())))
     }
 
     /// Where entry `index` of a block lives: (byte offset in the block, bytes, bit shift).
@@ -157,11 +185,17 @@ impl Refcounts {
     /// covered by the table.
     pub fn set(&mut self, file: &ImageFile, cluster: u64, value: u64) -> Result<()> {
         if value > self.max_value() {
-            return Err(DiskError::corrupt(file.path(), format!("the refcount of cluster {cluster} would overflow")));
+            return Err(DiskError::corrupt(
+                file.path(),
+                format!("the refcount of cluster {cluster} would overflow"),
+            ));
         }
         let idx = (cluster / self.rb_entries()) as usize;
         if idx >= self.table.len() {
-            return Err(DiskError::corrupt(file.path(), format!("cluster {cluster} is not covered by the refcount table")));
+            return Err(DiskError::corrupt(
+                file.path(),
+                format!("cluster {cluster} is not covered by the refcount table"),
+            ));
         }
         if self.table[idx] == 0 {
             self.create_block(file, idx as u64, cluster)?;
@@ -187,7 +221,10 @@ impl Refcounts {
         let at = if first == avoid { first + 1 } else { first };
         let off = at << self.cluster_bits;
         if self.is_fixed(off) {
-            return Err(DiskError::corrupt(file.path(), format!("cluster {at} is metadata but has no refcount")));
+            return Err(DiskError::corrupt(
+                file.path(),
+                format!("cluster {at} is metadata but has no refcount"),
+            ));
         }
         let mut block = vec![0u8; self.cs() as usize];
         let (pos, n, shift) = self.entry_pos(at - first);
@@ -254,7 +291,10 @@ impl Refcounts {
         let c = off >> self.cluster_bits;
         let v = self.get(file, c)?;
         if v == 0 {
-            return Err(DiskError::corrupt(file.path(), format!("cluster at offset {off:#x} is in use but its refcount is zero")));
+            return Err(DiskError::corrupt(
+                file.path(),
+                format!("cluster at offset {off:#x} is in use but its refcount is zero"),
+            ));
         }
         self.set(file, c, v - 1)?;
         if v == 1 {
@@ -268,7 +308,9 @@ impl Refcounts {
     fn plan_growth(&self, file_len: u64, needed: u64) -> (u64, u64, u64) {
         let rbe = self.rb_entries();
         let entries_per_cluster = self.cs() / 8;
-        let start = file_len.div_ceil(self.cs()).max(self.table.len() as u64 * rbe);
+        let start = file_len
+            .div_ceil(self.cs())
+            .max(self.table.len() as u64 * rbe);
         let (mut nrb, mut tc) = (1u64, self.table_clusters + self.table_clusters.div_ceil(2));
         loop {
             let end = start + nrb + tc;
@@ -286,7 +328,10 @@ impl Refcounts {
     fn grow(&mut self, file: &ImageFile, needed: u64) -> Result<()> {
         let (start, nrb, tc) = self.plan_growth(file.len()?, needed);
         if tc * self.cs() > MAX_REFTABLE_BYTES {
-            return Err(DiskError::corrupt(file.path(), "the image is full: its refcount table cannot grow past 8 MiB"));
+            return Err(DiskError::corrupt(
+                file.path(),
+                "the image is full: its refcount table cannot grow past 8 MiB",
+            ));
         }
         let rbe = self.rb_entries();
         let end = start + nrb + tc;

@@ -82,35 +82,61 @@ const DESC_SECTORS: u64 = 20;
 
 /// A fresh content identifier.
 pub(crate) fn new_cid() -> u32 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(1);
     ((t ^ (t >> 32)) as u32) | 1
 }
 
 /// Creates a disk of `size` bytes (rounded up to whole sectors) at `path`.
 pub(crate) fn create(path: &Path, size: u64, opts: &VmdkCreateOptions) -> Result<()> {
     let sectors = size.div_ceil(SECTOR);
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| DiskError::InvalidArgument(format!("{} has no usable file name", path.display())))?;
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        DiskError::InvalidArgument(format!("{} has no usable file name", path.display()))
+    })?;
     let stem = name.strip_suffix(".vmdk").unwrap_or(name);
     let dir = path.parent().unwrap_or(Path::new("."));
     let cid = new_cid();
     match opts.subformat {
         VmdkSubformat::MonolithicSparse => {
-            let line = ExtentLine { read_only: false, sectors, kind: ExtentType::Sparse, file: Some(name.to_string()), offset: 0 };
+            let line = ExtentLine {
+                read_only: false,
+                sectors,
+                kind: ExtentType::Sparse,
+                file: Some(name.to_string()),
+                offset: 0,
+            };
             let text = render(opts.subformat.name(), &[line], cid);
             create_sparse_extent(path, sectors, Some(&text), opts.zeroed_grain)
         }
         VmdkSubformat::MonolithicFlat => {
             let flat = format!("{stem}-flat.vmdk");
             ImageFile::create(&dir.join(&flat))?.set_len(sectors * SECTOR)?;
-            let line = ExtentLine { read_only: false, sectors, kind: ExtentType::Flat, file: Some(flat), offset: 0 };
+            let line = ExtentLine {
+                read_only: false,
+                sectors,
+                kind: ExtentType::Flat,
+                file: Some(flat),
+                offset: 0,
+            };
             write_descriptor(path, &render(opts.subformat.name(), &[line], cid))
         }
-        VmdkSubformat::TwoGbMaxExtentSparse | VmdkSubformat::TwoGbMaxExtentFlat => create_split(path, dir, stem, sectors, opts, cid),
+        VmdkSubformat::TwoGbMaxExtentSparse | VmdkSubformat::TwoGbMaxExtentFlat => {
+            create_split(path, dir, stem, sectors, opts, cid)
+        }
         VmdkSubformat::StreamOptimized => super::stream::write_empty(path, sectors),
     }
 }
 
-fn create_split(path: &Path, dir: &Path, stem: &str, sectors: u64, opts: &VmdkCreateOptions, cid: u32) -> Result<()> {
+fn create_split(
+    path: &Path,
+    dir: &Path,
+    stem: &str,
+    sectors: u64,
+    opts: &VmdkCreateOptions,
+    cid: u32,
+) -> Result<()> {
     let sparse = opts.subformat == VmdkSubformat::TwoGbMaxExtentSparse;
     let mut lines = Vec::new();
     let mut done = 0;
@@ -124,8 +150,18 @@ fn create_split(path: &Path, dir: &Path, stem: &str, sectors: u64, opts: &VmdkCr
         } else {
             ImageFile::create(&full)?.set_len(part * SECTOR)?;
         }
-        let kind = if sparse { ExtentType::Sparse } else { ExtentType::Flat };
-        lines.push(ExtentLine { read_only: false, sectors: part, kind, file: Some(file), offset: 0 });
+        let kind = if sparse {
+            ExtentType::Sparse
+        } else {
+            ExtentType::Flat
+        };
+        lines.push(ExtentLine {
+            read_only: false,
+            sectors: part,
+            kind,
+            file: Some(file),
+            offset: 0,
+        });
         done += part;
         n += 1;
     }
@@ -139,7 +175,12 @@ fn write_descriptor(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Creates one sparse extent file of `sectors` sectors, with an embedded descriptor if given.
-pub(crate) fn create_sparse_extent(path: &Path, sectors: u64, descriptor: Option<&str>, zeroed_grain: bool) -> Result<()> {
+pub(crate) fn create_sparse_extent(
+    path: &Path,
+    sectors: u64,
+    descriptor: Option<&str>,
+    zeroed_grain: bool,
+) -> Result<()> {
     let mut h = SparseHeader {
         version: if zeroed_grain { 2 } else { 1 },
         flags: FLAG_NL_DETECT | FLAG_RGD | if zeroed_grain { FLAG_ZERO_GRAIN } else { 0 },
@@ -155,13 +196,17 @@ pub(crate) fn create_sparse_extent(path: &Path, sectors: u64, descriptor: Option
     };
     let gd_entries = h.gd_entries().unwrap_or(0);
     if gd_entries * 4 > super::header::MAX_GD_BYTES || sectors > u64::from(u32::MAX) {
-        return Err(DiskError::InvalidArgument(format!("a sparse VMDK extent of {sectors} sectors is too large; the limit is 2 TiB")));
+        return Err(DiskError::InvalidArgument(format!(
+            "a sparse VMDK extent of {sectors} sectors is too large; the limit is 2 TiB"
+        )));
     }
     let (gd_sectors, gt_sectors) = (h.gd_sectors(), h.gt_sectors());
     let mut next = 1;
     if let Some(text) = descriptor {
         if text.len() as u64 > DESC_SECTORS * SECTOR {
-            return Err(DiskError::InvalidArgument("the descriptor does not fit in 20 sectors".into()));
+            return Err(DiskError::InvalidArgument(
+                "the descriptor does not fit in 20 sectors".into(),
+            ));
         }
         (h.desc_offset, h.desc_size) = (1, DESC_SECTORS);
         next += DESC_SECTORS;
@@ -177,7 +222,9 @@ pub(crate) fn create_sparse_extent(path: &Path, sectors: u64, descriptor: Option
     }
     for dir in [h.rgd_offset, h.gd_offset] {
         let first_table = dir + gd_sectors;
-        let gd: Vec<u8> = (0..gd_entries).flat_map(|i| ((first_table + i * gt_sectors) as u32).to_le_bytes()).collect();
+        let gd: Vec<u8> = (0..gd_entries)
+            .flat_map(|i| ((first_table + i * gt_sectors) as u32).to_le_bytes())
+            .collect();
         file.write_all_at(&gd, dir * SECTOR)?;
     }
     file.set_len(h.overhead * SECTOR)?;

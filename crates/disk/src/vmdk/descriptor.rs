@@ -57,7 +57,9 @@ pub(crate) struct Descriptor {
 
 fn unquote(v: &str) -> &str {
     let v = v.trim();
-    v.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(v)
+    v.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(v)
 }
 
 impl Descriptor {
@@ -73,13 +75,18 @@ impl Descriptor {
             }
             let first = line.split_whitespace().next().unwrap_or("");
             if matches!(first, "RW" | "RDONLY" | "NOACCESS") {
-                let e = parse_extent(line).map_err(|why| bad(format!("line {} of its descriptor: {why}", no + 1)))?;
+                let e = parse_extent(line)
+                    .map_err(|why| bad(format!("line {} of its descriptor: {why}", no + 1)))?;
                 total = total
                     .checked_add(e.sectors)
                     .filter(|&t| t <= MAX_SECTORS)
-                    .ok_or_else(|| bad("the sizes of its extents add up to more than 2^54 bytes".into()))?;
+                    .ok_or_else(|| {
+                        bad("the sizes of its extents add up to more than 2^54 bytes".into())
+                    })?;
                 if d.extents.len() >= MAX_EXTENTS {
-                    return Err(bad(format!("its descriptor lists more than {MAX_EXTENTS} extents")));
+                    return Err(bad(format!(
+                        "its descriptor lists more than {MAX_EXTENTS} extents"
+                    )));
                 }
                 d.extents.push(e);
                 continue;
@@ -87,12 +94,17 @@ impl Descriptor {
             if let Some((key, value)) = line.split_once('=') {
                 match key.trim() {
                     "createType" => d.create_type = unquote(value).to_string(),
-                    "parentFileNameHint" => d.parent_hint = Some(unquote(value).to_string()).filter(|s| !s.is_empty()),
+                    "parentFileNameHint" => {
+                        d.parent_hint = Some(unquote(value).to_string()).filter(|s| !s.is_empty())
+                    }
                     _ => {}
                 }
                 continue;
             }
-            return Err(bad(format!("line {} of its descriptor is neither a setting nor an extent", no + 1)));
+            return Err(bad(format!(
+                "line {} of its descriptor is neither a setting nor an extent",
+                no + 1
+            )));
         }
         if d.extents.is_empty() {
             return Err(bad("its descriptor lists no extents".into()));
@@ -119,7 +131,9 @@ fn parse_extent(line: &str) -> std::result::Result<ExtentLine, String> {
     if words[0] == "NOACCESS" {
         return Err("NOACCESS extents are not supported".into());
     }
-    let sectors: u64 = words[1].parse().map_err(|_| format!("the extent size {:?} is not a number", words[1]))?;
+    let sectors: u64 = words[1]
+        .parse()
+        .map_err(|_| format!("the extent size {:?} is not a number", words[1]))?;
     let kind = match words[2] {
         "SPARSE" => ExtentType::Sparse,
         "FLAT" | "VMFS" => ExtentType::Flat,
@@ -129,9 +143,16 @@ fn parse_extent(line: &str) -> std::result::Result<ExtentLine, String> {
     let (file, offset): (Option<String>, u64) = match rest {
         None => (None, 0),
         Some(rest) => {
-            let end = rest.find('"').ok_or("the extent file name has no closing quote")?;
+            let end = rest
+                .find('"')
+                .ok_or("the extent file name has no closing quote")?;
             let tail = rest[end + 1..].trim();
-            let offset = if tail.is_empty() { 0 } else { tail.parse().map_err(|_| format!("the extent offset {tail:?} is not a number"))? };
+            let offset = if tail.is_empty() {
+                0
+            } else {
+                tail.parse()
+                    .map_err(|_| format!("the extent offset {tail:?} is not a number"))?
+            };
             (Some(rest[..end].to_string()), offset)
         }
     };
@@ -141,7 +162,10 @@ fn parse_extent(line: &str) -> std::result::Result<ExtentLine, String> {
     if offset != 0 && kind != ExtentType::Flat {
         return Err("only flat extents may have an offset".into());
     }
-    if offset.checked_add(sectors).is_none_or(|end| end > MAX_SECTORS) {
+    if offset
+        .checked_add(sectors)
+        .is_none_or(|end| end > MAX_SECTORS)
+    {
         return Err("the extent's offset and size overflow".into());
     }
     Ok(ExtentLine {
@@ -157,7 +181,9 @@ fn parse_extent(line: &str) -> std::result::Result<ExtentLine, String> {
 pub(crate) fn render(create_type: &str, extents: &[ExtentLine], cid: u32) -> String {
     let mut s = String::new();
     s.push_str("# Disk DescriptorFile\nversion=1\n");
-    s.push_str(&format!("CID={cid:08x}\nparentCID=ffffffff\ncreateType=\"{create_type}\"\n\n# Extent description\n"));
+    s.push_str(&format!(
+        "CID={cid:08x}\nparentCID=ffffffff\ncreateType=\"{create_type}\"\n\n# Extent description\n"
+    ));
     let mut total = 0;
     for e in extents {
         total += e.sectors;
@@ -168,7 +194,10 @@ pub(crate) fn render(create_type: &str, extents: &[ExtentLine], cid: u32) -> Str
             ExtentType::Zero => "ZERO",
         };
         match (&e.file, e.kind) {
-            (Some(f), ExtentType::Flat) => s.push_str(&format!("{access} {} {kind} \"{f}\" {}\n", e.sectors, e.offset)),
+            (Some(f), ExtentType::Flat) => s.push_str(&format!(
+                "{access} {} {kind} \"{f}\" {}\n",
+                e.sectors, e.offset
+            )),
             (Some(f), _) => s.push_str(&format!("{access} {} {kind} \"{f}\"\n", e.sectors)),
             (None, _) => s.push_str(&format!("{access} {} {kind}\n", e.sectors)),
         }
@@ -186,9 +215,27 @@ mod tests {
     #[test]
     fn parses_what_it_renders() {
         let ext = vec![
-            ExtentLine { read_only: false, sectors: 4194304, kind: ExtentType::Sparse, file: Some("d-s001.vmdk".into()), offset: 0 },
-            ExtentLine { read_only: true, sectors: 8, kind: ExtentType::Flat, file: Some("a b.img".into()), offset: 16 },
-            ExtentLine { read_only: false, sectors: 8, kind: ExtentType::Zero, file: None, offset: 0 },
+            ExtentLine {
+                read_only: false,
+                sectors: 4194304,
+                kind: ExtentType::Sparse,
+                file: Some("d-s001.vmdk".into()),
+                offset: 0,
+            },
+            ExtentLine {
+                read_only: true,
+                sectors: 8,
+                kind: ExtentType::Flat,
+                file: Some("a b.img".into()),
+                offset: 16,
+            },
+            ExtentLine {
+                read_only: false,
+                sectors: 8,
+                kind: ExtentType::Zero,
+                file: None,
+                offset: 0,
+            },
         ];
         let text = render("twoGbMaxExtentSparse", &ext, 0x1234);
         let d = Descriptor::parse(Path::new("d.vmdk"), &text).unwrap();

@@ -55,10 +55,15 @@ impl SparseHeader {
     pub fn parse(b: &[u8], path: &Path) -> Result<SparseHeader> {
         let bad = |reason: String| DiskError::malformed(path, FORMAT, reason);
         if b.len() < SECTOR as usize {
-            return Err(bad(format!("the sparse extent header is truncated: the file has only {} bytes", b.len())));
+            return Err(bad(format!(
+                "the sparse extent header is truncated: the file has only {} bytes",
+                b.len()
+            )));
         }
         if &b[0..4] != crate::probe::VMDK_MAGIC {
-            return Err(bad("the sparse extent header does not start with the VMDK magic".into()));
+            return Err(bad(
+                "the sparse extent header does not start with the VMDK magic".into(),
+            ));
         }
         let h = SparseHeader {
             version: le32(b, 4),
@@ -74,23 +79,43 @@ impl SparseHeader {
             compress_algorithm: u16::from_le_bytes([b[77], b[78]]),
         };
         if !(1..=3).contains(&h.version) {
-            return Err(DiskError::unsupported(path, FORMAT, format!("sparse extent version {}", h.version)));
+            return Err(DiskError::unsupported(
+                path,
+                FORMAT,
+                format!("sparse extent version {}", h.version),
+            ));
         }
         if !h.grain.is_power_of_two() || h.grain > MAX_GRAIN_SECTORS {
-            return Err(bad(format!("its grain size of {} sectors is not a power of two up to {MAX_GRAIN_SECTORS}", h.grain)));
+            return Err(bad(format!(
+                "its grain size of {} sectors is not a power of two up to {MAX_GRAIN_SECTORS}",
+                h.grain
+            )));
         }
         if h.gtes == 0 || h.gtes > MAX_GTES {
-            return Err(bad(format!("its grain tables have {} entries; the limit is {MAX_GTES}", h.gtes)));
+            return Err(bad(format!(
+                "its grain tables have {} entries; the limit is {MAX_GTES}",
+                h.gtes
+            )));
         }
         if h.flags & FLAG_COMPRESSED != 0 && h.compress_algorithm != 1 {
-            return Err(DiskError::unsupported(path, FORMAT, format!("compression algorithm {}", h.compress_algorithm)));
+            return Err(DiskError::unsupported(
+                path,
+                FORMAT,
+                format!("compression algorithm {}", h.compress_algorithm),
+            ));
         }
         if h.desc_size > MAX_DESC_SECTORS {
-            return Err(bad(format!("its embedded descriptor of {} sectors is larger than 1 MiB", h.desc_size)));
+            return Err(bad(format!(
+                "its embedded descriptor of {} sectors is larger than 1 MiB",
+                h.desc_size
+            )));
         }
         let gd_bytes = h.gd_entries().and_then(|n| n.checked_mul(4));
         if gd_bytes.is_none_or(|n| n > MAX_GD_BYTES) {
-            return Err(bad(format!("a capacity of {} sectors needs a grain directory larger than 16 MiB", h.capacity)));
+            return Err(bad(format!(
+                "a capacity of {} sectors needs a grain directory larger than 16 MiB",
+                h.capacity
+            )));
         }
         Ok(h)
     }
@@ -159,7 +184,8 @@ mod tests {
         let p = Path::new("x.vmdk");
         let h = good();
         assert_eq!(SparseHeader::parse(&h.to_bytes(), p).unwrap(), h);
-        let cases: Vec<(fn(&mut SparseHeader), &str)> = vec![
+        type Case = (fn(&mut SparseHeader), &'static str);
+        let cases: Vec<Case> = vec![
             (|h| h.grain = 3, "grain size"),
             (|h| h.grain = 1 << 20, "grain size"),
             (|h| h.gtes = 0, "grain tables"),
@@ -171,9 +197,14 @@ mod tests {
         for (mutate, word) in cases {
             let mut h = good();
             mutate(&mut h);
-            let err = SparseHeader::parse(&h.to_bytes(), p).unwrap_err().to_string();
+            let err = SparseHeader::parse(&h.to_bytes(), p)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(word), "{err}");
         }
-        assert!(SparseHeader::parse(&[0u8; 100], p).unwrap_err().to_string().contains("truncated"));
+        assert!(SparseHeader::parse(&[0u8; 100], p)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 }

@@ -16,8 +16,8 @@ mod header;
 mod sparse;
 mod stream;
 
-pub use create::{VmdkCreateOptions, VmdkSubformat};
 pub(crate) use create::create;
+pub use create::{VmdkCreateOptions, VmdkSubformat};
 pub(crate) use stream::write_from as write_stream;
 
 use crate::error::{DiskError, Result};
@@ -70,14 +70,24 @@ impl Vmdk {
             }
             let mut raw = vec![0u8; len as usize];
             probe.read_exact_at(&mut raw, 0, FORMAT, "descriptor")?;
-            let text = std::str::from_utf8(&raw).map_err(|_| DiskError::malformed(path, FORMAT, "its descriptor is not UTF-8 text"))?;
+            let text = std::str::from_utf8(&raw).map_err(|_| {
+                DiskError::malformed(path, FORMAT, "its descriptor is not UTF-8 text")
+            })?;
             let d = Descriptor::parse(path, text)?;
             let extents = Self::open_extents(path, &d, writable, chain.allow_outside_paths())?;
             (d, extents)
         };
         let size = extents.last().map_or(0, |e| e.start + e.len);
-        if writable && extents.iter().any(|e| matches!(&e.backend, Backend::Sparse(s) if s.header().compressed())) {
-            return Err(DiskError::unsupported(path, FORMAT, "writing to streamOptimized (compressed) extents; open it read-only"));
+        if writable
+            && extents
+                .iter()
+                .any(|e| matches!(&e.backend, Backend::Sparse(s) if s.header().compressed()))
+        {
+            return Err(DiskError::unsupported(
+                path,
+                FORMAT,
+                "writing to streamOptimized (compressed) extents; open it read-only",
+            ));
         }
         let parent = match &descriptor.parent_hint {
             Some(hint) => Some(chain.open_backing(path, hint, None)?),
@@ -101,7 +111,12 @@ impl Vmdk {
             None => Descriptor::default(),
         };
         if d.create_type.is_empty() {
-            d.create_type = if sparse.header().compressed() { "streamOptimized" } else { "monolithicSparse" }.to_string();
+            d.create_type = if sparse.header().compressed() {
+                "streamOptimized"
+            } else {
+                "monolithicSparse"
+            }
+            .to_string();
         }
         let extent = Extent {
             start: 0,
@@ -112,7 +127,12 @@ impl Vmdk {
         Ok((d, vec![extent]))
     }
 
-    fn open_extents(path: &Path, d: &Descriptor, writable: bool, allow_outside: bool) -> Result<Vec<Extent>> {
+    fn open_extents(
+        path: &Path,
+        d: &Descriptor,
+        writable: bool,
+        allow_outside: bool,
+    ) -> Result<Vec<Extent>> {
         let mut seen = HashSet::new();
         if let Ok(me) = path.canonicalize() {
             seen.insert(me);
@@ -125,9 +145,13 @@ impl Vmdk {
             let backend = match (&line.file, line.kind) {
                 (_, ExtentType::Zero) | (None, _) => Backend::Zero,
                 (Some(name), kind) => {
-                    let file = Self::open_extent_file(path, name, ext_writable, allow_outside, &mut seen)?;
+                    let file =
+                        Self::open_extent_file(path, name, ext_writable, allow_outside, &mut seen)?;
                     if kind == ExtentType::Flat {
-                        Backend::Flat { file, offset: line.offset * SECTOR }
+                        Backend::Flat {
+                            file,
+                            offset: line.offset * SECTOR,
+                        }
                     } else {
                         let s = SparseExtent::open(file)?;
                         if s.capacity_bytes() < len {
@@ -137,23 +161,49 @@ impl Vmdk {
                     }
                 }
             };
-            extents.push(Extent { start, len, writable: ext_writable, backend });
+            extents.push(Extent {
+                start,
+                len,
+                writable: ext_writable,
+                backend,
+            });
             start += len;
         }
         Ok(extents)
     }
 
-    fn open_extent_file(path: &Path, name: &str, writable: bool, allow_outside: bool, seen: &mut HashSet<PathBuf>) -> Result<ImageFile> {
+    fn open_extent_file(
+        path: &Path,
+        name: &str,
+        writable: bool,
+        allow_outside: bool,
+        seen: &mut HashSet<PathBuf>,
+    ) -> Result<ImageFile> {
         let target = resolve_named_file(path, name, allow_outside)?;
-        let real = target.canonicalize().map_err(|_| DiskError::malformed(path, FORMAT, format!("it names the extent file {name:?}, which does not exist")))?;
+        let real = target.canonicalize().map_err(|_| {
+            DiskError::malformed(
+                path,
+                FORMAT,
+                format!("it names the extent file {name:?}, which does not exist"),
+            )
+        })?;
         if !seen.insert(real) {
-            return Err(DiskError::malformed(path, FORMAT, format!("it names the extent file {name:?} twice, or names itself")));
+            return Err(DiskError::malformed(
+                path,
+                FORMAT,
+                format!("it names the extent file {name:?} twice, or names itself"),
+            ));
         }
         ImageFile::open(&target, writable)
     }
 
     /// Calls `f(extent, byte offset in the extent, range of the request)` for each extent piece.
-    fn for_each_extent(&self, offset: u64, len: u64, mut f: impl FnMut(&Extent, u64, std::ops::Range<usize>) -> Result<()>) -> Result<()> {
+    fn for_each_extent(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(&Extent, u64, std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<()> {
         check_range(offset, len, self.size)?;
         let end = offset + len;
         let first = self.extents.partition_point(|e| e.start + e.len <= offset);
@@ -164,7 +214,11 @@ impl Vmdk {
             let from = offset.max(e.start);
             let to = end.min(e.start + e.len);
             if to > from {
-                f(e, from - e.start, (from - offset) as usize..(to - offset) as usize)?;
+                f(
+                    e,
+                    from - e.start,
+                    (from - offset) as usize..(to - offset) as usize,
+                )?;
             }
         }
         Ok(())
@@ -176,7 +230,10 @@ impl Vmdk {
             buf.fill(0);
             return Ok(());
         };
-        let avail = p.virtual_size().saturating_sub(offset).min(buf.len() as u64) as usize;
+        let avail = p
+            .virtual_size()
+            .saturating_sub(offset)
+            .min(buf.len() as u64) as usize;
         if avail > 0 {
             p.read_at(&mut buf[..avail], offset)?;
         }
@@ -198,7 +255,9 @@ impl Vmdk {
 
     fn drop_range(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
         if !self.writable {
-            return Err(DiskError::ReadOnly { path: self.path.clone() });
+            return Err(DiskError::ReadOnly {
+                path: self.path.clone(),
+            });
         }
         self.for_each_extent(offset, len, |e, at, range| {
             self.check_writable(e)?;
@@ -243,7 +302,9 @@ impl DiskImage for Vmdk {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         if !self.writable {
-            return Err(DiskError::ReadOnly { path: self.path.clone() });
+            return Err(DiskError::ReadOnly {
+                path: self.path.clone(),
+            });
         }
         self.for_each_extent(offset, buf.len() as u64, |e, at, range| {
             self.check_writable(e)?;
@@ -251,7 +312,9 @@ impl DiskImage for Vmdk {
             match &e.backend {
                 Backend::Flat { file, offset } => file.write_all_at(part, offset + at),
                 Backend::Sparse(s) => s.write(part, at, &|b, o| self.read_parent(b, e.start + o)),
-                Backend::Zero => Err(DiskError::ReadOnly { path: self.path.clone() }),
+                Backend::Zero => Err(DiskError::ReadOnly {
+                    path: self.path.clone(),
+                }),
             }
         })
     }
@@ -323,7 +386,9 @@ impl DiskImage for Vmdk {
             });
         }
         if files.len() > 1 || extents.iter().all(|e| e.path.is_none()) {
-            allocated += std::fs::metadata(&self.path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap_or(0);
+            allocated += std::fs::metadata(&self.path)
+                .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                .unwrap_or(0);
         }
         ImageInfo {
             path: self.path.clone(),
@@ -351,7 +416,9 @@ impl DiskImage for Vmdk {
             Backend::Zero => Ok((Mapping::Zero, n)),
             Backend::Sparse(s) => match s.map(offset - e.start, n)? {
                 (Grain::Unallocated, run) => match &self.parent {
-                    Some(p) if offset < p.virtual_size() => p.map(offset, run.min(p.virtual_size() - offset)),
+                    Some(p) if offset < p.virtual_size() => {
+                        p.map(offset, run.min(p.virtual_size() - offset))
+                    }
                     _ => Ok((Mapping::Zero, run)),
                 },
                 (Grain::Zero, run) => Ok((Mapping::Zero, run)),

@@ -57,7 +57,11 @@ impl SparseExtent {
         let len = file.len()?;
         let mut raw = [0u8; 512];
         if len < SECTOR {
-            return Err(DiskError::malformed(file.path(), FORMAT, format!("the sparse extent header is truncated: the file has only {len} bytes")));
+            return Err(DiskError::malformed(
+                file.path(),
+                FORMAT,
+                format!("the sparse extent header is truncated: the file has only {len} bytes"),
+            ));
         }
         file.read_exact_at(&mut raw, 0, FORMAT, "sparse extent header")?;
         let mut h = SparseHeader::parse(&raw, file.path())?;
@@ -73,11 +77,35 @@ impl SparseExtent {
             fixed.push((h.rgd_offset, h.gd_sectors()));
         }
         let gd = Self::read_dir(&file, &h, h.gd_offset, "grain directory")?;
-        let rgd = if has_rgd { Some(Self::read_dir(&file, &h, h.rgd_offset, "redundant grain directory")?) } else { None };
-        if has_rgd && overlap((h.gd_offset, h.gd_sectors()), (h.rgd_offset, h.gd_sectors())) {
-            return Err(DiskError::malformed(file.path(), FORMAT, "its grain directory and redundant grain directory overlap"));
+        let rgd = if has_rgd {
+            Some(Self::read_dir(
+                &file,
+                &h,
+                h.rgd_offset,
+                "redundant grain directory",
+            )?)
+        } else {
+            None
+        };
+        if has_rgd
+            && overlap(
+                (h.gd_offset, h.gd_sectors()),
+                (h.rgd_offset, h.gd_sectors()),
+            )
+        {
+            return Err(DiskError::malformed(
+                file.path(),
+                FORMAT,
+                "its grain directory and redundant grain directory overlap",
+            ));
         }
-        let tables = Self::check_tables(&file, &h, &fixed, len, gd.iter().chain(rgd.iter().flatten()))?;
+        let tables = Self::check_tables(
+            &file,
+            &h,
+            &fixed,
+            len,
+            gd.iter().chain(rgd.iter().flatten()),
+        )?;
         Ok(SparseExtent {
             file,
             h,
@@ -89,13 +117,21 @@ impl SparseExtent {
     /// Reads the header copy of a streamOptimized extent from its footer.
     fn read_footer(file: &ImageFile, len: u64) -> Result<SparseHeader> {
         if len < 3 * SECTOR {
-            return Err(DiskError::malformed(file.path(), FORMAT, "it announces a footer but is too short to hold one"));
+            return Err(DiskError::malformed(
+                file.path(),
+                FORMAT,
+                "it announces a footer but is too short to hold one",
+            ));
         }
         let mut raw = [0u8; 512];
         file.read_exact_at(&mut raw, len - 2 * SECTOR, FORMAT, "footer")?;
         let h = SparseHeader::parse(&raw, file.path())?;
         if h.gd_offset == GD_AT_END {
-            return Err(DiskError::malformed(file.path(), FORMAT, "its footer does not say where the grain directory is"));
+            return Err(DiskError::malformed(
+                file.path(),
+                FORMAT,
+                "its footer does not say where the grain directory is",
+            ));
         }
         Ok(h)
     }
@@ -103,24 +139,46 @@ impl SparseExtent {
     fn read_dir(file: &ImageFile, h: &SparseHeader, sector: u64, what: &str) -> Result<Vec<u32>> {
         let bytes = h.gd_entries().unwrap_or(0) * 4;
         let mut raw = crate::file::bounded_vec(file.path(), FORMAT, what, bytes, MAX_GD_BYTES)?;
-        let at = sector.checked_mul(SECTOR).ok_or_else(|| DiskError::malformed(file.path(), FORMAT, format!("its {what} offset overflows")))?;
+        let at = sector.checked_mul(SECTOR).ok_or_else(|| {
+            DiskError::malformed(file.path(), FORMAT, format!("its {what} offset overflows"))
+        })?;
         file.read_exact_at(&mut raw, at, FORMAT, what)?;
-        Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// Checks that every grain table lies in the file, apart from the fixed metadata and from
     /// every other table; returns their sorted sector offsets.
-    fn check_tables<'a>(file: &ImageFile, h: &SparseHeader, fixed: &[(u64, u64)], len: u64, entries: impl Iterator<Item = &'a u32>) -> Result<Vec<u64>> {
+    fn check_tables<'a>(
+        file: &ImageFile,
+        h: &SparseHeader,
+        fixed: &[(u64, u64)],
+        len: u64,
+        entries: impl Iterator<Item = &'a u32>,
+    ) -> Result<Vec<u64>> {
         let gt = h.gt_sectors();
-        let mut tables: Vec<u64> = entries.filter(|&&e| e != 0).map(|&e| u64::from(e)).collect();
+        let mut tables: Vec<u64> = entries
+            .filter(|&&e| e != 0)
+            .map(|&e| u64::from(e))
+            .collect();
         tables.sort_unstable();
         for (i, &t) in tables.iter().enumerate() {
-            let bad = |why: &str| DiskError::malformed(file.path(), FORMAT, format!("a grain table at sector {t} {why}"));
+            let bad = |why: &str| {
+                DiskError::malformed(
+                    file.path(),
+                    FORMAT,
+                    format!("a grain table at sector {t} {why}"),
+                )
+            };
             if (t + gt) * SECTOR > len {
                 return Err(bad("lies past the end of the file"));
             }
             if fixed.iter().any(|&f| overlap(f, (t, gt))) {
-                return Err(bad("overlaps the header, the descriptor or a grain directory"));
+                return Err(bad(
+                    "overlaps the header, the descriptor or a grain directory",
+                ));
             }
             if i > 0 && tables[i - 1] + gt > t {
                 return Err(bad("overlaps another grain table or is named twice"));
@@ -155,7 +213,12 @@ impl SparseExtent {
             return Ok(None);
         }
         let mut raw = vec![0u8; (self.h.desc_size * SECTOR) as usize];
-        self.file.read_exact_at(&mut raw, self.h.desc_offset * SECTOR, FORMAT, "embedded descriptor")?;
+        self.file.read_exact_at(
+            &mut raw,
+            self.h.desc_offset * SECTOR,
+            FORMAT,
+            "embedded descriptor",
+        )?;
         let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
         Ok(Some(String::from_utf8_lossy(&raw[..end]).into_owned()))
     }
@@ -176,7 +239,12 @@ impl SparseExtent {
             return Ok(vec![Grain::Unallocated; count as usize]);
         }
         let mut raw = vec![0u8; count as usize * 4];
-        self.file.read_exact_at(&mut raw, u64::from(table) * SECTOR + (gi % gtes) * 4, FORMAT, "grain table")?;
+        self.file.read_exact_at(
+            &mut raw,
+            u64::from(table) * SECTOR + (gi % gtes) * 4,
+            FORMAT,
+            "grain table",
+        )?;
         Ok(raw
             .chunks_exact(4)
             .map(|c| match u32::from_le_bytes([c[0], c[1], c[2], c[3]]) {
@@ -196,16 +264,28 @@ impl SparseExtent {
     fn read_compressed(&self, sector: u64) -> Result<Vec<u8>> {
         let at = sector * SECTOR;
         let mut marker = [0u8; 12];
-        self.file.read_exact_at(&mut marker, at, FORMAT, "grain marker")?;
-        let size = u64::from(u32::from_le_bytes([marker[8], marker[9], marker[10], marker[11]]));
-        let corrupt = |why: String| DiskError::corrupt(self.file.path(), format!("the compressed grain at sector {sector} {why}"));
+        self.file
+            .read_exact_at(&mut marker, at, FORMAT, "grain marker")?;
+        let size = u64::from(u32::from_le_bytes([
+            marker[8], marker[9], marker[10], marker[11],
+        ]));
+        let corrupt = |why: String| {
+            DiskError::corrupt(
+                self.file.path(),
+                format!("the compressed grain at sector {sector} {why}"),
+            )
+        };
         if size == 0 || size > self.grain_bytes() * 2 + 4096 {
-            return Err(corrupt(format!("claims an impossible size of {size} bytes")));
+            return Err(corrupt(format!(
+                "claims an impossible size of {size} bytes"
+            )));
         }
         let mut input = vec![0u8; size as usize];
-        self.file.read_exact_at(&mut input, at + 12, FORMAT, "compressed grain")?;
+        self.file
+            .read_exact_at(&mut input, at + 12, FORMAT, "compressed grain")?;
         let mut out = vec![0u8; self.grain_bytes() as usize];
-        decompress(Codec::Zlib, &input, &mut out).map_err(|why| corrupt(format!("cannot be read: {why}")))?;
+        decompress(Codec::Zlib, &input, &mut out)
+            .map_err(|why| corrupt(format!("cannot be read: {why}")))?;
         Ok(out)
     }
 
@@ -226,13 +306,22 @@ impl SparseExtent {
     }
 
     /// Splits an extent byte range into per-grain pieces: `f(grain, offset in grain, range in buf)`.
-    fn for_each_grain(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, std::ops::Range<usize>) -> Result<()>) -> Result<()> {
+    fn for_each_grain(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(u64, u64, std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<()> {
         let gb = self.grain_bytes();
         let mut pos = offset;
         while pos < offset + len {
             let gi = pos / gb;
             let stop = ((gi + 1) * gb).min(offset + len);
-            f(gi, pos - gi * gb, (pos - offset) as usize..(stop - offset) as usize)?;
+            f(
+                gi,
+                pos - gi * gb,
+                (pos - offset) as usize..(stop - offset) as usize,
+            )?;
             pos = stop;
         }
         Ok(())
@@ -244,12 +333,17 @@ impl SparseExtent {
         let gtes = u64::from(self.h.gtes);
         let mut cached: Option<(u64, Vec<Grain>)> = None;
         self.for_each_grain(offset, buf.len() as u64, |gi, within, range| {
-            if cached.as_ref().is_none_or(|(start, v)| gi < *start || gi >= start + v.len() as u64) {
+            if cached
+                .as_ref()
+                .is_none_or(|(start, v)| gi < *start || gi >= start + v.len() as u64)
+            {
                 let last = (offset + buf.len() as u64 - 1) / self.grain_bytes();
                 let count = (gi - gi % gtes + gtes).min(last + 1) - gi;
                 cached = Some((gi, self.entries(&d, gi, count)?));
             }
-            let g = cached.as_ref().map_or(Grain::Unallocated, |(start, v)| v[(gi - start) as usize]);
+            let g = cached
+                .as_ref()
+                .map_or(Grain::Unallocated, |(start, v)| v[(gi - start) as usize]);
             self.read_grain(g, gi, within, &mut buf[range], fill)
         })
     }
@@ -271,10 +365,16 @@ impl SparseExtent {
         let i = d.tables.partition_point(|&t| t + gt <= s);
         let hits_table = d.tables.get(i).is_some_and(|&t| overlap((t, gt), range));
         if hits_table || self.fixed.iter().any(|&f| overlap(f, range)) {
-            return Err(DiskError::corrupt(self.file.path(), format!("the grain at sector {s} overlaps metadata")));
+            return Err(DiskError::corrupt(
+                self.file.path(),
+                format!("the grain at sector {s} overlaps metadata"),
+            ));
         }
         if s * SECTOR >= self.file.len()? {
-            return Err(DiskError::corrupt(self.file.path(), format!("the grain at sector {s} lies past the end of the file")));
+            return Err(DiskError::corrupt(
+                self.file.path(),
+                format!("the grain at sector {s} lies past the end of the file"),
+            ));
         }
         Ok(())
     }
@@ -283,7 +383,10 @@ impl SparseExtent {
     fn end_sector(&self) -> Result<u64> {
         let s = self.file.len()?.div_ceil(SECTOR);
         if s + self.h.grain > u64::from(u32::MAX) {
-            return Err(DiskError::corrupt(self.file.path(), "the extent file is full: grain offsets cannot pass 2 TiB"));
+            return Err(DiskError::corrupt(
+                self.file.path(),
+                "the extent file is full: grain offsets cannot pass 2 TiB",
+            ));
         }
         Ok(s)
     }
@@ -291,7 +394,11 @@ impl SparseExtent {
     /// Returns the grain table (and redundant one) for grain `gi`, appending them if missing.
     fn ensure_table(&self, d: &mut Dirs, gi: u64) -> Result<(u64, Option<u64>)> {
         let gdi = (gi / u64::from(self.h.gtes)) as usize;
-        let redundant = d.rgd.as_ref().map(|r| u64::from(r[gdi])).filter(|&s| s != 0);
+        let redundant = d
+            .rgd
+            .as_ref()
+            .map(|r| u64::from(r[gdi]))
+            .filter(|&s| s != 0);
         if d.gd[gdi] != 0 {
             return Ok((u64::from(d.gd[gdi]), redundant));
         }
@@ -303,11 +410,17 @@ impl SparseExtent {
         if let Some(rgd) = &mut d.rgd {
             let s = main + gt;
             self.file.write_all_at(&zeros, s * SECTOR)?;
-            self.file.write_all_at(&(s as u32).to_le_bytes(), self.h.rgd_offset * SECTOR + gdi as u64 * 4)?;
+            self.file.write_all_at(
+                &(s as u32).to_le_bytes(),
+                self.h.rgd_offset * SECTOR + gdi as u64 * 4,
+            )?;
             rgd[gdi] = s as u32;
             second = Some(s);
         }
-        self.file.write_all_at(&(main as u32).to_le_bytes(), self.h.gd_offset * SECTOR + gdi as u64 * 4)?;
+        self.file.write_all_at(
+            &(main as u32).to_le_bytes(),
+            self.h.gd_offset * SECTOR + gdi as u64 * 4,
+        )?;
         d.gd[gdi] = main as u32;
         for t in std::iter::once(main).chain(second) {
             let at = d.tables.partition_point(|&x| x < t);
@@ -318,15 +431,24 @@ impl SparseExtent {
 
     fn set_entry(&self, tables: (u64, Option<u64>), gi: u64, value: u32) -> Result<()> {
         let within = (gi % u64::from(self.h.gtes)) * 4;
-        self.file.write_all_at(&value.to_le_bytes(), tables.0 * SECTOR + within)?;
+        self.file
+            .write_all_at(&value.to_le_bytes(), tables.0 * SECTOR + within)?;
         if let Some(r) = tables.1 {
-            self.file.write_all_at(&value.to_le_bytes(), r * SECTOR + within)?;
+            self.file
+                .write_all_at(&value.to_le_bytes(), r * SECTOR + within)?;
         }
         Ok(())
     }
 
     /// Writes part of grain `gi`.
-    fn write_grain(&self, d: &mut Dirs, gi: u64, within: u64, data: &[u8], fill: Fill) -> Result<()> {
+    fn write_grain(
+        &self,
+        d: &mut Dirs,
+        gi: u64,
+        within: u64,
+        data: &[u8],
+        fill: Fill,
+    ) -> Result<()> {
         let old = self.entry(d, gi)?;
         if let Grain::Data(s) = old {
             self.check_in_place(d, s)?;
@@ -334,7 +456,9 @@ impl SparseExtent {
         }
         let mut grain = vec![0u8; self.grain_bytes() as usize];
         if within != 0 || data.len() as u64 != self.grain_bytes() {
-            let keep = self.grain_bytes().min(self.capacity_bytes() - gi * self.grain_bytes());
+            let keep = self
+                .grain_bytes()
+                .min(self.capacity_bytes() - gi * self.grain_bytes());
             self.read_grain(old, gi, 0, &mut grain[..keep as usize], fill)?;
         }
         grain[within as usize..within as usize + data.len()].copy_from_slice(data);
@@ -348,12 +472,21 @@ impl SparseExtent {
     pub fn write(&self, data: &[u8], offset: u64, fill: Fill) -> Result<()> {
         self.writable()?;
         let mut d = self.write_dirs();
-        self.for_each_grain(offset, data.len() as u64, |gi, within, range| self.write_grain(&mut d, gi, within, &data[range], fill))
+        self.for_each_grain(offset, data.len() as u64, |gi, within, range| {
+            self.write_grain(&mut d, gi, within, &data[range], fill)
+        })
     }
 
     /// Discards (`zero == false`) or zeroes a range. `parent` says whether unallocated grains
     /// read from a parent image rather than as zeros.
-    pub fn drop_range(&self, offset: u64, len: u64, zero: bool, parent: bool, fill: Fill) -> Result<()> {
+    pub fn drop_range(
+        &self,
+        offset: u64,
+        len: u64,
+        zero: bool,
+        parent: bool,
+        fill: Fill,
+    ) -> Result<()> {
         self.writable()?;
         let mut d = self.write_dirs();
         let gb = self.grain_bytes();
@@ -410,12 +543,18 @@ impl SparseExtent {
                 let gi = gdi * gtes + k as u64;
                 let span = if self.h.compressed() { 1 } else { self.h.grain };
                 if (s + span) * SECTOR > len.div_ceil(SECTOR) * SECTOR {
-                    report.errors.push(format!("{path}: grain {gi} points at sector {s}, past the end of the file"));
+                    report.errors.push(format!(
+                        "{path}: grain {gi} points at sector {s}, past the end of the file"
+                    ));
                 } else if !self.h.compressed() && self.check_in_place(&d, s).is_err() {
-                    report.errors.push(format!("{path}: grain {gi} at sector {s} overlaps metadata"));
+                    report.errors.push(format!(
+                        "{path}: grain {gi} at sector {s} overlaps metadata"
+                    ));
                 }
                 if !seen.insert(s) {
-                    report.errors.push(format!("{path}: grain {gi} shares sector {s} with another grain"));
+                    report.errors.push(format!(
+                        "{path}: grain {gi} shares sector {s} with another grain"
+                    ));
                 }
             }
         }

@@ -7,7 +7,9 @@
 
 use super::create::{new_cid, GRAIN_SECTORS, GTES};
 use super::descriptor::{render, ExtentLine, ExtentType};
-use super::header::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, GD_AT_END, SECTOR};
+use super::header::{
+    SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NL_DETECT, GD_AT_END, SECTOR,
+};
 use crate::compress::zlib_compress;
 use crate::error::{DiskError, Result};
 use crate::file::{is_zero, ImageFile};
@@ -43,10 +45,22 @@ impl Writer {
         };
         let entries = h.gd_entries().unwrap_or(0) * u64::from(GTES);
         if entries * 4 > super::header::MAX_GD_BYTES * 16 || sectors > u64::from(u32::MAX) {
-            return Err(DiskError::InvalidArgument(format!("a streamOptimized VMDK of {sectors} sectors is too large")));
+            return Err(DiskError::InvalidArgument(format!(
+                "a streamOptimized VMDK of {sectors} sectors is too large"
+            )));
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk").to_string();
-        let line = ExtentLine { read_only: false, sectors, kind: ExtentType::Sparse, file: Some(name), offset: 0 };
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("disk.vmdk")
+            .to_string();
+        let line = ExtentLine {
+            read_only: false,
+            sectors,
+            kind: ExtentType::Sparse,
+            file: Some(name),
+            offset: 0,
+        };
         let text = render("streamOptimized", &[line], new_cid());
         let file = ImageFile::create(path)?;
         file.write_all_at(&h.to_bytes(), 0)?;
@@ -78,7 +92,9 @@ impl Writer {
         self.gtes[gi as usize] = self.next as u32;
         self.next += rec.len() as u64 / SECTOR;
         if self.next > u64::from(u32::MAX) {
-            return Err(DiskError::InvalidArgument("the streamOptimized file would pass 2 TiB".into()));
+            return Err(DiskError::InvalidArgument(
+                "the streamOptimized file would pass 2 TiB".into(),
+            ));
         }
         Ok(())
     }
@@ -92,7 +108,11 @@ impl Writer {
     fn finish(mut self) -> Result<()> {
         let gt_sectors = self.h.gt_sectors();
         let mut gd = Vec::new();
-        let tables: Vec<Vec<u8>> = self.gtes.chunks(GTES as usize).map(|t| t.iter().flat_map(|e| e.to_le_bytes()).collect()).collect();
+        let tables: Vec<Vec<u8>> = self
+            .gtes
+            .chunks(GTES as usize)
+            .map(|t| t.iter().flat_map(|e| e.to_le_bytes()).collect())
+            .collect();
         for mut table in tables {
             self.put(&self.marker(gt_sectors, MARKER_GT))?;
             gd.extend_from_slice(&(self.next as u32).to_le_bytes());
@@ -118,7 +138,11 @@ pub(crate) fn write_empty(path: &Path, sectors: u64) -> Result<()> {
 }
 
 /// Writes `src` as a streamOptimized disk; `progress(bytes done)` is called as it goes.
-pub(crate) fn write_from(path: &Path, src: &dyn DiskImage, progress: &mut dyn FnMut(u64)) -> Result<()> {
+pub(crate) fn write_from(
+    path: &Path,
+    src: &dyn DiskImage,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
     let size = src.virtual_size();
     let mut w = Writer::new(path, size.div_ceil(SECTOR))?;
     let gb = GRAIN_SECTORS * SECTOR;
