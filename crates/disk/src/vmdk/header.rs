@@ -23,6 +23,8 @@ const MAX_GRAIN_SECTORS: u64 = 2048;
 const MAX_GTES: u32 = 4096;
 /// Largest grain directory accepted, in bytes.
 pub(crate) const MAX_GD_BYTES: u64 = 16 << 20;
+/// Largest sector offset of metadata (2^44 sectors: 8 PiB, far beyond any extent file).
+const MAX_SECTOR_OFFSET: u64 = 1 << 44;
 /// Largest embedded descriptor accepted, in sectors.
 const MAX_DESC_SECTORS: u64 = 2048;
 
@@ -110,6 +112,18 @@ impl SparseHeader {
                 h.desc_size
             )));
         }
+        for (what, sector) in [
+            ("descriptor", h.desc_offset),
+            ("grain directory", h.gd_offset),
+            ("redundant grain directory", h.rgd_offset),
+        ] {
+            let stream_gd = what == "grain directory" && sector == GD_AT_END;
+            if !stream_gd && sector > MAX_SECTOR_OFFSET {
+                return Err(bad(format!(
+                    "its {what} offset of {sector} sectors is beyond any file"
+                )));
+            }
+        }
         let gd_bytes = h.gd_entries().and_then(|n| n.checked_mul(4));
         if gd_bytes.is_none_or(|n| n > MAX_GD_BYTES) {
             return Err(bad(format!(
@@ -193,6 +207,10 @@ mod tests {
             (|h| h.capacity = u64::MAX, "grain directory"),
             (|h| h.desc_size = 1 << 40, "descriptor"),
             (|h| h.version = 9, "version"),
+            (|h| h.desc_offset = 0xa2ff_ffff_ffff_ffff, "beyond any file"),
+            (|h| h.gd_offset = 1 << 60, "beyond any file"),
+            (|h| h.desc_offset = u64::MAX, "beyond any file"),
+            (|h| h.rgd_offset = u64::MAX, "beyond any file"),
         ];
         for (mutate, word) in cases {
             let mut h = good();
