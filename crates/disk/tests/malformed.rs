@@ -169,6 +169,12 @@ fn qcow2_bad_tables() {
     let first = be64(&p, l1);
     patch(&p, l1 + 8, &first.to_be_bytes());
     refused(&p, true, &p, "two L1 entries");
+    // An L2 table that is also a refcount block (checked when opened for writing).
+    let p = qcow2_case(d, "l2rb.qcow2", "1M");
+    let (l1, rt) = (be64(&p, 40), be64(&p, 48));
+    let block = be64(&p, rt);
+    patch(&p, l1, &(block | (1 << 63)).to_be_bytes());
+    refused(&p, false, &p, "both an L2 table and a refcount block");
     // A refcount block past the end (checked when opened for writing).
     let p = qcow2_case(d, "rbpast.qcow2", "1M");
     let rt = be64(&p, 48);

@@ -89,6 +89,18 @@ impl Qcow2 {
         } else {
             None
         };
+        if let Some(shared) = refs
+            .as_ref()
+            .and_then(|r| l2_tables.iter().find(|&&t| r.is_block(t)))
+        {
+            return Err(DiskError::malformed(
+                path,
+                FORMAT,
+                format!(
+                    "the cluster at offset {shared:#x} is both an L2 table and a refcount block"
+                ),
+            ));
+        }
         let backing = match &header.backing_file {
             Some(name) => {
                 let format = match header.backing_format.as_deref() {
