@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# Installs what Bulkhead's tests need on a fresh Debian machine; idempotent
-# and fast once done.
+# Installs what Bulkhead's tests need on a fresh Debian x86-64 machine;
+# idempotent, and fast once done:
+#   - Debian packages: a C toolchain, qemu-utils (qemu-img, qemu-io,
+#     qemu-storage-daemon), iproute2;
+#   - QEMU 7.2, the comparison peer and the independent vhost-user frontend
+#     (scripts/install-qemu.sh, unpacked into ~/.cache/bulkhead);
+#   - the Linux test guest: Debian's kernel and a test initramfs, built from
+#     pinned packages (`bulkhead image build`, into ~/.local/share/bulkhead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
+command -v qemu-storage-daemon >/dev/null || need_apt+=(qemu-utils)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+
+scripts/install-qemu.sh
+cargo run --release --locked -q -- image build
 
 if [[ ! -c /dev/kvm ]]; then
     echo "warning: /dev/kvm is missing: the tests that boot VMs will fail" >&2

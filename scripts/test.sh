@@ -20,4 +20,9 @@ CARGO_TARGET_DIR=target/guest-clippy RUSTFLAGS="--cfg bulkhead_guest" \
     cargo clippy -p bulkhead-guest --lib --locked -- -D warnings
 
 step "tests"
+if [[ -d /sys/module/kvm_pvm ]]; then
+    echo "NOTE: this host's KVM is KVM-PVM (no VT-x/AMD-V): the tests that boot a Linux"
+    echo "      kernel through Bulkhead are SKIPPED (they say so in tests/linux_guest.rs);"
+    echo "      Linux guests still run here under QEMU's TCG against Bulkhead's devices."
+fi
 cargo test --workspace --locked --no-fail-fast

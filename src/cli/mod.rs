@@ -23,6 +23,12 @@ pub enum Command {
     /// The built-in guest: write it out to boot it under another VMM.
     #[command(subcommand)]
     Guest(guest::GuestCommand),
+    /// Linux guest images built from Debian packages (for hardware-virtualization hosts).
+    #[command(subcommand)]
+    Image(bulkhead_linux_guest::cli::ImageCommand),
+    /// Disk images: create, inspect, check, convert and compare raw, qcow2 and VMDK.
+    #[command(subcommand)]
+    Disk(bulkhead_disk::cli::DiskCommand),
 }
 
 impl Command {
@@ -32,6 +38,8 @@ impl Command {
             Command::Run(args) => run::run(args),
             Command::Bench(cmd) => crate::bench::run(cmd),
             Command::Guest(cmd) => guest::run(cmd),
+            Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
+            Command::Disk(cmd) => bulkhead_disk::cli::run(cmd),
         }
     }
 }

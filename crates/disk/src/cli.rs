@@ -124,14 +124,9 @@ fn spec(
             if backing.is_some() {
                 bail!("this tool creates VMDK disks without a parent");
             }
-            let subformat = subformat
-                .map(str::parse::<VmdkSubformat>)
-                .transpose()?
-                .unwrap_or_default();
-            CreateSpec::Vmdk(VmdkCreateOptions {
-                subformat,
-                zeroed_grain: false,
-            })
+            let subformat =
+                subformat.map(str::parse::<VmdkSubformat>).transpose()?.unwrap_or_default();
+            CreateSpec::Vmdk(VmdkCreateOptions { subformat, zeroed_grain: false })
         }
     })
 }
@@ -148,39 +143,21 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
             backing_format,
             cluster_size,
         } => {
-            let backing_format = backing_format
-                .as_deref()
-                .map(str::parse::<Format>)
-                .transpose()?;
+            let backing_format = backing_format.as_deref().map(str::parse::<Format>).transpose()?;
             let cluster = cluster_size.as_deref().map(tools::parse_size).transpose()?;
             let size = match (size, &backing) {
                 (Some(s), _) => tools::parse_size(&s)?,
                 (None, Some(b)) => tools::backing_size(&file, b, backing_format, false)?,
                 (None, None) => bail!("give the image a --size"),
             };
-            let spec = spec(
-                &format,
-                subformat.as_deref(),
-                backing,
-                backing_format,
-                cluster,
-            )?;
+            let spec = spec(&format, subformat.as_deref(), backing, backing_format, cluster)?;
             tools::create(&file, size, &spec)
                 .with_context(|| format!("cannot create {}", file.display()))?;
             Ok(0)
         }
-        DiskCommand::Info {
-            file,
-            json,
-            allow_outside_paths,
-        } => {
-            let info = tools::info(
-                &file,
-                &OpenOptions {
-                    allow_outside_paths,
-                    ..Default::default()
-                },
-            )?;
+        DiskCommand::Info { file, json, allow_outside_paths } => {
+            let info =
+                tools::info(&file, &OpenOptions { allow_outside_paths, ..Default::default() })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -188,18 +165,9 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        DiskCommand::Check {
-            file,
-            json,
-            allow_outside_paths,
-        } => {
-            let report = tools::check(
-                &file,
-                &OpenOptions {
-                    allow_outside_paths,
-                    ..Default::default()
-                },
-            )?;
+        DiskCommand::Check { file, json, allow_outside_paths } => {
+            let report =
+                tools::check(&file, &OpenOptions { allow_outside_paths, ..Default::default() })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -207,19 +175,10 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
             }
             Ok(if report.is_clean() { 0 } else { 1 })
         }
-        DiskCommand::Convert {
-            input,
-            output,
-            format,
-            subformat,
-            allow_outside_paths,
-        } => {
+        DiskCommand::Convert { input, output, format, subformat, allow_outside_paths } => {
             let spec = spec(&format, subformat.as_deref(), None, None, None)?;
             let mut bar = Progress::new();
-            let opts = OpenOptions {
-                allow_outside_paths,
-                ..Default::default()
-            };
+            let opts = OpenOptions { allow_outside_paths, ..Default::default() };
             tools::convert(&input, &opts, &output, &spec, &mut |done, total| {
                 bar.show(done, total)
             })?;
@@ -245,10 +204,7 @@ fn print_info(info: &ImageInfo, depth: usize) {
     println!(
         "{pad}format: {}{}",
         info.format,
-        info.subformat
-            .as_deref()
-            .map(|s| format!(" ({s})"))
-            .unwrap_or_default()
+        info.subformat.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
     );
     println!("{pad}virtual size: {} bytes", info.virtual_size);
     println!("{pad}allocated: {} bytes", info.allocated_bytes);
@@ -304,10 +260,7 @@ struct Progress {
 
 impl Progress {
     fn new() -> Self {
-        Progress {
-            on: std::io::stderr().is_terminal(),
-            last: u64::MAX,
-        }
+        Progress { on: std::io::stderr().is_terminal(), last: u64::MAX }
     }
 
     fn show(&mut self, done: u64, total: u64) {
@@ -321,12 +274,7 @@ impl Progress {
         self.last = pct;
         let filled = (pct / 2) as usize;
         let mut err = std::io::stderr();
-        let _ = write!(
-            err,
-            "\r[{}{}] {pct:3}%",
-            "#".repeat(filled),
-            " ".repeat(50 - filled)
-        );
+        let _ = write!(err, "\r[{}{}] {pct:3}%", "#".repeat(filled), " ".repeat(50 - filled));
         let _ = err.flush();
     }
 

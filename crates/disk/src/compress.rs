@@ -47,11 +47,7 @@ fn inflate(zlib_header: bool, input: &[u8], out: &mut [u8]) -> Result<(), String
         let in_pos = before.0 as usize;
         let out_pos = before.1 as usize;
         let status = dec
-            .decompress(
-                &input[in_pos..],
-                &mut out[out_pos..],
-                flate2::FlushDecompress::Finish,
-            )
+            .decompress(&input[in_pos..], &mut out[out_pos..], flate2::FlushDecompress::Finish)
             .map_err(|e| format!("the deflate data is invalid ({e})"))?;
         let full = dec.total_out() as usize == out.len();
         if full || status == flate2::Status::StreamEnd {

@@ -112,18 +112,11 @@ impl DiskError {
         format: &'static str,
         reason: impl Into<String>,
     ) -> Self {
-        DiskError::Malformed {
-            path: path.to_path_buf(),
-            format,
-            reason: reason.into(),
-        }
+        DiskError::Malformed { path: path.to_path_buf(), format, reason: reason.into() }
     }
 
     pub(crate) fn corrupt(path: &std::path::Path, reason: impl Into<String>) -> Self {
-        DiskError::Corrupt {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }
+        DiskError::Corrupt { path: path.to_path_buf(), reason: reason.into() }
     }
 
     pub(crate) fn unsupported(
@@ -131,11 +124,7 @@ impl DiskError {
         format: &'static str,
         feature: impl Into<String>,
     ) -> Self {
-        DiskError::Unsupported {
-            path: path.to_path_buf(),
-            format,
-            feature: feature.into(),
-        }
+        DiskError::Unsupported { path: path.to_path_buf(), format, feature: feature.into() }
     }
 }
 

@@ -28,15 +28,8 @@ impl ImageFile {
             .read(true)
             .write(writable)
             .open(path)
-            .map_err(|source| DiskError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(ImageFile {
-            file,
-            path: path.to_path_buf(),
-            writable,
-        })
+            .map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
+        Ok(ImageFile { file, path: path.to_path_buf(), writable })
     }
 
     /// Creates a new file, replacing an existing one, and opens it for writing.
@@ -47,15 +40,8 @@ impl ImageFile {
             .create(true)
             .truncate(true)
             .open(path)
-            .map_err(|source| DiskError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(ImageFile {
-            file,
-            path: path.to_path_buf(),
-            writable: true,
-        })
+            .map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
+        Ok(ImageFile { file, path: path.to_path_buf(), writable: true })
     }
 
     pub fn path(&self) -> &Path {
@@ -71,17 +57,12 @@ impl ImageFile {
     }
 
     fn io_err(&self, source: std::io::Error) -> DiskError {
-        DiskError::Io {
-            path: self.path.clone(),
-            source,
-        }
+        DiskError::Io { path: self.path.clone(), source }
     }
 
     /// Size of the file in bytes (works for block devices too).
     pub fn len(&self) -> Result<u64> {
-        (&self.file)
-            .seek(SeekFrom::End(0))
-            .map_err(|e| self.io_err(e))
+        (&self.file).seek(SeekFrom::End(0)).map_err(|e| self.io_err(e))
     }
 
     /// Bytes the file occupies on the host (allocated blocks).
@@ -132,9 +113,7 @@ impl ImageFile {
 
     /// Writes all of `buf` at `offset`.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| self.io_err(e))
+        self.file.write_all_at(buf, offset).map_err(|e| self.io_err(e))
     }
 
     /// Makes everything written so far durable.
@@ -186,10 +165,7 @@ impl ImageFile {
 /// name that is absolute, climbs with `..`, or reaches outside the folder through a symbolic
 /// link is refused: an image must not make its reader open arbitrary host files.
 pub(crate) fn resolve_named_file(image: &Path, name: &str, allow_outside: bool) -> Result<PathBuf> {
-    let outside = || DiskError::OutsidePath {
-        path: image.to_path_buf(),
-        target: name.to_string(),
-    };
+    let outside = || DiskError::OutsidePath { path: image.to_path_buf(), target: name.to_string() };
     if name.is_empty() || name.contains('\0') {
         return Err(DiskError::malformed(
             image,
@@ -199,17 +175,11 @@ pub(crate) fn resolve_named_file(image: &Path, name: &str, allow_outside: bool) 
     }
     let named = Path::new(name);
     let dir = image.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     if allow_outside {
         return Ok(dir.join(named));
     }
-    let climbs = named
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    let climbs = named.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
     if climbs {
         return Err(outside());
     }

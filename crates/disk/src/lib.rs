@@ -243,10 +243,7 @@ pub(crate) struct Chain {
 
 impl Chain {
     fn new(allow_outside_paths: bool) -> Self {
-        Chain {
-            seen: HashSet::new(),
-            allow_outside_paths,
-        }
+        Chain { seen: HashSet::new(), allow_outside_paths }
     }
 
     pub(crate) fn allow_outside_paths(&self) -> bool {
@@ -260,15 +257,11 @@ impl Chain {
         format: Option<Format>,
         writable: bool,
     ) -> Result<Box<dyn DiskImage>> {
-        let key = path.canonicalize().map_err(|source| DiskError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let key = path
+            .canonicalize()
+            .map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
         if self.seen.contains(&key) {
-            return Err(DiskError::BackingLoop {
-                path: path.to_path_buf(),
-                target: key,
-            });
+            return Err(DiskError::BackingLoop { path: path.to_path_buf(), target: key });
         }
         if self.seen.len() >= MAX_CHAIN_LENGTH {
             return Err(DiskError::ChainTooLong {

@@ -46,10 +46,7 @@ mod tests {
     fn probes_by_magic() {
         assert_eq!(probe_bytes(b"QFI\xfb\0\0\0\x03"), Format::Qcow2);
         assert_eq!(probe_bytes(b"KDMV\x01\0\0\0"), Format::Vmdk);
-        assert_eq!(
-            probe_bytes(b"# Disk DescriptorFile\nversion=1\n"),
-            Format::Vmdk
-        );
+        assert_eq!(probe_bytes(b"# Disk DescriptorFile\nversion=1\n"), Format::Vmdk);
         assert_eq!(probe_bytes(b"\0\0\0\0"), Format::Raw);
         assert_eq!(probe_bytes(b"#!/bin/sh\n"), Format::Raw);
     }

@@ -24,9 +24,7 @@ impl RawImage {
         if self.file.is_writable() {
             Ok(())
         } else {
-            Err(DiskError::ReadOnly {
-                path: self.file.path().to_path_buf(),
-            })
+            Err(DiskError::ReadOnly { path: self.file.path().to_path_buf() })
         }
     }
 }

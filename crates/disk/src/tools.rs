@@ -50,11 +50,7 @@ pub fn backing_size(
     allow_outside_paths: bool,
 ) -> Result<u64> {
     let target = crate::file::resolve_named_file(path, name, allow_outside_paths)?;
-    let opts = OpenOptions {
-        read_only: true,
-        format,
-        allow_outside_paths,
-    };
+    let opts = OpenOptions { read_only: true, format, allow_outside_paths };
     Ok(open(&target, &opts)?.virtual_size())
 }
 
@@ -69,10 +65,7 @@ pub fn check(path: &Path, opts: &OpenOptions) -> Result<CheckReport> {
 }
 
 fn read_only(opts: &OpenOptions) -> OpenOptions {
-    OpenOptions {
-        read_only: true,
-        ..opts.clone()
-    }
+    OpenOptions { read_only: true, ..opts.clone() }
 }
 
 /// Copies the disk `input` into a new image `output`, leaving ranges that read as zeros
@@ -87,8 +80,7 @@ pub fn convert(
     let src = open(input, &read_only(in_opts))?;
     let size = src.virtual_size();
     if let CreateSpec::Vmdk(VmdkCreateOptions {
-        subformat: VmdkSubformat::StreamOptimized,
-        ..
+        subformat: VmdkSubformat::StreamOptimized, ..
     }) = spec
     {
         return crate::vmdk::write_stream(output, src.as_ref(), &mut |done| progress(done, size));
@@ -101,11 +93,8 @@ pub fn convert(
         }
     }
     create(output, size, spec)?;
-    let out_opts = OpenOptions {
-        read_only: false,
-        format: Some(spec.format()),
-        allow_outside_paths: false,
-    };
+    let out_opts =
+        OpenOptions { read_only: false, format: Some(spec.format()), allow_outside_paths: false };
     let dst = open(output, &out_opts)?;
     if dst.virtual_size() < size {
         return Err(DiskError::InvalidArgument(format!(
@@ -202,10 +191,7 @@ fn first_nonzero(d: &dyn DiskImage, from: u64) -> Result<Option<u64>> {
 /// Parses a size such as `10G`, `512M`, `4096` (suffixes are binary: K = 1024).
 pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
     let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
         Some('K') => (&t[..t.len() - 1], 10),
         Some('M') => (&t[..t.len() - 1], 20),

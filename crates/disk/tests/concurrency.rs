@@ -61,33 +61,16 @@ fn run(path: &Path, spec: &CreateSpec, format: &str) {
 #[test]
 fn concurrent_writers_on_qcow2() {
     let dir = tempfile::tempdir().unwrap();
-    let small = CreateSpec::Qcow2(Qcow2CreateOptions {
-        cluster_size: 4096,
-        ..Default::default()
-    });
+    let small = CreateSpec::Qcow2(Qcow2CreateOptions { cluster_size: 4096, ..Default::default() });
     run(&dir.path().join("c.qcow2"), &small, "qcow2");
-    run(
-        &dir.path().join("d.qcow2"),
-        &CreateSpec::Qcow2(Qcow2CreateOptions::default()),
-        "qcow2",
-    );
+    run(&dir.path().join("d.qcow2"), &CreateSpec::Qcow2(Qcow2CreateOptions::default()), "qcow2");
 }
 
 #[test]
 fn concurrent_writers_on_vmdk() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in [
-        VmdkSubformat::MonolithicSparse,
-        VmdkSubformat::MonolithicFlat,
-    ] {
-        let spec = CreateSpec::Vmdk(VmdkCreateOptions {
-            subformat: sub,
-            zeroed_grain: false,
-        });
-        run(
-            &dir.path().join(format!("{}.vmdk", sub.name())),
-            &spec,
-            "vmdk",
-        );
+    for sub in [VmdkSubformat::MonolithicSparse, VmdkSubformat::MonolithicFlat] {
+        let spec = CreateSpec::Vmdk(VmdkCreateOptions { subformat: sub, zeroed_grain: false });
+        run(&dir.path().join(format!("{}.vmdk", sub.name())), &spec, "vmdk");
     }
 }

@@ -29,18 +29,15 @@ fn order() -> Vec<u64> {
 }
 
 fn pattern(i: u64) -> Vec<u8> {
-    (0..BLOCK / 8)
-        .flat_map(|w| ((i << 32) | w).to_le_bytes())
-        .collect()
+    (0..BLOCK / 8).flat_map(|w| ((i << 32) | w).to_le_bytes()).collect()
 }
 
 /// The child: writes blocks and reports each flush on stdout. Does nothing in a normal run.
 #[test]
 fn crash_child() {
-    let (Ok(path), Ok(format)) = (
-        std::env::var("BULKHEAD_CRASH_IMAGE"),
-        std::env::var("BULKHEAD_CRASH_FORMAT"),
-    ) else {
+    let (Ok(path), Ok(format)) =
+        (std::env::var("BULKHEAD_CRASH_IMAGE"), std::env::var("BULKHEAD_CRASH_FORMAT"))
+    else {
         return;
     };
     let format: Format = format.parse().unwrap();
@@ -105,37 +102,20 @@ fn verify(path: &Path, format: Format, flushed: u64) {
 /// qemu-img check without repair: leaks are allowed after a kill, corruption is not.
 fn assert_no_corruption(path: &Path, format: &str) {
     let out = Command::new("qemu-img")
-        .args([
-            "check",
-            "--output=json",
-            "-f",
-            format,
-            path.to_str().unwrap(),
-        ])
+        .args(["check", "--output=json", "-f", format, path.to_str().unwrap()])
         .output()
         .expect("qemu-img is required by this test; install qemu-utils");
     let text = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("qemu-img check said: {text}"));
-    assert_eq!(
-        json.get("corruptions")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0),
-        0,
-        "{text}"
-    );
+    assert_eq!(json.get("corruptions").and_then(|v| v.as_u64()).unwrap_or(0), 0, "{text}");
 }
 
 #[test]
 fn qcow2_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.qcow2");
-    tools::create(
-        &path,
-        SIZE,
-        &CreateSpec::Qcow2(Qcow2CreateOptions::default()),
-    )
-    .unwrap();
+    tools::create(&path, SIZE, &CreateSpec::Qcow2(Qcow2CreateOptions::default())).unwrap();
     let flushed = run_and_kill(&path, Format::Qcow2);
     assert_no_corruption(&path, "qcow2");
     let report = open_ro(&path, None).check().unwrap();
@@ -149,18 +129,12 @@ fn qcow2_survives_sigkill() {
 #[test]
 fn sparse_vmdk_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in [
-        VmdkSubformat::MonolithicSparse,
-        VmdkSubformat::TwoGbMaxExtentSparse,
-    ] {
+    for sub in [VmdkSubformat::MonolithicSparse, VmdkSubformat::TwoGbMaxExtentSparse] {
         let path = dir.path().join(format!("crash-{}.vmdk", sub.name()));
         tools::create(
             &path,
             SIZE,
-            &CreateSpec::Vmdk(VmdkCreateOptions {
-                subformat: sub,
-                zeroed_grain: false,
-            }),
+            &CreateSpec::Vmdk(VmdkCreateOptions { subformat: sub, zeroed_grain: false }),
         )
         .unwrap();
         let flushed = run_and_kill(&path, Format::Vmdk);

@@ -15,11 +15,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn opts(read_only: bool) -> OpenOptions {
-    OpenOptions {
-        read_only,
-        format: None,
-        allow_outside_paths: false,
-    }
+    OpenOptions { read_only, format: None, allow_outside_paths: false }
 }
 
 /// Opens `path` expecting failure; checks the message names `names` and contains `word`.
@@ -64,74 +60,19 @@ fn qcow2_bad_headers() {
     refused(&p, true, &p, "truncated");
 
     let cases: Vec<(&str, u64, Vec<u8>, &str)> = vec![
-        (
-            "bits.qcow2",
-            20,
-            40u32.to_be_bytes().to_vec(),
-            "cluster_bits",
-        ),
-        (
-            "bits0.qcow2",
-            20,
-            0u32.to_be_bytes().to_vec(),
-            "cluster_bits",
-        ),
-        (
-            "size.qcow2",
-            24,
-            u64::MAX.to_be_bytes().to_vec(),
-            "L1 table",
-        ),
-        (
-            "l1past.qcow2",
-            40,
-            (1u64 << 40).to_be_bytes().to_vec(),
-            "past the end",
-        ),
-        (
-            "l1odd.qcow2",
-            40,
-            1000u64.to_be_bytes().to_vec(),
-            "multiple of the cluster size",
-        ),
-        (
-            "rtpast.qcow2",
-            48,
-            (1u64 << 40).to_be_bytes().to_vec(),
-            "past the end",
-        ),
-        (
-            "rtnone.qcow2",
-            56,
-            0u32.to_be_bytes().to_vec(),
-            "refcount table",
-        ),
+        ("bits.qcow2", 20, 40u32.to_be_bytes().to_vec(), "cluster_bits"),
+        ("bits0.qcow2", 20, 0u32.to_be_bytes().to_vec(), "cluster_bits"),
+        ("size.qcow2", 24, u64::MAX.to_be_bytes().to_vec(), "L1 table"),
+        ("l1past.qcow2", 40, (1u64 << 40).to_be_bytes().to_vec(), "past the end"),
+        ("l1odd.qcow2", 40, 1000u64.to_be_bytes().to_vec(), "multiple of the cluster size"),
+        ("rtpast.qcow2", 48, (1u64 << 40).to_be_bytes().to_vec(), "past the end"),
+        ("rtnone.qcow2", 56, 0u32.to_be_bytes().to_vec(), "refcount table"),
         ("crypt.qcow2", 32, 1u32.to_be_bytes().to_vec(), "encryption"),
-        (
-            "feature.qcow2",
-            72,
-            (1u64 << 40).to_be_bytes().to_vec(),
-            "incompatible",
-        ),
+        ("feature.qcow2", 72, (1u64 << 40).to_be_bytes().to_vec(), "incompatible"),
         ("version.qcow2", 4, 4u32.to_be_bytes().to_vec(), "version 4"),
-        (
-            "order.qcow2",
-            96,
-            7u32.to_be_bytes().to_vec(),
-            "refcount order",
-        ),
-        (
-            "hlen.qcow2",
-            100,
-            100_000u32.to_be_bytes().to_vec(),
-            "header length",
-        ),
-        (
-            "bname.qcow2",
-            8,
-            65530u64.to_be_bytes().to_vec(),
-            "backing file name",
-        ),
+        ("order.qcow2", 96, 7u32.to_be_bytes().to_vec(), "refcount order"),
+        ("hlen.qcow2", 100, 100_000u32.to_be_bytes().to_vec(), "header length"),
+        ("bname.qcow2", 8, 65530u64.to_be_bytes().to_vec(), "backing file name"),
     ];
     for (name, at, bytes, word) in cases {
         let p = qcow2_case(d, name, "1M");
@@ -186,10 +127,7 @@ fn qcow2_bad_tables() {
     patch(&p, l2, &(l1 | (1 << 63)).to_be_bytes());
     let img = open(&p, &opts(false)).unwrap();
     let err = img.write_at(&[0xff; 512], 0).unwrap_err().to_string();
-    assert!(
-        err.contains("overlaps metadata") && err.contains("data-on-l1.qcow2"),
-        "{err}"
-    );
+    assert!(err.contains("overlaps metadata") && err.contains("data-on-l1.qcow2"), "{err}");
     assert_eq!(be64(&p, l1) & 0x00ff_ffff_ffff_fe00, l2);
     // A compressed cluster with garbage: an error, no panic.
     let raw = d.join("r.raw");
@@ -205,10 +143,7 @@ fn qcow2_bad_tables() {
     let img = open(&p, &opts(true)).unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let err = img.read_at(&mut buf, 0).unwrap_err().to_string();
-    assert!(
-        err.contains("compressed cluster") && err.contains("badzip.qcow2"),
-        "{err}"
-    );
+    assert!(err.contains("compressed cluster") && err.contains("badzip.qcow2"), "{err}");
 }
 
 #[test]
@@ -218,33 +153,12 @@ fn backing_chains_are_bounded() {
     let a = d.join("a.qcow2");
     let b = d.join("b.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", s(&b), "1M"]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "b.qcow2",
-        "-F",
-        "qcow2",
-        s(&a),
-    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", s(&a)]);
     qemu_img(&["rebase", "-u", "-b", "a.qcow2", "-F", "qcow2", s(&b)]);
-    assert!(matches!(
-        refused(&a, true, &a, "loops"),
-        DiskError::BackingLoop { .. }
-    ));
+    assert!(matches!(refused(&a, true, &a, "loops"), DiskError::BackingLoop { .. }));
     let selfloop = d.join("self.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", s(&selfloop), "1M"]);
-    qemu_img(&[
-        "rebase",
-        "-u",
-        "-b",
-        "self.qcow2",
-        "-F",
-        "qcow2",
-        s(&selfloop),
-    ]);
+    qemu_img(&["rebase", "-u", "-b", "self.qcow2", "-F", "qcow2", s(&selfloop)]);
     refused(&selfloop, true, &selfloop, "loops");
 
     // Missing backing file.
@@ -269,53 +183,16 @@ fn backing_chains_are_bounded() {
     let base = d.join("base.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", s(&base), "1M"]);
     let up = d.join("in/up.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "../base.qcow2",
-        "-F",
-        "qcow2",
-        s(&up),
-    ]);
-    assert!(matches!(
-        refused(&up, true, &up, "outside"),
-        DiskError::OutsidePath { .. }
-    ));
-    let allowed = OpenOptions {
-        read_only: true,
-        format: None,
-        allow_outside_paths: true,
-    };
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "../base.qcow2", "-F", "qcow2", s(&up)]);
+    assert!(matches!(refused(&up, true, &up, "outside"), DiskError::OutsidePath { .. }));
+    let allowed = OpenOptions { read_only: true, format: None, allow_outside_paths: true };
     assert!(open(&up, &allowed).is_ok());
     let abs = d.join("in/abs.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        s(&base),
-        "-F",
-        "qcow2",
-        s(&abs),
-    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", s(&base), "-F", "qcow2", s(&abs)]);
     refused(&abs, true, &abs, "outside");
     std::os::unix::fs::symlink(&base, d.join("in/link.qcow2")).unwrap();
     let via = d.join("in/via.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "link.qcow2",
-        "-F",
-        "qcow2",
-        s(&via),
-    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "link.qcow2", "-F", "qcow2", s(&via)]);
     refused(&via, true, &via, "outside");
 
     // A chain longer than the limit.
@@ -336,10 +213,7 @@ fn backing_chains_are_bounded() {
         .unwrap();
     }
     let top = d.join(format!("c{}.qcow2", bulkhead_disk::MAX_CHAIN_LENGTH + 1));
-    assert!(matches!(
-        open(&top, &opts(true)),
-        Err(DiskError::ChainTooLong { .. })
-    ));
+    assert!(matches!(open(&top, &opts(true)), Err(DiskError::ChainTooLong { .. })));
 }
 
 fn vmdk_case(dir: &Path, name: &str, size: &str) -> PathBuf {
@@ -363,25 +237,10 @@ fn vmdk_bad_sparse_headers_and_tables() {
     refused(&p, true, &p, "truncated");
     let cases: Vec<(&str, u64, Vec<u8>, &str)> = vec![
         ("grain.vmdk", 20, 3u64.to_le_bytes().to_vec(), "grain size"),
-        (
-            "bigrain.vmdk",
-            20,
-            (1u64 << 30).to_le_bytes().to_vec(),
-            "grain size",
-        ),
-        (
-            "cap.vmdk",
-            12,
-            u64::MAX.to_le_bytes().to_vec(),
-            "grain directory",
-        ),
+        ("bigrain.vmdk", 20, (1u64 << 30).to_le_bytes().to_vec(), "grain size"),
+        ("cap.vmdk", 12, u64::MAX.to_le_bytes().to_vec(), "grain directory"),
         ("gtes.vmdk", 44, 0u32.to_le_bytes().to_vec(), "grain tables"),
-        (
-            "gdpast.vmdk",
-            56,
-            (1u64 << 30).to_le_bytes().to_vec(),
-            "past the end",
-        ),
+        ("gdpast.vmdk", 56, (1u64 << 30).to_le_bytes().to_vec(), "past the end"),
         ("version.vmdk", 4, 7u32.to_le_bytes().to_vec(), "version 7"),
     ];
     for (name, at, bytes, word) in cases {
@@ -461,30 +320,18 @@ fn vmdk_bad_descriptors() {
     refused(&p, true, &p, "outside");
     let p = descriptor(d, "abs.vmdk", "RW 8 FLAT \"/etc/passwd\" 0");
     refused(&p, true, &p, "outside");
-    let p = descriptor(
-        d,
-        "twice.vmdk",
-        "RW 8 FLAT \"x-flat.vmdk\" 0\nRW 8 FLAT \"x-flat.vmdk\" 0",
-    );
+    let p = descriptor(d, "twice.vmdk", "RW 8 FLAT \"x-flat.vmdk\" 0\nRW 8 FLAT \"x-flat.vmdk\" 0");
     refused(&p, true, &p, "twice");
     let p = descriptor(d, "itself.vmdk", "RW 8 FLAT \"itself.vmdk\" 0");
     refused(&p, true, &p, "twice");
-    let p = descriptor(
-        d,
-        "overflow.vmdk",
-        &"RW 35184372088832 FLAT \"x-flat.vmdk\" 0\n".repeat(2),
-    );
+    let p = descriptor(d, "overflow.vmdk", &"RW 35184372088832 FLAT \"x-flat.vmdk\" 0\n".repeat(2));
     refused(&p, true, &p, "add up");
     let p = descriptor(d, "noext.vmdk", "");
     refused(&p, true, &p, "no extents");
     let p = descriptor(d, "kind.vmdk", "RW 8 VMFSSPARSE \"x-flat.vmdk\"");
     refused(&p, true, &p, "not supported");
     let p = d.join("huge.vmdk");
-    std::fs::write(
-        &p,
-        format!("# Disk DescriptorFile\n{}", "#".repeat(2 << 20)),
-    )
-    .unwrap();
+    std::fs::write(&p, format!("# Disk DescriptorFile\n{}", "#".repeat(2 << 20))).unwrap();
     refused(&p, true, &p, "1 MiB");
     // A sparse extent smaller than the descriptor says.
     tools::create(
@@ -502,12 +349,6 @@ fn vmdk_bad_descriptors() {
     let p = descriptor(d, "good.vmdk", "RDONLY 8 FLAT \"x-flat.vmdk\" 0\nRW 8 ZERO");
     let img = open(&p, &opts(false)).unwrap();
     assert_eq!(img.virtual_size(), 8192);
-    assert!(matches!(
-        img.write_at(&[1], 0),
-        Err(DiskError::ReadOnly { .. })
-    ));
-    assert!(matches!(
-        img.read_at(&mut [0u8; 2], 8191),
-        Err(DiskError::OutOfRange { .. })
-    ));
+    assert!(matches!(img.write_at(&[1], 0), Err(DiskError::ReadOnly { .. })));
+    assert!(matches!(img.read_at(&mut [0u8; 2], 8191), Err(DiskError::OutOfRange { .. })));
 }

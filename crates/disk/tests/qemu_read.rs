@@ -16,12 +16,7 @@ fn s(p: &Path) -> &str {
 
 fn assert_reads_as(path: &Path, format: Option<Format>, expected: &[u8]) {
     let img = open_ro(path, format);
-    assert_eq!(
-        img.virtual_size() as usize,
-        expected.len(),
-        "size of {}",
-        path.display()
-    );
+    assert_eq!(img.virtual_size() as usize, expected.len(), "size of {}", path.display());
     let got = read_all(img.as_ref());
     if let Some(at) = first_diff(&got, expected) {
         panic!("{} differs from the reference at byte {at}", path.display());
@@ -33,9 +28,7 @@ fn assert_reads_as(path: &Path, format: Option<Format>, expected: &[u8]) {
         assert!(run > 0);
         if state == Mapping::Zero {
             assert!(
-                expected[pos as usize..(pos + run) as usize]
-                    .iter()
-                    .all(|&b| b == 0),
+                expected[pos as usize..(pos + run) as usize].iter().all(|&b| b == 0),
                 "{}: map says zero at {pos}",
                 path.display()
             );
@@ -68,10 +61,7 @@ fn qcow2_every_variant_reads_identical() {
         args.extend_from_slice(&[s(&raw), s(&img)]);
         qemu_img(&args);
         assert_reads_as(&img, None, &data);
-        assert!(
-            open_ro(&img, None).check().unwrap().is_clean(),
-            "{name}: own check not clean"
-        );
+        assert!(open_ro(&img, None).check().unwrap().is_clean(), "{name}: own check not clean");
     }
 }
 
@@ -113,16 +103,7 @@ fn qcow2_zero_clusters_and_backing_chains() {
     ]);
     qemu_io(&["-f", "qcow2", "-c", "write -P 0x5a 70000 100000", s(&mid)]);
     data[70000..170000].fill(0x5a);
-    qemu_img(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        s(&top),
-    ]);
+    qemu_img(&["create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", s(&top)]);
     qemu_io(&[
         "-f",
         "qcow2",
@@ -159,29 +140,11 @@ fn qcow2_zero_clusters_and_backing_chains() {
     let vmdk = dir.path().join("base.vmdk");
     qemu_img(&["convert", "-f", "raw", "-O", "vmdk", s(&raw), s(&vmdk)]);
     let over_vmdk = dir.path().join("over-vmdk.qcow2");
-    qemu_img(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.vmdk",
-        "-F",
-        "vmdk",
-        s(&over_vmdk),
-    ]);
+    qemu_img(&["create", "-f", "qcow2", "-b", "base.vmdk", "-F", "vmdk", s(&over_vmdk)]);
     let reference = std::fs::read(&raw).unwrap();
     assert_reads_as(&over_vmdk, None, &reference);
     let info = open_ro(&top, None).info();
-    assert_eq!(
-        info.backing
-            .as_ref()
-            .unwrap()
-            .backing
-            .as_ref()
-            .unwrap()
-            .format,
-        Format::Qcow2
-    );
+    assert_eq!(info.backing.as_ref().unwrap().backing.as_ref().unwrap().format, Format::Qcow2);
 }
 
 #[test]
@@ -211,25 +174,12 @@ fn vmdk_every_subformat_reads_identical() {
         assert_reads_as(&img, None, &data);
         let info = open_ro(&img, None).info();
         assert_eq!(info.subformat.as_deref(), Some(sub));
-        assert!(
-            open_ro(&img, None).check().unwrap().is_clean(),
-            "{sub}: own check not clean"
-        );
+        assert!(open_ro(&img, None).check().unwrap().is_clean(), "{sub}: own check not clean");
     }
     // Zero grains (GTE 1), written by qemu-io on an image made with zeroed_grain.
     let mut data = data;
     let zg = dir.path().join("zeroed.vmdk");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "zeroed_grain=on",
-        s(&raw),
-        s(&zg),
-    ]);
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", "zeroed_grain=on", s(&raw), s(&zg)]);
     qemu_io(&["-f", "vmdk", "-c", "write -z 131072 262144", s(&zg)]);
     data[131072..131072 + 262144].fill(0);
     assert_reads_as(&zg, Some(Format::Vmdk), &data);
@@ -254,17 +204,7 @@ fn split_vmdk_larger_than_one_extent() {
         let across = format!("write -P 0x3c {} 8192", boundary - 4096);
         let second = format!("write -P 0x77 {} 1000", 2 * boundary + 12345);
         let last = format!("write -P 0x11 {} 512", size - 512);
-        qemu_io(&[
-            "-f",
-            "vmdk",
-            "-c",
-            &across,
-            "-c",
-            &second,
-            "-c",
-            &last,
-            s(&img),
-        ]);
+        qemu_io(&["-f", "vmdk", "-c", &across, "-c", &second, "-c", &last, s(&img)]);
         let d = open_ro(&img, None);
         assert_eq!(d.virtual_size(), size);
         assert_eq!(d.info().extents.len(), 3);

@@ -59,11 +59,7 @@ fn exercise(img: &dyn DiskImage, model: &mut [u8], seed: u64, ops: usize) {
         }
     }
     let got = read_all(img);
-    assert_eq!(
-        first_diff(&got, model),
-        None,
-        "read-back differs from the model"
-    );
+    assert_eq!(first_diff(&got, model), None, "read-back differs from the model");
 }
 
 fn create_and_exercise(path: &Path, spec: &CreateSpec, seed: u64) -> Vec<u8> {
@@ -76,28 +72,16 @@ fn create_and_exercise(path: &Path, spec: &CreateSpec, seed: u64) -> Vec<u8> {
     }
     // A fresh open sees the same.
     let again = read_all(open_ro(path, Some(spec.format())).as_ref());
-    assert_eq!(
-        first_diff(&again, &model[..again.len()]),
-        None,
-        "{} after reopen",
-        path.display()
-    );
+    assert_eq!(first_diff(&again, &model[..again.len()]), None, "{} after reopen", path.display());
     model
 }
 
 fn qcow2(version: Qcow2Version, cluster_size: u64) -> CreateSpec {
-    CreateSpec::Qcow2(Qcow2CreateOptions {
-        version,
-        cluster_size,
-        ..Default::default()
-    })
+    CreateSpec::Qcow2(Qcow2CreateOptions { version, cluster_size, ..Default::default() })
 }
 
 fn vmdk(subformat: VmdkSubformat, zeroed_grain: bool) -> CreateSpec {
-    CreateSpec::Vmdk(VmdkCreateOptions {
-        subformat,
-        zeroed_grain,
-    })
+    CreateSpec::Vmdk(VmdkCreateOptions { subformat, zeroed_grain })
 }
 
 #[test]
@@ -176,10 +160,7 @@ fn qcow2_overlay_on_qemu_made_images() {
     }
     assert_qemu_check_clean(&comp, "qcow2");
 
-    for (name, version) in [
-        ("top3.qcow2", Qcow2Version::V3),
-        ("top2.qcow2", Qcow2Version::V2),
-    ] {
+    for (name, version) in [("top3.qcow2", Qcow2Version::V3), ("top2.qcow2", Qcow2Version::V2)] {
         let top = dir.path().join(name);
         let spec = CreateSpec::Qcow2(Qcow2CreateOptions {
             version,
@@ -196,10 +177,7 @@ fn qcow2_overlay_on_qemu_made_images() {
         assert_qemu_check_clean(&top, "qcow2");
         assert_qemu_compare(&raw, &top, "qcow2");
         let backing = qemu_img(&["info", "--output=json", top.to_str().unwrap()]);
-        assert!(
-            backing.contains("\"backing-filename\": \"base.raw\""),
-            "{backing}"
-        );
+        assert!(backing.contains("\"backing-filename\": \"base.raw\""), "{backing}");
         // Reset the model to the base for the next overlay.
         model = std::fs::read(&base_raw).unwrap();
     }
@@ -231,10 +209,7 @@ fn split_vmdk_written_across_extents() {
     let dir = tempfile::tempdir().unwrap();
     let size: u64 = (4 << 30) + 4096 * 3;
     let boundary: u64 = 2 << 30;
-    for sub in [
-        VmdkSubformat::TwoGbMaxExtentSparse,
-        VmdkSubformat::TwoGbMaxExtentFlat,
-    ] {
+    for sub in [VmdkSubformat::TwoGbMaxExtentSparse, VmdkSubformat::TwoGbMaxExtentFlat] {
         let path = dir.path().join(format!("{}.vmdk", sub.name()));
         tools::create(&path, size, &vmdk(sub, false)).unwrap();
         let img = open_rw(&path, Format::Vmdk);
@@ -262,21 +237,9 @@ fn convert_between_all_formats_keeps_content_and_holes() {
     let targets = [
         ("a.qcow2", qcow2(Qcow2Version::V3, 65536), "qcow2"),
         ("b.qcow2", qcow2(Qcow2Version::V2, 4096), "qcow2"),
-        (
-            "c.vmdk",
-            vmdk(VmdkSubformat::MonolithicSparse, false),
-            "vmdk",
-        ),
-        (
-            "d.vmdk",
-            vmdk(VmdkSubformat::TwoGbMaxExtentFlat, false),
-            "vmdk",
-        ),
-        (
-            "e.vmdk",
-            vmdk(VmdkSubformat::StreamOptimized, false),
-            "vmdk",
-        ),
+        ("c.vmdk", vmdk(VmdkSubformat::MonolithicSparse, false), "vmdk"),
+        ("d.vmdk", vmdk(VmdkSubformat::TwoGbMaxExtentFlat, false), "vmdk"),
+        ("e.vmdk", vmdk(VmdkSubformat::StreamOptimized, false), "vmdk"),
         ("f.vmdk", vmdk(VmdkSubformat::MonolithicFlat, false), "vmdk"),
         ("g.raw", CreateSpec::Raw, "raw"),
     ];
@@ -306,10 +269,7 @@ fn convert_between_all_formats_keeps_content_and_holes() {
     changed[1_234_567] ^= 1;
     let other = dir.path().join("other.raw");
     std::fs::write(&other, &changed).unwrap();
-    assert_eq!(
-        tools::compare(&raw, &other, &opts).unwrap(),
-        Some(1_234_567)
-    );
+    assert_eq!(tools::compare(&raw, &other, &opts).unwrap(), Some(1_234_567));
     assert_eq!(
         tools::compare(&dir.path().join("a.qcow2"), &other, &opts).unwrap(),
         Some(1_234_567)
@@ -340,30 +300,14 @@ fn cli_exit_codes() {
         allow_outside_paths: false,
     };
     assert_eq!(run(convert).unwrap(), 0);
+    assert_eq!(run(DiskCommand::Compare { a: a.clone(), b: b.clone() }).unwrap(), 0);
     assert_eq!(
-        run(DiskCommand::Compare {
-            a: a.clone(),
-            b: b.clone()
-        })
-        .unwrap(),
+        run(DiskCommand::Check { file: a.clone(), json: true, allow_outside_paths: false })
+            .unwrap(),
         0
     );
     assert_eq!(
-        run(DiskCommand::Check {
-            file: a.clone(),
-            json: true,
-            allow_outside_paths: false
-        })
-        .unwrap(),
-        0
-    );
-    assert_eq!(
-        run(DiskCommand::Info {
-            file: b.clone(),
-            json: true,
-            allow_outside_paths: false
-        })
-        .unwrap(),
+        run(DiskCommand::Info { file: b.clone(), json: true, allow_outside_paths: false }).unwrap(),
         0
     );
     open_rw(&b, Format::Vmdk).write_at(&[1], 5).unwrap();
@@ -377,12 +321,7 @@ fn cli_exit_codes() {
     bytes[2 * 65536 + 9 * 2 + 1] = 1;
     std::fs::write(&leak, &bytes).unwrap();
     assert_eq!(
-        run(DiskCommand::Check {
-            file: leak,
-            json: false,
-            allow_outside_paths: false
-        })
-        .unwrap(),
+        run(DiskCommand::Check { file: leak, json: false, allow_outside_paths: false }).unwrap(),
         1
     );
 }

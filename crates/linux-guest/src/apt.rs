@@ -93,24 +93,16 @@ pub fn candidate(package: &str) -> Result<Candidate, AptError> {
     let out = run(Command::new("apt-cache").args(["show", "--no-all-versions", package]))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.trim().is_empty() {
-        return Err(AptError::UnknownPackage {
-            package: package.into(),
-        });
+        return Err(AptError::UnknownPackage { package: package.into() });
     }
     parse_candidate(package, &text)
 }
 
 fn parse_candidate(package: &str, record: &str) -> Result<Candidate, AptError> {
     let field = |name: &str| {
-        record
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
+        record.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
     };
-    let missing = |field| AptError::NoField {
-        package: package.into(),
-        field,
-    };
+    let missing = |field| AptError::NoField { package: package.into(), field };
     let version = field("Version").ok_or_else(|| missing("Version"))?;
     let sha256 = field("SHA256").ok_or_else(|| missing("SHA256"))?;
     let depends = field("Depends")
@@ -119,11 +111,7 @@ fn parse_candidate(package: &str, record: &str) -> Result<Candidate, AptError> {
         .filter_map(|alts| alts.split('|').next()?.split_whitespace().next())
         .map(str::to_owned)
         .collect();
-    Ok(Candidate {
-        version: version.into(),
-        depends,
-        sha256: sha256.to_ascii_lowercase(),
-    })
+    Ok(Candidate { version: version.into(), depends, sha256: sha256.to_ascii_lowercase() })
 }
 
 /// The `.deb` for `pin`, from the cache or downloaded, checked against the pinned SHA-256.
@@ -158,8 +146,7 @@ fn download(package: &str, version: &str, debs: &Path) -> Result<(PathBuf, PathB
     let spec = format!("{package}={version}");
     let mut cmd = Command::new("apt-get");
     // As root, apt would drop to the `_apt` user, who cannot write into our folder.
-    cmd.args(["-q", "-o", "APT::Sandbox::User=root", "download", &spec])
-        .current_dir(&tmp_dir);
+    cmd.args(["-q", "-o", "APT::Sandbox::User=root", "download", &spec]).current_dir(&tmp_dir);
     let out = run(&mut cmd)?;
     if !out.status.success() {
         let _ = fs::remove_dir_all(&tmp_dir);
@@ -180,19 +167,11 @@ fn download(package: &str, version: &str, debs: &Path) -> Result<(PathBuf, PathB
 fn download_error(package: &str, version: &str, out: &Output) -> AptError {
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if stderr.contains("Unable to locate package") {
-        AptError::UnknownPackage {
-            package: package.into(),
-        }
+        AptError::UnknownPackage { package: package.into() }
     } else if stderr.contains("was not found") || stderr.contains("Can't select") {
-        AptError::PinnedVersionGone {
-            package: package.into(),
-            version: version.into(),
-        }
+        AptError::PinnedVersionGone { package: package.into(), version: version.into() }
     } else {
-        AptError::Failed {
-            command: format!("apt-get download {package}={version}"),
-            stderr,
-        }
+        AptError::Failed { command: format!("apt-get download {package}={version}"), stderr }
     }
 }
 
@@ -237,18 +216,12 @@ fn run(cmd: &mut Command) -> Result<Output, AptError> {
     };
     cmd.env("LC_ALL", "C").output().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => AptError::NoTool(tool),
-        _ => AptError::Io {
-            path: PathBuf::from(tool),
-            source: e,
-        },
+        _ => AptError::Io { path: PathBuf::from(tool), source: e },
     })
 }
 
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> AptError + '_ {
-    move |source| AptError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| AptError::Io { path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]

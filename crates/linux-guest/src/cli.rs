@@ -48,21 +48,13 @@ pub fn run(command: ImageCommand) -> anyhow::Result<i32> {
 }
 
 fn build(args: &BuildArgs) -> anyhow::Result<i32> {
-    let opts = BuildOptions {
-        force: args.force,
-        ..BuildOptions::default()
-    };
+    let opts = BuildOptions { force: args.force, ..BuildOptions::default() };
     if args.update_pins {
         let update = image::update_pins(&opts)?;
         for role in Role::ALL {
             let (old, new) = (update.old.get(role), update.new.get(role));
             if old == new {
-                println!(
-                    "{}: {} {} (unchanged)",
-                    role.as_str(),
-                    new.package,
-                    new.version
-                );
+                println!("{}: {} {} (unchanged)", role.as_str(), new.package, new.version);
             } else {
                 println!(
                     "{}: {} {} -> {} {}",
@@ -123,24 +115,12 @@ mod tests {
     #[test]
     fn mounts_as_image_subcommand() {
         let cmd = parse(&["bulkhead", "image", "build", "--update-pins", "--force"]);
-        assert!(matches!(
-            cmd,
-            ImageCommand::Build(BuildArgs {
-                update_pins: true,
-                force: true
-            })
-        ));
+        assert!(matches!(cmd, ImageCommand::Build(BuildArgs { update_pins: true, force: true })));
         assert!(matches!(
             parse(&["bulkhead", "image", "build"]),
-            ImageCommand::Build(BuildArgs {
-                update_pins: false,
-                force: false
-            })
+            ImageCommand::Build(BuildArgs { update_pins: false, force: false })
         ));
-        assert!(matches!(
-            parse(&["bulkhead", "image", "path"]),
-            ImageCommand::Path
-        ));
+        assert!(matches!(parse(&["bulkhead", "image", "path"]), ImageCommand::Path));
         assert!(Cli::try_parse_from(["bulkhead", "image", "nope"]).is_err());
     }
 }

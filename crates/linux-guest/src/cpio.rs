@@ -50,35 +50,19 @@ struct Header<'a> {
 impl<W: Write> CpioWriter<W> {
     /// Starts an empty archive on `out`.
     pub fn new(out: W) -> Self {
-        CpioWriter {
-            out,
-            next_ino: 1,
-            offset: 0,
-        }
+        CpioWriter { out, next_ino: 1, offset: 0 }
     }
 
     /// Adds a directory (`perm` like `0o755`).
     pub fn dir(&mut self, name: &str, perm: u32) -> Result<(), CpioError> {
-        let header = Header {
-            name,
-            mode: S_IFDIR | perm,
-            nlink: 2,
-            size: 0,
-            rdev: (0, 0),
-        };
+        let header = Header { name, mode: S_IFDIR | perm, nlink: 2, size: 0, rdev: (0, 0) };
         self.entry(&header, &[])
     }
 
     /// Adds a regular file with `data` as its contents.
     pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> Result<(), CpioError> {
         let size = u32::try_from(data.len()).map_err(|_| CpioError::TooLarge(name.into()))?;
-        let header = Header {
-            name,
-            mode: S_IFREG | perm,
-            nlink: 1,
-            size,
-            rdev: (0, 0),
-        };
+        let header = Header { name, mode: S_IFREG | perm, nlink: 1, size, rdev: (0, 0) };
         self.entry(&header, data)
     }
 
@@ -102,25 +86,13 @@ impl<W: Write> CpioWriter<W> {
         major: u32,
         minor: u32,
     ) -> Result<(), CpioError> {
-        let header = Header {
-            name,
-            mode: S_IFCHR | perm,
-            nlink: 1,
-            size: 0,
-            rdev: (major, minor),
-        };
+        let header = Header { name, mode: S_IFCHR | perm, nlink: 1, size: 0, rdev: (major, minor) };
         self.entry(&header, &[])
     }
 
     /// Writes the trailer and pads the archive to a multiple of 512 bytes; returns the output.
     pub fn finish(mut self) -> Result<W, CpioError> {
-        let header = Header {
-            name: TRAILER,
-            mode: 0,
-            nlink: 1,
-            size: 0,
-            rdev: (0, 0),
-        };
+        let header = Header { name: TRAILER, mode: 0, nlink: 1, size: 0, rdev: (0, 0) };
         self.write_entry(0, &header, &[])?;
         let pad = (512 - self.offset % 512) % 512;
         self.write(&vec![0u8; pad as usize])?;
@@ -206,12 +178,7 @@ pub(crate) mod tests {
         let total = bytes.len();
         let mut entries = Vec::new();
         loop {
-            assert_eq!(
-                &bytes[..6],
-                b"070701",
-                "bad magic at {}",
-                total - bytes.len()
-            );
+            assert_eq!(&bytes[..6], b"070701", "bad magic at {}", total - bytes.len());
             let field = |i: usize| {
                 let s = std::str::from_utf8(&bytes[6 + 8 * i..14 + 8 * i]).unwrap();
                 u32::from_str_radix(s, 16).unwrap()
@@ -228,12 +195,7 @@ pub(crate) mod tests {
                 assert!(bytes.iter().all(|&b| b == 0), "junk after trailer");
                 return entries;
             }
-            entries.push(Entry {
-                name,
-                mode,
-                rdev,
-                data,
-            });
+            entries.push(Entry { name, mode, rdev, data });
         }
     }
 
@@ -261,10 +223,7 @@ pub(crate) mod tests {
         w.file("empty", 0o644, b"").unwrap();
         let entries = read_all(&w.finish().unwrap());
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["bin", "bin/busybox", "bin/sh", "dev/console", "empty"]
-        );
+        assert_eq!(names, ["bin", "bin/busybox", "bin/sh", "dev/console", "empty"]);
         assert_eq!(entries[0].mode, 0o040_755);
         assert_eq!(entries[1].data, vec![7u8; 1001]);
         assert_eq!(entries[2].mode, 0o120_777);
@@ -277,10 +236,7 @@ pub(crate) mod tests {
     fn rejects_names_that_escape_or_confuse() {
         let mut w = CpioWriter::new(Vec::new());
         for bad in ["", "/init", "a/../b", "a//b", "TRAILER!!!", "a\0b"] {
-            assert!(
-                matches!(w.dir(bad, 0o755), Err(CpioError::BadName(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(w.dir(bad, 0o755), Err(CpioError::BadName(_))), "{bad:?}");
         }
     }
 }

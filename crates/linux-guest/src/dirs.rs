@@ -26,24 +26,16 @@ pub enum DirsError {
 
 /// The directory for built guests.
 pub fn data_dir() -> Result<PathBuf, DirsError> {
-    choose(
-        "data",
-        "BULKHEAD_DATA_DIR",
-        "XDG_DATA_HOME",
-        ".local/share",
-        &|name| std::env::var_os(name),
-    )
+    choose("data", "BULKHEAD_DATA_DIR", "XDG_DATA_HOME", ".local/share", &|name| {
+        std::env::var_os(name)
+    })
 }
 
 /// The directory for downloads and unpacked tools.
 pub fn cache_dir() -> Result<PathBuf, DirsError> {
-    choose(
-        "cache",
-        "BULKHEAD_CACHE_DIR",
-        "XDG_CACHE_HOME",
-        ".cache",
-        &|name| std::env::var_os(name),
-    )
+    choose("cache", "BULKHEAD_CACHE_DIR", "XDG_CACHE_HOME", ".cache", &|name| {
+        std::env::var_os(name)
+    })
 }
 
 fn choose(
@@ -71,32 +63,17 @@ mod tests {
     use super::*;
 
     fn pick(vars: &[(&str, &str)]) -> Result<PathBuf, DirsError> {
-        let owned: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let env = move |name: &str| {
-            owned
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| OsString::from(v))
-        };
-        choose(
-            "data",
-            "BULKHEAD_DATA_DIR",
-            "XDG_DATA_HOME",
-            ".local/share",
-            &env,
-        )
+        let owned: Vec<(String, String)> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env =
+            move |name: &str| owned.iter().find(|(k, _)| k == name).map(|(_, v)| OsString::from(v));
+        choose("data", "BULKHEAD_DATA_DIR", "XDG_DATA_HOME", ".local/share", &env)
     }
 
     #[test]
     fn own_variable_wins() {
-        let dir = pick(&[
-            ("BULKHEAD_DATA_DIR", "/x/y"),
-            ("XDG_DATA_HOME", "/xdg"),
-            ("HOME", "/home/u"),
-        ]);
+        let dir =
+            pick(&[("BULKHEAD_DATA_DIR", "/x/y"), ("XDG_DATA_HOME", "/xdg"), ("HOME", "/home/u")]);
         assert_eq!(dir.unwrap(), PathBuf::from("/x/y"));
     }
 

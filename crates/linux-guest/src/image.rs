@@ -124,10 +124,7 @@ impl Paths {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => EMBEDDED_LOCK.to_string(),
             Err(source) => return Err(io_err(&self.lock, source)),
         };
-        Lock::parse(&text).map_err(|source| BuildError::Lock {
-            path: self.lock.clone(),
-            source,
-        })
+        Lock::parse(&text).map_err(|source| BuildError::Lock { path: self.lock.clone(), source })
     }
 
     fn output(&self, lock: &Lock) -> PathBuf {
@@ -163,12 +160,8 @@ pub fn build(opts: &BuildOptions) -> Result<LinuxGuest, BuildError> {
         }
     }
     build_into(&paths, &lock, &out, opts.force)?;
-    complete(&out).ok_or_else(|| {
-        io_err(
-            &out,
-            std::io::Error::other("the finished build is incomplete"),
-        )
-    })
+    complete(&out)
+        .ok_or_else(|| io_err(&out, std::io::Error::other("the finished build is incomplete")))
 }
 
 /// The cached build of the current pins, if there is one; builds nothing.
@@ -194,19 +187,13 @@ pub fn update_pins(opts: &BuildOptions) -> Result<PinUpdate, BuildError> {
         apt::fetch(&pin, &paths.cache)?;
         pins.push(pin);
     }
-    let new = Lock::new(pins).map_err(|source| BuildError::Lock {
-        path: paths.lock.clone(),
-        source,
-    })?;
+    let new =
+        Lock::new(pins).map_err(|source| BuildError::Lock { path: paths.lock.clone(), source })?;
     if let Some(parent) = paths.lock.parent() {
         fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
     }
     fs::write(&paths.lock, new.render()).map_err(|e| io_err(&paths.lock, e))?;
-    Ok(PinUpdate {
-        path: paths.lock,
-        old,
-        new,
-    })
+    Ok(PinUpdate { path: paths.lock, old, new })
 }
 
 /// The concrete package, version and checksum apt offers now for `role`.
@@ -223,24 +210,13 @@ fn current_pin(role: Role) -> Result<Pin, BuildError> {
             .clone();
         candidate = apt::candidate(&package)?;
     }
-    Ok(Pin {
-        role,
-        package,
-        version: candidate.version,
-        sha256: candidate.sha256,
-    })
+    Ok(Pin { role, package, version: candidate.version, sha256: candidate.sha256 })
 }
 
 /// The name of a build: a hash of everything that goes into it.
 fn input_key(lock: &Lock) -> String {
     let mut h = Sha256::new();
-    for part in [
-        FORMAT,
-        &lock.render(),
-        INIT_SCRIPT,
-        &REQUIRED.join(","),
-        &OPTIONAL.join(","),
-    ] {
+    for part in [FORMAT, &lock.render(), INIT_SCRIPT, &REQUIRED.join(","), &OPTIONAL.join(",")] {
         h.update(part.len().to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -266,15 +242,9 @@ fn build_into(paths: &Paths, lock: &Lock, out: &Path, replace: bool) -> Result<(
     let kernel_deb = apt::fetch(kernel_pin, &paths.cache)?;
 
     let name = out.file_name().unwrap_or_default().to_string_lossy();
-    let staging = paths
-        .data
-        .join(format!(".staging-{name}-{}", std::process::id()));
+    let staging = paths.data.join(format!(".staging-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let result = assemble(
-        &staging,
-        (&kernel_deb, kernel_pin),
-        (&busybox_deb, busybox_pin),
-    );
+    let result = assemble(&staging, (&kernel_deb, kernel_pin), (&busybox_deb, busybox_pin));
     let result = result.and_then(|()| publish(&staging.join("out"), out, replace));
     let _ = fs::remove_dir_all(&staging);
     result
@@ -310,11 +280,8 @@ fn assemble(
         return Err(BuildError::NoBusybox(busybox.1.package.clone()));
     }
 
-    let inputs = initramfs::Inputs {
-        busybox: &busybox_bin,
-        modules_root: &modules_root,
-        release: &release,
-    };
+    let inputs =
+        initramfs::Inputs { busybox: &busybox_bin, modules_root: &modules_root, release: &release };
     let modules = initramfs::write(&inputs, &out.join(INITRD))?;
     fs::copy(&vmlinuz, out.join(KERNEL)).map_err(|e| io_err(&vmlinuz, e))?;
     let manifest = manifest(&release, &[kernel.1, busybox.1], &modules);
@@ -362,10 +329,7 @@ fn find_prefixed(dir: &Path, prefix: &str) -> Option<PathBuf> {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> BuildError {
-    BuildError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    BuildError::Io { path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]

@@ -55,17 +55,7 @@ pub fn write(inputs: &Inputs<'_>, dest: &Path) -> Result<Vec<PathBuf>, Initramfs
     let order = tree.load_order(REQUIRED, OPTIONAL)?;
     let file = fs::File::create(dest).map_err(io_at(dest))?;
     let mut cpio = CpioWriter::new(std::io::BufWriter::new(file));
-    let dirs = [
-        "bin",
-        "dev",
-        "etc",
-        "etc/bulkhead",
-        "lib",
-        "lib/modules",
-        "proc",
-        "sys",
-        "tmp",
-    ];
+    let dirs = ["bin", "dev", "etc", "etc/bulkhead", "lib", "lib/modules", "proc", "sys", "tmp"];
     for dir in dirs {
         cpio.dir(dir, 0o755)?;
     }
@@ -115,10 +105,7 @@ fn read(path: &Path) -> Result<Vec<u8>, InitramfsError> {
 }
 
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> InitramfsError + '_ {
-    move |source| InitramfsError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| InitramfsError::Io { path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]
@@ -129,13 +116,7 @@ mod tests {
     #[test]
     fn init_script_documents_its_protocol() {
         assert!(INIT_SCRIPT.starts_with("#!/bin/sh\n"));
-        for needle in [
-            "bulkhead.test=",
-            "BH ready",
-            "BH check",
-            "BH done",
-            "poweroff -f",
-        ] {
+        for needle in ["bulkhead.test=", "BH ready", "BH check", "BH done", "poweroff -f"] {
             assert!(INIT_SCRIPT.contains(needle), "init.sh lacks {needle}");
         }
     }
@@ -146,10 +127,8 @@ mod tests {
         let mut made = vec!["lib".to_string(), "lib/modules".to_string()];
         add_parents(&mut cpio, &mut made, "lib/modules/6.1/kernel/a/x.ko").unwrap();
         add_parents(&mut cpio, &mut made, "lib/modules/6.1/kernel/b/y.ko").unwrap();
-        let names: Vec<String> = read_all(&cpio.finish().unwrap())
-            .into_iter()
-            .map(|e| e.name)
-            .collect();
+        let names: Vec<String> =
+            read_all(&cpio.finish().unwrap()).into_iter().map(|e| e.name).collect();
         assert_eq!(
             names,
             [

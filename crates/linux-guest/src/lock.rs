@@ -93,10 +93,7 @@ impl Lock {
         for role in Role::ALL {
             let count = pins.iter().filter(|p| p.role == role).count();
             if count != 1 {
-                return Err(LockError::Roles(format!(
-                    "{} is pinned {count} times",
-                    role.as_str()
-                )));
+                return Err(LockError::Roles(format!("{} is pinned {count} times", role.as_str())));
             }
         }
         Ok(Lock { pins })
@@ -135,10 +132,7 @@ impl Lock {
     /// The pin for `role`.
     pub fn get(&self, role: Role) -> &Pin {
         // `Lock::new` checked that every role is pinned exactly once.
-        self.pins
-            .iter()
-            .find(|p| p.role == role)
-            .expect("every role is pinned")
+        self.pins.iter().find(|p| p.role == role).expect("every role is pinned")
     }
 }
 
@@ -153,18 +147,11 @@ fn parse_line(line: &str) -> Result<Pin, String> {
         other => return Err(format!("unknown role {other:?}")),
     };
     let hex = sha256.len() == 64
-        && sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !hex {
         return Err("the checksum is not 64 lowercase hexadecimal digits".into());
     }
-    Ok(Pin {
-        role,
-        package: package.into(),
-        version: version.into(),
-        sha256: sha256.into(),
-    })
+    Ok(Pin { role, package: package.into(), version: version.into(), sha256: sha256.into() })
 }
 
 #[cfg(test)]
@@ -203,10 +190,7 @@ mod tests {
         let err = Lock::parse(&bad).unwrap_err();
         assert!(matches!(err, LockError::Malformed { line: 4, .. }), "{err}");
         let short = "kernel linux-image 1.0\n";
-        assert!(matches!(
-            Lock::parse(short),
-            Err(LockError::Malformed { line: 1, .. })
-        ));
+        assert!(matches!(Lock::parse(short), Err(LockError::Malformed { line: 1, .. })));
     }
 
     #[test]

@@ -72,18 +72,9 @@ impl ModuleTree {
         let builtin = match fs::read_to_string(&builtin_path) {
             Ok(text) => text.lines().filter_map(module_name).collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
-            Err(source) => {
-                return Err(ModulesError::Read {
-                    path: builtin_path,
-                    source,
-                })
-            }
+            Err(source) => return Err(ModulesError::Read { path: builtin_path, source }),
         };
-        Ok(ModuleTree {
-            root: root.to_path_buf(),
-            files,
-            builtin,
-        })
+        Ok(ModuleTree { root: root.to_path_buf(), files, builtin })
     }
 
     /// The modules to load, each after its dependencies, as paths relative to the root.
@@ -94,10 +85,7 @@ impl ModuleTree {
     ) -> Result<Vec<PathBuf>, ModulesError> {
         let mut order = Vec::new();
         let mut done = HashSet::new();
-        let wanted = required
-            .iter()
-            .map(|m| (m, true))
-            .chain(optional.iter().map(|m| (m, false)));
+        let wanted = required.iter().map(|m| (m, true)).chain(optional.iter().map(|m| (m, false)));
         for (name, needed) in wanted {
             let name = name.replace('-', "_");
             if self.builtin.contains(&name) || (!needed && !self.files.contains_key(&name)) {
@@ -121,15 +109,10 @@ impl ModuleTree {
         if path.iter().any(|p| p == name) {
             return Err(ModulesError::Cycle(name.into()));
         }
-        let rel = self
-            .files
-            .get(name)
-            .ok_or_else(|| ModulesError::Missing(name.into()))?;
+        let rel = self.files.get(name).ok_or_else(|| ModulesError::Missing(name.into()))?;
         let full = self.root.join(rel);
-        let bytes = fs::read(&full).map_err(|source| ModulesError::Read {
-            path: full.clone(),
-            source,
-        })?;
+        let bytes =
+            fs::read(&full).map_err(|source| ModulesError::Read { path: full.clone(), source })?;
         let deps = depends(&bytes).ok_or(ModulesError::BadModule(full))?;
         path.push(name.into());
         for dep in deps {
@@ -148,10 +131,7 @@ fn walk(
     files: &mut BTreeMap<String, PathBuf>,
 ) -> Result<(), ModulesError> {
     let dir = root.join(rel);
-    let read_err = |source| ModulesError::Read {
-        path: dir.clone(),
-        source,
-    };
+    let read_err = |source| ModulesError::Read { path: dir.clone(), source };
     for entry in fs::read_dir(&dir).map_err(read_err)? {
         let entry = entry.map_err(read_err)?;
         let rel = rel.join(entry.file_name());
@@ -179,12 +159,7 @@ fn depends(elf: &[u8]) -> Option<Vec<String>> {
         .find_map(|entry| entry.strip_prefix(b"depends="))
         .unwrap_or_default();
     let list = std::str::from_utf8(list).ok()?;
-    Some(
-        list.split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.replace('-', "_"))
-            .collect(),
-    )
+    Some(list.split(',').filter(|s| !s.is_empty()).map(|s| s.replace('-', "_")).collect())
 }
 
 /// The bytes of the named section of a 64-bit little-endian ELF file.
@@ -275,10 +250,7 @@ mod tests {
             &[
                 ("kernel/d/virtio_ring.ko", ""),
                 ("kernel/d/virtio.ko", "virtio_ring"),
-                (
-                    "kernel/d/virtio_pci.ko",
-                    "virtio_ring,virtio,virtio-pci-modern-dev",
-                ),
+                ("kernel/d/virtio_pci.ko", "virtio_ring,virtio,virtio-pci-modern-dev"),
                 ("kernel/d/virtio_pci_modern_dev.ko", ""),
                 ("kernel/c/virtio-rng.ko", "virtio,virtio_ring"),
                 ("kernel/x/unused.ko", ""),
@@ -286,10 +258,7 @@ mod tests {
             "kernel/b/crc32c.ko\n",
         );
         let order = tree
-            .load_order(
-                &["virtio_rng", "virtio_pci", "crc32c"],
-                &["absent", "virtio"],
-            )
+            .load_order(&["virtio_rng", "virtio_pci", "crc32c"], &["absent", "virtio"])
             .unwrap();
         let order: Vec<_> = order.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(
@@ -311,9 +280,6 @@ mod tests {
             tree.load_order(&["nope"], &[]),
             Err(ModulesError::Missing(m)) if m == "nope"
         ));
-        assert!(matches!(
-            tree.load_order(&["a"], &[]),
-            Err(ModulesError::Cycle(_))
-        ));
+        assert!(matches!(tree.load_order(&["a"], &[]), Err(ModulesError::Cycle(_))));
     }
 }

@@ -98,10 +98,7 @@ pub enum Device {
 impl Device {
     /// `vhost-user-blk-pci` with one virtqueue.
     pub fn vhost_user_blk(socket: impl Into<PathBuf>) -> Device {
-        Device::VhostUserBlk {
-            socket: socket.into(),
-            queues: 1,
-        }
+        Device::VhostUserBlk { socket: socket.into(), queues: 1 }
     }
 
     fn is_vhost_user(&self) -> bool {
@@ -153,12 +150,12 @@ impl Device {
                 ]
             }
             Device::VirtioRng => vec!["-device".into(), "virtio-rng-pci".into()],
-            Device::NetUser => nic(format!(
-                "user,id=net{i},net=10.0.2.0/24,host=10.0.2.1,restrict=on"
-            )),
-            Device::NetTap { ifname } => nic(format!(
-                "tap,id=net{i},ifname={ifname},script=no,downscript=no"
-            )),
+            Device::NetUser => {
+                nic(format!("user,id=net{i},net=10.0.2.0/24,host=10.0.2.1,restrict=on"))
+            }
+            Device::NetTap { ifname } => {
+                nic(format!("tap,id=net{i},ifname={ifname},script=no,downscript=no"))
+            }
         }
     }
 }
@@ -235,11 +232,7 @@ impl VmSpec {
                 a.extend(["-accel", "kvm", "-cpu", "host,-arch-capabilities"].map(String::from))
             }
         }
-        let machine = if shared {
-            "q35,memory-backend=mem"
-        } else {
-            "q35"
-        };
+        let machine = if shared { "q35,memory-backend=mem" } else { "q35" };
         a.extend(["-machine".into(), machine.into()]);
         a.extend(["-m".into(), format!("{}M", self.memory_mib)]);
         a.extend(["-smp".into(), self.cpus.to_string()]);
@@ -288,10 +281,7 @@ pub struct GuestRun {
 impl GuestRun {
     /// The `check` lines named `name` (one per disk for `blk`).
     pub fn checks(&self, name: &str) -> Vec<&BhLine> {
-        self.lines
-            .iter()
-            .filter(|l| l.event == "check" && l.get("name") == Some(name))
-            .collect()
+        self.lines.iter().filter(|l| l.event == "check" && l.get("name") == Some(name)).collect()
     }
 
     /// The first `check` line named `name`.
@@ -381,10 +371,7 @@ impl Qemu {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| QemuError::Spawn {
-                program: self.binary.clone(),
-                source,
-            })?;
+            .map_err(|source| QemuError::Spawn { program: self.binary.clone(), source })?;
         let stderr = read_all_in_background(child.stderr.take());
         let (tx, rx) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
@@ -483,10 +470,7 @@ mod tests {
     }
 
     fn args(spec: &VmSpec) -> Vec<String> {
-        spec.args()
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
+        spec.args().into_iter().map(|a| a.into_string().unwrap()).collect()
     }
 
     fn has_pair(args: &[String], flag: &str, value: &str) -> bool {
@@ -501,11 +485,7 @@ mod tests {
         assert!(has_pair(&a, "-machine", "q35"));
         assert!(has_pair(&a, "-m", "512M"));
         assert!(has_pair(&a, "-kernel", "/g/vmlinuz"));
-        assert!(has_pair(
-            &a,
-            "-append",
-            "console=ttyS0 bulkhead.test=cpus,mem"
-        ));
+        assert!(has_pair(&a, "-append", "console=ttyS0 bulkhead.test=cpus,mem"));
         assert!(has_pair(&a, "-device", "virtio-rng-pci"));
         assert!(!a.iter().any(|s| s.contains("memfd")), "{a:?}");
         assert!(a.contains(&"-nodefaults".to_string()));
@@ -515,32 +495,14 @@ mod tests {
     fn vhost_user_devices_share_memory() {
         let spec = VmSpec::new(&guest(), "blk")
             .device(Device::vhost_user_blk("/run/a,b.sock"))
-            .device(Device::VhostUserRng {
-                socket: "/run/rng.sock".into(),
-            })
+            .device(Device::VhostUserRng { socket: "/run/rng.sock".into() })
             .arg("bulkhead.blk=vda");
         let a = args(&spec);
         assert!(has_pair(&a, "-machine", "q35,memory-backend=mem"));
-        assert!(has_pair(
-            &a,
-            "-object",
-            "memory-backend-memfd,id=mem,size=512M,share=on"
-        ));
-        assert!(has_pair(
-            &a,
-            "-chardev",
-            "socket,id=chr0,path=/run/a,,b.sock"
-        ));
-        assert!(has_pair(
-            &a,
-            "-device",
-            "vhost-user-blk-pci,chardev=chr0,num-queues=1"
-        ));
-        assert!(has_pair(
-            &a,
-            "-chardev",
-            "socket,id=chr1,path=/run/rng.sock"
-        ));
+        assert!(has_pair(&a, "-object", "memory-backend-memfd,id=mem,size=512M,share=on"));
+        assert!(has_pair(&a, "-chardev", "socket,id=chr0,path=/run/a,,b.sock"));
+        assert!(has_pair(&a, "-device", "vhost-user-blk-pci,chardev=chr0,num-queues=1"));
+        assert!(has_pair(&a, "-chardev", "socket,id=chr1,path=/run/rng.sock"));
         assert!(has_pair(&a, "-device", "vhost-user-rng-pci,chardev=chr1"));
         assert!(spec.cmdline.ends_with("bulkhead.test=blk bulkhead.blk=vda"));
     }
@@ -548,16 +510,9 @@ mod tests {
     #[test]
     fn disks_and_nics() {
         let mut spec = VmSpec::new(&guest(), "blk,net")
-            .device(Device::VirtioBlk {
-                path: "/d/disk.raw".into(),
-                read_only: true,
-            })
-            .device(Device::NetTap {
-                ifname: "bhtap0".into(),
-            })
-            .device(Device::VhostUserNet {
-                socket: "/n.sock".into(),
-            });
+            .device(Device::VirtioBlk { path: "/d/disk.raw".into(), read_only: true })
+            .device(Device::NetTap { ifname: "bhtap0".into() })
+            .device(Device::VhostUserNet { socket: "/n.sock".into() });
         spec.accel = Accel::Kvm;
         let a = args(&spec);
         assert!(has_pair(&a, "-cpu", "host,-arch-capabilities"));
@@ -567,17 +522,9 @@ mod tests {
             "driver=file,node-name=disk0,filename=/d/disk.raw,read-only=on"
         ));
         assert!(has_pair(&a, "-device", "virtio-blk-pci,drive=disk0"));
-        assert!(has_pair(
-            &a,
-            "-netdev",
-            "tap,id=net1,ifname=bhtap0,script=no,downscript=no"
-        ));
+        assert!(has_pair(&a, "-netdev", "tap,id=net1,ifname=bhtap0,script=no,downscript=no"));
         assert!(has_pair(&a, "-netdev", "vhost-user,id=net2,chardev=chr2"));
-        assert!(has_pair(
-            &a,
-            "-device",
-            "virtio-net-pci,netdev=net2,romfile="
-        ));
+        assert!(has_pair(&a, "-device", "virtio-net-pci,netdev=net2,romfile="));
     }
 
     fn finished(exit: Exit, console: &str) -> GuestRun {

@@ -32,10 +32,7 @@ impl BhLine {
 
     /// The value of the first field named `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Whether this is a `check` (or `done`) line with `status=ok`.
@@ -68,21 +65,12 @@ mod tests {
         assert_eq!(l.get("md5"), Some("ab=cd"));
         assert!(l.is_ok());
         assert_eq!(l.get("reason"), None);
-        assert_eq!(
-            l.to_string(),
-            "BH check name=blk status=ok dev=vda bytes=4194304 md5=ab=cd"
-        );
+        assert_eq!(l.to_string(), "BH check name=blk status=ok dev=vda bytes=4194304 md5=ab=cd");
     }
 
     #[test]
     fn other_console_lines_are_not_reports() {
-        for line in [
-            "",
-            "BH",
-            "[    1.3] reboot: Power down",
-            "xBH ready",
-            "BHready a=b",
-        ] {
+        for line in ["", "BH", "[    1.3] reboot: Power down", "xBH ready", "BHready a=b"] {
             assert!(BhLine::parse(line).is_none(), "{line:?}");
         }
         let fail = BhLine::parse("BH check name=rng status=fail reason=not-random").unwrap();

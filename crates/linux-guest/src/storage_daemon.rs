@@ -32,10 +32,7 @@ impl StorageDaemon {
             .unwrap_or_else(|| PathBuf::from("qemu-storage-daemon"));
         let esc = |p: &Path| p.to_string_lossy().replace(',', ",,");
         let ro = if writable { "off" } else { "on" };
-        let blockdev = format!(
-            "driver=file,node-name=disk,filename={},read-only={ro}",
-            esc(image)
-        );
+        let blockdev = format!("driver=file,node-name=disk,filename={},read-only={ro}", esc(image));
         let export = format!(
             "type=vhost-user-blk,id=export0,node-name=disk,addr.type=unix,addr.path={},writable={}",
             esc(socket),
@@ -49,10 +46,7 @@ impl StorageDaemon {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| QemuError::Spawn { program, source })?;
-        let mut daemon = StorageDaemon {
-            child,
-            socket: socket.to_path_buf(),
-        };
+        let mut daemon = StorageDaemon { child, socket: socket.to_path_buf() };
         daemon.wait_for_socket()?;
         Ok(daemon)
     }
@@ -75,9 +69,7 @@ impl StorageDaemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let stderr = read_all_in_background(self.child.stderr.take())
-            .join()
-            .unwrap_or_default();
+        let stderr = read_all_in_background(self.child.stderr.take()).join().unwrap_or_default();
         Err(QemuError::DaemonStart {
             socket: self.socket.clone(),
             stderr: stderr.trim().to_string(),

@@ -26,9 +26,7 @@ fn options(dir: &Path, lock: &str) -> BuildOptions {
 fn with_busybox(version: &str, sha256: &str) -> String {
     let lock = Lock::parse(COMMITTED).unwrap();
     let pin = lock.get(Role::Busybox);
-    COMMITTED
-        .replace(&pin.version, version)
-        .replace(&pin.sha256, sha256)
+    COMMITTED.replace(&pin.version, version).replace(&pin.sha256, sha256)
 }
 
 #[test]
@@ -42,10 +40,7 @@ fn a_pin_the_archive_no_longer_has_says_how_to_refresh() {
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(
-        text.contains("bulkhead image build --update-pins"),
-        "{text}"
-    );
+    assert!(text.contains("bulkhead image build --update-pins"), "{text}");
     assert!(text.contains("no longer in the apt archive"), "{text}");
 }
 
@@ -56,14 +51,9 @@ fn a_deb_that_does_not_match_its_pin_is_refused() {
     let wrong = "0".repeat(64);
     let opts = options(dir.path(), &with_busybox(&pinned.version, &wrong));
     match build(&opts) {
-        Err(BuildError::Apt(AptError::ChecksumMismatch {
-            expected, actual, ..
-        })) => {
+        Err(BuildError::Apt(AptError::ChecksumMismatch { expected, actual, .. })) => {
             assert_eq!(expected, wrong);
-            assert_eq!(
-                actual, pinned.sha256,
-                "the archive's busybox-static changed"
-            );
+            assert_eq!(actual, pinned.sha256, "the archive's busybox-static changed");
         }
         other => panic!("expected a checksum mismatch, got {other:?}"),
     }

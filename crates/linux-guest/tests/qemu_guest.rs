@@ -92,17 +92,8 @@ fn boots_and_reports_cpus_mem_rng() {
     let ready = run.lines.iter().find(|l| l.event == "ready").unwrap();
     assert!(ready.get("kernel").unwrap().starts_with("6.1."), "{ready}");
     assert_eq!(run.check("cpus").unwrap().get("count"), Some("2"));
-    let mem_kb: u64 = run
-        .check("mem")
-        .unwrap()
-        .get("memtotal_kb")
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        (400_000..=524_288).contains(&mem_kb),
-        "MemTotal {mem_kb} kB of 512 MiB"
-    );
+    let mem_kb: u64 = run.check("mem").unwrap().get("memtotal_kb").unwrap().parse().unwrap();
+    assert!((400_000..=524_288).contains(&mem_kb), "MemTotal {mem_kb} kB of 512 MiB");
     assert_eq!(run.check("rng").unwrap().get("bytes"), Some("4096"));
 }
 
@@ -120,10 +111,7 @@ fn blk_check_passes_on_qemu_storage_daemon_vhost_user_blk() {
     assert_eq!(blk.get("ro"), Some("0"));
     // What the guest wrote went through the backend into the file.
     let written = fs::read(&image).unwrap();
-    assert!(
-        written[..4 * MIB] == blk_pattern(4 * MIB)[..],
-        "the image does not hold the pattern"
-    );
+    assert!(written[..4 * MIB] == blk_pattern(4 * MIB)[..], "the image does not hold the pattern");
     assert_eq!(blk.get("md5"), Some(md5_of(&image, 4 * MIB).as_str()));
 }
 
@@ -143,11 +131,7 @@ fn read_only_vhost_user_blk_rejects_writes_and_serves_the_image() {
     assert_eq!(blk.get("ro"), Some("1"));
     assert_eq!(blk.get("write"), Some("rejected"));
     assert_eq!(blk.get("md5"), Some(md5_of(&image, 4 * MIB).as_str()));
-    assert_eq!(
-        fs::read(&image).unwrap(),
-        content,
-        "a read-only disk changed"
-    );
+    assert_eq!(fs::read(&image).unwrap(), content, "a read-only disk changed");
 }
 
 #[test]
@@ -157,14 +141,8 @@ fn virtio_blk_two_disks_stress_and_user_net() {
     let b = sparse_image(dir.path(), "b.raw", 4 * MIB as u64);
     let spec = spec("blk,stress-blk,net")
         .arg("bulkhead.blk=vda,vdb bulkhead.rounds=2")
-        .device(Device::VirtioBlk {
-            path: a.clone(),
-            read_only: false,
-        })
-        .device(Device::VirtioBlk {
-            path: b.clone(),
-            read_only: false,
-        })
+        .device(Device::VirtioBlk { path: a.clone(), read_only: false })
+        .device(Device::VirtioBlk { path: b.clone(), read_only: false })
         .device(Device::NetUser);
     let run = run(&spec);
     run.assert_ok(&["blk", "stress-blk", "net"]);
@@ -185,10 +163,7 @@ fn a_failing_check_fails_the_run() {
     let rng = run.check("rng").unwrap();
     assert_eq!(rng.get("status"), Some("fail"));
     assert_eq!(rng.get("reason"), Some("no-virtio-rng"));
-    assert_eq!(
-        run.check("nonsense").unwrap().get("reason"),
-        Some("unknown-check")
-    );
+    assert_eq!(run.check("nonsense").unwrap().get("reason"), Some("unknown-check"));
     assert_eq!(run.done().unwrap().get("status"), Some("fail"));
     let why = run.verify(&["rng"]).unwrap_err();
     assert!(why.contains("check rng did not pass"), "{why}");

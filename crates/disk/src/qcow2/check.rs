@@ -28,9 +28,7 @@ impl Checker<'_> {
         if self.report.errors.len() < MAX_LINES {
             self.report.errors.push(msg);
         } else if self.report.errors.len() == MAX_LINES {
-            self.report
-                .errors
-                .push("more errors follow; only the first ones are listed".into());
+            self.report.errors.push("more errors follow; only the first ones are listed".into());
         }
     }
 
@@ -44,9 +42,7 @@ impl Checker<'_> {
             return;
         }
         if offset.saturating_add(len) > self.file_len {
-            self.error(format!(
-                "the {what} at offset {offset:#x} lies past the end of the file"
-            ));
+            self.error(format!("the {what} at offset {offset:#x} lies past the end of the file"));
             return;
         }
         let cs = self.cs();
@@ -59,8 +55,7 @@ impl Checker<'_> {
 
     fn walk_l2(&mut self, l2: u64) -> Result<()> {
         let mut table = vec![0u8; self.cs() as usize];
-        self.file
-            .read_exact_at(&mut table, l2, FORMAT, "L2 table")?;
+        self.file.read_exact_at(&mut table, l2, FORMAT, "L2 table")?;
         for raw in table.chunks_exact(8) {
             let e = u64::from_be_bytes(raw.try_into().unwrap_or_default());
             if e & COMPRESSED != 0 {
@@ -98,8 +93,7 @@ impl Checker<'_> {
 
     fn walk_l1(&mut self) -> Result<()> {
         let mut raw = vec![0u8; self.h.l1_size as usize * 8];
-        self.file
-            .read_exact_at(&mut raw, self.h.l1_table_offset, FORMAT, "L1 table")?;
+        self.file.read_exact_at(&mut raw, self.h.l1_table_offset, FORMAT, "L1 table")?;
         for chunk in raw.chunks_exact(8) {
             let e = u64::from_be_bytes(chunk.try_into().unwrap_or_default());
             let l2 = e & OFFSET_MASK;
@@ -138,16 +132,11 @@ impl Checker<'_> {
             }
         }
         if leaks > MAX_LINES {
-            self.report
-                .leaks
-                .push(format!("{} more leaked clusters", leaks - MAX_LINES));
+            self.report.leaks.push(format!("{} more leaked clusters", leaks - MAX_LINES));
         }
         for i in 0..self.copied.len() {
             let (host, copied, what) = self.copied[i];
-            let s = stored
-                .get((host / self.cs()) as usize)
-                .copied()
-                .unwrap_or(0);
+            let s = stored.get((host / self.cs()) as usize).copied().unwrap_or(0);
             if (s == 1) != copied {
                 self.error(format!(
                     "the {what} at offset {host:#x} has refcount {s} but its COPIED flag is {}",
@@ -166,9 +155,7 @@ pub(crate) fn check(file: &ImageFile, h: &Header) -> Result<CheckReport> {
     let refcounts = match Refcounts::load(file, h) {
         Ok(r) => r,
         Err(e) => {
-            report
-                .errors
-                .push(format!("the refcount table cannot be read: {e}"));
+            report.errors.push(format!("the refcount table cannot be read: {e}"));
             return Ok(report);
         }
     };
@@ -177,14 +164,8 @@ pub(crate) fn check(file: &ImageFile, h: &Header) -> Result<CheckReport> {
         report.notes.push(format!("the image has {clusters} clusters, more than the {MAX_CHECK_CLUSTERS} this check counts"));
         return Ok(report);
     }
-    let mut ck = Checker {
-        file,
-        h,
-        file_len,
-        refs: vec![0; clusters as usize],
-        copied: Vec::new(),
-        report,
-    };
+    let mut ck =
+        Checker { file, h, file_len, refs: vec![0; clusters as usize], copied: Vec::new(), report };
     ck.reference(0, cs, "header");
     ck.reference(h.l1_table_offset, u64::from(h.l1_size) * 8, "L1 table");
     ck.reference(

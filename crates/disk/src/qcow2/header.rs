@@ -108,11 +108,7 @@ impl Header {
         }
         let version = be32(&fixed, 4);
         if version != 2 && version != 3 {
-            return Err(DiskError::unsupported(
-                path,
-                FORMAT,
-                format!("version {version}"),
-            ));
+            return Err(DiskError::unsupported(path, FORMAT, format!("version {version}")));
         }
         let cluster_bits = be32(&fixed, 20);
         if !(9..=21).contains(&cluster_bits) {
@@ -201,11 +197,7 @@ impl Header {
         match b[104] {
             0 => Ok(Compression::Zlib),
             1 => Ok(Compression::Zstd),
-            t => Err(DiskError::unsupported(
-                path,
-                FORMAT,
-                format!("compression type {t}"),
-            )),
+            t => Err(DiskError::unsupported(path, FORMAT, format!("compression type {t}"))),
         }
     }
 
@@ -224,9 +216,7 @@ impl Header {
                 ),
             ));
         }
-        let end = offset
-            .checked_add(u64::from(len))
-            .filter(|&e| e <= b.len() as u64);
+        let end = offset.checked_add(u64::from(len)).filter(|&e| e <= b.len() as u64);
         let Some(end) = end else {
             return Err(DiskError::malformed(
                 path,
@@ -246,9 +236,7 @@ impl Header {
         let mut pos = self.header_length as usize;
         loop {
             if pos + 8 > b.len() {
-                return Err(bad(
-                    "its header extensions run past the end of the first cluster",
-                ));
+                return Err(bad("its header extensions run past the end of the first cluster"));
             }
             let kind = be32(b, pos);
             let len = be32(b, pos + 4) as usize;
@@ -257,9 +245,7 @@ impl Header {
             }
             let data_end = pos + 8 + len;
             if data_end > b.len() {
-                return Err(bad(
-                    "a header extension runs past the end of the first cluster",
-                ));
+                return Err(bad("a header extension runs past the end of the first cluster"));
             }
             if kind == EXT_BACKING_FORMAT {
                 let fmt = std::str::from_utf8(&b[pos + 8..data_end])
@@ -285,17 +271,10 @@ impl Header {
             return Err(DiskError::unsupported(path, FORMAT, "external data files"));
         }
         if self.incompatible & INCOMPAT_EXTL2 != 0 {
-            return Err(DiskError::unsupported(
-                path,
-                FORMAT,
-                "extended L2 entries (subclusters)",
-            ));
+            return Err(DiskError::unsupported(path, FORMAT, "extended L2 entries (subclusters)"));
         }
         if self.refcount_order > 6 {
-            return Err(bad(format!(
-                "its refcount order {} is above 6",
-                self.refcount_order
-            )));
+            return Err(bad(format!("its refcount order {} is above 6", self.refcount_order)));
         }
         let need = Self::l1_entries_for(self.size, self.cluster_bits)
             .ok_or_else(|| bad(format!("its virtual size {} overflows", self.size)))?;
@@ -367,11 +346,7 @@ impl Header {
             put64(&mut b, 88, self.autoclear);
             put32(&mut b, 96, self.refcount_order);
             put32(&mut b, 100, self.header_length);
-            b[104] = if self.compression == Compression::Zstd {
-                1
-            } else {
-                0
-            };
+            b[104] = if self.compression == Compression::Zstd { 1 } else { 0 };
         }
         let mut pos = self.header_length as usize;
         if let Some(fmt) = &self.backing_format {

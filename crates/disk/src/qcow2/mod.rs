@@ -84,14 +84,8 @@ impl Qcow2 {
             Self::prepare_for_writes(&file, &mut header)?;
         }
         let (l1, l2_tables) = Self::load_l1(&file, &header)?;
-        let refs = if writable {
-            Some(Refcounts::load(&file, &header)?)
-        } else {
-            None
-        };
-        if let Some(shared) = refs
-            .as_ref()
-            .and_then(|r| l2_tables.iter().find(|&&t| r.is_block(t)))
+        let refs = if writable { Some(Refcounts::load(&file, &header)?) } else { None };
+        if let Some(shared) = refs.as_ref().and_then(|r| l2_tables.iter().find(|&&t| r.is_block(t)))
         {
             return Err(DiskError::malformed(
                 path,
@@ -113,16 +107,7 @@ impl Qcow2 {
             }
             None => None,
         };
-        Ok(Qcow2 {
-            file,
-            header,
-            backing,
-            state: RwLock::new(State {
-                l1,
-                l2_tables,
-                refs,
-            }),
-        })
+        Ok(Qcow2 { file, header, backing, state: RwLock::new(State { l1, l2_tables, refs }) })
     }
 
     /// Refuses to write to images whose metadata cannot be trusted or that this crate cannot keep
@@ -171,10 +156,7 @@ impl Qcow2 {
         let fixed = [
             (0, cs),
             (h.l1_table_offset, u64::from(h.l1_size) * 8),
-            (
-                h.refcount_table_offset,
-                u64::from(h.refcount_table_clusters) * cs,
-            ),
+            (h.refcount_table_offset, u64::from(h.refcount_table_clusters) * cs),
         ];
         let mut tables = HashSet::new();
         for off in l1.iter().map(|e| e & OFFSET_MASK).filter(|&o| o != 0) {
@@ -192,9 +174,7 @@ impl Qcow2 {
                 return Err(bad("lies past the end of the file"));
             }
             if fixed.iter().any(|&r| header::ranges_overlap(r, (off, cs))) {
-                return Err(bad(
-                    "overlaps the header, the L1 table or the refcount table",
-                ));
+                return Err(bad("overlaps the header, the L1 table or the refcount table"));
             }
             if !tables.insert(off) {
                 return Err(bad("is named by two L1 entries"));
@@ -217,9 +197,7 @@ impl Qcow2 {
 
     fn write_state(&self) -> Result<RwLockWriteGuard<'_, State>> {
         if !self.file.is_writable() {
-            return Err(DiskError::ReadOnly {
-                path: self.file.path().to_path_buf(),
-            });
+            return Err(DiskError::ReadOnly { path: self.file.path().to_path_buf() });
         }
         Ok(self.state.write().unwrap_or_else(|e| e.into_inner()))
     }
@@ -242,17 +220,12 @@ impl Qcow2 {
             ));
         }
         if self.header.version == 3 && entry & ZERO != 0 {
-            return Ok(Cluster::Zero {
-                host: (host != 0).then_some(host),
-            });
+            return Ok(Cluster::Zero { host: (host != 0).then_some(host) });
         }
         if host == 0 {
             return Ok(Cluster::Unallocated);
         }
-        Ok(Cluster::Normal {
-            host,
-            copied: entry & COPIED != 0,
-        })
+        Ok(Cluster::Normal { host, copied: entry & COPIED != 0 })
     }
 
     /// L2 table offset for guest cluster `gc`, 0 when not allocated.
@@ -285,10 +258,7 @@ impl Qcow2 {
             buf.fill(0);
             return Ok(());
         };
-        let avail = b
-            .virtual_size()
-            .saturating_sub(offset)
-            .min(buf.len() as u64) as usize;
+        let avail = b.virtual_size().saturating_sub(offset).min(buf.len() as u64) as usize;
         if avail > 0 {
             b.read_at(&mut buf[..avail], offset)?;
         }
@@ -385,9 +355,7 @@ impl Qcow2 {
     }
 
     fn refs<'a>(&self, st: &'a mut State) -> Result<&'a mut Refcounts> {
-        st.refs.as_mut().ok_or_else(|| DiskError::ReadOnly {
-            path: self.file.path().to_path_buf(),
-        })
+        st.refs.as_mut().ok_or_else(|| DiskError::ReadOnly { path: self.file.path().to_path_buf() })
     }
 
     /// Returns the L2 table for guest cluster `gc`, allocating it (steps 1 of the module docs).
@@ -398,21 +366,16 @@ impl Qcow2 {
         }
         let idx = gc >> self.header.l2_bits();
         let off = self.refs(st)?.alloc(&self.file)?;
-        self.file
-            .write_all_at(&vec![0u8; self.cs() as usize], off)?;
+        self.file.write_all_at(&vec![0u8; self.cs() as usize], off)?;
         let entry = off | COPIED;
-        self.file
-            .write_all_at(&entry.to_be_bytes(), self.header.l1_table_offset + idx * 8)?;
+        self.file.write_all_at(&entry.to_be_bytes(), self.header.l1_table_offset + idx * 8)?;
         st.l1[idx as usize] = entry;
         st.l2_tables.insert(off);
         Ok(off)
     }
 
     fn set_entry(&self, l2: u64, gc: u64, entry: u64) -> Result<()> {
-        self.file.write_all_at(
-            &entry.to_be_bytes(),
-            l2 + (gc & (self.l2_entries() - 1)) * 8,
-        )
+        self.file.write_all_at(&entry.to_be_bytes(), l2 + (gc & (self.l2_entries() - 1)) * 8)
     }
 
     /// Drops this image's reference to the host clusters of an entry that was just replaced.
@@ -528,12 +491,7 @@ impl DiskImage for Qcow2 {
         let mut gc = offset / self.cs();
         while pos < buf.len() {
             let (start, n) = self.clip(gc, offset, end);
-            self.write_cluster(
-                &mut st,
-                gc,
-                start - gc * self.cs(),
-                &buf[pos..pos + n as usize],
-            )?;
+            self.write_cluster(&mut st, gc, start - gc * self.cs(), &buf[pos..pos + n as usize])?;
             pos += n as usize;
             gc += 1;
         }
@@ -572,14 +530,7 @@ impl DiskImage for Qcow2 {
         ImageInfo {
             path: self.file.path().to_path_buf(),
             format: Format::Qcow2,
-            subformat: Some(
-                if self.header.version == 2 {
-                    "0.10"
-                } else {
-                    "1.1"
-                }
-                .to_string(),
-            ),
+            subformat: Some(if self.header.version == 2 { "0.10" } else { "1.1" }.to_string()),
             virtual_size: self.header.size,
             cluster_size: Some(self.cs()),
             allocated_bytes: self.file.allocated_bytes(),

@@ -59,10 +59,7 @@ impl Refcounts {
             .collect();
         let fixed = vec![
             (0, cs),
-            (
-                h.l1_table_offset,
-                (u64::from(h.l1_size) * 8).div_ceil(cs) * cs,
-            ),
+            (h.l1_table_offset, (u64::from(h.l1_size) * 8).div_ceil(cs) * cs),
             (h.refcount_table_offset, bytes),
         ];
         let file_len = file.len()?;
@@ -82,9 +79,7 @@ impl Refcounts {
                 return Err(bad("lies past the end of the file"));
             }
             if fixed.iter().any(|&r| ranges_overlap(r, (off, cs))) {
-                return Err(bad(
-                    "overlaps the header, the L1 table or the refcount table",
-                ));
+                return Err(bad("overlaps the header, the L1 table or the refcount table"));
             }
             if !blocks.insert(off) {
                 return Err(bad("is named twice in the refcount table"));
@@ -126,11 +121,7 @@ impl Refcounts {
 
     /// Number of clusters up to the end of the last refcount block's range.
     pub fn covered_clusters(&self) -> u64 {
-        let last = self
-            .table
-            .iter()
-            .rposition(|&o| o != 0)
-            .map_or(0, |i| i as u64 + 1);
+        let last = self.table.iter().rposition(|&o| o != 0).map_or(0, |i| i as u64 + 1);
         last * self.rb_entries()
     }
 
@@ -141,9 +132,7 @@ impl Refcounts {
 
     /// True when the cluster at `off` is part of the header, L1 table or refcount table.
     pub fn is_fixed(&self, off: u64) -> bool {
-        self.fixed
-            .iter()
-            .any(|&r| ranges_overlap(r, (off, self.cs())))
+        self.fixed.iter().any(|&r| ranges_overlap(r, (off, self.cs())))
     }
 
     /// Where entry `index` of a block lives: (byte offset in the block, bytes, bit shift).
@@ -308,9 +297,7 @@ impl Refcounts {
     fn plan_growth(&self, file_len: u64, needed: u64) -> (u64, u64, u64) {
         let rbe = self.rb_entries();
         let entries_per_cluster = self.cs() / 8;
-        let start = file_len
-            .div_ceil(self.cs())
-            .max(self.table.len() as u64 * rbe);
+        let start = file_len.div_ceil(self.cs()).max(self.table.len() as u64 * rbe);
         let (mut nrb, mut tc) = (1u64, self.table_clusters + self.table_clusters.div_ceil(2));
         loop {
             let end = start + nrb + tc;

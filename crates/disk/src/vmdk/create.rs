@@ -150,11 +150,7 @@ fn create_split(
         } else {
             ImageFile::create(&full)?.set_len(part * SECTOR)?;
         }
-        let kind = if sparse {
-            ExtentType::Sparse
-        } else {
-            ExtentType::Flat
-        };
+        let kind = if sparse { ExtentType::Sparse } else { ExtentType::Flat };
         lines.push(ExtentLine {
             read_only: false,
             sectors: part,

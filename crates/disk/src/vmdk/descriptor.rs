@@ -57,9 +57,7 @@ pub(crate) struct Descriptor {
 
 fn unquote(v: &str) -> &str {
     let v = v.trim();
-    v.strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(v)
+    v.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(v)
 }
 
 impl Descriptor {
@@ -77,12 +75,9 @@ impl Descriptor {
             if matches!(first, "RW" | "RDONLY" | "NOACCESS") {
                 let e = parse_extent(line)
                     .map_err(|why| bad(format!("line {} of its descriptor: {why}", no + 1)))?;
-                total = total
-                    .checked_add(e.sectors)
-                    .filter(|&t| t <= MAX_SECTORS)
-                    .ok_or_else(|| {
-                        bad("the sizes of its extents add up to more than 2^54 bytes".into())
-                    })?;
+                total = total.checked_add(e.sectors).filter(|&t| t <= MAX_SECTORS).ok_or_else(
+                    || bad("the sizes of its extents add up to more than 2^54 bytes".into()),
+                )?;
                 if d.extents.len() >= MAX_EXTENTS {
                     return Err(bad(format!(
                         "its descriptor lists more than {MAX_EXTENTS} extents"
@@ -131,9 +126,8 @@ fn parse_extent(line: &str) -> std::result::Result<ExtentLine, String> {
     if words[0] == "NOACCESS" {
         return Err("NOACCESS extents are not supported".into());
     }
-    let sectors: u64 = words[1]
-        .parse()
-        .map_err(|_| format!("the extent size {:?} is not a number", words[1]))?;
+    let sectors: u64 =
+        words[1].parse().map_err(|_| format!("the extent size {:?} is not a number", words[1]))?;
     let kind = match words[2] {
         "SPARSE" => ExtentType::Sparse,
         "FLAT" | "VMFS" => ExtentType::Flat,
@@ -143,15 +137,12 @@ fn parse_extent(line: &str) -> std::result::Result<ExtentLine, String> {
     let (file, offset): (Option<String>, u64) = match rest {
         None => (None, 0),
         Some(rest) => {
-            let end = rest
-                .find('"')
-                .ok_or("the extent file name has no closing quote")?;
+            let end = rest.find('"').ok_or("the extent file name has no closing quote")?;
             let tail = rest[end + 1..].trim();
             let offset = if tail.is_empty() {
                 0
             } else {
-                tail.parse()
-                    .map_err(|_| format!("the extent offset {tail:?} is not a number"))?
+                tail.parse().map_err(|_| format!("the extent offset {tail:?} is not a number"))?
             };
             (Some(rest[..end].to_string()), offset)
         }
@@ -162,19 +153,10 @@ fn parse_extent(line: &str) -> std::result::Result<ExtentLine, String> {
     if offset != 0 && kind != ExtentType::Flat {
         return Err("only flat extents may have an offset".into());
     }
-    if offset
-        .checked_add(sectors)
-        .is_none_or(|end| end > MAX_SECTORS)
-    {
+    if offset.checked_add(sectors).is_none_or(|end| end > MAX_SECTORS) {
         return Err("the extent's offset and size overflow".into());
     }
-    Ok(ExtentLine {
-        read_only: words[0] == "RDONLY",
-        sectors,
-        kind,
-        file,
-        offset,
-    })
+    Ok(ExtentLine { read_only: words[0] == "RDONLY", sectors, kind, file, offset })
 }
 
 /// Writes a descriptor as QEMU and VMware do.
@@ -194,10 +176,9 @@ pub(crate) fn render(create_type: &str, extents: &[ExtentLine], cid: u32) -> Str
             ExtentType::Zero => "ZERO",
         };
         match (&e.file, e.kind) {
-            (Some(f), ExtentType::Flat) => s.push_str(&format!(
-                "{access} {} {kind} \"{f}\" {}\n",
-                e.sectors, e.offset
-            )),
+            (Some(f), ExtentType::Flat) => {
+                s.push_str(&format!("{access} {} {kind} \"{f}\" {}\n", e.sectors, e.offset))
+            }
             (Some(f), _) => s.push_str(&format!("{access} {} {kind} \"{f}\"\n", e.sectors)),
             (None, _) => s.push_str(&format!("{access} {} {kind}\n", e.sectors)),
         }

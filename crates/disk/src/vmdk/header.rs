@@ -63,9 +63,7 @@ impl SparseHeader {
             )));
         }
         if &b[0..4] != crate::probe::VMDK_MAGIC {
-            return Err(bad(
-                "the sparse extent header does not start with the VMDK magic".into(),
-            ));
+            return Err(bad("the sparse extent header does not start with the VMDK magic".into()));
         }
         let h = SparseHeader {
             version: le32(b, 4),
@@ -215,14 +213,9 @@ mod tests {
         for (mutate, word) in cases {
             let mut h = good();
             mutate(&mut h);
-            let err = SparseHeader::parse(&h.to_bytes(), p)
-                .unwrap_err()
-                .to_string();
+            let err = SparseHeader::parse(&h.to_bytes(), p).unwrap_err().to_string();
             assert!(err.contains(word), "{err}");
         }
-        assert!(SparseHeader::parse(&[0u8; 100], p)
-            .unwrap_err()
-            .to_string()
-            .contains("truncated"));
+        assert!(SparseHeader::parse(&[0u8; 100], p).unwrap_err().to_string().contains("truncated"));
     }
 }

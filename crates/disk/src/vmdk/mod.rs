@@ -111,12 +111,9 @@ impl Vmdk {
             None => Descriptor::default(),
         };
         if d.create_type.is_empty() {
-            d.create_type = if sparse.header().compressed() {
-                "streamOptimized"
-            } else {
-                "monolithicSparse"
-            }
-            .to_string();
+            d.create_type =
+                if sparse.header().compressed() { "streamOptimized" } else { "monolithicSparse" }
+                    .to_string();
         }
         let extent = Extent {
             start: 0,
@@ -148,10 +145,7 @@ impl Vmdk {
                     let file =
                         Self::open_extent_file(path, name, ext_writable, allow_outside, &mut seen)?;
                     if kind == ExtentType::Flat {
-                        Backend::Flat {
-                            file,
-                            offset: line.offset * SECTOR,
-                        }
+                        Backend::Flat { file, offset: line.offset * SECTOR }
                     } else {
                         let s = SparseExtent::open(file)?;
                         if s.capacity_bytes() < len {
@@ -161,12 +155,7 @@ impl Vmdk {
                     }
                 }
             };
-            extents.push(Extent {
-                start,
-                len,
-                writable: ext_writable,
-                backend,
-            });
+            extents.push(Extent { start, len, writable: ext_writable, backend });
             start += len;
         }
         Ok(extents)
@@ -214,11 +203,7 @@ impl Vmdk {
             let from = offset.max(e.start);
             let to = end.min(e.start + e.len);
             if to > from {
-                f(
-                    e,
-                    from - e.start,
-                    (from - offset) as usize..(to - offset) as usize,
-                )?;
+                f(e, from - e.start, (from - offset) as usize..(to - offset) as usize)?;
             }
         }
         Ok(())
@@ -230,10 +215,7 @@ impl Vmdk {
             buf.fill(0);
             return Ok(());
         };
-        let avail = p
-            .virtual_size()
-            .saturating_sub(offset)
-            .min(buf.len() as u64) as usize;
+        let avail = p.virtual_size().saturating_sub(offset).min(buf.len() as u64) as usize;
         if avail > 0 {
             p.read_at(&mut buf[..avail], offset)?;
         }
@@ -255,9 +237,7 @@ impl Vmdk {
 
     fn drop_range(&self, offset: u64, len: u64, zero: bool) -> Result<()> {
         if !self.writable {
-            return Err(DiskError::ReadOnly {
-                path: self.path.clone(),
-            });
+            return Err(DiskError::ReadOnly { path: self.path.clone() });
         }
         self.for_each_extent(offset, len, |e, at, range| {
             self.check_writable(e)?;
@@ -302,9 +282,7 @@ impl DiskImage for Vmdk {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         if !self.writable {
-            return Err(DiskError::ReadOnly {
-                path: self.path.clone(),
-            });
+            return Err(DiskError::ReadOnly { path: self.path.clone() });
         }
         self.for_each_extent(offset, buf.len() as u64, |e, at, range| {
             self.check_writable(e)?;
@@ -312,9 +290,7 @@ impl DiskImage for Vmdk {
             match &e.backend {
                 Backend::Flat { file, offset } => file.write_all_at(part, offset + at),
                 Backend::Sparse(s) => s.write(part, at, &|b, o| self.read_parent(b, e.start + o)),
-                Backend::Zero => Err(DiskError::ReadOnly {
-                    path: self.path.clone(),
-                }),
+                Backend::Zero => Err(DiskError::ReadOnly { path: self.path.clone() }),
             }
         })
     }

@@ -78,40 +78,20 @@ impl SparseExtent {
         }
         let gd = Self::read_dir(&file, &h, h.gd_offset, "grain directory")?;
         let rgd = if has_rgd {
-            Some(Self::read_dir(
-                &file,
-                &h,
-                h.rgd_offset,
-                "redundant grain directory",
-            )?)
+            Some(Self::read_dir(&file, &h, h.rgd_offset, "redundant grain directory")?)
         } else {
             None
         };
-        if has_rgd
-            && overlap(
-                (h.gd_offset, h.gd_sectors()),
-                (h.rgd_offset, h.gd_sectors()),
-            )
-        {
+        if has_rgd && overlap((h.gd_offset, h.gd_sectors()), (h.rgd_offset, h.gd_sectors())) {
             return Err(DiskError::malformed(
                 file.path(),
                 FORMAT,
                 "its grain directory and redundant grain directory overlap",
             ));
         }
-        let tables = Self::check_tables(
-            &file,
-            &h,
-            &fixed,
-            len,
-            gd.iter().chain(rgd.iter().flatten()),
-        )?;
-        Ok(SparseExtent {
-            file,
-            h,
-            fixed,
-            dirs: RwLock::new(Dirs { gd, rgd, tables }),
-        })
+        let tables =
+            Self::check_tables(&file, &h, &fixed, len, gd.iter().chain(rgd.iter().flatten()))?;
+        Ok(SparseExtent { file, h, fixed, dirs: RwLock::new(Dirs { gd, rgd, tables }) })
     }
 
     /// Reads the header copy of a streamOptimized extent from its footer.
@@ -143,10 +123,7 @@ impl SparseExtent {
             DiskError::malformed(file.path(), FORMAT, format!("its {what} offset overflows"))
         })?;
         file.read_exact_at(&mut raw, at, FORMAT, what)?;
-        Ok(raw
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// Checks that every grain table lies in the file, apart from the fixed metadata and from
@@ -159,10 +136,7 @@ impl SparseExtent {
         entries: impl Iterator<Item = &'a u32>,
     ) -> Result<Vec<u64>> {
         let gt = h.gt_sectors();
-        let mut tables: Vec<u64> = entries
-            .filter(|&&e| e != 0)
-            .map(|&e| u64::from(e))
-            .collect();
+        let mut tables: Vec<u64> = entries.filter(|&&e| e != 0).map(|&e| u64::from(e)).collect();
         tables.sort_unstable();
         for (i, &t) in tables.iter().enumerate() {
             let bad = |why: &str| {
@@ -176,9 +150,7 @@ impl SparseExtent {
                 return Err(bad("lies past the end of the file"));
             }
             if fixed.iter().any(|&f| overlap(f, (t, gt))) {
-                return Err(bad(
-                    "overlaps the header, the descriptor or a grain directory",
-                ));
+                return Err(bad("overlaps the header, the descriptor or a grain directory"));
             }
             if i > 0 && tables[i - 1] + gt > t {
                 return Err(bad("overlaps another grain table or is named twice"));
@@ -264,11 +236,8 @@ impl SparseExtent {
     fn read_compressed(&self, sector: u64) -> Result<Vec<u8>> {
         let at = sector * SECTOR;
         let mut marker = [0u8; 12];
-        self.file
-            .read_exact_at(&mut marker, at, FORMAT, "grain marker")?;
-        let size = u64::from(u32::from_le_bytes([
-            marker[8], marker[9], marker[10], marker[11],
-        ]));
+        self.file.read_exact_at(&mut marker, at, FORMAT, "grain marker")?;
+        let size = u64::from(u32::from_le_bytes([marker[8], marker[9], marker[10], marker[11]]));
         let corrupt = |why: String| {
             DiskError::corrupt(
                 self.file.path(),
@@ -276,13 +245,10 @@ impl SparseExtent {
             )
         };
         if size == 0 || size > self.grain_bytes() * 2 + 4096 {
-            return Err(corrupt(format!(
-                "claims an impossible size of {size} bytes"
-            )));
+            return Err(corrupt(format!("claims an impossible size of {size} bytes")));
         }
         let mut input = vec![0u8; size as usize];
-        self.file
-            .read_exact_at(&mut input, at + 12, FORMAT, "compressed grain")?;
+        self.file.read_exact_at(&mut input, at + 12, FORMAT, "compressed grain")?;
         let mut out = vec![0u8; self.grain_bytes() as usize];
         decompress(Codec::Zlib, &input, &mut out)
             .map_err(|why| corrupt(format!("cannot be read: {why}")))?;
@@ -317,11 +283,7 @@ impl SparseExtent {
         while pos < offset + len {
             let gi = pos / gb;
             let stop = ((gi + 1) * gb).min(offset + len);
-            f(
-                gi,
-                pos - gi * gb,
-                (pos - offset) as usize..(stop - offset) as usize,
-            )?;
+            f(gi, pos - gi * gb, (pos - offset) as usize..(stop - offset) as usize)?;
             pos = stop;
         }
         Ok(())
@@ -333,17 +295,14 @@ impl SparseExtent {
         let gtes = u64::from(self.h.gtes);
         let mut cached: Option<(u64, Vec<Grain>)> = None;
         self.for_each_grain(offset, buf.len() as u64, |gi, within, range| {
-            if cached
-                .as_ref()
-                .is_none_or(|(start, v)| gi < *start || gi >= start + v.len() as u64)
+            if cached.as_ref().is_none_or(|(start, v)| gi < *start || gi >= start + v.len() as u64)
             {
                 let last = (offset + buf.len() as u64 - 1) / self.grain_bytes();
                 let count = (gi - gi % gtes + gtes).min(last + 1) - gi;
                 cached = Some((gi, self.entries(&d, gi, count)?));
             }
-            let g = cached
-                .as_ref()
-                .map_or(Grain::Unallocated, |(start, v)| v[(gi - start) as usize]);
+            let g =
+                cached.as_ref().map_or(Grain::Unallocated, |(start, v)| v[(gi - start) as usize]);
             self.read_grain(g, gi, within, &mut buf[range], fill)
         })
     }
@@ -352,9 +311,7 @@ impl SparseExtent {
         if self.file.is_writable() && !self.h.compressed() {
             Ok(())
         } else {
-            Err(DiskError::ReadOnly {
-                path: self.file.path().to_path_buf(),
-            })
+            Err(DiskError::ReadOnly { path: self.file.path().to_path_buf() })
         }
     }
 
@@ -394,11 +351,7 @@ impl SparseExtent {
     /// Returns the grain table (and redundant one) for grain `gi`, appending them if missing.
     fn ensure_table(&self, d: &mut Dirs, gi: u64) -> Result<(u64, Option<u64>)> {
         let gdi = (gi / u64::from(self.h.gtes)) as usize;
-        let redundant = d
-            .rgd
-            .as_ref()
-            .map(|r| u64::from(r[gdi]))
-            .filter(|&s| s != 0);
+        let redundant = d.rgd.as_ref().map(|r| u64::from(r[gdi])).filter(|&s| s != 0);
         if d.gd[gdi] != 0 {
             return Ok((u64::from(d.gd[gdi]), redundant));
         }
@@ -431,11 +384,9 @@ impl SparseExtent {
 
     fn set_entry(&self, tables: (u64, Option<u64>), gi: u64, value: u32) -> Result<()> {
         let within = (gi % u64::from(self.h.gtes)) * 4;
-        self.file
-            .write_all_at(&value.to_le_bytes(), tables.0 * SECTOR + within)?;
+        self.file.write_all_at(&value.to_le_bytes(), tables.0 * SECTOR + within)?;
         if let Some(r) = tables.1 {
-            self.file
-                .write_all_at(&value.to_le_bytes(), r * SECTOR + within)?;
+            self.file.write_all_at(&value.to_le_bytes(), r * SECTOR + within)?;
         }
         Ok(())
     }
@@ -456,9 +407,7 @@ impl SparseExtent {
         }
         let mut grain = vec![0u8; self.grain_bytes() as usize];
         if within != 0 || data.len() as u64 != self.grain_bytes() {
-            let keep = self
-                .grain_bytes()
-                .min(self.capacity_bytes() - gi * self.grain_bytes());
+            let keep = self.grain_bytes().min(self.capacity_bytes() - gi * self.grain_bytes());
             self.read_grain(old, gi, 0, &mut grain[..keep as usize], fill)?;
         }
         grain[within as usize..within as usize + data.len()].copy_from_slice(data);
@@ -547,14 +496,14 @@ impl SparseExtent {
                         "{path}: grain {gi} points at sector {s}, past the end of the file"
                     ));
                 } else if !self.h.compressed() && self.check_in_place(&d, s).is_err() {
-                    report.errors.push(format!(
-                        "{path}: grain {gi} at sector {s} overlaps metadata"
-                    ));
+                    report
+                        .errors
+                        .push(format!("{path}: grain {gi} at sector {s} overlaps metadata"));
                 }
                 if !seen.insert(s) {
-                    report.errors.push(format!(
-                        "{path}: grain {gi} shares sector {s} with another grain"
-                    ));
+                    report
+                        .errors
+                        .push(format!("{path}: grain {gi} shares sector {s} with another grain"));
                 }
             }
         }

@@ -49,11 +49,7 @@ impl Writer {
                 "a streamOptimized VMDK of {sectors} sectors is too large"
             )));
         }
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("disk.vmdk")
-            .to_string();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("disk.vmdk").to_string();
         let line = ExtentLine {
             read_only: false,
             sectors,
@@ -66,12 +62,7 @@ impl Writer {
         file.write_all_at(&h.to_bytes(), 0)?;
         file.write_all_at(text.as_bytes(), SECTOR)?;
         h.gd_offset = GD_AT_END;
-        Ok(Writer {
-            file,
-            h,
-            next: GRAIN_SECTORS,
-            gtes: vec![0; entries as usize],
-        })
+        Ok(Writer { file, h, next: GRAIN_SECTORS, gtes: vec![0; entries as usize] })
     }
 
     fn marker(&self, sectors: u64, kind: u32) -> [u8; 512] {

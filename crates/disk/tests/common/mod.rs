@@ -31,13 +31,7 @@ pub fn qemu_io(args: &[&str]) -> String {
 /// `qemu-img check` on an image: panics unless it reports no errors and no leaks.
 pub fn assert_qemu_check_clean(path: &Path, format: &str) {
     let out = Command::new("qemu-img")
-        .args([
-            "check",
-            "--output=json",
-            "-f",
-            format,
-            path.to_str().unwrap(),
-        ])
+        .args(["check", "--output=json", "-f", format, path.to_str().unwrap()])
         .output()
         .expect("qemu-img is required by this test; install qemu-utils");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -50,12 +44,7 @@ pub fn assert_qemu_check_clean(path: &Path, format: &str) {
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     for key in ["corruptions", "leaks", "check-errors"] {
         let n = json.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-        assert_eq!(
-            n,
-            0,
-            "qemu-img check {} reports {key}: {text}",
-            path.display()
-        );
+        assert_eq!(n, 0, "qemu-img check {} reports {key}: {text}", path.display());
     }
 }
 
@@ -96,27 +85,13 @@ impl Rng {
 }
 
 pub fn open_ro(path: &Path, format: Option<Format>) -> Box<dyn DiskImage> {
-    open(
-        path,
-        &OpenOptions {
-            read_only: true,
-            format,
-            allow_outside_paths: false,
-        },
-    )
-    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+    open(path, &OpenOptions { read_only: true, format, allow_outside_paths: false })
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
 }
 
 pub fn open_rw(path: &Path, format: Format) -> Box<dyn DiskImage> {
-    open(
-        path,
-        &OpenOptions {
-            read_only: false,
-            format: Some(format),
-            allow_outside_paths: false,
-        },
-    )
-    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+    open(path, &OpenOptions { read_only: false, format: Some(format), allow_outside_paths: false })
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
 }
 
 /// Reads the whole disk in pieces of odd sizes, so that reads straddle clusters.
