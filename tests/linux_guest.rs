@@ -10,8 +10,9 @@ use std::time::Duration;
 use common::{require_kvm, run};
 
 fn linux_guest() -> bulkhead_linux_guest::LinuxGuest {
-    bulkhead_linux_guest::build(&Default::default())
-        .expect("cannot build the Linux test guest (scripts/install-deps.sh runs `bulkhead image build`)")
+    bulkhead_linux_guest::build(&Default::default()).expect(
+        "cannot build the Linux test guest (scripts/install-deps.sh runs `bulkhead image build`)",
+    )
 }
 
 /// True (after printing why) when this host cannot boot Linux.
