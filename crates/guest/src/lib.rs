@@ -32,6 +32,8 @@ pub mod report;
 #[cfg(bulkhead_guest)]
 mod arch;
 #[cfg(bulkhead_guest)]
+mod cost;
+#[cfg(bulkhead_guest)]
 mod irq;
 #[cfg(bulkhead_guest)]
 mod power;

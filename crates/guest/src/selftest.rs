@@ -57,6 +57,7 @@ pub fn main(start_info: u64) -> ! {
             power::reboot();
         }
         "crash" => arch::crash(),
+        "cost" => crate::cost::run(),
         "fault" => {
             // SAFETY: none; this read is meant to fault (nothing is mapped
             // above 4 GiB) so the fault reporter runs.
