@@ -11,7 +11,7 @@ use core::sync::atomic::Ordering;
 use crate::acpi::{self, Acpi};
 use crate::bootinfo::{self, BootInfo, E820_RAM};
 use crate::cmdline::Cmdline;
-use crate::mem::{Identity, PhysMem};
+use crate::mem::Identity;
 use crate::{arch, bh, irq, power, smp, time, VERSION};
 
 /// Counts checks and failures for the `done` line.
