@@ -120,7 +120,12 @@ pub fn restrict(
         })?;
         created = created.add_rule(PathBeneath::new(fd, rights(rule, meta.is_dir(), is_device)))?;
     }
-    let status = created.all_threads(true)?.restrict_self()?;
+    // Asked only when needed: a kernel that cannot give it (before ABI 8)
+    // would count the request as a partial enforcement.
+    if threads > 1 {
+        created = created.all_threads(true)?;
+    }
+    let status = created.restrict_self()?;
     let mut detail = format!("abi {abi}, {} path{}", paths.len(), plural(paths.len()));
     for extra in extras {
         detail.push_str(", ");

@@ -234,17 +234,20 @@ impl fmt::Display for Report {
     }
 }
 
-/// `ns(mnt,pid,-net; user NOT APPLIED: reason)`, or `None` when no namespace is recorded.
+/// `ns(mnt,pid,-net; ipc,uts NOT APPLIED: reason)`, or `None` when no namespace is recorded.
 fn namespaces_part(layers: &[Layer]) -> Option<String> {
     let mut names = Vec::new();
-    let mut failures = Vec::new();
+    let mut failures: Vec<(&str, Vec<&str>)> = Vec::new();
     for layer in layers {
         let LayerName::Namespace(ns) = layer.name else { continue };
         match &layer.state {
             LayerState::Applied { .. } => names.push(ns.name().to_string()),
             LayerState::Off { .. } => names.push(format!("-{}", ns.name())),
             LayerState::NotApplied { reason } => {
-                failures.push(format!("{} NOT APPLIED: {reason}", ns.name()))
+                match failures.iter_mut().find(|(r, _)| r == reason) {
+                    Some((_, list)) => list.push(ns.name()),
+                    None => failures.push((reason, vec![ns.name()])),
+                }
             }
         }
     }
@@ -252,11 +255,11 @@ fn namespaces_part(layers: &[Layer]) -> Option<String> {
         return None;
     }
     let mut text = names.join(",");
-    for failure in failures {
+    for (reason, list) in failures {
         if !text.is_empty() {
             text.push_str("; ");
         }
-        text.push_str(&failure);
+        text.push_str(&format!("{} NOT APPLIED: {reason}", list.join(",")));
     }
     Some(format!("ns({text})"))
 }
@@ -288,9 +291,10 @@ mod tests {
     fn namespace_failures_are_shown() {
         let mut report = Report::new();
         report.applied(LayerName::Namespace(Namespace::Mount), "");
+        report.not_applied(LayerName::Namespace(Namespace::Uts), "EPERM");
         report.not_applied(LayerName::Namespace(Namespace::Net), "EPERM");
         report.applied(LayerName::NoNewPrivs, "");
-        assert_eq!(report.to_string(), "ns(mnt; net NOT APPLIED: EPERM) nnp");
+        assert_eq!(report.to_string(), "ns(mnt; uts,net NOT APPLIED: EPERM) nnp");
     }
 
     #[test]

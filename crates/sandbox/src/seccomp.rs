@@ -319,7 +319,8 @@ pub fn rules(names: &[&str]) -> Vec<SyscallRule> {
 ///
 /// `clone3` fails with `ENOSYS` (glibc then uses `clone`, whose flags the
 /// filter can check), and `clone` is allowed only for threads and never with a
-/// namespace flag; `prctl` only for naming a thread.
+/// namespace flag; `prctl` only for naming a thread; `fcntl` only for
+/// `F_GETFD` (std checks an fd is open before closing it, in debug builds).
 pub fn runtime() -> Vec<SyscallRule> {
     let mut list = rules(&[
         "read",
@@ -367,6 +368,12 @@ pub fn runtime() -> Vec<SyscallRule> {
     );
     list.push(SyscallRule::errno("clone3", libc::ENOSYS));
     list.push(SyscallRule::allow("prctl").arg_eq(0, libc::PR_SET_NAME as u64));
+    // std's OwnedFd checks in debug builds that the fd it closes is open.
+    list.push(SyscallRule::allow("fcntl").when(ArgCondition::low32(
+        1,
+        ArgOp::Eq,
+        libc::F_GETFD as u64,
+    )));
     list
 }
 

@@ -211,7 +211,8 @@ mod tests {
         assert_eq!(cpu.base, Path::new("/sys/fs/cgroup/cpu"));
         assert!(found.for_controller(Controller::Cpuset).is_none());
         let unified = found.unified().unwrap();
-        assert!(unified.controllers.is_empty(), "hugetlb is not a controller Bulkhead uses");
+        assert_eq!(unified.controllers, vec![Controller::Hugetlb]);
+        assert_eq!(found.for_controller(Controller::Hugetlb), Some(unified));
         assert_eq!(found.list().len(), 5);
     }
 

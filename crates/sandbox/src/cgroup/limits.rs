@@ -7,6 +7,7 @@
 //! | memory       | `memory.limit_in_bytes` (+ `memory.memsw.…`)       | `memory.max` (+ `memory.swap.max` 0) |
 //! | pids         | `pids.max`                                         | `pids.max`               |
 //! | CPU pinning  | `cpuset.cpus`, `cpuset.mems`                       | `cpuset.cpus`, `cpuset.mems` |
+//! | 2 MiB pages  | `hugetlb.2MB.limit_in_bytes`                       | `hugetlb.2MB.max`        |
 //!
 //! The memory limit includes swap (v1 `memsw` equal to the limit, v2
 //! `swap.max` 0) where the host accounts swap, so that a compartment cannot
@@ -45,6 +46,8 @@ pub struct CgroupLimits {
     pub cpus: Option<String>,
     /// Memory nodes to allocate from (`0`); when CPUs are pinned and this is unset, the parent's.
     pub mems: Option<String>,
+    /// Bytes of 2 MiB huge pages (guest memory on huge pages).
+    pub hugetlb_2m_max: Option<u64>,
 }
 
 impl CgroupLimits {
@@ -67,6 +70,9 @@ impl CgroupLimits {
         }
         if self.pids_max.is_some() {
             list.push(Controller::Pids);
+        }
+        if self.hugetlb_2m_max.is_some() {
+            list.push(Controller::Hugetlb);
         }
         list
     }
@@ -148,6 +154,13 @@ pub fn writes(version: Version, limits: &CgroupLimits) -> Vec<LimitWrite> {
     if let Some(max) = limits.pids_max {
         out.push(write(Pids, "pids", "pids.max", max.to_string()));
     }
+    if let Some(bytes) = limits.hugetlb_2m_max {
+        let file = match version {
+            Version::V1 => "hugetlb.2MB.limit_in_bytes",
+            Version::V2 => "hugetlb.2MB.max",
+        };
+        out.push(write(Hugetlb, "hugetlb", file, bytes.to_string()));
+    }
     // Memory nodes first: a cpuset needs both before it takes a task.
     if let Some(mems) = &limits.mems {
         out.push(write(Cpuset, "cpuset", "cpuset.mems", mems.clone()));
@@ -175,6 +188,7 @@ mod tests {
             pids_max: Some(16),
             cpus: Some("0".into()),
             mems: None,
+            hugetlb_2m_max: Some(1 << 30),
         };
         assert_eq!(
             files(Version::V1, &limits),
@@ -185,6 +199,7 @@ mod tests {
                 ("memory.limit_in_bytes", "67108864".into()),
                 ("memory.memsw.limit_in_bytes", "67108864".into()),
                 ("pids.max", "16".into()),
+                ("hugetlb.2MB.limit_in_bytes", "1073741824".into()),
                 ("cpuset.cpus", "0".into()),
             ]
         );
@@ -196,13 +211,20 @@ mod tests {
                 ("memory.max", "67108864".into()),
                 ("memory.swap.max", "0".into()),
                 ("pids.max", "16".into()),
+                ("hugetlb.2MB.max", "1073741824".into()),
                 ("cpuset.cpus", "0".into()),
             ]
         );
         let needed = limits.controllers();
         assert_eq!(
             needed,
-            vec![Controller::Cpu, Controller::Cpuset, Controller::Memory, Controller::Pids]
+            vec![
+                Controller::Cpu,
+                Controller::Cpuset,
+                Controller::Memory,
+                Controller::Pids,
+                Controller::Hugetlb
+            ]
         );
     }
 

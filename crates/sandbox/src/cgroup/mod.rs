@@ -70,6 +70,8 @@ pub enum Controller {
     Memory,
     /// Task count limit.
     Pids,
+    /// Huge-page limit (guest memory backed by huge pages).
+    Hugetlb,
 }
 
 impl Controller {
@@ -81,6 +83,7 @@ impl Controller {
             Controller::Cpuset => "cpuset",
             Controller::Memory => "memory",
             Controller::Pids => "pids",
+            Controller::Hugetlb => "hugetlb",
         }
     }
 
@@ -92,6 +95,7 @@ impl Controller {
             "cpuset" => Some(Controller::Cpuset),
             "memory" => Some(Controller::Memory),
             "pids" => Some(Controller::Pids),
+            "hugetlb" => Some(Controller::Hugetlb),
             _ => None,
         }
     }

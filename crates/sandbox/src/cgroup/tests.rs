@@ -56,6 +56,7 @@ fn v2_enables_controllers_and_writes_limits() {
         pids_max: Some(32),
         cpus: Some("1".into()),
         mems: Some("0".into()),
+        hugetlb_2m_max: None,
     };
     let blk = vm.child("blk0", &limits).unwrap();
     let dir = base.join("vm/blk0");

@@ -11,7 +11,11 @@
 //!    as the parent set it around the clone, until just before `execve`);
 //! 3. `PR_SET_PDEATHSIG(SIGKILL)`, then wait for the parent's go byte: end of
 //!    file means the parent died before the death signal was armed, so exit;
-//! 4. `setsid`, so the terminal's signals go to the core only;
+//! 4. in a new user namespace, once the parent has written its ID maps,
+//!    become the mapped user and group (a new namespace does not change the
+//!    process's IDs, so without this it would be `nobody` inside, with no
+//!    capability after `execve`); then `setsid`, so the terminal's signals go
+//!    to the core only;
 //! 5. move the status pipe and every kept fd above all target numbers, then
 //!    `dup2` each onto its target (this clears close-on-exec);
 //! 6. close every other fd (`close_range`, or a loop on old kernels);
@@ -42,6 +46,8 @@ pub enum Stage {
     CloseFds = 5,
     /// `execve`.
     Exec = 6,
+    /// Becoming root (or the mapped IDs) of the new user namespace.
+    Identity = 7,
 }
 
 impl Stage {
@@ -54,6 +60,7 @@ impl Stage {
             Stage::MoveFd,
             Stage::CloseFds,
             Stage::Exec,
+            Stage::Identity,
         ]
         .into_iter()
         .find(|stage| *stage as u32 == raw)
@@ -68,6 +75,7 @@ impl Stage {
             Stage::MoveFd => "move a kept file descriptor into place",
             Stage::CloseFds => "close the file descriptors it must not keep",
             Stage::Exec => "execute the compartment program",
+            Stage::Identity => "take the user and group IDs mapped in its user namespace",
         }
     }
 }
@@ -101,6 +109,8 @@ pub struct Plan {
     pub status_write: c_int,
     /// Used when `close_range` is missing: close up to here.
     pub fd_limit: c_int,
+    /// In a new user namespace: the user and group IDs to take inside it.
+    pub ids: Option<(libc::uid_t, libc::gid_t)>,
 }
 
 fn errno() -> c_int {
@@ -139,6 +149,14 @@ pub unsafe fn run(plan: &Plan) -> ! {
             fail(plan.status_write, Stage::DeathSignal);
         }
         wait_for_parent(plan);
+        if let Some((uid, gid)) = plan.ids {
+            // Fails (EPERM) where an unprivileged core had to deny setgroups:
+            // then there are no supplementary groups to drop anyway.
+            libc::setgroups(0, std::ptr::null());
+            if libc::setresgid(gid, gid, gid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
+                fail(plan.status_write, Stage::Identity);
+            }
+        }
         if libc::setsid() < 0 {
             fail(plan.status_write, Stage::Session);
         }

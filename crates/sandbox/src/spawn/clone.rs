@@ -82,7 +82,10 @@ fn clone_once(
     }
     let info = format!("{SPAWN_ENV}={}", spawn_env(namespaces, attempt.mount_ns));
     env.push(CString::new(info).map_err(|_| io::ErrorKind::InvalidInput)?);
-    let plan = plan(attempt, &env);
+    let mut plan = plan(attempt, &env);
+    if namespaces.contains(&Namespace::User) {
+        plan.ids = attempt.user.map(|map| (map.inside_uid, map.inside_gid));
+    }
     let flags = namespaces.iter().fold(0u64, |acc, ns| acc | ns.clone_flag());
     loop {
         let mut pidfd: libc::c_int = -1;
@@ -134,6 +137,7 @@ fn plan(attempt: &Attempt<'_>, env: &[CString]) -> Plan {
         status_read,
         status_write,
         fd_limit: fd_limit.min(1 << 20) as libc::c_int,
+        ids: None,
     }
 }
 

@@ -201,6 +201,7 @@ pub fn spawn(command: &Command<'_>, policy: &Policy) -> Result<Compartment, Spaw
         pipes: [&go_read, &go_write, &status_read, &status_write],
         mount_ns,
         legacy: command.legacy_clone,
+        user: policy.namespaces().user,
     };
     let (pid, pidfd, created, refused) = clone_best(&mut attempt, &wanted, policy.enforcement())?;
     drop((go_read, status_write));
@@ -400,6 +401,7 @@ struct Attempt<'p> {
     pipes: [&'p OwnedFd; 4],
     mount_ns: u64,
     legacy: bool,
+    user: Option<IdMap>,
 }
 
 mod clone;
