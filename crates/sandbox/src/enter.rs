@@ -135,10 +135,22 @@ pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
     };
     layers.set(LayerName::Rlimits, rlimits)?;
 
-    layers.set(
-        LayerName::Capabilities,
-        LayerState::Applied { detail: caps::drop_all(policy.identity())? },
-    )?;
+    let dropped = caps::drop_all(policy.identity())?;
+    // Capability sets belong to each thread: the others keep theirs.
+    let caps = if threads > 1 {
+        LayerState::NotApplied {
+            reason: format!(
+                "dropped for the calling thread only: the {} other thread{} keep{} theirs \
+                 (capabilities are per thread); call enter() before starting threads",
+                threads - 1,
+                if threads == 2 { "" } else { "s" },
+                if threads == 2 { "s" } else { "" },
+            ),
+        }
+    } else {
+        LayerState::Applied { detail: dropped }
+    };
+    layers.set(LayerName::Capabilities, caps)?;
 
     let landlock =
         landlock_rules::restrict(&paths, policy.landlock_tcp(), policy.landlock_scope(), threads)?;

@@ -156,8 +156,9 @@ pub fn kill_mode_kills_on_a_denied_call() {
     assert_eq!(exit.signal(), Some(libc::SIGSYS), "exit {exit}");
 }
 
-/// TSYNC: a thread started before enter() is filtered too. Landlock (ABI 7
-/// here) cannot restrict it, and the report says so.
+/// TSYNC: a thread started before enter() is filtered too. Its capabilities
+/// (per thread) stay, and Landlock (ABI 7 here) cannot restrict it: the report
+/// says both.
 pub fn filter_covers_threads_started_before() {
     let files = Files::new();
     let listener = listener();
@@ -166,6 +167,7 @@ pub fn filter_covers_threads_started_before() {
     assert_sandboxed_status(&status);
     assert_eq!(answers.get("early_thread_uname"), "EPERM");
     let report = answers.get("report");
+    assert!(report.contains("caps(NOT APPLIED: dropped for the calling thread only"), "{report}");
     let abi = bulkhead_sandbox::landlock_rules::kernel_abi().unwrap();
     if abi < 8 {
         assert!(report.contains("landlock(NOT APPLIED: only the calling thread"), "{report}");
@@ -174,12 +176,9 @@ pub fn filter_covers_threads_started_before() {
     }
 }
 
-/// In required mode, a layer that cannot be applied is an error.
-pub fn required_mode_refuses_a_partial_landlock() {
-    if bulkhead_sandbox::landlock_rules::kernel_abi().unwrap_or(0) >= 8 {
-        println!("    (Landlock ABI 8 restricts every thread: nothing to refuse here)");
-        return;
-    }
+/// In required mode, a layer that cannot be applied is an error: here the
+/// capabilities of a thread started before enter(), which stay its own.
+pub fn required_mode_refuses_a_thread_it_cannot_restrict() {
     let files = Files::new();
     let listener = listener();
     let probe = Probe { thread_before: true, required: true, ..files.probe(&listener) };
@@ -189,7 +188,7 @@ pub fn required_mode_refuses_a_partial_landlock() {
     let answers = Answers::read(&ours);
     let error = answers.get("enter_error");
     assert!(
-        error.contains("layer landlock could not be applied and the policy requires it"),
+        error.contains("layer caps could not be applied and the policy requires it"),
         "{error}"
     );
     assert_eq!(compartment.wait().unwrap().code(), Some(3));

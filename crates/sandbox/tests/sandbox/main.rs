@@ -30,8 +30,8 @@ const TESTS: &[Test] = &[
         confinement::filter_covers_threads_started_before,
     ),
     (
-        "confinement::required_mode_refuses_a_partial_landlock",
-        confinement::required_mode_refuses_a_partial_landlock,
+        "confinement::required_mode_refuses_a_thread_it_cannot_restrict",
+        confinement::required_mode_refuses_a_thread_it_cannot_restrict,
     ),
     ("confinement::network_layers_each_block_tcp", confinement::network_layers_each_block_tcp),
     ("confinement::data_limit_allows_guest_memory", confinement::data_limit_allows_guest_memory),
