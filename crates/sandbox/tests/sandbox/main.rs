@@ -71,11 +71,8 @@ fn main() {
         }
         return;
     }
-    let filters: Vec<&String> = args[1..].iter().filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<&Test> = TESTS
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
-        .collect();
+    let options = Options::parse(&args[1..]);
+    let selected: Vec<&Test> = TESTS.iter().filter(|(name, _)| options.selects(name)).collect();
     println!("\nrunning {} tests", selected.len());
     // SAFETY: geteuid has no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -106,5 +103,45 @@ fn main() {
             println!("    {name}");
         }
         std::process::exit(101);
+    }
+}
+
+/// The libtest options that make sense here: filters, `--skip`, `--exact`,
+/// `--ignored` (there is no ignored test); the others are accepted and
+/// ignored, with their values.
+struct Options {
+    filters: Vec<String>,
+    skip: Vec<String>,
+    exact: bool,
+    ignored: bool,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Options {
+        const WITH_VALUE: &[&str] =
+            &["--test-threads", "--color", "--format", "-Z", "--logfile", "--shuffle-seed"];
+        let mut options =
+            Options { filters: Vec::new(), skip: Vec::new(), exact: false, ignored: false };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--skip" => options.skip.extend(args.next().cloned()),
+                "--exact" => options.exact = true,
+                "--ignored" => options.ignored = true,
+                a if WITH_VALUE.contains(&a) => {
+                    args.next();
+                }
+                a if a.starts_with('-') => {}
+                filter => options.filters.push(filter.to_string()),
+            }
+        }
+        options
+    }
+
+    fn selects(&self, name: &str) -> bool {
+        let matches = |f: &String| if self.exact { name == f } else { name.contains(f.as_str()) };
+        !self.ignored
+            && (self.filters.is_empty() || self.filters.iter().any(matches))
+            && !self.skip.iter().any(|s| name.contains(s.as_str()))
     }
 }
