@@ -206,7 +206,9 @@ pub fn spawn(command: &Command<'_>, policy: &Policy) -> Result<Compartment, Spaw
     let (pid, pidfd, created, refused) = clone_best(&mut attempt, &wanted, policy.enforcement())?;
     drop((go_read, status_write));
     let mut compartment = Compartment::new(pid, pidfd, cgroup);
-    start_child(&mut compartment, policy.namespaces().user, go_write, status_read)?;
+    // Best effort may have dropped the user namespace: then there is no map to write.
+    let user = policy.namespaces().user.filter(|_| created.contains(&Namespace::User));
+    start_child(&mut compartment, user, go_write, status_read)?;
 
     let cgroup_state = compartment.cgroup().map(Cgroup::state);
     let report = compartment.report_mut();
@@ -225,9 +227,11 @@ pub fn spawn(command: &Command<'_>, policy: &Policy) -> Result<Compartment, Spaw
             report.off(layer, "the policy shares the host's");
         }
     }
-    if let Some(state) = cgroup_state {
-        report.set(LayerName::Cgroup, state);
-    }
+    report.set(
+        LayerName::Cgroup,
+        cgroup_state
+            .unwrap_or(LayerState::Off { reason: "the policy sets no cgroup limit".into() }),
+    );
     Ok(compartment)
 }
 
