@@ -20,7 +20,7 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
     /// A `prctl` or `capset` call failed.
-    #[error("could not {what}: {source}")]
+    #[error("could not {what}")]
     Call {
         /// What was being done.
         what: &'static str,

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use crate::caps::{self, CapsError};
 use crate::landlock_rules::{self, LandlockError};
 use crate::policy::{Enforcement, PathRule, Policy};
-use crate::report::{LayerName, LayerState, Namespace, Report};
+use crate::report::{with_causes, LayerName, LayerState, Namespace, Report};
 use crate::rlimits::RlimitError;
 use crate::root;
 use crate::seccomp::{self, SeccompError};
@@ -28,7 +28,7 @@ pub enum EnterError {
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
     /// A listed path does not exist.
-    #[error("the policy lists {path}, which cannot be resolved: {source}")]
+    #[error("the policy lists {path}, which cannot be resolved: fix the path or create it")]
     Path {
         /// The path.
         path: PathBuf,
@@ -36,8 +36,8 @@ pub enum EnterError {
         source: std::io::Error,
     },
     /// `PR_SET_NO_NEW_PRIVS` failed.
-    #[error("could not set no_new_privs: {0}")]
-    NoNewPrivs(std::io::Error),
+    #[error("could not set no_new_privs")]
+    NoNewPrivs(#[source] std::io::Error),
     /// A resource limit failed.
     #[error(transparent)]
     Rlimit(#[from] RlimitError),
@@ -121,7 +121,8 @@ pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
             Ok(detail) => LayerState::Applied { detail },
             // What was done before the failure only hides more of the host.
             Err(e) => {
-                LayerState::NotApplied { reason: format!("{e}; Landlock guards the host's root") }
+                let reason = format!("{}; Landlock guards the host's root", with_causes(&e));
+                LayerState::NotApplied { reason }
             }
         }
     };

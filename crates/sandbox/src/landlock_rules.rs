@@ -28,7 +28,7 @@ const TESTED_ABI: ABI = ABI::V7;
 #[derive(Debug, thiserror::Error)]
 pub enum LandlockError {
     /// A listed path cannot be opened.
-    #[error("the policy lists {path}, which cannot be opened: {source}")]
+    #[error("the policy lists {path}, which cannot be opened: fix the path or create it")]
     Path {
         /// The path.
         path: String,
@@ -36,7 +36,7 @@ pub enum LandlockError {
         source: std::io::Error,
     },
     /// The Landlock crate or kernel refused the ruleset.
-    #[error("Landlock refused the ruleset: {0}")]
+    #[error("Landlock refused the ruleset")]
     Ruleset(#[from] landlock::RulesetError),
 }
 

@@ -264,6 +264,18 @@ fn namespaces_part(layers: &[Layer]) -> Option<String> {
     Some(format!("ns({text})"))
 }
 
+/// An error and its causes, `: `-separated, for a report's reason.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +319,15 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.to_string(), "cgroup(v1: pids) rlimits(core 0)");
         assert!(a.is_complete());
+    }
+
+    #[test]
+    fn reasons_carry_the_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("could not mount")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::from_raw_os_error(libc::EPERM));
+        assert!(with_causes(&e).starts_with("could not mount: Operation not permitted"));
     }
 
     #[test]

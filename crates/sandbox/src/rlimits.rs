@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 #[derive(Debug, thiserror::Error)]
 pub enum RlimitError {
     /// `setrlimit` failed.
-    #[error("could not set {name} to {value}: {source}")]
+    #[error("could not set {name} to {value}")]
     Set {
         /// The limit's name.
         name: &'static str,

@@ -32,7 +32,7 @@ use crate::policy::{Access, PathRule};
 
 /// Errors of the empty-root layer.
 #[derive(Debug, thiserror::Error)]
-#[error("could not {step} {}: {source}", path.display())]
+#[error("could not {step} {}", path.display())]
 pub struct RootError {
     step: &'static str,
     path: PathBuf,

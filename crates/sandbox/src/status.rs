@@ -12,7 +12,7 @@ use crate::report::Namespace;
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     /// The file could not be read (the process may have exited).
-    #[error("could not read {path}: {source}")]
+    #[error("could not read {path} (has the process exited?)")]
     Read {
         /// The file.
         path: PathBuf,

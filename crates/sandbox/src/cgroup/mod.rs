@@ -39,7 +39,7 @@ use crate::report::LayerState;
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// A cgroup file or directory could not be used.
-    #[error("could not use {path}: {source}")]
+    #[error("could not use {path}")]
     Io {
         /// The file or directory.
         path: PathBuf,

@@ -50,7 +50,7 @@ pub enum SpawnError {
     #[error("the compartment command is unusable: {0}")]
     Command(String),
     /// A pipe, `/dev/null` or the parent's namespace could not be opened.
-    #[error("could not {what}: {source}")]
+    #[error("could not {what}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -58,12 +58,12 @@ pub enum SpawnError {
         source: io::Error,
     },
     /// `clone3`/`clone` failed.
-    #[error("could not start the compartment process: {0}")]
-    Clone(io::Error),
+    #[error("could not start the compartment process")]
+    Clone(#[source] io::Error),
     /// The kernel refused the namespaces and the policy requires them.
     #[error(
-        "the kernel refused to create the namespaces {namespaces} ({source}) and the policy \
-         requires them: run the core as root, or give the policy a user namespace"
+        "the kernel refused to create the namespaces {namespaces} and the policy requires \
+         them: run the core as root, or give the policy a user namespace"
     )]
     Namespaces {
         /// The namespaces asked for.
@@ -72,7 +72,7 @@ pub enum SpawnError {
         source: io::Error,
     },
     /// The child failed before `execve` (or in it).
-    #[error("the compartment process could not {}: {source}", stage.doing())]
+    #[error("the compartment process could not {}", stage.doing())]
     Child {
         /// The step that failed.
         stage: Stage,
@@ -80,7 +80,7 @@ pub enum SpawnError {
         source: io::Error,
     },
     /// Writing the user namespace's ID maps failed.
-    #[error("could not write {path} for the compartment's user namespace: {source}")]
+    #[error("could not write {path} for the compartment's user namespace")]
     IdMap {
         /// The map file.
         path: PathBuf,
