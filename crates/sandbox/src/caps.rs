@@ -1,0 +1,204 @@
+//! The capability layer: a compartment started by a root core gives up every
+//! capability, in every set, for good.
+//!
+//! Order matters, because each step needs a capability a later step removes:
+//! 1. clear the ambient set;
+//! 2. drop every capability from the bounding set (needs `CAP_SETPCAP`), so
+//!    that no `execve` can bring one back;
+//! 3. lock the securebits `NOROOT`, `NO_SETUID_FIXUP` and `KEEP_CAPS` off
+//!    (needs `CAP_SETPCAP`), so that being UID 0 grants nothing on `execve`;
+//! 4. optionally change to an unprivileged user and group
+//!    ([`Identity`], needs `CAP_SETUID`/`CAP_SETGID`);
+//! 5. empty the effective, permitted and inheritable sets (`capset`).
+//!
+//! Each step's outcome is checked: a step the process had no capability for
+//! is reported in the detail, and the final sets are read back with `capget`.
+
+use std::io;
+
+/// Errors of the capability layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CapsError {
+    /// A `prctl` or `capset` call failed.
+    #[error("could not {what}")]
+    Call {
+        /// What was being done.
+        what: &'static str,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// Capabilities remain after dropping.
+    #[error(
+        "capabilities remain after dropping them (effective {effective:#x}, permitted \
+         {permitted:#x}): the compartment must not run like this"
+    )]
+    Remaining {
+        /// The effective set read back.
+        effective: u64,
+        /// The permitted set read back.
+        permitted: u64,
+    },
+}
+
+/// A user and group to become (setresuid/setresgid, no supplementary groups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// User ID.
+    pub uid: u32,
+    /// Group ID.
+    pub gid: u32,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// The capability sets of the calling thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapSets {
+    /// Effective set.
+    pub effective: u64,
+    /// Permitted set.
+    pub permitted: u64,
+    /// Inheritable set.
+    pub inheritable: u64,
+}
+
+/// Reads the calling thread's capability sets.
+pub fn get() -> io::Result<CapSets> {
+    let mut header = CapHeader { version: CAP_VERSION_3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two CapData (version 3) to `data`, which has room for them.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok(CapSets {
+        effective: join(data[0].effective, data[1].effective),
+        permitted: join(data[0].permitted, data[1].permitted),
+        inheritable: join(data[0].inheritable, data[1].inheritable),
+    })
+}
+
+fn set_empty() -> io::Result<()> {
+    let mut header = CapHeader { version: CAP_VERSION_3, pid: 0 };
+    let data = [CapData::default(); 2];
+    // SAFETY: capset reads two CapData (version 3) from `data`.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<libc::c_int> {
+    // SAFETY: the prctl options used here take integer arguments only.
+    let rc = unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// Whether capability `cap` is in the bounding set (`None` past the last capability).
+fn in_bounding_set(cap: u32) -> Option<bool> {
+    prctl(libc::PR_CAPBSET_READ, cap.into()).ok().map(|rc| rc == 1)
+}
+
+/// Drops every capability, optionally becoming `identity` on the way;
+/// returns the report detail (`none`, or `none, securebits not locked: …`).
+pub fn drop_all(identity: Option<Identity>) -> Result<String, CapsError> {
+    let mut notes = Vec::new();
+    if let Err(e) = prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong) {
+        // EINVAL: a kernel before 4.3 has no ambient set to clear.
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(CapsError::Call { what: "clear the ambient capabilities", source: e });
+        }
+    }
+    let mut cap = 0;
+    while let Some(present) = in_bounding_set(cap) {
+        if present {
+            match prctl(libc::PR_CAPBSET_DROP, cap.into()) {
+                Ok(_) => {}
+                // Without CAP_SETPCAP the set stays; no_new_privs keeps execve from using it.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    notes.push("bounding set kept (no CAP_SETPCAP)".to_string());
+                    break;
+                }
+                Err(source) => {
+                    return Err(CapsError::Call { what: "drop from the bounding set", source })
+                }
+            }
+        }
+        cap += 1;
+    }
+    let bits = libc::SECBIT_NOROOT
+        | libc::SECBIT_NOROOT_LOCKED
+        | libc::SECBIT_NO_SETUID_FIXUP
+        | libc::SECBIT_NO_SETUID_FIXUP_LOCKED
+        | libc::SECBIT_KEEP_CAPS_LOCKED;
+    if let Err(e) = prctl(libc::PR_SET_SECUREBITS, bits as libc::c_ulong) {
+        notes.push(format!("securebits not locked ({e})"));
+    }
+    if let Some(id) = identity {
+        become_identity(id)?;
+        notes.push(format!("uid {} gid {}", id.uid, id.gid));
+    }
+    set_empty().map_err(|source| CapsError::Call { what: "empty the capability sets", source })?;
+    let sets = get().map_err(|source| CapsError::Call { what: "read capabilities", source })?;
+    if sets.effective != 0 || sets.permitted != 0 || sets.inheritable != 0 {
+        return Err(CapsError::Remaining { effective: sets.effective, permitted: sets.permitted });
+    }
+    let mut detail = String::from("none");
+    for note in notes {
+        detail.push_str(", ");
+        detail.push_str(&note);
+    }
+    Ok(detail)
+}
+
+fn become_identity(id: Identity) -> Result<(), CapsError> {
+    // SAFETY: setgroups with size 0 reads no memory.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        let source = io::Error::last_os_error();
+        return Err(CapsError::Call { what: "clear the supplementary groups", source });
+    }
+    // SAFETY: plain integer arguments.
+    if unsafe { libc::setresgid(id.gid, id.gid, id.gid) } != 0 {
+        let source = io::Error::last_os_error();
+        return Err(CapsError::Call { what: "change group ID", source });
+    }
+    // SAFETY: plain integer arguments.
+    if unsafe { libc::setresuid(id.uid, id.uid, id.uid) } != 0 {
+        let source = io::Error::last_os_error();
+        return Err(CapsError::Call { what: "change user ID", source });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_capabilities() {
+        let sets = get().unwrap();
+        // Whatever this process holds, effective is a subset of permitted.
+        assert_eq!(sets.effective & !sets.permitted, 0);
+        assert!(in_bounding_set(0).is_some());
+        assert_eq!(in_bounding_set(200), None);
+    }
+}

@@ -1,0 +1,142 @@
+//! The core's handle on a running compartment.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use crate::cgroup::Cgroup;
+use crate::report::Report;
+use crate::status::{ProcStatus, StatusError};
+
+/// A started compartment: its host PID, a pidfd to wait on with epoll, the
+/// report of what `spawn` applied, and its cgroup.
+///
+/// The compartment is PID 1 of its PID namespace when it has one: it then
+/// ignores every signal it has no handler for, except `SIGKILL` (and
+/// `SIGSTOP`) — stop it with [`Compartment::kill`]. Dropping the handle kills
+/// and reaps a compartment still running, then removes its cgroup.
+#[derive(Debug)]
+pub struct Compartment {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    report: Report,
+    cgroup: Option<Cgroup>,
+    exit: Option<ExitStatus>,
+}
+
+impl Compartment {
+    pub(super) fn new(pid: i32, pidfd: Option<OwnedFd>, cgroup: Option<Cgroup>) -> Compartment {
+        Compartment { pid, pidfd, report: Report::new(), cgroup, exit: None }
+    }
+
+    /// The host PID.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The pidfd (readable when the compartment exits), if the kernel gave one.
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// What `spawn` applied: namespaces and cgroup.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    pub(super) fn report_mut(&mut self) -> &mut Report {
+        &mut self.report
+    }
+
+    /// The compartment's cgroup, if its policy has cgroup limits.
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup.as_ref()
+    }
+
+    /// Reads the compartment's sandbox from outside (`/proc/PID/status`, `/proc/PID/ns`).
+    pub fn status(&self) -> Result<ProcStatus, StatusError> {
+        ProcStatus::read(self.pid)
+    }
+
+    /// Sends `signal` (through the pidfd when there is one, so never to a recycled PID).
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        if self.exit.is_some() {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        let rc = match &self.pidfd {
+            // SAFETY: a pidfd we own, a signal number, no siginfo, no flags.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                )
+            },
+            // SAFETY: plain integers; the PID is ours until we reap it.
+            None => (unsafe { libc::kill(self.pid, signal) }) as libc::c_long,
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Kills the compartment (`SIGKILL`).
+    pub fn kill(&self) -> io::Result<()> {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Waits for the compartment to exit, reaps it and removes its cgroup.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self.reap(0)? {
+            Some(status) => Ok(status),
+            None => Err(io::Error::other("waitpid returned without a status")),
+        }
+    }
+
+    /// Reaps the compartment if it has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.reap(libc::WNOHANG)
+    }
+
+    fn reap(&mut self, flags: i32) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.exit {
+            return Ok(Some(status));
+        }
+        let mut raw = 0;
+        let rc = loop {
+            // SAFETY: waits for our own child, writing its status to `raw`.
+            let rc = unsafe { libc::waitpid(self.pid, &mut raw, flags) };
+            if rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break rc;
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if rc == 0 {
+            return Ok(None);
+        }
+        let status = ExitStatus::from_raw(raw);
+        self.exit = Some(status);
+        if let Some(cgroup) = self.cgroup.take() {
+            // Removal retries while the exiting tasks leave; an empty
+            // directory left behind holds no process and no limit in force.
+            let _ = cgroup.remove();
+        }
+        Ok(Some(status))
+    }
+}
+
+impl Drop for Compartment {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.kill();
+            let _ = self.wait();
+        }
+    }
+}
