@@ -25,9 +25,14 @@
 
 pub mod acpi;
 pub mod bootinfo;
+pub mod bump;
 pub mod cmdline;
+pub mod histogram;
 pub mod mem;
+pub mod packet;
+pub mod pattern;
 pub mod report;
+pub mod virtio;
 
 #[cfg(bulkhead_guest)]
 mod arch;
