@@ -29,6 +29,7 @@ pub mod bump;
 pub mod cmdline;
 pub mod histogram;
 pub mod mem;
+pub mod options;
 pub mod packet;
 pub mod pattern;
 pub mod report;
@@ -36,6 +37,8 @@ pub mod virtio;
 
 #[cfg(bulkhead_guest)]
 mod arch;
+#[cfg(bulkhead_guest)]
+mod devices;
 #[cfg(bulkhead_guest)]
 mod irq;
 #[cfg(bulkhead_guest)]
@@ -48,6 +51,8 @@ mod selftest;
 mod smp;
 #[cfg(bulkhead_guest)]
 mod time;
+#[cfg(bulkhead_guest)]
+mod work;
 
 /// The guest's version, printed on its ready line.
 pub const VERSION: &str = "0.1.0";

@@ -10,7 +10,17 @@
 //!
 //! This module holds the numbers the specification (virtio 1.2) fixes.
 
+#[cfg(bulkhead_guest)]
+pub mod blk;
+#[cfg(bulkhead_guest)]
+pub mod mmio;
+#[cfg(bulkhead_guest)]
+pub mod net;
+#[cfg(bulkhead_guest)]
+pub mod queue;
 pub mod ring;
+#[cfg(bulkhead_guest)]
+pub mod rng;
 
 /// Device IDs (section 5).
 pub const ID_NET: u32 = 1;
@@ -85,13 +95,4 @@ pub mod net_spec {
     pub const HDR_LEN: usize = 12;
     pub const RX_QUEUE: u16 = 0;
     pub const TX_QUEUE: u16 = 1;
-}
-
-/// Formats a feature word for reports: `0x...`.
-pub struct Hex(pub u64);
-
-impl core::fmt::Display for Hex {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
 }
