@@ -167,6 +167,7 @@ impl Blk {
         len: u32,
         now: u64,
     ) -> Result<(), IoError> {
+        self.queue.check()?;
         let s = *self.slots.get(slot).ok_or(IoError::TooBig)?;
         if s.busy || (op != Op::Flush && (len > s.cap || len == 0)) {
             return Err(IoError::TooBig);
@@ -200,7 +201,7 @@ impl Blk {
             done += piece;
         }
         bufs[n] = Buf { addr: s.meta + 16, len: 1, writable: true };
-        let head = self.queue.push(&bufs[..=n]).ok_or(IoError::TooBig)?;
+        let head = self.queue.push(&bufs[..=n])?;
         self.head_slot[usize::from(head)] = slot as u8;
         self.slots[slot].busy = true;
         self.slots[slot].started = now;

@@ -249,7 +249,8 @@ impl Transport {
 
     /// Acknowledges both interrupt causes (used buffer, configuration
     /// change) without reading InterruptStatus, which vhost-user devices
-    /// may not keep: QEMU's devices hold their line up until acknowledged.
+    /// may not keep: QEMU's devices hold their line up until acknowledged
+    /// (see `queue`'s docs for when the driver does this).
     pub fn ack_interrupts(&self) {
         self.write(R_INTERRUPT_ACK, 3);
     }

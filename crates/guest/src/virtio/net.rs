@@ -106,7 +106,7 @@ impl Net {
 
     fn post_rx(&mut self, buf: u16) {
         let addr = self.rx_base + u64::from(buf) * u64::from(BUF_BYTES);
-        if let Some(head) = self.rx.push(&[Buf { addr, len: BUF_BYTES, writable: true }]) {
+        if let Ok(head) = self.rx.push(&[Buf { addr, len: BUF_BYTES, writable: true }]) {
             self.rx_buf[usize::from(head)] = buf;
         }
     }
@@ -184,10 +184,11 @@ impl Net {
         if len == 0 {
             return Ok(false);
         }
-        let Some(head) =
-            self.tx.push(&[Buf { addr, len: (HDR_LEN + len) as u32, writable: false }])
-        else {
-            return Ok(false);
+        let head = match self.tx.push(&[Buf { addr, len: (HDR_LEN + len) as u32, writable: false }])
+        {
+            Ok(head) => head,
+            Err(IoError::TooBig) => return Ok(false),
+            Err(e) => return Err(e),
         };
         self.tx_buf[usize::from(head)] = buf;
         self.tx_nfree -= 1;

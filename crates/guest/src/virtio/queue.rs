@@ -17,8 +17,16 @@
 //!   check (`Wait` does that), so an interrupt that lands between the look
 //!   and the halt is never lost. It never reads InterruptStatus (vhost-user
 //!   devices may not keep it): every wake-up is followed by a look at the
-//!   used ring, and InterruptACK is written blind so that devices that hold
-//!   a level-triggered line (QEMU's) lower it.
+//!   used ring.
+//!
+//! Interrupts are routed edge-triggered. Bulkhead's are MSIs, one per
+//! signal; QEMU's microvm holds a level-triggered line up until the driver
+//! writes InterruptACK, but raises it again on every notification, which
+//! KVM's I/O APIC turns into an edge each time. So the driver does not
+//! acknowledge every interrupt (that MMIO exit to the VMM costs ~25 us per
+//! request under QEMU on KVM-PVM); it writes InterruptACK only when a wait
+//! has made no progress for 100 ms, so that a device whose line is stuck up
+//! gets a fresh edge for its next completion.
 //!
 //! Every wait has a deadline on the TSC. A periodic local APIC timer wakes a
 //! halted CPU (see `irq::wake_start`), and every 100 ms of waiting the
@@ -50,6 +58,8 @@ pub enum IoError {
     Ring(RingError),
     /// The request does not fit the queue or the driver's limits.
     TooBig,
+    /// An earlier error left the device in an unknown state.
+    Broken,
 }
 
 impl core::fmt::Display for IoError {
@@ -59,6 +69,9 @@ impl core::fmt::Display for IoError {
             IoError::NeedsReset => write!(f, "the device set DEVICE_NEEDS_RESET"),
             IoError::Ring(e) => write!(f, "{e}"),
             IoError::TooBig => write!(f, "the request does not fit in the queue"),
+            IoError::Broken => {
+                write!(f, "an earlier request on this device failed; the guest gave up on it")
+            }
         }
     }
 }
@@ -71,6 +84,9 @@ pub struct Queue {
     completion: Completion,
     /// QueueNotify writes made.
     pub notifies: u64,
+    /// Set when the device timed out, asked for a reset or broke the ring's
+    /// rules: the queue takes no more requests (the device gets FAILED).
+    broken: bool,
 }
 
 impl Queue {
@@ -81,7 +97,7 @@ impl Queue {
         completion: Completion,
     ) -> Queue {
         ring.set_interrupts(matches!(completion, Completion::Irq(_)));
-        Queue { ring, transport, index, completion, notifies: 0 }
+        Queue { ring, transport, index, completion, notifies: 0, broken: false }
     }
 
     pub fn size(&self) -> u16 {
@@ -97,8 +113,28 @@ impl Queue {
     }
 
     /// Queues a chain (not yet visible to the device: see [`Queue::kick`]).
-    pub fn push(&mut self, bufs: &[Buf]) -> Option<u16> {
-        self.ring.push(bufs)
+    pub fn push(&mut self, bufs: &[Buf]) -> Result<u16, IoError> {
+        if self.broken {
+            return Err(IoError::Broken);
+        }
+        self.ring.push(bufs).ok_or(IoError::TooBig)
+    }
+
+    /// `Err(Broken)` once the driver gave up on the device.
+    pub fn check(&self) -> Result<(), IoError> {
+        if self.broken {
+            return Err(IoError::Broken);
+        }
+        Ok(())
+    }
+
+    /// Gives up on the device after `e`; returns `e`.
+    fn give_up(&mut self, e: IoError) -> IoError {
+        if !self.broken {
+            self.broken = true;
+            self.transport.fail();
+        }
+        e
     }
 
     /// Publishes the chains pushed so far and notifies the device if it
@@ -112,12 +148,21 @@ impl Queue {
 
     /// The next finished chain, if any.
     pub fn pop(&mut self) -> Option<Result<Used, IoError>> {
-        self.ring.pop().map(|r| r.map_err(IoError::Ring))
+        if self.broken {
+            return Some(Err(IoError::Broken));
+        }
+        match self.ring.pop()? {
+            Ok(used) => Some(Ok(used)),
+            Err(e) => Some(Err(self.give_up(IoError::Ring(e)))),
+        }
     }
 
     /// Waits until the device has returned a chain or `deadline` (TSC)
     /// passes; see the module docs.
     pub fn wait(&mut self, deadline: u64) -> Result<(), IoError> {
+        if self.broken {
+            return Err(IoError::Broken);
+        }
         let check_every = time::deadline_ms(100) - rdtsc();
         loop {
             let until = rdtsc().saturating_add(check_every).min(deadline);
@@ -132,19 +177,20 @@ impl Queue {
                     if self.ring.has_used() || time::passed(until) {
                         break;
                     }
-                    if irq::wait_for(vector, seen, until) != seen {
-                        self.transport.ack_interrupts();
-                    }
+                    irq::wait_for(vector, seen, until);
                 },
             }
             if self.ring.has_used() {
                 return Ok(());
             }
+            if let Completion::Irq(_) = self.completion {
+                self.transport.ack_interrupts();
+            }
             if self.transport.needs_reset() {
-                return Err(IoError::NeedsReset);
+                return Err(self.give_up(IoError::NeedsReset));
             }
             if time::passed(deadline) {
-                return Err(IoError::Timeout);
+                return Err(self.give_up(IoError::Timeout));
             }
         }
     }

@@ -50,8 +50,7 @@ impl Rng {
         if want == 0 {
             return Ok(0);
         }
-        let id = self.queue.push(&[Buf { addr: self.buf, len: want, writable: true }]);
-        id.ok_or(IoError::TooBig)?;
+        self.queue.push(&[Buf { addr: self.buf, len: want, writable: true }])?;
         self.queue.kick();
         loop {
             match self.queue.pop() {

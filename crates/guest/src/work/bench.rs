@@ -55,8 +55,9 @@ impl Offsets {
 struct Run {
     o: BlkBench,
     offsets: Offsets,
-    /// Per slot: when its operation began, and whether its flush is next.
+    /// Per slot: when its operation began, where, and whether it is flushing.
     began: [u64; MAX_SLOTS],
+    offset: [u64; MAX_SLOTS],
     flushing: [bool; MAX_SLOTS],
     submitted: u64,
     done: u64,
@@ -77,6 +78,7 @@ impl Run {
         let offset = self.offsets.next();
         blk.submit(slot, op, offset, self.o.bs as u32, now)?;
         self.began[slot] = now;
+        self.offset[slot] = offset;
         self.flushing[slot] = false;
         self.submitted += 1;
         Ok(())
@@ -90,8 +92,16 @@ impl Run {
             let now = rdtsc();
             any = true;
             if done.status != S_OK {
-                let op = if self.flushing[done.slot] { "flush" } else { "request" };
-                return Err(Fail::Status { op, offset: 0, status: done.status });
+                let op = match (self.flushing[done.slot], self.o.mode.writes()) {
+                    (true, _) => "flush",
+                    (false, true) => "write",
+                    (false, false) => "read",
+                };
+                return Err(Fail::Status {
+                    op,
+                    offset: self.offset[done.slot],
+                    status: done.status,
+                });
             }
             if self.o.flush && !self.flushing[done.slot] {
                 blk.submit(done.slot, Op::Flush, 0, 0, now)?;
@@ -135,6 +145,7 @@ pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
         o,
         offsets,
         began: [0; MAX_SLOTS],
+        offset: [0; MAX_SLOTS],
         flushing: [false; MAX_SLOTS],
         submitted: 0,
         done: 0,

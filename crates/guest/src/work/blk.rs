@@ -21,6 +21,7 @@ use crate::report::{per_second, Fixed};
 use crate::time;
 use crate::virtio::blk::{Blk, Info, Op};
 use crate::virtio::blk_spec::{status_name, S_OK};
+use crate::virtio::queue::IoError;
 
 use super::{Ctx, Fail};
 
@@ -37,6 +38,12 @@ fn span(info: &Info, bytes: Option<u64>) -> Result<u64, Fail> {
         return Err(Fail::Text("bulkhead.bytes is not a multiple of the disk's block size"));
     }
     Ok(bytes)
+}
+
+/// The first `len` bytes of slot 0's buffer (absent only if an earlier
+/// request on the device never finished).
+fn buffer(blk: &mut Blk, len: u32) -> Result<&mut [u8], Fail> {
+    blk.data(0).get_mut(..len as usize).ok_or(Fail::Io(IoError::Broken))
 }
 
 /// Runs one request and checks its status.
@@ -73,7 +80,7 @@ pub fn verify(ctx: &mut Ctx, write: bool) -> Result<(), Fail> {
     if write {
         for offset in (0..bytes).step_by(o.bs as usize) {
             let len = (bytes - offset).min(o.bs) as u32;
-            pattern::fill(&mut blk.data(0)[..len as usize], o.seed, offset);
+            pattern::fill(buffer(blk, len)?, o.seed, offset);
             request(blk, Op::Write, offset, len, timeout_ms)?;
             requests += 1;
         }
@@ -84,12 +91,10 @@ pub fn verify(ctx: &mut Ctx, write: bool) -> Result<(), Fail> {
     }
     for offset in (0..bytes).step_by(o.bs as usize) {
         let len = (bytes - offset).min(o.bs) as u32;
-        blk.data(0)[..len as usize].fill(0);
+        buffer(blk, len)?.fill(0);
         request(blk, Op::Read, offset, len, timeout_ms)?;
         requests += 1;
-        if let Some((at, want, got)) =
-            pattern::first_mismatch(&blk.data(0)[..len as usize], o.seed, offset)
-        {
+        if let Some((at, want, got)) = pattern::first_mismatch(buffer(blk, len)?, o.seed, offset) {
             return Err(Fail::Mismatch { offset: at, want, got });
         }
     }
@@ -124,18 +129,16 @@ pub fn read_only(ctx: &mut Ctx) -> Result<(), Fail> {
     blk.buffers(1, 2 * bs, bump)?;
     request(blk, Op::Read, 0, bs, timeout_ms)?;
     // Keep the original in the second half; write its complement.
-    let data = blk.data(0);
-    let (before, scratch) = data.split_at_mut(bs as usize);
-    scratch[..bs as usize].copy_from_slice(before);
+    let (before, scratch) = buffer(blk, 2 * bs)?.split_at_mut(bs as usize);
+    scratch.copy_from_slice(before);
     before.iter_mut().for_each(|b| *b = !*b);
     let status = blk.run(0, Op::Write, 0, bs, time::deadline_ms(timeout_ms))?;
     if status == S_OK {
         return Err(Fail::Text("a write to the read-only disk succeeded"));
     }
     request(blk, Op::Read, 0, bs, timeout_ms)?;
-    let data = blk.data(0);
-    let (after, original) = data.split_at(bs as usize);
-    if after != &original[..bs as usize] {
+    let (after, original) = buffer(blk, 2 * bs)?.split_at(bs as usize);
+    if after != original {
         return Err(Fail::Text("the refused write changed the disk"));
     }
     bh!(

@@ -212,7 +212,13 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), Fail> {
         NetMode::Tx => tx(&mut stack, &o, end, limit, timeout_ms)?,
     };
     let ns = time::ticks_to_ns(rdtsc() - start);
-    bh!("check name=net-bench status={} mode={}", ctx.checks.record(ok), mode_name(o.mode));
+    let answered = stack.answered;
+    bh!(
+        "check name=net-bench status={} mode={} answered={}",
+        ctx.checks.record(ok),
+        mode_name(o.mode),
+        answered
+    );
     figures.report(&o, ns);
     Ok(())
 }
