@@ -10,14 +10,8 @@ step() { printf '\n=== %s\n' "$*"; }
 step "prerequisites"
 scripts/install-deps.sh
 
-step "format"
-cargo fmt --all --check
-
-step "lints"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-# The built-in guest's bare-metal code is only compiled for the guest.
-CARGO_TARGET_DIR=target/guest-clippy RUSTFLAGS="--cfg bulkhead_guest" \
-    cargo clippy -p bulkhead-guest --lib --locked -- -D warnings
+step "format and lints"
+scripts/lint.sh
 
 step "tests"
 if [[ -d /sys/module/kvm_pvm ]]; then

@@ -58,6 +58,7 @@ pub fn run(opts: &Options) -> anyhow::Result<i32> {
         }
     }
     print_table(opts, &subjects, &boots, &mems);
+    print_costs(&subjects)?;
     let _ = std::fs::remove_file(&guest_file);
     Ok(0)
 }
@@ -188,6 +189,35 @@ fn print_table(opts: &Options, subjects: &[Subject], boots: &[Vec<Boot>], mems: 
             med(1, &|b| b.exit_ms) / med(0, &|b| b.exit_ms)
         );
     }
+}
+
+/// The built-in guest's own measurements of its mechanisms (`cost`
+/// workload, each a median of batches) under each VMM.
+fn print_costs(subjects: &[Subject]) -> anyhow::Result<()> {
+    println!();
+    println!("Inside the guest (`bulkhead.run=cost`, medians of 15 batches, ns per operation):");
+    println!();
+    println!(
+        "| VMM | ud2 system call | port-I/O exit to the VMM | MMIO exit to the VMM (from ring 3) |"
+    );
+    println!("|---|---|---|---|");
+    for s in subjects {
+        let out =
+            (s.make)("bulkhead.run=cost").stderr(Stdio::null()).stdin(Stdio::null()).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("BH result workload=cost")).unwrap_or("");
+        let field = |k: &str| {
+            line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("-").to_string()
+        };
+        println!(
+            "| {} | {} | {} | {} |",
+            s.name,
+            field("syscall_ns="),
+            field("pio_exit_ns="),
+            field("mmio_exit_ns=")
+        );
+    }
+    Ok(())
 }
 
 fn fmt(s: Option<Summary>) -> String {

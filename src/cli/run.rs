@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use bulkhead_core::boot::KernelSource;
+use bulkhead_core::virtio::{DeviceKind, ExternalBackend};
 use bulkhead_core::VmConfig;
 use clap::Args;
 
@@ -27,9 +28,29 @@ pub struct RunArgs {
     /// Boot a Linux kernel even where this host cannot run one (KVM-PVM).
     #[arg(long)]
     pub force: bool,
-    /// Say how the VM ended on stderr.
+    /// Attach an external vhost-user backend: KIND,socket=PATH (KIND: blk, net, rng).
+    #[arg(long = "vhost-user", value_name = "KIND,socket=PATH")]
+    pub vhost_user: Vec<String>,
+    /// Describe the devices at start and say how the VM ended, on stderr.
     #[arg(long, short)]
     pub verbose: bool,
+}
+
+/// Parses `KIND,socket=PATH`.
+fn external_backend(spec: &str, index: usize) -> anyhow::Result<ExternalBackend> {
+    let mut parts = spec.split(',');
+    let kind = match parts.next() {
+        Some("blk") => DeviceKind::Block,
+        Some("net") => DeviceKind::Net,
+        Some("rng") => DeviceKind::Rng,
+        other => {
+            anyhow::bail!("--vhost-user {spec}: unknown device kind {other:?}; use blk, net or rng")
+        }
+    };
+    let socket = parts
+        .find_map(|p| p.strip_prefix("socket="))
+        .ok_or_else(|| anyhow::anyhow!("--vhost-user {spec}: give the socket as socket=PATH"))?;
+    Ok(ExternalBackend { kind, name: format!("{}{index}", kind.name()), socket: socket.into() })
 }
 
 impl TryFrom<&RunArgs> for VmConfig {
@@ -55,6 +76,10 @@ impl TryFrom<&RunArgs> for VmConfig {
         config.console_input = true;
         config.handle_signals = true;
         config.force = args.force;
+        config.verbose = args.verbose;
+        for (i, spec) in args.vhost_user.iter().enumerate() {
+            config.devices.push(Box::new(external_backend(spec, i)?));
+        }
         Ok(config)
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::boot::KernelSource;
 use crate::legacy::serial::ConsoleSink;
+use crate::virtio::Backend;
 
 /// The command line Linux kernels get unless the user gives one.
 pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off";
@@ -27,6 +28,10 @@ pub struct VmConfig {
     pub handle_signals: bool,
     /// Boot a foreign kernel even on a host that cannot run it.
     pub force: bool,
+    /// Virtio devices, each with its backend (a compartment or a thread).
+    pub devices: Vec<Box<dyn Backend>>,
+    /// Describe each device's backend on stderr at start.
+    pub verbose: bool,
 }
 
 impl VmConfig {
@@ -42,6 +47,8 @@ impl VmConfig {
             console_input: false,
             handle_signals: false,
             force: false,
+            devices: Vec::new(),
+            verbose: false,
         }
     }
 }

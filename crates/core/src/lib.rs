@@ -14,6 +14,7 @@
 //! - [`boot`]: kernel loading, boot protocols, ACPI tables.
 //! - [`bus`], [`legacy`]: exit dispatch and the core's own devices.
 //! - [`irq`]: the split irqchip's I/O APIC and interrupt routes.
+//! - [`virtio`]: the virtio-mmio transport and the vhost-user frontend.
 //! - [`host`], [`exit`], [`config`]: the host's KVM, how VMs end, configuration.
 
 pub mod boot;
@@ -27,6 +28,7 @@ pub mod layout;
 pub mod legacy;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 pub use config::VmConfig;

@@ -63,7 +63,7 @@ fn check_size(size: u64, host: Option<u64>) -> Result<(), MemoryError> {
     if size < MIN_MEMORY {
         return Err(MemoryError::TooSmall(size));
     }
-    if size % 4096 != 0 {
+    if !size.is_multiple_of(4096) {
         return Err(MemoryError::Unaligned(size));
     }
     let limit = host.unwrap_or(MAX_MEMORY).min(MAX_MEMORY);

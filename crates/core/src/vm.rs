@@ -12,7 +12,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{self, BootSpec, Kernel, KernelKind};
+use crate::boot::{self, BootSpec, Kernel, KernelKind, MmioDevice};
 use crate::bus::Bus;
 use crate::config::{VmConfig, DEFAULT_LINUX_CMDLINE};
 use crate::cpu;
@@ -24,6 +24,7 @@ use crate::legacy::power::{AcpiPower, I8042Reset};
 use crate::legacy::serial::SerialConsole;
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{VcpuShared, VcpuThread};
+use crate::virtio::attach::{attach_all, cmdline_entries, AttachError};
 
 /// The most vCPUs a VM may have (xAPIC IDs in the MADT are 8-bit).
 pub const MAX_CPUS: u8 = 254;
@@ -38,6 +39,8 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
     #[error("{kernel} is not the built-in guest but (presumably) a Linux kernel, and this host's KVM is {host}: guest kernel code runs in an instruction emulator here and stock Linux does not boot. Run the built-in guest (no --kernel), use a host with VT-x/AMD-V, or pass --force to try anyway")]
     ForeignKernelOnPvm { kernel: String, host: &'static str },
     #[error("--cpus must be between 1 and {max}, not {given}")]
@@ -61,19 +64,27 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
     let host = HostKind::detect();
     let kvm = host::open_kvm()?;
     let kernel = Kernel::open(&config.kernel)?;
-    let max = MAX_CPUS.min(kvm.get_max_vcpus().min(usize::from(MAX_CPUS)) as u8);
-    if config.cpus == 0 || config.cpus > max {
-        return Err(VmError::Cpus { given: config.cpus.into(), max });
-    }
-    let ram = GuestRam::new(config.memory)?;
+    check_cpus(&kvm, config.cpus)?;
+    let ram = Arc::new(GuestRam::new(config.memory)?);
     let vm = create_vm(&kvm, &ram)?;
-    let cmdline = config.cmdline.clone().unwrap_or_else(|| default_cmdline(kernel.kind));
+    let exit = ExitLatch::new().map_err(io("create the exit event"))?;
+    let mut devices = core_devices(&vm, &exit, config.console)?;
+    let virtio = attach_all(&vm, &ram, &devices.ioapic, &mut devices.mmio, config.devices)?;
+    if config.verbose {
+        for d in &virtio {
+            eprintln!(
+                "bulkhead: {} at {:#x} irq {}: {}",
+                d.name, d.window.base, d.window.irq, d.description
+            );
+        }
+    }
+    let windows: Vec<_> = virtio.iter().map(|d| d.window).collect();
     let spec = BootSpec {
         kernel: &kernel,
         initrd: config.initrd.clone(),
-        cmdline,
+        cmdline: full_cmdline(config.cmdline.as_deref(), kernel.kind, &windows),
         cpus: config.cpus,
-        devices: Vec::new(),
+        devices: windows,
     };
     let entry = boot::load(&ram.memory, ram.size, &spec)?;
     // Refused only once it loaded, so that a malformed image is reported as such.
@@ -83,9 +94,6 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
             host: host.describe(),
         });
     }
-
-    let exit = ExitLatch::new().map_err(io("create the exit event"))?;
-    let devices = core_devices(&vm, &exit, config.console)?;
     let serial = devices.serial.clone();
     let shared = VcpuShared {
         pio: Arc::new(devices.pio),
@@ -100,8 +108,32 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
     for t in threads {
         t.stop();
     }
+    drop(virtio); // ends the backends: compartments are killed, threads stopped
     result?;
     Ok(exit.get().unwrap_or(VmExit::Error("the VM stopped without a reason".into())))
+}
+
+fn check_cpus(kvm: &Kvm, cpus: u8) -> Result<(), VmError> {
+    let max = MAX_CPUS.min(kvm.get_max_vcpus().min(usize::from(MAX_CPUS)) as u8);
+    if cpus == 0 || cpus > max {
+        return Err(VmError::Cpus { given: cpus.into(), max });
+    }
+    Ok(())
+}
+
+/// The kernel's command line: the user's (or the default), plus, for the
+/// built-in guest, the virtio-mmio devices (Linux finds them in ACPI).
+fn full_cmdline(given: Option<&str>, kind: KernelKind, devices: &[MmioDevice]) -> String {
+    let base = given.map_or_else(|| default_cmdline(kind), str::to_string);
+    if kind != KernelKind::BuiltIn || devices.is_empty() {
+        return base;
+    }
+    let entries = cmdline_entries(devices);
+    if base.is_empty() {
+        entries
+    } else {
+        format!("{base} {entries}")
+    }
 }
 
 fn default_cmdline(kind: KernelKind) -> String {
@@ -305,6 +337,16 @@ mod tests {
     #[test]
     fn builtin_guest_gets_an_empty_default_cmdline() {
         assert_eq!(default_cmdline(KernelKind::BuiltIn), "");
+        let dev = [MmioDevice { base: 0xd000_0000, size: 0x1000, irq: 5 }];
+        assert_eq!(
+            full_cmdline(Some("x"), KernelKind::BuiltIn, &dev),
+            "x virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert_eq!(
+            full_cmdline(None, KernelKind::BuiltIn, &dev),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert_eq!(full_cmdline(Some("x"), KernelKind::BzImage, &dev), "x");
         assert!(default_cmdline(KernelKind::BzImage).contains("console=ttyS0"));
     }
 }

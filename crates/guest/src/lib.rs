@@ -38,6 +38,8 @@ pub mod virtio;
 #[cfg(bulkhead_guest)]
 mod arch;
 #[cfg(bulkhead_guest)]
+mod cost;
+#[cfg(bulkhead_guest)]
 mod devices;
 #[cfg(bulkhead_guest)]
 mod irq;

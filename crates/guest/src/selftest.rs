@@ -5,7 +5,8 @@
 //! Workloads here: `selftest` (every check below, and every virtio device
 //! brought up and described), `boot` (nothing: the ready and done lines are
 //! the boot benchmark), `reboot` (done, then reset), `fault` (a page fault
-//! in ring 3, reported), `crash` (a triple fault). The device workloads are
+//! in ring 3, reported), `crash` (a triple fault), `cost` (what system calls
+//! and exits cost, see [`crate::cost`]). The device workloads are
 //! in [`crate::work`]. With `bulkhead.hold_ms=N` the guest waits N ms before
 //! powering off.
 
@@ -48,6 +49,7 @@ pub fn main(start_info: u64) -> ! {
                 power::reboot();
             }
             "crash" => arch::crash(),
+            "cost" => crate::cost::run(),
             "fault" => {
                 // SAFETY: none; this read is meant to fault (nothing is mapped
                 // above 4 GiB) so the fault reporter runs.

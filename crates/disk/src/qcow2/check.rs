@@ -74,7 +74,7 @@ impl Checker<'_> {
             if host == 0 {
                 continue;
             }
-            if host % self.cs() != 0 {
+            if !host.is_multiple_of(self.cs()) {
                 self.error(format!(
                     "an L2 entry points at offset {host:#x}, which is not aligned to a cluster"
                 ));
@@ -100,7 +100,7 @@ impl Checker<'_> {
             if l2 == 0 {
                 continue;
             }
-            if l2 % self.cs() != 0 || l2.saturating_add(self.cs()) > self.file_len {
+            if !l2.is_multiple_of(self.cs()) || l2.saturating_add(self.cs()) > self.file_len {
                 self.error(format!(
                     "an L2 table at offset {l2:#x} is misaligned or lies past the end of the file"
                 ));

@@ -172,7 +172,7 @@ impl Header {
                     h.header_length
                 )));
             }
-            if h.header_length % 8 != 0 {
+            if !h.header_length.is_multiple_of(8) {
                 return Err(bad(format!(
                     "its header length {} is not a multiple of 8",
                     h.header_length
@@ -317,7 +317,8 @@ impl Header {
         if l1.1 > 0 && ranges_overlap(l1, rt) {
             return Err(bad("its L1 table and refcount table overlap".into()));
         }
-        if self.nb_snapshots > 0 && (self.snapshots_offset % cs != 0 || self.snapshots_offset == 0)
+        if self.nb_snapshots > 0
+            && (!self.snapshots_offset.is_multiple_of(cs) || self.snapshots_offset == 0)
         {
             return Err(bad(format!(
                 "its snapshot table offset {:#x} is not a non-zero multiple of the cluster size",

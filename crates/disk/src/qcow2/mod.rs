@@ -211,7 +211,7 @@ impl Qcow2 {
             return Ok(Cluster::Compressed { host, sectors });
         }
         let host = entry & OFFSET_MASK;
-        if host % self.cs() != 0 {
+        if !host.is_multiple_of(self.cs()) {
             return Err(DiskError::corrupt(
                 self.file.path(),
                 format!(

@@ -29,17 +29,23 @@ pub enum Sys {
     Cpuid = 12,
 }
 
-/// Enters ring 0 through `ud2`; the handler preserves every other register.
+/// Enters ring 0 through `ud2`. Like a function call, it may clobber the
+/// caller-saved registers, which spares ring 0 (emulated on KVM-PVM) from
+/// saving and restoring them.
 #[inline(always)]
 pub fn syscall(nr: Sys, a0: u64, a1: u64, a2: u64) -> u64 {
     let ret: u64;
     // SAFETY: `ud2` traps to the #UD handler in boot.s, which recognises the
     // instruction, performs call `nr` with the arguments in rdi/rsi/rdx and
-    // resumes after the `ud2` with the result in rax, restoring all other
-    // registers. Memory the call reads (write's buffer) is borrowed by the
-    // caller for the duration of the instruction.
+    // resumes after the `ud2` with the result in rax; it touches no other
+    // registers than those declared clobbered here, and no memory but what
+    // the call's arguments point to (borrowed by the caller for its
+    // duration). The red zone is safe: the trap switches to the ring-0 stack.
     unsafe {
-        asm!("ud2", inout("rax") nr as u64 => ret, in("rdi") a0, in("rsi") a1, in("rdx") a2,
+        asm!("ud2",
+             inout("rax") nr as u64 => ret,
+             inout("rdi") a0 => _, inout("rsi") a1 => _, inout("rdx") a2 => _,
+             out("rcx") _, out("r8") _, out("r9") _, out("r10") _, out("r11") _,
              options(nostack));
     }
     ret
