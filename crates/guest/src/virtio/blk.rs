@@ -233,6 +233,11 @@ impl Blk {
         self.queue.wait(deadline)
     }
 
+    /// QueueNotify writes and interrupts so far.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.queue.notifies, self.queue.interrupts())
+    }
+
     /// Requests in flight.
     pub fn in_flight(&self) -> u16 {
         self.queue.outstanding()

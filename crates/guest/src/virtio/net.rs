@@ -198,6 +198,11 @@ impl Net {
         Ok(true)
     }
 
+    /// QueueNotify writes (both queues) and interrupts so far.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.rx.notifies + self.tx.notifies, self.rx.interrupts())
+    }
+
     /// Makes queued frames visible to the device.
     pub fn kick_tx(&mut self) {
         self.tx.kick();

@@ -120,6 +120,15 @@ impl Queue {
         self.ring.push(bufs).ok_or(IoError::TooBig)
     }
 
+    /// Interrupts taken on this queue's vector so far (0 when polling; a
+    /// vector is shared by all queues of a device).
+    pub fn interrupts(&self) -> u64 {
+        match self.completion {
+            Completion::Poll => 0,
+            Completion::Irq(vector) => irq::count(vector),
+        }
+    }
+
     /// `Err(Broken)` once the driver gave up on the device.
     pub fn check(&self) -> Result<(), IoError> {
         if self.broken {

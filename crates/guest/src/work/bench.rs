@@ -152,6 +152,7 @@ pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
         end_tsc: time::deadline_ms(ms),
         hist: Histogram::new(),
     };
+    let counters = blk.counters();
     let start = rdtsc();
     for slot in 0..qd {
         if r.more(start) {
@@ -167,16 +168,19 @@ pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
         }
     }
     let ns = time::ticks_to_ns(rdtsc() - start);
-    report(ctx, &r, ns);
+    let (kicks, irqs) = blk.counters();
+    report(ctx, &r, ns, (kicks - counters.0, irqs - counters.1));
     Ok(())
 }
 
-fn report(ctx: &mut Ctx, r: &Run, ns: u64) {
+/// Prints the check and result lines; `counters` are the QueueNotify
+/// writes and interrupts during the run.
+fn report(ctx: &mut Ctx, r: &Run, ns: u64, counters: (u64, u64)) {
     let us = |ticks: u64| Fixed(time::ticks_to_ns(ticks) / 100, 1);
     let o = &r.o;
     bh!("check name=blk-bench status={} ops={} errors=0", ctx.checks.record(r.done > 0), r.done);
     bh!(
-        "result workload=blk-bench disk={} mode={} bs={} qd={} flush={} ops={} seconds={} iops={} mib_s={} p50_us={} p99_us={} max_us={}",
+        "result workload=blk-bench disk={} mode={} bs={} qd={} flush={} ops={} seconds={} iops={} mib_s={} p50_us={} p99_us={} max_us={} kicks={} irqs={}",
         o.disk,
         o.mode.name(),
         o.bs,
@@ -188,6 +192,8 @@ fn report(ctx: &mut Ctx, r: &Run, ns: u64) {
         Fixed(per_second(r.done * o.bs, ns, 1) >> 20, 1),
         us(r.hist.percentile(500)),
         us(r.hist.percentile(990)),
-        us(r.hist.max())
+        us(r.hist.max()),
+        counters.0,
+        counters.1
     );
 }

@@ -206,12 +206,15 @@ pub fn bench(ctx: &mut Ctx) -> Result<(), Fail> {
         Length::Millis(ms) => (time::deadline_ms(ms), u64::MAX),
         Length::Ops(n) => (u64::MAX, n),
     };
+    let counters = stack.net.counters();
     let start = rdtsc();
-    let (figures, ok) = match o.mode {
+    let (mut figures, ok) = match o.mode {
         NetMode::PingPong => pingpong(&mut stack, end, limit, timeout_ms)?,
         NetMode::Tx => tx(&mut stack, &o, end, limit, timeout_ms)?,
     };
     let ns = time::ticks_to_ns(rdtsc() - start);
+    let now = stack.net.counters();
+    figures.counters = (now.0 - counters.0, now.1 - counters.1);
     let answered = stack.answered;
     bh!(
         "check name=net-bench status={} mode={} answered={}",
@@ -235,6 +238,8 @@ struct Figures {
     sent: u64,
     packets: u64,
     hist: Histogram,
+    /// QueueNotify writes and interrupts during the run.
+    counters: (u64, u64),
 }
 
 impl Figures {
@@ -243,22 +248,26 @@ impl Figures {
         let pps = per_second(self.packets, ns, 0);
         match o.mode {
             NetMode::PingPong => bh!(
-                "result workload=net-bench mode=pingpong seconds={} sent={} packets={} pps={} p50_us={} p99_us={} max_us={}",
+                "result workload=net-bench mode=pingpong seconds={} sent={} packets={} pps={} p50_us={} p99_us={} max_us={} kicks={} irqs={}",
                 seconds,
                 self.sent,
                 self.packets,
                 pps,
                 us(self.hist.percentile(500)),
                 us(self.hist.percentile(990)),
-                us(self.hist.max())
+                us(self.hist.max()),
+                self.counters.0,
+                self.counters.1
             ),
             NetMode::Tx => bh!(
-                "result workload=net-bench mode=tx size={} seconds={} packets={} pps={} mib_s={}",
+                "result workload=net-bench mode=tx size={} seconds={} packets={} pps={} mib_s={} kicks={} irqs={}",
                 o.size,
                 seconds,
                 self.packets,
                 pps,
-                Fixed(per_second(self.packets * o.size, ns, 1) >> 20, 1)
+                Fixed(per_second(self.packets * o.size, ns, 1) >> 20, 1),
+                self.counters.0,
+                self.counters.1
             ),
         }
     }
@@ -270,7 +279,7 @@ fn pingpong(
     limit: u64,
     timeout_ms: u64,
 ) -> Result<(Figures, bool), Fail> {
-    let mut f = Figures { sent: 0, packets: 0, hist: Histogram::new() };
+    let mut f = Figures { sent: 0, packets: 0, hist: Histogram::new(), counters: (0, 0) };
     while f.sent < limit && rdtsc() < end {
         f.sent += 1;
         if let Some(rtt) = stack.ping(f.sent as u16, timeout_ms)? {
@@ -294,7 +303,7 @@ fn tx(
         b[UDP_PAYLOAD..UDP_PAYLOAD + size].fill(0x5a);
         packet::udp(b, me, peer, (SOURCE_PORT, DISCARD_PORT), size)
     };
-    let mut f = Figures { sent: 0, packets: 0, hist: Histogram::new() };
+    let mut f = Figures { sent: 0, packets: 0, hist: Histogram::new(), counters: (0, 0) };
     let before = stack.net.tx_done;
     while f.sent < limit && rdtsc() < end {
         stack.net.reclaim()?;
