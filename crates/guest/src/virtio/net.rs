@@ -76,6 +76,8 @@ impl Net {
             rx_dropped: 0,
             tx_done: 0,
         };
+        // Transmit buffers are reaped lazily: no interrupt per sent frame.
+        net.tx.set_interrupts(false);
         for (i, slot) in net.tx_free[..tx_n as usize].iter_mut().enumerate() {
             *slot = i as u16;
         }
@@ -220,6 +222,9 @@ impl Net {
 
     /// Waits for the device to return a transmit buffer.
     pub fn wait_tx(&mut self, deadline: u64) -> Result<(), IoError> {
-        self.tx.wait(deadline)
+        self.tx.set_interrupts(true);
+        let r = self.tx.wait(deadline);
+        self.tx.set_interrupts(false);
+        r
     }
 }

@@ -104,6 +104,17 @@ impl Queue {
         self.ring.size()
     }
 
+    /// With interrupt completion, whether the device should interrupt for
+    /// this queue: a queue the driver reaps lazily (transmit) needs an
+    /// interrupt only while the driver waits on it. [`Queue::wait`] looks
+    /// at the used ring before it halts, so a completion that came while
+    /// interrupts were off is not missed.
+    pub fn set_interrupts(&mut self, on: bool) {
+        if let Completion::Irq(_) = self.completion {
+            self.ring.set_interrupts(on);
+        }
+    }
+
     pub fn free_descriptors(&self) -> u16 {
         self.ring.free_descriptors()
     }
