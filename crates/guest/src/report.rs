@@ -6,7 +6,8 @@
 //!
 //! - `BH ready guest=bulkhead version=V cpu=0 protocol=pvh`: first line, as
 //!   soon as the guest runs; the boot benchmark's readiness point;
-//! - `BH memory ...`, `BH initrd ...`, `BH cpus ...`, `BH virtio ...`: facts;
+//! - `BH memory ...`, `BH initrd ...`, `BH cpus ...`, `BH virtio ...`,
+//!   `BH net ...`: facts;
 //! - `BH check name=N status=ok|fail ...`: one per check;
 //! - `BH result workload=W ...`: a workload's figures;
 //! - `BH fault ...`, `BH panic text=...`: the guest broke;
