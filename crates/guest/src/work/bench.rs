@@ -123,7 +123,10 @@ pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
     let timeout_ms = ctx.common()?.timeout_ms;
     let (blk, bump) = ctx.devices().blk(o.disk)?;
     let info = *blk.info();
-    let bytes = o.bytes.unwrap_or(info.capacity).min(info.capacity);
+    let bytes = o.bytes.unwrap_or(info.capacity);
+    if bytes > info.capacity {
+        return Err(Fail::Text("bulkhead.bytes is larger than the disk"));
+    }
     if bytes < o.bs {
         return Err(Fail::Text("the disk (or bulkhead.bytes) is smaller than one request"));
     }
