@@ -50,6 +50,8 @@ pub struct Found {
     pub mmio: VirtioMmio,
     pub source: Source,
     pub probe: Result<Option<Transport>, InitError>,
+    /// The device ID (0 if none answered).
+    pub id: u32,
 }
 
 /// A device's driver, once started. (The variants differ in size; they live
@@ -138,7 +140,11 @@ impl Devices {
                 continue;
             }
             let probe = Transport::probe(mmio.base);
-            d.found[d.count] = Some(Found { mmio, source, probe });
+            let id = match probe {
+                Ok(Some(t)) => t.device_id(),
+                _ => 0,
+            };
+            d.found[d.count] = Some(Found { mmio, source, probe, id });
             d.count += 1;
         }
         if let Some(a) = acpi {
@@ -156,24 +162,27 @@ impl Devices {
     /// Index of the `n`-th device with `id`.
     fn nth(&self, id: u32, n: usize) -> Option<usize> {
         (0..self.count)
-            .filter(|&i| matches!(self.found[i], Some(Found { probe: Ok(Some(t)), .. }) if t.device_id() == id))
+            .filter(|&i| matches!(self.found[i], Some(Found { probe: Ok(Some(_)), id: found, .. }) if found == id))
             .nth(n)
     }
 
     /// Starts device `i`'s driver if it has not been started.
     pub fn start(&mut self, i: usize) -> Result<&mut Driver, DevError> {
-        let Some(Found { probe: Ok(Some(t)), mmio, .. }) = self.found.get(i).copied().flatten()
+        let Some(Found { probe: Ok(Some(t)), mmio, id, .. }) = self.found.get(i).copied().flatten()
         else {
             return Err(DevError::Missing("mmio", i));
         };
         if matches!(self.drivers[i], Driver::NotStarted) {
+            if ![ID_BLOCK, ID_NET, ID_RNG].contains(&id) {
+                self.drivers[i] = Driver::Failed(InitError::NoDriver);
+                return Err(DevError::Init(InitError::NoDriver));
+            }
             let completion = self.completion(i, mmio.irq)?;
             let bump = &mut self.bump;
-            self.drivers[i] = match t.device_id() {
+            self.drivers[i] = match id {
                 ID_BLOCK => Blk::new(t, completion, bump).map(Driver::Blk),
                 ID_NET => Net::new(t, completion, bump).map(Driver::Net),
-                ID_RNG => Rng::new(t, completion, bump).map(Driver::Rng),
-                _ => Err(InitError::NoDriver),
+                _ => Rng::new(t, completion, bump).map(Driver::Rng),
             }
             .unwrap_or_else(Driver::Failed);
         }

@@ -262,7 +262,7 @@ fn check_virtio(ctx: &mut Ctx) {
                 continue;
             }
         };
-        let id = t.device_id();
+        let id = f.id;
         bh!(
             "virtio index={} base={:#x} size={} irq={} source={} device={} id={} vendor={:#x} features={:#x}",
             i,
