@@ -21,7 +21,7 @@ use super::ring::{Buf, MAX_QUEUE};
 /// The most requests in flight.
 pub const MAX_SLOTS: usize = 64;
 /// The most data descriptors in one request.
-const MAX_SEGS: usize = 16;
+const MAX_SEGS: usize = 64;
 
 /// What a request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
