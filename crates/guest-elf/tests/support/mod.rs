@@ -66,16 +66,19 @@ impl Drop for TempDir {
     }
 }
 
-/// The built-in guest written to a file once per test process.
+/// The built-in guest written to a file once per test process, in Cargo's
+/// scratch directory for tests (written under a private name, then renamed,
+/// so concurrent test processes never see half a file).
 pub fn guest_elf() -> &'static Path {
-    static ELF: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
-    &ELF.get_or_init(|| {
-        let dir = TempDir::new("elf");
-        let path = dir.path("guest.elf");
-        std::fs::write(&path, bulkhead_guest_elf::GUEST_ELF).expect("write the guest ELF");
-        (dir, path)
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join("bulkhead-guest.elf");
+        let partial = dir.join(format!("bulkhead-guest.elf.{}", std::process::id()));
+        std::fs::write(&partial, bulkhead_guest_elf::GUEST_ELF).expect("write the guest ELF");
+        std::fs::rename(&partial, &path).expect("move the guest ELF into place");
+        path
     })
-    .1
 }
 
 /// One QEMU microvm run of the guest.
