@@ -55,5 +55,4 @@ pub fn run() {
         mmio_ns,
         add_ps
     );
-    bh!("done status=ok checks=0 failed=0");
 }

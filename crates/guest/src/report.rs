@@ -6,7 +6,8 @@
 //!
 //! - `BH ready guest=bulkhead version=V cpu=0 protocol=pvh`: first line, as
 //!   soon as the guest runs; the boot benchmark's readiness point;
-//! - `BH memory ...`, `BH initrd ...`, `BH cpus ...`, `BH virtio ...`: facts;
+//! - `BH memory ...`, `BH initrd ...`, `BH cpus ...`, `BH virtio ...`,
+//!   `BH net ...`: facts;
 //! - `BH check name=N status=ok|fail ...`: one per check;
 //! - `BH result workload=W ...`: a workload's figures;
 //! - `BH fault ...`, `BH panic text=...`: the guest broke;
@@ -72,6 +73,29 @@ impl fmt::Write for Line {
     }
 }
 
+/// Displays `value / 10^digits` with `digits` decimals, so figures need no
+/// floating point: `Fixed(12345, 3)` shows as `12.345`.
+pub struct Fixed(pub u64, pub u32);
+
+impl fmt::Display for Fixed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scale = 10u64.pow(self.1);
+        if self.1 == 0 {
+            return write!(f, "{}", self.0);
+        }
+        write!(f, "{}.{:0width$}", self.0 / scale, self.0 % scale, width = self.1 as usize)
+    }
+}
+
+/// `count` events over `ns` nanoseconds, per second, scaled by `10^digits`
+/// (for [`Fixed`]); 0 if no time passed.
+pub fn per_second(count: u64, ns: u64, digits: u32) -> u64 {
+    if ns == 0 {
+        return 0;
+    }
+    (u128::from(count) * 1_000_000_000 * u128::from(10u64.pow(digits)) / u128::from(ns)) as u64
+}
+
 /// Prints one report line: `bh!("check name={} status=ok", name)`.
 #[cfg(bulkhead_guest)]
 #[macro_export]
@@ -94,6 +118,17 @@ mod tests {
         let name = "memory";
         write!(line, "check name={name} status=ok text=a\nb").unwrap();
         assert_eq!(line.finish(), b"BH check name=memory status=ok text=a?b\n");
+    }
+
+    #[test]
+    fn fixed_point_figures() {
+        assert_eq!(Fixed(12345, 3).to_string(), "12.345");
+        assert_eq!(Fixed(5, 1).to_string(), "0.5");
+        assert_eq!(Fixed(1002, 3).to_string(), "1.002");
+        assert_eq!(Fixed(7, 0).to_string(), "7");
+        assert_eq!(per_second(500, 250_000_000, 0), 2000);
+        assert_eq!(per_second(1, 3_000_000_000, 1), 3); // 0.3/s
+        assert_eq!(per_second(1, 0, 0), 0);
     }
 
     #[test]

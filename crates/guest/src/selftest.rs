@@ -1,37 +1,26 @@
 //! The guest's main program: check what the VMM handed over, run the
-//! workload named by `bulkhead.run=` (default `selftest`) and power off.
+//! workloads named by `bulkhead.run=` (comma-separated, in order; default
+//! `selftest`), print `BH done` and power off.
 //!
-//! Workloads: `selftest` (every check below), `boot` (ready line, then power
-//! off: the boot benchmark), `reboot` (ready, then reset), `fault` (a page
-//! fault in ring 3, reported), `crash` (a triple fault). With
-//! `bulkhead.hold_ms=N` the guest waits N ms before powering off.
+//! Workloads here: `selftest` (every check below, and every virtio device
+//! brought up and described), `boot` (nothing: the ready and done lines are
+//! the boot benchmark), `reboot` (done, then reset), `fault` (a page fault
+//! in ring 3, reported), `crash` (a triple fault), `cost` (what system calls
+//! and exits cost, see [`crate::cost`]). The device workloads are
+//! in [`crate::work`]. With `bulkhead.hold_ms=N` the guest waits N ms before
+//! powering off.
 
 use core::sync::atomic::Ordering;
 
 use crate::acpi::{self, Acpi};
 use crate::bootinfo::{self, BootInfo, E820_RAM};
 use crate::cmdline::Cmdline;
+use crate::devices::{DevError, Driver, Found};
 use crate::mem::Identity;
-use crate::{arch, bh, irq, power, smp, time, VERSION};
-
-/// Counts checks and failures for the `done` line.
-#[derive(Default)]
-struct Checks {
-    run: u32,
-    failed: u32,
-}
-
-impl Checks {
-    fn record(&mut self, ok: bool) -> &'static str {
-        self.run += 1;
-        if ok {
-            "ok"
-        } else {
-            self.failed += 1;
-            "fail"
-        }
-    }
-}
+use crate::virtio::mmio::InitError;
+use crate::work::{self, Checks, Ctx};
+use crate::{arch, bh, irq, power, smp, time, virtio, VERSION};
+use core::fmt::Write as _;
 
 pub fn main(start_info: u64) -> ! {
     bh!("ready guest=bulkhead version={} protocol=pvh apic={}", VERSION, arch::apic_id());
@@ -50,25 +39,36 @@ pub fn main(start_info: u64) -> ! {
         power::set_fadt(fadt);
     }
     let (tsc_khz, source) = time::init();
-    match cmdline.get("bulkhead.run").unwrap_or("selftest") {
-        "boot" => bh!("done status=ok checks=0 failed=0"),
-        "reboot" => {
-            bh!("done status=ok checks=0 failed=0 next=reboot");
-            power::reboot();
-        }
-        "crash" => arch::crash(),
-        "cost" => crate::cost::run(),
-        "fault" => {
-            // SAFETY: none; this read is meant to fault (nothing is mapped
-            // above 4 GiB) so the fault reporter runs.
-            let _ = unsafe { core::ptr::read_volatile(0x1_0000_0000 as *const u64) };
-        }
-        "selftest" => selftest(&boot, &cmdline, acpi.as_ref(), tsc_khz, source),
-        other => {
-            bh!("check name=workload status=fail text=unknown workload {}", other);
-            bh!("done status=fail checks=1 failed=1");
+    let mut checks = Checks::default();
+    let mut ctx = Ctx::new(&cmdline, &mut checks, &boot, acpi.as_ref());
+    for name in cmdline.get("bulkhead.run").unwrap_or("selftest").split(',') {
+        match name {
+            "boot" | "" => {}
+            "reboot" => {
+                bh!("done status=ok checks=0 failed=0 next=reboot");
+                power::reboot();
+            }
+            "crash" => arch::crash(),
+            "cost" => crate::cost::run(),
+            "fault" => {
+                // SAFETY: none; this read is meant to fault (nothing is mapped
+                // above 4 GiB) so the fault reporter runs.
+                let _ = unsafe { core::ptr::read_volatile(0x1_0000_0000 as *const u64) };
+            }
+            "selftest" => selftest(&mut ctx, &boot, acpi.as_ref(), tsc_khz, source),
+            other => {
+                if !work::run(other, &mut ctx) {
+                    bh!(
+                        "check name=workload status={} text=unknown workload {}",
+                        ctx.checks.record(false),
+                        other
+                    );
+                }
+            }
         }
     }
+    let status = if checks.failed == 0 { "ok" } else { "fail" };
+    bh!("done status={} checks={} failed={}", status, checks.run, checks.failed);
     if let Some(ms) = cmdline.get_u64("bulkhead.hold_ms") {
         bh!("hold ms={}", ms);
         let deadline = time::deadline_ms(ms);
@@ -91,22 +91,19 @@ fn cmdline_text(boot: &BootInfo) -> &'static str {
 }
 
 fn selftest(
+    ctx: &mut Ctx,
     boot: &BootInfo,
-    cmdline: &Cmdline,
     acpi: Option<&Acpi>,
     tsc_khz: u64,
     source: time::Source,
 ) {
-    let mut checks = Checks::default();
     bh!("clock tsc_khz={} source={}", tsc_khz, source.name());
-    bh!("cmdline len={} text={}", cmdline.text().len(), cmdline.text());
-    check_memory(boot, &mut checks);
+    bh!("cmdline len={} text={}", ctx.cmdline.text().len(), ctx.cmdline.text());
+    check_memory(boot, ctx.checks);
     report_initrd(boot);
-    check_cpus(boot, acpi, &mut checks);
-    check_interrupts(&mut checks);
-    check_virtio(cmdline, &mut checks);
-    let status = if checks.failed == 0 { "ok" } else { "fail" };
-    bh!("done status={} checks={} failed={}", status, checks.run, checks.failed);
+    check_cpus(boot, acpi, ctx.checks);
+    check_interrupts(ctx.checks);
+    check_virtio(ctx);
 }
 
 /// Every RAM region below 4 GiB is writable at its first, middle and last
@@ -200,7 +197,7 @@ fn check_interrupts(checks: &mut Checks) {
     // The UART: route pin 4, enable its THRE interrupt (fires at once:
     // the transmitter is empty), wait, switch it off again.
     let before = irq::count(UART_VECTOR);
-    irq::route(4, UART_VECTOR, me);
+    irq::route_gsi(&[], 4, UART_VECTOR, me);
     irq::timer_oneshot(TIMER_VECTOR, 100_000_000); // a 100 ms safety net
     arch::outb(COM1_IER, 0x02);
     let after = irq::wait_for(UART_VECTOR, before, time::deadline_ms(100));
@@ -219,40 +216,117 @@ fn check_interrupts(checks: &mut Checks) {
     irq::timer_oneshot(TIMER_VECTOR, 2_000_000);
     let after = irq::wait_for(TIMER_VECTOR, before, time::deadline_ms(200));
     let elapsed_us = time::ticks_to_ns(arch::rdtsc() - start) / 1000;
+    irq::wake_resume();
     let ok = after == before + 1 && (1500..100_000).contains(&elapsed_us);
     bh!("check name=timer status={} elapsed_us={}", checks.record(ok), elapsed_us);
 }
 
-fn check_virtio(cmdline: &Cmdline, checks: &mut Checks) {
-    let (devs, n, bad) = cmdline.virtio_mmio();
-    bh!("virtio count={} unparsed={}", n, bad);
-    let mut ok = bad == 0;
-    for (i, d) in devs[..n].iter().enumerate() {
-        let magic = mmio_read32(d.base);
-        let version = mmio_read32(d.base + 4);
-        let device = mmio_read32(d.base + 8);
-        ok &= magic == 0x7472_6976;
+/// Lists every virtio device described to the guest and brings each one
+/// up: `BH virtio index=.. ...` and `BH check name=virtio-init index=..`.
+fn check_virtio(ctx: &mut Ctx) {
+    let devices = ctx.devices();
+    let unparsed = devices.unparsed;
+    let found: [Option<Found>; crate::cmdline::MAX_VIRTIO] = {
+        let mut all = [None; crate::cmdline::MAX_VIRTIO];
+        for (slot, f) in all.iter_mut().zip(devices.found()) {
+            *slot = Some(*f);
+        }
+        all
+    };
+    let count = found.iter().flatten().count();
+    bh!("virtio count={} unparsed={}", count, unparsed);
+    let mut ok = unparsed == 0;
+    for (i, f) in found.iter().enumerate() {
+        let Some(f) = f else { continue };
+        let t = match f.probe {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                bh!(
+                    "virtio index={} base={:#x} irq={} source={} device=none",
+                    i,
+                    f.mmio.base,
+                    f.mmio.irq,
+                    f.source.name()
+                );
+                continue;
+            }
+            Err(e) => {
+                bh!(
+                    "check name=virtio-init status={} index={} base={:#x} text={}",
+                    ctx.checks.record(false),
+                    i,
+                    f.mmio.base,
+                    e
+                );
+                ok = false;
+                continue;
+            }
+        };
+        let id = f.id;
         bh!(
-            "virtio index={} base={:#x} irq={} magic={:#x} version={} device={}",
+            "virtio index={} base={:#x} size={} irq={} source={} device={} id={} vendor={:#x} features={:#x}",
             i,
-            d.base,
-            d.irq,
-            magic,
-            version,
-            device
+            f.mmio.base,
+            f.mmio.size,
+            f.mmio.irq,
+            f.source.name(),
+            virtio::device_name(id),
+            id,
+            t.vendor_id(),
+            t.device_features()
         );
+        ok &= describe_driver(ctx, i, virtio::device_name(id));
     }
-    if n > 0 || bad > 0 {
-        bh!("check name=virtio status={}", checks.record(ok));
+    if count > 0 || unparsed > 0 {
+        bh!("check name=virtio status={} devices={}", ctx.checks.record(ok), count);
     }
 }
 
-/// A 32-bit register read (virtio-mmio registers are 32 bits wide).
-fn mmio_read32(addr: u64) -> u32 {
-    if addr >= 1 << 32 {
-        return 0;
+/// Starts device `i`'s driver and reports what it found; false if it failed.
+fn describe_driver(ctx: &mut Ctx, i: usize, kind: &str) -> bool {
+    let result = ctx.devices().start(i);
+    let mut line = crate::report::Line::new();
+    let w = &mut line;
+    let _ = match &result {
+        Ok(Driver::Blk(b)) => {
+            let n = b.info();
+            write!(
+                w,
+                "features={:#x} queues={} capacity={} block_size={} ro={} flush={}",
+                n.features,
+                n.queue_size,
+                n.capacity,
+                n.block_size,
+                u8::from(n.read_only),
+                u8::from(n.flush)
+            )
+        }
+        Ok(Driver::Net(net)) => {
+            let (rx, tx) = net.queue_sizes();
+            let mac = net.device_mac().map(crate::packet::MacDisplay);
+            match mac {
+                Some(m) => {
+                    write!(w, "features={:#x} queues={},{} mac={}", net.features(), rx, tx, m)
+                }
+                None => write!(w, "features={:#x} queues={},{} mac=none", net.features(), rx, tx),
+            }
+        }
+        Ok(Driver::Rng(r)) => write!(w, "features={:#x} queues={}", r.features(), r.queue_size()),
+        Ok(_) => Ok(()),
+        Err(e) => write!(w, "text={}", e),
+    };
+    let detail = core::str::from_utf8(&line.finish()[3..]).unwrap_or("?").trim_end();
+    if matches!(result, Err(DevError::Init(InitError::NoDriver))) {
+        bh!("virtio index={} driver=none", i);
+        return true;
     }
-    // SAFETY: below 4 GiB is identity-mapped and readable from ring 3; a
-    // device window reads its registers, anything else reads as all ones.
-    unsafe { core::ptr::read_volatile(addr as *const u32) }
+    let ok = result.is_ok();
+    bh!(
+        "check name=virtio-init status={} index={} device={} {}",
+        ctx.checks.record(ok),
+        i,
+        kind,
+        detail
+    );
+    ok
 }

@@ -111,6 +111,7 @@ pub fn rdtsc() -> u64 {
 }
 
 extern "C" {
+    static __image_end: u8;
     static ap_tramp_start: u8;
     static ap_tramp_end: u8;
     static fault_cr2: u64;
@@ -126,6 +127,11 @@ pub fn ap_trampoline() -> &'static [u8] {
         let end = core::ptr::addr_of!(ap_tramp_end);
         core::slice::from_raw_parts(start, end as usize - start as usize)
     }
+}
+
+/// The first address past the guest image (its .bss included).
+pub fn image_end() -> u64 {
+    core::ptr::addr_of!(__image_end) as u64
 }
 
 /// CR2 as saved by the last ring-3 fault.

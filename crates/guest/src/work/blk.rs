@@ -1,0 +1,151 @@
+//! Block correctness workloads:
+//!
+//! - `blk-verify`: writes the pattern of [`crate::pattern`] over the first
+//!   `bulkhead.bytes` of disk `bulkhead.disk` (default: all of it) in
+//!   requests of `bulkhead.bs` (the last one shorter if the size is not a
+//!   multiple), FLUSHes (if the device offers it), reads everything back and
+//!   compares; `BH check name=blk-verify status=ok disk=0 bytes=...
+//!   requests=... seconds=... mib_s=...`.
+//! - `blk-read-verify`: the read-and-compare half only, for a disk the host
+//!   filled with the pattern (or one `blk-verify` wrote), read-only or not.
+//! - `blk-ro`: on a disk that offers VIRTIO_BLK_F_RO, reads the first
+//!   block, writes different data over it, which must fail with an error
+//!   status, and reads it again, which must give the same data:
+//!   `BH check name=blk-ro status=ok disk=0 write_status=ioerr`.
+
+use crate::arch::rdtsc;
+use crate::bh;
+use crate::options::BlkVerify;
+use crate::pattern;
+use crate::report::{per_second, Fixed};
+use crate::time;
+use crate::virtio::blk::{Blk, Info, Op};
+use crate::virtio::blk_spec::{status_name, S_OK};
+use crate::virtio::queue::IoError;
+
+use super::{Ctx, Fail};
+
+/// The byte count to use: `bytes` or the whole disk, checked against it.
+fn span(info: &Info, bytes: Option<u64>) -> Result<u64, Fail> {
+    let bytes = bytes.unwrap_or(info.capacity);
+    if bytes == 0 {
+        return Err(Fail::Text("the disk is empty (or bulkhead.bytes=0)"));
+    }
+    if bytes > info.capacity {
+        return Err(Fail::Text("bulkhead.bytes is larger than the disk"));
+    }
+    if !bytes.is_multiple_of(u64::from(info.block_size)) {
+        return Err(Fail::Text("bulkhead.bytes is not a multiple of the disk's block size"));
+    }
+    Ok(bytes)
+}
+
+/// The first `len` bytes of slot 0's buffer (absent only if an earlier
+/// request on the device never finished).
+fn buffer(blk: &mut Blk, len: u32) -> Result<&mut [u8], Fail> {
+    blk.data(0).get_mut(..len as usize).ok_or(Fail::Io(IoError::Broken))
+}
+
+/// Runs one request and checks its status.
+fn request(blk: &mut Blk, op: Op, offset: u64, len: u32, timeout_ms: u64) -> Result<(), Fail> {
+    let status = blk.run(0, op, offset, len, time::deadline_ms(timeout_ms))?;
+    if status != S_OK {
+        let op = match op {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+        };
+        return Err(Fail::Status { op, offset, status });
+    }
+    Ok(())
+}
+
+/// blk-verify (`write`) and blk-read-verify.
+pub fn verify(ctx: &mut Ctx, write: bool) -> Result<(), Fail> {
+    let name = if write { "blk-verify" } else { "blk-read-verify" };
+    let o = BlkVerify::parse(ctx.cmdline)?;
+    let timeout_ms = ctx.common()?.timeout_ms;
+    let (blk, bump) = ctx.devices().blk(o.disk)?;
+    let info = *blk.info();
+    if write && info.read_only {
+        return Err(Fail::Text("the disk is read-only (VIRTIO_BLK_F_RO)"));
+    }
+    let bytes = span(&info, o.bytes)?;
+    if !o.bs.is_multiple_of(u64::from(info.block_size)) {
+        return Err(Fail::Text("bulkhead.bs is not a multiple of the disk's block size"));
+    }
+    blk.buffers(1, o.bs as u32, bump)?;
+    let start = rdtsc();
+    let mut requests = 0u64;
+    if write {
+        for offset in (0..bytes).step_by(o.bs as usize) {
+            let len = (bytes - offset).min(o.bs) as u32;
+            pattern::fill(buffer(blk, len)?, o.seed, offset);
+            request(blk, Op::Write, offset, len, timeout_ms)?;
+            requests += 1;
+        }
+        if info.flush {
+            request(blk, Op::Flush, 0, 0, timeout_ms)?;
+            requests += 1;
+        }
+    }
+    for offset in (0..bytes).step_by(o.bs as usize) {
+        let len = (bytes - offset).min(o.bs) as u32;
+        buffer(blk, len)?.fill(0);
+        request(blk, Op::Read, offset, len, timeout_ms)?;
+        requests += 1;
+        if let Some((at, want, got)) = pattern::first_mismatch(buffer(blk, len)?, o.seed, offset) {
+            return Err(Fail::Mismatch { offset: at, want, got });
+        }
+    }
+    let ns = time::ticks_to_ns(rdtsc() - start);
+    let moved = if write { 2 * bytes } else { bytes };
+    bh!(
+        "check name={} status={} disk={} bytes={} bs={} seed={} requests={} flush={} seconds={} mib_s={}",
+        name,
+        ctx.checks.record(true),
+        o.disk,
+        bytes,
+        o.bs,
+        o.seed,
+        requests,
+        u8::from(write && info.flush),
+        Fixed(ns / 1_000_000, 3),
+        Fixed(per_second(moved, ns, 1) >> 20, 1)
+    );
+    Ok(())
+}
+
+/// blk-ro.
+pub fn read_only(ctx: &mut Ctx) -> Result<(), Fail> {
+    let o = BlkVerify::parse(ctx.cmdline)?;
+    let timeout_ms = ctx.common()?.timeout_ms;
+    let (blk, bump) = ctx.devices().blk(o.disk)?;
+    let info = *blk.info();
+    if !info.read_only {
+        return Err(Fail::Text("the disk does not offer VIRTIO_BLK_F_RO"));
+    }
+    let bs = info.block_size;
+    blk.buffers(1, 2 * bs, bump)?;
+    request(blk, Op::Read, 0, bs, timeout_ms)?;
+    // Keep the original in the second half; write its complement.
+    let (before, scratch) = buffer(blk, 2 * bs)?.split_at_mut(bs as usize);
+    scratch.copy_from_slice(before);
+    before.iter_mut().for_each(|b| *b = !*b);
+    let status = blk.run(0, Op::Write, 0, bs, time::deadline_ms(timeout_ms))?;
+    if status == S_OK {
+        return Err(Fail::Text("a write to the read-only disk succeeded"));
+    }
+    request(blk, Op::Read, 0, bs, timeout_ms)?;
+    let (after, original) = buffer(blk, 2 * bs)?.split_at(bs as usize);
+    if after != original {
+        return Err(Fail::Text("the refused write changed the disk"));
+    }
+    bh!(
+        "check name=blk-ro status={} disk={} ro=1 write_status={}",
+        ctx.checks.record(true),
+        o.disk,
+        status_name(status)
+    );
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The device workloads `bulkhead.run=` names (comma-separated, run in
+//! order): `blk-verify`, `blk-read-verify`, `blk-ro`, `blk-bench`, `rng`,
+//! `net-ping`, `net-bench`. Their options are in [`crate::options`].
+//!
+//! Each prints one `BH check name=<workload> status=ok|fail ...` line
+//! (failures end with `text=<why>`), and the benchmarks a `BH result
+//! workload=<workload> ...` line with their figures. Latencies are measured
+//! on the TSC from submission to completion and kept in a fixed histogram.
+
+mod bench;
+mod blk;
+mod net;
+mod rng;
+
+use core::fmt;
+
+use crate::acpi::Acpi;
+use crate::bootinfo::BootInfo;
+use crate::bump::{self, Bump};
+use crate::cmdline::Cmdline;
+use crate::devices::{DevError, Devices};
+use crate::options::{Common, OptError};
+use crate::virtio::mmio::InitError;
+use crate::virtio::queue::IoError;
+use crate::{arch, bh};
+
+/// Counts checks and failures for the `done` line.
+#[derive(Default)]
+pub struct Checks {
+    pub run: u32,
+    pub failed: u32,
+}
+
+impl Checks {
+    pub fn record(&mut self, ok: bool) -> &'static str {
+        self.run += 1;
+        if ok {
+            "ok"
+        } else {
+            self.failed += 1;
+            "fail"
+        }
+    }
+}
+
+/// What the workloads share: the command line, the checks, the devices
+/// (found on first use, so that the boot benchmark does not pay for it).
+pub struct Ctx<'a> {
+    pub cmdline: &'a Cmdline<'a>,
+    pub checks: &'a mut Checks,
+    boot: &'a BootInfo,
+    acpi: Option<&'a Acpi>,
+    devices: Option<&'static mut Devices>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        cmdline: &'a Cmdline<'a>,
+        checks: &'a mut Checks,
+        boot: &'a BootInfo,
+        acpi: Option<&'a Acpi>,
+    ) -> Self {
+        Ctx { cmdline, checks, boot, acpi, devices: None }
+    }
+
+    /// The devices, found on the first call.
+    pub fn devices(&mut self) -> &mut Devices {
+        let (cmdline, boot, acpi) = (self.cmdline, self.boot, self.acpi);
+        self.devices.get_or_insert_with(|| {
+            let irq = Common::parse(cmdline).is_ok_and(|c| c.irq);
+            let avoid = bump::boot_data(boot);
+            let (start, end) =
+                bump::arena(boot.memmap(), arch::image_end(), &avoid).unwrap_or((0, 0));
+            bh!("memory arena={:#x}-{:#x} bytes={}", start, end, end - start);
+            Devices::discover(cmdline, acpi, Bump::new(start, end), irq)
+        })
+    }
+
+    pub fn common(&self) -> Result<Common, Fail> {
+        Ok(Common::parse(self.cmdline)?)
+    }
+}
+
+/// Why a workload failed.
+#[derive(Clone, Copy, Debug)]
+pub enum Fail {
+    Opt(OptError),
+    Dev(DevError),
+    Io(IoError),
+    Init(InitError),
+    /// A request finished with an error status.
+    Status {
+        op: &'static str,
+        offset: u64,
+        status: u8,
+    },
+    /// Data read back differs from the pattern.
+    Mismatch {
+        offset: u64,
+        want: u64,
+        got: u64,
+    },
+    Text(&'static str),
+}
+
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fail::Opt(e) => write!(f, "{e}"),
+            Fail::Dev(e) => write!(f, "{e}"),
+            Fail::Io(e) => write!(f, "{e}"),
+            Fail::Init(e) => write!(f, "{e}"),
+            Fail::Status { op, offset, status } => write!(
+                f,
+                "the {op} at byte {offset} failed with status {status} ({})",
+                crate::virtio::blk_spec::status_name(*status)
+            ),
+            Fail::Mismatch { offset, want, got } => {
+                write!(f, "the word at byte {offset} is {got:#018x}, the pattern has {want:#018x}")
+            }
+            Fail::Text(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+impl From<OptError> for Fail {
+    fn from(e: OptError) -> Self {
+        Fail::Opt(e)
+    }
+}
+impl From<DevError> for Fail {
+    fn from(e: DevError) -> Self {
+        Fail::Dev(e)
+    }
+}
+impl From<IoError> for Fail {
+    fn from(e: IoError) -> Self {
+        Fail::Io(e)
+    }
+}
+impl From<InitError> for Fail {
+    fn from(e: InitError) -> Self {
+        Fail::Init(e)
+    }
+}
+
+/// Runs workload `name`; false if there is no such workload.
+pub fn run(name: &str, ctx: &mut Ctx) -> bool {
+    let result = match name {
+        "blk-verify" => blk::verify(ctx, true),
+        "blk-read-verify" => blk::verify(ctx, false),
+        "blk-ro" => blk::read_only(ctx),
+        "blk-bench" => bench::run(ctx),
+        "rng" => rng::run(ctx),
+        "net-ping" => net::ping(ctx),
+        "net-bench" => net::bench(ctx),
+        _ => return false,
+    };
+    if let Err(e) = result {
+        bh!("check name={} status={} text={}", name, ctx.checks.record(false), e);
+    }
+    true
+}
