@@ -361,3 +361,28 @@ impl VhostUserBackendReqHandlerMut for Handler {
         Err(VuError::InvalidOperation("dirty logging is not supported"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded_and_features_checked() {
+        let dev = crate::open(&crate::DeviceConfig::Rng(Default::default())).unwrap();
+        let mut h = Handler::new(dev);
+        let flags = VhostUserConfigFlags::WRITABLE;
+        assert_eq!(h.get_config(0, 256, flags).unwrap(), vec![0; 256]);
+        assert!(h.get_config(250, 16, flags).is_err());
+        assert!(h.get_config(u32::MAX, 2, flags).is_err(), "offset + size overflows");
+        assert!(h.set_features(1 << 63).is_err(), "not offered");
+        assert!(h.set_features(h.offered_features()).is_ok());
+        assert!(matches!(h.get_vring_base(9), Err(VuError::InvalidParam)));
+        assert!(matches!(h.set_vring_num(9, 256), Err(VuError::ReqHandlerError(_))));
+        assert!(h.set_vring_base(0, 70000).is_err());
+        let bad = VhostUserInflight::new(0, 0, 4, 256);
+        assert!(h.get_inflight_fd(&bad).is_err(), "more queues than the device has");
+        let ok = VhostUserInflight::new(0, 0, 1, 256);
+        let (reply, file) = h.get_inflight_fd(&ok).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), reply.mmap_size);
+    }
+}

@@ -368,6 +368,7 @@ pub struct Process {
 
 impl Process {
     pub fn start(args: &[&str], socket: &Path) -> Process {
+        let _ = std::fs::remove_file(socket); // a killed predecessor's
         let child = Command::new(env!("CARGO_BIN_EXE_bulkhead-device"))
             .args(args)
             .arg("--socket")
