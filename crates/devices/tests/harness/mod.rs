@@ -6,6 +6,8 @@
 //! for the used ring to move. The frontend side is the `vhost` crate's `Frontend`.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
