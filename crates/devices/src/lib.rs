@@ -143,6 +143,12 @@ pub trait Device: Send + Sync {
         true
     }
 
+    /// Whether to offer `VHOST_USER_PROTOCOL_F_MQ` (`GET_QUEUE_NUM`). Net does not: QEMU's net
+    /// frontend reads the answer as a number of queue *pairs*, and the device has one pair.
+    fn offers_mq(&self) -> bool {
+        true
+    }
+
     /// The virtio configuration space, as the driver reads it.
     fn config(&self) -> Vec<u8>;
 

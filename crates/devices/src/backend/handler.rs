@@ -91,6 +91,19 @@ impl Handler {
             .ok_or_else(|| refuse(format!("queue {index} does not exist; the device has {n}")))
     }
 
+    /// `SET_VRING_ENABLE` that arrived before protocol features were acknowledged (see
+    /// `backend::early_vring_enable`); ignored once they are.
+    pub fn early_vring_enable(&mut self, index: u32, num: u32) {
+        if self.protocol_features_negotiated() || num > 1 {
+            return;
+        }
+        if let Some(vring) = self.vrings.get_mut(index as usize) {
+            log::debug!("queue {index}: early SET_VRING_ENABLE {num}");
+            vring.lock().enabled = num == 1;
+            vring.wake();
+        }
+    }
+
     /// Stops every worker (the connection ends).
     pub fn shutdown(&mut self) {
         for v in &mut self.vrings {
@@ -129,7 +142,9 @@ impl Handler {
                 st.enabled = true;
             }
         }
-        vring.start(&mem, inflight, handler, name).map_err(refuse)
+        vring.start(&mem, inflight, handler, name).map_err(refuse)?;
+        log::info!("queue {index} started (features {features:#x})");
+        Ok(())
     }
 }
 
@@ -218,9 +233,9 @@ impl VhostUserBackendReqHandlerMut for Handler {
     fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
         let vring = self.vrings.get_mut(index as usize).ok_or(VuError::InvalidParam)?;
         vring.stop();
+        log::info!("queue {index} stopped");
         let mut st = vring.lock();
         st.queue.set_ready(false);
-        st.enabled = false;
         Ok(VhostUserVringState::new(index, u32::from(st.queue.next_avail())))
     }
 
@@ -243,10 +258,12 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
-        let mut f = VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::CONFIG
+        let mut f = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE;
+        if self.device.offers_mq() {
+            f |= VhostUserProtocolFeatures::MQ;
+        }
         if self.device.supports_inflight() {
             f |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
         }

@@ -93,8 +93,9 @@ pub fn serve(
     add(conn.as_raw_fd(), CONN).map_err(DeviceError::io("epoll_ctl"))?;
     add(stop.as_raw_fd(), STOP).map_err(DeviceError::io("epoll_ctl"))?;
     let handler = Arc::new(Mutex::new(handler::Handler::new(device)));
+    let fd = conn.as_raw_fd();
     let mut requests = BackendReqHandler::from_stream(conn, handler.clone());
-    let end = message_loop(&epoll, &mut requests);
+    let end = message_loop(&epoll, &mut requests, || early_vring_enable(fd, &handler));
     handler.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     end
 }
@@ -102,6 +103,7 @@ pub fn serve(
 fn message_loop(
     epoll: &Epoll,
     requests: &mut BackendReqHandler<Mutex<handler::Handler>>,
+    before_each: impl Fn(),
 ) -> Result<ServeEnd, DeviceError> {
     let mut events = [EpollEvent::default(); 2];
     loop {
@@ -113,16 +115,42 @@ fn message_loop(
         if events[..n].iter().any(|e| e.data() == STOP) {
             return Ok(ServeEnd::Stopped);
         }
+        before_each();
         match requests.handle_request() {
             Ok(()) => {}
             Err(VuError::Disconnected | VuError::SocketBroken(_)) => {
                 return Ok(ServeEnd::Disconnected)
             }
             Err(VuError::ReqHandlerError(e)) => log::debug!("request refused: {e}"),
+            // SET_VRING_ENABLE before SET_FEATURES acknowledged protocol features: QEMU's net
+            // device sends it at realize time and expects no reply (QEMU 7.2); it repeats the
+            // enable once the device starts. The vhost crate drops it without a reply.
+            Err(VuError::InactiveFeature(f)) => log::debug!("ignored a message: {f:?} inactive"),
             Err(e) => {
                 log::warn!("dropping the frontend: {e}");
                 return Ok(ServeEnd::ProtocolError(e.to_string()));
             }
         }
+    }
+}
+
+const SET_VRING_ENABLE: u32 = 18;
+
+/// QEMU 7.2's net device sends `SET_VRING_ENABLE` when it is realized, before `SET_FEATURES`,
+/// and does not repeat it when it starts the device; libvhost-user honours it. The `vhost`
+/// crate refuses it (protocol features are not acknowledged yet) without calling the handler.
+/// So the message is peeked at here, before the crate reads it, and applied to the handler
+/// directly while protocol features are not negotiated.
+fn early_vring_enable(fd: std::os::fd::RawFd, handler: &Mutex<handler::Handler>) {
+    let mut msg = [0u8; 20];
+    // SAFETY: recv writes at most 20 bytes into `msg`; MSG_PEEK leaves the message (and any
+    // file descriptors) queued for the real read.
+    let n = unsafe {
+        libc::recv(fd, msg.as_mut_ptr().cast(), msg.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    let word = |i: usize| u32::from_le_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+    if n == 20 && word(0) == SET_VRING_ENABLE && word(8) == 8 {
+        let mut h = handler.lock().unwrap_or_else(|p| p.into_inner());
+        h.early_vring_enable(word(12), word(16));
     }
 }

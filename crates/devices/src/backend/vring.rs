@@ -288,10 +288,15 @@ impl WorkerLoop {
         }
     }
 
-    /// Watches the device fd only while the handler wants it.
+    /// Watches the device fd only while the queue runs and the handler wants it (the fd is
+    /// level-triggered: watching it while nothing reads it would spin).
     fn arm_device(&mut self) -> std::io::Result<()> {
         let Some(fd) = self.handler.event_fd() else { return Ok(()) };
-        let want = self.handler.wants_event();
+        let running = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.enabled && st.queue.ready()
+        };
+        let want = running && self.handler.wants_event();
         if want != self.watching_device {
             let set = if want { EventSet::IN } else { EventSet::empty() };
             let ev = EpollEvent::new(set, Token::Device as u64);

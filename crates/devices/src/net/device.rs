@@ -61,6 +61,10 @@ impl Device for NetDevice {
         false
     }
 
+    fn offers_mq(&self) -> bool {
+        false
+    }
+
     fn config(&self) -> Vec<u8> {
         config::config_space(self.mac)
     }

@@ -370,8 +370,22 @@ pub struct Process {
 
 impl Process {
     pub fn start(args: &[&str], socket: &Path) -> Process {
+        Process::start_in(&[], args, socket)
+    }
+
+    /// Starts it under a wrapper command (like `ip netns exec NAME`).
+    pub fn start_in(wrapper: &[&str], args: &[&str], socket: &Path) -> Process {
         let _ = std::fs::remove_file(socket); // a killed predecessor's
-        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead-device"))
+        let bin = env!("CARGO_BIN_EXE_bulkhead-device");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args(args)
             .arg("--socket")
             .arg(socket)
