@@ -49,7 +49,12 @@ pub enum DeviceCommand {
         #[command(flatten)]
         conn: ConnectionArgs,
         /// Tap interface to attach to (or create, with CAP_NET_ADMIN).
-        #[arg(long, value_name = "NAME", required_unless_present = "tap_fd", conflicts_with = "tap_fd")]
+        #[arg(
+            long,
+            value_name = "NAME",
+            required_unless_present = "tap_fd",
+            conflicts_with = "tap_fd"
+        )]
         tap: Option<String>,
         /// An inherited, open tap file descriptor.
         #[arg(long, value_name = "N")]
@@ -164,7 +169,8 @@ fn accept_loop(
     stop: &Arc<EventFd>,
 ) -> anyhow::Result<i32> {
     let epoll = Epoll::new().context("epoll_create failed")?;
-    let add = |fd, token| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
+    let add =
+        |fd, token| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
     add(listener.as_raw_fd(), 1).context("epoll_ctl failed")?;
     add(stop.as_raw_fd(), 2).context("epoll_ctl failed")?;
     let mut events = [EpollEvent::default(); 2];
@@ -208,7 +214,13 @@ fn check_socket(fd: RawFd) -> anyhow::Result<()> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `ty`.
     let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut ty as *mut libc::c_int).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
     };
     if rc < 0 || ty != libc::SOCK_STREAM {
         bail!("--fd {fd} is not a connected stream socket");
@@ -297,9 +309,10 @@ mod tests {
         let DeviceConfig::Blk(b) = cfg else { panic!() };
         assert!(b.read_only);
         assert_eq!(conn.socket.as_deref(), Some(Path::new("/s")));
-        let (cfg, conn) = parse(&["net", "--fd", "3", "--tap-fd", "4", "--mac", "52:54:00:00:00:01"])
-            .unwrap()
-            .split();
+        let (cfg, conn) =
+            parse(&["net", "--fd", "3", "--tap-fd", "4", "--mac", "52:54:00:00:00:01"])
+                .unwrap()
+                .split();
         assert_eq!(conn.fd, Some(3));
         let DeviceConfig::Net(n) = cfg else { panic!() };
         assert_eq!(n.tap, TapSource::Fd(4));

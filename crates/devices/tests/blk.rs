@@ -6,8 +6,8 @@ mod harness;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_disk::tools::CreateSpec;
 use bulkhead_devices::{BlkConfig, DeviceConfig, ServeEnd};
+use bulkhead_disk::tools::CreateSpec;
 use harness::{r, raw_image, w, Driver, GuestMem, InThread, Process, Setup};
 use vm_memory::{Bytes, GuestAddress};
 

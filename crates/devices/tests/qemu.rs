@@ -108,7 +108,10 @@ fn boot_with(spec: &VmSpec, edit: impl Fn(&mut String)) -> GuestRun {
         run.exit = Exit::Exited(child.wait().unwrap());
     }
     run.elapsed = start.elapsed();
-    eprintln!("guest {:?}: ready after {:?}, powered off after {:?}", spec.cmdline, run.ready_after, run.elapsed);
+    eprintln!(
+        "guest {:?}: ready after {:?}, powered off after {:?}",
+        spec.cmdline, run.ready_after, run.elapsed
+    );
     run
 }
 

@@ -156,7 +156,7 @@ fn walk_into<M: GuestMemory>(
 
 /// Checks an indirect descriptor and returns the number of entries of its table.
 fn indirect_entries(table: Table, nested: bool, flags: u16, len: u32) -> Result<u16, ChainError> {
-    let whole = len % DESC_SIZE as u32 == 0 && len != 0;
+    let whole = len.is_multiple_of(DESC_SIZE as u32) && len != 0;
     let entries = len / DESC_SIZE as u32;
     if !table.indirect || nested || flags & DESC_F_NEXT != 0 || !whole {
         return Err(ChainError::BadIndirect);
@@ -169,9 +169,7 @@ fn read_desc<M: GuestMemory>(
     base: GuestAddress,
     index: u16,
 ) -> Result<(u64, u32, u16, u16), ChainError> {
-    let at = base
-        .checked_add(u64::from(index) * DESC_SIZE)
-        .ok_or(ChainError::TableOutOfMemory)?;
+    let at = base.checked_add(u64::from(index) * DESC_SIZE).ok_or(ChainError::TableOutOfMemory)?;
     let mut raw = [0u8; DESC_SIZE as usize];
     mem.read_slice(&mut raw, at).map_err(|_| ChainError::TableOutOfMemory)?;
     let addr = u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default());

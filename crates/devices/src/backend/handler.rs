@@ -240,7 +240,8 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let file = fd.ok_or_else(|| refuse("polling queues (no kick eventfd) are not supported"))?;
+        let file =
+            fd.ok_or_else(|| refuse("polling queues (no kick eventfd) are not supported"))?;
         let index = usize::from(index);
         let vring = self.vring(index as u32)?;
         vring.set_kick(eventfd(file));
@@ -300,7 +301,12 @@ impl VhostUserBackendReqHandlerMut for Handler {
         Ok(config[offset as usize..end as usize].to_vec())
     }
 
-    fn set_config(&mut self, offset: u32, _buf: &[u8], _flags: VhostUserConfigFlags) -> VuResult<()> {
+    fn set_config(
+        &mut self,
+        offset: u32,
+        _buf: &[u8],
+        _flags: VhostUserConfigFlags,
+    ) -> VuResult<()> {
         Err(refuse(format!("the configuration space is read-only (write at {offset})")))
     }
 
@@ -312,10 +318,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
         Err(VuError::InvalidOperation("shared objects are not supported"))
     }
 
-    fn get_inflight_fd(
-        &mut self,
-        msg: &VhostUserInflight,
-    ) -> VuResult<(VhostUserInflight, File)> {
+    fn get_inflight_fd(&mut self, msg: &VhostUserInflight) -> VuResult<(VhostUserInflight, File)> {
         let too_many = usize::from(msg.num_queues) > self.vrings.len();
         let too_big = msg.queue_size > self.device.max_queue_size();
         if !self.device.supports_inflight() || too_many || too_big {
@@ -333,9 +336,14 @@ impl VhostUserBackendReqHandlerMut for Handler {
         if !self.device.supports_inflight() {
             return Err(refuse("this device keeps no inflight region"));
         }
-        let region =
-            InflightRegion::map(file, msg.mmap_offset, msg.mmap_size, msg.num_queues, msg.queue_size)
-                .map_err(refuse)?;
+        let region = InflightRegion::map(
+            file,
+            msg.mmap_offset,
+            msg.mmap_size,
+            msg.num_queues,
+            msg.queue_size,
+        )
+        .map_err(refuse)?;
         self.inflight = Some(Arc::new(region));
         Ok(())
     }

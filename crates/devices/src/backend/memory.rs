@@ -86,8 +86,8 @@ impl MemoryTable {
                 user_addr: region.user_addr,
             });
         }
-        let mem =
-            GuestMemoryMmap::from_arc_regions(mapped).map_err(|e| MemoryError::Map(e.to_string()))?;
+        let mem = GuestMemoryMmap::from_arc_regions(mapped)
+            .map_err(|e| MemoryError::Map(e.to_string()))?;
         Ok((mem, MemoryTable { translations }))
     }
 

@@ -89,7 +89,8 @@ pub fn serve(
 ) -> Result<ServeEnd, DeviceError> {
     conn.set_read_timeout(Some(MESSAGE_TIMEOUT)).map_err(DeviceError::io("setting a timeout"))?;
     let epoll = Epoll::new().map_err(DeviceError::io("epoll_create"))?;
-    let add = |fd, token| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
+    let add =
+        |fd, token| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
     add(conn.as_raw_fd(), CONN).map_err(DeviceError::io("epoll_ctl"))?;
     add(stop.as_raw_fd(), STOP).map_err(DeviceError::io("epoll_ctl"))?;
     let handler = Arc::new(Mutex::new(handler::Handler::new(device)));

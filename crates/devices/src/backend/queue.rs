@@ -82,8 +82,11 @@ impl<'a> QueueContext<'a> {
         inflight: Option<&'a mut InflightQueue>,
         resubmit: &'a mut VecDeque<u16>,
     ) -> QueueContext<'a> {
-        let table =
-            Table { addr: vm_memory::GuestAddress(queue.desc_table()), size: queue.size(), indirect };
+        let table = Table {
+            addr: vm_memory::GuestAddress(queue.desc_table()),
+            size: queue.size(),
+            indirect,
+        };
         QueueContext { queue, mem, table, inflight, resubmit, popped: 0, used: false }
     }
 

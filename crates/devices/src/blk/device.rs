@@ -23,11 +23,14 @@ pub struct BlkDevice {
 impl BlkDevice {
     /// Opens the image `cfg` names (read-only if asked, in the named format or probed).
     pub fn open(cfg: &BlkConfig) -> Result<BlkDevice, DeviceError> {
-        let opts = OpenOptions { read_only: cfg.read_only, format: cfg.format, ..Default::default() };
+        let opts =
+            OpenOptions { read_only: cfg.read_only, format: cfg.format, ..Default::default() };
         let disk = bulkhead_disk::open(&cfg.path, &opts)?;
         let serial = match &cfg.serial {
             Some(s) => s.clone(),
-            None => cfg.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            None => {
+                cfg.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            }
         };
         Ok(BlkDevice::new(Arc::from(disk), cfg.read_only, cfg.queues, &serial))
     }
@@ -98,14 +101,23 @@ pub struct BlkQueue {
 impl BlkQueue {
     /// A handler for `device`'s image.
     pub fn new(device: &BlkDevice) -> BlkQueue {
-        BlkQueue { disk: device.disk.clone(), read_only: device.read_only, id: device.id, buf: Vec::new() }
+        BlkQueue {
+            disk: device.disk.clone(),
+            read_only: device.read_only,
+            id: device.id,
+            buf: Vec::new(),
+        }
     }
 }
 
 impl RequestHandler for BlkQueue {
     fn handle(&mut self, mem: &GuestMemoryMmap, chain: &Chain) -> u32 {
-        let mut target =
-            Target { disk: &*self.disk, id: &self.id, read_only: self.read_only, buf: &mut self.buf };
+        let mut target = Target {
+            disk: &*self.disk,
+            id: &self.id,
+            read_only: self.read_only,
+            buf: &mut self.buf,
+        };
         request::execute(mem, chain, &mut target)
     }
 }

@@ -114,7 +114,8 @@ impl Request<'_> {
         let offset = sector.checked_mul(SECTOR)?;
         let end = offset.checked_add(len)?;
         let capacity = t.disk.virtual_size() / SECTOR * SECTOR;
-        (len % SECTOR == 0 && len <= MAX_REQUEST_BYTES && end <= capacity).then_some(offset)
+        (len.is_multiple_of(SECTOR) && len <= MAX_REQUEST_BYTES && end <= capacity)
+            .then_some(offset)
     }
 
     fn read(&mut self, t: &mut Target<'_>, sector: u64) -> u8 {
@@ -168,7 +169,11 @@ impl Request<'_> {
     /// DISCARD and WRITE_ZEROES: a list of (sector, sectors, flags) ranges.
     fn ranges(&mut self, t: &Target<'_>, kind: u32) -> u8 {
         let len = self.reader.remaining();
-        if t.read_only || len == 0 || len % RANGE != 0 || len / RANGE > u64::from(MAX_RANGES) {
+        if t.read_only
+            || len == 0
+            || !len.is_multiple_of(RANGE)
+            || len / RANGE > u64::from(MAX_RANGES)
+        {
             return status::IOERR;
         }
         let mut ranges = Vec::with_capacity((len / RANGE) as usize);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::config::{MAX_REQUEST_BYTES, MAX_RANGES};
+use super::config::{MAX_RANGES, MAX_REQUEST_BYTES};
 use super::device::{BlkDevice, BlkQueue};
 use super::request::{status, types};
 use crate::backend::queue::testing::{desc, memory, run_one};
@@ -119,7 +119,10 @@ fn malformed_chains_get_ioerr_or_are_returned() {
     assert_eq!(f.run(&[desc(HDR, 16, false), desc(STATUS, 0, true)]).0, Some(0));
     // Data outside guest memory.
     let far = desc(0xf000_0000, 512, true);
-    assert_eq!(f.run(&[desc(HDR, 16, false), far, desc(STATUS, 1, true)]), (Some(1), status::IOERR));
+    assert_eq!(
+        f.run(&[desc(HDR, 16, false), far, desc(STATUS, 1, true)]),
+        (Some(1), status::IOERR)
+    );
     // Readable after writable.
     let wrong = [desc(HDR, 16, false), desc(DATA, 512, true), desc(DATA, 16, false)];
     assert_eq!(f.run(&wrong).0, Some(1), "IOERR in the last writable byte seen");

@@ -51,7 +51,8 @@ impl FromStr for Mac {
     type Err = DeviceError;
 
     fn from_str(s: &str) -> Result<Self, DeviceError> {
-        let bad = || DeviceError::Config(format!("{s:?} is not a MAC address like 52:54:00:12:34:56"));
+        let bad =
+            || DeviceError::Config(format!("{s:?} is not a MAC address like 52:54:00:12:34:56"));
         let mut mac = [0u8; 6];
         let mut parts = s.split(':');
         for byte in &mut mac {
@@ -95,7 +96,8 @@ impl FromStr for NetConfig {
                 }
             }
         }
-        let tap = tap.ok_or_else(|| DeviceError::Config("a net device needs tap=NAME or tap-fd=N".into()))?;
+        let tap = tap
+            .ok_or_else(|| DeviceError::Config("a net device needs tap=NAME or tap-fd=N".into()))?;
         Ok(NetConfig { tap, mac })
     }
 }
@@ -118,7 +120,14 @@ mod tests {
         assert_eq!(c.tap, TapSource::Name("bh0".into()));
         assert_eq!(c.mac.unwrap().to_string(), "52:54:00:ab:cd:ef");
         assert_eq!("tap-fd=7".parse::<NetConfig>().unwrap().tap, TapSource::Fd(7));
-        for bad in ["", "mac=52:54:00:ab:cd:ef", "tap=a,mac=01:00:00:00:00:00", "tap=a,mac=1:2", "tap-fd=-1", "tap=a,x=1"] {
+        for bad in [
+            "",
+            "mac=52:54:00:ab:cd:ef",
+            "tap=a,mac=01:00:00:00:00:00",
+            "tap=a,mac=1:2",
+            "tap-fd=-1",
+            "tap=a,x=1",
+        ] {
             assert!(bad.parse::<NetConfig>().is_err(), "{bad}");
         }
         let m = Mac::random();

@@ -223,7 +223,8 @@ impl TxQueue {
         }
         // No offloads were negotiated: whatever the header says, the frame is complete.
         self.buf[..VNET_HDR_LEN].fill(0);
-        let packet = if self.tap.has_vnet_hdr() { &self.buf[..] } else { &self.buf[VNET_HDR_LEN..] };
+        let packet =
+            if self.tap.has_vnet_hdr() { &self.buf[..] } else { &self.buf[VNET_HDR_LEN..] };
         if let Err(e) = self.tap.write_packet(packet) {
             log::debug!("tap {} dropped a packet: {e}", self.tap.name());
         }

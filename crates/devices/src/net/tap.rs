@@ -60,8 +60,8 @@ impl Tap {
     /// Adopts an inherited tap file descriptor (the caller hands over ownership of `fd`).
     pub fn from_fd(fd: RawFd) -> Result<Tap, DeviceError> {
         let name = format!("fd {fd}");
-        // SAFETY: TUNGETIFF writes an `ifreq` into `req`; on a non-tap fd it fails, harmlessly.
         let mut req = IfReq::default();
+        // SAFETY: TUNGETIFF writes an `ifreq` into `req`; on a non-tap fd it fails, harmlessly.
         let rc = unsafe { libc::ioctl(fd, TUNGETIFF as _, &mut req) };
         if rc < 0 {
             let source = std::io::Error::last_os_error();
@@ -124,7 +124,9 @@ fn set_nonblocking(file: &File) -> std::io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL on an fd we own.
     let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
     // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

@@ -23,9 +23,7 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Guest memory size.
@@ -133,7 +131,15 @@ impl TestQueue {
     }
 
     /// Writes raw descriptor `i`.
-    pub fn write_desc(&self, mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    pub fn write_desc(
+        &self,
+        mem: &GuestMemoryMmap,
+        i: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
         let at = GuestAddress(self.desc + 16 * u64::from(i));
         mem.write_obj(addr, at).unwrap();
         mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
@@ -182,7 +188,12 @@ impl TestQueue {
     }
 
     /// Waits until the used ring holds `n` entries not seen yet; returns them as (id, len).
-    pub fn wait_used(&mut self, mem: &GuestMemoryMmap, n: u16, timeout: Duration) -> Vec<(u32, u32)> {
+    pub fn wait_used(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        n: u16,
+        timeout: Duration,
+    ) -> Vec<(u32, u32)> {
         let deadline = Instant::now() + timeout;
         while self.used_idx(mem).wrapping_sub(self.seen_used) < n {
             if Instant::now() > deadline {
@@ -204,7 +215,10 @@ impl TestQueue {
                 let slot = u64::from(self.seen_used % self.size);
                 let at = self.used + 4 + 8 * slot;
                 self.seen_used = self.seen_used.wrapping_add(1);
-                (mem.read_obj(GuestAddress(at)).unwrap(), mem.read_obj(GuestAddress(at + 4)).unwrap())
+                (
+                    mem.read_obj(GuestAddress(at)).unwrap(),
+                    mem.read_obj(GuestAddress(at + 4)).unwrap(),
+                )
             })
             .collect()
     }
@@ -254,7 +268,14 @@ pub struct Setup {
 
 impl Default for Setup {
     fn default() -> Setup {
-        Setup { queues: 1, queue_size: 256, device_features: !0, inflight: None, base: 0, keep_rings: false }
+        Setup {
+            queues: 1,
+            queue_size: 256,
+            device_features: !0,
+            inflight: None,
+            base: 0,
+            keep_rings: false,
+        }
     }
 }
 
@@ -264,7 +285,8 @@ impl Driver {
         let mut frontend = Frontend::from_stream(stream, 16);
         frontend.set_owner().unwrap();
         let offered = frontend.get_features().unwrap();
-        let wanted = VERSION_1 | INDIRECT | PROTOCOL_FEATURES | (setup.device_features & 0xffff_ffff);
+        let wanted =
+            VERSION_1 | INDIRECT | PROTOCOL_FEATURES | (setup.device_features & 0xffff_ffff);
         let features = offered & wanted;
         frontend.set_features(features).unwrap();
         let protocol = frontend.get_protocol_features().unwrap();
