@@ -5,7 +5,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use super::config::{self, features, Mac, NetConfig, TapSource};
-use super::tap::{Tap, VNET_HDR_LEN};
+use super::tap::{PacketPort, Tap, VNET_HDR_LEN};
 use crate::backend::chain::Chain;
 use crate::backend::{Progress, QueueContext, QueueHandler};
 use crate::{Device, DeviceError, DeviceKind};
@@ -19,7 +19,7 @@ const TX: usize = 1;
 
 /// A virtio-net device over a tap.
 pub struct NetDevice {
-    tap: Arc<Tap>,
+    tap: Arc<dyn PacketPort>,
     mac: Mac,
 }
 
@@ -33,8 +33,8 @@ impl NetDevice {
         Ok(NetDevice::new(tap, cfg.mac.unwrap_or_else(Mac::random)))
     }
 
-    /// A device over an open tap.
-    pub fn new(tap: Tap, mac: Mac) -> NetDevice {
+    /// A device over an open tap (or another packet port).
+    pub fn new(tap: impl PacketPort + 'static, mac: Mac) -> NetDevice {
         NetDevice { tap: Arc::new(tap), mac }
     }
 
@@ -88,7 +88,7 @@ impl Device for NetDevice {
 
 /// Receive: tap → guest.
 pub struct RxQueue {
-    tap: Arc<Tap>,
+    tap: Arc<dyn PacketPort>,
     mergeable: bool,
     /// The packet being delivered: header (12 bytes) then frame.
     buf: Vec<u8>,
@@ -103,7 +103,7 @@ enum Delivery {
 
 impl RxQueue {
     /// A receive handler; `features` says whether buffers may be merged.
-    pub fn new(tap: Arc<Tap>, features: u64) -> RxQueue {
+    pub fn new(tap: Arc<dyn PacketPort>, features: u64) -> RxQueue {
         let mergeable = features & features::MRG_RXBUF != 0;
         RxQueue { tap, mergeable, buf: vec![0; VNET_HDR_LEN + MAX_FRAME], pending: None }
     }
@@ -197,13 +197,13 @@ impl QueueHandler for RxQueue {
 
 /// Transmit: guest → tap.
 pub struct TxQueue {
-    tap: Arc<Tap>,
+    tap: Arc<dyn PacketPort>,
     buf: Vec<u8>,
 }
 
 impl TxQueue {
     /// A transmit handler.
-    pub fn new(tap: Arc<Tap>) -> TxQueue {
+    pub fn new(tap: Arc<dyn PacketPort>) -> TxQueue {
         TxQueue { tap, buf: Vec::with_capacity(VNET_HDR_LEN + MAX_FRAME) }
     }
 

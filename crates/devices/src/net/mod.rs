@@ -20,3 +20,6 @@ pub mod tap;
 
 pub use config::NetConfig;
 pub use device::NetDevice;
+
+#[cfg(test)]
+mod tests;

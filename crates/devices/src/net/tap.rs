@@ -108,15 +108,41 @@ impl Tap {
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
+}
 
-    /// Reads one packet (with the header if [`Tap::has_vnet_hdr`]).
-    pub fn read_packet(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Where packets go and come from: the tap, or a stand-in in tests. Reads are non-blocking.
+pub trait PacketPort: Send + Sync {
+    /// Reads one packet (with the header if [`PacketPort::has_vnet_hdr`]).
+    fn read_packet(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Writes one packet (with the header if [`PacketPort::has_vnet_hdr`]).
+    fn write_packet(&self, buf: &[u8]) -> std::io::Result<usize>;
+    /// The file descriptor that becomes readable when a packet waits.
+    fn fd(&self) -> RawFd;
+    /// Whether packets carry a 12-byte virtio-net header.
+    fn has_vnet_hdr(&self) -> bool;
+    /// A name for messages.
+    fn name(&self) -> &str;
+}
+
+impl PacketPort for Tap {
+    fn read_packet(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         (&self.file).read(buf)
     }
 
-    /// Writes one packet (with the header if [`Tap::has_vnet_hdr`]).
-    pub fn write_packet(&self, buf: &[u8]) -> std::io::Result<usize> {
+    fn write_packet(&self, buf: &[u8]) -> std::io::Result<usize> {
         (&self.file).write(buf)
+    }
+
+    fn fd(&self) -> RawFd {
+        Tap::fd(self)
+    }
+
+    fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 
