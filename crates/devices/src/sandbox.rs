@@ -1,18 +1,21 @@
 //! What each device needs from a sandbox: the files it keeps, whether it needs the host's
 //! network namespace, and its seccomp allow-list, as data for the sandbox crate to install.
 //!
-//! The lists were gathered by running each device under `strace -f` through its tests (the
-//! vhost-user test harness and QEMU guests) after the point where the sandbox is entered — after
-//! the device opened its files and the process bound its socket — and are the union of what was
-//! seen, grouped by purpose. `run_common` is what every backend's runtime needs (message thread,
-//! queue workers, memory mapping); each device adds its own I/O.
+//! The lists were gathered by running every backend process of the crate's tests (the
+//! vhost-user harness, hostile frontends, the inflight restart, and QEMU guests using the
+//! devices) under `strace -ff` (`BULKHEAD_TEST_TRACE=DIR cargo test -p bulkhead-devices`), and
+//! keeping what each process called after the sandbox hook — from its first `epoll_create1`
+//! on, when its files are open and its socket bound — plus the threads it started. They are the
+//! union of what was seen, grouped by purpose, with a few calls added that the same code paths
+//! reach on other inputs (`fallocate` for discards, `clone` where `clone3` is refused,
+//! `mremap` for a growing buffer). [`COMMON`] is the runtime's; each device adds its own.
 
 use std::os::fd::RawFd;
 
 use crate::DeviceKind;
 
 /// A system call to allow, optionally only with one argument equal to a value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SyscallRule {
     /// The name, as seccompiler and `strace` spell it (x86-64).
     pub name: &'static str,
@@ -65,24 +68,32 @@ pub fn seccomp_names(kind: DeviceKind) -> Vec<&'static str> {
     spec_for(kind, Vec::new()).seccomp.iter().map(|r| r.name).collect()
 }
 
-/// Every backend: the vhost-user message loop, queue workers, guest memory and the inflight
-/// region, logging to stderr, and exiting.
+/// Every backend, after its files are open: the vhost-user message loop (and accepting the next
+/// frontend on a listening socket), queue workers, guest memory and the inflight region, the
+/// stop signal, and exiting.
 pub const COMMON: &[SyscallRule] = &[
-    // messages and eventfds
-    any("recvmsg"),
-    any("sendmsg"),
+    // messages, eventfds, epoll
     any("read"),
     any("write"),
     any("close"),
+    any("recvmsg"),
+    any("sendmsg"),
+    any("recvfrom"), // recv(MSG_PEEK) of the next message's header
     any("epoll_create1"),
     any("epoll_ctl"),
     any("epoll_wait"),
     any("epoll_pwait"),
     any("eventfd2"),
-    any("fcntl"),
-    any("setsockopt"),
-    any("getsockopt"),
+    when("fcntl", 1, libc::F_GETFD as u64),
+    when("fcntl", 1, libc::F_DUPFD_CLOEXEC as u64),
+    when("fcntl", 1, libc::F_GETFL as u64),
+    when("fcntl", 1, libc::F_SETFL as u64),
+    // a listening backend: the next frontend, and removing the socket file when stopped
     any("accept4"),
+    when("ioctl", 1, libc::FIONBIO),
+    when("setsockopt", 1, libc::SOL_SOCKET as u64),
+    when("getsockopt", 1, libc::SOL_SOCKET as u64),
+    any("unlink"),
     // guest memory (SET_MEM_TABLE) and the inflight region (GET/SET_INFLIGHT_FD)
     any("mmap"),
     any("munmap"),
@@ -90,9 +101,9 @@ pub const COMMON: &[SyscallRule] = &[
     any("madvise"),
     any("mremap"),
     any("brk"),
+    any("statx"),
     any("fstat"),
     any("newfstatat"),
-    any("statx"),
     when("memfd_create", 1, libc::MFD_CLOEXEC as u64),
     any("ftruncate"),
     // queue worker threads
@@ -107,31 +118,29 @@ pub const COMMON: &[SyscallRule] = &[
     any("sigaltstack"),
     any("sched_getaffinity"),
     any("sched_yield"),
-    any("getrandom"),
-    when("prctl", 0, libc::PR_SET_NAME as u64),
     any("gettid"),
+    when("prctl", 0, libc::PR_SET_NAME as u64),
     any("exit"),
     any("exit_group"),
     any("restart_syscall"),
 ];
 
-/// blk: image I/O through the disk crate.
+/// blk: image I/O through the disk crate (`pread`/`pwrite` of data and metadata, `lseek` for
+/// sizes, `fsync` for FLUSH, `fallocate` to punch holes for DISCARD and WRITE_ZEROES).
 pub const BLK: &[SyscallRule] = &[
     any("pread64"),
     any("pwrite64"),
-    any("preadv"),
-    any("pwritev"),
+    any("lseek"),
     any("fsync"),
     any("fdatasync"),
     any("fallocate"),
-    any("lseek"),
 ];
 
-/// net: packets through the tap fd.
-pub const NET: &[SyscallRule] = &[any("readv"), any("writev")];
+/// net: packets are `read`/`write` on the tap fd (already common); nothing else.
+pub const NET: &[SyscallRule] = &[];
 
-/// rng: `getrandom` (already common).
-pub const RNG: &[SyscallRule] = &[];
+/// rng: the entropy itself.
+pub const RNG: &[SyscallRule] = &[when("getrandom", 2, 0)];
 
 #[cfg(test)]
 mod tests {
@@ -140,13 +149,19 @@ mod tests {
     #[test]
     fn lists_are_unique_and_per_device() {
         for kind in [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng] {
+            let rules = spec_for(kind, Vec::new()).seccomp;
+            let set: std::collections::HashSet<_> = rules.iter().collect();
+            assert_eq!(set.len(), rules.len(), "{kind}: a rule appears twice");
             let names = seccomp_names(kind);
-            let set: std::collections::HashSet<_> = names.iter().collect();
-            assert_eq!(set.len(), names.len(), "{kind}: a name appears twice");
             assert!(names.contains(&"recvmsg") && names.contains(&"epoll_wait"));
+            for never in ["execve", "open", "openat", "socket", "connect", "bind", "ptrace"] {
+                assert!(!names.contains(&never), "{kind} must not need {never}");
+            }
         }
         assert!(seccomp_names(DeviceKind::Blk).contains(&"fsync"));
         assert!(!seccomp_names(DeviceKind::Rng).contains(&"fsync"));
+        assert!(seccomp_names(DeviceKind::Rng).contains(&"getrandom"));
+        assert!(!seccomp_names(DeviceKind::Blk).contains(&"getrandom"));
         assert!(!seccomp_names(DeviceKind::Net).contains(&"socket"), "net needs no sockets");
         assert!(!spec_for(DeviceKind::Net, vec![5]).needs_host_network);
     }

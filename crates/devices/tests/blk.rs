@@ -9,6 +9,7 @@ use std::time::Duration;
 use bulkhead_devices::{BlkConfig, DeviceConfig, ServeEnd};
 use bulkhead_disk::tools::CreateSpec;
 use harness::{r, raw_image, w, Driver, GuestMem, InThread, Process, Setup};
+use vhost::vhost_user::VhostUserFrontend;
 use vm_memory::{Bytes, GuestAddress};
 
 const MIB: usize = 1 << 20;
@@ -189,4 +190,25 @@ fn vmdk_image_in_a_process() {
     let mut back = vec![0; data.len()];
     disk.read_at(&mut back, 100 * 512).unwrap();
     assert!(back == data, "the VMDK file holds the write");
+}
+
+#[test]
+fn two_queues_serve_the_same_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = raw_image(dir.path(), "mq.raw", MIB, 0);
+    let dev = open_blk(&format!("{},format=raw,queues=2", image.display()));
+    assert_eq!(dev.num_queues(), 2);
+    let (_backend, stream) = InThread::start(dev);
+    let setup = Setup { queues: 2, ..Setup::default() };
+    let mut d = Driver::ready(stream, Arc::new(GuestMem::new()), &setup);
+    assert_eq!(d.frontend.get_queue_num().unwrap(), 2);
+    for (queue, sector, byte) in [(0, 0u64, 0xa1u8), (1, 8, 0xb2)] {
+        let (hdr, st) = request(&mut d, OUT, sector);
+        let buf = d.alloc(4096);
+        d.mem().write_slice(&[byte; 4096], GuestAddress(buf)).unwrap();
+        assert_eq!(d.roundtrip(queue, &[r(hdr, 16), r(buf, 4096), w(st, 1)]), 1);
+        assert_eq!(status(&d, st), OK);
+    }
+    let file = std::fs::read(&image).unwrap();
+    assert!(file[..4096].iter().all(|&b| b == 0xa1) && file[4096..8192].iter().all(|&b| b == 0xb2));
 }

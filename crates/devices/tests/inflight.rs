@@ -66,19 +66,19 @@ fn a_killed_backend_s_inflight_request_is_resubmitted_by_its_successor() {
     assert_eq!(region_u16(&region, 14), 1, "used_idx recorded");
     assert_eq!(region_u8(&region, DESC_OFFSET), 0, "the completed request is not inflight");
 
-    // A second write becomes available; the backend "takes" it and dies before completing it:
-    // it is marked inflight in the region (as `begin` does), and the process is SIGKILLed.
+    // The backend dies; the request it had "taken" is then written into the rings and the
+    // region as it would have left them: available, marked inflight, never completed. (Doing
+    // it after the kill keeps the dead backend from racing to serve it.)
+    first.kill();
     let data = vec![0x5a; 4096];
     let (bufs, st) = write_request(&mut d, 64, &data);
-    let q = d.q(0);
+    let mut queues = d.disconnect();
+    let q = &mut queues[0];
     let head = q.chain(&guest.mem, &bufs);
     q.publish(&guest.mem, head);
     let desc = DESC_OFFSET + 16 * u64::from(head);
     region.write_all_at(&99u64.to_le_bytes(), desc + 8).unwrap();
     region.write_all_at(&[1], desc).unwrap();
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
-    drop(d);
     assert_eq!(std::fs::read(&image).unwrap()[64 * 512], 0, "not written yet");
 
     // Its successor gets the same region and a vring base past the taken request.
@@ -111,13 +111,14 @@ fn without_the_region_a_taken_request_is_lost() {
         format!("{},format=raw", image.display()).parse().unwrap(),
     );
     let guest = Arc::new(GuestMem::new());
-    let (_b1, stream) = harness::InThread::start(bulkhead_devices::open(&cfg).unwrap());
+    let (first, stream) = harness::InThread::start(bulkhead_devices::open(&cfg).unwrap());
     let mut d = Driver::ready(stream, guest.clone(), &Setup::default());
     let (bufs, _) = write_request(&mut d, 64, &[0x5a; 512]);
-    let q = d.q(0);
+    let mut queues = d.disconnect();
+    first.join();
+    let q = &mut queues[0];
     let head = q.chain(&guest.mem, &bufs);
     q.publish(&guest.mem, head);
-    drop(d);
     let (_b2, stream) = harness::InThread::start(bulkhead_devices::open(&cfg).unwrap());
     let setup = Setup { keep_rings: true, base: 1, ..Setup::default() };
     let d = Driver::ready(stream, guest.clone(), &setup);

@@ -328,6 +328,12 @@ impl Driver {
         d
     }
 
+    /// Closes the connection and keeps the queues (to play with the rings while no backend is
+    /// connected).
+    pub fn disconnect(self) -> Vec<TestQueue> {
+        self.queues
+    }
+
     /// Reads `len` bytes of the device's configuration space at `offset`.
     pub fn frontend_config(&mut self, offset: u32, len: usize) -> Vec<u8> {
         let flags = vhost::vhost_user::message::VhostUserConfigFlags::WRITABLE;
@@ -399,6 +405,13 @@ impl Process {
     pub fn start_in(wrapper: &[&str], args: &[&str], socket: &Path) -> Process {
         let _ = std::fs::remove_file(socket); // a killed predecessor's
         let bin = env!("CARGO_BIN_EXE_bulkhead-device");
+        // BULKHEAD_TEST_TRACE=DIR runs each backend under `strace -ff` (for the seccomp lists).
+        let trace = std::env::var("BULKHEAD_TEST_TRACE").ok().map(|dir| {
+            let out = format!("{dir}/{}", args.first().unwrap_or(&"dev"));
+            vec!["strace".to_string(), "-ff".into(), "-qq".into(), "-o".into(), out]
+        });
+        let wrapper: Vec<&str> =
+            wrapper.iter().copied().chain(trace.iter().flatten().map(String::as_str)).collect();
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -407,7 +420,9 @@ impl Process {
             }
             None => Command::new(bin),
         };
+        use std::os::unix::process::CommandExt;
         let child = cmd
+            .process_group(0) // its own group: a wrapper (strace) and the backend end together
             .args(args)
             .arg("--socket")
             .arg(socket)
@@ -431,6 +446,13 @@ impl Process {
         UnixStream::connect(&self.socket).unwrap()
     }
 
+    /// SIGKILLs the backend (and its wrapper) and waits for it.
+    pub fn kill(&mut self) {
+        // SAFETY: signalling the process group this test created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
     /// Whether the process still runs.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -439,14 +461,13 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // SAFETY: signalling the process group this test created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
