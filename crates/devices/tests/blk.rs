@@ -212,3 +212,38 @@ fn two_queues_serve_the_same_image() {
     let file = std::fs::read(&image).unwrap();
     assert!(file[..4096].iter().all(|&b| b == 0xa1) && file[4096..8192].iter().all(|&b| b == 0xb2));
 }
+
+/// Median time of `n` sequential 4 KiB reads through `d`.
+fn median_read_latency(d: &mut Driver, n: usize) -> Duration {
+    let (hdr, st) = request(d, IN, 0);
+    let buf = d.alloc(4096);
+    let guest = d.guest.clone();
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = std::time::Instant::now();
+        let q = d.q(0);
+        q.submit(&guest.mem, &[r(hdr, 16), w(buf, 4096), w(st, 1)]);
+        q.wait_used(&guest.mem, 1, Duration::from_secs(5));
+        times.push(start.elapsed());
+    }
+    assert_eq!(status(d, st), OK);
+    times.sort();
+    times[n / 2]
+}
+
+#[test]
+#[ignore = "a measurement: cargo test --release -p bulkhead-devices --test blk -- --ignored --nocapture"]
+fn measure_read_latency_in_thread_and_in_a_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = raw_image(dir.path(), "lat.raw", MIB, 0);
+    let disk = format!("{},format=raw", image.display());
+    let (_backend, stream) = InThread::start(open_blk(&disk));
+    let mut d = Driver::ready(stream, Arc::new(GuestMem::new()), &Setup::default());
+    let thread = median_read_latency(&mut d, 2000);
+    let p = Process::start(&["blk", "--disk", &disk], &dir.path().join("lat.sock"));
+    let mut d = Driver::ready(p.connect(), Arc::new(GuestMem::new()), &Setup::default());
+    let process = median_read_latency(&mut d, 2000);
+    eprintln!(
+        "4 KiB read, kick to used, median of 2000: in-thread {thread:?}, process {process:?}"
+    );
+}

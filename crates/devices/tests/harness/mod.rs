@@ -160,8 +160,16 @@ impl TestQueue {
         head
     }
 
+    /// VIRTIO_RING_F_EVENT_IDX: asks for an interrupt once the used index passes what we saw.
+    fn want_interrupt(&self, mem: &GuestMemoryMmap) {
+        let used_event = GuestAddress(self.avail + 4 + 2 * u64::from(self.size));
+        mem.write_obj(self.seen_used, used_event).unwrap();
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Makes `head` available (without kicking).
     pub fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        self.want_interrupt(mem);
         let slot = u64::from(self.avail_idx % self.size);
         mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot)).unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
