@@ -26,7 +26,7 @@ use crate::blk::BlkConfig;
 use crate::net::config::{Mac, TapSource};
 use crate::net::NetConfig;
 use crate::rng::RngConfig;
-use crate::{Device, DeviceConfig, ServeEnd};
+use crate::{Device, DeviceConfig, SandboxSpec, ServeEnd};
 
 /// Exit code when the frontend broke the protocol.
 pub const EXIT_PROTOCOL_ERROR: i32 = 3;
@@ -99,8 +99,20 @@ impl DeviceCommand {
     }
 }
 
-/// Runs one device backend until it is stopped or (with `--fd`) its frontend goes away.
+/// Runs one device backend until it is stopped or (with `--fd`) its frontend goes away, with no
+/// sandbox (see [`run_with_sandbox`]).
 pub fn run(cmd: DeviceCommand) -> anyhow::Result<i32> {
+    run_with_sandbox(cmd, no_sandbox)
+}
+
+/// [`run`], entering the sandbox with `enter` (the binary passes the sandbox crate's). `enter`
+/// gets the device's needs and the connection's fd (the listening socket, or the inherited
+/// connected one); it runs once, after the device's files are open and the socket is bound,
+/// before any message is read.
+pub fn run_with_sandbox(
+    cmd: DeviceCommand,
+    enter: impl FnOnce(&SandboxSpec, RawFd) -> anyhow::Result<()>,
+) -> anyhow::Result<i32> {
     init_logging();
     let (cfg, conn) = cmd.split();
     let kind = cfg.kind();
@@ -111,26 +123,32 @@ pub fn run(cmd: DeviceCommand) -> anyhow::Result<i32> {
     };
     let stop = Arc::new(EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?);
     install_stop_signals(&stop)?;
+    let conn_fd = match (&listener, conn.fd) {
+        (Some(l), _) => l.as_raw_fd(),
+        (None, Some(fd)) => {
+            check_socket(fd)?;
+            fd
+        }
+        (None, None) => bail!("give --socket PATH or --fd N"),
+    };
 
     // ==== SANDBOX HOOK ==========================================================================
-    // Everything the device needs is open now (image files, tap, the socket). This is where the
-    // sandbox crate enters the compartment's sandbox, with `device.sandbox()` (the files to keep,
-    // the seccomp allow-list) plus the connection's fd. Nothing after this line opens a file.
-    enter_sandbox(&*device, listener.as_ref().map(|l| l.as_raw_fd()).or(conn.fd))?;
+    // Everything the device needs is open now (image files, tap, the socket). `enter` applies the
+    // compartment's sandbox: keep `device.sandbox().keep_fds` plus `conn_fd` (and the stop
+    // eventfd), install the seccomp allow-list. Nothing after this line opens a file.
+    enter(&device.sandbox(), conn_fd).context("cannot enter the sandbox")?;
     // ============================================================================================
 
-    match (listener, conn.fd) {
-        (Some(listener), _) => serve_listener(device, &listener, &stop, conn.socket.as_deref()),
-        (None, Some(fd)) => serve_fd(device, fd, stop),
-        (None, None) => bail!("give --socket PATH or --fd N"),
+    match listener {
+        Some(listener) => serve_listener(device, &listener, &stop, conn.socket.as_deref()),
+        None => serve_fd(device, conn_fd, stop),
     }
 }
 
-/// The sandbox hook: does nothing yet (see the marked call in [`run`]).
-fn enter_sandbox(device: &dyn Device, conn_fd: Option<RawFd>) -> anyhow::Result<()> {
-    let spec = device.sandbox();
+/// The hook of [`run`]: no sandbox.
+fn no_sandbox(spec: &SandboxSpec, conn_fd: RawFd) -> anyhow::Result<()> {
     log::debug!(
-        "sandbox not applied yet: would keep fds {:?} and {conn_fd:?}, {} allowed system calls",
+        "no sandbox: would keep fds {:?} and {conn_fd}, {} allowed system calls",
         spec.keep_fds,
         spec.seccomp.len()
     );
@@ -138,8 +156,7 @@ fn enter_sandbox(device: &dyn Device, conn_fd: Option<RawFd>) -> anyhow::Result<
 }
 
 fn serve_fd(device: Arc<dyn Device>, fd: RawFd, stop: Arc<EventFd>) -> anyhow::Result<i32> {
-    check_socket(fd)?;
-    // SAFETY: the fd was inherited for us to own, and check_socket saw a unix socket.
+    // SAFETY: the fd was inherited for us to own, and check_socket saw a stream socket.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
     match crate::serve(device, stream, stop)? {
         ServeEnd::Disconnected | ServeEnd::Stopped => Ok(0),

@@ -411,32 +411,39 @@ impl Process {
 
     /// Starts it under a wrapper command (like `ip netns exec NAME`).
     pub fn start_in(wrapper: &[&str], args: &[&str], socket: &Path) -> Process {
-        let _ = std::fs::remove_file(socket); // a killed predecessor's
         let bin = env!("CARGO_BIN_EXE_bulkhead-device");
-        // BULKHEAD_TEST_TRACE=DIR runs each backend under `strace -ff` (for the seccomp lists).
+        let socket_arg = socket.to_str().expect("a UTF-8 socket path");
+        let args: Vec<&str> = args.iter().copied().chain(["--socket", socket_arg]).collect();
+        Process::start_program(wrapper, bin, &args, &[], socket)
+    }
+
+    /// Starts `program` (which must listen on `socket`) under `wrapper`, in its own process
+    /// group.
+    pub fn start_program(
+        wrapper: &[&str],
+        program: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        socket: &Path,
+    ) -> Process {
+        use std::os::unix::process::CommandExt;
+        let _ = std::fs::remove_file(socket); // a killed predecessor's
+                                              // BULKHEAD_TEST_TRACE=DIR runs each backend under `strace -ff` (for the seccomp lists).
         let trace = std::env::var("BULKHEAD_TEST_TRACE").ok().map(|dir| {
             let out = format!("{dir}/{}", args.first().unwrap_or(&"dev"));
             vec!["strace".to_string(), "-ff".into(), "-qq".into(), "-o".into(), out]
         });
-        let wrapper: Vec<&str> =
-            wrapper.iter().copied().chain(trace.iter().flatten().map(String::as_str)).collect();
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        use std::os::unix::process::CommandExt;
-        let child = cmd
+        let mut line: Vec<&str> = wrapper.to_vec();
+        line.extend(trace.iter().flatten().map(String::as_str));
+        line.push(program);
+        line.extend_from_slice(args);
+        let child = Command::new(line[0])
+            .args(&line[1..])
+            .envs(envs.iter().copied())
             .process_group(0) // its own group: a wrapper (strace) and the backend end together
-            .args(args)
-            .arg("--socket")
-            .arg(socket)
             .stdin(Stdio::null())
             .spawn()
-            .expect("cannot start bulkhead-device");
+            .unwrap_or_else(|e| panic!("cannot start {line:?}: {e}"));
         let p = Process { child, socket: socket.to_path_buf() };
         p.wait_for_socket();
         p
