@@ -106,3 +106,40 @@ fn arp_request_and_reply_through_a_tap_in_a_namespace() {
     send(&mut d, &arp_request());
     wait_arp_reply(&mut d, &bufs, Duration::from_secs(5));
 }
+
+#[test]
+fn a_large_packet_waits_until_enough_buffers_are_added_one_at_a_time() {
+    let ns = NetNs::new("mrg");
+    ns.add_tap("bhtap1", "10.0.2.1/24");
+    ns.exec(&["ip", "neigh", "add", "10.0.2.15", "lladdr", "52:54:00:12:34:56", "dev", "bhtap1"]);
+    let fd = ns.open_tap("bhtap1");
+    let tap = Tap::from_fd(fd.into_raw_fd()).unwrap();
+    let (_backend, stream) = InThread::start(Arc::new(NetDevice::new(tap, Mac(GUEST_MAC))));
+    let setup = Setup { queues: 2, ..Setup::default() };
+    let mut d = Driver::ready(stream, Arc::new(GuestMem::new()), &setup);
+    assert_ne!(d.features & (1 << 15), 0, "MRG_RXBUF");
+    assert!(d.queues[RX].event_idx, "kicks follow avail_event");
+    let guest = d.guest.clone();
+    let bufs: Vec<u64> = (0..3).map(|_| d.alloc(512)).collect();
+    let add = |d: &mut Driver, at: u64| {
+        let q = d.q(RX);
+        q.submit(&guest.mem, &[w(at, 512)]);
+    };
+    add(&mut d, bufs[0]);
+    // A 1242-byte frame (UDP, 1200 bytes of payload) from the namespace to the "guest": 1254
+    // bytes with the header.
+    ns.run_in(|| {
+        let sock = std::net::UdpSocket::bind("10.0.2.1:0").unwrap();
+        sock.send_to(&[7; 1200], "10.0.2.15:9").unwrap();
+    });
+    d.q(RX).assert_idle(&guest.mem, Duration::from_millis(200));
+    add(&mut d, bufs[1]);
+    d.q(RX).assert_idle(&guest.mem, Duration::from_millis(200));
+    add(&mut d, bufs[2]);
+    let used = d.q(RX).wait_used(&guest.mem, 3, Duration::from_secs(5));
+    assert_eq!(used, vec![(0, 512), (1, 512), (2, 1254 - 1024)]);
+    let mut head = [0u8; 26];
+    guest.mem.read_slice(&mut head, GuestAddress(bufs[0])).unwrap();
+    assert_eq!(u16::from_le_bytes([head[10], head[11]]), 3, "num_buffers");
+    assert_eq!(&head[24..26], &[0x08, 0x00], "an IPv4 frame");
+}

@@ -23,6 +23,9 @@ pub enum Progress {
     Drained,
     /// It stopped with chains left (net RX with no packet to give): sleep until an event.
     Paused,
+    /// It needs more chains than are available (net RX: a packet spanning several buffers):
+    /// sleep until the driver adds one — the worker asks for a kick on the very next.
+    Starved,
 }
 
 /// A device's logic for one virtqueue. It runs on the queue's worker thread.
@@ -114,6 +117,7 @@ impl<'a> QueueContext<'a> {
     pub fn unpop(&mut self) {
         debug_assert!(self.inflight.is_none());
         self.queue.go_to_previous_position();
+        self.popped = self.popped.saturating_sub(1);
     }
 
     /// Whether the available ring has chains not taken yet.

@@ -329,7 +329,10 @@ impl WorkerLoop {
             let progress = self.handler.process(&mut ctx);
             used |= ctx.used();
             let popped = ctx.popped();
-            let more = st.queue.enable_notification(&*mem).unwrap_or(false);
+            let mut more = st.queue.enable_notification(&*mem).unwrap_or(false);
+            if progress == Progress::Starved {
+                more = ask_for_next_chain(&mut st.queue, &mem);
+            }
             // Two passes in a row that take nothing while the ring claims more: a broken
             // available index, not a race. Wait for the next kick rather than spin.
             idle_passes = if popped == 0 { idle_passes + 1 } else { 0 };
@@ -349,4 +352,19 @@ impl WorkerLoop {
             }
         }
     }
+}
+
+/// After the handler took every available chain and put them back (it needs more): with
+/// `VIRTIO_RING_F_EVENT_IDX`, `avail_event` = the driver's current index, so that the very next
+/// chain it adds is kicked (the queue's own `avail_event` = our position was passed already).
+/// Returns whether chains were added meanwhile.
+fn ask_for_next_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    use vm_memory::{Bytes, GuestAddress};
+    let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else { return false };
+    if queue.event_idx_enabled() {
+        let at = queue.used_ring() + 4 + 8 * u64::from(queue.size());
+        let _ = mem.write_obj(avail.0.to_le(), GuestAddress(at));
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+    queue.avail_idx(mem, Ordering::Acquire).is_ok_and(|now| now != avail)
 }

@@ -180,7 +180,7 @@ impl QueueHandler for RxQueue {
                 return Progress::Paused;
             }
             if let Delivery::NoBuffers = self.deliver(q) {
-                return Progress::Drained;
+                return Progress::Starved;
             }
         }
         Progress::Drained

@@ -107,7 +107,7 @@ fn receive_waits_for_buffers_without_losing_the_packet() {
     let mut h = RxQueue::new(port, 0);
     assert_eq!(process(&mem, &mut q, &mut h), Progress::Paused, "no packet");
     host.send(&frame(100)).unwrap();
-    assert_eq!(process(&mem, &mut q, &mut h), Progress::Drained, "a packet, no buffer");
+    assert_eq!(process(&mem, &mut q, &mut h), Progress::Starved, "a packet, no buffer");
     assert!(!h.wants_event(), "stop watching the tap while a packet waits");
     mock.add_desc_chains(&buffers(&[(0x10_0000, 2048)], true), 0).unwrap();
     process(&mem, &mut q, &mut h);
@@ -167,4 +167,20 @@ fn receive_returns_broken_buffers_empty() {
     host.send(&frame(80)).unwrap();
     process(&mem, &mut q, &mut h);
     assert_eq!(used(&mock), vec![(0, 0), (1, 92)], "the bad buffer back empty, then the packet");
+}
+
+#[test]
+fn receive_waits_for_enough_buffers_to_merge_into() {
+    let mem = memory();
+    let (port, host) = tap(false);
+    let mock = MockSplitQueue::new(&mem, 16);
+    mock.add_desc_chains(&buffers(&[(0x10_0000, 1000)], true), 0).unwrap();
+    let mut q: Queue = mock.create_queue().unwrap();
+    let mut h = RxQueue::new(port, features::MRG_RXBUF);
+    host.send(&frame(1500)).unwrap();
+    assert_eq!(process(&mem, &mut q, &mut h), Progress::Starved, "1000 bytes of room for 1512");
+    assert_eq!(used(&mock), vec![], "the buffer was put back");
+    mock.add_desc_chains(&buffers(&[(0x20_0000, 1000)], true), 1).unwrap();
+    process(&mem, &mut q, &mut h);
+    assert_eq!(used(&mock), vec![(0, 1000), (1, 512)]);
 }

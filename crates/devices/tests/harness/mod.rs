@@ -96,6 +96,8 @@ pub struct TestQueue {
     pub used: u64,
     pub kick: EventFd,
     pub call: EventFd,
+    /// VIRTIO_RING_F_EVENT_IDX negotiated: kick only when the device's `avail_event` asks.
+    pub event_idx: bool,
     next_desc: u16,
     avail_idx: u16,
     seen_used: u16,
@@ -112,6 +114,7 @@ impl TestQueue {
             used: base + 16 * u64::from(size) + 0x1000,
             kick: EventFd::new(EFD_NONBLOCK).unwrap(),
             call: EventFd::new(EFD_NONBLOCK).unwrap(),
+            event_idx: false,
             next_desc: 0,
             avail_idx: 0,
             seen_used: 0,
@@ -183,12 +186,33 @@ impl TestQueue {
         mem.write_obj(idx, GuestAddress(self.avail + 2)).unwrap();
     }
 
-    /// Adds a chain, makes it available and kicks. Returns its head.
+    /// Adds a chain, makes it available and kicks (if the device wants a kick). Returns its
+    /// head.
     pub fn submit(&mut self, mem: &GuestMemoryMmap, bufs: &[Buf]) -> u16 {
         let head = self.chain(mem, bufs);
+        let old = self.avail_idx;
         self.publish(mem, head);
-        self.kick.write(1).unwrap();
+        self.kick_if_needed(mem, old);
         head
+    }
+
+    /// Kicks unless EVENT_IDX is on and the device's `avail_event` was not passed since `old`.
+    pub fn kick_if_needed(&self, mem: &GuestMemoryMmap, old: u16) -> bool {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let event: u16 =
+            mem.read_obj(GuestAddress(self.used + 4 + 8 * u64::from(self.size))).unwrap();
+        let new = self.avail_idx;
+        let needed =
+            !self.event_idx || new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old);
+        if needed {
+            self.kick.write(1).unwrap();
+        }
+        needed
+    }
+
+    /// The driver's available index.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
     }
 
     pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
@@ -304,6 +328,7 @@ impl Driver {
         let mut queues: Vec<TestQueue> =
             (0..setup.queues).map(|i| TestQueue::new(i, setup.queue_size)).collect();
         for q in &mut queues {
+            q.event_idx = features & (1 << 29) != 0;
             if setup.keep_rings {
                 q.avail_idx = guest.mem.read_obj(GuestAddress(q.avail + 2)).unwrap();
                 q.seen_used = q.used_idx(&guest.mem);

@@ -51,16 +51,25 @@ impl NetNs {
         self.exec(&["ip", "link", "set", dev, "up"]);
     }
 
-    /// Opens the tap `dev` inside the namespace (from a thread that enters it) and returns its
-    /// file descriptor, with virtio-net headers on.
-    pub fn open_tap(&self, dev: &str) -> OwnedFd {
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/var/run/netns/{}", self.name);
-        let dev = dev.to_string();
         std::thread::spawn(move || {
             let ns = File::open(&path).expect("namespace file");
             // SAFETY: setns on this thread only, with a namespace fd we hold.
             let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Opens the tap `dev` inside the namespace and returns its file descriptor, with
+    /// virtio-net headers on.
+    pub fn open_tap(&self, dev: &str) -> OwnedFd {
+        let dev = dev.to_string();
+        self.run_in(move || {
             let tap = bulkhead_devices::net::tap::Tap::open(&dev).expect("tap in the namespace");
             // SAFETY: dup of a valid fd.
             let fd = unsafe { libc::dup(tap.fd()) };
@@ -68,8 +77,6 @@ impl NetNs {
             // SAFETY: a fresh fd we own.
             unsafe { OwnedFd::from_raw_fd(fd) }
         })
-        .join()
-        .unwrap()
     }
 }
 
