@@ -207,7 +207,7 @@ impl InflightQueue {
             .map(|h| (r.read::<u64>(self.desc(h) + 8), h))
             .collect();
         pending.sort_unstable();
-        self.counter = pending.last().map_or(0, |(c, _)| c + 1);
+        self.counter = pending.last().map_or(0, |(c, _)| c.wrapping_add(1));
         pending.into_iter().map(|(_, h)| h).collect()
     }
 
@@ -218,7 +218,7 @@ impl InflightQueue {
         }
         let at = self.desc(head);
         self.region.write(at + 8, self.counter);
-        self.counter += 1;
+        self.counter = self.counter.wrapping_add(1);
         fence(Ordering::SeqCst);
         self.region.write(at, 1u8);
         fence(Ordering::SeqCst);
