@@ -173,3 +173,66 @@ fn config_and_features() {
     assert_eq!(f.dev.num_queues(), 1);
     assert!(!f.dev.files().is_empty());
 }
+
+/// A small xorshift generator: reproducible pseudo-random input.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn random_descriptor_tables_never_panic() {
+    use crate::backend::{QueueContext, QueueHandler};
+    use std::collections::VecDeque;
+    use virtio_queue::{Queue, QueueT};
+    let f = fixture(false);
+    let mut h = Requests(BlkQueue::new(&f.dev));
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (desc, avail, used) = (0x1000u64, 0x2000u64, 0x3000u64);
+    for round in 0..3000 {
+        // 16 descriptors: addresses near the buffers, inside or past memory; random lengths,
+        // flags (NEXT, WRITE, INDIRECT) and next indices.
+        for i in 0..16u64 {
+            let r = rng.next();
+            let addr = match r % 4 {
+                0 => HDR + (r >> 8) % 0x1000,
+                1 => DATA + (r >> 8) % (8 << 20),
+                2 => (16 << 20) - (r >> 8) % 0x100,
+                _ => rng.next(),
+            };
+            let len = match rng.next() % 4 {
+                0 => 16,
+                1 => 1,
+                2 => (rng.next() % (5 << 20)) as u32,
+                _ => rng.next() as u32,
+            };
+            let at = GuestAddress(desc + 16 * i);
+            f.mem.write_obj(addr, at).unwrap();
+            f.mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
+            f.mem.write_obj((rng.next() % 8) as u16, GuestAddress(at.0 + 12)).unwrap();
+            f.mem.write_obj((rng.next() % 20) as u16, GuestAddress(at.0 + 14)).unwrap();
+        }
+        // Plausible request headers where some descriptors point.
+        f.header((rng.next() % 16) as u32, rng.next() % 4096);
+        for slot in 0..16u64 {
+            f.mem.write_obj((rng.next() % 18) as u16, GuestAddress(avail + 4 + 2 * slot)).unwrap();
+        }
+        f.mem.write_obj((rng.next() % 20) as u16, GuestAddress(avail + 2)).unwrap();
+        let mut q = Queue::new(16).unwrap();
+        q.set_size(16);
+        q.set_ready(true);
+        q.try_set_desc_table_address(GuestAddress(desc)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(avail)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(used)).unwrap();
+        let mut resubmit = VecDeque::new();
+        let mut ctx = QueueContext::new(&mut q, &f.mem, round % 2 == 0, None, &mut resubmit);
+        h.process(&mut ctx);
+        assert!(q.next_avail() <= 20, "round {round}");
+    }
+}
