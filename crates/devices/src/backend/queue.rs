@@ -1,0 +1,190 @@
+//! What a device's queue handler sees of its virtqueue: [`QueueContext`].
+//!
+//! A handler takes chains with [`QueueContext::pop`] and returns them with
+//! [`QueueContext::complete`], in the order it took them. The context keeps the inflight region
+//! up to date on both steps, hands out the chains a previous backend left in flight before any
+//! new one, and remembers whether the guest needs an interrupt. Request-style devices (blk, rng)
+//! implement [`RequestHandler`] and get the loop for free through [`Requests`].
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::chain::{self, Chain, Table};
+use super::inflight::InflightQueue;
+
+/// How far a call to [`QueueHandler::process`] got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// It took every chain it could; the worker checks for new ones before sleeping.
+    Drained,
+    /// It stopped with chains left (net RX with no packet to give): sleep until an event.
+    Paused,
+    /// It needs more chains than are available (net RX: a packet spanning several buffers):
+    /// sleep until the driver adds one — the worker asks for a kick on the very next.
+    Starved,
+}
+
+/// A device's logic for one virtqueue. It runs on the queue's worker thread.
+pub trait QueueHandler: Send {
+    /// Serves the queue: called after a kick, after [`QueueHandler::event_fd`] became readable,
+    /// and once when the queue starts (to resubmit what was in flight).
+    fn process(&mut self, queue: &mut QueueContext<'_>) -> Progress;
+
+    /// A file descriptor the worker also waits on for readability (net RX: the tap).
+    fn event_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// Whether to wait on [`QueueHandler::event_fd`] now (net RX stops while it has nowhere to
+    /// put a packet, and starts again when the guest adds buffers).
+    fn wants_event(&self) -> bool {
+        true
+    }
+}
+
+/// A device that turns each chain into one completed request.
+pub trait RequestHandler: Send {
+    /// Serves one chain and returns how many bytes it wrote into it.
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: &Chain) -> u32;
+}
+
+/// Runs a [`RequestHandler`] over every available chain, in order.
+pub struct Requests<H>(pub H);
+
+impl<H: RequestHandler> QueueHandler for Requests<H> {
+    fn process(&mut self, queue: &mut QueueContext<'_>) -> Progress {
+        while let Some(chain) = queue.pop() {
+            let len = self.0.handle(queue.memory(), &chain);
+            queue.complete(chain.head, len);
+        }
+        Progress::Drained
+    }
+}
+
+/// One virtqueue, as a handler may use it during one [`QueueHandler::process`] call.
+pub struct QueueContext<'a> {
+    queue: &'a mut Queue,
+    mem: &'a GuestMemoryMmap,
+    table: Table,
+    inflight: Option<&'a mut InflightQueue>,
+    resubmit: &'a mut VecDeque<u16>,
+    popped: usize,
+    used: bool,
+}
+
+impl<'a> QueueContext<'a> {
+    /// A context over `queue`; `indirect` says whether indirect descriptors were negotiated.
+    pub fn new(
+        queue: &'a mut Queue,
+        mem: &'a GuestMemoryMmap,
+        indirect: bool,
+        inflight: Option<&'a mut InflightQueue>,
+        resubmit: &'a mut VecDeque<u16>,
+    ) -> QueueContext<'a> {
+        let table = Table {
+            addr: vm_memory::GuestAddress(queue.desc_table()),
+            size: queue.size(),
+            indirect,
+        };
+        QueueContext { queue, mem, table, inflight, resubmit, popped: 0, used: false }
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &'a GuestMemoryMmap {
+        self.mem
+    }
+
+    /// The next chain: first those a previous backend left in flight, then the available ring's.
+    pub fn pop(&mut self) -> Option<Chain> {
+        if let Some(head) = self.resubmit.pop_front() {
+            self.popped += 1;
+            return Some(chain::walk(self.mem, self.table, head));
+        }
+        let head = self.queue.pop_descriptor_chain(self.mem)?.head_index();
+        if let Some(inflight) = self.inflight.as_deref_mut() {
+            inflight.begin(head);
+        }
+        self.popped += 1;
+        Some(chain::walk(self.mem, self.table, head))
+    }
+
+    /// Puts the last chain taken from the available ring back (net RX, when a packet does not
+    /// fit). Only for queues without an inflight region.
+    pub fn unpop(&mut self) {
+        debug_assert!(self.inflight.is_none());
+        self.queue.go_to_previous_position();
+        self.popped = self.popped.saturating_sub(1);
+    }
+
+    /// Whether the available ring has chains not taken yet.
+    pub fn has_available(&self) -> bool {
+        let avail = self.queue.avail_idx(self.mem, Ordering::Acquire);
+        avail.is_ok_and(|idx| idx.0 != self.queue.next_avail())
+    }
+
+    /// Returns the chain at `head` to the driver with `len` bytes written.
+    pub fn complete(&mut self, head: u16, len: u32) {
+        if let Some(inflight) = self.inflight.as_deref_mut() {
+            inflight.before_used(head);
+        }
+        if let Err(e) = self.queue.add_used(self.mem, head, len) {
+            log::warn!("cannot return descriptor {head} to the used ring: {e}");
+            return;
+        }
+        let used_idx = self.queue.next_used();
+        if let Some(inflight) = self.inflight.as_deref_mut() {
+            inflight.after_used(head, used_idx);
+        }
+        self.used = true;
+    }
+
+    /// Chains taken during this context's life.
+    pub(crate) fn popped(&self) -> usize {
+        self.popped
+    }
+
+    /// Whether any chain was returned during this context's life.
+    pub(crate) fn used(&self) -> bool {
+        self.used
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Runs a handler over a `MockSplitQueue`, for the devices' unit tests.
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    /// 16 MiB of guest memory; queues at 0, buffers from 1 MiB.
+    pub fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
+    }
+
+    /// A descriptor (`next` is filled in by the mock).
+    pub fn desc(addr: u64, len: u32, writable: bool) -> RawDescriptor {
+        let flags = if writable { 2 } else { 0 };
+        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
+    }
+
+    /// Puts one chain of `descs` in a fresh queue of 16, runs `handler` over it, and returns
+    /// the used length (None if nothing was returned).
+    pub fn run_one<H: QueueHandler>(
+        mem: &GuestMemoryMmap,
+        handler: &mut H,
+        descs: &[RawDescriptor],
+    ) -> Option<u32> {
+        let mock = MockSplitQueue::new(mem, 16);
+        mock.build_desc_chain(descs).unwrap();
+        let mut queue: Queue = mock.create_queue().unwrap();
+        let mut resubmit = VecDeque::new();
+        let mut ctx = QueueContext::new(&mut queue, mem, true, None, &mut resubmit);
+        handler.process(&mut ctx);
+        (mock.used().idx().load() == 1).then(|| mock.used().ring().ref_at(0).unwrap().load().len())
+    }
+}

@@ -1,0 +1,370 @@
+//! One virtqueue's state and its worker thread.
+//!
+//! The message thread configures a [`Vring`] (size, addresses, base, call and kick eventfds) and
+//! starts it when the kick eventfd arrives. The worker then waits in epoll on the kick eventfd,
+//! its own control eventfd and, if the handler has one, a device fd (the tap for net RX); on each
+//! wake-up it takes the state's lock and lets the device's [`QueueHandler`] serve the queue, with
+//! notifications from the guest off while it works, and signals the call eventfd if the guest
+//! wants an interrupt. `GET_VRING_BASE` stops the worker (the request in progress finishes
+//! first) and reports where the available ring stands.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::inflight::{InflightQueue, InflightRegion};
+use super::queue::{Progress, QueueContext, QueueHandler};
+
+/// Most passes over a queue in one wake-up before the worker checks whether it should stop.
+const MAX_PASSES: usize = 64;
+
+/// The state the message thread and the worker share.
+pub struct VringState {
+    /// The split virtqueue.
+    pub queue: Queue,
+    /// Signals the guest (an irqfd, in Bulkhead's core).
+    pub call: Option<EventFd>,
+    /// `SET_VRING_ENABLE` state.
+    pub enabled: bool,
+    /// Indirect descriptors negotiated.
+    pub indirect: bool,
+    inflight: Option<InflightQueue>,
+    resubmit: VecDeque<u16>,
+}
+
+/// One virtqueue.
+pub struct Vring {
+    index: usize,
+    state: Arc<Mutex<VringState>>,
+    kick: Option<EventFd>,
+    worker: Option<Worker>,
+}
+
+/// Why a queue could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VringError {
+    /// Its addresses are not inside guest memory (or no memory table was set).
+    #[error("queue {0}'s rings are not inside guest memory")]
+    InvalidRings(usize),
+    /// No kick eventfd was given.
+    #[error("queue {0} has no kick eventfd")]
+    NoKick(usize),
+    /// The device refused to make a handler.
+    #[error("queue {0}: {1}")]
+    Device(usize, String),
+    /// The worker could not be set up.
+    #[error("cannot start the worker of queue {0}")]
+    Worker(usize, #[source] std::io::Error),
+}
+
+impl Vring {
+    /// Queue `index`, at most `max_size` descriptors.
+    pub fn new(index: usize, max_size: u16) -> Vring {
+        let queue = Queue::new(max_size).unwrap_or_else(|_| {
+            // max_size is checked by the caller (a power of two up to 32768).
+            Queue::new(256).expect("256 is a valid queue size")
+        });
+        let state = VringState {
+            queue,
+            call: None,
+            enabled: false,
+            indirect: false,
+            inflight: None,
+            resubmit: VecDeque::new(),
+        };
+        Vring { index, state: Arc::new(Mutex::new(state)), kick: None, worker: None }
+    }
+
+    /// The shared state, locked.
+    pub fn lock(&self) -> MutexGuard<'_, VringState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the kick eventfd (the ring is then started by [`Vring::start`]).
+    pub fn set_kick(&mut self, kick: EventFd) {
+        self.stop();
+        self.kick = Some(kick);
+    }
+
+    /// Whether the worker runs.
+    pub fn is_started(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// Starts the worker: checks the rings, recovers the inflight state, and spawns the thread.
+    pub fn start(
+        &mut self,
+        mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+        inflight: Option<Arc<InflightRegion>>,
+        handler: Box<dyn QueueHandler>,
+        name: String,
+    ) -> Result<(), VringError> {
+        self.stop();
+        let index = self.index;
+        let kick = self.kick.as_ref().ok_or(VringError::NoKick(index))?;
+        let kick = kick.try_clone().map_err(|e| VringError::Worker(index, e))?;
+        self.prepare(mem, inflight)?;
+        let worker = Worker::spawn(name, self.state.clone(), kick, mem.clone(), handler)
+            .map_err(|e| VringError::Worker(index, e))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn prepare(
+        &mut self,
+        mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+        inflight: Option<Arc<InflightRegion>>,
+    ) -> Result<(), VringError> {
+        let index = self.index;
+        let m = mem.memory();
+        let mut st = self.lock();
+        st.queue.set_ready(true);
+        let used_idx = match st.queue.used_idx(&*m, Ordering::Acquire) {
+            Ok(idx) if st.queue.is_valid(&*m) => idx.0,
+            _ => {
+                st.queue.set_ready(false);
+                return Err(VringError::InvalidRings(index));
+            }
+        };
+        st.queue.set_next_used(used_idx);
+        let size = st.queue.size();
+        st.inflight = inflight.and_then(|r| InflightQueue::new(r, index, size));
+        let resubmit = match st.inflight.as_mut() {
+            Some(q) => q.recover(used_idx),
+            None => Vec::new(),
+        };
+        if st.inflight.is_some() {
+            // In-order processing: what is in flight directly follows the used ring's idx.
+            st.queue.set_next_avail(used_idx.wrapping_add(resubmit.len() as u16));
+            if !resubmit.is_empty() {
+                log::info!("queue {index}: resubmitting {} requests", resubmit.len());
+            }
+        }
+        st.resubmit = resubmit.into();
+        Ok(())
+    }
+
+    /// Wakes the worker (after `SET_VRING_ENABLE`).
+    pub fn wake(&self) {
+        if let Some(w) = &self.worker {
+            let _ = w.control.write(1);
+        }
+    }
+
+    /// Stops the worker, if it runs, after the request in progress.
+    pub fn stop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+    }
+
+    /// Forgets everything but the index: the queue's settings, eventfds and inflight state.
+    pub fn reset(&mut self) {
+        self.stop();
+        self.kick = None;
+        let mut st = self.lock();
+        st.queue.reset();
+        st.call = None;
+        st.enabled = false;
+        st.inflight = None;
+        st.resubmit.clear();
+    }
+}
+
+impl Drop for Vring {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A queue's worker thread.
+struct Worker {
+    thread: JoinHandle<()>,
+    control: EventFd,
+    stop: Arc<AtomicBool>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Kick = 1,
+    Control = 2,
+    Device = 3,
+}
+
+impl Worker {
+    fn spawn(
+        name: String,
+        state: Arc<Mutex<VringState>>,
+        kick: EventFd,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        handler: Box<dyn QueueHandler>,
+    ) -> std::io::Result<Worker> {
+        let control = EventFd::new(EFD_NONBLOCK)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut run = WorkerLoop {
+            state,
+            kick,
+            control: control.try_clone()?,
+            stop: stop.clone(),
+            mem,
+            handler,
+            epoll: Epoll::new()?,
+            watching_device: false,
+        };
+        run.register()?;
+        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.run()));
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::error!("{name}: worker stopped: {e}"),
+                Err(_) => log::error!("{name}: worker panicked; the queue is stopped"),
+            }
+        })?;
+        Ok(Worker { thread, control, stop })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.control.write(1);
+        let _ = self.thread.join();
+    }
+}
+
+struct WorkerLoop {
+    state: Arc<Mutex<VringState>>,
+    kick: EventFd,
+    control: EventFd,
+    stop: Arc<AtomicBool>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    handler: Box<dyn QueueHandler>,
+    epoll: Epoll,
+    watching_device: bool,
+}
+
+impl WorkerLoop {
+    fn register(&mut self) -> std::io::Result<()> {
+        let add = |fd: RawFd, token: Token| {
+            let ev = EpollEvent::new(EventSet::IN, token as u64);
+            self.epoll.ctl(ControlOperation::Add, fd, ev)
+        };
+        add(self.kick.as_raw_fd(), Token::Kick)?;
+        add(self.control.as_raw_fd(), Token::Control)?;
+        if let Some(fd) = self.handler.event_fd() {
+            let ev = EpollEvent::new(EventSet::empty(), Token::Device as u64);
+            self.epoll.ctl(ControlOperation::Add, fd, ev)?;
+        }
+        Ok(())
+    }
+
+    fn run(&mut self) -> std::io::Result<()> {
+        let mut events = vec![EpollEvent::default(); 4];
+        // A first pass: resubmit what was in flight, and catch kicks sent before we listened.
+        self.serve();
+        loop {
+            self.arm_device()?;
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    d if d == Token::Kick as u64 => drop(self.kick.read()),
+                    d if d == Token::Control as u64 => drop(self.control.read()),
+                    _ => {}
+                }
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.serve();
+        }
+    }
+
+    /// Watches the device fd only while the queue runs and the handler wants it (the fd is
+    /// level-triggered: watching it while nothing reads it would spin).
+    fn arm_device(&mut self) -> std::io::Result<()> {
+        let Some(fd) = self.handler.event_fd() else { return Ok(()) };
+        let running = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.enabled && st.queue.ready()
+        };
+        let want = running && self.handler.wants_event();
+        if want != self.watching_device {
+            let set = if want { EventSet::IN } else { EventSet::empty() };
+            let ev = EpollEvent::new(set, Token::Device as u64);
+            self.epoll.ctl(ControlOperation::Modify, fd, ev)?;
+            self.watching_device = want;
+        }
+        Ok(())
+    }
+
+    /// Serves the queue until it is empty (or the pass limit), then signals the guest.
+    fn serve(&mut self) {
+        let mem = self.mem.memory();
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *guard;
+        if !st.enabled || !st.queue.ready() {
+            return;
+        }
+        let mut used = false;
+        let mut idle_passes = 0;
+        let mut exhausted = true;
+        for _ in 0..MAX_PASSES {
+            let _ = st.queue.disable_notification(&*mem);
+            let mut ctx = QueueContext::new(
+                &mut st.queue,
+                &mem,
+                st.indirect,
+                st.inflight.as_mut(),
+                &mut st.resubmit,
+            );
+            let progress = self.handler.process(&mut ctx);
+            used |= ctx.used();
+            let popped = ctx.popped();
+            let mut more = st.queue.enable_notification(&*mem).unwrap_or(false);
+            if progress == Progress::Starved {
+                more = ask_for_next_chain(&mut st.queue, &mem);
+            }
+            // Two passes in a row that take nothing while the ring claims more: a broken
+            // available index, not a race. Wait for the next kick rather than spin.
+            idle_passes = if popped == 0 { idle_passes + 1 } else { 0 };
+            let stop = self.stop.load(Ordering::SeqCst);
+            if progress == Progress::Paused || !more || idle_passes == 2 || stop {
+                exhausted = false;
+                break;
+            }
+        }
+        if exhausted {
+            // Work is left and no kick will come for it: come back after other events.
+            let _ = self.control.write(1);
+        }
+        if used && st.queue.needs_notification(&*mem).unwrap_or(true) {
+            if let Some(call) = &st.call {
+                let _ = call.write(1);
+            }
+        }
+    }
+}
+
+/// After the handler took every available chain and put them back (it needs more): with
+/// `VIRTIO_RING_F_EVENT_IDX`, `avail_event` = the driver's current index, so that the very next
+/// chain it adds is kicked (the queue's own `avail_event` = our position was passed already).
+/// Returns whether chains were added meanwhile.
+fn ask_for_next_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    use vm_memory::{Bytes, GuestAddress};
+    let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else { return false };
+    if queue.event_idx_enabled() {
+        let at = queue.used_ring() + 4 + 8 * u64::from(queue.size());
+        let _ = mem.write_obj(avail.0.to_le(), GuestAddress(at));
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+    queue.avail_idx(mem, Ordering::Acquire).is_ok_and(|now| now != avail)
+}

@@ -1,0 +1,165 @@
+//! What the user asks of a block device, and the virtio-blk configuration space it offers.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use bulkhead_disk::Format;
+
+use crate::DeviceError;
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR: u64 = 512;
+/// Largest read or write one request may carry; larger ones fail with `IOERR`. Advertised as
+/// `seg_max * size_max`.
+pub const MAX_REQUEST_BYTES: u64 = 4 << 20;
+/// Most data segments per request (`seg_max`).
+pub const SEG_MAX: u32 = 128;
+/// Largest data segment (`size_max`).
+pub const SIZE_MAX: u32 = (MAX_REQUEST_BYTES / SEG_MAX as u64) as u32;
+/// Most ranges in one discard or write-zeroes request.
+pub const MAX_RANGES: u32 = 16;
+/// Largest range of one discard or write-zeroes segment, in sectors (1 GiB).
+pub const MAX_RANGE_SECTORS: u32 = 1 << 21;
+/// Most queues a block device may have.
+pub const MAX_QUEUES: u16 = 16;
+
+/// Feature bits (virtio 1.2, 5.2.3).
+pub mod features {
+    /// `size_max` is valid.
+    pub const SIZE_MAX: u64 = 1 << 1;
+    /// `seg_max` is valid.
+    pub const SEG_MAX: u64 = 1 << 2;
+    /// The disk is read-only.
+    pub const RO: u64 = 1 << 5;
+    /// `blk_size` is valid.
+    pub const BLK_SIZE: u64 = 1 << 6;
+    /// FLUSH requests.
+    pub const FLUSH: u64 = 1 << 9;
+    /// `num_queues` is valid.
+    pub const MQ: u64 = 1 << 12;
+    /// DISCARD requests.
+    pub const DISCARD: u64 = 1 << 13;
+    /// WRITE_ZEROES requests.
+    pub const WRITE_ZEROES: u64 = 1 << 14;
+}
+
+/// A block device: `path=disk.qcow2,readonly,format=qcow2,queues=2,serial=ID` (a bare first
+/// word is the path: `disk.qcow2,readonly`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlkConfig {
+    /// The image.
+    pub path: PathBuf,
+    /// Serve it read-only (`VIRTIO_BLK_F_RO`; the image is opened read-only too).
+    pub read_only: bool,
+    /// Its format; probed from the content when `None` (name it for images a guest writes).
+    pub format: Option<Format>,
+    /// Number of virtqueues (1 by default).
+    pub queues: u16,
+    /// The ID `GET_ID` returns (20 bytes at most); the file name by default.
+    pub serial: Option<String>,
+}
+
+impl BlkConfig {
+    /// A writable disk at `path`, format probed, one queue.
+    pub fn new(path: impl Into<PathBuf>) -> BlkConfig {
+        BlkConfig { path: path.into(), read_only: false, format: None, queues: 1, serial: None }
+    }
+}
+
+impl FromStr for BlkConfig {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
+        let mut cfg = BlkConfig::new("");
+        for (i, (key, value)) in crate::options(s).enumerate() {
+            match (key, value) {
+                ("path", v) => cfg.path = v.into(),
+                ("readonly" | "ro", "" | "on" | "true") => cfg.read_only = true,
+                ("readonly" | "ro", "off" | "false") => cfg.read_only = false,
+                ("format", v) => cfg.format = Some(v.parse().map_err(config_error)?),
+                ("queues", v) => cfg.queues = parse_queues(v)?,
+                ("serial", v) if v.len() <= 20 => cfg.serial = Some(v.into()),
+                (path, "") if i == 0 => cfg.path = path.into(),
+                _ => {
+                    return Err(DeviceError::Config(format!(
+                        "unknown disk option {key:?}; use path=FILE, readonly, \
+                         format=raw|qcow2|vmdk, queues=N, serial=ID (20 bytes at most)"
+                    )))
+                }
+            }
+        }
+        if cfg.path.as_os_str().is_empty() {
+            return Err(DeviceError::Config("a disk needs path=FILE".into()));
+        }
+        Ok(cfg)
+    }
+}
+
+fn config_error(e: bulkhead_disk::DiskError) -> DeviceError {
+    DeviceError::Config(e.to_string())
+}
+
+fn parse_queues(v: &str) -> Result<u16, DeviceError> {
+    match v.parse::<u16>() {
+        Ok(n) if (1..=MAX_QUEUES).contains(&n) => Ok(n),
+        _ => Err(DeviceError::Config(format!("queues={v}: use 1 to {MAX_QUEUES}"))),
+    }
+}
+
+/// The virtio-blk configuration space (`struct virtio_blk_config`, up to the write-zeroes
+/// fields: 60 bytes).
+pub fn config_space(capacity_sectors: u64, queues: u16) -> Vec<u8> {
+    let mut c = Vec::with_capacity(60);
+    c.extend_from_slice(&capacity_sectors.to_le_bytes()); // 0 capacity
+    c.extend_from_slice(&SIZE_MAX.to_le_bytes()); // 8 size_max
+    c.extend_from_slice(&SEG_MAX.to_le_bytes()); // 12 seg_max
+    c.extend_from_slice(&[0; 4]); // 16 geometry
+    c.extend_from_slice(&(SECTOR as u32).to_le_bytes()); // 20 blk_size
+    c.extend_from_slice(&[0; 8]); // 24 topology
+    c.extend_from_slice(&[0, 0]); // 32 writeback, unused
+    c.extend_from_slice(&queues.to_le_bytes()); // 34 num_queues
+    c.extend_from_slice(&MAX_RANGE_SECTORS.to_le_bytes()); // 36 max_discard_sectors
+    c.extend_from_slice(&MAX_RANGES.to_le_bytes()); // 40 max_discard_seg
+    c.extend_from_slice(&1u32.to_le_bytes()); // 44 discard_sector_alignment
+    c.extend_from_slice(&MAX_RANGE_SECTORS.to_le_bytes()); // 48 max_write_zeroes_sectors
+    c.extend_from_slice(&MAX_RANGES.to_le_bytes()); // 52 max_write_zeroes_seg
+    c.extend_from_slice(&[1, 0, 0, 0]); // 56 write_zeroes_may_unmap, unused
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options() {
+        let c: BlkConfig = "disk.qcow2,readonly,format=qcow2".parse().unwrap();
+        assert_eq!(c.path, PathBuf::from("disk.qcow2"));
+        assert!(c.read_only);
+        assert_eq!(c.format, Some(Format::Qcow2));
+        assert_eq!(c.queues, 1);
+        let c = "path=/a,b,queues=4,serial=disk0".parse::<BlkConfig>();
+        assert!(c.is_err(), "a bare word after the first is unknown");
+        let c: BlkConfig = "path=/a,queues=4,serial=disk0,ro=off".parse().unwrap();
+        assert_eq!((c.queues, c.serial.as_deref(), c.read_only), (4, Some("disk0"), false));
+        for bad in ["", "readonly", "a,format=vhd", "a,queues=0", "a,queues=99", "a,frob=1"] {
+            let err = bad.parse::<BlkConfig>().unwrap_err().to_string();
+            assert!(!err.is_empty(), "{bad}");
+        }
+        let err = "a,frob=1".parse::<BlkConfig>().unwrap_err().to_string();
+        assert!(err.contains("use path=FILE"), "{err}");
+    }
+
+    #[test]
+    fn config_space_layout() {
+        let c = config_space(2048, 2);
+        assert_eq!(c.len(), 60);
+        assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), 2048);
+        assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), SEG_MAX);
+        assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
+        assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 2);
+        assert_eq!(u32::from_le_bytes(c[52..56].try_into().unwrap()), MAX_RANGES);
+        assert_eq!(c[56], 1);
+        assert_eq!(u64::from(SEG_MAX) * u64::from(SIZE_MAX), MAX_REQUEST_BYTES);
+    }
+}

@@ -1,0 +1,341 @@
+//! `bulkhead device blk|net|rng`: one device backend as a process (a compartment).
+//!
+//! The binary mounts [`DeviceCommand`] as a subcommand and calls [`run`]. The process opens
+//! what the device serves, enters its sandbox (the hook below), then serves vhost-user either on
+//! an inherited connected socket (`--fd N`: how the core starts a compartment, one end of a
+//! socket pair) or on a listening socket path (`--socket PATH`: by hand, or for QEMU; one
+//! frontend at a time, the next accepted after a disconnect). SIGTERM and SIGINT stop it cleanly.
+//!
+//! Exit codes: 0 the frontend disconnected or the process was stopped; 1 the device could not be
+//! opened or served (the message says why); 3 the frontend broke the protocol (`--fd` only: a
+//! listening backend drops that frontend and accepts the next).
+
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::blk::BlkConfig;
+use crate::net::config::{Mac, TapSource};
+use crate::net::NetConfig;
+use crate::rng::RngConfig;
+use crate::{Device, DeviceConfig, SandboxSpec, ServeEnd};
+
+/// Exit code when the frontend broke the protocol.
+pub const EXIT_PROTOCOL_ERROR: i32 = 3;
+
+/// The device backends, as processes.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// virtio-blk over a raw, qcow2 or VMDK image.
+    Blk {
+        /// Where the frontend is.
+        #[command(flatten)]
+        conn: ConnectionArgs,
+        /// The image: `PATH[,readonly][,format=raw|qcow2|vmdk][,queues=N][,serial=ID]`.
+        #[arg(long, value_name = "PATH[,OPTIONS]")]
+        disk: BlkConfig,
+    },
+    /// virtio-net over a tap device.
+    Net {
+        /// Where the frontend is.
+        #[command(flatten)]
+        conn: ConnectionArgs,
+        /// Tap interface to attach to (or create, with CAP_NET_ADMIN).
+        #[arg(
+            long,
+            value_name = "NAME",
+            required_unless_present = "tap_fd",
+            conflicts_with = "tap_fd"
+        )]
+        tap: Option<String>,
+        /// An inherited, open tap file descriptor.
+        #[arg(long, value_name = "N")]
+        tap_fd: Option<RawFd>,
+        /// The guest's MAC address (random 52:54:00:xx:xx:xx by default).
+        #[arg(long)]
+        mac: Option<Mac>,
+    },
+    /// virtio-rng from the host's getrandom(2).
+    Rng {
+        /// Where the frontend is.
+        #[command(flatten)]
+        conn: ConnectionArgs,
+    },
+}
+
+/// Where the frontend is: a socket path to listen on, or an inherited connected socket.
+#[derive(Clone, Debug, Args)]
+pub struct ConnectionArgs {
+    /// Listen on this unix socket path; serve one frontend at a time.
+    #[arg(long, value_name = "PATH", required_unless_present = "fd", conflicts_with = "fd")]
+    pub socket: Option<PathBuf>,
+    /// Serve the connected unix socket inherited as this file descriptor, then exit.
+    #[arg(long, value_name = "N")]
+    pub fd: Option<RawFd>,
+}
+
+impl DeviceCommand {
+    /// The device configuration and the connection arguments.
+    pub fn split(self) -> (DeviceConfig, ConnectionArgs) {
+        match self {
+            DeviceCommand::Blk { conn, disk } => (DeviceConfig::Blk(disk), conn),
+            DeviceCommand::Net { conn, tap, tap_fd, mac } => {
+                let tap = match (tap, tap_fd) {
+                    (Some(name), _) => TapSource::Name(name),
+                    (None, fd) => TapSource::Fd(fd.unwrap_or(-1)),
+                };
+                (DeviceConfig::Net(NetConfig { tap, mac }), conn)
+            }
+            DeviceCommand::Rng { conn } => (DeviceConfig::Rng(RngConfig {}), conn),
+        }
+    }
+}
+
+/// Runs one device backend until it is stopped or (with `--fd`) its frontend goes away, with no
+/// sandbox (see [`run_with_sandbox`]).
+pub fn run(cmd: DeviceCommand) -> anyhow::Result<i32> {
+    run_with_sandbox(cmd, no_sandbox)
+}
+
+/// [`run`], entering the sandbox with `enter` (the binary passes the sandbox crate's). `enter`
+/// gets the device's needs and the connection's fd (the listening socket, or the inherited
+/// connected one); it runs once, after the device's files are open and the socket is bound,
+/// before any message is read.
+pub fn run_with_sandbox(
+    cmd: DeviceCommand,
+    enter: impl FnOnce(&SandboxSpec, RawFd) -> anyhow::Result<()>,
+) -> anyhow::Result<i32> {
+    init_logging();
+    let (cfg, conn) = cmd.split();
+    let kind = cfg.kind();
+    let device = crate::open(&cfg).with_context(|| format!("cannot open the {kind} device"))?;
+    let listener = match &conn.socket {
+        Some(path) => Some(bind(path)?),
+        None => None,
+    };
+    let stop = Arc::new(EventFd::new(EFD_NONBLOCK).context("cannot create an eventfd")?);
+    install_stop_signals(&stop)?;
+    let conn_fd = match (&listener, conn.fd) {
+        (Some(l), _) => l.as_raw_fd(),
+        (None, Some(fd)) => {
+            check_socket(fd)?;
+            fd
+        }
+        (None, None) => bail!("give --socket PATH or --fd N"),
+    };
+
+    // ==== SANDBOX HOOK ==========================================================================
+    // Everything the device needs is open now (image files, tap, the socket). `enter` applies the
+    // compartment's sandbox: keep `device.sandbox().keep_fds` plus `conn_fd` (and the stop
+    // eventfd), install the seccomp allow-list. Nothing after this line opens a file.
+    enter(&device.sandbox(), conn_fd).context("cannot enter the sandbox")?;
+    // ============================================================================================
+
+    match listener {
+        Some(listener) => serve_listener(device, &listener, &stop, conn.socket.as_deref()),
+        None => serve_fd(device, conn_fd, stop),
+    }
+}
+
+/// The hook of [`run`]: no sandbox.
+fn no_sandbox(spec: &SandboxSpec, conn_fd: RawFd) -> anyhow::Result<()> {
+    log::debug!(
+        "no sandbox: would keep fds {:?} and {conn_fd}, {} allowed system calls",
+        spec.keep_fds,
+        spec.seccomp.len()
+    );
+    Ok(())
+}
+
+fn serve_fd(device: Arc<dyn Device>, fd: RawFd, stop: Arc<EventFd>) -> anyhow::Result<i32> {
+    // SAFETY: the fd was inherited for us to own, and check_socket saw a stream socket.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    match crate::serve(device, stream, stop)? {
+        ServeEnd::Disconnected | ServeEnd::Stopped => Ok(0),
+        ServeEnd::ProtocolError(why) => {
+            eprintln!("bulkhead device: the frontend broke the protocol: {why}");
+            Ok(EXIT_PROTOCOL_ERROR)
+        }
+    }
+}
+
+fn serve_listener(
+    device: Arc<dyn Device>,
+    listener: &UnixListener,
+    stop: &Arc<EventFd>,
+    path: Option<&Path>,
+) -> anyhow::Result<i32> {
+    let result = accept_loop(device, listener, stop);
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn accept_loop(
+    device: Arc<dyn Device>,
+    listener: &UnixListener,
+    stop: &Arc<EventFd>,
+) -> anyhow::Result<i32> {
+    let epoll = Epoll::new().context("epoll_create failed")?;
+    let add =
+        |fd, token| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
+    add(listener.as_raw_fd(), 1).context("epoll_ctl failed")?;
+    add(stop.as_raw_fd(), 2).context("epoll_ctl failed")?;
+    let mut events = [EpollEvent::default(); 2];
+    loop {
+        match epoll.wait(-1, &mut events) {
+            Ok(n) if events[..n].iter().any(|e| e.data() == 2) => return Ok(0),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("epoll_wait failed"),
+        }
+        let (stream, _) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e).context("accept failed"),
+        };
+        stream.set_nonblocking(false).context("cannot make the connection blocking")?;
+        match crate::serve(device.clone(), stream, stop.clone())? {
+            ServeEnd::Stopped => return Ok(0),
+            ServeEnd::Disconnected => log::info!("frontend disconnected; waiting for the next"),
+            ServeEnd::ProtocolError(why) => log::warn!("dropped a frontend: {why}"),
+        }
+    }
+}
+
+/// Binds the listening socket, replacing a stale socket file (never any other kind of file).
+fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket; choose another --socket path", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    listener.set_nonblocking(true).context("cannot make the socket non-blocking")?;
+    Ok(listener)
+}
+
+fn check_socket(fd: RawFd) -> anyhow::Result<()> {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 || ty != libc::SOCK_STREAM {
+        bail!("--fd {fd} is not a connected stream socket");
+    }
+    Ok(())
+}
+
+static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    let fd = STOP_FD.load(Ordering::SeqCst);
+    let one: u64 = 1;
+    // SAFETY: write(2) is async-signal-safe; `one` is 8 valid bytes.
+    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+}
+
+fn install_stop_signals(stop: &Arc<EventFd>) -> anyhow::Result<()> {
+    // The eventfd lives as long as the process: leak one clone for the handler.
+    let fd = stop.try_clone().context("cannot duplicate an eventfd")?;
+    STOP_FD.store(fd.as_raw_fd(), Ordering::SeqCst);
+    std::mem::forget(fd);
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: a zeroed sigaction is valid; the handler only calls write(2).
+        let rc = unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_stop_signal as *const () as usize;
+            act.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &act, std::ptr::null_mut())
+        };
+        if rc < 0 {
+            bail!("cannot install a signal handler: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A minimal stderr logger; `BULKHEAD_LOG=error|warn|info|debug` (default `warn`).
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        meta.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("bulkhead device [{}] {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logging() {
+    let level = match std::env::var("BULKHEAD_LOG").as_deref() {
+        Ok("error") => log::LevelFilter::Error,
+        Ok("info") => log::LevelFilter::Info,
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("off") => log::LevelFilter::Off,
+        _ => log::LevelFilter::Warn,
+    };
+    if log::set_logger(&StderrLogger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: DeviceCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<DeviceCommand, clap::Error> {
+        Cli::try_parse_from([&["bulkhead-device"], args].concat()).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn parses_commands() {
+        let cmd = parse(&["blk", "--socket", "/s", "--disk", "d.qcow2,readonly,format=qcow2"]);
+        let (cfg, conn) = cmd.unwrap().split();
+        let DeviceConfig::Blk(b) = cfg else { panic!() };
+        assert!(b.read_only);
+        assert_eq!(conn.socket.as_deref(), Some(Path::new("/s")));
+        let (cfg, conn) =
+            parse(&["net", "--fd", "3", "--tap-fd", "4", "--mac", "52:54:00:00:00:01"])
+                .unwrap()
+                .split();
+        assert_eq!(conn.fd, Some(3));
+        let DeviceConfig::Net(n) = cfg else { panic!() };
+        assert_eq!(n.tap, TapSource::Fd(4));
+        assert!(parse(&["rng"]).is_err(), "needs --socket or --fd");
+        assert!(parse(&["rng", "--socket", "/s", "--fd", "3"]).is_err());
+        assert!(parse(&["net", "--socket", "/s"]).is_err(), "needs a tap");
+        assert!(parse(&["blk", "--socket", "/s", "--disk", "d,format=vhd"]).is_err());
+    }
+}
