@@ -1,6 +1,7 @@
 //! The `bulkhead` binary: parses the command line and hands a typed
 //! configuration to the crate that does the work.
 
+mod backends;
 mod bench;
 mod cli;
 

@@ -1,5 +1,6 @@
 //! Command-line interface: one subcommand per task.
 
+mod device;
 mod guest;
 mod run;
 
@@ -29,6 +30,9 @@ pub enum Command {
     /// Disk images: create, inspect, check, convert and compare raw, qcow2 and VMDK.
     #[command(subcommand)]
     Disk(bulkhead_disk::cli::DiskCommand),
+    /// Run one device backend (vhost-user) as a process: how the core starts a compartment.
+    #[command(subcommand)]
+    Device(bulkhead_devices::cli::DeviceCommand),
 }
 
 impl Command {
@@ -40,6 +44,7 @@ impl Command {
             Command::Guest(cmd) => guest::run(cmd),
             Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
             Command::Disk(cmd) => bulkhead_disk::cli::run(cmd),
+            Command::Device(cmd) => device::run(cmd),
         }
     }
 }

@@ -6,6 +6,9 @@ use anyhow::Context;
 use bulkhead_core::boot::KernelSource;
 use bulkhead_core::virtio::{DeviceKind, ExternalBackend};
 use bulkhead_core::VmConfig;
+use bulkhead_devices::DeviceConfig;
+
+use crate::backends::{self, Mode, Request};
 use clap::Args;
 
 #[derive(Args)]
@@ -28,12 +31,48 @@ pub struct RunArgs {
     /// Boot a Linux kernel even where this host cannot run one (KVM-PVM).
     #[arg(long)]
     pub force: bool,
+    /// A virtio-blk disk: PATH[,readonly][,format=raw|qcow2|vmdk] (repeatable).
+    #[arg(long, value_name = "PATH[,OPTIONS]")]
+    pub disk: Vec<String>,
+    /// A virtio-net device on a host tap: tap=NAME[,mac=52:54:00:12:34:56] (repeatable).
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
+    /// A virtio-rng device fed by the host's getrandom(2).
+    #[arg(long)]
+    pub rng: bool,
+    /// Where device backends run: each in a sandboxed process, or on threads of the core.
+    #[arg(long, value_enum, default_value = "microkernel")]
+    pub mode: Mode,
     /// Attach an external vhost-user backend: KIND,socket=PATH (KIND: blk, net, rng).
     #[arg(long = "vhost-user", value_name = "KIND,socket=PATH")]
     pub vhost_user: Vec<String>,
     /// Describe the devices at start and say how the VM ended, on stderr.
     #[arg(long, short)]
     pub verbose: bool,
+}
+
+/// The devices asked for with --disk, --net and --rng.
+fn device_requests(args: &RunArgs) -> anyhow::Result<Vec<Request>> {
+    let mut requests = Vec::new();
+    for (i, spec) in args.disk.iter().enumerate() {
+        let config: DeviceConfig =
+            format!("blk,path={spec}").parse().with_context(|| format!("--disk {spec}"))?;
+        let args = vec!["--disk".into(), spec.clone()];
+        requests.push(Request { name: format!("blk{i}"), config, args });
+    }
+    for (i, spec) in args.net.iter().enumerate() {
+        let config: DeviceConfig =
+            format!("net,{spec}").parse().with_context(|| format!("--net {spec}"))?;
+        requests.push(Request { name: format!("net{i}"), config, args: Vec::new() });
+    }
+    if args.rng {
+        requests.push(Request {
+            name: "rng0".into(),
+            config: DeviceConfig::Rng(Default::default()),
+            args: Vec::new(),
+        });
+    }
+    Ok(requests)
 }
 
 /// Parses `KIND,socket=PATH`.
@@ -77,6 +116,7 @@ impl TryFrom<&RunArgs> for VmConfig {
         config.handle_signals = true;
         config.force = args.force;
         config.verbose = args.verbose;
+        config.devices = backends::build(device_requests(args)?, args.mode)?;
         for (i, spec) in args.vhost_user.iter().enumerate() {
             config.devices.push(Box::new(external_backend(spec, i)?));
         }

@@ -105,11 +105,16 @@ fn attach(
     )));
     mmio.insert(base, layout::VIRTIO_MMIO_SIZE, transport.clone())
         .map_err(|e| wire("MMIO window")(std::io::Error::other(e)))?;
+    // Connected: a compartment has entered its sandbox by now.
+    let description = match backend.status() {
+        Some(status) => format!("{}; now: {status}", launched.description),
+        None => launched.description,
+    };
     Ok(Attached {
         name,
         window: MmioDevice { base, size: layout::VIRTIO_MMIO_SIZE, irq: pin as u32 },
         pid: launched.pid,
-        description: launched.description,
+        description,
         transport,
         backend,
     })

@@ -95,6 +95,11 @@ pub trait Backend: Send {
     fn name(&self) -> String;
     /// Starts the backend (again, after a failure) and connects to it.
     fn launch(&mut self) -> std::io::Result<Launched>;
+    /// How the running backend stands now, as seen from outside (for a
+    /// compartment: its sandbox as `/proc/PID/status` shows it).
+    fn status(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A backend someone else started, listening on a unix socket: another
