@@ -28,7 +28,12 @@ pub fn policy_for(name: &str, spec: Option<&SandboxSpec>) -> anyhow::Result<Poli
             Some((index, value)) => SyscallRule::allow(r.name).arg_eq(index, value),
             None => SyscallRule::allow(r.name),
         });
-        builder = builder.allow_rules(rules.collect::<Vec<_>>());
+        // Opening files fails with EACCES instead of killing: glibc's malloc
+        // reads /proc/sys/vm/overcommit_memory when a thread first needs a
+        // new arena, and copes with the failure. No file is reachable anyway
+        // (Landlock, empty root); the device opened its own before.
+        let refusals = ["open", "openat"].map(|name| SyscallRule::errno(name, libc::EACCES));
+        builder = builder.allow_rules(rules.chain(refusals).collect::<Vec<_>>());
     }
     Ok(builder.build()?)
 }

@@ -117,8 +117,12 @@ pub fn wait(mut child: Child, timeout: Duration) -> Run {
     };
     let mut stdout = String::new();
     let mut stderr = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout).unwrap();
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut stderr).unwrap();
+    }
     Run { code: status.code().unwrap_or(-1), stdout, stderr }
 }
 
@@ -159,4 +163,83 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 /// Whether this host's KVM is KVM-PVM (no hardware virtualization).
 pub fn host_is_pvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// SplitMix64: the built-in guest's disk pattern, written out again so it is
+/// checked against an independent copy (`crates/guest/src/pattern.rs`).
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The guest's pattern for the first `len` bytes of a disk.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    for w in 0..len.div_ceil(8) {
+        out.extend_from_slice(&splitmix64(seed ^ w as u64).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run `ip` (iproute2), which the network tests need: {e}")
+    });
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {} (network tests need root and /dev/net/tun)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A network namespace holding one tap, `tap0`, with 10.0.2.1/24 (the
+/// guest's peer); deleted, with the tap, when dropped. Nothing outside the
+/// namespace is touched.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name =
+            format!("bh-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        let n = ns.name.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&["-n", n, "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ip(&["-n", n, "addr", "add", "10.0.2.1/24", "dev", "tap0"]);
+        ip(&["-n", n, "link", "set", "tap0", "up"]);
+        ns
+    }
+
+    /// `bulkhead` run inside the namespace.
+    pub fn bulkhead(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, env!("CARGO_BIN_EXE_bulkhead")]);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Runs a prepared command, killing it after `timeout`.
+pub fn run_command(mut cmd: Command, timeout: Duration) -> Run {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bulkhead");
+    wait(child, timeout)
 }
