@@ -2,6 +2,7 @@
 //! over several runs, as tables ready for `docs/BENCHMARKS.md`.
 
 mod boot;
+mod io;
 mod peer;
 mod stats;
 
@@ -21,6 +22,95 @@ pub enum BenchCommand {
         #[arg(long)]
         no_qemu: bool,
     },
+    /// Block I/O: microkernel vs monolithic vs QEMU microvm, same image.
+    Blk(IoArgs),
+    /// Network: microkernel vs monolithic vs QEMU microvm, over a tap in a private namespace.
+    Net(IoArgs),
+}
+
+#[derive(clap::Args)]
+pub struct IoArgs {
+    /// Rounds (each subject runs each workload once per round).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds per workload run.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Leave QEMU out.
+    #[arg(long)]
+    no_qemu: bool,
+}
+
+impl IoArgs {
+    fn options(&self) -> io::Options {
+        io::Options { rounds: self.rounds.max(1), seconds: self.seconds, with_qemu: !self.no_qemu }
+    }
+}
+
+const LATENCY_AND_RATE: &[&str] = &["iops", "p50_us", "p99_us"];
+
+fn blk(args: &IoArgs) -> anyhow::Result<i32> {
+    let dir = std::env::temp_dir().join(format!("bulkhead-bench-blk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let image = io::filled_image(&dir, 256 << 20)?;
+    let w = |label, mode: &str, extra: &str, metrics| io::Workload {
+        label,
+        cmdline: format!("bulkhead.run=blk-bench bulkhead.mode={mode} {extra}"),
+        metrics,
+    };
+    let workloads = [
+        w("4 KiB random read, qd 1", "randread", "bulkhead.bs=4096", LATENCY_AND_RATE),
+        w(
+            "4 KiB random write + flush, qd 1",
+            "randwrite",
+            "bulkhead.bs=4096 bulkhead.flush=1",
+            LATENCY_AND_RATE,
+        ),
+        w(
+            "128 KiB sequential read, qd 4",
+            "seqread",
+            "bulkhead.bs=131072 bulkhead.qd=4",
+            &["mib_s"],
+        ),
+        w(
+            "128 KiB sequential write, qd 4",
+            "seqwrite",
+            "bulkhead.bs=131072 bulkhead.qd=4",
+            &["mib_s"],
+        ),
+    ];
+    let result = io::run(
+        "bench blk (256 MiB raw image)",
+        io::Attach::Disk(image),
+        &workloads,
+        &args.options(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map(|()| 0)
+}
+
+fn net(args: &IoArgs) -> anyhow::Result<i32> {
+    let ns = io::BenchNetns::new()?;
+    let ping = "bulkhead.ip=10.0.2.15/24 bulkhead.peer=10.0.2.1";
+    let workloads = [
+        io::Workload {
+            label: "ICMP echo ping-pong with the host",
+            cmdline: format!("bulkhead.run=net-bench bulkhead.mode=pingpong {ping}"),
+            metrics: &["pps", "p50_us", "p99_us"],
+        },
+        io::Workload {
+            label: "UDP transmit, 1 KiB payload",
+            cmdline: format!("bulkhead.run=net-bench bulkhead.mode=tx bulkhead.size=1024 {ping}"),
+            metrics: &["pps", "mib_s"],
+        },
+    ];
+    io::run(
+        "bench net (tap in a private namespace)",
+        io::Attach::Tap(ns.0.clone()),
+        &workloads,
+        &args.options(),
+    )?;
+    Ok(0)
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
@@ -28,5 +118,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
         BenchCommand::Boot { runs, memory, no_qemu } => {
             boot::run(&boot::Options { runs: runs.max(1), memory_mib: memory, with_qemu: !no_qemu })
         }
+        BenchCommand::Blk(args) => blk(&args),
+        BenchCommand::Net(args) => net(&args),
     }
 }

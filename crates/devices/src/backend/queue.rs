@@ -39,6 +39,14 @@ pub trait QueueHandler: Send {
         None
     }
 
+    /// How long the worker polls for its next event before it sleeps. A
+    /// short poll spares a thread wake-up between requests that follow each
+    /// other closely; it costs CPU time, which a host with few cores may
+    /// need for the guest and the other queues.
+    fn poll_before_sleep(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(50)
+    }
+
     /// Whether to wait on [`QueueHandler::event_fd`] now (net RX stops while it has nowhere to
     /// put a packet, and starts again when the guest adds buffers).
     fn wants_event(&self) -> bool {

@@ -269,7 +269,7 @@ impl WorkerLoop {
         self.serve();
         loop {
             self.arm_device()?;
-            let n = match self.epoll.wait(-1, &mut events) {
+            let n = match self.poll_then_wait(&mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -286,6 +286,22 @@ impl WorkerLoop {
             }
             self.serve();
         }
+    }
+
+    /// Polls for events for a short while before sleeping: a request that
+    /// follows its predecessor closely (a ping-pong, a queue-depth-1 stream)
+    /// then skips a thread wake-up.
+    fn poll_then_wait(&mut self, events: &mut [EpollEvent]) -> std::io::Result<usize> {
+        let window = self.handler.poll_before_sleep();
+        let start = std::time::Instant::now();
+        while start.elapsed() < window {
+            let n = self.epoll.wait(0, events)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            std::hint::spin_loop();
+        }
+        self.epoll.wait(-1, events)
     }
 
     /// Watches the device fd only while the queue runs and the handler wants it (the fd is
