@@ -30,6 +30,24 @@ pub fn core_kind(kind: DeviceKind) -> CoreKind {
     }
 }
 
+/// In monolithic mode a panic in device code ends the VM, naming the
+/// device (in microkernel mode it ends only its compartment, which the
+/// supervisor restarts).
+pub fn end_vm_on_device_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("");
+        if thread::ThreadBackend::is_device_thread(name) {
+            eprintln!(
+                "bulkhead: device thread {name} panicked: {info}\nbulkhead: the VM stops: in monolithic mode a device fault ends the VM"
+            );
+            std::process::exit(1);
+        }
+        default(info);
+    }));
+}
+
 /// A device the user asked for: its configuration and, for compartments,
 /// the command-line arguments that describe it to `bulkhead device`.
 pub struct Request {

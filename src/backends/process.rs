@@ -24,6 +24,8 @@ pub struct CompartmentBackend {
     /// The net device's tap, opened by the core (it has the privilege).
     tap: Option<Tap>,
     child: Option<Compartment>,
+    /// The binary to run; this one unless upgraded.
+    program: Option<std::path::PathBuf>,
 }
 
 impl CompartmentBackend {
@@ -40,7 +42,7 @@ impl CompartmentBackend {
             request.args =
                 vec!["--tap-fd".into(), TAP_FD.to_string(), "--mac".into(), mac.to_string()];
         }
-        Ok(CompartmentBackend { request, policy, tap, child: None })
+        Ok(CompartmentBackend { request, policy, tap, child: None, program: None })
     }
 
     fn stop(&mut self) {
@@ -64,7 +66,11 @@ impl Backend for CompartmentBackend {
         self.stop();
         let (core_end, device_end) = UnixStream::pair()?;
         let kind = self.request.config.kind().name();
-        let mut cmd = Command::current_exe()?
+        let cmd = match &self.program {
+            Some(program) => Command::new(program),
+            None => Command::current_exe()?,
+        };
+        let mut cmd = cmd
             .args(["device", kind, "--fd", &CONN_FD.to_string()])
             .args(&self.request.args)
             .fd(device_end.as_fd(), CONN_FD);
@@ -84,6 +90,41 @@ impl Backend for CompartmentBackend {
     fn status(&self) -> Option<String> {
         let child = self.child.as_ref()?;
         child.status().ok().map(|s| s.to_string())
+    }
+
+    fn exit_reason(&mut self) -> Option<String> {
+        let mut child = self.child.take()?;
+        // Its socket closed: it is ending. Give it a moment, then make sure.
+        for _ in 0..1000 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(describe(status));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        child.wait().ok().map(|s| format!("closed its connection, then {}", describe(s)))
+    }
+
+    fn set_program(&mut self, program: &std::path::Path) -> Result<(), String> {
+        self.program = Some(program.to_path_buf());
+        Ok(())
+    }
+
+    fn mode(&self) -> &'static str {
+        "compartment"
+    }
+}
+
+/// How a process ended, in words.
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!(
+            "killed by signal {signal}{}",
+            if status.core_dumped() { " (core dumped)" } else { "" }
+        ),
+        _ => status.to_string(),
     }
 }
 

@@ -45,7 +45,7 @@ impl Backend for ThreadBackend {
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let name = self.request.name.clone();
         let thread_stop = stop.clone();
-        let handle = std::thread::Builder::new().name(name.clone()).spawn(move || {
+        let handle = std::thread::Builder::new().name(format!("bh-{name}")).spawn(move || {
             match bulkhead_devices::serve(device, device_end, thread_stop) {
                 Ok(end) => log::debug!("{name}: {end:?}"),
                 Err(e) => eprintln!("bulkhead: {name}: the device stopped: {e}"),
@@ -57,6 +57,21 @@ impl Backend for ThreadBackend {
             pid: None,
             description: "thread in the core (monolithic mode, no sandbox)".into(),
         })
+    }
+
+    fn restartable(&self) -> bool {
+        false
+    }
+
+    fn mode(&self) -> &'static str {
+        "thread"
+    }
+}
+
+impl ThreadBackend {
+    /// The thread names device code runs under, for the panic hook.
+    pub fn is_device_thread(name: &str) -> bool {
+        name.starts_with("bh-")
     }
 }
 

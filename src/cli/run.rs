@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use bulkhead_core::boot::KernelSource;
+use bulkhead_core::supervisor::RestartPolicy;
 use bulkhead_core::virtio::{DeviceKind, ExternalBackend};
 use bulkhead_core::VmConfig;
 use bulkhead_devices::DeviceConfig;
+use std::time::Duration;
 
 use crate::backends::{self, Mode, Request};
 use clap::Args;
@@ -43,12 +45,47 @@ pub struct RunArgs {
     /// Where device backends run: each in a sandboxed process, or on threads of the core.
     #[arg(long, value_enum, default_value = "microkernel")]
     pub mode: Mode,
+    /// Restart device backends that fail (microkernel mode).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    pub restart: bool,
+    /// Most restarts of one device within --restart-window before it is marked failed.
+    #[arg(long, default_value_t = 100)]
+    pub restart_max: u32,
+    /// The window for --restart-max, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub restart_window: f64,
+    /// Seconds without progress, with requests outstanding, before a backend counts as hung (0: never).
+    #[arg(long, default_value_t = 5.0)]
+    pub watchdog: f64,
     /// Attach an external vhost-user backend: KIND,socket=PATH (KIND: blk, net, rng).
     #[arg(long = "vhost-user", value_name = "KIND,socket=PATH")]
     pub vhost_user: Vec<String>,
     /// Describe the devices at start and say how the VM ended, on stderr.
     #[arg(long, short)]
     pub verbose: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}': use on or off")),
+    }
+}
+
+fn restart_policy(args: &RunArgs) -> anyhow::Result<RestartPolicy> {
+    let secs = |v: f64, what: &str| {
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| anyhow::anyhow!("{what} must be a number of seconds, not {v}"))
+    };
+    let watchdog = secs(args.watchdog, "--watchdog")?;
+    Ok(RestartPolicy {
+        enabled: args.restart,
+        max_restarts: args.restart_max,
+        window: secs(args.restart_window, "--restart-window")?,
+        hang_deadline: (!watchdog.is_zero()).then_some(watchdog),
+        ..RestartPolicy::default()
+    })
 }
 
 /// The devices asked for with --disk, --net and --rng.
@@ -117,6 +154,10 @@ impl TryFrom<&RunArgs> for VmConfig {
         config.force = args.force;
         config.verbose = args.verbose;
         config.devices = backends::build(device_requests(args)?, args.mode)?;
+        config.restart = restart_policy(args)?;
+        if args.mode == Mode::Monolithic {
+            backends::end_vm_on_device_panic();
+        }
         for (i, spec) in args.vhost_user.iter().enumerate() {
             config.devices.push(Box::new(external_backend(spec, i)?));
         }

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use crate::boot::KernelSource;
 use crate::legacy::serial::ConsoleSink;
+use std::sync::{Arc, Mutex};
+
+use crate::supervisor::{RestartPolicy, Supervisor};
 use crate::virtio::Backend;
 
 /// The command line Linux kernels get unless the user gives one.
@@ -32,7 +35,15 @@ pub struct VmConfig {
     pub devices: Vec<Box<dyn Backend>>,
     /// Describe each device's backend on stderr at start.
     pub verbose: bool,
+    /// When and how the supervisor restarts failed device backends.
+    pub restart: RestartPolicy,
+    /// Called once the devices run, with the supervisor (the binary starts
+    /// the management API here); what it returns lives as long as the VM.
+    pub on_start: Option<OnStart>,
 }
+
+/// See [`VmConfig::on_start`].
+pub type OnStart = Box<dyn FnOnce(Arc<Mutex<Supervisor>>) -> Box<dyn std::any::Any>>;
 
 impl VmConfig {
     /// A VM booting `kernel` with default resources, console to stdout.
@@ -49,6 +60,8 @@ impl VmConfig {
             force: false,
             devices: Vec::new(),
             verbose: false,
+            restart: RestartPolicy::default(),
+            on_start: None,
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::layout::{self, ports};
 use crate::legacy::power::{AcpiPower, I8042Reset};
 use crate::legacy::serial::SerialConsole;
 use crate::memory::{GuestRam, MemoryError};
+use crate::supervisor::{self, Supervisor};
 use crate::vcpu::{VcpuShared, VcpuThread};
 use crate::virtio::attach::{attach_all, cmdline_entries, AttachError};
 
@@ -102,13 +103,29 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         exit: exit.clone(),
         stop: Arc::new(AtomicBool::new(false)),
     };
+    let epoll = Arc::new(Epoll::new().map_err(io("create the event loop"))?);
+    let supervisor = Arc::new(Mutex::new(Supervisor::new(
+        virtio,
+        config.restart.clone(),
+        exit.clone(),
+        epoll.clone(),
+    )));
+    let control = config.on_start.map(|start| start(supervisor.clone()));
     let threads = start_vcpus(&kvm, &vm, &ram, config.cpus, entry, &shared)?;
-    let result = event_loop(&exit, &serial, config.console_input, config.handle_signals);
+    let result = event_loop(
+        &exit,
+        &serial,
+        &epoll,
+        &supervisor,
+        config.console_input,
+        config.handle_signals,
+    );
     shared.stop.store(true, Ordering::Release);
     for t in threads {
         t.stop();
     }
-    drop(virtio); // ends the backends: compartments are killed, threads stopped
+    drop(control);
+    drop(supervisor); // ends the backends: compartments are killed, threads stopped
     result?;
     Ok(exit.get().unwrap_or(VmExit::Error("the VM stopped without a reason".into())))
 }
@@ -268,10 +285,11 @@ enum Token {
 fn event_loop(
     exit: &ExitLatch,
     serial: &Arc<Mutex<SerialConsole>>,
+    epoll: &Epoll,
+    supervisor: &Mutex<Supervisor>,
     console_input: bool,
     handle_signals: bool,
 ) -> Result<(), VmError> {
-    let epoll = Epoll::new().map_err(io("create the event loop"))?;
     let add = |fd: i32, token: Token| {
         epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token as u64))
     };
@@ -287,9 +305,16 @@ fn event_loop(
     }
     // Console input only from a pipe or terminal; EPOLL refuses regular files.
     let mut stdin_open = console_input && add(libc::STDIN_FILENO, Token::Stdin).is_ok();
-    let mut events = vec![EpollEvent::default(); 4];
+    let mut events = vec![EpollEvent::default(); 16];
+    let watching = !supervisor.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+    let timeout = if watching { supervisor::TICK.as_millis() as i32 } else { -1 };
+    let mut next_tick = std::time::Instant::now() + supervisor::TICK;
     while !exit.is_set() {
-        let n = match epoll.wait(-1, &mut events) {
+        if watching && std::time::Instant::now() >= next_tick {
+            supervisor.lock().unwrap_or_else(|p| p.into_inner()).tick();
+            next_tick = std::time::Instant::now() + supervisor::TICK;
+        }
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(VmError::Io { what: "wait for events", source: e }),
@@ -310,7 +335,9 @@ fn event_loop(
                         );
                     }
                 }
-                _ => {}
+                t => {
+                    supervisor.lock().unwrap_or_else(|p| p.into_inner()).handle_event(t);
+                }
             }
         }
     }

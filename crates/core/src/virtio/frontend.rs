@@ -18,11 +18,11 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{DeviceKind, VHOST_USER_F_PROTOCOL_FEATURES};
@@ -39,6 +39,8 @@ pub enum FrontendError {
     Request(&'static str, #[source] vhost::Error),
     #[error("the backend does not offer VIRTIO_F_VERSION_1")]
     NotModern,
+    #[error("the device has no backend running")]
+    NoBackend,
     #[error("queue {0}'s {1} address {2:#x} is not in guest memory")]
     BadAddress(usize, &'static str, u64),
 }
@@ -55,6 +57,23 @@ pub struct QueueConfig {
     pub desc: u64,
     pub driver: u64,
     pub device: u64,
+}
+
+/// The region a backend records its in-flight requests in; the core keeps
+/// it across backend restarts.
+pub struct Inflight {
+    info: VhostUserInflight,
+    file: std::fs::File,
+}
+
+/// The used ring's index of queue `q`, from guest memory.
+pub fn used_index(ram: &GuestRam, q: &QueueConfig) -> Option<u16> {
+    ram.memory.read_obj::<u16>(GuestAddress(q.device.checked_add(2)?)).ok()
+}
+
+/// The available ring's index of queue `q`, from guest memory.
+pub fn avail_index(ram: &GuestRam, q: &QueueConfig) -> Option<u16> {
+    ram.memory.read_obj::<u16>(GuestAddress(q.driver.checked_add(2)?)).ok()
 }
 
 /// A connected backend.
@@ -84,7 +103,8 @@ impl Connection {
                 frontend.get_protocol_features().map_err(request("GET_PROTOCOL_FEATURES"))?;
             let wanted = VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::MQ;
+                | VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
             protocol = offered & wanted;
             frontend.set_protocol_features(protocol).map_err(request("SET_PROTOCOL_FEATURES"))?;
             if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
@@ -95,7 +115,24 @@ impl Connection {
         Ok(Connection { frontend, features, protocol, config })
     }
 
-    /// Hands the configured queues to the backend and starts them.
+    /// Whether the backend keeps an inflight region (so a successor can
+    /// resubmit what it had in flight).
+    pub fn keeps_inflight(&self) -> bool {
+        self.protocol.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
+    /// Asks the backend for a new inflight region for `queues` queues.
+    pub fn new_inflight(&mut self, queues: usize) -> Result<Inflight, FrontendError> {
+        let want = VhostUserInflight::new(0, 0, queues as u16, super::QUEUE_MAX_SIZE);
+        let (info, file) =
+            self.frontend.get_inflight_fd(&want).map_err(request("GET_INFLIGHT_FD"))?;
+        Ok(Inflight { info, file })
+    }
+
+    /// Hands the configured queues to the backend and starts them. With an
+    /// inflight region (kept by the core across backend restarts), each
+    /// queue restarts from the used ring's index in guest memory and the
+    /// backend resubmits what the region records as in flight.
     pub fn activate(
         &mut self,
         ram: &GuestRam,
@@ -103,10 +140,16 @@ impl Connection {
         queues: &[QueueConfig],
         kicks: &[EventFd],
         call: &EventFd,
+        inflight: Option<&Inflight>,
     ) -> Result<(), FrontendError> {
         let own = self.features & VHOST_USER_F_PROTOCOL_FEATURES;
         self.frontend.set_features(acked | own).map_err(request("SET_FEATURES"))?;
         self.frontend.set_mem_table(&memory_table(ram)).map_err(request("SET_MEM_TABLE"))?;
+        if let Some(inflight) = inflight {
+            self.frontend
+                .set_inflight_fd(&inflight.info, inflight.file.as_raw_fd())
+                .map_err(request("SET_INFLIGHT_FD"))?;
+        }
         for (index, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
             let addr = |what, gpa| host_address(ram, index, what, gpa);
             let data = VringConfigData {
@@ -120,7 +163,8 @@ impl Connection {
             };
             self.frontend.set_vring_num(index, q.size).map_err(request("SET_VRING_NUM"))?;
             self.frontend.set_vring_addr(index, &data).map_err(request("SET_VRING_ADDR"))?;
-            self.frontend.set_vring_base(index, 0).map_err(request("SET_VRING_BASE"))?;
+            let base = used_index(ram, q).unwrap_or(0);
+            self.frontend.set_vring_base(index, base).map_err(request("SET_VRING_BASE"))?;
             self.frontend
                 .set_vring_kick(index, &kicks[index])
                 .map_err(request("SET_VRING_KICK"))?;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::frontend::{Connection, QueueConfig};
+use super::frontend::{avail_index, used_index, Connection, FrontendError, Inflight, QueueConfig};
 use super::{
     DeviceKind, DEVICE_FEATURE_MASK, QUEUE_MAX_SIZE, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_VERSION_1,
@@ -53,6 +53,10 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     config_generation: u32,
+    /// The backend's inflight region, kept across backend restarts.
+    inflight: Option<Inflight>,
+    /// The queues are running in the current backend.
+    active: bool,
 }
 
 impl MmioTransport {
@@ -80,6 +84,8 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             config_generation: 0,
+            inflight: None,
+            active: false,
         }
     }
 
@@ -194,17 +200,7 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let Some(backend) = self.backend.as_mut() else {
-            self.status |= STATUS_NEEDS_RESET;
-            return;
-        };
-        match backend.activate(
-            &self.ram,
-            self.acked_features,
-            &self.queues,
-            &self.kicks,
-            &self.call,
-        ) {
+        match self.start_queues() {
             Ok(()) => self.interrupt_status |= INT_VRING,
             Err(e) => {
                 log::error!("{}: cannot start the device: {e}", self.name);
@@ -212,6 +208,71 @@ impl MmioTransport {
                 self.status |= STATUS_NEEDS_RESET;
             }
         }
+    }
+
+    /// Hands the queues to the current backend, with the inflight region.
+    fn start_queues(&mut self) -> Result<(), FrontendError> {
+        self.active = false;
+        let Some(backend) = self.backend.as_mut() else {
+            return Err(FrontendError::NoBackend);
+        };
+        if backend.keeps_inflight() && self.inflight.is_none() {
+            self.inflight = Some(backend.new_inflight(self.queues.len())?);
+        }
+        let inflight = if backend.keeps_inflight() { self.inflight.as_ref() } else { None };
+        backend.activate(
+            &self.ram,
+            self.acked_features,
+            &self.queues,
+            &self.kicks,
+            &self.call,
+            inflight,
+        )?;
+        self.active = true;
+        Ok(())
+    }
+
+    /// Puts a new backend in place of one that died or is being replaced.
+    /// A running device is started again where it stood: same queues, the
+    /// kept inflight region (the backend resubmits what was in flight), and
+    /// an interrupt in case a completion's was lost with the old backend.
+    pub fn replace_backend(&mut self, backend: Connection) -> Result<(), FrontendError> {
+        self.backend = Some(backend);
+        let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
+        if self.status & running != running {
+            return Ok(());
+        }
+        self.start_queues()?;
+        self.status &= !STATUS_NEEDS_RESET;
+        self.interrupt_status |= INT_VRING;
+        let _ = self.call.write(1);
+        Ok(())
+    }
+
+    /// Drops the backend connection (it is dead or being replaced).
+    pub fn detach_backend(&mut self) {
+        self.backend = None;
+        self.active = false;
+    }
+
+    /// The backend connection's socket, to watch for its end.
+    pub fn backend_fd(&self) -> Option<i32> {
+        self.backend.as_ref().map(|b| b.raw_fd())
+    }
+
+    /// For each started queue the device must consume (see
+    /// [`DeviceKind::watched_queue`]): its (available, used) indices in
+    /// guest memory. Empty unless the queues run.
+    pub fn progress(&self) -> Vec<(u16, u16)> {
+        if !self.active {
+            return Vec::new();
+        }
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(i, q)| q.ready && self.kind.watched_queue(*i))
+            .filter_map(|(_, q)| Some((avail_index(&self.ram, q)?, used_index(&self.ram, q)?)))
+            .collect()
     }
 
     fn reset(&mut self) {
@@ -223,6 +284,8 @@ impl MmioTransport {
             }
         }
         self.status = 0;
+        self.active = false;
+        self.inflight = None;
         self.acked_features = 0;
         self.interrupt_status = 0;
         self.queue_sel = 0;

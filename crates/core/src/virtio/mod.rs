@@ -68,6 +68,13 @@ impl DeviceKind {
         }
     }
 
+    /// Whether queue `index` is one the device must consume promptly (its
+    /// progress is watched for hangs). Not net's receive queue: it holds
+    /// buffers until packets arrive.
+    pub fn watched_queue(self, index: usize) -> bool {
+        !(self == DeviceKind::Net && index == 0)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DeviceKind::Block => "blk",
@@ -99,6 +106,25 @@ pub trait Backend: Send {
     /// compartment: its sandbox as `/proc/PID/status` shows it).
     fn status(&self) -> Option<String> {
         None
+    }
+    /// After the backend's connection ended: reaps it and says how it
+    /// ended (e.g. `killed by signal 9`).
+    fn exit_reason(&mut self) -> Option<String> {
+        None
+    }
+    /// Whether the supervisor may start it again. Threads of the core
+    /// (monolithic mode) may not: a device fault there ends the VM.
+    fn restartable(&self) -> bool {
+        true
+    }
+    /// Runs `program` for the next launch (a live upgrade).
+    fn set_program(&mut self, program: &std::path::Path) -> Result<(), String> {
+        let _ = program;
+        Err(format!("{} does not run in a process of its own", self.name()))
+    }
+    /// Whether it runs in a process of its own, a thread, or elsewhere.
+    fn mode(&self) -> &'static str {
+        "external"
     }
 }
 

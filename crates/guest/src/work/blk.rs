@@ -8,6 +8,13 @@
 //!   requests=... seconds=... mib_s=...`.
 //! - `blk-read-verify`: the read-and-compare half only, for a disk the host
 //!   filled with the pattern (or one `blk-verify` wrote), read-only or not.
+//! - `blk-stress`: `bulkhead.rounds` (default 10) passes of blk-verify, pass
+//!   `r` with seed `bulkhead.seed + r` (with `bulkhead.seconds`: as many
+//!   passes as fit in that time), so a write lost in any pass shows up
+//!   as a mismatch in that pass; any I/O error status fails it at once.
+//!   `BH progress name=blk-stress round=R` after each pass, then
+//!   `BH check name=blk-stress status=ok disk=0 bytes=... rounds=... requests=... seconds=...`.
+//!   The disk ends holding the last pass's pattern (seed + rounds - 1).
 //! - `blk-ro`: on a disk that offers VIRTIO_BLK_F_RO, reads the first
 //!   block, writes different data over it, which must fail with an error
 //!   status, and reads it again, which must give the same data:
@@ -112,6 +119,85 @@ pub fn verify(ctx: &mut Ctx, write: bool) -> Result<(), Fail> {
         u8::from(write && info.flush),
         Fixed(ns / 1_000_000, 3),
         Fixed(per_second(moved, ns, 1) >> 20, 1)
+    );
+    Ok(())
+}
+
+/// Writes the pattern of `seed` over `bytes`, then FLUSHes; returns the requests made.
+fn write_pass(
+    blk: &mut Blk,
+    bytes: u64,
+    bs: u64,
+    seed: u64,
+    flush: bool,
+    timeout_ms: u64,
+) -> Result<u64, Fail> {
+    let mut requests = 0;
+    for offset in (0..bytes).step_by(bs as usize) {
+        let len = (bytes - offset).min(bs) as u32;
+        pattern::fill(buffer(blk, len)?, seed, offset);
+        request(blk, Op::Write, offset, len, timeout_ms)?;
+        requests += 1;
+    }
+    if flush {
+        request(blk, Op::Flush, 0, 0, timeout_ms)?;
+        requests += 1;
+    }
+    Ok(requests)
+}
+
+/// Reads `bytes` back and compares with the pattern of `seed`.
+fn read_pass(blk: &mut Blk, bytes: u64, bs: u64, seed: u64, timeout_ms: u64) -> Result<u64, Fail> {
+    let mut requests = 0;
+    for offset in (0..bytes).step_by(bs as usize) {
+        let len = (bytes - offset).min(bs) as u32;
+        buffer(blk, len)?.fill(0);
+        request(blk, Op::Read, offset, len, timeout_ms)?;
+        requests += 1;
+        if let Some((at, want, got)) = pattern::first_mismatch(buffer(blk, len)?, seed, offset) {
+            return Err(Fail::Mismatch { offset: at, want, got });
+        }
+    }
+    Ok(requests)
+}
+
+/// blk-stress.
+pub fn stress(ctx: &mut Ctx) -> Result<(), Fail> {
+    let o = BlkVerify::parse(ctx.cmdline)?;
+    let rounds = ctx.cmdline.get_u64("bulkhead.rounds").unwrap_or(10).max(1);
+    // With bulkhead.seconds, passes go on until that much time has passed.
+    let until = ctx.cmdline.get_u64("bulkhead.seconds").map(|s| time::deadline_ms(s * 1000));
+    let timeout_ms = ctx.common()?.timeout_ms;
+    let (blk, bump) = ctx.devices().blk(o.disk)?;
+    let info = *blk.info();
+    if info.read_only {
+        return Err(Fail::Text("the disk is read-only (VIRTIO_BLK_F_RO)"));
+    }
+    let bytes = span(&info, o.bytes)?;
+    if !o.bs.is_multiple_of(u64::from(info.block_size)) {
+        return Err(Fail::Text("bulkhead.bs is not a multiple of the disk's block size"));
+    }
+    blk.buffers(1, o.bs as u32, bump)?;
+    let start = rdtsc();
+    let mut requests = 0u64;
+    let mut round = 0;
+    while until.map_or(round < rounds, |t| round == 0 || !time::passed(t)) {
+        let seed = o.seed.wrapping_add(round);
+        requests += write_pass(blk, bytes, o.bs, seed, info.flush, timeout_ms)?;
+        requests += read_pass(blk, bytes, o.bs, seed, timeout_ms)?;
+        bh!("progress name=blk-stress round={}", round);
+        round += 1;
+    }
+    let rounds = round;
+    let ns = time::ticks_to_ns(rdtsc() - start);
+    bh!(
+        "check name=blk-stress status={} disk={} bytes={} rounds={} requests={} seconds={}",
+        ctx.checks.record(true),
+        o.disk,
+        bytes,
+        rounds,
+        requests,
+        Fixed(ns / 1_000_000, 3)
     );
     Ok(())
 }

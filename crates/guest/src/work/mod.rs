@@ -148,6 +148,7 @@ impl From<InitError> for Fail {
 pub fn run(name: &str, ctx: &mut Ctx) -> bool {
     let result = match name {
         "blk-verify" => blk::verify(ctx, true),
+        "blk-stress" => blk::stress(ctx),
         "blk-read-verify" => blk::verify(ctx, false),
         "blk-ro" => blk::read_only(ctx),
         "blk-bench" => bench::run(ctx),

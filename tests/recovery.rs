@@ -1,0 +1,263 @@
+//! Surviving compartment failures with no I/O lost: the built-in guest keeps
+//! doing I/O through Bulkhead's core while the test kills, stops or breaks
+//! the compartment serving it; the supervisor restarts it and the guest
+//! must see nothing but a pause.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{require_kvm, NetNs, TempDir};
+
+const T: Duration = Duration::from_secs(180);
+
+/// The PIDs of the core's children running `bulkhead device KIND`.
+fn compartments(core: u32, kind: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // State and parent are the 3rd and 4th fields, after the command.
+        let mut fields =
+            stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ')).into_iter().flatten();
+        let (state, ppid) = (fields.next(), fields.next());
+        if ppid != Some(&core.to_string()) || state == Some("Z") {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.windows(2).any(|w| w[0] == b"device" && w[1] == kind.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits until exactly one compartment of `kind` runs, other than `not`;
+/// returns its PID.
+fn wait_compartment_other(core: u32, kind: &str, not: Option<i32>) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let [pid] = compartments(core, kind)[..] {
+            if Some(pid) != not && serving(pid) {
+                // Give the core the moment it needs to connect.
+                std::thread::sleep(Duration::from_millis(20));
+                return pid;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no {kind} compartment came up");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether a compartment has entered its sandbox (it does so right before
+/// it serves).
+fn serving(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2'))
+}
+
+fn wait_compartment(core: u32, kind: &str) -> i32 {
+    wait_compartment_other(core, kind, None)
+}
+
+fn start(cmd: &mut std::process::Command) -> Child {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// Kills a VMM left running when a test fails half-way.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: signalling the VMM this test started.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A pseudo-random delay in [lo, hi) ms, from a simple LCG.
+fn jitter(state: &mut u64, lo: u64, hi: u64) -> Duration {
+    *state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    Duration::from_millis(lo + (*state >> 33) % (hi - lo))
+}
+
+/// Runs blk-stress over a 4 MiB disk while `disrupt` is applied to the block
+/// compartment `times` times; then checks the guest saw no error, every pass
+/// verified, and the image holds the last pass's pattern.
+fn stress_with(tag: &str, extra: &[&str], times: usize, disrupt: impl Fn(i32)) -> String {
+    let dir = TempDir::new(tag);
+    let size = 4usize << 20;
+    let image = dir.file("disk.raw", &vec![0u8; size]);
+    let disk = format!("{},format=raw", image.display());
+    let mut cmd = common::bulkhead();
+    cmd.args(["run", "--disk", &disk]).args(extra);
+    cmd.args(["--cmdline", "bulkhead.run=blk-stress bulkhead.seconds=600 bulkhead.seed=100"]);
+    let mut child = start(&mut cmd);
+    let core = child.id();
+    let _guard = KillOnDrop(core);
+    let mut rng = 0x1234_5678_u64 ^ u64::from(core);
+    let mut pid = wait_compartment(core, "blk");
+    for _ in 0..times {
+        std::thread::sleep(jitter(&mut rng, 10, 120));
+        assert!(child.try_wait().unwrap().is_none(), "the VM ended during the disruptions");
+        disrupt(pid);
+        pid = wait_compartment_other(core, "blk", Some(pid));
+    }
+    // Let the guest run a last full pass with the final compartment, then
+    // stop the VM by a signal.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(compartments(core, "blk"), vec![pid]);
+    // SAFETY: signalling the VMM this test started.
+    unsafe { libc::kill(core as i32, libc::SIGTERM) };
+    let r = common::wait(child, T);
+    assert_eq!(r.code, 143, "stopped by the test: {}", r.stderr);
+    assert!(
+        !r.stdout.contains("status=fail"),
+        "the guest saw an error:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let passes = r.stdout.lines().filter(|l| l.starts_with("BH progress name=blk-stress")).count();
+    assert!(passes >= 3, "too few passes: {passes}\n{}", r.stdout);
+    // The image holds a whole pass: the last completed one, or the one in
+    // progress when the VM was stopped (partly written over the last).
+    let bytes = std::fs::read(&image).unwrap();
+    let last = common::pattern(100 + passes as u64 - 1, size);
+    let next = common::pattern(100 + passes as u64, size);
+    for (i, chunk) in bytes.chunks(65536).enumerate() {
+        let at = i * 65536;
+        let want_last = &last[at..at + chunk.len()];
+        let want_next = &next[at..at + chunk.len()];
+        assert!(
+            chunk == want_last || chunk == want_next,
+            "block at {at} holds neither pass's data"
+        );
+    }
+    r.stderr
+}
+
+#[test]
+fn the_block_compartment_survives_fifty_sigkills_with_no_io_lost() {
+    require_kvm();
+    let stderr = stress_with("sigkill", &[], 50, |pid| {
+        // SAFETY: killing a compartment this test's VMM started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let restarts = stderr.matches("blk0 restarted (killed by signal 9)").count();
+    assert_eq!(restarts, 50, "{stderr}");
+}
+
+#[test]
+fn a_hung_block_compartment_is_restarted_by_the_watchdog() {
+    require_kvm();
+    // SIGSTOP freezes the compartment mid-request: alive, silent, no progress.
+    let stderr = stress_with("hang", &["--watchdog", "0.5"], 5, |pid| {
+        // SAFETY: stopping a compartment this test's VMM started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    });
+    assert_eq!(stderr.matches("blk0 restarted (hung: no progress").count(), 5, "{stderr}");
+}
+
+#[test]
+fn past_its_restart_limit_a_device_is_marked_failed_and_the_vm_runs_on() {
+    require_kvm();
+    let dir = TempDir::new("limit");
+    let image = dir.file("disk.raw", &vec![0u8; 1 << 20]);
+    let disk = format!("{},format=raw", image.display());
+    let mut cmd = common::bulkhead();
+    cmd.args(["run", "--disk", &disk, "--rng", "--restart-max", "2"]);
+    cmd.args(["--cmdline", "bulkhead.run=boot bulkhead.hold_ms=3000"]);
+    let child = start(&mut cmd);
+    let core = child.id();
+    let _guard = KillOnDrop(core);
+    let mut pid = wait_compartment(core, "blk");
+    for round in 0..3 {
+        // SAFETY: killing a compartment this test's VMM started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        if round < 2 {
+            pid = wait_compartment_other(core, "blk", Some(pid));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(compartments(core, "blk").is_empty(), "no new block compartment after the limit");
+    assert_eq!(compartments(core, "rng").len(), 1, "the other device runs on");
+    let r = common::wait(child, T);
+    assert_eq!(r.code, 0, "the VM runs on and powers off normally: {}", r.stderr);
+    assert!(
+        r.stderr.contains("blk0: failed (killed by signal 9); too many restarts"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn the_rng_keeps_serving_across_kills() {
+    require_kvm();
+    let mut cmd = common::bulkhead();
+    cmd.args([
+        "run",
+        "--rng",
+        "--cmdline",
+        "bulkhead.run=rng,rng,rng,rng,rng,rng,rng,rng bulkhead.bytes=8388608",
+    ]);
+    let mut child = start(&mut cmd);
+    let core = child.id();
+    let _guard = KillOnDrop(core);
+    let mut pid = wait_compartment(core, "rng");
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(30));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        // SAFETY: killing a compartment this test's VMM started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        pid = wait_compartment_other(core, "rng", Some(pid));
+    }
+    let r = common::wait(child, T);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.matches("BH check name=rng status=ok").count(), 8, "{}", r.stdout);
+    assert!(r.stderr.contains("rng0 restarted"), "{}", r.stderr);
+}
+
+#[test]
+fn packets_keep_flowing_while_the_net_compartment_is_killed() {
+    require_kvm();
+    let ns = NetNs::new("netkill");
+    let mut cmd = ns.bulkhead();
+    cmd.args(["run", "--net", "tap=tap0", "--cmdline"]);
+    cmd.arg(
+        "bulkhead.run=net-bench bulkhead.mode=pingpong bulkhead.seconds=4 bulkhead.timeout_ms=300",
+    );
+    let mut child = start(&mut cmd);
+    // The core runs under `ip netns exec`, which execs it: same PID.
+    let core = child.id();
+    let _guard = KillOnDrop(core);
+    std::thread::sleep(Duration::from_millis(400));
+    let mut pid = wait_compartment(core, "net");
+    for _ in 0..8 {
+        // SAFETY: killing a compartment this test's VMM started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        pid = wait_compartment_other(core, "net", Some(pid));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(child.try_wait().unwrap().is_none());
+    let r = common::wait(child, T);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let result = r
+        .events()
+        .into_iter()
+        .find(|(e, kv)| {
+            e == "result" && kv.get("workload").map(String::as_str) == Some("net-bench")
+        })
+        .map(|(_, kv)| kv)
+        .unwrap_or_else(|| panic!("no result:\n{}\n{}", r.stdout, r.stderr));
+    let sent: u64 = result["sent"].parse().unwrap();
+    let received: u64 = result["packets"].parse().unwrap();
+    // A killed compartment may lose the packets it held, as a link would,
+    // but the queues must not wedge: nearly every ping is answered.
+    assert!(sent - received <= 16, "{received} of {sent} answered");
+    assert_eq!(r.stderr.matches("net0 restarted").count(), 8, "{}", r.stderr);
+}
