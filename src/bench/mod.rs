@@ -4,6 +4,7 @@
 mod boot;
 mod io;
 mod peer;
+mod recovery;
 mod stats;
 
 use clap::Subcommand;
@@ -26,6 +27,16 @@ pub enum BenchCommand {
     Blk(IoArgs),
     /// Network: microkernel vs monolithic vs QEMU microvm, over a tap in a private namespace.
     Net(IoArgs),
+    /// Recovery from killed compartments while the guest does I/O (blk and net).
+    Recovery {
+        /// Kills per device.
+        #[arg(long, default_value_t = 100)]
+        kills: usize,
+        /// Milliseconds between a recovery and the next kill (below 200, the
+        /// restart policy's back-off after 5 restarts a second takes over).
+        #[arg(long, default_value_t = 250)]
+        interval_ms: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -120,5 +131,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
         }
         BenchCommand::Blk(args) => blk(&args),
         BenchCommand::Net(args) => net(&args),
+        BenchCommand::Recovery { kills, interval_ms } => {
+            recovery::run(&recovery::Options { kills: kills.max(1), interval_ms })
+        }
     }
 }

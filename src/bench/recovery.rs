@@ -1,0 +1,160 @@
+//! `bulkhead bench recovery`: kill the block (or net) compartment over and
+//! over while the built-in guest does I/O through it, and measure how long
+//! each recovery takes and what the guest saw.
+//!
+//! Recovery time is the supervisor's own measurement, printed with each
+//! restart: from its noticing the compartment's end (its socket closing,
+//! microseconds after the SIGKILL) to the first request completed by the
+//! successor (or to the successor's start, if nothing was outstanding).
+//! The guest's view is its worst request latency over the whole run (blk)
+//! or the pings that went unanswered (net).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::io::BenchNetns;
+use super::stats::summarize;
+
+pub struct Options {
+    pub kills: usize,
+    pub interval_ms: u64,
+}
+
+/// The core's child running `bulkhead device KIND`, once it serves.
+fn compartment(core: u32, kind: &str, not: Option<i32>) -> anyhow::Result<i32> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if Some(pid) == not {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let mut f = stat.rsplit_once(") ").map(|(_, r)| r.split(' ')).into_iter().flatten();
+            let (state, ppid) = (f.next(), f.next());
+            if ppid != Some(&*core.to_string()) || state == Some("Z") {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let sandboxed = status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2'));
+            if sandboxed && args.windows(2).any(|w| w[0] == b"device" && w[1] == kind.as_bytes()) {
+                return Ok(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bail!("no {kind} compartment came up")
+}
+
+/// Runs one VM, kills its `kind` compartment `opts.kills` times, returns
+/// the recovery times (ms) and the guest's output.
+fn run_one(mut cmd: Command, kind: &str, opts: &Options) -> anyhow::Result<(Vec<f64>, String)> {
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let core = child.id();
+    let stderr = BufReader::new(child.stderr.take().expect("piped"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut pid = compartment(core, kind, None).context("at start")?;
+    std::thread::sleep(Duration::from_millis(300));
+    for kill in 0..opts.kills {
+        // SAFETY: killing a compartment of the VM this benchmark started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        pid = match compartment(core, kind, Some(pid)) {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = child.kill();
+                let said: Vec<String> = rx.try_iter().collect();
+                bail!("after kill {kill}: {e}; the VMM said:\n{}", said.join("\n"));
+            }
+        };
+        std::thread::sleep(Duration::from_millis(opts.interval_ms));
+    }
+    let out = child.wait_with_output().context("wait for the VM")?;
+    let mut times = Vec::new();
+    let mut other = String::new();
+    for line in rx.try_iter() {
+        match line.split("serving again after ").nth(1).and_then(|t| t.strip_suffix(" ms")) {
+            Some(ms) if line.contains("(killed by signal 9)") => times.push(ms.parse()?),
+            _ => other.push_str(&format!("{line}\n")),
+        }
+    }
+    if times.len() != opts.kills {
+        bail!("{} kills, {} restarts:\n{other}", opts.kills, times.len());
+    }
+    Ok((times, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// A `key=` value from the guest's result or check lines.
+fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines()
+        .filter(|l| l.starts_with("BH result") || l.starts_with("BH check"))
+        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(key)))
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<i32> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("bulkhead-bench-recovery-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let image = super::io::filled_image(&dir, 64 << 20)?;
+    // Long enough for every kill, short enough to end on its own.
+    let seconds = (opts.kills as u64 * (opts.interval_ms + 60)).div_ceil(1000) + 3;
+    let mut blk = Command::new(&exe);
+    blk.args(["run", "--restart-max", "100000", "--disk"])
+        .arg(format!("{},format=raw", image.display()))
+        .arg("--cmdline")
+        .arg(format!("bulkhead.run=blk-bench bulkhead.mode=randread bulkhead.seconds={seconds}"));
+    let (blk_times, blk_out) = run_one(blk, "blk", opts)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let ns = BenchNetns::new()?;
+    let mut net = Command::new("ip");
+    net.args(["netns", "exec", &ns.0])
+        .arg(&exe)
+        .args(["run", "--restart-max", "100000", "--net", "tap=tap0", "--cmdline"])
+        .arg(format!(
+            "bulkhead.run=net-bench bulkhead.mode=pingpong bulkhead.seconds={seconds} bulkhead.timeout_ms=200"
+        ));
+    let (net_times, net_out) = run_one(net, "net", opts)?;
+    println!("Recovery from SIGKILL of a compartment while the guest does I/O: {} kills each, {} ms apart.", opts.kills, opts.interval_ms);
+    println!();
+    println!("| device | recovery median (ms) | p99 (ms) | max (ms) | guest's view |");
+    println!("|---|---|---|---|---|");
+    for (name, times, guest) in [
+        ("blk (4 KiB random reads, qd 1)", &blk_times, blk_view(&blk_out)),
+        ("net (ICMP ping-pong with the host)", &net_times, net_view(&net_out)),
+    ] {
+        let s = summarize(times).expect("one time per kill");
+        println!("| {name} | {:.1} | {:.1} | {:.1} | {guest} |", s.median, s.p99, s.max);
+    }
+    Ok(0)
+}
+
+fn blk_view(out: &str) -> String {
+    let errors = field(out, "errors=").unwrap_or("?");
+    let verdict = if out.contains("status=fail") { "FAILED" } else { "ok" };
+    format!(
+        "{verdict}: {} requests, {errors} errors; latency p99 {} us, worst {} us",
+        field(out, "ops=").unwrap_or("?"),
+        field(out, "p99_us=").unwrap_or("?"),
+        field(out, "max_us=").unwrap_or("?")
+    )
+}
+
+fn net_view(out: &str) -> String {
+    let sent: u64 = field(out, "sent=").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let got: u64 = field(out, "packets=").and_then(|v| v.parse().ok()).unwrap_or(0);
+    format!(
+        "{got} of {sent} pings answered ({} lost with killed compartments)",
+        sent.saturating_sub(got)
+    )
+}
