@@ -12,6 +12,9 @@
 //! - [`binary`]: the checks an upgrade's binary must pass;
 //! - [`client`] and [`cli`]: [`request`] and `bulkhead ctl`.
 
+pub mod binary;
+pub mod paths;
+pub mod peer;
 pub mod protocol;
 pub mod status;
 
