@@ -13,12 +13,16 @@
 //! - [`client`] and [`cli`]: [`request`] and `bulkhead ctl`.
 
 pub mod binary;
+pub mod client;
 pub mod paths;
 pub mod peer;
 pub mod protocol;
+pub mod server;
 pub mod status;
 
+pub use client::{request, ClientError};
 pub use protocol::{Payload, ProtocolError, Reply, Request, PROTOCOL_VERSION};
+pub use server::{ControlTarget, Server, ServerError};
 pub use status::{DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus};
 
 /// An error and its causes as one line: "what failed: because: because".
