@@ -13,6 +13,7 @@
 //! - [`client`] and [`cli`]: [`request`] and `bulkhead ctl`.
 
 pub mod binary;
+pub mod cli;
 pub mod client;
 pub mod paths;
 pub mod peer;
