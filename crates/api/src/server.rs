@@ -120,7 +120,13 @@ impl Server {
         let context = Context { target, vm_uid: paths::euid() };
         let thread = std::thread::Builder::new()
             .name("bulkhead-api".into())
-            .spawn(move || serve(&listener, &wakee, &context))
+            .spawn(move || {
+                // Only the target's calls could panic, and those are caught one by one; this
+                // is the last line of defence: the VM runs on without its control socket.
+                if catch_unwind(AssertUnwindSafe(|| serve(&listener, &wakee, &context))).is_err() {
+                    log::error!("the control socket's thread panicked; the VM runs on without it");
+                }
+            })
             .map_err(ServerError::Thread)?;
         log::info!("control socket at {}", path.display());
         Ok(Server {
