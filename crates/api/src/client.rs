@@ -114,10 +114,18 @@ pub fn resolve(vm: &str) -> Result<PathBuf, ClientError> {
         return Ok(path);
     }
     let mut hint = String::new();
-    let root_socket = Path::new("/run/bulkhead").join(format!("{vm}.sock"));
-    if dir != Path::new("/run/bulkhead") && root_socket.symlink_metadata().is_ok() {
-        hint = format!("; {} exists: is it root's VM? Then use sudo", root_socket.display());
-    } else if Path::new(vm).symlink_metadata().is_ok() {
+    let root_dir = Path::new("/run/bulkhead");
+    let root_socket = root_dir.join(format!("{vm}.sock"));
+    if dir != root_dir {
+        match root_socket.symlink_metadata() {
+            Ok(_) => hint = format!("; {} exists: root's VM? use sudo", root_socket.display()),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                hint = format!("; root's VMs are in {}: use sudo for those", root_dir.display())
+            }
+            Err(_) => {}
+        }
+    }
+    if hint.is_empty() && Path::new(vm).symlink_metadata().is_ok() {
         hint = format!("; for the socket {vm} in this folder, write ./{vm}");
     }
     Err(ClientError::NoSuchVm { name: vm.to_string(), dir, hint })
