@@ -1,0 +1,374 @@
+//! The wire protocol of a VM's control socket: one JSON request, one JSON reply.
+//!
+//! # A conversation, step by step
+//!
+//! 1. The client connects to the VM's unix socket (where it lives: [`crate::paths`]).
+//! 2. The server reads the client's credentials from the kernel (`SO_PEERCRED`). A client that
+//!    runs neither as the VM's user nor as root gets an `error` reply at once, without a word
+//!    of its own being read, and the refusal is logged.
+//! 3. The client writes one request: a JSON object on one line, ended by a newline (or by
+//!    closing its side of the connection). Every request carries the protocol version and
+//!    names what it asks for in `request`:
+//!    ```text
+//!    {"version":1,"request":"status"}
+//!    {"version":1,"request":"device_restart","id":"blk0"}
+//!    {"version":1,"request":"device_upgrade","id":"blk0","binary":"/usr/local/bin/bulkhead"}
+//!    ```
+//!    Unknown fields are refused, so that a typo is an error and not a request silently
+//!    carried out without it.
+//! 4. The server checks the request — at most [`MAX_REQUEST_BYTES`] bytes, all of it within
+//!    [`REQUEST_DEADLINE`], valid JSON, a version it speaks, a known request with the fields it
+//!    needs, and for an upgrade a binary that is safe to run (see [`crate::binary`]) — then
+//!    asks the VM (its [`crate::ControlTarget`]) and writes one reply line:
+//!    ```text
+//!    {"version":1,"reply":"ok","result":{"status":{"name":"vm0","core_pid":4242,…}}}
+//!    {"version":1,"reply":"ok","result":{"device_change":{"id":"blk0","old_pid":4250,"new_pid":4301,"took_ms":12.5}}}
+//!    {"version":1,"reply":"error","message":"no device named blk9; this VM has blk0, rng0"}
+//!    ```
+//!    Anything wrong with the request — garbage, a half-written line, too many bytes, a
+//!    client that stalls — is answered by an `error` reply whose message says what was wrong,
+//!    and the server goes on serving.
+//! 5. The server closes the connection. One connection carries one request; the server
+//!    handles one connection at a time, so two restarts of a device never overlap.
+//!
+//! # Versions
+//!
+//! Requests and replies carry `"version": 1`. A server refuses a request of a version it does
+//! not speak with an `error` reply (in its own version) that names the version it speaks.
+//! Fields may be added to replies without a new version; clients ignore fields they do not
+//! know. Anything else — a field renamed or removed, a new meaning — is a new version.
+
+use crate::status::{DeviceChange, VmStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// The largest request a server reads, newline included; a longer one is refused.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The largest reply a client reads (a status of many devices stays far below it).
+pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a client has, from connecting, to deliver its whole request.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A request to a running VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The VM and each of its devices.
+    Status,
+    /// Replace a device's backend by a new one running the same binary.
+    DeviceRestart {
+        /// The device, e.g. `blk0`.
+        id: String,
+    },
+    /// Replace a device's backend by one running another binary.
+    DeviceUpgrade {
+        /// The device, e.g. `blk0`.
+        id: String,
+        /// The binary the new backend runs: an absolute path (the client makes it absolute).
+        binary: PathBuf,
+    },
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// The request was carried out.
+    Ok {
+        /// What it produced.
+        result: Payload,
+    },
+    /// The request was refused or failed; nothing was changed unless the message says so.
+    Error {
+        /// What went wrong and, where there is something to do, what to do: one sentence.
+        message: String,
+    },
+}
+
+/// What a successful request produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payload {
+    /// The answer to [`Request::Status`].
+    Status(VmStatus),
+    /// The answer to [`Request::DeviceRestart`] and [`Request::DeviceUpgrade`].
+    DeviceChange(DeviceChange),
+}
+
+/// Why a request or a reply could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// More bytes than the limit.
+    #[error("the message is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Nothing but white space.
+    #[error("the message is empty; send one JSON object on one line")]
+    Empty,
+    /// Not JSON, not an object, or not the fields of a known message.
+    #[error("the message is malformed: {reason}")]
+    Malformed {
+        /// What is wrong, as serde_json or this module says it.
+        reason: String,
+    },
+    /// A version other than [`PROTOCOL_VERSION`].
+    #[error(
+        "protocol version {got} is not spoken here; this side speaks version {PROTOCOL_VERSION}"
+    )]
+    Version {
+        /// The version the message carried.
+        got: String,
+    },
+}
+
+impl Request {
+    /// The request as one line: JSON with the version, and a newline.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Reads a request line (with or without its newline); never panics, whatever the bytes.
+    pub fn parse(line: &[u8]) -> Result<Request, ProtocolError> {
+        parse(line, MAX_REQUEST_BYTES, true)
+    }
+
+    /// How long a client waits for the reply to this request.
+    pub fn reply_timeout(&self) -> Duration {
+        match self {
+            Request::Status => Duration::from_secs(10),
+            Request::DeviceRestart { .. } | Request::DeviceUpgrade { .. } => {
+                Duration::from_secs(60)
+            }
+        }
+    }
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply::Error { message: message.into() }
+    }
+
+    /// The reply as one line: JSON with the version, and a newline.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Reads a reply line (with or without its newline); never panics, whatever the bytes.
+    pub fn parse(line: &[u8]) -> Result<Reply, ProtocolError> {
+        parse(line, MAX_REPLY_BYTES, false)
+    }
+
+    /// The payload of an `ok` reply, or the message of an `error` one.
+    pub fn into_result(self) -> Result<Payload, String> {
+        match self {
+            Reply::Ok { result } => Ok(result),
+            Reply::Error { message } => Err(message),
+        }
+    }
+}
+
+/// A message on the wire: the version first, then the message's own fields.
+#[derive(Serialize)]
+struct Envelope<'a, T> {
+    version: u64,
+    #[serde(flatten)]
+    message: &'a T,
+}
+
+/// Serializes a message with the version in front, as one line.
+fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let envelope = Envelope { version: PROTOCOL_VERSION, message };
+    // Requests and replies are plain data with string keys: serializing them cannot fail.
+    let mut line = serde_json::to_vec(&envelope).expect("a protocol message always serializes");
+    line.push(b'\n');
+    line
+}
+
+/// Checks size, JSON and version, then reads the rest of the object as a `T`. With `strict`,
+/// a field that `T` does not have is an error (serde's `deny_unknown_fields` misses those next
+/// to a unit variant, like `{"request":"status","force":true}`).
+fn parse<T>(line: &[u8], limit: usize, strict: bool) -> Result<T, ProtocolError>
+where
+    T: Serialize + for<'de> Deserialize<'de>,
+{
+    if line.len() > limit {
+        return Err(ProtocolError::TooLarge { limit });
+    }
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Err(ProtocolError::Empty);
+    }
+    let malformed = |reason: String| ProtocolError::Malformed { reason };
+    // serde_json bounds its recursion (128 levels), so deep nesting is an error, not a crash.
+    let value: Value = serde_json::from_slice(line).map_err(|e| malformed(e.to_string()))?;
+    let Value::Object(mut object) = value else {
+        return Err(malformed("it is not a JSON object".into()));
+    };
+    match object.remove("version") {
+        Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION) => {}
+        Some(other) => return Err(ProtocolError::Version { got: shorten(&other.to_string()) }),
+        None => return Err(malformed("it has no \"version\" field".into())),
+    }
+    let keys: Vec<String> = if strict { object.keys().cloned().collect() } else { Vec::new() };
+    let message: T =
+        serde_json::from_value(Value::Object(object)).map_err(|e| malformed(e.to_string()))?;
+    if let Ok(Value::Object(known)) = serde_json::to_value(&message) {
+        if let Some(unknown) = keys.iter().find(|key| !known.contains_key(*key)) {
+            return Err(malformed(format!("unknown field `{}`", shorten(unknown))));
+        }
+    }
+    Ok(message)
+}
+
+/// A value quoted back in an error message, cut to a readable length.
+fn shorten(text: &str) -> String {
+    const MAX: usize = 40;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{DeviceMode, DeviceState, DeviceStatus};
+
+    fn sample_status() -> VmStatus {
+        VmStatus {
+            name: "vm0".into(),
+            core_pid: 4242,
+            cpus: 2,
+            memory_bytes: 512 << 20,
+            uptime_s: 61,
+            devices: vec![DeviceStatus {
+                id: "blk0".into(),
+                kind: "blk".into(),
+                mode: DeviceMode::Compartment,
+                pid: Some(4250),
+                state: DeviceState::Running,
+                restarts: 1,
+                last_exit: Some("killed by signal 9".into()),
+                uptime_s: 12,
+                requests: 1000,
+                sandbox: Some("seccomp(filter) nnp caps(none)".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let requests = [
+            Request::Status,
+            Request::DeviceRestart { id: "blk0".into() },
+            Request::DeviceUpgrade { id: "net0".into(), binary: "/usr/bin/bulkhead".into() },
+        ];
+        for request in requests {
+            let line = request.encode();
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert_eq!(Request::parse(&line), Ok(request));
+        }
+    }
+
+    #[test]
+    fn wire_form_is_the_documented_one() {
+        let line = Request::DeviceRestart { id: "blk0".into() }.encode();
+        assert_eq!(line, b"{\"version\":1,\"request\":\"device_restart\",\"id\":\"blk0\"}\n");
+        let reply = Reply::error("no");
+        assert_eq!(reply.encode(), b"{\"version\":1,\"reply\":\"error\",\"message\":\"no\"}\n");
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let replies = [
+            Reply::Ok { result: Payload::Status(sample_status()) },
+            Reply::Ok {
+                result: Payload::DeviceChange(DeviceChange {
+                    id: "blk0".into(),
+                    old_pid: Some(1),
+                    new_pid: None,
+                    took_ms: 2.5,
+                }),
+            },
+            Reply::error("no device named blk9"),
+        ];
+        for reply in replies {
+            assert_eq!(Reply::parse(&reply.encode()), Ok(reply));
+        }
+    }
+
+    #[test]
+    fn reply_fields_unknown_to_the_client_are_ignored() {
+        let line = br#"{"version":1,"reply":"error","message":"x","hint":"new in a later server"}"#;
+        assert_eq!(Reply::parse(line), Ok(Reply::error("x")));
+    }
+
+    #[test]
+    fn crlf_and_spaces_are_accepted() {
+        let line = b"  { \"request\" : \"status\", \"version\" : 1 }\r\n";
+        assert_eq!(Request::parse(line), Ok(Request::Status));
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "empty"),
+            (b" \n", "empty"),
+            (b"garbage\n", "malformed: expected value"),
+            (b"[1,2]", "not a JSON object"),
+            (b"{\"request\":\"status\"}", "no \"version\""),
+            (b"{\"version\":2,\"request\":\"status\"}", "version 2 is not spoken"),
+            (b"{\"version\":\"1\",\"request\":\"status\"}", "version \"1\" is not spoken"),
+            (b"{\"version\":1.0,\"request\":\"status\"}", "version 1.0 is not spoken"),
+            (b"{\"version\":1}", "missing field `request`"),
+            (b"{\"version\":1,\"request\":\"reboot\"}", "unknown variant `reboot`"),
+            (b"{\"version\":1,\"request\":\"device_restart\"}", "missing field `id`"),
+            (b"{\"version\":1,\"request\":\"device_restart\",\"id\":7}", "invalid type"),
+            (
+                b"{\"version\":1,\"request\":\"device_restart\",\"id\":\"a\",\"x\":1}",
+                "unknown field",
+            ),
+            (b"{\"version\":1,\"request\":\"status\",\"force\":true}", "unknown field"),
+            (
+                b"{\"version\":1,\"request\":\"device_upgrade\",\"id\":\"a\"}",
+                "missing field `binary`",
+            ),
+            (b"{\"version\":1,\"request\":\"status\"", "EOF while parsing"),
+            (b"{\"version\":1,\"request\":\"status\"}{}", "trailing characters"),
+            (b"\xff\xfe{}", "malformed"),
+        ];
+        for (line, expected) in cases {
+            let message = Request::parse(line).unwrap_err().to_string();
+            assert!(
+                message.contains(expected),
+                "{:?}: {message:?} does not say {expected:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_and_deep_requests_are_refused() {
+        let mut big = br#"{"version":1,"request":"device_restart","id":""#.to_vec();
+        big.resize(MAX_REQUEST_BYTES + 1, b'a');
+        assert_eq!(Request::parse(&big), Err(ProtocolError::TooLarge { limit: MAX_REQUEST_BYTES }));
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(Request::parse(deep.as_bytes()).unwrap_err().to_string().contains("recursion"));
+    }
+
+    #[test]
+    fn long_versions_are_shortened_in_messages() {
+        let line = format!("{{\"version\":\"{}\",\"request\":\"status\"}}", "9".repeat(1000));
+        assert!(Request::parse(line.as_bytes()).unwrap_err().to_string().len() < 200);
+    }
+}

@@ -1,0 +1,113 @@
+//! What the API reports: plain data, filled in by the core's [`crate::ControlTarget`].
+//!
+//! The types are serialized as they are into the replies (see [`crate::protocol`]), so a field
+//! renamed here is a protocol change. Clients ignore fields they do not know, so adding a field
+//! is not.
+
+use serde::{Deserialize, Serialize};
+
+/// A running VM and each of its devices, as `bulkhead ctl <vm> status` shows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmStatus {
+    /// The VM's name (the one its control socket is named after).
+    pub name: String,
+    /// PID of the VM's core process.
+    pub core_pid: u32,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Guest memory in bytes.
+    pub memory_bytes: u64,
+    /// Seconds since the VM started.
+    pub uptime_s: u64,
+    /// One entry per device, in the order they were attached.
+    pub devices: Vec<DeviceStatus>,
+}
+
+/// One device of a VM and the backend that serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// The device's name within the VM, e.g. `blk0`: what `device restart` takes.
+    pub id: String,
+    /// The kind of device: `blk`, `net`, `rng`, …
+    pub kind: String,
+    /// Where the backend runs.
+    pub mode: DeviceMode,
+    /// PID of the backend's process (a compartment); `None` for threads, or while none runs.
+    pub pid: Option<u32>,
+    /// What the supervisor says of the backend.
+    pub state: DeviceState,
+    /// How many times the backend was restarted or upgraded.
+    pub restarts: u32,
+    /// Why the last backend process ended, in words: `killed by signal 9`,
+    /// `hung: no progress for 5 s`, `upgraded`. `None` while the first one runs.
+    pub last_exit: Option<String>,
+    /// Seconds since the backend now serving the device started.
+    pub uptime_s: u64,
+    /// Requests the device has served (over all backends it had).
+    pub requests: u64,
+    /// The sandbox summary line of a compartment (`seccomp(filter) nnp caps(none) ns(...)`).
+    pub sandbox: Option<String>,
+}
+
+/// Where a device backend runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceMode {
+    /// A sandboxed process of its own (microkernel mode).
+    Compartment,
+    /// A thread of the core (monolithic mode).
+    Thread,
+    /// A vhost-user backend Bulkhead did not start (`--vhost-user`); it cannot restart it.
+    External,
+}
+
+/// What the supervisor says of a device backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// Serving the guest.
+    Running,
+    /// Being restarted or replaced; the guest's requests wait.
+    Restarting,
+    /// Ended and not brought back (restart limit reached, or it cannot be restarted).
+    Failed,
+    /// Stopped on purpose (the VM is shutting down).
+    Stopped,
+}
+
+/// What a restart or an upgrade did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceChange {
+    /// The device.
+    pub id: String,
+    /// PID of the backend that was replaced (`None` for a thread).
+    pub old_pid: Option<u32>,
+    /// PID of the backend that now serves the device (`None` for a thread).
+    pub new_pid: Option<u32>,
+    /// How long the device was without a backend: from stopping the old one to the new one
+    /// serving, in milliseconds.
+    pub took_ms: f64,
+}
+
+impl DeviceMode {
+    /// The word the table shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceMode::Compartment => "compartment",
+            DeviceMode::Thread => "thread",
+            DeviceMode::External => "external",
+        }
+    }
+}
+
+impl DeviceState {
+    /// The word the table shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Running => "running",
+            DeviceState::Restarting => "restarting",
+            DeviceState::Failed => "failed",
+            DeviceState::Stopped => "stopped",
+        }
+    }
+}
