@@ -261,3 +261,60 @@ fn packets_keep_flowing_while_the_net_compartment_is_killed() {
     assert!(sent - received <= 16, "{received} of {sent} answered");
     assert_eq!(r.stderr.matches("net0 restarted").count(), 8, "{}", r.stderr);
 }
+
+fn ctl(run_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    common::bulkhead().env("BULKHEAD_RUN_DIR", run_dir).arg("ctl").args(args).output().unwrap()
+}
+
+#[test]
+fn ctl_lists_compartments_and_upgrades_one_while_io_runs() {
+    require_kvm();
+    let dir = TempDir::new("upgrade");
+    let run_dir = dir.0.join("run");
+    // The "new build": the same binary, copied elsewhere.
+    let new_binary = dir.0.join("bulkhead-new");
+    std::fs::copy(env!("CARGO_BIN_EXE_bulkhead"), &new_binary).unwrap();
+    let size = 2usize << 20;
+    let image = dir.file("disk.raw", &vec![0u8; size]);
+    let disk = format!("{},format=raw", image.display());
+    let mut cmd = common::bulkhead();
+    cmd.env("BULKHEAD_RUN_DIR", &run_dir).args(["run", "--name", "upg", "--disk", &disk, "--rng"]);
+    cmd.args(["--cmdline", "bulkhead.run=blk-stress bulkhead.seconds=4 bulkhead.seed=500"]);
+    let child = start(&mut cmd);
+    let core = child.id();
+    let _guard = KillOnDrop(core);
+    let old = wait_compartment(core, "blk");
+
+    let status = ctl(&run_dir, &["upg", "status", "--json"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let json = String::from_utf8_lossy(&status.stdout);
+    assert!(json.contains(&format!("\"pid\": {old}")), "{json}");
+    assert!(
+        json.contains("\"mode\": \"compartment\"") && json.contains("seccomp(filter"),
+        "{json}"
+    );
+
+    let up = ctl(
+        &run_dir,
+        &["upg", "device", "upgrade", "blk0", "--binary", new_binary.to_str().unwrap()],
+    );
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let new = wait_compartment_other(core, "blk", Some(old));
+    let exe = std::fs::read_link(format!("/proc/{new}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        new_binary.canonicalize().unwrap(),
+        "the upgraded compartment runs the new binary"
+    );
+    let restart = ctl(&run_dir, &["upg", "device", "restart", "rng0"]);
+    assert!(restart.status.success(), "{}", String::from_utf8_lossy(&restart.stderr));
+    let missing = ctl(&run_dir, &["upg", "device", "restart", "blk9"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("there is no device blk9"));
+
+    let r = common::wait(child, T);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let check = r.assert_check("blk-stress");
+    let rounds: u64 = check["rounds"].parse().unwrap();
+    assert_eq!(std::fs::read(&image).unwrap(), common::pattern(500 + rounds - 1, size));
+}

@@ -33,6 +33,9 @@ pub enum Command {
     /// Run one device backend (vhost-user) as a process: how the core starts a compartment.
     #[command(subcommand)]
     Device(bulkhead_devices::cli::DeviceCommand),
+    /// Control a running VM: status, restart or upgrade a device.
+    #[command(subcommand)]
+    Ctl(bulkhead_api::cli::CtlCommand),
 }
 
 impl Command {
@@ -45,6 +48,7 @@ impl Command {
             Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
             Command::Disk(cmd) => bulkhead_disk::cli::run(cmd),
             Command::Device(cmd) => device::run(cmd),
+            Command::Ctl(cmd) => bulkhead_api::cli::run(cmd),
         }
     }
 }

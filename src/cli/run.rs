@@ -8,7 +8,7 @@ use bulkhead_core::supervisor::RestartPolicy;
 use bulkhead_core::virtio::{DeviceKind, ExternalBackend};
 use bulkhead_core::VmConfig;
 use bulkhead_devices::DeviceConfig;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backends::{self, Mode, Request};
 use clap::Args;
@@ -60,6 +60,9 @@ pub struct RunArgs {
     /// Attach an external vhost-user backend: KIND,socket=PATH (KIND: blk, net, rng).
     #[arg(long = "vhost-user", value_name = "KIND,socket=PATH")]
     pub vhost_user: Vec<String>,
+    /// The VM's name for `bulkhead ctl` (default: vm-PID).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Describe the devices at start and say how the VM ended, on stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -158,6 +161,25 @@ impl TryFrom<&RunArgs> for VmConfig {
         if args.mode == Mode::Monolithic {
             backends::end_vm_on_device_panic();
         }
+        let name = args.name.clone().unwrap_or_else(|| format!("vm-{}", std::process::id()));
+        bulkhead_api::paths::check_name(&name).with_context(|| format!("--name {name}"))?;
+        let (cpus, memory_bytes) = (args.cpus, args.memory);
+        config.on_start = Some(Box::new(move |supervisor| {
+            let vm = crate::control::Vm {
+                name,
+                cpus,
+                memory_bytes,
+                started: Instant::now(),
+                supervisor,
+            };
+            match crate::control::start(vm) {
+                Ok(server) => Box::new(server),
+                Err(e) => {
+                    eprintln!("bulkhead: the management API is off: {}", crate::cli::describe(&e));
+                    Box::new(())
+                }
+            }
+        }));
         for (i, spec) in args.vhost_user.iter().enumerate() {
             config.devices.push(Box::new(external_backend(spec, i)?));
         }
