@@ -74,6 +74,14 @@ impl Backend for CompartmentBackend {
             .args(["device", kind, "--fd", &CONN_FD.to_string()])
             .args(&self.request.args)
             .fd(device_end.as_fd(), CONN_FD);
+        // A compartment starts with an empty environment; these pass through:
+        // log filtering, and the test-only fault injector (compiled into
+        // debug builds only).
+        for var in ["RUST_LOG", "BULKHEAD_FAULT"] {
+            if let Some(value) = std::env::var_os(var) {
+                cmd = cmd.env(var, value);
+            }
+        }
         if let Some(tap) = &self.tap {
             // SAFETY: the tap's fd stays open as long as `self.tap`, which
             // outlives this call (the spawned child gets its own copy).
