@@ -37,6 +37,10 @@ pub struct VringState {
     pub indirect: bool,
     inflight: Option<InflightQueue>,
     ledger: Ledger,
+    /// Interrupt the guest after the next pass even if nothing was returned: the queue resumed
+    /// from an inflight region, and the backend before may have died between publishing a used
+    /// entry and signalling it.
+    signal_resume: bool,
 }
 
 /// One virtqueue.
@@ -78,6 +82,7 @@ impl Vring {
             indirect: false,
             inflight: None,
             ledger: Ledger::new(QueueId { kind, index }),
+            signal_resume: false,
         };
         Vring { index, state: Arc::new(Mutex::new(state)), kick: None, worker: None }
     }
@@ -147,6 +152,7 @@ impl Vring {
                 log::info!("queue {index}: resubmitting {} requests", resubmit.len());
             }
         }
+        st.signal_resume = st.inflight.is_some();
         st.ledger.restart(resubmit);
         Ok(())
     }
@@ -175,6 +181,7 @@ impl Vring {
         st.enabled = false;
         st.inflight = None;
         st.ledger.restart(Vec::new());
+        st.signal_resume = false;
     }
 }
 
@@ -362,7 +369,8 @@ impl WorkerLoop {
             // Work is left and no kick will come for it: come back after other events.
             let _ = self.control.write(1);
         }
-        if used && st.queue.needs_notification(&*mem).unwrap_or(true) {
+        let resumed = std::mem::take(&mut st.signal_resume);
+        if resumed || (used && st.queue.needs_notification(&*mem).unwrap_or(true)) {
             if let Some(call) = &st.call {
                 let _ = call.write(1);
             }
