@@ -114,6 +114,7 @@ pub fn run_with_sandbox(
     enter: impl FnOnce(&SandboxSpec, RawFd) -> anyhow::Result<()>,
 ) -> anyhow::Result<i32> {
     init_logging();
+    crate::fault::init();
     let (cfg, conn) = cmd.split();
     let kind = cfg.kind();
     let device = crate::open(&cfg).with_context(|| format!("cannot open the {kind} device"))?;

@@ -22,6 +22,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, Chain, Table};
 use super::inflight::InflightQueue;
+use crate::fault::{self, Returning};
 use crate::DeviceKind;
 
 /// How far a call to [`QueueHandler::process`] got.
@@ -113,7 +114,9 @@ impl Ledger {
     }
 
     fn took(&mut self, head: u16) {
-        self.taken.push_back(head);
+        let mut recorded = head;
+        fault::taken(self.id, &mut recorded);
+        self.taken.push_back(recorded);
     }
 
     /// The consistency check: `head` must be the oldest chain taken.
@@ -204,10 +207,12 @@ impl<'a> QueueContext<'a> {
         if let Some(inflight) = self.inflight.as_deref_mut() {
             inflight.before_used(head);
         }
+        fault::returning(self.ledger.id, head, Returning::BeforeUsed);
         if let Err(e) = self.queue.add_used(self.mem, head, len) {
             log::warn!("cannot return descriptor {head} to the used ring: {e}");
             return;
         }
+        fault::returning(self.ledger.id, head, Returning::AfterUsed);
         let used_idx = self.queue.next_used();
         if let Some(inflight) = self.inflight.as_deref_mut() {
             inflight.after_used(head, used_idx);
