@@ -9,6 +9,12 @@
 //! Exit codes: 0 the frontend disconnected or the process was stopped; 1 the device could not be
 //! opened or served (the message says why); 3 the frontend broke the protocol (`--fd` only: a
 //! listening backend drops that frontend and accepts the next).
+//!
+//! A panic on any thread — the message loop or a queue worker — ends the process: the panic
+//! hook prints it and aborts (SIGABRT), so that a compartment never runs on with a queue
+//! silently stopped, and the supervisor sees it die and starts another. (In monolithic mode the
+//! same code runs on threads of the core, which keeps its own panic policy: there a worker's
+//! panic only stops its queue.)
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
@@ -113,7 +119,9 @@ pub fn run_with_sandbox(
     cmd: DeviceCommand,
     enter: impl FnOnce(&SandboxSpec, RawFd) -> anyhow::Result<()>,
 ) -> anyhow::Result<i32> {
+    abort_on_panic();
     init_logging();
+    crate::fault::init();
     let (cfg, conn) = cmd.split();
     let kind = cfg.kind();
     let device = crate::open(&cfg).with_context(|| format!("cannot open the {kind} device"))?;
@@ -143,6 +151,19 @@ pub fn run_with_sandbox(
         Some(listener) => serve_listener(device, &listener, &stop, conn.socket.as_deref()),
         None => serve_fd(device, conn_fd, stop),
     }
+}
+
+/// Makes any panic end the process: print it, then abort. A worker thread's panic would
+/// otherwise only stop its queue (the worker catches it) and leave a compartment that looks
+/// alive and serves nothing.
+fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        eprintln!("bulkhead device: thread {name} {info}");
+        eprintln!("bulkhead device: aborting: a device process does not outlive a panic");
+        std::process::abort();
+    }));
 }
 
 /// The hook of [`run`]: no sandbox.

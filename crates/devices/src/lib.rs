@@ -22,6 +22,8 @@
 pub mod backend;
 pub mod blk;
 pub mod cli;
+#[cfg(any(debug_assertions, feature = "fault-injection"))]
+pub mod fault;
 pub mod net;
 pub mod rng;
 pub mod sandbox;
@@ -30,6 +32,26 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::str::FromStr;
 use std::sync::Arc;
+
+/// Release builds without the `fault-injection` feature: the hooks the queue code calls do
+/// nothing, and nothing of the injector is compiled in.
+#[cfg(not(any(debug_assertions, feature = "fault-injection")))]
+mod fault {
+    use crate::backend::queue::QueueId;
+
+    pub(crate) enum Returning {
+        BeforeUsed,
+        AfterUsed,
+    }
+
+    pub(crate) fn init() {}
+
+    #[inline(always)]
+    pub(crate) fn taken(_: QueueId, _: &mut u16) {}
+
+    #[inline(always)]
+    pub(crate) fn returning(_: QueueId, _: u16, _: Returning) {}
+}
 
 pub use backend::{serve, QueueHandler, ServeEnd};
 pub use blk::BlkConfig;

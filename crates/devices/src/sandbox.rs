@@ -123,6 +123,11 @@ pub const COMMON: &[SyscallRule] = &[
     any("exit"),
     any("exit_group"),
     any("restart_syscall"),
+    // abort(3), for the panic hook of `bulkhead device`: raise(SIGABRT) is tgkill(getpid(),
+    // gettid(), SIGABRT). Without them a panicking compartment dies of SIGSYS instead, which
+    // reads as a filter violation.
+    any("getpid"),
+    when("tgkill", 2, libc::SIGABRT as u64),
 ];
 
 /// blk: image I/O through the disk crate (`pread`/`pwrite` of data and metadata, `lseek` for

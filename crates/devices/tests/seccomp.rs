@@ -75,12 +75,19 @@ fn child_process_entry() {
 
 /// A backend with its seccomp list enforced, listening on `socket`.
 fn confined(wrapper: &[&str], args: &[&str], socket: &Path) -> Process {
+    confined_with(wrapper, args, socket, &[])
+}
+
+/// [`confined`], with more environment variables.
+fn confined_with(wrapper: &[&str], args: &[&str], socket: &Path, envs: &[(&str, &str)]) -> Process {
     let socket_arg = socket.to_str().unwrap();
     let all: Vec<&str> = args.iter().copied().chain(["--socket", socket_arg]).collect();
     let me = std::env::current_exe().unwrap();
     let test_args = ["--exact", "child_process_entry", "--nocapture", "--test-threads=1"];
     let env = all.join("\u{1f}");
-    Process::start_program(wrapper, me.to_str().unwrap(), &test_args, &[(CHILD, &env)], socket)
+    let envs: Vec<(&str, &str)> =
+        [(CHILD, env.as_str())].into_iter().chain(envs.iter().copied()).collect();
+    Process::start_program(wrapper, me.to_str().unwrap(), &test_args, &envs, socket)
 }
 
 fn request(d: &mut Driver, kind: u32, sector: u64) -> (u64, u64) {
@@ -153,6 +160,29 @@ fn confined_blk_serves_reads_writes_flushes_discards_and_survives_garbage() {
     drop(d);
     std::thread::sleep(Duration::from_millis(100));
     assert!(p.alive(), "the confined backend was killed");
+}
+
+#[test]
+fn a_confined_backend_that_panics_aborts_and_one_that_exits_exits() {
+    // Not killed by its filter (SIGSYS): abort(3) and exit(2) are on the list.
+    use std::os::unix::process::ExitStatusExt;
+    for (knob, signal, code) in
+        [("panic:after=1", Some(libc::SIGABRT), None), ("exit:after=1", None, Some(42))]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let image = harness::raw_image(dir.path(), "disk.raw", 1 << 20, 0);
+        let disk = format!("{},format=raw", image.display());
+        let envs = [("BULKHEAD_FAULT", knob)];
+        let mut p = confined_with(&[], &["blk", "--disk", &disk], &dir.path().join("s"), &envs);
+        let mut d = Driver::ready(p.connect(), Arc::new(GuestMem::new()), &Setup::default());
+        let (hdr, st) = request(&mut d, 4, 0); // FLUSH
+        assert_eq!(d.roundtrip(0, &[r(hdr, 16), w(st, 1)]), 1, "served before the fault");
+        let (hdr, st) = request(&mut d, 4, 0);
+        let guest = d.guest.clone();
+        d.q(0).submit(&guest.mem, &[r(hdr, 16), w(st, 1)]);
+        let status = p.wait_exit(Duration::from_secs(10)).expect("the backend ends");
+        assert_eq!((status.signal(), status.code()), (signal, code), "{knob}: {status:?}");
+    }
 }
 
 #[test]

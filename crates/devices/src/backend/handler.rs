@@ -63,7 +63,8 @@ impl Handler {
     /// A fresh handler for `device`.
     pub fn new(device: Arc<dyn Device>) -> Handler {
         let max = device.max_queue_size();
-        let vrings = (0..device.num_queues()).map(|i| Vring::new(i, max)).collect();
+        let kind = device.kind();
+        let vrings = (0..device.num_queues()).map(|i| Vring::new(kind, i, max)).collect();
         Handler {
             device,
             acked_features: 0,

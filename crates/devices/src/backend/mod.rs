@@ -87,6 +87,7 @@ pub fn serve(
     conn: UnixStream,
     stop: Arc<EventFd>,
 ) -> Result<ServeEnd, DeviceError> {
+    crate::fault::init();
     conn.set_read_timeout(Some(MESSAGE_TIMEOUT)).map_err(DeviceError::io("setting a timeout"))?;
     let epoll = Epoll::new().map_err(DeviceError::io("epoll_create"))?;
     let add =

@@ -5,6 +5,13 @@
 //! up to date on both steps, hands out the chains a previous backend left in flight before any
 //! new one, and remembers whether the guest needs an interrupt. Request-style devices (blk, rng)
 //! implement [`RequestHandler`] and get the loop for free through [`Requests`].
+//!
+//! **Consistency check.** Each queue keeps a [`Ledger`]: the heads of the chains taken and not
+//! yet returned, oldest first. Returning a chain that is not the oldest one taken means the
+//! backend's own state is wrong (a bug, or memory corruption): nothing is published and the
+//! worker panics — a compartment then aborts (its panic hook), and a successor resubmits the
+//! request from the inflight region, which was not touched. The ledger holds only what this
+//! process took; nothing a guest writes can make the check fail.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -15,6 +22,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, Chain, Table};
 use super::inflight::InflightQueue;
+use crate::fault::{self, Returning};
+use crate::DeviceKind;
 
 /// How far a call to [`QueueHandler::process`] got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,13 +82,63 @@ impl<H: RequestHandler> QueueHandler for Requests<H> {
     }
 }
 
+/// Which queue of which device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueId {
+    /// The device.
+    pub kind: DeviceKind,
+    /// The queue's index.
+    pub index: usize,
+}
+
+/// A queue's record of its requests, kept across [`QueueHandler::process`] calls.
+#[derive(Debug)]
+pub struct Ledger {
+    id: QueueId,
+    /// Chains a previous backend left in flight, to hand out before any new one.
+    resubmit: VecDeque<u16>,
+    /// Heads of the chains taken and not yet returned, oldest first.
+    taken: VecDeque<u16>,
+}
+
+impl Ledger {
+    /// An empty ledger for queue `id`.
+    pub fn new(id: QueueId) -> Ledger {
+        Ledger { id, resubmit: VecDeque::new(), taken: VecDeque::new() }
+    }
+
+    /// Starts over (the queue starts): `resubmit` are the chains left in flight, oldest first.
+    pub fn restart(&mut self, resubmit: Vec<u16>) {
+        self.resubmit = resubmit.into();
+        self.taken.clear();
+    }
+
+    fn took(&mut self, head: u16) {
+        let mut recorded = head;
+        fault::taken(self.id, &mut recorded);
+        self.taken.push_back(recorded);
+    }
+
+    /// The consistency check: `head` must be the oldest chain taken.
+    fn returns(&mut self, head: u16) {
+        match self.taken.pop_front() {
+            Some(oldest) if oldest == head => {}
+            oldest => panic!(
+                "the backend's state is inconsistent: {} queue {} is returning chain {head}, \
+                 but the oldest chain it took is {oldest:?}; nothing was published",
+                self.id.kind, self.id.index
+            ),
+        }
+    }
+}
+
 /// One virtqueue, as a handler may use it during one [`QueueHandler::process`] call.
 pub struct QueueContext<'a> {
     queue: &'a mut Queue,
     mem: &'a GuestMemoryMmap,
     table: Table,
     inflight: Option<&'a mut InflightQueue>,
-    resubmit: &'a mut VecDeque<u16>,
+    ledger: &'a mut Ledger,
     popped: usize,
     used: bool,
 }
@@ -91,14 +150,14 @@ impl<'a> QueueContext<'a> {
         mem: &'a GuestMemoryMmap,
         indirect: bool,
         inflight: Option<&'a mut InflightQueue>,
-        resubmit: &'a mut VecDeque<u16>,
+        ledger: &'a mut Ledger,
     ) -> QueueContext<'a> {
         let table = Table {
             addr: vm_memory::GuestAddress(queue.desc_table()),
             size: queue.size(),
             indirect,
         };
-        QueueContext { queue, mem, table, inflight, resubmit, popped: 0, used: false }
+        QueueContext { queue, mem, table, inflight, ledger, popped: 0, used: false }
     }
 
     /// Guest memory.
@@ -108,14 +167,17 @@ impl<'a> QueueContext<'a> {
 
     /// The next chain: first those a previous backend left in flight, then the available ring's.
     pub fn pop(&mut self) -> Option<Chain> {
-        if let Some(head) = self.resubmit.pop_front() {
-            self.popped += 1;
-            return Some(chain::walk(self.mem, self.table, head));
-        }
-        let head = self.queue.pop_descriptor_chain(self.mem)?.head_index();
-        if let Some(inflight) = self.inflight.as_deref_mut() {
-            inflight.begin(head);
-        }
+        let head = match self.ledger.resubmit.pop_front() {
+            Some(head) => head,
+            None => {
+                let head = self.queue.pop_descriptor_chain(self.mem)?.head_index();
+                if let Some(inflight) = self.inflight.as_deref_mut() {
+                    inflight.begin(head);
+                }
+                head
+            }
+        };
+        self.ledger.took(head);
         self.popped += 1;
         Some(chain::walk(self.mem, self.table, head))
     }
@@ -125,6 +187,7 @@ impl<'a> QueueContext<'a> {
     pub fn unpop(&mut self) {
         debug_assert!(self.inflight.is_none());
         self.queue.go_to_previous_position();
+        self.ledger.taken.pop_back();
         self.popped = self.popped.saturating_sub(1);
     }
 
@@ -135,14 +198,21 @@ impl<'a> QueueContext<'a> {
     }
 
     /// Returns the chain at `head` to the driver with `len` bytes written.
+    ///
+    /// # Panics
+    ///
+    /// If `head` is not the oldest chain taken and not returned (the consistency check).
     pub fn complete(&mut self, head: u16, len: u32) {
+        self.ledger.returns(head);
         if let Some(inflight) = self.inflight.as_deref_mut() {
             inflight.before_used(head);
         }
+        fault::returning(self.ledger.id, head, Returning::BeforeUsed);
         if let Err(e) = self.queue.add_used(self.mem, head, len) {
             log::warn!("cannot return descriptor {head} to the used ring: {e}");
             return;
         }
+        fault::returning(self.ledger.id, head, Returning::AfterUsed);
         let used_idx = self.queue.next_used();
         if let Some(inflight) = self.inflight.as_deref_mut() {
             inflight.after_used(head, used_idx);
@@ -169,6 +239,11 @@ pub(crate) mod testing {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+    /// An empty ledger for a test queue.
+    pub fn ledger() -> Ledger {
+        Ledger::new(QueueId { kind: crate::DeviceKind::Blk, index: 0 })
+    }
+
     /// 16 MiB of guest memory; queues at 0, buffers from 1 MiB.
     pub fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
@@ -190,8 +265,8 @@ pub(crate) mod testing {
         let mock = MockSplitQueue::new(mem, 16);
         mock.build_desc_chain(descs).unwrap();
         let mut queue: Queue = mock.create_queue().unwrap();
-        let mut resubmit = VecDeque::new();
-        let mut ctx = QueueContext::new(&mut queue, mem, true, None, &mut resubmit);
+        let mut ledger = ledger();
+        let mut ctx = QueueContext::new(&mut queue, mem, true, None, &mut ledger);
         handler.process(&mut ctx);
         (mock.used().idx().load() == 1).then(|| mock.used().ring().ref_at(0).unwrap().load().len())
     }

@@ -8,7 +8,6 @@
 //! wants an interrupt. `GET_VRING_BASE` stops the worker (the request in progress finishes
 //! first) and reports where the available ring stands.
 
-use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +19,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::inflight::{InflightQueue, InflightRegion};
-use super::queue::{Progress, QueueContext, QueueHandler};
+use super::queue::{Ledger, Progress, QueueContext, QueueHandler, QueueId};
+use crate::DeviceKind;
 
 /// Most passes over a queue in one wake-up before the worker checks whether it should stop.
 const MAX_PASSES: usize = 64;
@@ -36,7 +36,11 @@ pub struct VringState {
     /// Indirect descriptors negotiated.
     pub indirect: bool,
     inflight: Option<InflightQueue>,
-    resubmit: VecDeque<u16>,
+    ledger: Ledger,
+    /// Interrupt the guest after the next pass even if nothing was returned: the queue resumed
+    /// from an inflight region, and the backend before may have died between publishing a used
+    /// entry and signalling it.
+    signal_resume: bool,
 }
 
 /// One virtqueue.
@@ -65,8 +69,8 @@ pub enum VringError {
 }
 
 impl Vring {
-    /// Queue `index`, at most `max_size` descriptors.
-    pub fn new(index: usize, max_size: u16) -> Vring {
+    /// Queue `index` of a `kind` device, at most `max_size` descriptors.
+    pub fn new(kind: DeviceKind, index: usize, max_size: u16) -> Vring {
         let queue = Queue::new(max_size).unwrap_or_else(|_| {
             // max_size is checked by the caller (a power of two up to 32768).
             Queue::new(256).expect("256 is a valid queue size")
@@ -77,7 +81,8 @@ impl Vring {
             enabled: false,
             indirect: false,
             inflight: None,
-            resubmit: VecDeque::new(),
+            ledger: Ledger::new(QueueId { kind, index }),
+            signal_resume: false,
         };
         Vring { index, state: Arc::new(Mutex::new(state)), kick: None, worker: None }
     }
@@ -147,7 +152,8 @@ impl Vring {
                 log::info!("queue {index}: resubmitting {} requests", resubmit.len());
             }
         }
-        st.resubmit = resubmit.into();
+        st.signal_resume = st.inflight.is_some();
+        st.ledger.restart(resubmit);
         Ok(())
     }
 
@@ -174,7 +180,8 @@ impl Vring {
         st.call = None;
         st.enabled = false;
         st.inflight = None;
-        st.resubmit.clear();
+        st.ledger.restart(Vec::new());
+        st.signal_resume = false;
     }
 }
 
@@ -340,7 +347,7 @@ impl WorkerLoop {
                 &mem,
                 st.indirect,
                 st.inflight.as_mut(),
-                &mut st.resubmit,
+                &mut st.ledger,
             );
             let progress = self.handler.process(&mut ctx);
             used |= ctx.used();
@@ -362,7 +369,8 @@ impl WorkerLoop {
             // Work is left and no kick will come for it: come back after other events.
             let _ = self.control.write(1);
         }
-        if used && st.queue.needs_notification(&*mem).unwrap_or(true) {
+        let resumed = std::mem::take(&mut st.signal_resume);
+        if resumed || (used && st.queue.needs_notification(&*mem).unwrap_or(true)) {
             if let Some(call) = &st.call {
                 let _ = call.write(1);
             }

@@ -1,7 +1,6 @@
 //! The receive and transmit handlers on mock queues, with a datagram socket pair standing in
 //! for the tap.
 
-use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::config::features;
 use super::device::{RxQueue, TxQueue};
 use super::tap::{PacketPort, VNET_HDR_LEN};
-use crate::backend::queue::testing::memory;
+use crate::backend::queue::testing::{ledger, memory};
 use crate::backend::{Progress, QueueContext, QueueHandler};
 
 /// One end of a datagram pair: what the device sees as its tap.
@@ -56,8 +55,8 @@ fn buffers(addrs: &[(u64, u32)], writable: bool) -> Vec<RawDescriptor> {
 
 /// Runs `h` once over `q`; returns its progress.
 fn process(mem: &GuestMemoryMmap, q: &mut Queue, h: &mut dyn QueueHandler) -> Progress {
-    let mut resubmit = VecDeque::new();
-    let mut ctx = QueueContext::new(q, mem, true, None, &mut resubmit);
+    let mut ledger = ledger();
+    let mut ctx = QueueContext::new(q, mem, true, None, &mut ledger);
     h.process(&mut ctx)
 }
 

@@ -442,6 +442,21 @@ impl Process {
         Process::start_program(wrapper, bin, &args, &[], socket)
     }
 
+    /// `bulkhead-device …` with environment variables `envs`, its standard error going to the
+    /// file `log`.
+    pub fn start_logged(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        socket: &Path,
+        log: &Path,
+    ) -> Process {
+        let bin = env!("CARGO_BIN_EXE_bulkhead-device");
+        let socket_arg = socket.to_str().expect("a UTF-8 socket path");
+        let args: Vec<&str> = args.iter().copied().chain(["--socket", socket_arg]).collect();
+        let log = File::create(log).unwrap();
+        Process::spawn(&[], bin, &args, envs, socket, log.into())
+    }
+
     /// Starts `program` (which must listen on `socket`) under `wrapper`, in its own process
     /// group.
     pub fn start_program(
@@ -450,6 +465,17 @@ impl Process {
         args: &[&str],
         envs: &[(&str, &str)],
         socket: &Path,
+    ) -> Process {
+        Process::spawn(wrapper, program, args, envs, socket, Stdio::inherit())
+    }
+
+    fn spawn(
+        wrapper: &[&str],
+        program: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        socket: &Path,
+        stderr: Stdio,
     ) -> Process {
         use std::os::unix::process::CommandExt;
         let _ = std::fs::remove_file(socket); // a killed predecessor's
@@ -462,13 +488,22 @@ impl Process {
         line.extend(trace.iter().flatten().map(String::as_str));
         line.push(program);
         line.extend_from_slice(args);
-        let child = Command::new(line[0])
-            .args(&line[1..])
+        let mut cmd = Command::new(line[0]);
+        cmd.args(&line[1..])
             .envs(envs.iter().copied())
             .process_group(0) // its own group: a wrapper (strace) and the backend end together
             .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {line:?}: {e}"));
+            .stderr(stderr);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child. No core files from
+        // the backends that the fault tests make abort.
+        unsafe {
+            cmd.pre_exec(|| {
+                let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                Ok(())
+            })
+        };
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {line:?}: {e}"));
         let p = Process { child, socket: socket.to_path_buf() };
         p.wait_for_socket();
         p
@@ -491,6 +526,20 @@ impl Process {
         // SAFETY: signalling the process group this test created.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to end by itself; None if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether the process still runs.
