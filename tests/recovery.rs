@@ -318,3 +318,67 @@ fn ctl_lists_compartments_and_upgrades_one_while_io_runs() {
     let rounds: u64 = check["rounds"].parse().unwrap();
     assert_eq!(std::fs::read(&image).unwrap(), common::pattern(500 + rounds - 1, size));
 }
+
+/// blk-stress for 3 s with every block compartment faulting after
+/// `after` requests (`BULKHEAD_FAULT`, compiled into debug builds); the
+/// guest must see no error and the image must hold the last pass.
+fn stress_with_fault(fault: &str, extra: &[&str]) -> String {
+    let dir = TempDir::new("fault");
+    let size = 2usize << 20;
+    let image = dir.file("disk.raw", &vec![0u8; size]);
+    let disk = format!("{},format=raw", image.display());
+    let mut cmd = common::bulkhead();
+    cmd.env("BULKHEAD_FAULT", fault).args(["run", "--disk", &disk, "--restart-max", "1000"]);
+    cmd.args(extra)
+        .args(["--cmdline", "bulkhead.run=blk-stress bulkhead.seconds=3 bulkhead.seed=900"]);
+    let child = start(&mut cmd);
+    let _guard = KillOnDrop(child.id());
+    let r = common::wait(child, T);
+    assert_eq!(r.code, 0, "{fault}: {}", r.stderr);
+    let check = r.assert_check("blk-stress");
+    let rounds: u64 = check["rounds"].parse().unwrap();
+    assert_eq!(std::fs::read(&image).unwrap(), common::pattern(900 + rounds - 1, size), "{fault}");
+    let restarts = r.stderr.matches("blk0 restarted").count();
+    assert!(restarts >= 2, "{fault}: the fault should have fired repeatedly:\n{}", r.stderr);
+    r.stderr
+}
+
+#[test]
+fn injected_panics_exits_and_corruption_mid_request_lose_no_io() {
+    require_kvm();
+    for (fault, reason) in [
+        ("panic:after=700:device=blk", "killed by signal"),
+        ("exit:after=700:device=blk", "exited with status 42"),
+        ("corrupt:after=700:device=blk", "killed by signal"),
+        ("exit-before-used:after=700:device=blk", "exited with status 42"),
+        ("exit-after-used:after=700:device=blk", "exited with status 42"),
+    ] {
+        let stderr = stress_with_fault(fault, &[]);
+        assert!(stderr.contains(&format!("blk0 restarted ({reason}")), "{fault}:\n{stderr}");
+    }
+}
+
+#[test]
+fn an_injected_hang_is_caught_by_the_watchdog() {
+    require_kvm();
+    let stderr = stress_with_fault("hang:after=700:device=blk", &["--watchdog", "0.3"]);
+    assert!(stderr.contains("blk0 restarted (hung: no progress"), "{stderr}");
+}
+
+#[test]
+fn in_monolithic_mode_an_injected_panic_ends_the_vm_naming_the_device() {
+    require_kvm();
+    let dir = TempDir::new("mono-panic");
+    let image = dir.file("disk.raw", &vec![0u8; 1 << 20]);
+    let disk = format!("{},format=raw", image.display());
+    let mut cmd = common::bulkhead();
+    cmd.env("BULKHEAD_FAULT", "panic:after=50:device=blk");
+    cmd.args(["run", "--mode", "monolithic", "--disk", &disk]);
+    cmd.args(["--cmdline", "bulkhead.run=blk-stress bulkhead.seconds=10"]);
+    let child = start(&mut cmd);
+    let _guard = KillOnDrop(child.id());
+    let r = common::wait(child, T);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("device thread bh-blk"), "{}", r.stderr);
+    assert!(r.stderr.contains("in monolithic mode a device fault ends the VM"), "{}", r.stderr);
+}
