@@ -142,6 +142,7 @@ impl Vring {
             }
         };
         st.queue.set_next_used(used_idx);
+        let base = st.queue.next_avail();
         let size = st.queue.size();
         st.inflight = inflight.and_then(|r| InflightQueue::new(r, index, size));
         let resubmit = match st.inflight.as_mut() {
@@ -155,6 +156,10 @@ impl Vring {
                 log::info!("queue {index}: resubmitting {} requests", resubmit.len());
             }
         }
+        log::debug!(
+            "queue {index}: used idx {used_idx}, base {base} from the frontend, next available {}",
+            st.queue.next_avail()
+        );
         st.signal_on_start = true;
         st.ledger.restart(resubmit);
         Ok(())
