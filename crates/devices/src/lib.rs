@@ -17,7 +17,8 @@
 //! from `key=value` lists), `device.rs` (the [`Device`] and its queue handlers), and tests. The
 //! vhost-user protocol, guest memory, descriptor chains and the inflight region are in
 //! [`backend`]; what each device needs from a sandbox (files, namespaces, seccomp allow-list) is
-//! in [`sandbox`].
+//! in [`sandbox`]. Test builds (debug, or the `fault-injection` feature) also have `fault`: the
+//! `BULKHEAD_FAULT` injector that makes a backend die, hang or corrupt itself mid-request.
 
 pub mod backend;
 pub mod blk;

@@ -62,6 +62,28 @@ fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// Waits for the first backend to end as `end` says (killing it if it hangs).
+fn ends(first: &mut Process, d: &mut Driver, end: End, log: &Path) {
+    match end {
+        End::Hangs => {
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(first.alive(), "a hung backend stays alive: {}", log_of(log));
+            assert_eq!(d.queues[0].used_idx(&d.guest.mem), 1, "the request stays incomplete");
+            assert!(d.frontend.get_features().is_ok(), "the message thread still answers");
+            assert!(d.frontend.get_protocol_features().is_ok());
+            first.kill(); // what the supervisor does to a hung compartment
+        }
+        End::Abort | End::Exit => {
+            let status = first.wait_exit(Duration::from_secs(10)).expect("the backend dies");
+            let want_signal = (end == End::Abort).then_some(libc::SIGABRT);
+            assert_eq!(status.signal(), want_signal, "{status:?}: {}", log_of(log));
+            if end == End::Exit {
+                assert_eq!(status.code(), Some(EXIT_CODE));
+            }
+        }
+    }
+}
+
 /// The scenario: `action:after=1` kills (or hangs) the first backend in its second request.
 fn fails_then_resumes(action: &str, end: End, published: Published, says: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -85,24 +107,7 @@ fn fails_then_resumes(action: &str, end: End, published: Published, says: &str) 
     let (bufs, st) = write_request(&mut d, SECOND, &data);
     let head = d.q(0).submit(&guest.mem, &bufs);
 
-    match end {
-        End::Hangs => {
-            std::thread::sleep(Duration::from_millis(500));
-            assert!(first.alive(), "a hung backend stays alive: {}", log_of(&log));
-            assert_eq!(d.q(0).used_idx(&guest.mem), 1, "the request stays incomplete");
-            assert!(d.frontend.get_features().is_ok(), "the message thread still answers");
-            assert!(d.frontend.get_protocol_features().is_ok());
-            first.kill(); // what the supervisor does to a hung compartment
-        }
-        End::Abort | End::Exit => {
-            let status = first.wait_exit(Duration::from_secs(10)).expect("the backend dies");
-            let want_signal = (end == End::Abort).then_some(libc::SIGABRT);
-            assert_eq!(status.signal(), want_signal, "{status:?}: {}", log_of(&log));
-            if end == End::Exit {
-                assert_eq!(status.code(), Some(EXIT_CODE));
-            }
-        }
-    }
+    ends(&mut first, &mut d, end, &log);
     let text = log_of(&log);
     assert!(text.contains("fault injection armed"), "{text}");
     assert!(text.contains(says), "the backend's stderr lacks {says:?}:\n{text}");

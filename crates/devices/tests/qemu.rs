@@ -54,6 +54,15 @@ fn boot(spec: &VmSpec) -> GuestRun {
 /// Like [`boot`], with QEMU's arguments edited by `edit` (the helper has no hook for device
 /// properties): runs QEMU directly and collects the report lines the same way.
 fn boot_with(spec: &VmSpec, edit: impl Fn(&mut String)) -> GuestRun {
+    boot_watched(spec, edit, |_| {})
+}
+
+/// [`boot_with`], showing each report line to `watch` as it arrives.
+fn boot_watched(
+    spec: &VmSpec,
+    edit: impl Fn(&mut String),
+    mut watch: impl FnMut(&bulkhead_linux_guest::report::BhLine),
+) -> GuestRun {
     use bulkhead_linux_guest::qemu::Exit;
     use bulkhead_linux_guest::report::BhLine;
     use std::io::{BufRead, BufReader};
@@ -70,13 +79,17 @@ fn boot_with(spec: &VmSpec, edit: impl Fn(&mut String)) -> GuestRun {
         })
         .collect();
     let start = Instant::now();
-    let mut child = Command::new(qemu.binary())
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(qemu.binary());
+    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    // SAFETY: prctl is async-signal-safe and touches only the child. QEMU dies with the thread
+    // that started it, so a failed test leaves no guest running.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -96,6 +109,7 @@ fn boot_with(spec: &VmSpec, edit: impl Fn(&mut String)) -> GuestRun {
             if bh.event == "ready" && run.ready_after.is_none() {
                 run.ready_after = Some(at);
             }
+            watch(&bh);
             run.lines.push(bh);
         }
         run.console += &line;
@@ -218,4 +232,186 @@ fn linux_pings_through_the_net_backend_in_a_namespace() {
     });
     run.assert_ok(&["net"]);
     assert_eq!(run.check("net").unwrap().get("received"), Some("3"));
+}
+
+/// What ends each backend of [`linux_survives_its_disk_backend_dying_again_and_again`]: SIGKILL
+/// at a random moment, or an injected fault (`BULKHEAD_FAULT`) in the middle of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Death {
+    Kill,
+    Fault(&'static str),
+}
+
+/// Five SIGKILLs at random moments and four deaths in the middle of a request.
+const DEATHS: [Death; 9] = [
+    Death::Kill,
+    Death::Fault("exit-before-used"),
+    Death::Kill,
+    Death::Fault("exit-after-used"),
+    Death::Kill,
+    Death::Fault("corrupt"),
+    Death::Kill,
+    Death::Fault("panic"),
+    Death::Kill,
+];
+
+/// The stressed disk and how many passes the guest makes over it: enough I/O to outlast the
+/// deaths above (up to 0.4 s of it between two deaths; each death then costs about 1 s, QEMU's
+/// reconnection delay).
+const STRESS_MIB: u64 = 16;
+const STRESS_ROUNDS: u32 = 2;
+
+/// xorshift64: the random moments, reproducible with `BULKHEAD_TEST_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::env::var("BULKHEAD_TEST_SEED").ok().and_then(|s| s.parse().ok());
+        let seed = seed.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.map_or(1, |d| d.as_nanos() as u64) | 1
+        });
+        eprintln!("random moments from BULKHEAD_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The guest's report lines as they come, from QEMU's thread.
+struct Watch {
+    rx: std::sync::mpsc::Receiver<bulkhead_linux_guest::report::BhLine>,
+    done: bool,
+    progress: usize,
+}
+
+impl Watch {
+    /// Takes the lines that arrived; whether the guest is still stressing the disk.
+    fn busy(&mut self) -> bool {
+        while let Ok(line) = self.rx.try_recv() {
+            self.done |= line.event == "done";
+            self.progress += usize::from(line.event == "progress");
+        }
+        !self.done
+    }
+}
+
+/// Waits until `ready` (polled every 10 ms) or the guest finished; false if it finished.
+fn wait_while_busy(watch: &mut Watch, what: &str, ready: impl Fn(&Watch) -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !ready(watch) {
+        if !watch.busy() {
+            return false;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The block the init's stress-blk check writes at index `block` in round `round`.
+fn stress_block(round: u32, block: usize, bytes: usize) -> Vec<u8> {
+    let mut out = format!("bulkhead stress round {round} block {block}\n").into_bytes();
+    out.extend(blk_pattern(bytes));
+    out.truncate(bytes);
+    out
+}
+
+#[test]
+fn linux_survives_its_disk_backend_dying_again_and_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("stress.raw");
+    bulkhead_disk::tools::create(&image, STRESS_MIB * MIB, &CreateSpec::Raw).unwrap();
+    let disk = format!("{},format=raw", image.display());
+    let sock = dir.path().join("blk.sock");
+    let log = |n: usize| dir.path().join(format!("backend{n}.log"));
+    let mut rng = Rng::seeded();
+    // Backend n dies of DEATHS[n]; the one after the last death serves to the end.
+    let start = |n: usize, rng: &mut Rng| {
+        let fault = match DEATHS.get(n) {
+            Some(Death::Fault(action)) => format!("{action}:after={}", 1 + rng.below(5)),
+            _ => String::new(),
+        };
+        let envs = [("BULKHEAD_LOG", "info"), ("BULKHEAD_FAULT", fault.as_str())];
+        Process::start_logged(&["blk", "--disk", &disk], &envs, &sock, &log(n))
+    };
+    let mut backend = start(0, &mut rng);
+
+    let spec = spec("stress-blk")
+        .arg(&format!("bulkhead.rounds={STRESS_ROUNDS}"))
+        .device(Device::vhost_user_blk(&sock));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let qemu = std::thread::spawn(move || {
+        // QEMU reconnects to a backend that went away, once a second.
+        let reconnect = |arg: &mut String| {
+            if arg.starts_with("socket,id=chr0,") {
+                arg.push_str(",reconnect=1");
+            }
+        };
+        boot_watched(&spec, reconnect, |line| drop(tx.send(line.clone())))
+    });
+    let mut watch = Watch { rx, done: false, progress: 0 };
+    let stressing = wait_while_busy(&mut watch, "the stress to start", |w| w.progress > 0);
+    assert!(stressing, "the guest finished without stressing its disk");
+
+    for (n, death) in DEATHS.iter().enumerate() {
+        let started = |n: usize| read_log(&log(n)).contains("queue 0 started");
+        let alive = wait_while_busy(&mut watch, "the backend to start", |_| n == 0 || started(n));
+        assert!(alive, "the guest finished after {n} deaths of {}: stress it longer", DEATHS.len());
+        match death {
+            Death::Kill => {
+                std::thread::sleep(Duration::from_millis(50 + rng.below(300)));
+                assert!(watch.busy(), "the guest finished before death {n}: stress it longer");
+                backend.kill();
+            }
+            Death::Fault(action) => {
+                let status = backend.wait_exit(Duration::from_secs(60)).unwrap_or_else(|| {
+                    panic!("death {n}: {action} did not fire in 60 s: is the guest stuck?")
+                });
+                let aborts = ["panic", "corrupt"].contains(action);
+                let want = if aborts { (Some(libc::SIGABRT), None) } else { (None, Some(42)) };
+                assert_eq!((status.signal(), status.code()), want, "{action}: {status:?}");
+            }
+        }
+        backend = start(n + 1, &mut rng);
+    }
+
+    let run = qemu.join().unwrap();
+    drop(backend);
+    run.assert_ok(&["stress-blk"]);
+    check_successors(&log);
+    let bytes = std::fs::read(&image).unwrap();
+    let block = 1 << 20;
+    for (i, got) in bytes.chunks(block).enumerate() {
+        let want = stress_block(STRESS_ROUNDS, i, block);
+        assert!(got == want, "block {i} is not what the guest wrote last");
+    }
+}
+
+/// Each backend that died in the middle of a request left it to its successor: resubmitted
+/// unless its used entry was already published (`exit-after-used`).
+fn check_successors(log: &impl Fn(usize) -> PathBuf) {
+    let mut resubmitted = 0;
+    for (n, death) in DEATHS.iter().enumerate() {
+        let next = read_log(&log(n + 1));
+        let again = next.contains("resubmitting 1 requests");
+        resubmitted += usize::from(again);
+        match death {
+            Death::Kill => {}
+            Death::Fault("exit-after-used") => assert!(!again, "resubmitted a published request"),
+            Death::Fault(action) => assert!(again, "{action}: not resubmitted:\n{next}"),
+        }
+        assert!(next.contains("queue 0 started"), "backend {} never served:\n{next}", n + 1);
+    }
+    eprintln!("{} deaths; {resubmitted} requests resubmitted", DEATHS.len());
 }

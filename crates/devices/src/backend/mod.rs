@@ -97,7 +97,7 @@ pub fn serve(
     let handler = Arc::new(Mutex::new(handler::Handler::new(device)));
     let fd = conn.as_raw_fd();
     let mut requests = BackendReqHandler::from_stream(conn, handler.clone());
-    let end = message_loop(&epoll, &mut requests, || early_vring_enable(fd, &handler));
+    let end = message_loop(&epoll, &mut requests, || peek_message(fd, &handler));
     handler.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     end
 }
@@ -138,12 +138,14 @@ fn message_loop(
 
 const SET_VRING_ENABLE: u32 = 18;
 
+/// Peeks at the next message before the `vhost` crate reads it: logs it (`BULKHEAD_LOG=debug`
+/// shows the frontend's sequence) and applies an early `SET_VRING_ENABLE`.
+///
 /// QEMU 7.2's net device sends `SET_VRING_ENABLE` when it is realized, before `SET_FEATURES`,
 /// and does not repeat it when it starts the device; libvhost-user honours it. The `vhost`
 /// crate refuses it (protocol features are not acknowledged yet) without calling the handler.
-/// So the message is peeked at here, before the crate reads it, and applied to the handler
-/// directly while protocol features are not negotiated.
-fn early_vring_enable(fd: std::os::fd::RawFd, handler: &Mutex<handler::Handler>) {
+/// So it is applied to the handler directly while protocol features are not negotiated.
+fn peek_message(fd: std::os::fd::RawFd, handler: &Mutex<handler::Handler>) {
     let mut msg = [0u8; 20];
     // SAFETY: recv writes at most 20 bytes into `msg`; MSG_PEEK leaves the message (and any
     // file descriptors) queued for the real read.
@@ -151,6 +153,13 @@ fn early_vring_enable(fd: std::os::fd::RawFd, handler: &Mutex<handler::Handler>)
         libc::recv(fd, msg.as_mut_ptr().cast(), msg.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT)
     };
     let word = |i: usize| u32::from_le_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+    if n >= 12 && log::log_enabled!(log::Level::Debug) {
+        let code = word(0);
+        let name = vhost::vhost_user::message::FrontendReq::try_from(code)
+            .map_or_else(|()| "(unknown)".to_string(), |r| format!("{r:?}"));
+        let arg = if n >= 20 { format!(" {} {}", word(12), word(16)) } else { String::new() };
+        log::debug!("message {code} {name}{arg}");
+    }
     if n == 20 && word(0) == SET_VRING_ENABLE && word(8) == 8 {
         let mut h = handler.lock().unwrap_or_else(|p| p.into_inner());
         h.early_vring_enable(word(12), word(16));

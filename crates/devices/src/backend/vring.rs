@@ -5,8 +5,10 @@
 //! its own control eventfd and, if the handler has one, a device fd (the tap for net RX); on each
 //! wake-up it takes the state's lock and lets the device's [`QueueHandler`] serve the queue, with
 //! notifications from the guest off while it works, and signals the call eventfd if the guest
-//! wants an interrupt. `GET_VRING_BASE` stops the worker (the request in progress finishes
-//! first) and reports where the available ring stands.
+//! wants an interrupt — and once unconditionally after the first pass of a queue that starts
+//! (a predecessor may have died between a used entry and its interrupt). `GET_VRING_BASE` stops
+//! the worker (the request in progress finishes first) and reports where the available ring
+//! stands.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,10 +39,11 @@ pub struct VringState {
     pub indirect: bool,
     inflight: Option<InflightQueue>,
     ledger: Ledger,
-    /// Interrupt the guest after the next pass even if nothing was returned: the queue resumed
-    /// from an inflight region, and the backend before may have died between publishing a used
-    /// entry and signalling it.
-    signal_resume: bool,
+    /// Interrupt the guest after the first pass even if nothing was returned: the queue just
+    /// started, and a backend before this one may have died between publishing a used entry
+    /// and signalling it. The driver would wait for that interrupt forever (Linux does, with
+    /// one request in flight); a spurious one costs it a look at the used ring.
+    signal_on_start: bool,
 }
 
 /// One virtqueue.
@@ -82,7 +85,7 @@ impl Vring {
             indirect: false,
             inflight: None,
             ledger: Ledger::new(QueueId { kind, index }),
-            signal_resume: false,
+            signal_on_start: false,
         };
         Vring { index, state: Arc::new(Mutex::new(state)), kick: None, worker: None }
     }
@@ -139,6 +142,7 @@ impl Vring {
             }
         };
         st.queue.set_next_used(used_idx);
+        let base = st.queue.next_avail();
         let size = st.queue.size();
         st.inflight = inflight.and_then(|r| InflightQueue::new(r, index, size));
         let resubmit = match st.inflight.as_mut() {
@@ -152,7 +156,11 @@ impl Vring {
                 log::info!("queue {index}: resubmitting {} requests", resubmit.len());
             }
         }
-        st.signal_resume = st.inflight.is_some();
+        log::debug!(
+            "queue {index}: used idx {used_idx}, base {base} from the frontend, next available {}",
+            st.queue.next_avail()
+        );
+        st.signal_on_start = true;
         st.ledger.restart(resubmit);
         Ok(())
     }
@@ -181,7 +189,7 @@ impl Vring {
         st.enabled = false;
         st.inflight = None;
         st.ledger.restart(Vec::new());
-        st.signal_resume = false;
+        st.signal_on_start = false;
     }
 }
 
@@ -369,8 +377,8 @@ impl WorkerLoop {
             // Work is left and no kick will come for it: come back after other events.
             let _ = self.control.write(1);
         }
-        let resumed = std::mem::take(&mut st.signal_resume);
-        if resumed || (used && st.queue.needs_notification(&*mem).unwrap_or(true)) {
+        let started = std::mem::take(&mut st.signal_on_start);
+        if started || (used && st.queue.needs_notification(&*mem).unwrap_or(true)) {
             if let Some(call) = &st.call {
                 let _ = call.write(1);
             }
