@@ -167,7 +167,9 @@ fn interrupts_complete_requests_in_both_modes() {
             .unwrap()
             .1;
         let irqs: u64 = bench["irqs"].parse().unwrap();
-        assert!(irqs >= 2000, "{mode}: one interrupt per request expected: {bench:?}");
+        // About one interrupt per request (two completions can share one
+        // when they land before the guest takes it); polling would take none.
+        assert!(irqs >= 1000, "{mode}: requests should complete by interrupt: {bench:?}");
     }
 }
 
