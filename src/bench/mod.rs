@@ -2,9 +2,11 @@
 //! over several runs, as tables ready for `docs/BENCHMARKS.md`.
 
 mod boot;
+mod disk;
 mod io;
 mod peer;
 mod stats;
+mod svg;
 
 use clap::Subcommand;
 
@@ -24,6 +26,8 @@ pub enum BenchCommand {
     },
     /// Block I/O: microkernel vs monolithic vs QEMU microvm, same image.
     Blk(IoArgs),
+    /// Disk formats: raw, qcow2 and the four VMDK layouts, Bulkhead vs QEMU microvm.
+    Disk(disk::DiskArgs),
     /// Network: microkernel vs monolithic vs QEMU microvm, over a tap in a private namespace.
     Net(IoArgs),
 }
@@ -43,7 +47,12 @@ pub struct IoArgs {
 
 impl IoArgs {
     fn options(&self) -> io::Options {
-        io::Options { rounds: self.rounds.max(1), seconds: self.seconds, with_qemu: !self.no_qemu }
+        io::Options {
+            rounds: self.rounds.max(1),
+            seconds: self.seconds,
+            with_qemu: !self.no_qemu,
+            with_monolithic: true,
+        }
     }
 }
 
@@ -81,7 +90,7 @@ fn blk(args: &IoArgs) -> anyhow::Result<i32> {
     ];
     let result = io::run(
         "bench blk (256 MiB raw image)",
-        io::Attach::Disk(image),
+        io::Attach::Disk { path: image, format: "raw" },
         &workloads,
         &args.options(),
     );
@@ -119,6 +128,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
             boot::run(&boot::Options { runs: runs.max(1), memory_mib: memory, with_qemu: !no_qemu })
         }
         BenchCommand::Blk(args) => blk(&args),
+        BenchCommand::Disk(args) => disk::run(&args),
         BenchCommand::Net(args) => net(&args),
     }
 }
