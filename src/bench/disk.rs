@@ -141,7 +141,7 @@ pub fn run(args: &DiskArgs) -> anyhow::Result<i32> {
         );
         println!();
         print!("{}", table(&formats, &workloads, &samples));
-        write_plot(&args.plot, &formats, &workloads, &samples)
+        write_plot(args, &formats, &workloads, &samples)
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result.map(|()| 0)
@@ -226,7 +226,12 @@ fn plot_label(f: DiskFormat) -> &'static str {
 
 /// The SVG of the VMDK layouts (split vs monolithic, sparse vs flat): a
 /// panel per figure, a bar per subject.
-fn chart_svg(formats: &[DiskFormat], workloads: &[Workload], samples: &Samples) -> Option<String> {
+fn chart_svg(
+    title: &str,
+    formats: &[DiskFormat],
+    workloads: &[Workload],
+    samples: &Samples,
+) -> Option<String> {
     let vmdk: Vec<(usize, DiskFormat)> =
         formats.iter().copied().enumerate().filter(|(_, f)| f.vmdk().is_some()).collect();
     if vmdk.is_empty() {
@@ -248,21 +253,23 @@ fn chart_svg(formats: &[DiskFormat], workloads: &[Workload], samples: &Samples) 
                 .collect(),
         })
         .collect();
-    Some(svg::render(&svg::Chart {
-        title: "VMDK layouts: split vs monolithic, sparse vs flat (medians; higher is better)",
-        groups: &groups,
-        series: &samples.subjects,
-        panels,
-    }))
+    Some(svg::render(&svg::Chart { title, groups: &groups, series: &samples.subjects, panels }))
 }
 
 fn write_plot(
-    path: &Path,
+    args: &DiskArgs,
     formats: &[DiskFormat],
     workloads: &[Workload],
     samples: &Samples,
 ) -> anyhow::Result<()> {
-    let Some(svg) = chart_svg(formats, workloads, samples) else {
+    let title = format!(
+        "VMDK layouts, {} MiB images: medians of {} round(s) of {} s (higher is better)",
+        args.size_mib,
+        args.io.rounds.max(1),
+        args.io.seconds
+    );
+    let path = &args.plot;
+    let Some(svg) = chart_svg(&title, formats, workloads, samples) else {
         println!("\nNo VMDK layout was measured: no plot written.");
         return Ok(());
     };
@@ -387,12 +394,13 @@ mod tests {
 
     #[test]
     fn plot_shows_the_vmdk_layouts_only() {
-        let svg = chart_svg(&DiskFormat::ALL, &workloads(), &fake_samples(6)).unwrap();
+        let svg = chart_svg("t", &DiskFormat::ALL, &workloads(), &fake_samples(6)).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         // 4 figures x 4 layouts x 2 subjects.
         assert_eq!(svg.matches(r#"<rect class="bar""#).count(), 32);
         assert!(svg.contains(">twoGbMaxExtent</text>") && !svg.contains(">qcow2</text>"));
-        let none = chart_svg(&[DiskFormat::Raw, DiskFormat::Qcow2], &workloads(), &fake_samples(2));
+        let none =
+            chart_svg("t", &[DiskFormat::Raw, DiskFormat::Qcow2], &workloads(), &fake_samples(2));
         assert!(none.is_none());
     }
 }

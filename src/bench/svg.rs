@@ -23,8 +23,8 @@ pub struct Panel {
 }
 
 const COLOURS: [&str; 6] = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1"];
-const BAR: f64 = 26.0;
-const GROUP_GAP: f64 = 22.0;
+const BAR: f64 = 30.0;
+const GROUP_GAP: f64 = 40.0;
 const LEFT: f64 = 56.0;
 const PLOT_HEIGHT: f64 = 190.0;
 const PANEL_HEIGHT: f64 = 290.0;
@@ -79,7 +79,7 @@ fn legend(s: &mut String, series: &[&str], x: f64, y: f64) {
 /// One panel at (`x`, `y`): title, y axis with ticks, bars, group labels.
 fn draw_panel(s: &mut String, chart: &Chart, panel: &Panel, x: f64, y: f64, group_width: f64) {
     let peak = panel.values.iter().flatten().copied().filter(|v| v.is_finite()).fold(0.0, f64::max);
-    let top = nice_ceiling(peak);
+    let (top, divisions) = nice_scale(peak);
     let (x0, base) = (x + LEFT, y + 30.0 + PLOT_HEIGHT);
     let right = x0 + chart.groups.len() as f64 * group_width;
     let _ = writeln!(
@@ -89,9 +89,9 @@ fn draw_panel(s: &mut String, chart: &Chart, panel: &Panel, x: f64, y: f64, grou
         y + 14.0,
         escape(&panel.title)
     );
-    for k in 0..=4 {
-        let v = top * f64::from(k) / 4.0;
-        let ty = base - PLOT_HEIGHT * f64::from(k) / 4.0;
+    for k in 0..=divisions {
+        let v = top * f64::from(k) / f64::from(divisions);
+        let ty = base - PLOT_HEIGHT * f64::from(k) / f64::from(divisions);
         let _ = writeln!(
             s,
             r##"<line x1="{x0}" y1="{ty}" x2="{right}" y2="{ty}" stroke="#dddddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
@@ -154,23 +154,24 @@ fn bar(s: &mut String, x: f64, base: f64, v: f64, top: f64, series: usize, what:
     );
 }
 
-/// The smallest of 1, 2, 2.5, 5 × a power of ten that is at least `v` (1 for 0).
-pub fn nice_ceiling(v: f64) -> f64 {
+/// The top of an axis for values up to `v`: the smallest of 1, 2, 2.5, 5 × a power of ten
+/// that is at least `v` (1 for 0), and how many round steps divide it.
+pub fn nice_scale(v: f64) -> (f64, u32) {
     if v.is_nan() || v <= 0.0 || !v.is_finite() {
-        return 1.0;
+        return (1.0, 5);
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
+    [(1.0, 5), (2.0, 4), (2.5, 5), (5.0, 5), (10.0, 5)]
         .iter()
-        .map(|m| m * p)
-        .find(|&c| c >= v * (1.0 - 1e-12))
-        .unwrap_or(10.0 * p)
+        .map(|&(m, d)| (m * p, d))
+        .find(|&(c, _)| c >= v * (1.0 - 1e-12))
+        .unwrap_or((10.0 * p, 5))
 }
 
-/// A short label: 950, 9.5K, 206K, 1.2M.
+/// A short label: 950, 9.5K, 10K, 206K, 1.2M.
 pub fn compact(v: f64) -> String {
     let a = v.abs();
-    if a >= 1e6 {
+    let s = if a >= 1e6 {
         format!("{:.1}M", v / 1e6)
     } else if a >= 1e5 {
         format!("{:.0}K", v / 1e3)
@@ -180,7 +181,8 @@ pub fn compact(v: f64) -> String {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
-    }
+    };
+    s.replace(".0K", "K").replace(".0M", "M")
 }
 
 /// Text and attribute values with the five XML special characters escaped.
@@ -316,12 +318,13 @@ mod tests {
 
     #[test]
     fn scales_and_labels() {
-        assert_eq!(nice_ceiling(206_000.0), 250_000.0);
-        assert_eq!(nice_ceiling(18_647.0), 20_000.0);
-        assert_eq!(nice_ceiling(100.0), 100.0);
-        assert_eq!(nice_ceiling(0.0), 1.0);
-        assert_eq!(nice_ceiling(f64::NAN), 1.0);
-        assert_eq!(nice_ceiling(0.3), 0.5);
+        assert_eq!(nice_scale(206_000.0), (250_000.0, 5));
+        assert_eq!(nice_scale(18_647.0), (20_000.0, 4));
+        assert_eq!(nice_scale(100.0), (100.0, 5));
+        assert_eq!(nice_scale(0.0), (1.0, 5));
+        assert_eq!(nice_scale(f64::NAN), (1.0, 5));
+        assert_eq!(nice_scale(0.3), (0.5, 5));
+        assert_eq!(compact(10_000.0), "10K");
         assert_eq!(compact(245_785.0), "246K");
         assert_eq!(compact(18_647.0), "18.6K");
         assert_eq!(compact(960.0), "960");
