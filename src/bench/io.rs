@@ -35,19 +35,35 @@ impl Attach {
     /// pageout scheme) would otherwise make the first run after a pause
     /// read from the device.
     fn warm(&self) -> anyhow::Result<()> {
-        let Attach::Disk { path, format } = self else { return Ok(()) };
+        let mut buf = vec![0u8; 1 << 20];
+        for mut f in self.files()? {
+            while std::io::Read::read(&mut f, &mut buf)? > 0 {}
+        }
+        Ok(())
+    }
+
+    /// Writes back what the runs wrote to a disk image, so that the host's
+    /// writeback of it does not land in the runs of the next image.
+    fn settle(&self) -> anyhow::Result<()> {
+        for f in self.files()? {
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Every file of a disk image (descriptor and extents), opened for reading.
+    fn files(&self) -> anyhow::Result<Vec<std::fs::File>> {
+        let Attach::Disk { path, format } = self else { return Ok(Vec::new()) };
         let opts = bulkhead_disk::OpenOptions {
             read_only: true,
             format: Some(format.parse()?),
             ..Default::default()
         };
-        let mut buf = vec![0u8; 1 << 20];
-        for file in bulkhead_disk::tools::info(path, &opts)?.files {
-            let mut f = std::fs::File::open(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            while std::io::Read::read(&mut f, &mut buf)? > 0 {}
-        }
-        Ok(())
+        let files = bulkhead_disk::tools::info(path, &opts)?.files;
+        files
+            .iter()
+            .map(|p| std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display())))
+            .collect()
     }
 }
 
@@ -238,6 +254,7 @@ fn measure_with(
                     }
                 }
             }
+            attach.settle()?;
         }
     }
     Ok(Samples::new(subjects.iter().map(|s| s.name).collect(), values))
