@@ -6,12 +6,15 @@
 #   - QEMU 7.2, the comparison peer and the independent vhost-user frontend
 #     (scripts/install-qemu.sh, unpacked into ~/.cache/bulkhead);
 #   - the Linux test guest: Debian's kernel and a test initramfs, built from
-#     pinned packages (`bulkhead image build`, into ~/.local/share/bulkhead).
+#     pinned packages (`bulkhead image build`, into ~/.local/share/bulkhead);
+#   - cargo-fuzz, for the short fuzz run (from crates.io with its locked
+#     dependencies: about 30 s to build on 2 cores, once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
+command -v c++ >/dev/null || need_apt+=(g++)   # libFuzzer, built by the fuzz targets
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v qemu-storage-daemon >/dev/null || need_apt+=(qemu-utils)
 command -v ip >/dev/null || need_apt+=(iproute2)
@@ -21,6 +24,9 @@ if ((${#need_apt[@]})); then
 fi
 
 scripts/install-qemu.sh
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
 cargo run --release --locked -q -- image build
 
 if [[ ! -c /dev/kvm ]]; then

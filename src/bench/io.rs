@@ -1,7 +1,7 @@
-//! `bulkhead bench blk` and `bulkhead bench net`: the built-in guest's I/O
-//! workloads under Bulkhead in microkernel mode (compartments), in
+//! `bulkhead bench blk`, `bench disk` and `bench net`: the built-in guest's
+//! I/O workloads under Bulkhead in microkernel mode (compartments), in
 //! monolithic mode (threads), and under QEMU microvm with its own
-//! in-process virtio devices on the same image or tap — runs interleaved,
+//! in-process virtio devices on the same images or tap — runs interleaved,
 //! medians over rounds.
 
 use std::collections::HashMap;
@@ -11,35 +11,90 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 
 use super::peer;
-use super::stats::summarize;
+use super::stats::{summarize, Summary};
 
 /// How a subject attaches the device under test.
 #[derive(Clone)]
 pub enum Attach {
-    Disk(PathBuf),
+    /// A disk image and its format as both VMMs name it (`raw`, `qcow2`, `vmdk`).
+    Disk { path: PathBuf, format: &'static str },
     /// A tap named `tap0` inside network namespace `.0`.
     Tap(String),
 }
 
-struct Subject {
-    name: &'static str,
-    make: Box<dyn Fn(&str) -> Command>,
+impl Attach {
+    fn describe(&self) -> String {
+        match self {
+            Attach::Disk { path, format } => format!("{format} image {}", path.display()),
+            Attach::Tap(ns) => format!("tap0 in namespace {ns}"),
+        }
+    }
+
+    /// Reads every file of a disk image, so that the runs that follow find
+    /// it in the page cache: hosts that reclaim idle page cache (e.g. DAMON's
+    /// pageout scheme) would otherwise make the first run after a pause
+    /// read from the device.
+    fn warm(&self) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        for mut f in self.files()? {
+            while std::io::Read::read(&mut f, &mut buf)? > 0 {}
+        }
+        Ok(())
+    }
+
+    /// Writes back what the runs wrote to a disk image, so that the host's
+    /// writeback of it does not land in the runs of the next image.
+    fn settle(&self) -> anyhow::Result<()> {
+        for f in self.files()? {
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Every file of a disk image (descriptor and extents), opened for reading.
+    fn files(&self) -> anyhow::Result<Vec<std::fs::File>> {
+        let Attach::Disk { path, format } = self else { return Ok(Vec::new()) };
+        let opts = bulkhead_disk::OpenOptions {
+            read_only: true,
+            format: Some(format.parse()?),
+            ..Default::default()
+        };
+        let files = bulkhead_disk::tools::info(path, &opts)?.files;
+        files
+            .iter()
+            .map(|p| std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display())))
+            .collect()
+    }
 }
 
-fn subjects(attach: &Attach, guest: &Path, with_qemu: bool) -> anyhow::Result<Vec<Subject>> {
+/// Builds a VMM's command line for an attachment and a guest command line.
+type MakeCommand = Box<dyn Fn(&Attach, &str) -> Command>;
+
+/// One VMM under test.
+struct Subject {
+    name: &'static str,
+    make: MakeCommand,
+}
+
+fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
     let exe = std::env::current_exe().context("cannot find the bulkhead binary")?;
     let mut out = Vec::new();
-    for (name, mode) in
-        [("Bulkhead microkernel", "microkernel"), ("Bulkhead monolithic", "monolithic")]
-    {
-        let (exe, attach) = (exe.clone(), attach.clone());
+    let modes: &[_] = if opts.with_monolithic {
+        &[("Bulkhead microkernel", "microkernel"), ("Bulkhead monolithic", "monolithic")]
+    } else {
+        &[("Bulkhead microkernel", "microkernel")]
+    };
+    for &(name, mode) in modes {
+        let exe = exe.clone();
         out.push(Subject {
             name,
-            make: Box::new(move |cmdline| {
-                let mut c = in_netns(&attach, &exe);
+            make: Box::new(move |attach, cmdline| {
+                let mut c = in_netns(attach, &exe);
                 c.args(["run", "--mode", mode, "--memory", "256M"]);
-                match &attach {
-                    Attach::Disk(p) => c.arg("--disk").arg(format!("{},format=raw", p.display())),
+                match attach {
+                    Attach::Disk { path, format } => {
+                        c.arg("--disk").arg(format!("{},format={format}", path.display()))
+                    }
                     Attach::Tap(_) => c.args(["--net", "tap=tap0"]),
                 };
                 c.args(["--cmdline", cmdline]);
@@ -47,22 +102,22 @@ fn subjects(attach: &Attach, guest: &Path, with_qemu: bool) -> anyhow::Result<Ve
             }),
         });
     }
-    if with_qemu {
+    if opts.with_qemu {
         let qemu = peer::find_qemu().ok_or_else(|| {
             anyhow::anyhow!("QEMU was not found: run scripts/install-qemu.sh, set BULKHEAD_QEMU, or pass --no-qemu")
         })?;
-        let (guest, attach) = (guest.to_path_buf(), attach.clone());
+        let guest = guest.to_path_buf();
         out.push(Subject {
             name: "QEMU microvm",
-            make: Box::new(move |cmdline| {
-                let mut c = in_netns(&attach, &qemu);
+            make: Box::new(move |attach, cmdline| {
+                let mut c = in_netns(attach, &qemu);
                 let base = peer::microvm(&qemu, &guest, 1, 256, cmdline);
                 c.args(base.get_args());
                 c.args(["-global", "virtio-mmio.force-legacy=false"]);
-                match &attach {
-                    Attach::Disk(p) => c
+                match attach {
+                    Attach::Disk { path, format } => c
                         .arg("-drive")
-                        .arg(format!("id=d0,file={},format=raw,if=none", p.display()))
+                        .arg(format!("id=d0,file={},format={format},if=none", path.display()))
                         .args(["-device", "virtio-blk-device,drive=d0"]),
                     Attach::Tap(_) => c
                         .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
@@ -83,13 +138,17 @@ fn in_netns(attach: &Attach, program: &Path) -> Command {
             c.args(["netns", "exec", ns]).arg(program);
             c
         }
-        Attach::Disk(_) => Command::new(program),
+        Attach::Disk { .. } => Command::new(program),
     }
 }
 
 /// Runs one guest and returns the fields of its `BH result` line.
-fn run_once(s: &Subject, cmdline: &str) -> anyhow::Result<HashMap<String, String>> {
-    let out = (s.make)(cmdline).stdin(Stdio::null()).stderr(Stdio::piped()).output()?;
+fn run_once(
+    s: &Subject,
+    attach: &Attach,
+    cmdline: &str,
+) -> anyhow::Result<HashMap<String, String>> {
+    let out = (s.make)(attach, cmdline).stdin(Stdio::null()).stderr(Stdio::piped()).output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().find(|l| l.starts_with("BH result ")).with_context(|| {
         format!(
@@ -116,90 +175,142 @@ pub struct Options {
     pub rounds: usize,
     pub seconds: f64,
     pub with_qemu: bool,
+    /// Bulkhead in monolithic mode too (microkernel mode always runs).
+    pub with_monolithic: bool,
 }
 
-/// Runs every workload on every subject for `rounds` rounds, interleaved,
-/// and prints a table of medians with the ratios.
+/// Values of each figure by name, one per round.
+pub type Figures = HashMap<&'static str, Vec<f64>>;
+
+/// What [`measure`] collected: every sample of every figure.
+pub struct Samples {
+    /// Subject names, in column order.
+    pub subjects: Vec<&'static str>,
+    /// `values[attach][workload][subject][metric]`: one value per round.
+    values: Vec<Vec<Vec<Figures>>>,
+}
+
+impl Samples {
+    /// Samples as [`measure`] collects them: `values[attach][workload][subject][metric]`.
+    pub fn new(subjects: Vec<&'static str>, values: Vec<Vec<Vec<Figures>>>) -> Samples {
+        Samples { subjects, values }
+    }
+
+    /// Median and p99 of one figure across rounds.
+    pub fn summary(&self, attach: usize, workload: usize, subject: usize, metric: &str) -> Summary {
+        let values = self.values[attach][workload][subject].get(metric);
+        summarize(values.map_or(&[][..], Vec::as_slice)).unwrap_or(Summary {
+            n: 0,
+            median: f64::NAN,
+            p99: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+        })
+    }
+}
+
+/// Runs every workload on every attachment and subject for `rounds` rounds,
+/// interleaved (a round runs everything once), and returns the samples.
+pub fn measure(
+    attaches: &[Attach],
+    workloads: &[Workload],
+    opts: &Options,
+) -> anyhow::Result<Samples> {
+    let guest =
+        std::env::temp_dir().join(format!("bulkhead-bench-guest-{}.elf", std::process::id()));
+    std::fs::write(&guest, bulkhead_guest_elf::GUEST_ELF)?;
+    let result = measure_with(&guest, attaches, workloads, opts);
+    let _ = std::fs::remove_file(&guest);
+    result
+}
+
+fn measure_with(
+    guest: &Path,
+    attaches: &[Attach],
+    workloads: &[Workload],
+    opts: &Options,
+) -> anyhow::Result<Samples> {
+    let subjects = subjects(guest, opts)?;
+    let mut values: Vec<Vec<Vec<Figures>>> = attaches
+        .iter()
+        .map(|_| {
+            workloads.iter().map(|_| subjects.iter().map(|_| HashMap::new()).collect()).collect()
+        })
+        .collect();
+    for round in 0..opts.rounds {
+        for (a, attach) in attaches.iter().enumerate() {
+            attach.warm()?;
+            for (w, workload) in workloads.iter().enumerate() {
+                let cmdline = format!("{} bulkhead.seconds={}", workload.cmdline, opts.seconds);
+                for (i, s) in subjects.iter().enumerate() {
+                    let fields = run_once(s, attach, &cmdline)
+                        .with_context(|| format!("round {round}, {}", attach.describe()))?;
+                    for m in workload.metrics {
+                        let v: f64 =
+                            fields.get(*m).and_then(|v| v.parse().ok()).with_context(|| {
+                                format!("{}: no {m} in the result of {}", s.name, workload.label)
+                            })?;
+                        values[a][w][i].entry(*m).or_default().push(v);
+                    }
+                }
+            }
+            attach.settle()?;
+        }
+    }
+    Ok(Samples::new(subjects.iter().map(|s| s.name).collect(), values))
+}
+
+/// Measures one attachment and prints a table of medians with the ratios
+/// between the subjects.
 pub fn run(
     title: &str,
     attach: Attach,
     workloads: &[Workload],
     opts: &Options,
 ) -> anyhow::Result<()> {
-    let guest =
-        std::env::temp_dir().join(format!("bulkhead-bench-guest-{}.elf", std::process::id()));
-    std::fs::write(&guest, bulkhead_guest_elf::GUEST_ELF)?;
-    let subjects = subjects(&attach, &guest, opts.with_qemu)?;
-    // samples[workload][subject][metric] -> values
-    let mut samples: Vec<Vec<HashMap<&str, Vec<f64>>>> =
-        workloads.iter().map(|_| subjects.iter().map(|_| HashMap::new()).collect()).collect();
-    for round in 0..opts.rounds {
-        for (w, workload) in workloads.iter().enumerate() {
-            let cmdline = format!("{} bulkhead.seconds={}", workload.cmdline, opts.seconds);
-            for (i, s) in subjects.iter().enumerate() {
-                let fields = run_once(s, &cmdline).with_context(|| format!("round {round}"))?;
-                for m in workload.metrics {
-                    let v: f64 =
-                        fields.get(*m).and_then(|v| v.parse().ok()).with_context(|| {
-                            format!("{}: no {m} in the result of {}", s.name, workload.label)
-                        })?;
-                    samples[w][i].entry(*m).or_default().push(v);
-                }
-            }
-        }
-    }
-    let _ = std::fs::remove_file(&guest);
-    print_table(title, &subjects, workloads, &samples, opts);
+    let samples = measure(&[attach], workloads, opts)?;
+    print_table(title, &samples, workloads, opts);
     Ok(())
 }
 
-fn print_table(
-    title: &str,
-    subjects: &[Subject],
-    workloads: &[Workload],
-    samples: &[Vec<HashMap<&str, Vec<f64>>>],
-    opts: &Options,
-) {
+fn print_table(title: &str, samples: &Samples, workloads: &[Workload], opts: &Options) {
     println!(
         "{title}: medians (p99 across rounds in parentheses) of {} rounds of {} s, interleaved.",
         opts.rounds, opts.seconds
     );
     println!();
-    let names: Vec<&str> = subjects.iter().map(|s| s.name).collect();
-    let mut header =
-        format!("| workload | figure | {} | microkernel/monolithic", names.join(" | "));
-    if subjects.len() == 3 {
-        header.push_str(" | microkernel/QEMU");
+    let n = samples.subjects.len();
+    let mut header = format!("| workload | figure | {}", samples.subjects.join(" | "));
+    let ratios: &[(usize, &str)] = match (opts.with_monolithic, opts.with_qemu) {
+        (true, true) => &[(1, "microkernel/monolithic"), (2, "microkernel/QEMU")],
+        (true, false) => &[(1, "microkernel/monolithic")],
+        (false, true) => &[(1, "microkernel/QEMU")],
+        (false, false) => &[],
+    };
+    for (_, name) in ratios {
+        header.push_str(&format!(" | {name}"));
     }
     println!("{header} |");
-    println!("|{}", "---|".repeat(3 + subjects.len() + usize::from(subjects.len() == 3)));
+    println!("|{}", "---|".repeat(2 + n + ratios.len()));
     for (w, workload) in workloads.iter().enumerate() {
         for m in workload.metrics {
-            let medians: Vec<f64> = (0..subjects.len())
-                .map(|i| summarize(&samples[w][i][m]).map_or(f64::NAN, |s| s.median))
-                .collect();
-            let cells: Vec<String> = (0..subjects.len())
-                .map(|i| {
-                    let s = summarize(&samples[w][i][m]).expect("a sample per round");
-                    format!("{} ({})", num(s.median), num(s.p99))
-                })
-                .collect();
-            let mut row = format!(
-                "| {} | {} | {} | {:.3}",
-                workload.label,
-                m,
-                cells.join(" | "),
-                medians[0] / medians[1]
-            );
-            if subjects.len() == 3 {
-                row.push_str(&format!(" | {:.3}", medians[0] / medians[2]));
+            let s: Vec<Summary> = (0..n).map(|i| samples.summary(0, w, i, m)).collect();
+            let cells: Vec<String> = s.iter().map(cell).collect();
+            let mut row = format!("| {} | {} | {}", workload.label, m, cells.join(" | "));
+            for &(other, _) in ratios {
+                row.push_str(&format!(" | {:.3}", s[0].median / s[other].median));
             }
             println!("{row} |");
         }
     }
 }
 
-fn num(v: f64) -> String {
+/// A table cell: the median, and the p99 across rounds in parentheses.
+pub fn cell(s: &Summary) -> String {
+    format!("{} ({})", num(s.median), num(s.p99))
+}
+
+pub fn num(v: f64) -> String {
     if v >= 1000.0 {
         format!("{v:.0}")
     } else {

@@ -2,10 +2,12 @@
 //! over several runs, as tables ready for `docs/BENCHMARKS.md`.
 
 mod boot;
+mod disk;
 mod io;
 mod peer;
 mod recovery;
 mod stats;
+mod svg;
 
 use clap::Subcommand;
 
@@ -25,6 +27,8 @@ pub enum BenchCommand {
     },
     /// Block I/O: microkernel vs monolithic vs QEMU microvm, same image.
     Blk(IoArgs),
+    /// Disk formats: raw, qcow2 and the four VMDK layouts, Bulkhead vs QEMU microvm.
+    Disk(disk::DiskArgs),
     /// Network: microkernel vs monolithic vs QEMU microvm, over a tap in a private namespace.
     Net(IoArgs),
     /// Recovery from killed compartments while the guest does I/O (blk and net).
@@ -54,7 +58,12 @@ pub struct IoArgs {
 
 impl IoArgs {
     fn options(&self) -> io::Options {
-        io::Options { rounds: self.rounds.max(1), seconds: self.seconds, with_qemu: !self.no_qemu }
+        io::Options {
+            rounds: self.rounds.max(1),
+            seconds: self.seconds,
+            with_qemu: !self.no_qemu,
+            with_monolithic: true,
+        }
     }
 }
 
@@ -92,7 +101,7 @@ fn blk(args: &IoArgs) -> anyhow::Result<i32> {
     ];
     let result = io::run(
         "bench blk (256 MiB raw image)",
-        io::Attach::Disk(image),
+        io::Attach::Disk { path: image, format: "raw" },
         &workloads,
         &args.options(),
     );
@@ -130,6 +139,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
             boot::run(&boot::Options { runs: runs.max(1), memory_mib: memory, with_qemu: !no_qemu })
         }
         BenchCommand::Blk(args) => blk(&args),
+        BenchCommand::Disk(args) => disk::run(&args),
         BenchCommand::Net(args) => net(&args),
         BenchCommand::Recovery { kills, interval_ms } => {
             recovery::run(&recovery::Options { kills: kills.max(1), interval_ms })

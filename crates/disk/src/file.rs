@@ -2,23 +2,40 @@
 //! found inside images.
 //!
 //! Every format in this crate reads and writes through [`ImageFile`] with `pread`/`pwrite` only:
-//! there is no file position shared between threads, and no user-space cache of metadata — the
-//! kernel's page cache is the cache, which is what makes metadata updates visible to a process
-//! that reopens the image after this one was killed.
+//! there is no file position shared between threads. Metadata a format reads on every request
+//! may go through a [`TableCache`] ([`ImageFile::read_table`]), a write-through copy that every
+//! write through the same [`ImageFile`] keeps up to date after its `pwrite`: the file always
+//! holds every update, which is what makes them visible to a process that reopens the image
+//! after this one was killed.
 
+use crate::cache::{Lookup, TableCache, SLICE};
 use crate::error::{DiskError, Result};
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::io::{ErrorKind, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One open file of an image, with its name kept for error messages.
-#[derive(Debug)]
 pub(crate) struct ImageFile {
     file: File,
     path: PathBuf,
     writable: bool,
+    /// The file's length as this handle knows it: its length at open, moved by every write and
+    /// `set_len` through it.
+    known_len: AtomicU64,
+    cache: Option<TableCache>,
+}
+
+impl std::fmt::Debug for ImageFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageFile")
+            .field("path", &self.path)
+            .field("writable", &self.writable)
+            .field("cached", &self.cache.is_some())
+            .finish()
+    }
 }
 
 impl ImageFile {
@@ -29,7 +46,25 @@ impl ImageFile {
             .write(writable)
             .open(path)
             .map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
-        Ok(ImageFile { file, path: path.to_path_buf(), writable })
+        let mut f = ImageFile::new(file, path, writable);
+        f.known_len = AtomicU64::new(f.len()?);
+        Ok(f)
+    }
+
+    fn new(file: File, path: &Path, writable: bool) -> Self {
+        ImageFile {
+            file,
+            path: path.to_path_buf(),
+            writable,
+            known_len: AtomicU64::new(0),
+            cache: None,
+        }
+    }
+
+    /// Serves [`ImageFile::read_table`] from a write-through cache of at most `max_bytes`.
+    pub fn with_table_cache(mut self, max_bytes: u64) -> Self {
+        self.cache = Some(TableCache::new(max_bytes));
+        self
     }
 
     /// Creates a new file, replacing an existing one, and opens it for writing.
@@ -41,7 +76,7 @@ impl ImageFile {
             .truncate(true)
             .open(path)
             .map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
-        Ok(ImageFile { file, path: path.to_path_buf(), writable: true })
+        Ok(ImageFile::new(file, path, true))
     }
 
     pub fn path(&self) -> &Path {
@@ -65,6 +100,12 @@ impl ImageFile {
         (&self.file).seek(SeekFrom::End(0)).map_err(|e| self.io_err(e))
     }
 
+    /// Size of the file as this handle knows it, without a system call: right as long as
+    /// nothing else changes the file's size while it is open.
+    pub fn known_len(&self) -> u64 {
+        self.known_len.load(Ordering::Acquire)
+    }
+
     /// Bytes the file occupies on the host (allocated blocks).
     pub fn allocated_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
@@ -81,20 +122,68 @@ impl ImageFile {
     ) -> Result<()> {
         match self.file.read_exact_at(buf, offset) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(DiskError::malformed(
-                &self.path,
-                format,
-                format!(
-                    "the {what} at offset {offset} ({} bytes) lies past the end of the file",
-                    buf.len()
-                ),
-            )),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                Err(self.past_end(format, what, offset, buf.len()))
+            }
             Err(e) => Err(self.io_err(e)),
         }
     }
 
+    fn past_end(&self, format: &'static str, what: &str, offset: u64, len: usize) -> DiskError {
+        DiskError::malformed(
+            &self.path,
+            format,
+            format!("the {what} at offset {offset} ({len} bytes) lies past the end of the file"),
+        )
+    }
+
+    /// Reads metadata as [`ImageFile::read_exact_at`] does, through the table cache if the file
+    /// has one.
+    pub fn read_table(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        format: &'static str,
+        what: &str,
+    ) -> Result<()> {
+        let Some(cache) = &self.cache else {
+            return self.read_exact_at(buf, offset, format, what);
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let start = pos / SLICE * SLICE;
+            let n = (buf.len() - done).min((start + SLICE - pos) as usize);
+            let out = &mut buf[done..done + n];
+            match cache.get(start, pos, out) {
+                Ok(Lookup::Hit) => {}
+                Ok(Lookup::Miss { generation }) => {
+                    let mut slice = vec![0u8; SLICE as usize].into_boxed_slice();
+                    let valid = self.read_upto(&mut slice, start)?;
+                    let from = (pos - start) as usize;
+                    if from + n > valid {
+                        return Err(self.past_end(format, what, offset, buf.len()));
+                    }
+                    out.copy_from_slice(&slice[from..from + n]);
+                    cache.insert(start, slice, valid, generation);
+                }
+                Err(_) => return Err(self.past_end(format, what, offset, buf.len())),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Reads `buf.len()` bytes at `offset`; what lies past the end of the file reads as zeros.
     pub fn read_zero_fill(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let done = self.read_upto(buf, offset)?;
+        buf[done..].fill(0);
+        Ok(())
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`, stopping at the end of the file; returns how
+    /// many were read.
+    fn read_upto(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         let mut done = 0;
         while done < buf.len() {
             let Some(pos) = offset.checked_add(done as u64) else {
@@ -107,13 +196,27 @@ impl ImageFile {
                 Err(e) => return Err(self.io_err(e)),
             }
         }
-        buf[done..].fill(0);
-        Ok(())
+        Ok(done)
     }
 
-    /// Writes all of `buf` at `offset`.
+    /// Writes all of `buf` at `offset`, then mirrors it into the table cache.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.file.write_all_at(buf, offset).map_err(|e| self.io_err(e))
+        let end = offset.saturating_add(buf.len() as u64);
+        if let Err(e) = self.file.write_all_at(buf, offset) {
+            // A part may have been written: forget what it touched, learn the size again.
+            if let Some(cache) = &self.cache {
+                cache.drop_range(offset, buf.len() as u64);
+            }
+            if let Ok(len) = self.len() {
+                self.known_len.store(len, Ordering::Release);
+            }
+            return Err(self.io_err(e));
+        }
+        self.known_len.fetch_max(end, Ordering::AcqRel);
+        if let Some(cache) = &self.cache {
+            cache.wrote(buf, offset);
+        }
+        Ok(())
     }
 
     /// Makes everything written so far durable.
@@ -122,7 +225,14 @@ impl ImageFile {
     }
 
     pub fn set_len(&self, len: u64) -> Result<()> {
-        self.file.set_len(len).map_err(|e| self.io_err(e))
+        let result = self.file.set_len(len).map_err(|e| self.io_err(e));
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
+        let now =
+            if result.is_ok() { len } else { self.len().unwrap_or_else(|_| self.known_len()) };
+        self.known_len.store(now, Ordering::Release);
+        result
     }
 
     /// Deallocates a byte range so that it reads as zeros; false when the host cannot.
@@ -130,6 +240,7 @@ impl ImageFile {
         let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
             return false;
         };
+
         // SAFETY: fallocate only reads its integer arguments and acts on a file descriptor that
         // `self.file` owns and keeps open for the duration of the call.
         let rc = unsafe {
@@ -140,6 +251,10 @@ impl ImageFile {
                 len,
             )
         };
+        // After the change, as for writes: see the cache module's docs.
+        if let Some(cache) = &self.cache {
+            cache.drop_range(offset, len as u64);
+        }
         rc == 0
     }
 
@@ -154,6 +269,48 @@ impl ImageFile {
             let n = (len - done).min(chunk.len() as u64);
             self.write_all_at(&chunk[..n as usize], offset + done)?;
             done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Gathers reads of consecutive pieces of a buffer that also lie one after the other in a file
+/// into one `pread` (a request over several allocated clusters or grains).
+#[derive(Default)]
+pub(crate) struct ReadRun {
+    file_at: u64,
+    buf_at: usize,
+    len: usize,
+}
+
+impl ReadRun {
+    /// Adds the piece `buf[buf_at..buf_at + len]`, to be read at `file_at`; reads what was
+    /// gathered first unless the piece continues it.
+    pub fn add(
+        &mut self,
+        file: &ImageFile,
+        buf: &mut [u8],
+        file_at: u64,
+        buf_at: usize,
+        len: usize,
+    ) -> Result<()> {
+        let continues = self.len > 0
+            && self.file_at + self.len as u64 == file_at
+            && self.buf_at + self.len == buf_at;
+        if continues {
+            self.len += len;
+            return Ok(());
+        }
+        self.flush(file, buf)?;
+        *self = ReadRun { file_at, buf_at, len };
+        Ok(())
+    }
+
+    /// Reads what was gathered (zeros past the end of the file).
+    pub fn flush(&mut self, file: &ImageFile, buf: &mut [u8]) -> Result<()> {
+        if self.len > 0 {
+            file.read_zero_fill(&mut buf[self.buf_at..self.buf_at + self.len], self.file_at)?;
+            self.len = 0;
         }
         Ok(())
     }
@@ -270,6 +427,52 @@ mod tests {
         v[4098] = 0;
         v[1] = 1;
         assert!(!is_zero(&v));
+    }
+
+    #[test]
+    fn table_reads_see_every_change_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        let f = ImageFile::open(&path, true).unwrap().with_table_cache(1 << 20);
+        let read = |at: u64, n: usize| {
+            let mut b = vec![0u8; n];
+            f.read_table(&mut b, at, "test", "table").map(|()| b)
+        };
+        assert_eq!(read(4090, 12).unwrap(), vec![7u8; 12]); // two slices, now cached
+        f.write_all_at(&[1, 2, 3], 4095).unwrap();
+        assert_eq!(read(4094, 5).unwrap(), [7, 1, 2, 3, 7]);
+        assert!(f.punch_hole(4096, 4096) || f.zero_range(4096, 4096).is_ok());
+        assert_eq!(read(4094, 4).unwrap(), [7, 1, 0, 0]);
+        assert_eq!(read(9996, 4).unwrap(), [7; 4]);
+        assert!(read(9998, 4).is_err(), "past the end of the file");
+        f.write_all_at(&[9; 4], 10_002).unwrap(); // extends the file; the gap reads as zeros
+        assert_eq!(read(9998, 8).unwrap(), [7, 7, 0, 0, 9, 9, 9, 9]);
+        assert_eq!(f.known_len(), 10_006);
+        f.set_len(100).unwrap();
+        assert!(read(96, 8).is_err());
+        assert_eq!(f.known_len(), 100);
+        // What another handle reads agrees with the cached view: the file is the truth.
+        let mut disk = vec![0u8; 4];
+        ImageFile::open(&path, false).unwrap().read_exact_at(&mut disk, 96, "t", "t").unwrap();
+        assert_eq!(disk, read(96, 4).unwrap());
+    }
+
+    #[test]
+    fn read_runs_join_consecutive_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r");
+        std::fs::write(&path, (0..=255u8).collect::<Vec<_>>()).unwrap();
+        let f = ImageFile::open(&path, false).unwrap();
+        let mut buf = [0u8; 8];
+        let mut run = ReadRun::default();
+        run.add(&f, &mut buf, 10, 0, 2).unwrap();
+        run.add(&f, &mut buf, 12, 2, 2).unwrap(); // continues
+        run.add(&f, &mut buf, 100, 4, 2).unwrap(); // jumps: the first two pieces are read
+        assert_eq!(buf[..4], [10, 11, 12, 13]);
+        run.add(&f, &mut buf, 254, 6, 2).unwrap();
+        run.flush(&f, &mut buf).unwrap();
+        assert_eq!(buf, [10, 11, 12, 13, 100, 101, 254, 255]);
     }
 
     #[test]

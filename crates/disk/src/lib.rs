@@ -33,6 +33,7 @@
 //! In-place overwrites of allocated data touch no metadata. A write that was not followed by a
 //! completed `flush` may be lost or torn by a host crash, as on any disk with a volatile cache.
 
+mod cache;
 mod compress;
 mod error;
 mod file;

@@ -9,7 +9,8 @@
 //! # Metadata on the file, in this order
 //!
 //! The L1 table and refcount table are kept in memory *and* written through; L2 tables and
-//! refcount blocks are only read and written in the file (the page cache is the cache). An
+//! refcount blocks are read through a bounded write-through cache of file slices (`cache.rs`:
+//! every `pwrite` reaches the file first, then the cached copy) and written in the file. An
 //! allocating write does, each step a `pwrite` that completes before the next:
 //!
 //! 1. if the L2 table is missing: refcount of a new cluster set to 1, that cluster zeroed, the
@@ -35,7 +36,7 @@ pub use create::{Qcow2CreateOptions, Qcow2Version};
 
 use crate::compress::{decompress, Codec};
 use crate::error::{DiskError, Result};
-use crate::file::{check_range, ImageFile};
+use crate::file::{check_range, ImageFile, ReadRun};
 use crate::{Chain, CheckReport, DiskImage, Format, ImageInfo, Mapping};
 use header::{Compression, Header, FORMAT, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use refcount::{Refcounts, OFFSET_MASK};
@@ -47,6 +48,11 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 const COPIED: u64 = 1 << 63;
 const COMPRESSED: u64 = 1 << 62;
 const ZERO: u64 = 1;
+/// Most L2 table and refcount block bytes kept in memory per image: with 64 KiB clusters,
+/// the L2 tables of 128 GiB of disk (QEMU keeps up to 32 MiB).
+const TABLE_CACHE_BYTES: u64 = 16 << 20;
+/// L2 entries decoded at a time (on the stack).
+const ENTRY_CHUNK: usize = 64;
 
 /// What an L2 entry says about a guest cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +84,7 @@ struct State {
 
 impl Qcow2 {
     pub fn open(path: &Path, writable: bool, chain: &mut Chain) -> Result<Self> {
-        let file = ImageFile::open(path, writable)?;
+        let file = ImageFile::open(path, writable)?.with_table_cache(TABLE_CACHE_BYTES);
         let mut header = Header::read(&file)?;
         if writable {
             Self::prepare_for_writes(&file, &mut header)?;
@@ -234,22 +240,28 @@ impl Qcow2 {
         st.l1.get(idx).map_or(0, |e| e & OFFSET_MASK)
     }
 
-    /// The entries of `count` guest clusters from `gc` on, all within one L2 table.
-    fn entries(&self, st: &State, gc: u64, count: u64) -> Result<Vec<Cluster>> {
+    /// The entries of `out.len()` (at most [`ENTRY_CHUNK`]) guest clusters from `gc` on, all
+    /// within one L2 table.
+    fn entries(&self, st: &State, gc: u64, out: &mut [Cluster]) -> Result<()> {
         let table = self.l2_table(st, gc);
         if table == 0 {
-            return Ok(vec![Cluster::Unallocated; count as usize]);
+            out.fill(Cluster::Unallocated);
+            return Ok(());
         }
-        let mut raw = vec![0u8; count as usize * 8];
+        let mut raw = [0u8; ENTRY_CHUNK * 8];
+        let raw = &mut raw[..out.len() * 8];
         let at = table + (gc & (self.l2_entries() - 1)) * 8;
-        self.file.read_exact_at(&mut raw, at, FORMAT, "L2 table")?;
-        raw.chunks_exact(8)
-            .map(|c| self.decode(u64::from_be_bytes(c.try_into().unwrap_or_default())))
-            .collect()
+        self.file.read_table(raw, at, FORMAT, "L2 table")?;
+        for (c, bytes) in out.iter_mut().zip(raw.chunks_exact(8)) {
+            *c = self.decode(u64::from_be_bytes(bytes.try_into().unwrap_or_default()))?;
+        }
+        Ok(())
     }
 
     fn entry(&self, st: &State, gc: u64) -> Result<Cluster> {
-        Ok(self.entries(st, gc, 1)?[0])
+        let mut one = [Cluster::Unallocated];
+        self.entries(st, gc, &mut one)?;
+        Ok(one[0])
     }
 
     /// Reads guest bytes that this image does not hold: from the backing file, zeros past it.
@@ -345,7 +357,7 @@ impl Qcow2 {
                 format!("a data cluster at offset {host:#x} overlaps metadata"),
             ));
         }
-        if host >= self.file.len()? {
+        if host >= self.file.known_len() {
             return Err(DiskError::corrupt(
                 self.file.path(),
                 format!("a data cluster at offset {host:#x} lies past the end of the file"),
@@ -470,17 +482,28 @@ impl DiskImage for Qcow2 {
         check_range(offset, buf.len() as u64, self.header.size)?;
         let st = self.read_state();
         let end = offset + buf.len() as u64;
+        let mut chunk = [Cluster::Unallocated; ENTRY_CHUNK];
+        let mut run = ReadRun::default();
         self.for_each_run(offset, buf.len() as u64, |gc, at, count| {
-            let entries = self.entries(&st, gc, count)?;
             let mut pos = at as usize;
-            for (i, c) in entries.into_iter().enumerate() {
-                let g = gc + i as u64;
-                let (start, n) = self.clip(g, offset, end);
-                self.read_cluster(c, g, start - g * self.cs(), &mut buf[pos..pos + n as usize])?;
-                pos += n as usize;
+            for first in (gc..gc + count).step_by(ENTRY_CHUNK) {
+                let entries = &mut chunk[..(gc + count - first).min(ENTRY_CHUNK as u64) as usize];
+                self.entries(&st, first, entries)?;
+                for (g, &c) in (first..).zip(entries.iter()) {
+                    let (start, n) = self.clip(g, offset, end);
+                    let within = start - g * self.cs();
+                    if let Cluster::Normal { host, .. } = c {
+                        run.add(&self.file, buf, host + within, pos, n as usize)?;
+                    } else {
+                        run.flush(&self.file, buf)?;
+                        self.read_cluster(c, g, within, &mut buf[pos..pos + n as usize])?;
+                    }
+                    pos += n as usize;
+                }
             }
             Ok(())
-        })
+        })?;
+        run.flush(&self.file, buf)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {

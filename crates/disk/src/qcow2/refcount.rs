@@ -1,8 +1,9 @@
 //! Qcow2 refcounts: reading, setting, allocating clusters and growing the refcount table.
 //!
 //! The refcount table (kept in memory, at most 8 MiB) points at refcount blocks; each block
-//! holds `cluster_size * 8 / refcount_bits` entries. Entries are read and written in the file
-//! with `pread`/`pwrite` — never cached — so a reopening process sees every update.
+//! holds `cluster_size * 8 / refcount_bits` entries. Entries are written in the file with
+//! `pwrite` before the call returns, so a reopening process sees every update; they are read
+//! through the image file's write-through table cache.
 //!
 //! Ordering: a new refcount block is written (with its own refcount already 1) before the table
 //! entry that names it; table growth writes the new blocks and table, then the header, then frees
@@ -166,7 +167,7 @@ impl Refcounts {
         }
         let (pos, n, shift) = self.entry_pos(cluster % self.rb_entries());
         let mut bytes = [0u8; 8];
-        file.read_exact_at(&mut bytes[..n], block + pos, FORMAT, "refcount block")?;
+        file.read_table(&mut bytes[..n], block + pos, FORMAT, "refcount block")?;
         Ok(self.decode(&bytes[..n], shift))
     }
 
@@ -193,7 +194,7 @@ impl Refcounts {
         let (pos, n, shift) = self.entry_pos(cluster % self.rb_entries());
         let mut bytes = [0u8; 8];
         if self.order < 3 {
-            file.read_exact_at(&mut bytes[..1], block + pos, FORMAT, "refcount block")?;
+            file.read_table(&mut bytes[..1], block + pos, FORMAT, "refcount block")?;
             let mask = (self.max_value() as u8) << shift;
             bytes[0] = (bytes[0] & !mask) | (((value as u8) << shift) & mask);
         } else {

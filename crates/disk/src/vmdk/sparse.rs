@@ -1,7 +1,8 @@
 //! One VMDK sparse extent: grain directory, grain tables, grains.
 //!
 //! The grain directory (and the redundant one) is kept in memory and written through; grain
-//! table entries are read and written in the file. An allocating write appends the whole grain
+//! table entries are written in the file and read through the file's write-through table cache
+//! (`cache.rs`: the file is always updated first). An allocating write appends the whole grain
 //! to the file, then writes the grain table entry, then the redundant entry. A missing grain
 //! table is appended (zeroed) before the directory entry that names it. Grains are never
 //! reused: a discarded grain stays in the file, unreferenced.
@@ -14,10 +15,16 @@ use super::descriptor::FORMAT;
 use super::header::{SparseHeader, FLAG_RGD, FLAG_ZERO_GRAIN, GD_AT_END, MAX_GD_BYTES, SECTOR};
 use crate::compress::{decompress, Codec};
 use crate::error::{DiskError, Result};
-use crate::file::ImageFile;
+use crate::file::{ImageFile, ReadRun};
 use crate::CheckReport;
 use std::collections::HashSet;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Most grain table bytes kept in memory per extent file: all the tables of a 2 GiB extent
+/// with 64 KiB grains take 128 KiB (256 KiB with the redundant ones, which are never read).
+const TABLE_CACHE_BYTES: u64 = 1 << 20;
+/// Grain table entries decoded at a time (on the stack).
+const ENTRY_CHUNK: usize = 64;
 
 /// Reads the guest bytes of an unallocated range: `(buffer, byte offset in the extent)`.
 pub(crate) type Fill<'a> = &'a dyn Fn(&mut [u8], u64) -> Result<()>;
@@ -91,6 +98,7 @@ impl SparseExtent {
         }
         let tables =
             Self::check_tables(&file, &h, &fixed, len, gd.iter().chain(rgd.iter().flatten()))?;
+        let file = file.with_table_cache(TABLE_CACHE_BYTES);
         Ok(SparseExtent { file, h, fixed, dirs: RwLock::new(Dirs { gd, rgd, tables }) })
     }
 
@@ -219,17 +227,42 @@ impl SparseExtent {
         )?;
         Ok(raw
             .chunks_exact(4)
-            .map(|c| match u32::from_le_bytes([c[0], c[1], c[2], c[3]]) {
-                0 => Grain::Unallocated,
-                1 => Grain::Zero,
-                s if self.h.compressed() => Grain::Compressed(u64::from(s)),
-                s => Grain::Data(u64::from(s)),
-            })
+            .map(|c| self.decode(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect())
     }
 
+    /// The entries of `out.len()` (at most [`ENTRY_CHUNK`]) grains from `gi` on, all in one
+    /// grain table, through the table cache.
+    fn entries_into(&self, d: &Dirs, gi: u64, out: &mut [Grain]) -> Result<()> {
+        let gtes = u64::from(self.h.gtes);
+        let table = d.gd.get((gi / gtes) as usize).copied().unwrap_or(0);
+        if table == 0 {
+            out.fill(Grain::Unallocated);
+            return Ok(());
+        }
+        let mut raw = [0u8; ENTRY_CHUNK * 4];
+        let raw = &mut raw[..out.len() * 4];
+        let at = u64::from(table) * SECTOR + (gi % gtes) * 4;
+        self.file.read_table(raw, at, FORMAT, "grain table")?;
+        for (g, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
+            *g = self.decode(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        }
+        Ok(())
+    }
+
+    fn decode(&self, entry: u32) -> Grain {
+        match entry {
+            0 => Grain::Unallocated,
+            1 => Grain::Zero,
+            s if self.h.compressed() => Grain::Compressed(u64::from(s)),
+            s => Grain::Data(u64::from(s)),
+        }
+    }
+
     fn entry(&self, d: &Dirs, gi: u64) -> Result<Grain> {
-        Ok(self.entries(d, gi, 1)?[0])
+        let mut one = [Grain::Unallocated];
+        self.entries_into(d, gi, &mut one)?;
+        Ok(one[0])
     }
 
     /// Decompresses the grain whose marker is at `sector`.
@@ -289,22 +322,33 @@ impl SparseExtent {
         Ok(())
     }
 
-    /// Reads `buf` at byte `offset` of the extent.
+    /// Reads `buf` at byte `offset` of the extent; grains that follow each other in the file
+    /// are read with one `pread`.
     pub fn read(&self, buf: &mut [u8], offset: u64, fill: Fill) -> Result<()> {
         let d = self.read_dirs();
         let gtes = u64::from(self.h.gtes);
-        let mut cached: Option<(u64, Vec<Grain>)> = None;
+        let last = (offset + buf.len() as u64).saturating_sub(1) / self.grain_bytes();
+        let mut chunk = [Grain::Unallocated; ENTRY_CHUNK];
+        let (mut first, mut count) = (0u64, 0u64);
+        let mut run = ReadRun::default();
         self.for_each_grain(offset, buf.len() as u64, |gi, within, range| {
-            if cached.as_ref().is_none_or(|(start, v)| gi < *start || gi >= start + v.len() as u64)
-            {
-                let last = (offset + buf.len() as u64 - 1) / self.grain_bytes();
-                let count = (gi - gi % gtes + gtes).min(last + 1) - gi;
-                cached = Some((gi, self.entries(&d, gi, count)?));
+            if gi < first || gi >= first + count {
+                let table_end = gi - gi % gtes + gtes;
+                count = (table_end.min(last + 1) - gi).min(ENTRY_CHUNK as u64);
+                first = gi;
+                self.entries_into(&d, gi, &mut chunk[..count as usize])?;
             }
-            let g =
-                cached.as_ref().map_or(Grain::Unallocated, |(start, v)| v[(gi - start) as usize]);
-            self.read_grain(g, gi, within, &mut buf[range], fill)
-        })
+            match chunk[(gi - first) as usize] {
+                Grain::Data(s) => {
+                    run.add(&self.file, buf, s * SECTOR + within, range.start, range.len())
+                }
+                g => {
+                    run.flush(&self.file, buf)?;
+                    self.read_grain(g, gi, within, &mut buf[range], fill)
+                }
+            }
+        })?;
+        run.flush(&self.file, buf)
     }
 
     fn writable(&self) -> Result<()> {
@@ -327,7 +371,7 @@ impl SparseExtent {
                 format!("the grain at sector {s} overlaps metadata"),
             ));
         }
-        if s * SECTOR >= self.file.len()? {
+        if s * SECTOR >= self.file.known_len() {
             return Err(DiskError::corrupt(
                 self.file.path(),
                 format!("the grain at sector {s} lies past the end of the file"),
