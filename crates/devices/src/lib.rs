@@ -172,6 +172,14 @@ pub trait Device: Send + Sync {
         true
     }
 
+    /// Another queue that queue `queue`'s worker serves too, right after each pass over its
+    /// own (when no other thread is serving it then). Net: the transmit worker delivers what
+    /// the tap has for the receive queue, so that a reply produced while a request was being
+    /// sent reaches the guest without waking a second thread.
+    fn peer_queue(&self, _queue: usize) -> Option<usize> {
+        None
+    }
+
     /// The virtio configuration space, as the driver reads it.
     fn config(&self) -> Vec<u8>;
 

@@ -134,6 +134,12 @@ impl Handler {
         let auto_enable = !self.protocol_features_negotiated();
         let inflight = self.inflight.clone().filter(|_| self.device.supports_inflight());
         let mem = self.mem.clone();
+        let peer = self
+            .device
+            .peer_queue(index)
+            .filter(|&p| p != index)
+            .and_then(|p| self.vrings.get(p))
+            .map(Vring::shared_state);
         let vring = &mut self.vrings[index];
         {
             let mut st = vring.lock();
@@ -143,7 +149,7 @@ impl Handler {
                 st.enabled = true;
             }
         }
-        vring.start(&mem, inflight, handler, name).map_err(refuse)?;
+        vring.start(&mem, inflight, handler, name, peer).map_err(refuse)?;
         log::info!("queue {index} started (features {features:#x})");
         Ok(())
     }

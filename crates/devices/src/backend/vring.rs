@@ -44,6 +44,11 @@ pub struct VringState {
     /// and signalling it. The driver would wait for that interrupt forever (Linux does, with
     /// one request in flight); a spurious one costs it a look at the used ring.
     signal_on_start: bool,
+    /// The device's logic for this queue while it runs (the worker's, and a peer's: see
+    /// [`Vring::start`]).
+    handler: Option<Box<dyn QueueHandler>>,
+    /// Wakes this queue's worker (work left after a pass that hit the limit).
+    control: Option<EventFd>,
 }
 
 /// One virtqueue.
@@ -86,6 +91,8 @@ impl Vring {
             inflight: None,
             ledger: Ledger::new(QueueId { kind, index }),
             signal_on_start: false,
+            handler: None,
+            control: None,
         };
         Vring { index, state: Arc::new(Mutex::new(state)), kick: None, worker: None }
     }
@@ -107,22 +114,34 @@ impl Vring {
     }
 
     /// Starts the worker: checks the rings, recovers the inflight state, and spawns the thread.
+    ///
+    /// `peer` is another queue of the device that this queue's worker serves too, right after
+    /// each pass over its own queue, when no other thread is serving it at that moment (net:
+    /// the transmit worker looks for the receive queue's packets, so that a reply the host
+    /// produced while the request was sent reaches the guest without a second thread's
+    /// wake-up).
     pub fn start(
         &mut self,
         mem: &GuestMemoryAtomic<GuestMemoryMmap>,
         inflight: Option<Arc<InflightRegion>>,
         handler: Box<dyn QueueHandler>,
         name: String,
+        peer: Option<Arc<Mutex<VringState>>>,
     ) -> Result<(), VringError> {
         self.stop();
         let index = self.index;
         let kick = self.kick.as_ref().ok_or(VringError::NoKick(index))?;
         let kick = kick.try_clone().map_err(|e| VringError::Worker(index, e))?;
         self.prepare(mem, inflight)?;
-        let worker = Worker::spawn(name, self.state.clone(), kick, mem.clone(), handler)
+        let worker = Worker::spawn(name, self.state.clone(), kick, mem.clone(), handler, peer)
             .map_err(|e| VringError::Worker(index, e))?;
         self.worker = Some(worker);
         Ok(())
+    }
+
+    /// The shared state, for another queue's worker to serve this queue (see [`Vring::start`]).
+    pub fn shared_state(&self) -> Arc<Mutex<VringState>> {
+        self.state.clone()
     }
 
     fn prepare(
@@ -172,11 +191,15 @@ impl Vring {
         }
     }
 
-    /// Stops the worker, if it runs, after the request in progress.
+    /// Stops the worker, if it runs, after the request in progress; no thread serves the
+    /// queue afterwards (a peer's worker neither: the handler is gone).
     pub fn stop(&mut self) {
         if let Some(w) = self.worker.take() {
             w.stop();
         }
+        let mut st = self.lock();
+        st.handler = None;
+        st.control = None;
     }
 
     /// Forgets everything but the index: the queue's settings, eventfds and inflight state.
@@ -220,6 +243,7 @@ impl Worker {
         kick: EventFd,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
         handler: Box<dyn QueueHandler>,
+        peer: Option<Arc<Mutex<VringState>>>,
     ) -> std::io::Result<Worker> {
         let control = EventFd::new(EFD_NONBLOCK)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -229,11 +253,18 @@ impl Worker {
             control: control.try_clone()?,
             stop: stop.clone(),
             mem,
-            handler,
+            device_fd: handler.event_fd(),
+            poll: handler.poll_before_sleep(),
+            peer,
             epoll: Epoll::new()?,
             watching_device: false,
         };
         run.register()?;
+        {
+            let mut st = run.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.handler = Some(handler);
+            st.control = Some(control.try_clone()?);
+        }
         let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.run()));
             match result {
@@ -258,7 +289,11 @@ struct WorkerLoop {
     control: EventFd,
     stop: Arc<AtomicBool>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
-    handler: Box<dyn QueueHandler>,
+    /// The handler's [`QueueHandler::event_fd`].
+    device_fd: Option<RawFd>,
+    /// The handler's [`QueueHandler::poll_before_sleep`].
+    poll: std::time::Duration,
+    peer: Option<Arc<Mutex<VringState>>>,
     epoll: Epoll,
     watching_device: bool,
 }
@@ -271,7 +306,7 @@ impl WorkerLoop {
         };
         add(self.kick.as_raw_fd(), Token::Kick)?;
         add(self.control.as_raw_fd(), Token::Control)?;
-        if let Some(fd) = self.handler.event_fd() {
+        if let Some(fd) = self.device_fd {
             let ev = EpollEvent::new(EventSet::empty(), Token::Device as u64);
             self.epoll.ctl(ControlOperation::Add, fd, ev)?;
         }
@@ -307,7 +342,7 @@ impl WorkerLoop {
     /// follows its predecessor closely (a ping-pong, a queue-depth-1 stream)
     /// then skips a thread wake-up.
     fn poll_then_wait(&mut self, events: &mut [EpollEvent]) -> std::io::Result<usize> {
-        let window = self.handler.poll_before_sleep();
+        let window = self.poll;
         let start = std::time::Instant::now();
         while start.elapsed() < window {
             let n = self.epoll.wait(0, events)?;
@@ -322,12 +357,11 @@ impl WorkerLoop {
     /// Watches the device fd only while the queue runs and the handler wants it (the fd is
     /// level-triggered: watching it while nothing reads it would spin).
     fn arm_device(&mut self) -> std::io::Result<()> {
-        let Some(fd) = self.handler.event_fd() else { return Ok(()) };
-        let running = {
+        let Some(fd) = self.device_fd else { return Ok(()) };
+        let want = {
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.enabled && st.queue.ready()
+            st.enabled && st.queue.ready() && st.handler.as_ref().is_some_and(|h| h.wants_event())
         };
-        let want = running && self.handler.wants_event();
         if want != self.watching_device {
             let set = if want { EventSet::IN } else { EventSet::empty() };
             let ev = EpollEvent::new(set, Token::Device as u64);
@@ -337,51 +371,66 @@ impl WorkerLoop {
         Ok(())
     }
 
-    /// Serves the queue until it is empty (or the pass limit), then signals the guest.
+    /// Serves the queue, then the peer queue if it has one and no other thread is serving it.
     fn serve(&mut self) {
         let mem = self.mem.memory();
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let st = &mut *guard;
-        if !st.enabled || !st.queue.ready() {
-            return;
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            serve(&mut st, &mem, &self.stop);
         }
-        let mut used = false;
-        let mut idle_passes = 0;
-        let mut exhausted = true;
-        for _ in 0..MAX_PASSES {
-            let _ = st.queue.disable_notification(&*mem);
-            let mut ctx = QueueContext::new(
-                &mut st.queue,
-                &mem,
-                st.indirect,
-                st.inflight.as_mut(),
-                &mut st.ledger,
-            );
-            let progress = self.handler.process(&mut ctx);
-            used |= ctx.used();
-            let popped = ctx.popped();
-            let mut more = st.queue.enable_notification(&*mem).unwrap_or(false);
-            if progress == Progress::Starved {
-                more = ask_for_next_chain(&mut st.queue, &mem);
-            }
-            // Two passes in a row that take nothing while the ring claims more: a broken
-            // available index, not a race. Wait for the next kick rather than spin.
-            idle_passes = if popped == 0 { idle_passes + 1 } else { 0 };
-            let stop = self.stop.load(Ordering::SeqCst);
-            if progress == Progress::Paused || !more || idle_passes == 2 || stop {
-                exhausted = false;
-                break;
+        if let Some(peer) = &self.peer {
+            if let Ok(mut st) = peer.try_lock() {
+                serve(&mut st, &mem, &self.stop);
             }
         }
-        if exhausted {
-            // Work is left and no kick will come for it: come back after other events.
-            let _ = self.control.write(1);
+    }
+}
+
+/// Serves a queue until it is empty (or the pass limit), then signals the guest.
+fn serve(st: &mut VringState, mem: &GuestMemoryMmap, stop: &AtomicBool) {
+    let Some(handler) = st.handler.as_mut() else { return };
+    if !st.enabled || !st.queue.ready() {
+        return;
+    }
+    let mut used = false;
+    let mut idle_passes = 0;
+    let mut exhausted = true;
+    for _ in 0..MAX_PASSES {
+        let _ = st.queue.disable_notification(mem);
+        let mut ctx = QueueContext::new(
+            &mut st.queue,
+            mem,
+            st.indirect,
+            st.inflight.as_mut(),
+            &mut st.ledger,
+        );
+        let progress = handler.process(&mut ctx);
+        used |= ctx.used();
+        let popped = ctx.popped();
+        let mut more = st.queue.enable_notification(mem).unwrap_or(false);
+        if progress == Progress::Starved {
+            more = ask_for_next_chain(&mut st.queue, mem);
         }
-        let started = std::mem::take(&mut st.signal_on_start);
-        if started || (used && st.queue.needs_notification(&*mem).unwrap_or(true)) {
-            if let Some(call) = &st.call {
-                let _ = call.write(1);
-            }
+        // Two passes in a row that take nothing while the ring claims more: a broken
+        // available index, not a race. Wait for the next kick rather than spin.
+        idle_passes = if popped == 0 { idle_passes + 1 } else { 0 };
+        if progress == Progress::Paused || !more || idle_passes == 2 || stop.load(Ordering::SeqCst)
+        {
+            exhausted = false;
+            break;
+        }
+    }
+    if exhausted {
+        // Work is left and no kick will come for it: the queue's worker comes back for it
+        // after other events.
+        if let Some(control) = &st.control {
+            let _ = control.write(1);
+        }
+    }
+    let started = std::mem::take(&mut st.signal_on_start);
+    if started || (used && st.queue.needs_notification(mem).unwrap_or(true)) {
+        if let Some(call) = &st.call {
+            let _ = call.write(1);
         }
     }
 }

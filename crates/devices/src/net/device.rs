@@ -65,6 +65,13 @@ impl Device for NetDevice {
         false
     }
 
+    /// The transmit worker looks at the tap right after sending: the host's kernel often has
+    /// produced the reply (an ICMP echo, a TCP ACK) before the tap write returned. Measured in
+    /// `bulkhead bench net` (docs/BENCHMARKS.md).
+    fn peer_queue(&self, queue: usize) -> Option<usize> {
+        (queue == TX).then_some(RX)
+    }
+
     fn config(&self) -> Vec<u8> {
         config::config_space(self.mac)
     }

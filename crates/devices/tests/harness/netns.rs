@@ -66,8 +66,30 @@ impl NetNs {
     }
 
     /// Opens the tap `dev` inside the namespace and returns its file descriptor, with
-    /// virtio-net headers on.
+    /// virtio-net headers on, once the kernel can send through it.
+    ///
+    /// Opening the tap turns its carrier on, but the kernel activates the device's transmit
+    /// queue (and its operational state) later, from its link-watch work: until then whatever
+    /// the kernel sends to the tap (an ARP reply) is dropped. So this waits for the state to
+    /// leave DOWN.
     pub fn open_tap(&self, dev: &str) -> OwnedFd {
+        let fd = self.attach_tap(dev);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.name, "ip", "-o", "link", "show", "dev", dev])
+                .output()
+                .expect("ip link show");
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !text.contains("NO-CARRIER") && !text.contains("state DOWN") {
+                return fd;
+            }
+            assert!(std::time::Instant::now() < deadline, "tap {dev} stays down: {text}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn attach_tap(&self, dev: &str) -> OwnedFd {
         let dev = dev.to_string();
         self.run_in(move || {
             let tap = bulkhead_devices::net::tap::Tap::open(&dev).expect("tap in the namespace");
