@@ -347,9 +347,9 @@ fn stress_with_fault(fault: &str, extra: &[&str]) -> String {
 fn injected_panics_exits_and_corruption_mid_request_lose_no_io() {
     require_kvm();
     for (fault, reason) in [
-        ("panic:after=700:device=blk", "killed by signal"),
+        ("panic:after=700:device=blk", "panicked (exited with status 134)"),
         ("exit:after=700:device=blk", "exited with status 42"),
-        ("corrupt:after=700:device=blk", "killed by signal"),
+        ("corrupt:after=700:device=blk", "panicked (exited with status 134)"),
         ("exit-before-used:after=700:device=blk", "exited with status 42"),
         ("exit-after-used:after=700:device=blk", "exited with status 42"),
     ] {

@@ -127,6 +127,9 @@ impl Backend for CompartmentBackend {
 fn describe(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
+        (Some(bulkhead_devices::cli::PANIC_EXIT_STATUS), _) => {
+            format!("panicked (exited with status {})", bulkhead_devices::cli::PANIC_EXIT_STATUS)
+        }
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(signal)) => format!(
             "killed by signal {signal}{}",

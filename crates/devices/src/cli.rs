@@ -153,15 +153,29 @@ pub fn run_with_sandbox(
     }
 }
 
+/// The exit status of a compartment that panicked while it was the first process of its PID
+/// namespace (128 + SIGABRT, as a shell reports an abort).
+pub const PANIC_EXIT_STATUS: i32 = 134;
+
 /// Makes any panic end the process: print it, then abort. A worker thread's panic would
 /// otherwise only stop its queue (the worker catches it) and leave a compartment that looks
 /// alive and serves nothing.
+///
+/// A sandboxed compartment is PID 1 of its own PID namespace, and the kernel does not deliver
+/// to it the signals it sends itself: `abort(3)`'s SIGABRT would be ignored and glibc would
+/// end it with a SIGSEGV, which reads like a crash of another kind. There it exits with
+/// [`PANIC_EXIT_STATUS`] instead, which the core reports as a panic.
 fn abort_on_panic() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
         eprintln!("bulkhead device: thread {name} {info}");
         eprintln!("bulkhead device: aborting: a device process does not outlive a panic");
+        if std::process::id() == 1 {
+            // SAFETY: _exit ends the process at once, running no handler and touching no
+            // state another thread might hold: what abort would do, with a status.
+            unsafe { libc::_exit(PANIC_EXIT_STATUS) };
+        }
         std::process::abort();
     }));
 }
