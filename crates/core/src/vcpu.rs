@@ -23,6 +23,16 @@ pub struct VcpuShared {
     pub ioapic: Arc<std::sync::Mutex<IoApic>>,
     pub exit: ExitLatch,
     pub stop: Arc<AtomicBool>,
+    /// Places each vCPU thread (cgroup, CPU affinity) before it first runs.
+    pub placement: Option<Arc<dyn Placement>>,
+}
+
+/// Where vCPU threads run: the binary decides (cgroups, CPU affinity);
+/// the core only says which thread is which vCPU.
+pub trait Placement: Send + Sync {
+    /// Called with vCPU `id`'s thread ID, on that thread, before its first
+    /// `KVM_RUN`; an error stops the VM from starting.
+    fn place_vcpu(&self, id: u8, tid: i32) -> Result<(), String>;
 }
 
 /// A running vCPU thread.
@@ -48,9 +58,19 @@ impl VcpuThread {
     /// Starts vCPU `id` on its own thread.
     pub fn spawn(id: u8, vcpu: VcpuFd, shared: VcpuShared) -> std::io::Result<Self> {
         install_kick_handler();
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || run(id, vcpu, &shared))?;
+        let (placed_tx, placed_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
+            // SAFETY: gettid has no arguments and cannot fail.
+            let tid = unsafe { libc::gettid() };
+            let placed = shared.placement.as_ref().map_or(Ok(()), |p| p.place_vcpu(id, tid));
+            let go = placed.is_ok();
+            let _ = placed_tx.send(placed);
+            if go {
+                run(id, vcpu, &shared);
+            }
+        })?;
+        let placed = placed_rx.recv().unwrap_or_else(|_| Err("the thread ended".into()));
+        placed.map_err(|why| std::io::Error::other(format!("vCPU {id}: {why}")))?;
         Ok(VcpuThread { handle })
     }
 
