@@ -29,6 +29,11 @@ pub struct LimitArgs {
     /// Host CPUs every thread of the VM (core, vCPUs, compartments) may run on: a cpuset list (0-1,3).
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub host_cpus: Option<String>,
+    /// CPU weight of the whole VM against other processes and VMs when CPUs
+    /// are contended: 2 to 262144, 1024 being everyone's default (cgroup v1
+    /// cpu.shares; on v2 mapped to cpu.weight).
+    #[arg(long, value_name = "SHARES", value_parser = clap::value_parser!(u64).range(2..=262_144))]
+    pub cpu_shares: Option<u64>,
     /// Memory of the whole VM (core, compartments and guest RAM together).
     #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
     pub memory_limit: Option<u64>,
@@ -141,6 +146,7 @@ impl LimitArgs {
             vcpu_quota: self.cpu_quota,
             memory_max: self.memory_limit,
             host_cpus: self.host_cpus.clone(),
+            cpu_shares: self.cpu_shares,
         }
     }
 
@@ -227,8 +233,10 @@ impl Partition {
             Err(e) => return Err(e).context("cannot create the VM's cgroups"),
         };
         for failure in cgroups.failures() {
-            partition
-                .refuse(&format!("--cpu-quota/--memory-limit/--host-cpus ({failure})"), true)?;
+            partition.refuse(
+                &format!("--cpu-quota/--cpu-shares/--memory-limit/--host-cpus ({failure})"),
+                true,
+            )?;
         }
         if let Err(e) = cgroups.enter_core() {
             partition.refuse(

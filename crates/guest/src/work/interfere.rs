@@ -1,8 +1,8 @@
 //! The two sides of the interference test and benchmark:
 //!
 //! - `probe`: a latency probe. The bootstrap CPU repeats a fixed unit of
-//!   work (`bulkhead.work=N` dependent multiply-adds, default 50,000: about
-//!   11 µs of ring-3 arithmetic on this project's host) for
+//!   work (`bulkhead.work=N` dependent multiply-adds, default 2,000,000: about
+//!   0.5 ms of ring-3 arithmetic on this project's host) for
 //!   `bulkhead.seconds` (default 2) and times each unit on the TSC. A unit
 //!   takes its nominal time unless the host took the vCPU away while it
 //!   ran, so the tail of the distribution is the time the host's scheduler
@@ -32,8 +32,8 @@ use crate::{smp, time};
 
 use super::{blk, Ctx, Fail};
 
-/// The probe's default unit of work, in multiply-adds (about 11 µs here).
-const DEFAULT_WORK: u64 = 50_000;
+/// The probe's default unit of work, in multiply-adds (about 0.5 ms here).
+const DEFAULT_WORK: u64 = 2_000_000;
 
 /// `bulkhead.seconds` in milliseconds (decimals allowed), or `default_ms`.
 fn millis(ctx: &Ctx, default_ms: u64) -> Result<u64, Fail> {

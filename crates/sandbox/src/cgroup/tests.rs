@@ -164,6 +164,7 @@ fn v2_vm_layout_is_a_threaded_subtree() {
         vcpu_quota: Some(CpuQuota::percent(50)),
         memory_max: Some(512 << 20),
         host_cpus: Some("1".into()),
+        cpu_shares: None,
     };
     // The pid in the name is this test process's; rename the fake tree to match.
     let name = format!("bulkhead-t-{}", std::process::id());

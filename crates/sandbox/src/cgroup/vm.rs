@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bulkhead-NAME-PID/        the whole VM: memory limit (guest RAM included),
-//!                           host CPUs (cpuset)
+//!                           host CPUs (cpuset), CPU weight
 //!   core/                   the core process: event loop, API, every thread
 //!                           but the vCPUs (monolithic devices too)
 //!     vcpus/                the vCPU threads: CPU quota
@@ -36,6 +36,8 @@ pub struct VmLimits {
     pub memory_max: Option<u64>,
     /// Host CPUs every thread of the VM runs on (cpuset list, `0-1,3`).
     pub host_cpus: Option<String>,
+    /// The VM's CPU weight against its siblings (v1 shares; 1024 is the default).
+    pub cpu_shares: Option<u64>,
 }
 
 impl VmLimits {
@@ -48,6 +50,7 @@ impl VmLimits {
         CgroupLimits {
             memory_max: self.memory_max,
             cpus: self.host_cpus.clone(),
+            cpu_shares: self.cpu_shares,
             ..CgroupLimits::default()
         }
     }
