@@ -206,8 +206,11 @@ fn limits_land_on_the_right_threads_and_leave_with_the_vm() {
     let _serial = serial();
     let dir = TempDir::new("limits-land");
     let disk = dir.file("disk.img", &vec![0u8; 1 << 20]);
+    let name = format!("limits-{}", std::process::id());
     let child = start(&[
         "run",
+        "--name",
+        &name,
         "--cpus",
         "2",
         "--memory",
@@ -249,9 +252,19 @@ fn limits_land_on_the_right_threads_and_leave_with_the_vm() {
     let (core_mem, v2m) = cgroup_dir(pid as i32, "memory");
     let vm_mem = core_mem.parent().unwrap().to_path_buf();
     assert_eq!(memory_max(&vm_mem, v2m), 512 << 20);
-    let vm_name = vm_mem.file_name().unwrap().to_str().unwrap().to_string();
-    assert!(vm_name.starts_with("bulkhead-vm-"), "{vm_name}");
+    let vm_dir = vm_mem.file_name().unwrap().to_str().unwrap();
+    assert!(vm_dir.starts_with(&format!("bulkhead-{name}-")), "{vm_dir}");
 
+    // `ctl status` says so.
+    let status = bulkhead().args(["ctl", &name, "status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    for want in
+        ["VM memory 512 MiB", "vCPUs 50% of a CPU", "each compartment cpu 30%", "vCPU 1 on CPU 0"]
+    {
+        assert!(status.contains(want), "no '{want}' in:\n{status}");
+    }
+    assert!(!status.contains("NOT APPLIED"), "{status}");
+    let vm_name = vm_mem.file_name().unwrap().to_str().unwrap().to_string();
     // The compartment: its own cgroup below the VM's, with its limits.
     let check_compartment = |cpid: i32| -> PathBuf {
         let (cpu_dir, v2) = cgroup_dir(cpid, "cpu");

@@ -196,6 +196,7 @@ impl LimitArgs {
 pub struct Partition {
     cgroups: Option<VmCgroups>,
     pins: Vec<(u32, usize)>,
+    vm_limits: VmLimits,
     /// The compartments' limits, and whether they were asked for.
     pub device: (CgroupLimits, bool),
     strict: bool,
@@ -219,7 +220,8 @@ impl Partition {
         let strict = args.limits == Strictness::Fail;
         let vm_limits = args.vm_limits();
         let pins = args.pin.clone().unwrap_or_default().0;
-        let mut partition = Partition { cgroups: None, pins, device, strict };
+        let mut partition =
+            Partition { cgroups: None, pins, device, strict, vm_limits: vm_limits.clone() };
         if vm_limits.is_empty() && partition.device.0.is_empty() {
             return Ok(Arc::new(partition));
         }
@@ -260,6 +262,49 @@ impl Partition {
         }
         warn(&format!("a limit is not applied: {what}"));
         Ok(())
+    }
+
+    /// One line for `bulkhead ctl NAME status`: the limits in force, the
+    /// pins, and what could not be applied.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        let v = &self.vm_limits;
+        if let Some(m) = v.memory_max {
+            parts.push(format!("VM memory {} MiB", m >> 20));
+        }
+        if let Some(cpus) = &v.host_cpus {
+            parts.push(format!("VM on host CPUs {cpus}"));
+        }
+        if let Some(shares) = v.cpu_shares {
+            parts.push(format!("VM cpu shares {shares}"));
+        }
+        if let Some(q) = v.vcpu_quota {
+            parts.push(format!("vCPUs {}% of a CPU", q.quota_us * 100 / q.period_us));
+        }
+        if let Some(cgroups) = &self.cgroups {
+            for (what, cgroup) in [("vm", Some(cgroups.vm())), ("vcpus", cgroups.vcpus())] {
+                match cgroup.map(bulkhead_sandbox::Cgroup::state) {
+                    Some(LayerState::Applied { detail }) => {
+                        parts.push(format!("{what} cgroup {detail}"))
+                    }
+                    Some(LayerState::NotApplied { reason }) => {
+                        parts.push(format!("{what} NOT APPLIED: {reason}"))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (device, _) = &self.device;
+        if let Some(q) = device.cpu_quota {
+            parts.push(format!("each compartment cpu {}%", q.quota_us * 100 / q.period_us));
+        }
+        if let Some(m) = device.memory_max {
+            parts.push(format!("each compartment memory {} MiB", m >> 20));
+        }
+        for (vcpu, cpu) in &self.pins {
+            parts.push(format!("vCPU {vcpu} on CPU {cpu}"));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     /// The cgroup compartments are created below.

@@ -173,6 +173,7 @@ impl TryFrom<&RunArgs> for VmConfig {
             backends::end_vm_on_device_panic();
         }
         let (cpus, memory_bytes) = (args.cpus, args.memory);
+        let limits = partition.summary();
         config.on_start = Some(Box::new(move |supervisor| {
             let vm = crate::control::Vm {
                 name,
@@ -180,6 +181,7 @@ impl TryFrom<&RunArgs> for VmConfig {
                 memory_bytes,
                 started: Instant::now(),
                 supervisor,
+                limits,
             };
             match crate::control::start(vm) {
                 Ok(server) => Box::new(server),
