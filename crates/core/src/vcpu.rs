@@ -30,8 +30,10 @@ pub struct VcpuShared {
 /// Where vCPU threads run: the binary decides (cgroups, CPU affinity);
 /// the core only says which thread is which vCPU.
 pub trait Placement: Send + Sync {
-    /// Called with vCPU `id`'s thread ID, on that thread, before its first
-    /// `KVM_RUN`; an error stops the VM from starting.
+    /// Called with vCPU `id`'s thread ID by the thread that starts it,
+    /// while the new thread waits before its first `KVM_RUN` (so the vCPU
+    /// thread itself makes no call for it); an error stops the VM from
+    /// starting.
     fn place_vcpu(&self, id: u8, tid: i32) -> Result<(), String>;
 }
 
@@ -58,19 +60,24 @@ impl VcpuThread {
     /// Starts vCPU `id` on its own thread.
     pub fn spawn(id: u8, vcpu: VcpuFd, shared: VcpuShared) -> std::io::Result<Self> {
         install_kick_handler();
-        let (placed_tx, placed_rx) = std::sync::mpsc::channel();
+        let placement = shared.placement.clone();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
             // SAFETY: gettid has no arguments and cannot fail.
-            let tid = unsafe { libc::gettid() };
-            let placed = shared.placement.as_ref().map_or(Ok(()), |p| p.place_vcpu(id, tid));
-            let go = placed.is_ok();
-            let _ = placed_tx.send(placed);
-            if go {
+            let _ = tid_tx.send(unsafe { libc::gettid() });
+            // The spawning thread places this one, then says whether to run.
+            if go_rx.recv() == Ok(true) {
                 run(id, vcpu, &shared);
             }
         })?;
-        let placed = placed_rx.recv().unwrap_or_else(|_| Err("the thread ended".into()));
-        placed.map_err(|why| std::io::Error::other(format!("vCPU {id}: {why}")))?;
+        let tid = tid_rx.recv().map_err(|_| std::io::Error::other("the vCPU thread ended"))?;
+        let placed = placement.map_or(Ok(()), |p| p.place_vcpu(id, tid));
+        let _ = go_tx.send(placed.is_ok());
+        if let Err(why) = placed {
+            let _ = handle.join();
+            return Err(std::io::Error::other(format!("vCPU {id}: {why}")));
+        }
         Ok(VcpuThread { handle })
     }
 

@@ -91,6 +91,7 @@ impl VmCgroups {
         device_controllers: &[Controller],
     ) -> Result<VmCgroups, CgroupError> {
         let pid = std::process::id() as i32;
+        remove_stale(hierarchies);
         let mut used: Vec<Controller> = limits.vm().controllers();
         used.extend(limits.vcpus().controllers());
         used.extend(device_controllers);
@@ -201,6 +202,40 @@ impl VmCgroups {
     pub fn uses_v2(&self) -> bool {
         self.vm.dirs.iter().any(|d| d.version == Version::V2)
     }
+}
+
+/// Removes the (empty) cgroups that VMs whose core died without cleaning up
+/// (killed, say) left below this process's cgroups: `bulkhead-*-PID` with
+/// no process PID. A directory that still holds a task stays.
+fn remove_stale(hierarchies: &Hierarchies) {
+    for hierarchy in hierarchies.list() {
+        let Ok(entries) = std::fs::read_dir(&hierarchy.base) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str().filter(|n| n.starts_with("bulkhead-")) else { continue };
+            let Some(pid) = name.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            // SAFETY: signal 0 only checks that the process exists.
+            let gone = unsafe { libc::kill(pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+}
+
+/// `rmdir` of a cgroup directory and its child cgroups, deepest first.
+fn remove_tree(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 impl Drop for VmCgroups {
