@@ -149,7 +149,8 @@ fn v2_vm_layout_is_a_threaded_subtree() {
     let root = tempfile::tempdir().unwrap();
     let base = root.path().join("delegated");
     fake(&base, &["cgroup.subtree_control", "cgroup.controllers"]);
-    let vm = base.join("bulkhead-t-1");
+    // What the kernel would show in the directories the layout makes.
+    let vm = base.join(format!("bulkhead-t-{}", std::process::id()));
     for dir in [vm.clone(), vm.join("core"), vm.join("core/vcpus")] {
         fake(&dir, V2_FILES);
         fake(&dir, &["cgroup.type", "cgroup.threads"]);
@@ -166,10 +167,6 @@ fn v2_vm_layout_is_a_threaded_subtree() {
         host_cpus: Some("1".into()),
         cpu_shares: None,
     };
-    // The pid in the name is this test process's; rename the fake tree to match.
-    let name = format!("bulkhead-t-{}", std::process::id());
-    fs::rename(&vm, base.join(&name)).unwrap();
-    let vm = base.join(&name);
     let cgroups = VmCgroups::create_in(&hierarchies, "t", &limits, &[Controller::Memory]).unwrap();
     assert!(cgroups.failures().is_empty(), "{:?}", cgroups.failures());
     assert_eq!(read(&vm.join("memory.max")), (512u64 << 20).to_string());
@@ -213,4 +210,28 @@ fn v1_vm_layout_moves_single_threads() {
     let limits = VmLimits { memory_max: Some(1 << 30), ..VmLimits::default() };
     let other = VmCgroups::create_in(&hierarchies, "u", &limits, &[]).unwrap();
     assert!(other.failures()[0].contains("memory controller"), "{:?}", other.failures());
+}
+
+#[test]
+fn cgroups_of_dead_cores_are_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let cpu = root.path().join("cpu");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = cpu.join(format!("bulkhead-old-{dead}"));
+    let alive = cpu.join(format!("bulkhead-other-{}", std::process::id()));
+    fs::create_dir_all(stale.join("core/vcpus")).unwrap();
+    fs::create_dir_all(&alive).unwrap();
+    fs::create_dir_all(cpu.join("unrelated-1")).unwrap();
+    let hierarchies = Hierarchies::from_list(vec![Hierarchy {
+        version: Version::V1,
+        mount: cpu.clone(),
+        base: cpu.clone(),
+        controllers: vec![Controller::Cpu],
+    }]);
+    let _vm = VmCgroups::create_in(&hierarchies, "t", &VmLimits::default(), &[]).unwrap();
+    assert!(!stale.exists());
+    assert!(alive.exists());
+    assert!(cpu.join("unrelated-1").exists());
 }
