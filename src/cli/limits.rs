@@ -234,11 +234,18 @@ impl Partition {
             }
             Err(e) => return Err(e).context("cannot create the VM's cgroups"),
         };
-        for failure in cgroups.failures() {
-            partition.refuse(
-                &format!("--cpu-quota/--cpu-shares/--memory-limit/--host-cpus ({failure})"),
-                true,
-            )?;
+        let outcomes = [Some(cgroups.vm()), cgroups.vcpus()].into_iter().flatten();
+        for outcome in outcomes.flat_map(|c| c.outcomes()) {
+            if let Err(reason) = &outcome.result {
+                let option = match outcome.limit {
+                    "cpu quota" => "--cpu-quota",
+                    "cpu shares" => "--cpu-shares",
+                    "memory" => "--memory-limit",
+                    "cpuset" => "--host-cpus",
+                    other => other,
+                };
+                partition.refuse(&format!("{option}: {reason}"), true)?;
+            }
         }
         if let Err(e) = cgroups.enter_core() {
             partition.refuse(

@@ -159,8 +159,8 @@ impl VmCgroups {
         self.core.as_ref()
     }
 
-    /// Each limit that could not be applied, with the reason, as
-    /// `--option: reason` lines (`vm` for the VM's own limits, `vcpus`).
+    /// Each cgroup with a limit that could not be applied, with the
+    /// reasons: `vm: …` for the VM's own limits, `vcpus: …`.
     pub fn failures(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (what, cgroup) in [("vm", Some(&self.vm)), ("vcpus", self.vcpus.as_ref())] {
