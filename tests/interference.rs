@@ -7,7 +7,8 @@
 //!   host CPU with a CPU quota, the probe given the other and a high CPU
 //!   weight) it stays within it. The bound — p99 at most twice the
 //!   probe's median unit time measured alone with the same limits — is
-//!   derived in docs/ARCHITECTURE.md, "Partitioning".
+//!   derived in docs/ARCHITECTURE.md, "Partitioning". The storm's vCPUs
+//!   must also have been throttled by their quota (`cpu.stat`).
 //! - The limits land where they should: vCPU threads in the `vcpus`
 //!   cgroup with the quota and their pinned CPU, the VM's memory limit,
 //!   each compartment in a cgroup of its own with its limits (its
@@ -64,7 +65,7 @@ fn probe_run(limits: &[&str], storm_limits: Option<&[&str]>, disk: &Path) -> (f6
     let storm = storm_limits.map(|extra| {
         let mut args = vec!["run", "--cpus", "2", "--disk", disk.to_str().unwrap()];
         args.extend_from_slice(extra);
-        args.extend(["--cmdline", "bulkhead.run=storm bulkhead.seconds=3 bulkhead.bytes=4M"]);
+        args.extend(["--cmdline", "bulkhead.run=storm bulkhead.seconds=4 bulkhead.bytes=4M"]);
         start(&args)
     });
     if storm.is_some() {
@@ -76,6 +77,17 @@ fn probe_run(limits: &[&str], storm_limits: Option<&[&str]>, disk: &Path) -> (f6
     args.extend(["--cmdline", PROBE]);
     let probe = run(&args, Duration::from_secs(30));
     if let Some(storm) = storm {
+        if storm_limits.is_some_and(|l| l.contains(&"--cpu-quota")) {
+            // The storm still runs: its quota has held its vCPUs back.
+            let vcpu = thread(storm.id(), "vcpu0").expect("the storm's vCPU 0");
+            let (dir, _) = cgroup_dir(vcpu, "cpu");
+            let stat = read(&dir, "cpu.stat");
+            let throttled = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("nr_throttled "))
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            assert!(throttled.is_some_and(|n| n > 0), "the storm was never throttled: {stat}");
+        }
         let storm = wait(storm, Duration::from_secs(30));
         assert_eq!(storm.code, 0, "the storm VM failed:\n{}\n{}", storm.stdout, storm.stderr);
         storm.assert_check("storm");
@@ -329,7 +341,7 @@ fn guest_ram_is_charged_inside_the_vms_memory_limit() {
     // A limit the guest's own memory would break is refused before it starts.
     let run = run_vm(&["--memory", "256M", "--memory-limit", "200M"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("--memory-limit 200 MiB is not above"), "{}", run.stderr);
+    assert!(run.stderr.contains("--memory-limit 200 MiB leaves no room"), "{}", run.stderr);
 }
 
 fn run_vm(extra: &[&str]) -> Run {

@@ -170,11 +170,11 @@ impl LimitArgs {
             }
         }
         if let Some(limit) = self.memory_limit {
-            if limit <= guest_memory {
+            if limit < guest_memory.saturating_add(64 << 20) {
                 anyhow::bail!(
-                    "--memory-limit {} MiB is not above the guest's memory ({} MiB): the VM \
-                     would be killed once the guest touched its RAM; give at least --memory \
-                     plus 64M",
+                    "--memory-limit {} MiB leaves no room beside the guest's memory ({} MiB): \
+                     the VM would be killed once the guest touched its RAM; give at least \
+                     --memory plus 64M",
                     limit >> 20,
                     guest_memory >> 20
                 );
@@ -410,6 +410,8 @@ mod tests {
         assert!(args.check(1, 256 << 20, false).is_ok());
         let args = LimitArgs { memory_limit: Some(256 << 20), ..LimitArgs::default() };
         assert!(args.check(1, 256 << 20, true).is_err());
+        assert!(args.check(1, 200 << 20, true).is_err());
+        assert!(args.check(1, 192 << 20, true).is_ok());
         let args = LimitArgs { pin: Some(Pins(vec![(2, 0)])), ..LimitArgs::default() };
         assert!(args.check(2, 256 << 20, true).is_err());
     }
