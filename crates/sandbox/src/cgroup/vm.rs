@@ -118,6 +118,14 @@ impl VmCgroups {
             &CgroupLimits::default(),
             &core_controllers,
         )?;
+        // A VM-wide limit must hold the core: a hierarchy where `core`
+        // could not be made would leave the core outside it.
+        if let Some(missing) = core_controllers.iter().find(|c| !core.controllers().contains(c)) {
+            return Err(CgroupError::Required(format!(
+                "the core's cgroup could not be made in the {} hierarchy",
+                missing.name()
+            )));
+        }
         cgroups.core = Some(core);
         if limits.vcpu_quota.is_some() {
             let core = cgroups.core.as_ref().expect("set above");
