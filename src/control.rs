@@ -17,6 +17,8 @@ pub struct Vm {
     pub memory_bytes: u64,
     pub started: Instant,
     pub supervisor: Arc<Mutex<Supervisor>>,
+    /// The partitioning line of the status (cgroups, pins).
+    pub limits: Option<String>,
 }
 
 impl Vm {
@@ -45,6 +47,7 @@ impl ControlTarget for Vm {
             memory_bytes: self.memory_bytes,
             uptime_s: self.started.elapsed().as_secs(),
             devices,
+            limits: self.limits.clone(),
         }
     }
 

@@ -7,7 +7,11 @@ mod policy;
 mod process;
 mod thread;
 
+use std::sync::Arc;
+
 use bulkhead_core::virtio::{Backend, DeviceKind as CoreKind};
+
+use crate::cli::limits::Partition;
 use bulkhead_devices::{DeviceConfig, DeviceKind};
 
 pub use policy::policy_for;
@@ -56,13 +60,18 @@ pub struct Request {
     pub args: Vec<String>,
 }
 
-/// One backend per request, in `mode`.
-pub fn build(requests: Vec<Request>, mode: Mode) -> anyhow::Result<Vec<Box<dyn Backend>>> {
+/// One backend per request, in `mode`; compartments get their cgroup
+/// below the VM's, with the limits of `partition`.
+pub fn build(
+    requests: Vec<Request>,
+    mode: Mode,
+    partition: &Arc<Partition>,
+) -> anyhow::Result<Vec<Box<dyn Backend>>> {
     let mut out: Vec<Box<dyn Backend>> = Vec::new();
     for r in requests {
         out.push(match mode {
             Mode::Monolithic => Box::new(thread::ThreadBackend::new(r)),
-            Mode::Microkernel => Box::new(process::CompartmentBackend::new(r)?),
+            Mode::Microkernel => Box::new(process::CompartmentBackend::new(r, partition.clone())?),
         });
     }
     Ok(out)

@@ -4,6 +4,7 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use bulkhead_core::virtio::{Backend, DeviceKind, Launched};
 use bulkhead_devices::net::config::{Mac, TapSource};
@@ -12,6 +13,7 @@ use bulkhead_devices::DeviceConfig;
 use bulkhead_sandbox::{spawn, Command, Compartment, Policy};
 
 use super::{core_kind, policy_for, Request};
+use crate::cli::limits::Partition;
 
 /// The connection's file descriptor number inside the compartment.
 const CONN_FD: i32 = 3;
@@ -26,11 +28,14 @@ pub struct CompartmentBackend {
     child: Option<Compartment>,
     /// The binary to run; this one unless upgraded.
     program: Option<std::path::PathBuf>,
+    /// The VM's cgroups and the compartment's limits.
+    partition: Arc<Partition>,
 }
 
 impl CompartmentBackend {
-    pub fn new(mut request: Request) -> anyhow::Result<Self> {
-        let policy = policy_for(&request.name, None)?;
+    pub fn new(mut request: Request, partition: Arc<Partition>) -> anyhow::Result<Self> {
+        let mut policy = policy_for(&request.name, None)?;
+        policy.set_cgroup_limits(partition.device.0.clone());
         let mut tap = None;
         if let DeviceConfig::Net(net) = &request.config {
             let TapSource::Name(name) = &net.tap else {
@@ -42,7 +47,7 @@ impl CompartmentBackend {
             request.args =
                 vec!["--tap-fd".into(), TAP_FD.to_string(), "--mac".into(), mac.to_string()];
         }
-        Ok(CompartmentBackend { request, policy, tap, child: None, program: None })
+        Ok(CompartmentBackend { request, policy, tap, child: None, program: None, partition })
     }
 
     fn stop(&mut self) {
@@ -88,7 +93,16 @@ impl Backend for CompartmentBackend {
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(tap.fd()) };
             cmd = cmd.fd(fd, TAP_FD);
         }
+        if let Some(vm) = self.partition.vm_cgroup() {
+            cmd = cmd.cgroup_parent(vm);
+        }
         let child = spawn(&cmd, &self.policy).map_err(std::io::Error::other)?;
+        // The compartment waits for the go byte: its limits are in force
+        // before its program runs. One that missed a limit asked for ends here.
+        let state = child.cgroup().map(bulkhead_sandbox::Cgroup::state);
+        self.partition
+            .check_compartment(&self.request.name, state)
+            .map_err(std::io::Error::other)?;
         let description = format!("compartment pid {}: {}", child.pid(), child.report());
         let pid = child.pid() as u32;
         self.child = Some(child);

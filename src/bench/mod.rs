@@ -3,6 +3,7 @@
 
 mod boot;
 mod disk;
+mod interference;
 mod io;
 mod peer;
 mod recovery;
@@ -31,6 +32,15 @@ pub enum BenchCommand {
     Disk(disk::DiskArgs),
     /// Network: microkernel vs monolithic vs QEMU microvm, over a tap in a private namespace.
     Net(IoArgs),
+    /// Temporal isolation: a latency probe alone, beside a noisy neighbour without limits, and with limits.
+    Interference {
+        /// Rounds (each runs every case once).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per probe run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
     /// Recovery from killed compartments while the guest does I/O (blk and net).
     Recovery {
         /// Kills per device.
@@ -141,6 +151,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
         BenchCommand::Blk(args) => blk(&args),
         BenchCommand::Disk(args) => disk::run(&args),
         BenchCommand::Net(args) => net(&args),
+        BenchCommand::Interference { rounds, seconds } => {
+            interference::run(&interference::Options { rounds: rounds.max(1), seconds })
+        }
         BenchCommand::Recovery { kills, interval_ms } => {
             recovery::run(&recovery::Options { kills: kills.max(1), interval_ms })
         }

@@ -2,6 +2,7 @@
 
 mod device;
 mod guest;
+pub mod limits;
 mod run;
 
 use clap::{Parser, Subcommand};

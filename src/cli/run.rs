@@ -10,6 +10,7 @@ use bulkhead_core::VmConfig;
 use bulkhead_devices::DeviceConfig;
 use std::time::{Duration, Instant};
 
+use super::limits::Partition;
 use crate::backends::{self, Mode, Request};
 use clap::Args;
 
@@ -66,6 +67,8 @@ pub struct RunArgs {
     /// Describe the devices at start and say how the VM ended, on stderr.
     #[arg(long, short)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub limits: super::limits::LimitArgs,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -156,14 +159,21 @@ impl TryFrom<&RunArgs> for VmConfig {
         config.handle_signals = true;
         config.force = args.force;
         config.verbose = args.verbose;
-        config.devices = backends::build(device_requests(args)?, args.mode)?;
+        let name = args.name.clone().unwrap_or_else(|| format!("vm-{}", std::process::id()));
+        bulkhead_api::paths::check_name(&name).with_context(|| format!("--name {name}"))?;
+        let requests = device_requests(args)?;
+        let compartments = args.mode == Mode::Microkernel && !requests.is_empty();
+        args.limits.check(args.cpus, args.memory, args.mode == Mode::Microkernel)?;
+        let partition =
+            Partition::create(&name, &args.limits, args.memory, compartments, args.verbose)?;
+        config.placement = Some(partition.clone());
+        config.devices = backends::build(requests, args.mode, &partition)?;
         config.restart = restart_policy(args)?;
         if args.mode == Mode::Monolithic {
             backends::end_vm_on_device_panic();
         }
-        let name = args.name.clone().unwrap_or_else(|| format!("vm-{}", std::process::id()));
-        bulkhead_api::paths::check_name(&name).with_context(|| format!("--name {name}"))?;
         let (cpus, memory_bytes) = (args.cpus, args.memory);
+        let limits = partition.summary();
         config.on_start = Some(Box::new(move |supervisor| {
             let vm = crate::control::Vm {
                 name,
@@ -171,6 +181,7 @@ impl TryFrom<&RunArgs> for VmConfig {
                 memory_bytes,
                 started: Instant::now(),
                 supervisor,
+                limits,
             };
             match crate::control::start(vm) {
                 Ok(server) => Box::new(server),

@@ -206,6 +206,9 @@ pub fn status_table(status: &VmStatus) -> String {
         bytes(status.memory_bytes),
         duration(status.uptime_s),
     );
+    if let Some(limits) = &status.limits {
+        out.push_str(&format!("limits: {}\n", clean(limits)));
+    }
     if status.devices.is_empty() {
         out.push_str("no devices\n");
         return out;
@@ -348,6 +351,7 @@ mod tests {
             cpus: 4,
             memory_bytes: 1 << 30,
             uptime_s: 3720,
+            limits: None,
             devices: vec![
                 device("blk0", DeviceMode::Compartment, Some(4250), Some("killed by signal 9")),
                 device("rng0", DeviceMode::Thread, None, None),

@@ -250,6 +250,7 @@ mod tests {
             cpus: 2,
             memory_bytes: 512 << 20,
             uptime_s: 61,
+            limits: None,
             devices: vec![DeviceStatus {
                 id: "blk0".into(),
                 kind: "blk".into(),

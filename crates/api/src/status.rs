@@ -21,6 +21,10 @@ pub struct VmStatus {
     pub uptime_s: u64,
     /// One entry per device, in the order they were attached.
     pub devices: Vec<DeviceStatus>,
+    /// The VM's CPU and memory partitioning (cgroups, pins), and any limit
+    /// that could not be applied; absent from VMMs that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<String>,
 }
 
 /// One device of a VM and the backend that serves it.

@@ -40,6 +40,8 @@ pub struct VmConfig {
     /// Called once the devices run, with the supervisor (the binary starts
     /// the management API here); what it returns lives as long as the VM.
     pub on_start: Option<OnStart>,
+    /// Places the vCPU threads (cgroups, CPU affinity); see [`crate::vcpu::Placement`].
+    pub placement: Option<Arc<dyn crate::vcpu::Placement>>,
 }
 
 /// See [`VmConfig::on_start`].
@@ -62,6 +64,7 @@ impl VmConfig {
             verbose: false,
             restart: RestartPolicy::default(),
             on_start: None,
+            placement: None,
         }
     }
 }

@@ -23,6 +23,18 @@ pub struct VcpuShared {
     pub ioapic: Arc<std::sync::Mutex<IoApic>>,
     pub exit: ExitLatch,
     pub stop: Arc<AtomicBool>,
+    /// Places each vCPU thread (cgroup, CPU affinity) before it first runs.
+    pub placement: Option<Arc<dyn Placement>>,
+}
+
+/// Where vCPU threads run: the binary decides (cgroups, CPU affinity);
+/// the core only says which thread is which vCPU.
+pub trait Placement: Send + Sync {
+    /// Called with vCPU `id`'s thread ID by the thread that starts it,
+    /// while the new thread waits before its first `KVM_RUN` (so the vCPU
+    /// thread itself makes no call for it); an error stops the VM from
+    /// starting.
+    fn place_vcpu(&self, id: u8, tid: i32) -> Result<(), String>;
 }
 
 /// A running vCPU thread.
@@ -48,9 +60,24 @@ impl VcpuThread {
     /// Starts vCPU `id` on its own thread.
     pub fn spawn(id: u8, vcpu: VcpuFd, shared: VcpuShared) -> std::io::Result<Self> {
         install_kick_handler();
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || run(id, vcpu, &shared))?;
+        let placement = shared.placement.clone();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
+            // SAFETY: gettid has no arguments and cannot fail.
+            let _ = tid_tx.send(unsafe { libc::gettid() });
+            // The spawning thread places this one, then says whether to run.
+            if go_rx.recv() == Ok(true) {
+                run(id, vcpu, &shared);
+            }
+        })?;
+        let tid = tid_rx.recv().map_err(|_| std::io::Error::other("the vCPU thread ended"))?;
+        let placed = placement.map_or(Ok(()), |p| p.place_vcpu(id, tid));
+        let _ = go_tx.send(placed.is_ok());
+        if let Err(why) = placed {
+            let _ = handle.join();
+            return Err(std::io::Error::other(format!("vCPU {id}: {why}")));
+        }
         Ok(VcpuThread { handle })
     }
 

@@ -102,6 +102,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         ioapic: devices.ioapic,
         exit: exit.clone(),
         stop: Arc::new(AtomicBool::new(false)),
+        placement: config.placement.clone(),
     };
     let epoll = Arc::new(Epoll::new().map_err(io("create the event loop"))?);
     let supervisor = Arc::new(Mutex::new(Supervisor::new(
@@ -252,9 +253,15 @@ fn start_vcpus(
     }
     let mut threads = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
-        threads.push(
-            VcpuThread::spawn(id as u8, vcpu, shared.clone()).map_err(io("start a vCPU thread"))?,
-        );
+        match VcpuThread::spawn(id as u8, vcpu, shared.clone()) {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                // Those already started wait for the guest; stop them.
+                shared.stop.store(true, Ordering::Release);
+                threads.into_iter().for_each(VcpuThread::stop);
+                return Err(VmError::Io { what: "start a vCPU thread", source: e });
+            }
+        }
     }
     Ok(threads)
 }

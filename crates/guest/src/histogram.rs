@@ -84,6 +84,13 @@ impl Histogram {
         }
         self.max
     }
+
+    /// How many recorded values lie in buckets wholly below `value`'s
+    /// (so values within 3% under `value` may not be counted).
+    pub fn count_below(&self, value: u64) -> u64 {
+        let b = Self::bucket(value);
+        self.counts[..b].iter().map(|&n| u64::from(n)).sum()
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +121,10 @@ mod tests {
             assert!(got.abs_diff(want) * 32 <= want, "p{p}: {got} vs {want}");
         }
         assert_eq!(h.percentile(1000), h.max());
+        assert_eq!(h.count_below(1), 0);
+        let below = h.count_below(5_000_000);
+        assert!(below.abs_diff(5_000) <= 5_000 / 32, "{below}");
+        assert_eq!(h.count_below(u64::MAX), 10_000);
     }
 
     #[test]

@@ -17,6 +17,9 @@ const ICR_STARTUP: u32 = 0x4600;
 pub static ONLINE: AtomicU64 = AtomicU64::new(0);
 /// The APIC ID each CPU index reported (index 0 is the bootstrap processor).
 pub static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
+/// APs started before the TSC reaches this spin until it does (the
+/// `storm` workload), then park.
+pub static SPIN_UNTIL: AtomicU64 = AtomicU64::new(0);
 /// Parked APs sleep while this stays unchanged.
 static PARK: AtomicU64 = AtomicU64::new(0);
 
@@ -68,6 +71,10 @@ pub fn ap_main(index: u64) -> ! {
         slot.store(arch::apic_id(), Ordering::Relaxed);
     }
     ONLINE.fetch_add(1, Ordering::Release);
+    let until = SPIN_UNTIL.load(Ordering::Acquire);
+    while !time::passed(until) {
+        core::hint::spin_loop();
+    }
     loop {
         arch::wait_while(&PARK, 0);
     }

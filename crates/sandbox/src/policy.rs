@@ -217,6 +217,12 @@ impl Policy {
         &self.cgroup
     }
 
+    /// Replaces the cgroup limits (the core sets them per VM, after the
+    /// device's policy is built).
+    pub fn set_cgroup_limits(&mut self, limits: CgroupLimits) {
+        self.cgroup = limits;
+    }
+
     /// Whether the root is replaced by an empty read-only tmpfs holding only the listed paths.
     pub fn empty_root(&self) -> bool {
         self.empty_root

@@ -42,6 +42,7 @@ pub fn sample_status() -> VmStatus {
         cpus: 2,
         memory_bytes: 512 << 20,
         uptime_s: 61,
+        limits: None,
         devices: vec![
             DeviceStatus {
                 id: "blk0".into(),

@@ -163,10 +163,16 @@ fn read_pass(blk: &mut Blk, bytes: u64, bs: u64, seed: u64, timeout_ms: u64) -> 
 
 /// blk-stress.
 pub fn stress(ctx: &mut Ctx) -> Result<(), Fail> {
-    let o = BlkVerify::parse(ctx.cmdline)?;
-    let rounds = ctx.cmdline.get_u64("bulkhead.rounds").unwrap_or(10).max(1);
     // With bulkhead.seconds, passes go on until that much time has passed.
     let until = ctx.cmdline.get_u64("bulkhead.seconds").map(|s| time::deadline_ms(s * 1000));
+    stress_until(ctx, until)
+}
+
+/// blk-stress's passes, until the TSC reaches `until` (or
+/// `bulkhead.rounds` passes when `None`).
+pub fn stress_until(ctx: &mut Ctx, until: Option<u64>) -> Result<(), Fail> {
+    let o = BlkVerify::parse(ctx.cmdline)?;
+    let rounds = ctx.cmdline.get_u64("bulkhead.rounds").unwrap_or(10).max(1);
     let timeout_ms = ctx.common()?.timeout_ms;
     let (blk, bump) = ctx.devices().blk(o.disk)?;
     let info = *blk.info();

@@ -1,6 +1,6 @@
 //! The device workloads `bulkhead.run=` names (comma-separated, run in
 //! order): `blk-verify`, `blk-read-verify`, `blk-ro`, `blk-bench`, `rng`,
-//! `net-ping`, `net-bench`. Their options are in [`crate::options`].
+//! `net-ping`, `net-bench`, `probe`, `storm`, `mem-touch`. Their options are in [`crate::options`].
 //!
 //! Each prints one `BH check name=<workload> status=ok|fail ...` line
 //! (failures end with `text=<why>`), and the benchmarks a `BH result
@@ -9,6 +9,7 @@
 
 mod bench;
 mod blk;
+mod interfere;
 mod net;
 mod rng;
 
@@ -74,6 +75,19 @@ impl<'a> Ctx<'a> {
             bh!("memory arena={:#x}-{:#x} bytes={}", start, end, end - start);
             Devices::discover(cmdline, acpi, Bump::new(start, end), irq)
         })
+    }
+
+    /// The free RAM above the guest image and boot data: (start, end).
+    pub fn arena(&self) -> (u64, u64) {
+        let avoid = bump::boot_data(self.boot);
+        bump::arena(self.boot.memmap(), arch::image_end(), &avoid).unwrap_or((0, 0))
+    }
+
+    /// Starts the application processors (they run `smp::ap_main`);
+    /// returns how many came online.
+    pub fn start_aps(&self) -> Result<usize, &'static str> {
+        let acpi = self.acpi.ok_or("no ACPI tables")?;
+        Ok(crate::smp::start_aps(self.boot, acpi.apic_ids())?.online)
     }
 
     pub fn common(&self) -> Result<Common, Fail> {
@@ -155,6 +169,9 @@ pub fn run(name: &str, ctx: &mut Ctx) -> bool {
         "rng" => rng::run(ctx),
         "net-ping" => net::ping(ctx),
         "net-bench" => net::bench(ctx),
+        "probe" => interfere::probe(ctx),
+        "storm" => interfere::storm(ctx),
+        "mem-touch" => interfere::mem_touch(ctx),
         _ => return false,
     };
     if let Err(e) = result {

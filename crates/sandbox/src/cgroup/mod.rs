@@ -23,6 +23,7 @@
 
 mod hierarchy;
 mod limits;
+mod vm;
 
 use std::fmt;
 use std::fs;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 
 pub use hierarchy::{Hierarchies, Hierarchy};
 pub use limits::{shares_to_weight, writes, CgroupLimits, CpuQuota, LimitWrite};
+pub use vm::{VmCgroups, VmLimits};
 
 use crate::report::LayerState;
 
@@ -161,6 +163,20 @@ impl Cgroup {
         name: &str,
         limits: &CgroupLimits,
     ) -> Result<Cgroup, CgroupError> {
+        Cgroup::create_with(hierarchies, parent, name, limits, &[])
+    }
+
+    /// As [`Cgroup::create_in`], and present in the hierarchies of `also`
+    /// too, with no limit there (so that a process placed in it moves in
+    /// those hierarchies as well). A controller of `also` that is not
+    /// mounted is skipped: it holds no limit.
+    pub fn create_with(
+        hierarchies: &Hierarchies,
+        parent: Option<&Cgroup>,
+        name: &str,
+        limits: &CgroupLimits,
+        also: &[Controller],
+    ) -> Result<Cgroup, CgroupError> {
         let usable = !name.is_empty()
             && !name.starts_with('.')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
@@ -180,6 +196,15 @@ impl Cgroup {
                 for w in writes(Version::V1, limits).iter().filter(|w| w.controller == controller) {
                     cgroup.record(w.limit, controller, Err(reason.clone()));
                 }
+            }
+        }
+        for &controller in also {
+            if !limits.controllers().contains(&controller)
+                && hierarchies.for_controller(controller).is_some()
+            {
+                // No limit rides on it: a directory that cannot be made
+                // only means the process stays where it was in that hierarchy.
+                let _ = cgroup.add_controller(controller);
             }
         }
         cgroup.apply(limits);
@@ -269,6 +294,40 @@ impl Cgroup {
                 .map_err(|source| CgroupError::Io { path: file, source })?;
         }
         Ok(())
+    }
+
+    /// Makes this cgroup's v2 directories threaded (`cgroup.type`), so that
+    /// single threads of a process in the parent may move in; the parent
+    /// becomes a threaded domain. Nothing to do on v1, where any thread may
+    /// move anywhere.
+    pub fn make_threaded(&self) -> Result<(), CgroupError> {
+        for dir in self.dirs.iter().filter(|d| d.version == Version::V2) {
+            let file = dir.path.join("cgroup.type");
+            write_file(&file, "threaded")
+                .map_err(|source| CgroupError::Io { path: file, source })?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` back to the cgroups it was created below (the
+    /// calling process's own, at detection), so that this one can be removed.
+    pub fn move_out(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            let file = dir.base.join("cgroup.procs");
+            write_file(&file, &pid.to_string())
+                .map_err(|source| CgroupError::Io { path: file, source })?;
+        }
+        Ok(())
+    }
+
+    /// The controllers this cgroup has a directory for.
+    pub fn controllers(&self) -> Vec<Controller> {
+        self.dirs.iter().flat_map(|d| d.controllers.iter().copied()).collect()
+    }
+
+    /// The hierarchies this cgroup was made in.
+    pub fn hierarchies(&self) -> &Hierarchies {
+        &self.hierarchies
     }
 
     /// The processes in this cgroup (from its first hierarchy).

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use super::*;
+use crate::cgroup::{VmCgroups, VmLimits};
 
 fn fake(dir: &Path, files: &[&str]) {
     fs::create_dir_all(dir).unwrap();
@@ -141,4 +142,96 @@ fn missing_controllers_are_reported() {
 #[test]
 fn v2_busy_parent_is_explained() {
     assert!(enable_v2(Path::new("/nonexistent"), Controller::Cpu).unwrap_err().contains("cpu"));
+}
+
+#[test]
+fn v2_vm_layout_is_a_threaded_subtree() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("delegated");
+    fake(&base, &["cgroup.subtree_control", "cgroup.controllers"]);
+    // What the kernel would show in the directories the layout makes.
+    let vm = base.join(format!("bulkhead-t-{}", std::process::id()));
+    for dir in [vm.clone(), vm.join("core"), vm.join("core/vcpus")] {
+        fake(&dir, V2_FILES);
+        fake(&dir, &["cgroup.type", "cgroup.threads"]);
+    }
+    let hierarchies = Hierarchies::from_list(vec![Hierarchy {
+        version: Version::V2,
+        mount: root.path().to_path_buf(),
+        base: base.clone(),
+        controllers: vec![Controller::Cpu, Controller::Memory, Controller::Cpuset],
+    }]);
+    let limits = VmLimits {
+        vcpu_quota: Some(CpuQuota::percent(50)),
+        memory_max: Some(512 << 20),
+        host_cpus: Some("1".into()),
+        cpu_shares: None,
+    };
+    let cgroups = VmCgroups::create_in(&hierarchies, "t", &limits, &[Controller::Memory]).unwrap();
+    assert!(cgroups.failures().is_empty(), "{:?}", cgroups.failures());
+    assert_eq!(read(&vm.join("memory.max")), (512u64 << 20).to_string());
+    assert_eq!(read(&vm.join("cpuset.cpus")), "1");
+    // The quota is on the vCPUs only, in a threaded child of the core.
+    assert_eq!(read(&vm.join("core/vcpus/cpu.max")), "50000 100000");
+    assert_eq!(read(&vm.join("core/cpu.max")), "");
+    assert_eq!(read(&vm.join("core/vcpus/cgroup.type")), "threaded");
+    cgroups.place_vcpu(77).unwrap();
+    assert_eq!(read(&vm.join("core/vcpus/cgroup.threads")), "77");
+    assert!(cgroups.uses_v2());
+    assert!(cgroups.describe().contains("core/vcpus"));
+}
+
+#[test]
+fn v1_vm_layout_moves_single_threads() {
+    let root = tempfile::tempdir().unwrap();
+    let cpu = root.path().join("cpu");
+    let name = format!("bulkhead-t-{}", std::process::id());
+    for dir in [cpu.clone(), cpu.join(&name), cpu.join(&name).join("core")] {
+        fake(&dir, &["cgroup.procs", "tasks"]);
+    }
+    fake(
+        &cpu.join(&name).join("core/vcpus"),
+        &["cgroup.procs", "tasks", "cpu.cfs_period_us", "cpu.cfs_quota_us"],
+    );
+    let hierarchies = Hierarchies::from_list(vec![Hierarchy {
+        version: Version::V1,
+        mount: cpu.clone(),
+        base: cpu.clone(),
+        controllers: vec![Controller::Cpu],
+    }]);
+    let limits = VmLimits { vcpu_quota: Some(CpuQuota::percent(150)), ..VmLimits::default() };
+    let cgroups = VmCgroups::create_in(&hierarchies, "t", &limits, &[]).unwrap();
+    let vcpus = cpu.join(&name).join("core/vcpus");
+    assert_eq!(read(&vcpus.join("cpu.cfs_quota_us")), "150000");
+    assert_eq!(read(&vcpus.join("cpu.cfs_period_us")), "100000");
+    cgroups.place_vcpu(99).unwrap();
+    assert_eq!(read(&vcpus.join("tasks")), "99");
+    // A memory limit on a host without the memory controller is reported.
+    let limits = VmLimits { memory_max: Some(1 << 30), ..VmLimits::default() };
+    let other = VmCgroups::create_in(&hierarchies, "u", &limits, &[]).unwrap();
+    assert!(other.failures()[0].contains("memory controller"), "{:?}", other.failures());
+}
+
+#[test]
+fn cgroups_of_dead_cores_are_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let cpu = root.path().join("cpu");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = cpu.join(format!("bulkhead-old-{dead}"));
+    let alive = cpu.join(format!("bulkhead-other-{}", std::process::id()));
+    fs::create_dir_all(stale.join("core/vcpus")).unwrap();
+    fs::create_dir_all(&alive).unwrap();
+    fs::create_dir_all(cpu.join("unrelated-1")).unwrap();
+    let hierarchies = Hierarchies::from_list(vec![Hierarchy {
+        version: Version::V1,
+        mount: cpu.clone(),
+        base: cpu.clone(),
+        controllers: vec![Controller::Cpu],
+    }]);
+    let _vm = VmCgroups::create_in(&hierarchies, "t", &VmLimits::default(), &[]).unwrap();
+    assert!(!stale.exists());
+    assert!(alive.exists());
+    assert!(cpu.join("unrelated-1").exists());
 }
