@@ -4,6 +4,7 @@
 mod backends;
 mod bench;
 mod cli;
+mod confine;
 mod control;
 
 use clap::Parser;

@@ -88,7 +88,10 @@ impl Backend for CompartmentBackend {
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(tap.fd()) };
             cmd = cmd.fd(fd, TAP_FD);
         }
-        let child = spawn(&cmd, &self.policy).map_err(std::io::Error::other)?;
+        // Only the launcher thread may start processes (see `crate::confine::launcher`).
+        let policy = &self.policy;
+        let child = crate::confine::launcher::call(|| spawn(&cmd, policy))
+            .map_err(std::io::Error::other)?;
         let description = format!("compartment pid {}: {}", child.pid(), child.report());
         let pid = child.pid() as u32;
         self.child = Some(child);

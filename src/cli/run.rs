@@ -66,6 +66,10 @@ pub struct RunArgs {
     /// Describe the devices at start and say how the VM ended, on stderr.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Seccomp on the core's own threads, an allow-list per thread class: on (a call outside
+    /// it stops the core, naming it), log (allowed, logged by the kernel's audit), off.
+    #[arg(long, value_enum, default_value = "on")]
+    pub core_seccomp: crate::confine::CoreSeccomp,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -183,6 +187,7 @@ impl TryFrom<&RunArgs> for VmConfig {
         for (i, spec) in args.vhost_user.iter().enumerate() {
             config.devices.push(Box::new(external_backend(spec, i)?));
         }
+        crate::confine::setup(args.core_seccomp, args.mode, &mut config)?;
         Ok(config)
     }
 }

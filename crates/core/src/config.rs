@@ -40,7 +40,24 @@ pub struct VmConfig {
     /// Called once the devices run, with the supervisor (the binary starts
     /// the management API here); what it returns lives as long as the VM.
     pub on_start: Option<OnStart>,
+    /// Called by each of the core's own threads once it has started (a vCPU
+    /// thread before its first `KVM_RUN`, the main thread before its event
+    /// loop): the binary installs the thread's seccomp filter and drops its
+    /// capabilities here. An error ends the VM.
+    pub confine: Option<ConfineHook>,
 }
+
+/// The core's threads that [`VmConfig::confine`] is called on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoreThread {
+    /// A vCPU thread: `KVM_RUN` and the exits that reach userspace.
+    Vcpu,
+    /// The main thread: the event loop and the supervisor.
+    EventLoop,
+}
+
+/// See [`VmConfig::confine`].
+pub type ConfineHook = Arc<dyn Fn(CoreThread) -> Result<(), String> + Send + Sync>;
 
 /// See [`VmConfig::on_start`].
 pub type OnStart = Box<dyn FnOnce(Arc<Mutex<Supervisor>>) -> Box<dyn std::any::Any>>;
@@ -62,6 +79,7 @@ impl VmConfig {
             verbose: false,
             restart: RestartPolicy::default(),
             on_start: None,
+            confine: None,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct VcpuShared {
     pub ioapic: Arc<std::sync::Mutex<IoApic>>,
     pub exit: ExitLatch,
     pub stop: Arc<AtomicBool>,
+    /// Confines each vCPU thread as it starts (see `VmConfig::confine`).
+    pub confine: Option<crate::config::ConfineHook>,
 }
 
 /// A running vCPU thread.
@@ -68,6 +70,12 @@ impl VcpuThread {
 }
 
 fn run(id: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
+    if let Some(confine) = &shared.confine {
+        if let Err(e) = confine(crate::config::CoreThread::Vcpu) {
+            shared.exit.request(VmExit::Error(format!("vCPU {id}: {e}")));
+            return;
+        }
+    }
     while !shared.stop.load(Ordering::Acquire) {
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(id, exit, shared),
