@@ -68,6 +68,7 @@ pub fn sample_status() -> VmStatus {
                 sandbox: None,
             },
         ],
+        confinement: Vec::new(),
     }
 }
 
