@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod confine;
 mod control;
+mod report;
 
 use clap::Parser;
 
