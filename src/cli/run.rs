@@ -46,7 +46,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "microkernel")]
     pub mode: Mode,
     /// Restart device backends that fail (microkernel mode).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
     pub restart: bool,
     /// Most restarts of one device within --restart-window before it is marked failed.
     #[arg(long, default_value_t = 100)]

@@ -143,7 +143,9 @@ pub fn device(kind: DeviceKind) -> Vec<SyscallRule> {
         None => SyscallRule::allow(r.name),
     });
     let refusals = ["open", "openat"].map(|name| SyscallRule::errno(name, libc::EACCES));
-    rules.chain(refusals).collect()
+    // In the core, the violation message names the thread.
+    let name = bulkhead_sandbox::thread::thread_name_rule();
+    rules.chain(refusals).chain([name]).collect()
 }
 
 /// `openat` for reading only (the supervisor and the API read `/proc`).
@@ -163,7 +165,16 @@ fn ioctls(requests: &[u64]) -> Vec<SyscallRule> {
 /// Every class: memory, futexes, time, signals' return, reading and writing
 /// the descriptors it holds, ending.
 fn common() -> Vec<SyscallRule> {
-    named(COMMON)
+    let mut list = named(COMMON);
+    // The violation message names the thread.
+    list.push(bulkhead_sandbox::thread::thread_name_rule());
+    // std's OwnedFd checks, in debug builds, that the fd it closes is open.
+    list.push(SyscallRule::allow("fcntl").when(ArgCondition::low32(
+        1,
+        ArgOp::Eq,
+        libc::F_GETFD as u64,
+    )));
+    list
 }
 
 const COMMON: &[&str] = &[

@@ -11,11 +11,12 @@
 //!
 //! A call outside the list, with [`DenyAction::Trap`], raises `SIGSYS` in the
 //! thread; the handler [`install_violation_reporter`] installs writes one
-//! line to stderr naming the thread's class and the system call
-//! (`bulkhead: seccomp: the vcpu thread called execve (system call 59), …`)
+//! line to stderr naming the thread, its class and the system call
+//! (`bulkhead: seccomp: thread vcpu0 (vcpu) called execve (system call 59), …`)
 //! and ends the process with status [`VIOLATION_EXIT`] (128 + SIGSYS, what a
-//! shell shows for a process killed by `SIGSYS`). Only `write` and
-//! `exit_group` run in the handler, and every class allows both.
+//! shell shows for a process killed by `SIGSYS`). Only `prctl(PR_GET_NAME)`,
+//! `write` and `exit_group` run in the handler: every list must allow them
+//! ([`thread_name_rule`]).
 
 use std::cell::Cell;
 use std::sync::Once;
@@ -56,7 +57,7 @@ pub struct ThreadConfinement {
 thread_local! {
     /// The class of the calling thread, for the violation message (constant
     /// initialisation and no destructor: safe to read in a signal handler).
-    static CLASS: Cell<&'static str> = const { Cell::new("unconfined") };
+    static CLASS: Cell<&'static str> = const { Cell::new("") };
 }
 
 /// Confines the calling thread as `class`: capabilities reduced to
@@ -108,13 +109,22 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     // for SIGSYS from seccomp its union holds `_sigsys`, whose `_syscall`
     // int lies at SI_SYSCALL_OFFSET.
     let nr = unsafe { info.cast::<u8>().add(SI_SYSCALL_OFFSET).cast::<i32>().read_unaligned() };
+    // A thread started by a confined one inherits its filter but not its class.
     let class = CLASS.with(|c| c.get());
+    let class = if class.is_empty() { "filter inherited from its creator" } else { class };
+    let mut comm = [0u8; 17];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes and a NUL into the 17-byte buffer; every
+    // class allows it ([`thread_name_rule`]).
+    unsafe { libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr(), 0, 0, 0) };
+    let comm_len = comm.iter().position(|&b| b == 0).unwrap_or(16);
     let name = seccomp::syscall_name(nr.into()).unwrap_or("an unknown call");
     let mut number = [0u8; 12];
-    let parts: [&[u8]; 7] = [
-        b"bulkhead: seccomp: the ",
+    let parts: [&[u8]; 9] = [
+        b"bulkhead: seccomp: thread ",
+        &comm[..comm_len],
+        b" (",
         class.as_bytes(),
-        b" thread called ",
+        b") called ",
         name.as_bytes(),
         b" (system call ",
         decimal(nr, &mut number),
@@ -126,6 +136,11 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     }
     // SAFETY: _exit is async-signal-safe; it ends every thread of the process.
     unsafe { libc::_exit(VIOLATION_EXIT) };
+}
+
+/// The rule the violation message needs in every list: reading the thread's name.
+pub fn thread_name_rule() -> SyscallRule {
+    SyscallRule::allow("prctl").arg_eq(0, libc::PR_GET_NAME as u64)
 }
 
 /// `n` in decimal, written into `buf` without allocating.
