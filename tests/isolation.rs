@@ -283,3 +283,45 @@ fn every_core_thread_runs_under_its_filter_microkernel() {
 fn every_core_thread_runs_under_its_filter_monolithic() {
     core_threads_are_filtered("monolithic");
 }
+
+/// The event loop's filter lets the supervisor reconnect to an external
+/// vhost-user backend (a unix socket: `socket(AF_UNIX)` and `connect`).
+#[test]
+fn the_supervisor_reconnects_to_an_external_backend_under_its_filter() {
+    require_kvm();
+    let dir = TempDir::new("external");
+    let image = dir.file("disk.raw", &vec![0u8; 4 << 20]);
+    let disk = format!("{},format=raw", image.display());
+    let socket = dir.0.join("blk.sock");
+    let backend = || {
+        let mut cmd = common::bulkhead();
+        cmd.args(["device", "blk", "--disk", &disk, "--socket"]).arg(&socket);
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        let child = child.unwrap();
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "the backend never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    };
+    let mut first = backend();
+    let spec = format!("blk,socket={}", socket.display());
+    let mut cmd = common::bulkhead();
+    cmd.args(["run", "--vhost-user", &spec]);
+    cmd.args(["--cmdline", "bulkhead.run=blk-stress bulkhead.seconds=3 bulkhead.seed=3"]);
+    let child = start(&mut cmd);
+    let _guard = KillOnDrop(child.id());
+    std::thread::sleep(Duration::from_millis(800));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let _ = std::fs::remove_file(&socket);
+    let mut second = backend();
+    let r = common::wait(child, T);
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.assert_check("blk-stress");
+    assert!(r.stderr.contains("blk0 restarted"), "{}", r.stderr);
+    assert!(!r.stderr.contains("seccomp:"), "{}", r.stderr);
+}

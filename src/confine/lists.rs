@@ -249,11 +249,20 @@ const SUPERVISOR: &[&str] = &[
     "rmdir",
 ];
 
+/// [`SUPERVISOR`], and reconnecting to an external backend (`--vhost-user`):
+/// unix sockets only.
+fn supervisor() -> Vec<SyscallRule> {
+    let mut list = named(SUPERVISOR);
+    list.push(SyscallRule::allow("socket").arg_eq(0, libc::AF_UNIX as u64));
+    list.push(SyscallRule::allow("connect"));
+    list
+}
+
 /// The main thread: the event loop (epoll, console input, signals), the
 /// supervisor, and the VM's end (kicking vCPU threads out of `KVM_RUN`,
 /// removing the control socket).
 fn event_loop() -> Vec<SyscallRule> {
-    let mut list = named(SUPERVISOR);
+    let mut list = supervisor();
     list.extend(named(&["epoll_wait", "epoll_pwait", "tgkill", "unlink"]));
     list.extend(ioctls(&[libc::FIONBIO, KVM_IRQFD, KVM_SET_GSI_ROUTING]));
     list.extend(read_only_open());
@@ -263,7 +272,7 @@ fn event_loop() -> Vec<SyscallRule> {
 /// The management API: one connection at a time (poll, accept, peer
 /// credentials), status, and restarts and upgrades through the supervisor.
 fn api() -> Vec<SyscallRule> {
-    let mut list = named(SUPERVISOR);
+    let mut list = supervisor();
     list.extend(named(&["accept4"]));
     list.extend(ioctls(&[libc::FIONBIO, KVM_IRQFD, KVM_SET_GSI_ROUTING]));
     list.extend(read_only_open());
