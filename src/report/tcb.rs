@@ -235,6 +235,19 @@ mod tests {
     }
 
     #[test]
+    fn the_published_system_call_table_is_current() {
+        // Lines of code move with every change; the system-call table must not drift from
+        // the lists the code installs.
+        let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ARCHITECTURE.md");
+        let text = std::fs::read_to_string(docs).unwrap();
+        assert!(
+            text.contains(&syscalls_table()),
+            "docs/ARCHITECTURE.md's system-call table is out of date: run \
+             `bulkhead report tcb --update docs/ARCHITECTURE.md`"
+        );
+    }
+
+    #[test]
     fn update_rewrites_between_the_markers() {
         let dir = std::env::temp_dir().join(format!("tcb-update-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
