@@ -78,14 +78,14 @@ const PARTS: &[(&str, Part)] = &[
     ("crates/devices/src/", Part::Compartment),
     ("crates/disk/src/cli.rs", Part::Tools),
     ("crates/disk/src/", Part::Compartment),
-    ("src/main.rs", Part::Core),
-    ("src/cli/mod.rs", Part::Core),
-    ("src/cli/run.rs", Part::Core),
+    ("src/bench/", Part::Tools),
+    ("src/report/", Part::Tools),
+    ("src/cli/guest.rs", Part::Tools),
     ("src/cli/device.rs", Part::Compartment),
-    ("src/control.rs", Part::Core),
-    ("src/confine/", Part::Core),
     ("src/backends/thread.rs", Part::MonolithicGlue),
-    ("src/backends/", Part::Core),
+    // The rest of the binary is its `run` path: wiring, backends, control, confinement (a
+    // new file is counted in the core until it is placed otherwise).
+    ("src/", Part::Core),
 ];
 
 fn part_of(path: &str) -> Part {
@@ -231,6 +231,8 @@ mod tests {
         assert_eq!(part_of("crates/disk/src/cli.rs"), Part::Tools);
         assert_eq!(part_of("src/backends/thread.rs"), Part::MonolithicGlue);
         assert_eq!(part_of("src/bench/io.rs"), Part::Tools);
+        assert_eq!(part_of("src/confine/lists.rs"), Part::Core);
+        assert_eq!(part_of("src/cli/run.rs"), Part::Core);
         assert_eq!(part_of("tests/boot.rs"), Part::Tools);
     }
 

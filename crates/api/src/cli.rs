@@ -57,7 +57,9 @@ pub struct VmCommand {
 /// What to ask a VM.
 #[derive(Debug, Subcommand)]
 pub enum VmAction {
-    /// Show the VM and each of its devices: mode, pid, state, restarts, last exit, requests.
+    /// Show the VM and each of its devices: mode, pid, state, restarts, last exit, requests;
+    /// and per process and thread class, the system calls allowed and whether the filter is
+    /// in force.
     Status {
         /// Print JSON.
         #[arg(long)]
