@@ -297,7 +297,15 @@ fn ctl_lists_compartments_and_upgrades_one_while_io_runs() {
     let _guard = KillOnDrop(core);
     let old = wait_compartment(core, "blk");
 
-    let status = ctl(&run_dir, &["upg", "status", "--json"]);
+    // The control socket comes up after the devices: give it the moment it needs.
+    let asked = Instant::now();
+    let status = loop {
+        let status = ctl(&run_dir, &["upg", "status", "--json"]);
+        if status.status.success() || asked.elapsed() > Duration::from_secs(10) {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let json = String::from_utf8_lossy(&status.stdout);
     assert!(json.contains(&format!("\"pid\": {old}")), "{json}");
