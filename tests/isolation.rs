@@ -42,6 +42,9 @@ fn verify_with_fault(tag: &str, fault: &str, extra: &[&str]) -> common::Run {
     let image = dir.file("disk.raw", &vec![0u8; 4 << 20]);
     let disk = format!("{},format=raw", image.display());
     let mut cmd = common::bulkhead();
+    // A core stopped by a violation leaves its control socket behind: keep it in the test's
+    // folder.
+    cmd.env("BULKHEAD_RUN_DIR", dir.0.join("run"));
     cmd.env("BULKHEAD_FAULT", fault).args(["run", "--disk", &disk, "--restart-max", "1000"]);
     cmd.args(extra).args(["--cmdline", "bulkhead.run=blk-verify bulkhead.seed=7"]);
     let child = start(&mut cmd);
