@@ -39,8 +39,22 @@ impl Vm {
 
 impl ControlTarget for Vm {
     fn status(&self) -> VmStatus {
-        let devices = self.supervisor().report().into_iter().map(device_status).collect();
+        let reports = self.supervisor().report();
+        let mut confinement = crate::confine::status::core();
+        for d in &reports {
+            let kind = match d.kind {
+                "blk" => bulkhead_devices::DeviceKind::Blk,
+                "net" => bulkhead_devices::DeviceKind::Net,
+                "rng" => bulkhead_devices::DeviceKind::Rng,
+                _ => continue,
+            };
+            if let (Some(pid), "compartment") = (d.pid, d.mode) {
+                confinement.extend(crate::confine::status::compartment(&d.name, pid, kind));
+            }
+        }
+        let devices = reports.into_iter().map(device_status).collect();
         VmStatus {
+            confinement,
             name: self.name.clone(),
             core_pid: std::process::id(),
             cpus: self.cpus,
@@ -57,6 +71,10 @@ impl ControlTarget for Vm {
 
     fn upgrade_device(&self, id: &str, binary: &Path) -> Result<DeviceChange, String> {
         self.change(id, Some(binary))
+    }
+
+    fn serving_thread_started(&self) -> Result<(), String> {
+        crate::confine::confine(crate::confine::ThreadClass::Api)
     }
 }
 

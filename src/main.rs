@@ -4,7 +4,9 @@
 mod backends;
 mod bench;
 mod cli;
+mod confine;
 mod control;
+mod report;
 
 use clap::Parser;
 

@@ -55,7 +55,19 @@ fn wait_compartment_other(core: u32, kind: &str, not: Option<i32>) -> i32 {
 /// it serves).
 fn serving(pid: i32) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2'))
+    entered_sandbox(&status)
+}
+
+/// Whether a compartment's `/proc/PID/status` shows it past `enter`: its own
+/// two filters installed and no capability left. (`Seccomp: 2` alone is no
+/// sign: a compartment inherits the core's launcher thread's filter, and the
+/// capabilities it needs to enter, from birth.)
+fn entered_sandbox(status: &str) -> bool {
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+    };
+    let filters: u32 = field("Seccomp_filters").and_then(|v| v.parse().ok()).unwrap_or(0);
+    field("Seccomp") == Some("2") && filters >= 2 && field("CapEff") == Some("0000000000000000")
 }
 
 fn wait_compartment(core: u32, kind: &str) -> i32 {
@@ -285,7 +297,15 @@ fn ctl_lists_compartments_and_upgrades_one_while_io_runs() {
     let _guard = KillOnDrop(core);
     let old = wait_compartment(core, "blk");
 
-    let status = ctl(&run_dir, &["upg", "status", "--json"]);
+    // The control socket comes up after the devices: give it the moment it needs.
+    let asked = Instant::now();
+    let status = loop {
+        let status = ctl(&run_dir, &["upg", "status", "--json"]);
+        if status.status.success() || asked.elapsed() > Duration::from_secs(10) {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let json = String::from_utf8_lossy(&status.stdout);
     assert!(json.contains(&format!("\"pid\": {old}")), "{json}");

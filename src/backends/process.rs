@@ -96,7 +96,10 @@ impl Backend for CompartmentBackend {
         if let Some(vm) = self.partition.vm_cgroup() {
             cmd = cmd.cgroup_parent(vm);
         }
-        let child = spawn(&cmd, &self.policy).map_err(std::io::Error::other)?;
+        // Only the launcher thread may start processes (see `crate::confine::launcher`).
+        let policy = &self.policy;
+        let child = crate::confine::launcher::call(|| spawn(&cmd, policy))
+            .map_err(std::io::Error::other)?;
         // The compartment waits for the go byte: its limits are in force
         // before its program runs. One that missed a limit asked for ends here.
         let state = child.cgroup().map(bulkhead_sandbox::Cgroup::state);

@@ -45,7 +45,12 @@ impl Backend for ThreadBackend {
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let name = self.request.name.clone();
         let thread_stop = stop.clone();
+        let class = crate::confine::device_class(self.request.config.kind());
         let handle = std::thread::Builder::new().name(format!("bh-{name}")).spawn(move || {
+            if let Err(e) = crate::confine::confine(class) {
+                eprintln!("bulkhead: {name}: the device does not start: {e}");
+                return;
+            }
             match bulkhead_devices::serve(device, device_end, thread_stop) {
                 Ok(end) => log::debug!("{name}: {end:?}"),
                 Err(e) => eprintln!("bulkhead: {name}: the device stopped: {e}"),

@@ -42,7 +42,13 @@ fn compartment(core: u32, kind: &str, not: Option<i32>) -> anyhow::Result<i32> {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let sandboxed = status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2'));
+            // Past `enter`: its own two filters and no capability (from birth it has the
+            // core's launcher thread's filter and capabilities).
+            let field = |name: &str| {
+                status.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+            };
+            let filters: u32 = field("Seccomp_filters").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let sandboxed = filters >= 2 && field("CapEff") == Some("0000000000000000");
             if sandboxed && args.windows(2).any(|w| w[0] == b"device" && w[1] == kind.as_bytes()) {
                 return Ok(pid);
             }

@@ -37,6 +37,18 @@ pub enum Command {
     /// Control a running VM: status, restart or upgrade a device.
     #[command(subcommand)]
     Ctl(bulkhead_api::cli::CtlCommand),
+    /// A running VM's status (the same as `bulkhead ctl VM status`): devices, and the
+    /// confinement of each process and thread class.
+    Status {
+        /// The VM: its name, or the path of its control socket.
+        vm: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Published figures, regenerated: `bulkhead report tcb`.
+    #[command(subcommand)]
+    Report(crate::report::ReportCommand),
 }
 
 impl Command {
@@ -50,6 +62,11 @@ impl Command {
             Command::Disk(cmd) => bulkhead_disk::cli::run(cmd),
             Command::Device(cmd) => device::run(cmd),
             Command::Ctl(cmd) => bulkhead_api::cli::run(cmd),
+            Command::Status { vm, json } => {
+                use bulkhead_api::cli::{run_vm, VmAction, VmCommand};
+                run_vm(VmCommand { vm, action: VmAction::Status { json } })
+            }
+            Command::Report(cmd) => crate::report::run(cmd),
         }
     }
 }

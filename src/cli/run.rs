@@ -47,7 +47,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "microkernel")]
     pub mode: Mode,
     /// Restart device backends that fail (microkernel mode).
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
     pub restart: bool,
     /// Most restarts of one device within --restart-window before it is marked failed.
     #[arg(long, default_value_t = 100)]
@@ -69,6 +70,10 @@ pub struct RunArgs {
     pub verbose: bool,
     #[command(flatten)]
     pub limits: super::limits::LimitArgs,
+    /// Seccomp on the core's own threads, an allow-list per thread class: on (a call outside
+    /// it stops the core, naming it), log (allowed, logged by the kernel's audit), off.
+    #[arg(long, value_enum, default_value = "on")]
+    pub core_seccomp: crate::confine::CoreSeccomp,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -194,6 +199,7 @@ impl TryFrom<&RunArgs> for VmConfig {
         for (i, spec) in args.vhost_user.iter().enumerate() {
             config.devices.push(Box::new(external_backend(spec, i)?));
         }
+        crate::confine::setup(args.core_seccomp, args.mode, &mut config)?;
         Ok(config)
     }
 }

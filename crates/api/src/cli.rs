@@ -57,7 +57,9 @@ pub struct VmCommand {
 /// What to ask a VM.
 #[derive(Debug, Subcommand)]
 pub enum VmAction {
-    /// Show the VM and each of its devices: mode, pid, state, restarts, last exit, requests.
+    /// Show the VM and each of its devices: mode, pid, state, restarts, last exit, requests;
+    /// and per process and thread class, the system calls allowed and whether the filter is
+    /// in force.
     Status {
         /// Print JSON.
         #[arg(long)]
@@ -211,6 +213,7 @@ pub fn status_table(status: &VmStatus) -> String {
     }
     if status.devices.is_empty() {
         out.push_str("no devices\n");
+        out.push_str(&confinement_table(status));
         return out;
     }
     let header = ["DEVICE", "KIND", "MODE", "PID", "STATE", "RESTARTS", "UPTIME", "REQUESTS"];
@@ -225,6 +228,40 @@ pub fn status_table(status: &VmStatus) -> String {
         if let Some(sandbox) = &device.sandbox {
             out.push_str(&format!("{} sandbox: {}\n", clean(&device.id), clean(sandbox)));
         }
+    }
+    out.push_str(&confinement_table(status));
+    out
+}
+
+/// Per process and thread class: the system calls allowed and whether the filter is in force
+/// (every thread of the class shows `Seccomp: 2`).
+fn confinement_table(status: &VmStatus) -> String {
+    if status.confinement.is_empty() {
+        return String::new();
+    }
+    let header = ["PROCESS", "PID", "THREADS", "CLASS", "SYSCALLS", "SECCOMP", "NO CAPS", "NNP"];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    for c in &status.confinement {
+        let seccomp = match (c.in_force(), c.filtered) {
+            (true, _) => "in force".to_string(),
+            (false, 0) => "none".to_string(),
+            (false, n) => format!("{n} of {}", c.threads),
+        };
+        rows.push(vec![
+            clean(&c.process),
+            c.pid.to_string(),
+            c.threads.to_string(),
+            clean(&c.class),
+            c.syscalls_allowed.map_or("-".into(), |n| n.to_string()),
+            seccomp,
+            format!("{}/{}", c.no_capabilities, c.threads),
+            format!("{}/{}", c.no_new_privs, c.threads),
+        ]);
+    }
+    let mut out = String::from("confinement (per thread, from /proc/PID/task/TID/status):\n");
+    for line in table(&rows) {
+        out.push_str(&line);
+        out.push('\n');
     }
     out
 }
@@ -356,6 +393,28 @@ mod tests {
                 device("blk0", DeviceMode::Compartment, Some(4250), Some("killed by signal 9")),
                 device("rng0", DeviceMode::Thread, None, None),
             ],
+            confinement: vec![
+                crate::status::ConfinementStatus {
+                    process: "core".into(),
+                    pid: 4242,
+                    class: "vcpu".into(),
+                    threads: 4,
+                    filtered: 4,
+                    syscalls_allowed: Some(31),
+                    no_capabilities: 4,
+                    no_new_privs: 4,
+                },
+                crate::status::ConfinementStatus {
+                    process: "blk0".into(),
+                    pid: 4250,
+                    class: "compartment".into(),
+                    threads: 3,
+                    filtered: 2,
+                    syscalls_allowed: Some(60),
+                    no_capabilities: 3,
+                    no_new_privs: 3,
+                },
+            ],
         };
         let expected = "\
 VM web1: core pid 4242, 4 vCPUs, 1 GiB of memory, up 1h02m
@@ -363,6 +422,10 @@ DEVICE  KIND  MODE         PID   STATE    RESTARTS  UPTIME  REQUESTS  LAST EXIT
 blk0    blk   compartment  4250  running  1         3m12s   10234     killed by signal 9
 rng0    rng   thread       -     running  1         3m12s   10234     -
 blk0 sandbox: seccomp(filter) nnp caps(none)
+confinement (per thread, from /proc/PID/task/TID/status):
+PROCESS  PID   THREADS  CLASS        SYSCALLS  SECCOMP   NO CAPS  NNP
+core     4242  4        vcpu         31        in force  4/4      4/4
+blk0     4250  3        compartment  60        2 of 3    3/3      3/3
 ";
         assert_eq!(status_table(&status), expected);
     }

@@ -24,7 +24,9 @@ pub mod status;
 pub use client::{request, ClientError};
 pub use protocol::{Payload, ProtocolError, Reply, Request, PROTOCOL_VERSION};
 pub use server::{ControlTarget, Server, ServerError};
-pub use status::{DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus};
+pub use status::{
+    ConfinementStatus, DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus,
+};
 
 /// An error and its causes as one line: "what failed: because: because".
 pub fn describe(error: &dyn std::error::Error) -> String {

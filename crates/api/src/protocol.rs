@@ -263,6 +263,7 @@ mod tests {
                 requests: 1000,
                 sandbox: Some("seccomp(filter) nnp caps(none)".into()),
             }],
+            confinement: Vec::new(),
         }
     }
 

@@ -49,6 +49,11 @@ pub trait ControlTarget: Send + Sync {
     /// Replaces the backend of device `id` by one running `binary`, which the server has
     /// checked ([`crate::binary::check_binary`]): absolute, symbolic links resolved, safe.
     fn upgrade_device(&self, id: &str, binary: &Path) -> Result<DeviceChange, String>;
+    /// Called on the serving thread before it accepts its first connection (the core
+    /// installs the thread's seccomp filter here). An error leaves the socket unserved.
+    fn serving_thread_started(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Why the control socket could not be set up.
@@ -121,6 +126,10 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name("bulkhead-api".into())
             .spawn(move || {
+                if let Err(e) = context.target.serving_thread_started() {
+                    eprintln!("bulkhead: the control socket is not served: {e}");
+                    return;
+                }
                 // Only the target's calls could panic, and those are caught one by one; this
                 // is the last line of defence: the VM runs on without its control socket.
                 if catch_unwind(AssertUnwindSafe(|| serve(&listener, &wakee, &context))).is_err() {

@@ -25,6 +25,39 @@ pub struct VmStatus {
     /// that could not be applied; absent from VMMs that do not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<String>,
+    /// How each class of threads of the core and of each compartment is confined.
+    #[serde(default)]
+    pub confinement: Vec<ConfinementStatus>,
+}
+
+/// One class of threads of one process (the core or a compartment), as the kernel reports it
+/// in `/proc/PID/task/TID/status`: seccomp mode, no_new_privs and capabilities are per thread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfinementStatus {
+    /// `core`, or the device a compartment serves (`blk0`).
+    pub process: String,
+    /// The process's PID.
+    pub pid: u32,
+    /// The thread class: `vcpu`, `event-loop`, `api`, `launcher`, `device-blk` (monolithic
+    /// mode), or `compartment` (every thread of a compartment process).
+    pub class: String,
+    /// Threads of this class now.
+    pub threads: u32,
+    /// Of those, how many the kernel says run under a seccomp filter (`Seccomp: 2`).
+    pub filtered: u32,
+    /// Distinct system calls the class's allow-list lets through; `None` when it has none.
+    pub syscalls_allowed: Option<u32>,
+    /// Of the threads, how many hold no capability (effective, permitted, bounding, ambient).
+    pub no_capabilities: u32,
+    /// Of the threads, how many have no_new_privs set.
+    pub no_new_privs: u32,
+}
+
+impl ConfinementStatus {
+    /// Whether every thread of the class runs under its filter.
+    pub fn in_force(&self) -> bool {
+        self.threads > 0 && self.filtered == self.threads && self.syscalls_allowed.is_some()
+    }
 }
 
 /// One device of a VM and the backend that serves it.

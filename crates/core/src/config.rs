@@ -42,7 +42,24 @@ pub struct VmConfig {
     pub on_start: Option<OnStart>,
     /// Places the vCPU threads (cgroups, CPU affinity); see [`crate::vcpu::Placement`].
     pub placement: Option<Arc<dyn crate::vcpu::Placement>>,
+    /// Called by each of the core's own threads once it has started (a vCPU
+    /// thread before its first `KVM_RUN`, the main thread before its event
+    /// loop): the binary installs the thread's seccomp filter and drops its
+    /// capabilities here. An error ends the VM.
+    pub confine: Option<ConfineHook>,
 }
+
+/// The core's threads that [`VmConfig::confine`] is called on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoreThread {
+    /// A vCPU thread: `KVM_RUN` and the exits that reach userspace.
+    Vcpu,
+    /// The main thread: the event loop and the supervisor.
+    EventLoop,
+}
+
+/// See [`VmConfig::confine`].
+pub type ConfineHook = Arc<dyn Fn(CoreThread) -> Result<(), String> + Send + Sync>;
 
 /// See [`VmConfig::on_start`].
 pub type OnStart = Box<dyn FnOnce(Arc<Mutex<Supervisor>>) -> Box<dyn std::any::Any>>;
@@ -65,6 +82,7 @@ impl VmConfig {
             restart: RestartPolicy::default(),
             on_start: None,
             placement: None,
+            confine: None,
         }
     }
 }

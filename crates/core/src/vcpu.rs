@@ -25,6 +25,8 @@ pub struct VcpuShared {
     pub stop: Arc<AtomicBool>,
     /// Places each vCPU thread (cgroup, CPU affinity) before it first runs.
     pub placement: Option<Arc<dyn Placement>>,
+    /// Confines each vCPU thread as it starts (see `VmConfig::confine`).
+    pub confine: Option<crate::config::ConfineHook>,
 }
 
 /// Where vCPU threads run: the binary decides (cgroups, CPU affinity);
@@ -95,6 +97,12 @@ impl VcpuThread {
 }
 
 fn run(id: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
+    if let Some(confine) = &shared.confine {
+        if let Err(e) = confine(crate::config::CoreThread::Vcpu) {
+            shared.exit.request(VmExit::Error(format!("vCPU {id}: {e}")));
+            return;
+        }
+    }
     while !shared.stop.load(Ordering::Acquire) {
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(id, exit, shared),

@@ -103,6 +103,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         exit: exit.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         placement: config.placement.clone(),
+        confine: config.confine.clone(),
     };
     let epoll = Arc::new(Epoll::new().map_err(io("create the event loop"))?);
     let supervisor = Arc::new(Mutex::new(Supervisor::new(
@@ -120,6 +121,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         &supervisor,
         config.console_input,
         config.handle_signals,
+        config.confine.as_ref(),
     );
     shared.stop.store(true, Ordering::Release);
     for t in threads {
@@ -296,6 +298,7 @@ fn event_loop(
     supervisor: &Mutex<Supervisor>,
     console_input: bool,
     handle_signals: bool,
+    confine: Option<&crate::config::ConfineHook>,
 ) -> Result<(), VmError> {
     let add = |fd: i32, token: Token| {
         epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token as u64))
@@ -316,6 +319,12 @@ fn event_loop(
     let watching = !supervisor.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
     let timeout = if watching { supervisor::TICK.as_millis() as i32 } else { -1 };
     let mut next_tick = std::time::Instant::now() + supervisor::TICK;
+    if let Some(confine) = confine {
+        confine(crate::config::CoreThread::EventLoop).map_err(|e| VmError::Io {
+            what: "confine the event loop",
+            source: std::io::Error::other(e),
+        })?;
+    }
     while !exit.is_set() {
         if watching && std::time::Instant::now() >= next_tick {
             supervisor.lock().unwrap_or_else(|p| p.into_inner()).tick();

@@ -28,6 +28,13 @@
 //! | `exit-before-used` | handled (the image written), `last_batch_head` recorded, used entry not yet published | the process exits with [`EXIT_CODE`]; a successor must resubmit the request |
 //! | `exit-after-used` | used entry published, its `inflight` flag not yet cleared | the process exits with [`EXIT_CODE`] before signalling the guest; a successor must *not* resubmit it (`used_idx` differs: the last batch is cleared) and must interrupt the guest |
 //!
+//! | `open=PATH` | taken | the worker opens `PATH` for reading and reports what happened; a sandboxed backend is refused (`EACCES`) and goes on |
+//! | `connect` | taken | the worker opens a TCP socket and connects to 127.0.0.1:22; a sandboxed backend is killed by seccomp at `socket` (`SIGSYS`) |
+//! | `syscall=NAME` | taken | the worker makes system call `NAME` (one of [`SYSCALLS`]) with zero arguments; one outside the backend's list kills it (`SIGSYS`) |
+//!
+//! The last three try what a compromised backend would (a file it was not given, the network,
+//! a call outside its list): tests check the sandbox stops each. A `PATH` cannot contain `:`.
+//!
 //! `exit-*-used` count returned requests rather than taken ones (the same thing for blk and rng,
 //! which return every request in order). A value that does not parse is reported on stderr
 //! (`BULKHEAD_FAULT=… ignored: …`) and ignored: the backend runs with no fault. An armed fault is
@@ -62,16 +69,25 @@ pub enum Action {
     ExitBeforeUsed,
     /// Exit after its used entry is published, before the inflight flag is cleared.
     ExitAfterUsed,
+    /// Open the file named by the fault's argument, for reading.
+    Open,
+    /// Open a TCP socket and connect to 127.0.0.1:22.
+    Connect,
+    /// Make the system call named by the fault's argument.
+    Syscall,
 }
 
 impl Action {
-    const ALL: [(Action, &'static str); 6] = [
+    const ALL: [(Action, &'static str); 9] = [
         (Action::Panic, "panic"),
         (Action::Exit, "exit"),
         (Action::Hang, "hang"),
         (Action::Corrupt, "corrupt"),
         (Action::ExitBeforeUsed, "exit-before-used"),
         (Action::ExitAfterUsed, "exit-after-used"),
+        (Action::Open, "open"),
+        (Action::Connect, "connect"),
+        (Action::Syscall, "syscall"),
     ];
 
     fn name(self) -> &'static str {
@@ -95,6 +111,8 @@ pub struct Fault {
     pub device: Option<DeviceKind>,
     /// Only requests of this queue.
     pub queue: Option<usize>,
+    /// The action's argument: `open`'s path, `syscall`'s name.
+    pub arg: Option<&'static str>,
 }
 
 impl Fault {
@@ -105,7 +123,11 @@ impl Fault {
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:after={}", self.action.name(), self.after)?;
+        write!(f, "{}", self.action.name())?;
+        if let Some(arg) = self.arg {
+            write!(f, "={arg}")?;
+        }
+        write!(f, ":after={}", self.after)?;
         if let Some(k) = self.device {
             write!(f, ":device={k}")?;
         }
@@ -122,9 +144,14 @@ impl FromStr for Fault {
     fn from_str(s: &str) -> Result<Fault, String> {
         let mut fields = s.split(':');
         let action = fields.next().unwrap_or_default();
+        let (action, arg) = match action.split_once('=') {
+            Some((action, arg)) => (action, Some(arg)),
+            None => (action, None),
+        };
         let action = Action::ALL.iter().find(|(_, n)| *n == action).map(|(a, _)| *a);
         let names: Vec<&str> = Action::ALL.iter().map(|(_, n)| *n).collect();
         let action = action.ok_or_else(|| format!("the action must be one of {names:?}"))?;
+        let arg = check_arg(action, arg)?;
         let (mut after, mut device, mut queue) = (None, None, None);
         for field in fields {
             let (key, value) = field.split_once('=').unwrap_or((field, ""));
@@ -145,8 +172,67 @@ impl FromStr for Fault {
             }
         }
         let after = after.ok_or("after=N is missing (the number of requests to let through)")?;
-        Ok(Fault { action, after, device, queue })
+        Ok(Fault { action, after, device, queue, arg })
     }
+}
+
+/// The system calls `syscall=NAME` can make: ones no backend needs.
+pub const SYSCALLS: &[(&str, libc::c_long)] = &[
+    ("ptrace", libc::SYS_ptrace),
+    ("mount", libc::SYS_mount),
+    ("socket", libc::SYS_socket),
+    ("execve", libc::SYS_execve),
+    ("setns", libc::SYS_setns),
+    ("unshare", libc::SYS_unshare),
+    ("getppid", libc::SYS_getppid),
+    ("uname", libc::SYS_uname),
+    ("bpf", libc::SYS_bpf),
+    ("kexec_load", libc::SYS_kexec_load),
+];
+
+/// Checks the argument an action takes; leaks it (read once per process) to keep `Fault` `Copy`.
+fn check_arg(action: Action, arg: Option<&str>) -> Result<Option<&'static str>, String> {
+    match (action, arg) {
+        (Action::Open, Some(path)) if path.starts_with('/') => {}
+        (Action::Open, _) => return Err("open=PATH: give an absolute path".into()),
+        (Action::Syscall, Some(name)) if SYSCALLS.iter().any(|(n, _)| *n == name) => {}
+        (Action::Syscall, _) => {
+            let names: Vec<&str> = SYSCALLS.iter().map(|(n, _)| *n).collect();
+            return Err(format!("syscall=NAME: NAME must be one of {names:?}"));
+        }
+        (_, None) => {}
+        (_, Some(_)) => return Err(format!("{} takes no =argument", action.name())),
+    }
+    Ok(arg.map(|a| &*Box::leak(a.to_string().into_boxed_str())))
+}
+
+/// `open`, `connect` and `syscall`: what a compromised backend would try. Reports the outcome
+/// if the process survives it.
+fn trespass(fault: &Fault, what: &str) {
+    let outcome = match (fault.action, fault.arg) {
+        (Action::Open, Some(path)) => match std::fs::File::open(path) {
+            Ok(_) => format!("opened {path}"),
+            Err(e) => format!("open {path} refused: {e}"),
+        },
+        (Action::Connect, _) => match std::net::TcpStream::connect(("127.0.0.1", 22)) {
+            Ok(_) => "connected to 127.0.0.1:22".to_string(),
+            Err(e) => format!("connect to 127.0.0.1:22 refused: {e}"),
+        },
+        (Action::Syscall, Some(name)) => {
+            let nr = SYSCALLS.iter().find(|(n, _)| *n == name).map_or(-1, |&(_, nr)| nr);
+            eprintln!("bulkhead: injected fault ({fault}): {what}: calling {name}");
+            // SAFETY: a system call with all-zero arguments: the listed ones then take null
+            // pointers (EFAULT), invalid flags (EINVAL) or nothing; none writes to memory.
+            let rc = unsafe { libc::syscall(nr, 0, 0, 0, 0, 0, 0) };
+            let e = std::io::Error::last_os_error();
+            format!(
+                "{name} returned {rc}{}",
+                if rc < 0 { format!(" ({e})") } else { String::new() }
+            )
+        }
+        _ => return,
+    };
+    eprintln!("bulkhead: injected fault ({fault}): {what}: {outcome}");
 }
 
 static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
@@ -209,6 +295,7 @@ pub(crate) fn taken(id: QueueId, recorded: &mut u16) {
             *recorded ^= 1;
         }
         Action::ExitBeforeUsed | Action::ExitAfterUsed => {}
+        Action::Open | Action::Connect | Action::Syscall => trespass(&fault, &what),
     }
 }
 
@@ -247,13 +334,41 @@ mod tests {
     #[test]
     fn parses_the_knob() {
         let f: Fault = "panic:after=3".parse().unwrap();
-        assert_eq!(f, Fault { action: Action::Panic, after: 3, device: None, queue: None });
+        assert_eq!(
+            f,
+            Fault { action: Action::Panic, after: 3, device: None, queue: None, arg: None }
+        );
         let f: Fault = "exit-after-used:queue=1:after=0:device=blk".parse().unwrap();
         assert_eq!(f.action, Action::ExitAfterUsed);
         assert_eq!((f.after, f.device, f.queue), (0, Some(DeviceKind::Blk), Some(1)));
         assert_eq!(f.to_string(), "exit-after-used:after=0:device=blk:queue=1");
         for (a, name) in Action::ALL {
-            assert_eq!(format!("{name}:after=1").parse::<Fault>().unwrap().action, a);
+            let arg = match a {
+                Action::Open => "=/etc/hostname",
+                Action::Syscall => "=ptrace",
+                _ => "",
+            };
+            assert_eq!(format!("{name}{arg}:after=1").parse::<Fault>().unwrap().action, a);
+        }
+        let f: Fault = "open=/etc/shadow:after=2:device=rng".parse().unwrap();
+        assert_eq!((f.action, f.arg), (Action::Open, Some("/etc/shadow")));
+        assert_eq!(f.to_string(), "open=/etc/shadow:after=2:device=rng");
+        let f: Fault = "syscall=mount:after=0".parse().unwrap();
+        assert_eq!((f.action, f.arg), (Action::Syscall, Some("mount")));
+    }
+
+    #[test]
+    fn trespass_arguments_are_checked() {
+        for (bad, says) in [
+            ("open:after=1", "absolute path"),
+            ("open=relative:after=1", "absolute path"),
+            ("syscall:after=1", "must be one of"),
+            ("syscall=reboot:after=1", "must be one of"),
+            ("connect=x:after=1", "takes no =argument"),
+            ("panic=now:after=1", "takes no =argument"),
+        ] {
+            let err = bad.parse::<Fault>().unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
         }
     }
 

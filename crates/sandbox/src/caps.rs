@@ -170,6 +170,62 @@ pub fn drop_all(identity: Option<Identity>) -> Result<String, CapsError> {
     Ok(detail)
 }
 
+/// Keeps only the capabilities in `keep` (a bit per capability) in the
+/// calling thread's bounding, effective and permitted sets; clears the
+/// inheritable and ambient sets. For a thread that must hand some
+/// capabilities on (the core's launcher: what a compartment needs to enter
+/// its sandbox). Returns the report detail (`keep 0x…`).
+pub fn keep_only(keep: u64) -> Result<String, CapsError> {
+    let mut notes = Vec::new();
+    if let Err(e) = prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong) {
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(CapsError::Call { what: "clear the ambient capabilities", source: e });
+        }
+    }
+    let mut cap = 0;
+    while let Some(present) = in_bounding_set(cap) {
+        if present && keep & (1 << cap) == 0 {
+            match prctl(libc::PR_CAPBSET_DROP, cap.into()) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    notes.push("bounding set kept (no CAP_SETPCAP)".to_string());
+                    break;
+                }
+                Err(source) => {
+                    return Err(CapsError::Call { what: "drop from the bounding set", source })
+                }
+            }
+        }
+        cap += 1;
+    }
+    let now = get().map_err(|source| CapsError::Call { what: "read capabilities", source })?;
+    let kept = now.permitted & keep;
+    set(kept, kept, 0)
+        .map_err(|source| CapsError::Call { what: "reduce the capability sets", source })?;
+    let mut detail = format!("keep {kept:#x}");
+    for note in notes {
+        detail.push_str(", ");
+        detail.push_str(&note);
+    }
+    Ok(detail)
+}
+
+fn set(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    let mut header = CapHeader { version: CAP_VERSION_3, pid: 0 };
+    let split = |v: u64| [v as u32, (v >> 32) as u32];
+    let (e, p, i) = (split(effective), split(permitted), split(inheritable));
+    let data = [
+        CapData { effective: e[0], permitted: p[0], inheritable: i[0] },
+        CapData { effective: e[1], permitted: p[1], inheritable: i[1] },
+    ];
+    // SAFETY: capset reads two CapData (version 3) from `data`.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn become_identity(id: Identity) -> Result<(), CapsError> {
     // SAFETY: setgroups with size 0 reads no memory.
     if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {

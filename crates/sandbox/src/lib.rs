@@ -22,6 +22,9 @@
 //! [`ProcStatus::read`] checks what the kernel says of a compartment
 //! (`Seccomp: 2`, `NoNewPrivs: 1`, `CapEff: 0`, its namespaces).
 //!
+//! The core confines its own threads with the same allow-lists, one class
+//! of thread at a time ([`thread::confine_this_thread`]).
+//!
 //! [`cgroup`] manages cgroups on v1 and v2 for compartments, VMs and vCPU
 //! threads.
 //!
@@ -42,6 +45,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod status;
 mod syscall_table;
+pub mod thread;
 
 pub use caps::Identity;
 pub use cgroup::{Cgroup, CgroupLimits, CpuQuota};
@@ -52,3 +56,4 @@ pub use rlimits::Rlimits;
 pub use seccomp::{ArgCondition, ArgOp, DenyAction, SyscallRule};
 pub use spawn::{spawn, Command, Compartment, SpawnError};
 pub use status::ProcStatus;
+pub use thread::{confine_this_thread, ThreadConfinement};

@@ -242,6 +242,18 @@ impl CompiledFilter {
         seccompiler::apply_filter_all_threads(&self.main)
             .map_err(|e| SeccompError::Install(e.to_string()))
     }
+
+    /// Installs the filters on the calling thread only: the core's threads
+    /// each install the filter of their class. Threads the caller starts
+    /// afterwards inherit it.
+    ///
+    /// Sets `PR_SET_NO_NEW_PRIVS` on the thread first (seccompiler does).
+    pub fn install_this_thread(&self) -> Result<(), SeccompError> {
+        if let Some(errno) = &self.errno {
+            seccompiler::apply_filter(errno).map_err(|e| SeccompError::Install(e.to_string()))?;
+        }
+        seccompiler::apply_filter(&self.main).map_err(|e| SeccompError::Install(e.to_string()))
+    }
 }
 
 /// Compiles `rules` into filters that apply `deny` to every other call.

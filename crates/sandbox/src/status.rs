@@ -167,6 +167,41 @@ impl fmt::Display for ProcStatus {
     }
 }
 
+/// One thread of a process, as `/proc/PID/task/TID/status` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadStatus {
+    /// Its thread ID.
+    pub tid: i32,
+    /// Its name (`Name:`, the kernel's `comm`).
+    pub name: String,
+    /// Seccomp mode, no_new_privs and capabilities of this thread (they are per thread).
+    pub status: ProcStatus,
+}
+
+/// Every thread of `pid`, with its own seccomp mode and capabilities. A
+/// thread that ends while it is read is left out.
+pub fn threads(pid: i32) -> Result<Vec<ThreadStatus>, StatusError> {
+    let dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|source| StatusError::Read { path: dir.clone(), source })?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let path = entry.path().join("status");
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let status =
+            ProcStatus::parse(&text).map_err(|field| StatusError::Field { path, field })?;
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .map(|n| n.trim().to_string())
+            .unwrap_or_default();
+        out.push(ThreadStatus { tid, name, status });
+    }
+    out.sort_by_key(|t| t.tid);
+    Ok(out)
+}
+
 /// The namespaces of `pid` that differ from the calling process's.
 fn own_namespaces(pid: i32) -> Result<Vec<Namespace>, StatusError> {
     let mut own = Vec::new();
@@ -211,6 +246,14 @@ mod tests {
         assert_eq!(status.pid, std::process::id() as i32);
         assert!(status.own_namespaces.is_empty());
         assert!(status.threads >= 1);
+    }
+
+    #[test]
+    fn reads_this_process_threads() {
+        let pid = std::process::id() as i32;
+        let list = threads(pid).unwrap();
+        assert!(list.iter().any(|t| t.tid == pid));
+        assert!(list.iter().all(|t| !t.name.is_empty()));
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub fn sample_status() -> VmStatus {
                 sandbox: None,
             },
         ],
+        confinement: Vec::new(),
     }
 }
 

@@ -20,7 +20,8 @@
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that spawned the compartment
 //! exits, not only the process: spawn from a thread that lives as long as the
-//! compartment should (the core's main or supervisor thread).
+//! compartment should (the core's launcher thread, which alone may start
+//! processes: see the binary's `confine::launcher`).
 
 mod child;
 mod handle;

@@ -11,6 +11,7 @@ mod cgroups;
 mod confinement;
 mod roles;
 mod spawner;
+mod threads;
 mod util;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -58,10 +59,19 @@ const TESTS: &[Test] = &[
     ("cgroups::cpuset_pins_to_one_cpu", cgroups::cpuset_pins_to_one_cpu),
     ("cgroups::nested_vm_and_vcpu_thread_cgroups", cgroups::nested_vm_and_vcpu_thread_cgroups),
     ("cgroups::v2_hierarchy_create_join_remove", cgroups::v2_hierarchy_create_join_remove),
+    (
+        "threads::a_violation_names_the_thread_and_ends_the_process",
+        threads::a_violation_names_the_thread_and_ends_the_process,
+    ),
 ];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--role")
+        && args.get(2).map(String::as_str) == Some("confined-thread")
+    {
+        std::process::exit(threads::role());
+    }
     if args.get(1).map(String::as_str) == Some("--role") {
         std::process::exit(roles::run(&args[2..]));
     }
