@@ -188,11 +188,16 @@ fn thread(pid: u32, comm: &str) -> Option<i32> {
     })
 }
 
-/// The core's child processes (its compartments).
+/// The core's child processes (its compartments), whichever of its threads started them (the
+/// launcher thread does).
 fn children(pid: u32) -> Vec<i32> {
-    let text =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut all = Vec::new();
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        all.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    all
 }
 
 fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {

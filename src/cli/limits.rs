@@ -314,7 +314,12 @@ impl Partition {
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
-    /// The cgroup compartments are created below.
+    /// Whether the VM has cgroups of its own.
+    pub fn has_cgroups(&self) -> bool {
+        self.cgroups.is_some()
+    }
+
+    /// The VM's cgroup, the parent of its compartments'.
     pub fn vm_cgroup(&self) -> Option<&bulkhead_sandbox::Cgroup> {
         self.cgroups.as_ref().map(VmCgroups::vm)
     }

@@ -140,10 +140,9 @@ fn external_backend(spec: &str, index: usize) -> anyhow::Result<ExternalBackend>
     Ok(ExternalBackend { kind, name: format!("{}{index}", kind.name()), socket: socket.into() })
 }
 
-impl TryFrom<&RunArgs> for VmConfig {
-    type Error = anyhow::Error;
-
-    fn try_from(args: &RunArgs) -> anyhow::Result<Self> {
+/// The VM `args` describe, and its partition (cgroups), which outlives the VM: see [`run`].
+fn build(args: &RunArgs) -> anyhow::Result<(VmConfig, std::sync::Arc<Partition>)> {
+    {
         let kernel = match &args.kernel {
             Some(path) => KernelSource::File(path.clone()),
             None => KernelSource::Bytes(bulkhead_guest_elf::GUEST_ELF),
@@ -199,14 +198,20 @@ impl TryFrom<&RunArgs> for VmConfig {
         for (i, spec) in args.vhost_user.iter().enumerate() {
             config.devices.push(Box::new(external_backend(spec, i)?));
         }
-        crate::confine::setup(args.core_seccomp, args.mode, &mut config)?;
-        Ok(config)
+        // The launcher starts compartments, and removes the VM's cgroups when it ends.
+        let launcher = args.mode == Mode::Microkernel || partition.has_cgroups();
+        crate::confine::setup(args.core_seccomp, launcher, &mut config)?;
+        Ok((config, partition))
     }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let config = VmConfig::try_from(&args)?;
-    let exit = bulkhead_core::vm::run(config).context("cannot run the VM")?;
+    let (config, partition) = build(&args)?;
+    let exit = bulkhead_core::vm::run(config);
+    // Removing the VM's cgroups needs capabilities the main thread gave up (a v1 hierarchy's
+    // root directory is read-only but for CAP_DAC_OVERRIDE): the launcher thread kept them.
+    crate::confine::launcher::call(move || drop(partition));
+    let exit = exit.context("cannot run the VM")?;
     if args.verbose || exit.code() != 0 {
         eprintln!("bulkhead: {} (exit code {})", exit.describe(), exit.code());
     }

@@ -295,6 +295,8 @@ const LAUNCHER: &[&str] = &[
     "waitid",
     "kill",
     "mkdir",
+    // the VM's cgroups, when it ends
+    "rmdir",
     "rt_sigaction",
 ];
 

@@ -158,15 +158,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Sets up the core's confinement for a VM: the setting, the launcher
-/// thread (microkernel mode: compartments are started there), and the hook
-/// the core calls on each vCPU thread and on its event loop.
+/// thread if `launcher` (microkernel mode: compartments are started there;
+/// and a VM with cgroups: they are removed there), and the hook the core
+/// calls on each vCPU thread and on its event loop.
 pub fn setup(
     setting: CoreSeccomp,
-    mode: crate::backends::Mode,
+    launcher: bool,
     config: &mut bulkhead_core::VmConfig,
 ) -> anyhow::Result<()> {
     configure(setting);
-    if mode == crate::backends::Mode::Microkernel {
+    if launcher {
         launcher::start().map_err(|e| anyhow::anyhow!("cannot start the launcher thread: {e}"))?;
     }
     config.confine = Some(std::sync::Arc::new(|thread| {

@@ -320,6 +320,21 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Opens now, for writing, the files [`Cgroup::move_out`] writes, so that a thread that may
+    /// no longer open files (the core's event loop, under its seccomp filter) can still leave
+    /// this cgroup when the VM ends: see [`MoveOut`].
+    pub fn open_move_out(&self) -> Result<MoveOut, CgroupError> {
+        let mut files = Vec::new();
+        for dir in &self.dirs {
+            let path = dir.base.join("cgroup.procs");
+            match fs::OpenOptions::new().write(true).open(&path) {
+                Ok(file) => files.push((path, file)),
+                Err(source) => return Err(CgroupError::Io { path, source }),
+            }
+        }
+        Ok(MoveOut(files))
+    }
+
     /// The controllers this cgroup has a directory for.
     pub fn controllers(&self) -> Vec<Controller> {
         self.dirs.iter().flat_map(|d| d.controllers.iter().copied()).collect()
@@ -419,6 +434,24 @@ impl Drop for Cgroup {
                 let _ = fs::remove_dir(&dir.path);
             }
         }
+    }
+}
+
+/// The `cgroup.procs` files of the cgroups a [`Cgroup`] was created below, open for writing
+/// ([`Cgroup::open_move_out`]).
+#[derive(Debug)]
+pub struct MoveOut(Vec<(PathBuf, fs::File)>);
+
+impl MoveOut {
+    /// Moves process `pid` back to the cgroups the [`Cgroup`] was created below, as
+    /// [`Cgroup::move_out`] does, with one `write` per hierarchy and no `open`.
+    pub fn apply(&self, pid: i32) -> Result<(), CgroupError> {
+        for (path, file) in &self.0 {
+            (&*file)
+                .write_all(pid.to_string().as_bytes())
+                .map_err(|source| CgroupError::Io { path: path.clone(), source })?;
+        }
+        Ok(())
     }
 }
 

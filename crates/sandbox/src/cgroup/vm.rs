@@ -69,6 +69,8 @@ pub struct VmCgroups {
     core: Option<Cgroup>,
     vm: Cgroup,
     pid: i32,
+    /// Opened with `core`: how the core leaves it at the end without opening a file.
+    leave: Option<super::MoveOut>,
 }
 
 impl VmCgroups {
@@ -104,7 +106,7 @@ impl VmCgroups {
             &limits.vm(),
             &used,
         )?;
-        let mut cgroups = VmCgroups { vcpus: None, core: None, vm, pid };
+        let mut cgroups = VmCgroups { vcpus: None, core: None, vm, pid, leave: None };
         // The core goes wherever the VM has a directory: a VM-wide limit
         // (memory, cpuset) must hold it too.
         let core_controllers = cgroups.vm.controllers();
@@ -126,6 +128,7 @@ impl VmCgroups {
                 missing.name()
             )));
         }
+        cgroups.leave = Some(core.open_move_out()?);
         cgroups.core = Some(core);
         if limits.vcpu_quota.is_some() {
             let core = cgroups.core.as_ref().expect("set above");
@@ -248,8 +251,10 @@ fn remove_tree(dir: &std::path::Path) {
 
 impl Drop for VmCgroups {
     fn drop(&mut self) {
-        if let Some(core) = &self.core {
-            let _ = core.move_out(self.pid);
+        match (&self.leave, &self.core) {
+            (Some(leave), _) => drop(leave.apply(self.pid)),
+            (None, Some(core)) => drop(core.move_out(self.pid)),
+            (None, None) => {}
         }
         // Threads that were in `vcpus` have ended; `core` is empty once the
         // process left; compartments removed theirs when reaped.
