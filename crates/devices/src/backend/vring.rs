@@ -125,7 +125,9 @@ impl Vring {
         Ok(())
     }
 
-    fn prepare(
+    /// Checks the rings against guest memory, recovers the inflight state and readies the
+    /// queue (what [`Vring::start`] does before it spawns the worker).
+    pub fn prepare(
         &mut self,
         mem: &GuestMemoryAtomic<GuestMemoryMmap>,
         inflight: Option<Arc<InflightRegion>>,
@@ -341,48 +343,75 @@ impl WorkerLoop {
     fn serve(&mut self) {
         let mem = self.mem.memory();
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let st = &mut *guard;
+        let served = guard.serve(&mem, &mut *self.handler, &self.stop);
+        if served.more_work {
+            // Work is left and no kick will come for it: come back after other events.
+            let _ = self.control.write(1);
+        }
+    }
+}
+
+/// What one [`VringState::serve`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// The call eventfd was signalled.
+    pub signalled: bool,
+    /// It stopped at the pass limit with work left: serve again soon.
+    pub more_work: bool,
+}
+
+impl VringState {
+    /// One wake-up of the worker, without the thread: lets `handler` serve the queue until it is
+    /// empty, paused, or at the pass limit (or `stop` is set), then signals the call eventfd if
+    /// the guest wants an interrupt. (The worker calls this after each event; the fuzz targets
+    /// call it directly.)
+    pub fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        handler: &mut dyn QueueHandler,
+        stop: &AtomicBool,
+    ) -> Served {
+        let st = self;
         if !st.enabled || !st.queue.ready() {
-            return;
+            return Served::default();
         }
         let mut used = false;
         let mut idle_passes = 0;
         let mut exhausted = true;
         for _ in 0..MAX_PASSES {
-            let _ = st.queue.disable_notification(&*mem);
+            let _ = st.queue.disable_notification(mem);
             let mut ctx = QueueContext::new(
                 &mut st.queue,
-                &mem,
+                mem,
                 st.indirect,
                 st.inflight.as_mut(),
                 &mut st.ledger,
             );
-            let progress = self.handler.process(&mut ctx);
+            let progress = handler.process(&mut ctx);
             used |= ctx.used();
             let popped = ctx.popped();
-            let mut more = st.queue.enable_notification(&*mem).unwrap_or(false);
+            let mut more = st.queue.enable_notification(mem).unwrap_or(false);
             if progress == Progress::Starved {
-                more = ask_for_next_chain(&mut st.queue, &mem);
+                more = ask_for_next_chain(&mut st.queue, mem);
             }
             // Two passes in a row that take nothing while the ring claims more: a broken
             // available index, not a race. Wait for the next kick rather than spin.
             idle_passes = if popped == 0 { idle_passes + 1 } else { 0 };
-            let stop = self.stop.load(Ordering::SeqCst);
+            let stop = stop.load(Ordering::SeqCst);
             if progress == Progress::Paused || !more || idle_passes == 2 || stop {
                 exhausted = false;
                 break;
             }
         }
-        if exhausted {
-            // Work is left and no kick will come for it: come back after other events.
-            let _ = self.control.write(1);
-        }
         let started = std::mem::take(&mut st.signal_on_start);
-        if started || (used && st.queue.needs_notification(&*mem).unwrap_or(true)) {
+        let mut signalled = false;
+        if started || (used && st.queue.needs_notification(mem).unwrap_or(true)) {
             if let Some(call) = &st.call {
                 let _ = call.write(1);
+                signalled = true;
             }
         }
+        Served { signalled, more_work: exhausted }
     }
 }
 
