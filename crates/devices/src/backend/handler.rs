@@ -264,6 +264,9 @@ impl VhostUserBackendReqHandlerMut for Handler {
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         let vring = self.vring(u32::from(index))?;
+        if let Some(f) = &fd {
+            crate::fault::flood::call(std::os::fd::AsRawFd::as_raw_fd(f));
+        }
         vring.lock().call = fd.map(eventfd);
         Ok(())
     }
