@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for a short while (default 20 seconds each), starting from the seed
-# corpus committed in corpus/<target>/ (read, never changed: new inputs go to a scratch folder).
+# Runs every fuzz target for a short while (default 20 seconds each; CI gives 6), starting from
+# the seed corpus committed in corpus/<target>/ (read, never changed: new inputs go to a scratch
+# folder).
 # Used by CI (scripts/test.sh); needs cargo-fuzz (`cargo install cargo-fuzz --locked`, which
 # scripts/install-deps.sh does). cargo-fuzz needs nightly features: RUSTC_BOOTSTRAP=1 lets the
 # stable toolchain provide them.

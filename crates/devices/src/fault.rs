@@ -27,6 +27,7 @@
 //! | `corrupt` | the same | the backend's own record of the request (its head index in the queue's ledger of taken requests) gets its lowest bit flipped; when the request completes, the ledger check (every returned chain must be the oldest one taken) finds the mismatch and panics *before* anything is published: a compartment aborts (SIGABRT) |
 //! | `exit-before-used` | handled (the image written), `last_batch_head` recorded, used entry not yet published | the process exits with [`EXIT_CODE`]; a successor must resubmit the request |
 //! | `exit-after-used` | used entry published, its `inflight` flag not yet cleared | the process exits with [`EXIT_CODE`] before signalling the guest; a successor must *not* resubmit it (`used_idx` differs: the last batch is cleared) and must interrupt the guest |
+//! | `flood` | taken | a thread starts spamming everything the backend can reach of the core and the guest — every call eventfd (the guest's interrupts) and unsolicited messages on its vhost-user socket — for the rest of the process's life ([`flood`]); the request and the device go on |
 //!
 //! | `open=PATH` | taken | the worker opens `PATH` for reading and reports what happened; a sandboxed backend is refused (`EACCES`) and goes on |
 //! | `connect` | taken | the worker opens a TCP socket and connects to 127.0.0.1:22; a sandboxed backend is killed by seccomp at `socket` (`SIGSYS`) |
@@ -75,10 +76,12 @@ pub enum Action {
     Connect,
     /// Make the system call named by the fault's argument.
     Syscall,
+    /// Start flooding the core and the guest (see [`flood`]); the request goes on.
+    Flood,
 }
 
 impl Action {
-    const ALL: [(Action, &'static str); 9] = [
+    const ALL: [(Action, &'static str); 10] = [
         (Action::Panic, "panic"),
         (Action::Exit, "exit"),
         (Action::Hang, "hang"),
@@ -88,6 +91,7 @@ impl Action {
         (Action::Open, "open"),
         (Action::Connect, "connect"),
         (Action::Syscall, "syscall"),
+        (Action::Flood, "flood"),
     ];
 
     fn name(self) -> &'static str {
@@ -294,6 +298,7 @@ pub(crate) fn taken(id: QueueId, recorded: &mut u16) {
             eprintln!("bulkhead: injected fault ({fault}): {what}: recorded as {}", *recorded ^ 1);
             *recorded ^= 1;
         }
+        Action::Flood => flood::start(&fault, &what),
         Action::ExitBeforeUsed | Action::ExitAfterUsed => {}
         Action::Open | Action::Connect | Action::Syscall => trespass(&fault, &what),
     }
@@ -325,6 +330,123 @@ pub(crate) fn returning(id: QueueId, head: u16, at: Returning) {
 fn exit(fault: &Fault, what: &str) -> ! {
     eprintln!("bulkhead: injected fault ({fault}): {what}: exiting with status {EXIT_CODE}");
     std::process::exit(EXIT_CODE)
+}
+
+/// The `flood` action: a compartment that floods the core with what it can reach.
+///
+/// The backend notes what it may flood as it gets it (only while a `flood` fault is armed):
+/// its vhost-user connection ([`flood::socket`], when `serve` starts) and each call eventfd
+/// ([`flood::call`], on `SET_VRING_CALL`). When the fault fires, a thread `bh-flood` loops
+/// forever, as fast as it can: it writes every call eventfd (each write is an interrupt request
+/// to KVM for the guest) and sends the core an unsolicited message (alternately a header with an
+/// unknown request code and a well-formed reply to `GET_FEATURES` that nobody asked for), with
+/// `MSG_DONTWAIT`: once the core's receive buffer is full, sends fail and the loop goes on with
+/// the eventfds. It never stops by itself; it dies with the process.
+pub mod flood {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    use super::{armed, Action, Fault, ENV};
+
+    /// What the flood reaches: its own duplicates, so that a descriptor closed by the backend
+    /// meanwhile is never confused with another file.
+    static TARGETS: Mutex<Vec<(Kind, OwnedFd)>> = Mutex::new(Vec::new());
+
+    /// Signals and messages sent so far (for tests and the report).
+    pub static SENT: AtomicU64 = AtomicU64::new(0);
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Socket,
+        Call,
+    }
+
+    fn armed_flood() -> bool {
+        armed().is_some_and(|f| f.action == Action::Flood)
+    }
+
+    fn keep(kind: Kind, fd: RawFd) {
+        if !armed_flood() {
+            return;
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller holds open; the new descriptor is
+        // ours alone (the sandbox's allow-list has this fcntl).
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup >= 0 {
+            // SAFETY: `dup` is a fresh descriptor nobody else owns.
+            let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+            TARGETS.lock().unwrap_or_else(|p| p.into_inner()).push((kind, owned));
+        }
+    }
+
+    /// The backend's vhost-user connection.
+    pub(crate) fn socket(fd: RawFd) {
+        keep(Kind::Socket, fd);
+    }
+
+    /// A call eventfd the frontend gave.
+    pub(crate) fn call(fd: RawFd) {
+        keep(Kind::Call, fd);
+    }
+
+    /// Fires the flood (once per process).
+    pub(super) fn start(fault: &Fault, what: &str) {
+        let targets: Vec<(Kind, RawFd)> = TARGETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, fd)| (*k, fd.as_raw_fd()))
+            .collect();
+        let calls = targets.iter().filter(|t| t.0 == Kind::Call).count();
+        let sockets = targets.len() - calls;
+        eprintln!(
+            "bulkhead: injected fault ({fault}): {what}: flooding {calls} call eventfds and {sockets} sockets ({ENV})"
+        );
+        let spawned = std::thread::Builder::new().name("bh-flood".into()).spawn(move || {
+            // The descriptors stay open: TARGETS keeps them for the process's life.
+            let mut n = 0u64;
+            loop {
+                for (kind, fd) in &targets {
+                    match kind {
+                        Kind::Call => signal(*fd),
+                        Kind::Socket => message(*fd, n),
+                    }
+                }
+                n += 1;
+                SENT.store(n, Ordering::Relaxed);
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!("bulkhead: {ENV}: cannot start the flood: {e}");
+        }
+    }
+
+    fn signal(fd: RawFd) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to a descriptor TARGETS keeps open.
+        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+    }
+
+    /// An unsolicited message: a header with an unknown request code, or a reply to
+    /// `GET_FEATURES` (code 1, flags version 1 | reply, 8 bytes of payload).
+    fn message(fd: RawFd, n: u64) {
+        let mut msg = [0u8; 20];
+        let (code, len) =
+            if n.is_multiple_of(2) { (0x7fff_0000u32 + (n % 64) as u32, 0) } else { (1, 8) };
+        msg[0..4].copy_from_slice(&code.to_le_bytes());
+        msg[4..8].copy_from_slice(&0x5u32.to_le_bytes());
+        msg[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        msg[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        let mut iov = libc::iovec { iov_base: msg.as_mut_ptr().cast(), iov_len: 12 + len };
+        // SAFETY: a zeroed msghdr is valid; it points at one iovec over `msg`, both live for
+        // the call.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        // SAFETY: sendmsg reads the header and the buffer it names; the descriptor is open.
+        unsafe { libc::sendmsg(fd, &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,14 @@ mod fault {
 
     #[inline(always)]
     pub(crate) fn returning(_: QueueId, _: u16, _: Returning) {}
+
+    pub(crate) mod flood {
+        #[inline(always)]
+        pub(crate) fn socket(_: std::os::fd::RawFd) {}
+
+        #[inline(always)]
+        pub(crate) fn call(_: std::os::fd::RawFd) {}
+    }
 }
 
 pub use backend::{serve, QueueHandler, ServeEnd};

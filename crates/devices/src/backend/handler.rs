@@ -40,9 +40,22 @@ fn refuse(msg: impl std::fmt::Display) -> VuError {
     VuError::ReqHandlerError(std::io::Error::other(msg.to_string()))
 }
 
-/// Wraps a file descriptor the frontend sent as an eventfd.
+/// Wraps a file descriptor the frontend sent as an eventfd, made non-blocking.
+///
+/// A worker must never block on it: a frontend may send a blocking eventfd, or one eventfd as
+/// the kick of two queues (both workers wake, one reads it empty and the other's read would
+/// wait forever — and so would `GET_VRING_BASE` and the end of the connection, which stop that
+/// worker), or a call eventfd whose counter it filled (a write would wait forever).
 fn eventfd(file: File) -> EventFd {
-    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; they change only its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
     // SAFETY: we own the fd (it came with the message). Should the frontend have sent something
     // other than an eventfd, reads and writes on it fail or reach that file, which is its own.
     unsafe { EventFd::from_raw_fd(file.into_raw_fd()) }
@@ -257,6 +270,9 @@ impl VhostUserBackendReqHandlerMut for Handler {
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
         let vring = self.vring(u32::from(index))?;
+        if let Some(f) = &fd {
+            crate::fault::flood::call(std::os::fd::AsRawFd::as_raw_fd(f));
+        }
         vring.lock().call = fd.map(eventfd);
         Ok(())
     }
@@ -397,6 +413,29 @@ impl VhostUserBackendReqHandlerMut for Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `vhost_backend` fuzz target: one blocking eventfd as the kick of two queues
+    /// could leave a worker blocked in `read` after the other had emptied it (both woke on the
+    /// same signal), and the end of the connection, which stops every worker, waited for it
+    /// forever. Eventfds from the frontend are now made non-blocking.
+    #[test]
+    fn eventfds_from_the_frontend_never_block() {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let blocking = EventFd::new(0).unwrap();
+        // SAFETY: a dup of a live eventfd, owned by the File from here on.
+        let file = unsafe { File::from_raw_fd(libc::dup(blocking.as_raw_fd())) };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let e = eventfd(file);
+            let _ = tx.send(e.read().map_err(|e| e.kind()));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(got, Ok(Err(std::io::ErrorKind::WouldBlock)), "reading an empty eventfd");
+        assert_eq!(
+            blocking.read().map_err(|e| e.kind()).unwrap_err(),
+            std::io::ErrorKind::WouldBlock
+        );
+    }
 
     #[test]
     fn config_reads_are_bounded_and_features_checked() {

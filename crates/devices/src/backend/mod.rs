@@ -88,6 +88,7 @@ pub fn serve(
     stop: Arc<EventFd>,
 ) -> Result<ServeEnd, DeviceError> {
     crate::fault::init();
+    crate::fault::flood::socket(conn.as_raw_fd());
     conn.set_read_timeout(Some(MESSAGE_TIMEOUT)).map_err(DeviceError::io("setting a timeout"))?;
     let epoll = Epoll::new().map_err(DeviceError::io("epoll_create"))?;
     let add =

@@ -144,7 +144,9 @@ impl Vring {
         self.state.clone()
     }
 
-    fn prepare(
+    /// Checks the rings against guest memory, recovers the inflight state and readies the
+    /// queue (what [`Vring::start`] does before it spawns the worker).
+    pub fn prepare(
         &mut self,
         mem: &GuestMemoryAtomic<GuestMemoryMmap>,
         inflight: Option<Arc<InflightRegion>>,
@@ -376,62 +378,91 @@ impl WorkerLoop {
         let mem = self.mem.memory();
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            serve(&mut st, &mem, &self.stop);
+            serve_with_own_handler(&mut st, &mem, &self.stop);
         }
         if let Some(peer) = &self.peer {
             if let Ok(mut st) = peer.try_lock() {
-                serve(&mut st, &mem, &self.stop);
+                serve_with_own_handler(&mut st, &mem, &self.stop);
             }
         }
     }
 }
 
-/// Serves a queue until it is empty (or the pass limit), then signals the guest.
-fn serve(st: &mut VringState, mem: &GuestMemoryMmap, stop: &AtomicBool) {
-    let Some(handler) = st.handler.as_mut() else { return };
-    if !st.enabled || !st.queue.ready() {
-        return;
-    }
-    let mut used = false;
-    let mut idle_passes = 0;
-    let mut exhausted = true;
-    for _ in 0..MAX_PASSES {
-        let _ = st.queue.disable_notification(mem);
-        let mut ctx = QueueContext::new(
-            &mut st.queue,
-            mem,
-            st.indirect,
-            st.inflight.as_mut(),
-            &mut st.ledger,
-        );
-        let progress = handler.process(&mut ctx);
-        used |= ctx.used();
-        let popped = ctx.popped();
-        let mut more = st.queue.enable_notification(mem).unwrap_or(false);
-        if progress == Progress::Starved {
-            more = ask_for_next_chain(&mut st.queue, mem);
-        }
-        // Two passes in a row that take nothing while the ring claims more: a broken
-        // available index, not a race. Wait for the next kick rather than spin.
-        idle_passes = if popped == 0 { idle_passes + 1 } else { 0 };
-        if progress == Progress::Paused || !more || idle_passes == 2 || stop.load(Ordering::SeqCst)
-        {
-            exhausted = false;
-            break;
-        }
-    }
-    if exhausted {
-        // Work is left and no kick will come for it: the queue's worker comes back for it
-        // after other events.
+/// Serves a queue with its own handler (for its worker, or for a peer's worker on its behalf)
+/// and asks its worker to come back when work is left. Does nothing once the queue stopped.
+fn serve_with_own_handler(st: &mut VringState, mem: &GuestMemoryMmap, stop: &AtomicBool) {
+    let Some(mut handler) = st.handler.take() else { return };
+    let served = st.serve(mem, &mut *handler, stop);
+    st.handler = Some(handler);
+    if served.more_work {
+        // Work is left and no kick will come for it: the worker comes back after other events.
         if let Some(control) = &st.control {
             let _ = control.write(1);
         }
     }
-    let started = std::mem::take(&mut st.signal_on_start);
-    if started || (used && st.queue.needs_notification(mem).unwrap_or(true)) {
-        if let Some(call) = &st.call {
-            let _ = call.write(1);
+}
+
+/// What one [`VringState::serve`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// The call eventfd was signalled.
+    pub signalled: bool,
+    /// It stopped at the pass limit with work left: serve again soon.
+    pub more_work: bool,
+}
+
+impl VringState {
+    /// One wake-up of the worker, without the thread: lets `handler` serve the queue until it is
+    /// empty, paused, or at the pass limit (or `stop` is set), then signals the call eventfd if
+    /// the guest wants an interrupt. (The worker calls this after each event; the fuzz targets
+    /// call it directly.)
+    pub fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        handler: &mut dyn QueueHandler,
+        stop: &AtomicBool,
+    ) -> Served {
+        let st = self;
+        if !st.enabled || !st.queue.ready() {
+            return Served::default();
         }
+        let mut used = false;
+        let mut idle_passes = 0;
+        let mut exhausted = true;
+        for _ in 0..MAX_PASSES {
+            let _ = st.queue.disable_notification(mem);
+            let mut ctx = QueueContext::new(
+                &mut st.queue,
+                mem,
+                st.indirect,
+                st.inflight.as_mut(),
+                &mut st.ledger,
+            );
+            let progress = handler.process(&mut ctx);
+            used |= ctx.used();
+            let popped = ctx.popped();
+            let mut more = st.queue.enable_notification(mem).unwrap_or(false);
+            if progress == Progress::Starved {
+                more = ask_for_next_chain(&mut st.queue, mem);
+            }
+            // Two passes in a row that take nothing while the ring claims more: a broken
+            // available index, not a race. Wait for the next kick rather than spin.
+            idle_passes = if popped == 0 { idle_passes + 1 } else { 0 };
+            let stop = stop.load(Ordering::SeqCst);
+            if progress == Progress::Paused || !more || idle_passes == 2 || stop {
+                exhausted = false;
+                break;
+            }
+        }
+        let started = std::mem::take(&mut st.signal_on_start);
+        let mut signalled = false;
+        if started || (used && st.queue.needs_notification(mem).unwrap_or(true)) {
+            if let Some(call) = &st.call {
+                let _ = call.write(1);
+                signalled = true;
+            }
+        }
+        Served { signalled, more_work: exhausted }
     }
 }
 
