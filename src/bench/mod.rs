@@ -50,6 +50,11 @@ pub enum BenchCommand {
         /// restart policy's back-off after 5 restarts a second takes over).
         #[arg(long, default_value_t = 250)]
         interval_ms: u64,
+        /// Run the compartments without cgroups of their own (`--device-cpu-quota none
+        /// --device-memory-limit none`): moving a process into a v1 cgroup waits for an RCU
+        /// grace period, part of every restart with the default limits.
+        #[arg(long)]
+        no_device_cgroups: bool,
     },
 }
 
@@ -154,8 +159,12 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
         BenchCommand::Interference { rounds, seconds } => {
             interference::run(&interference::Options { rounds: rounds.max(1), seconds })
         }
-        BenchCommand::Recovery { kills, interval_ms } => {
-            recovery::run(&recovery::Options { kills: kills.max(1), interval_ms })
+        BenchCommand::Recovery { kills, interval_ms, no_device_cgroups } => {
+            recovery::run(&recovery::Options {
+                kills: kills.max(1),
+                interval_ms,
+                no_device_cgroups,
+            })
         }
     }
 }

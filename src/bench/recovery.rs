@@ -22,6 +22,17 @@ use super::stats::summarize;
 pub struct Options {
     pub kills: usize,
     pub interval_ms: u64,
+    /// No cgroup per compartment (see `bench recovery --help`).
+    pub no_device_cgroups: bool,
+}
+
+/// The `run` options for `opts`'s compartment limits.
+fn limits(opts: &Options) -> &'static [&'static str] {
+    if opts.no_device_cgroups {
+        &["--device-cpu-quota", "none", "--device-memory-limit", "none"]
+    } else {
+        &[]
+    }
 }
 
 /// The core's child running `bulkhead device KIND`, once it serves.
@@ -116,7 +127,9 @@ pub fn run(opts: &Options) -> anyhow::Result<i32> {
     // Long enough for every kill, short enough to end on its own.
     let seconds = (opts.kills as u64 * (opts.interval_ms + 60)).div_ceil(1000) + 3;
     let mut blk = Command::new(&exe);
-    blk.args(["run", "--restart-max", "100000", "--disk"])
+    blk.args(["run", "--restart-max", "100000"])
+        .args(limits(opts))
+        .arg("--disk")
         .arg(format!("{},format=raw", image.display()))
         .arg("--cmdline")
         .arg(format!("bulkhead.run=blk-bench bulkhead.mode=randread bulkhead.seconds={seconds}"));
@@ -126,12 +139,23 @@ pub fn run(opts: &Options) -> anyhow::Result<i32> {
     let mut net = Command::new("ip");
     net.args(["netns", "exec", &ns.0])
         .arg(&exe)
-        .args(["run", "--restart-max", "100000", "--net", "tap=tap0", "--cmdline"])
+        .args(["run", "--restart-max", "100000"])
+        .args(limits(opts))
+        .args(["--net", "tap=tap0", "--cmdline"])
         .arg(format!(
             "bulkhead.run=net-bench bulkhead.mode=pingpong bulkhead.seconds={seconds} bulkhead.timeout_ms=200"
         ));
     let (net_times, net_out) = run_one(net, "net", opts)?;
-    println!("Recovery from SIGKILL of a compartment while the guest does I/O: {} kills each, {} ms apart.", opts.kills, opts.interval_ms);
+    println!(
+        "Recovery from SIGKILL of a compartment while the guest does I/O: {} kills each, {} ms apart; {}.",
+        opts.kills,
+        opts.interval_ms,
+        if opts.no_device_cgroups {
+            "compartments without cgroups"
+        } else {
+            "compartments in their own cgroups (the default limits)"
+        }
+    );
     println!();
     println!("| device | recovery median (ms) | p99 (ms) | max (ms) | guest's view |");
     println!("|---|---|---|---|---|");

@@ -199,7 +199,7 @@ fn build(args: &RunArgs) -> anyhow::Result<(VmConfig, std::sync::Arc<Partition>)
             config.devices.push(Box::new(external_backend(spec, i)?));
         }
         // The launcher starts compartments, and removes the VM's cgroups when it ends.
-        let launcher = args.mode == Mode::Microkernel || partition.has_cgroups();
+        let launcher = compartments || partition.has_cgroups();
         crate::confine::setup(args.core_seccomp, launcher, &mut config)?;
         Ok((config, partition))
     }
