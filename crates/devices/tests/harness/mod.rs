@@ -517,8 +517,20 @@ impl Process {
         }
     }
 
+    /// Connects to the backend's socket. The socket file appears at `bind`, a moment before
+    /// the backend `listen`s: until then a connection is refused, so that is retried.
     pub fn connect(&self) -> UnixStream {
-        UnixStream::connect(&self.socket).unwrap()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match UnixStream::connect(&self.socket) {
+                Ok(stream) => return stream,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    assert!(Instant::now() < deadline, "{}: {e}", self.socket.display());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("cannot connect to {}: {e}", self.socket.display()),
+            }
+        }
     }
 
     /// SIGKILLs the backend (and its wrapper) and waits for it.
