@@ -6,15 +6,13 @@
 
 mod harness;
 
-use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{r, w, Driver, GuestMem, Process, Setup};
+use harness::{region_u8, write_request, Driver, GuestMem, Process, Setup};
 use vhost::vhost_user::message::VhostUserInflight;
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
@@ -38,24 +36,6 @@ enum End {
 enum Published {
     No,
     Yes,
-}
-
-/// An OUT request of `data` at `sector`; returns the descriptors and the status address.
-fn write_request(d: &mut Driver, sector: u64, data: &[u8]) -> (Vec<harness::Buf>, u64) {
-    let hdr = d.alloc(16);
-    let buf = d.alloc(data.len() as u64);
-    let st = d.alloc(1);
-    d.mem().write_obj(1u32, GuestAddress(hdr)).unwrap();
-    d.mem().write_obj(sector, GuestAddress(hdr + 8)).unwrap();
-    d.mem().write_slice(data, GuestAddress(buf)).unwrap();
-    d.mem().write_obj(0xffu8, GuestAddress(st)).unwrap();
-    (vec![r(hdr, 16), r(buf, data.len() as u32), w(st, 1)], st)
-}
-
-fn region_u8(f: &File, at: u64) -> u8 {
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0]
 }
 
 fn log_of(path: &Path) -> String {

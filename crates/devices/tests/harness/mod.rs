@@ -578,3 +578,32 @@ pub fn raw_image(dir: &Path, name: &str, size: usize, byte: u8) -> PathBuf {
     std::fs::write(&path, vec![byte; size]).unwrap();
     path
 }
+
+/// A virtio-blk OUT request of `data` at `sector` in `d`'s guest memory (status byte preset to
+/// 0xff); returns its descriptors and the status byte's address.
+pub fn write_request(d: &mut Driver, sector: u64, data: &[u8]) -> (Vec<Buf>, u64) {
+    let hdr = d.alloc(16);
+    let buf = d.alloc(data.len() as u64);
+    let st = d.alloc(1);
+    d.mem().write_obj(1u32, GuestAddress(hdr)).unwrap();
+    d.mem().write_obj(sector, GuestAddress(hdr + 8)).unwrap();
+    d.mem().write_slice(data, GuestAddress(buf)).unwrap();
+    d.mem().write_obj(0xffu8, GuestAddress(st)).unwrap();
+    (vec![r(hdr, 16), r(buf, data.len() as u32), w(st, 1)], st)
+}
+
+/// The byte at `at` of an inflight region's file.
+pub fn region_u8(f: &File, at: u64) -> u8 {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0]
+}
+
+/// The little-endian u16 at `at` of an inflight region's file.
+pub fn region_u16(f: &File, at: u64) -> u16 {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 2];
+    f.read_exact_at(&mut b, at).unwrap();
+    u16::from_le_bytes(b)
+}
