@@ -40,7 +40,7 @@ impl Backend for ThreadBackend {
     fn launch(&mut self) -> std::io::Result<Launched> {
         self.stop();
         let device = bulkhead_devices::open(&self.request.config)
-            .map_err(|e| std::io::Error::other(error_chain(&e)))?;
+            .map_err(|e| std::io::Error::other(crate::cli::error_chain(&e)))?;
         let (core_end, device_end) = UnixStream::pair()?;
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let name = self.request.name.clone();
@@ -84,16 +84,4 @@ impl Drop for ThreadBackend {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// An error and its causes, as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -73,7 +73,19 @@ impl Command {
 
 /// An error and its causes as one line: "what failed: because: because".
 pub fn describe(error: &anyhow::Error) -> String {
-    error.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+    error_chain(error.as_ref())
+}
+
+/// An error and its causes, as one line (`what: why: …`).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Parses a size such as `512M`, `2G` or `1048576K`; a bare number is MiB.

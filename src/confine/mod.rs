@@ -96,8 +96,10 @@ pub fn confine(class: ThreadClass) -> Result<(), String> {
         }
     };
     let rules = class.rules();
-    let done = confine_this_thread(class.label(), &rules, deny, class.keep_caps())
-        .map_err(|e| format!("cannot confine the {class} thread: {}", error_chain(&e)))?;
+    let done =
+        confine_this_thread(class.label(), &rules, deny, class.keep_caps()).map_err(|e| {
+            format!("cannot confine the {class} thread: {}", crate::cli::error_chain(&e))
+        })?;
     let allowed = allowed_in(&rules);
     debug_assert_eq!(done.allowed_syscalls, allowed + refused_in(&rules));
     log::debug!(
@@ -144,17 +146,6 @@ fn refused_in(rules: &[SyscallRule]) -> usize {
 /// The class of a device's threads in monolithic mode.
 pub fn device_class(kind: DeviceKind) -> ThreadClass {
     ThreadClass::Device(kind)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Sets up the core's confinement for a VM: the setting, the launcher
