@@ -118,10 +118,9 @@ fn in_bounding_set(cap: u32) -> Option<bool> {
     prctl(libc::PR_CAPBSET_READ, cap.into()).ok().map(|rc| rc == 1)
 }
 
-/// Drops every capability, optionally becoming `identity` on the way;
-/// returns the report detail (`none`, or `none, securebits not locked: …`).
-pub fn drop_all(identity: Option<Identity>) -> Result<String, CapsError> {
-    let mut notes = Vec::new();
+/// Clears the ambient set and drops from the bounding set every capability not in `keep` (a
+/// bit per capability); a bounding set that cannot be changed is a note, not an error.
+fn clear_ambient_and_bounding(keep: u64, notes: &mut Vec<String>) -> Result<(), CapsError> {
     if let Err(e) = prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong) {
         // EINVAL: a kernel before 4.3 has no ambient set to clear.
         if e.raw_os_error() != Some(libc::EINVAL) {
@@ -130,7 +129,7 @@ pub fn drop_all(identity: Option<Identity>) -> Result<String, CapsError> {
     }
     let mut cap = 0;
     while let Some(present) = in_bounding_set(cap) {
-        if present {
+        if present && keep & (1 << cap) == 0 {
             match prctl(libc::PR_CAPBSET_DROP, cap.into()) {
                 Ok(_) => {}
                 // Without CAP_SETPCAP the set stays; no_new_privs keeps execve from using it.
@@ -145,6 +144,14 @@ pub fn drop_all(identity: Option<Identity>) -> Result<String, CapsError> {
         }
         cap += 1;
     }
+    Ok(())
+}
+
+/// Drops every capability, optionally becoming `identity` on the way;
+/// returns the report detail (`none`, or `none, securebits not locked: …`).
+pub fn drop_all(identity: Option<Identity>) -> Result<String, CapsError> {
+    let mut notes = Vec::new();
+    clear_ambient_and_bounding(0, &mut notes)?;
     let bits = libc::SECBIT_NOROOT
         | libc::SECBIT_NOROOT_LOCKED
         | libc::SECBIT_NO_SETUID_FIXUP
@@ -177,27 +184,7 @@ pub fn drop_all(identity: Option<Identity>) -> Result<String, CapsError> {
 /// its sandbox). Returns the report detail (`keep 0x…`).
 pub fn keep_only(keep: u64) -> Result<String, CapsError> {
     let mut notes = Vec::new();
-    if let Err(e) = prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong) {
-        if e.raw_os_error() != Some(libc::EINVAL) {
-            return Err(CapsError::Call { what: "clear the ambient capabilities", source: e });
-        }
-    }
-    let mut cap = 0;
-    while let Some(present) = in_bounding_set(cap) {
-        if present && keep & (1 << cap) == 0 {
-            match prctl(libc::PR_CAPBSET_DROP, cap.into()) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                    notes.push("bounding set kept (no CAP_SETPCAP)".to_string());
-                    break;
-                }
-                Err(source) => {
-                    return Err(CapsError::Call { what: "drop from the bounding set", source })
-                }
-            }
-        }
-        cap += 1;
-    }
+    clear_ambient_and_bounding(keep, &mut notes)?;
     let now = get().map_err(|source| CapsError::Call { what: "read capabilities", source })?;
     let kept = now.permitted & keep;
     set(kept, kept, 0)
