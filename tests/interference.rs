@@ -24,7 +24,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::{bulkhead, require_kvm, run, wait, Run, TempDir};
@@ -46,13 +46,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn start(args: &[&str]) -> Child {
-    bulkhead()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bulkhead")
+    common::start(bulkhead().args(args))
 }
 
 /// The probe's figures: (p50, p99) in µs.

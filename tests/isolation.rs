@@ -12,28 +12,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{require_kvm, TempDir};
+use common::{require_kvm, start, KillOnDrop, TempDir};
 
 const T: Duration = Duration::from_secs(180);
-
-fn start(cmd: &mut std::process::Command) -> Child {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-/// Kills a VMM left running when a test fails half-way.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // SAFETY: signalling the VMM this test started.
-            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-        }
-    }
-}
 
 /// blk-verify over a 4 MiB disk with `fault` armed in every block backend;
 /// returns the finished run.

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_kvm, NetNs, TempDir};
+use common::{require_kvm, start, KillOnDrop, NetNs, TempDir};
 
 const T: Duration = Duration::from_secs(180);
 
@@ -72,22 +71,6 @@ fn entered_sandbox(status: &str) -> bool {
 
 fn wait_compartment(core: u32, kind: &str) -> i32 {
     wait_compartment_other(core, kind, None)
-}
-
-fn start(cmd: &mut std::process::Command) -> Child {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-/// Kills a VMM left running when a test fails half-way.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // SAFETY: signalling the VMM this test started.
-            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-        }
-    }
 }
 
 /// A pseudo-random delay in [lo, hi) ms, from a simple LCG.
