@@ -7,8 +7,16 @@
 #     (scripts/install-qemu.sh, unpacked into ~/.cache/bulkhead);
 #   - the Linux test guest: Debian's kernel and a test initramfs, built from
 #     pinned packages (`bulkhead image build`, into ~/.local/share/bulkhead);
+#     a cached build is reused without any apt call;
 #   - cargo-fuzz, for the short fuzz run (from crates.io with its locked
 #     dependencies: about 30 s to build on 2 cores, once).
+# A fresh machine's apt lists can be months old, and Debian's archive drops
+# old versions (a kernel's whole package when its next ABI ships). So nothing
+# here trusts the lists: `apt-get update` runs before any `apt-get install`,
+# install-qemu.sh and `bulkhead image build` run it (once, as root) when the
+# lists lack what they need, and `bulkhead image build` builds from the
+# current version of a package whose pinned version is gone, saying so in one
+# line. CI runs this as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

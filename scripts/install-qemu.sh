@@ -6,6 +6,8 @@
 #   1. downloads qemu-system-x86, qemu-system-common (it holds the TCG accelerator module),
 #      qemu-system-data, seabios and ipxe-qemu with `apt-get download`, plus every library
 #      package qemu-system-x86 needs (directly or through other libraries) that is not installed;
+#      when the apt lists do not know qemu-system-x86 or name files the archive no longer has
+#      (a fresh machine's lists can be months old), it runs `apt-get update` once, as root;
 #   2. unpacks them with `dpkg-deb -x` into $CACHE/qemu-7.2/root, where
 #      CACHE = $BULKHEAD_CACHE_DIR, else $XDG_CACHE_HOME/bulkhead, else ~/.cache/bulkhead;
 #   3. drops the optional QEMU modules (display, audio, spice, usb) whose libraries are absent,
@@ -63,21 +65,16 @@ done
 
 candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
 
-qemu_version=$(candidate qemu-system-x86)
-if [ -z "$qemu_version" ] || [ "$qemu_version" = "(none)" ]; then
-	if [ "$(id -u)" = 0 ]; then
-		say "apt does not know qemu-system-x86 yet; running apt-get update"
-		apt-get update -q >&2 || die "apt-get update failed; check the apt sources"
-		qemu_version=$(candidate qemu-system-x86)
-	fi
-	if [ -z "$qemu_version" ] || [ "$qemu_version" = "(none)" ]; then
-		die "apt offers no qemu-system-x86; run 'apt-get update' as root (the bookworm 'main' source is needed)"
-	fi
-fi
-case "$qemu_version" in
-1:7.2*) ;;
-*) die "apt offers qemu-system-x86 $qemu_version, not 7.2; this script expects Debian 12 (bookworm)" ;;
-esac
+# A fresh machine's apt lists may predate the archive: they may not know qemu-system-x86, or
+# name files that a point release or a security update has since replaced. Then, as root, the
+# lists are refreshed once (`apt-get update`) and everything is resolved again.
+refreshed=0
+refresh_lists() {
+	if [ "$refreshed" = 1 ] || [ "$(id -u)" != 0 ]; then return 1; fi
+	refreshed=1
+	say "refreshing the apt lists (apt-get update)"
+	apt-get update -q >&2 || die "apt-get update failed; check the apt sources"
+}
 
 is_installed() { [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]; }
 
@@ -107,16 +104,41 @@ missing_libs() {
 }
 
 main_pkgs="qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu"
-libs=$(missing_libs | sort -u | tr '\n' ' ')
-say "QEMU $qemu_version; libraries not installed here: ${libs:-none}"
 
+# resolve: sets qemu_version and libs from the apt lists.
+resolve() {
+	qemu_version=$(candidate qemu-system-x86)
+	if [ -z "$qemu_version" ] || [ "$qemu_version" = "(none)" ]; then
+		refresh_lists ||
+			die "apt offers no qemu-system-x86; run 'apt-get update' as root (the bookworm 'main' source is needed)"
+		resolve
+		return
+	fi
+	case "$qemu_version" in
+	1:7.2*) ;;
+	*) die "apt offers qemu-system-x86 $qemu_version, not 7.2; this script expects Debian 12 (bookworm)" ;;
+	esac
+	libs=$(missing_libs | sort -u | tr '\n' ' ')
+	say "QEMU $qemu_version; libraries not installed here: ${libs:-none}"
+}
+
+# download DIR: the packages, into DIR (emptied first).
+download() {
+	rm -f "$1"/*.deb
+	# shellcheck disable=SC2086 # word splitting of the package lists is meant
+	(cd "$1" && apt-get -q -o APT::Sandbox::User=root download $main_pkgs $libs >&2)
+}
+
+resolve
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/.qemu-7.2-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/debs" "$work/new/root" "$work/new/bin"
-# shellcheck disable=SC2086 # word splitting of the package lists is meant
-(cd "$work/debs" && apt-get -q -o APT::Sandbox::User=root download $main_pkgs $libs >&2) ||
-	die "apt-get download failed (see above); run 'apt-get update' and try again"
+if ! download "$work/debs"; then
+	refresh_lists || die "apt-get download failed (see above); run 'apt-get update' as root and try again"
+	resolve
+	download "$work/debs" || die "apt-get download failed (see above), with fresh apt lists too"
+fi
 say "downloaded $(du -sh "$work/debs" | cut -f1)"
 for deb in "$work"/debs/*.deb; do
 	dpkg-deb -x "$deb" "$work/new/root" || die "dpkg-deb could not unpack $deb"

@@ -2,10 +2,11 @@
 //!
 //! * `apt-cache show --no-all-versions PKG` gives the candidate version, its dependencies and
 //!   the `.deb`'s SHA-256 from the host's apt lists (the archive's signed index);
-//!   `--update-pins` pins those.
+//!   `--update-pins`, and a build whose pin is gone from the archive, use those.
 //! * `apt-get download PKG=VERSION` fetches one exact `.deb` into a folder of ours; apt checks it
-//!   against the archive's signed index, and we check it again against the lock file's SHA-256.
-//! * `dpkg-deb -x` unpacks it into a folder.
+//!   against the archive's signed index, and we check it again against the pinned SHA-256.
+//! * `apt-get update` refreshes the host's apt lists (as root) when they do not know a pin.
+//! * `dpkg-deb -x` unpacks a `.deb` into a folder.
 //!
 //! Downloads are kept in `<cache>/debs/` under their pinned checksum, written under a temporary
 //! name and renamed, so concurrent builds and interrupted downloads never leave a bad file.
@@ -14,6 +15,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -26,18 +28,33 @@ pub enum AptError {
     #[error("`{0}` was not found: the Linux guest is built from Debian packages, so build it on a Debian or Ubuntu host")]
     NoTool(&'static str),
     /// The apt lists do not know the package at all.
-    #[error("apt does not know the package {package}; run `apt-get update` and try again")]
+    #[error("apt does not know the package {package}; run `apt-get update` as root and try again")]
     UnknownPackage {
         /// The package.
         package: String,
     },
-    /// The archive no longer has the pinned version.
-    #[error("the pinned version {version} of {package} is no longer in the apt archive (try `apt-get update` first); run `bulkhead image build --update-pins` to pin the versions the archive has now, then commit crates/linux-guest/debian-packages.lock")]
+    /// The apt lists do not know the pinned version.
+    #[error("the pinned version {version} of {package} is no longer in the apt archive; run `bulkhead image build --update-pins` to pin the versions the archive has now, then commit crates/linux-guest/debian-packages.lock")]
     PinnedVersionGone {
         /// The package.
         package: String,
         /// The pinned version.
         version: String,
+    },
+    /// The apt lists name the version, but the archive no longer serves its file (HTTP 404):
+    /// the lists are older than the archive.
+    #[error("the apt lists name {package} {version}, but the archive no longer serves it: the lists are out of date; run `apt-get update` as root and try again")]
+    NotServed {
+        /// The package.
+        package: String,
+        /// The version.
+        version: String,
+    },
+    /// `apt-get update` failed (it needs root).
+    #[error("the apt lists are older than the pins and could not be refreshed (`apt-get update`: {stderr}); run `sudo apt-get update`, then try again")]
+    ListsNotRefreshed {
+        /// What `apt-get update` printed on standard error.
+        stderr: String,
     },
     /// A tool ran and failed.
     #[error("`{command}` failed: {stderr}")]
@@ -75,6 +92,19 @@ pub enum AptError {
         /// What the system said.
         source: std::io::Error,
     },
+}
+
+impl AptError {
+    /// Whether the error says that the archive, as the apt lists know it, lacks the package or
+    /// version: refreshing the lists, or taking the current version, may help.
+    pub fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            AptError::UnknownPackage { .. }
+                | AptError::PinnedVersionGone { .. }
+                | AptError::NotServed { .. }
+        )
+    }
 }
 
 /// The candidate version of a package, its first-choice dependencies and its checksum.
@@ -166,12 +196,44 @@ fn download(package: &str, version: &str, debs: &Path) -> Result<(PathBuf, PathB
 
 fn download_error(package: &str, version: &str, out: &Output) -> AptError {
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let (package, version) = (package.to_string(), version.to_string());
     if stderr.contains("Unable to locate package") {
-        AptError::UnknownPackage { package: package.into() }
+        AptError::UnknownPackage { package }
     } else if stderr.contains("was not found") || stderr.contains("Can't select") {
-        AptError::PinnedVersionGone { package: package.into(), version: version.into() }
+        AptError::PinnedVersionGone { package, version }
+    } else if stderr.contains("Failed to fetch") && stderr.contains(" 404 ") {
+        AptError::NotServed { package, version }
     } else {
         AptError::Failed { command: format!("apt-get download {package}={version}"), stderr }
+    }
+}
+
+/// How long [`refresh_lists`] waits for another apt that holds the lists' lock.
+const LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// Refreshes the host's apt lists: `apt-get update`, which needs root. While another apt holds
+/// the lists' lock (a concurrent build, say), waits for it, for up to five minutes.
+pub fn refresh_lists() -> Result<(), AptError> {
+    let started = Instant::now();
+    loop {
+        let out = run(Command::new("apt-get").args(["-q", "update"]))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = error_lines(&String::from_utf8_lossy(&out.stderr));
+        if !stderr.contains("Could not get lock") || started.elapsed() > LOCK_WAIT {
+            return Err(AptError::ListsNotRefreshed { stderr });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The `E:` lines of what apt printed, on one line (all of it when it printed none).
+fn error_lines(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr.lines().filter_map(|l| l.strip_prefix("E: ")).collect();
+    match errors.is_empty() {
+        true => stderr.trim().to_string(),
+        false => errors.join("; "),
     }
 }
 
@@ -258,6 +320,34 @@ mod tests {
         assert!(gone.to_string().contains("--update-pins"), "{gone}");
         let unknown = download_error("nope", "1", &output("E: Unable to locate package nope"));
         assert!(matches!(unknown, AptError::UnknownPackage { .. }));
+        // Lists older than the archive: they name a file the archive dropped.
+        let dropped = output(
+            "E: Failed to fetch http://deb.debian.org/debian-security/pool/updates/main/l/\
+             linux-signed-amd64/linux-image-6.1.0-48-cloud-amd64_6.1.172-1_amd64.deb  \
+             404  Not Found [IP: 151.101.2.132 80]",
+        );
+        let stale = download_error("linux-image-6.1.0-48-cloud-amd64", "6.1.172-1", &dropped);
+        assert!(matches!(stale, AptError::NotServed { .. }), "{stale:?}");
+        assert!(gone.is_gone() && unknown.is_gone() && stale.is_gone());
+        // A network failure is no reason to build something else.
+        let offline = output(
+            "E: Failed to fetch http://deb.debian.org/debian/pool/main/b/busybox/x.deb  \
+             Temporary failure resolving 'deb.debian.org'",
+        );
+        let offline = download_error("busybox-static", "1:1.35.0-4+deb12u1+b1", &offline);
+        assert!(matches!(offline, AptError::Failed { .. }) && !offline.is_gone(), "{offline:?}");
+    }
+
+    #[test]
+    fn apt_errors_are_kept_on_one_line() {
+        let stderr = "Reading package lists...\nE: Could not open lock file /var/lib/apt/lists/lock \
+                      - open (13: Permission denied)\nE: Unable to lock directory /var/lib/apt/lists/\n";
+        assert_eq!(
+            error_lines(stderr),
+            "Could not open lock file /var/lib/apt/lists/lock - open (13: Permission denied); \
+             Unable to lock directory /var/lib/apt/lists/"
+        );
+        assert_eq!(error_lines(" something else \n"), "something else");
     }
 
     #[test]

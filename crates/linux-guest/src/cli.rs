@@ -5,10 +5,15 @@
 //! bulkhead image path                              print the cached kernel and initrd paths
 //! ```
 //!
+//! When Debian's archive no longer has a pinned version, `build` says on standard error, in
+//! one line starting `bulkhead: `, what the guest is built from instead and how to refresh the
+//! lock ([`Notice`]).
+//!
 //! The binary mounts [`ImageArgs`] as its `image` subcommand and calls [`run`].
 
 use crate::image::{self, BuildOptions};
 use crate::lock::Role;
+use crate::Notice;
 
 /// `bulkhead image`: the Linux test guest.
 #[derive(Debug, clap::Args)]
@@ -66,10 +71,12 @@ fn build(args: &BuildArgs) -> anyhow::Result<i32> {
                 );
             }
         }
+        print_notices(&update.notices);
         println!("pins written to {}; commit it", update.path.display());
     }
     let started = std::time::Instant::now();
     let guest = image::build(&opts)?;
+    print_notices(&guest.notices);
     println!("kernel  {}", guest.kernel.display());
     println!("initrd  {}", guest.initrd.display());
     println!("cmdline {}", guest.cmdline_hint);
@@ -77,11 +84,19 @@ fn build(args: &BuildArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// One line each on standard error, as the binary prints its errors.
+fn print_notices(notices: &[Notice]) {
+    for notice in notices {
+        eprintln!("bulkhead: {notice}");
+    }
+}
+
 fn path() -> i32 {
     match image::cached() {
         Some(guest) => {
             println!("kernel {}", guest.kernel.display());
             println!("initrd {}", guest.initrd.display());
+            print_notices(&guest.notices);
             0
         }
         None => {

@@ -1,12 +1,17 @@
 //! Building the guest: pinned packages in, kernel and initramfs out, cached by their inputs.
 //!
 //! 1. Read the lock file (refreshing it first with `--update-pins`).
-//! 2. Name the build after a hash of everything that goes into it: the lock file, the init
-//!    script, the module list and this builder's format version. If
-//!    `<data>/linux-guest/<hash>/` is complete, that is the answer: no download, no unpacking.
-//! 3. Otherwise fetch each `.deb` (cached in `<cache>/debs/`) and check its SHA-256 against the
-//!    lock, unpack both, write the initramfs, copy the bzImage, and rename the finished folder
-//!    into place, so a reader never sees half a build and concurrent builders do not clash.
+//! 2. Name the build after a hash of everything that goes into it: the pins, the init script,
+//!    the module list and this builder's format version. If `<data>/linux-guest/<hash>/` is
+//!    complete, that is the answer: no apt call, no download, no unpacking. The same holds
+//!    when `<data>/linux-guest/<hash>.fallback` names the pins an earlier build used instead
+//!    of gone ones and their build is complete.
+//! 3. Otherwise resolve each pin to a `.deb` (cached in `<cache>/debs/`; the `resolve` module:
+//!    the pinned version checked against the lock's SHA-256, or, once the archive has moved
+//!    on, the current version checked against apt's signed index). The pins actually used name
+//!    the build; when they differ from the lock, the `.fallback` record above is written.
+//! 4. Unpack both, write the initramfs, copy the bzImage, and rename the finished folder into
+//!    place, so a reader never sees half a build and concurrent builders do not clash.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +23,7 @@ use crate::dirs::{self, DirsError};
 use crate::initramfs::{self, InitramfsError, INIT_SCRIPT};
 use crate::lock::{Lock, LockError, Pin, Role};
 use crate::modules::{OPTIONAL, REQUIRED};
+use crate::resolve::{Apt, Notice, Resolver};
 use crate::LinuxGuest;
 
 /// Bumped whenever the builder changes what it writes for the same inputs.
@@ -31,6 +37,10 @@ const SOURCE_LOCK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/debian-packages.
 
 /// The kernel command line the guest expects, before the test's own `bulkhead.*` arguments.
 pub const CMDLINE_HINT: &str = "console=ttyS0 panic=-1 quiet";
+
+/// The order in which a build fetches its packages, and tells of fallbacks: the small package
+/// first, so that a bad checksum shows before the large download.
+const FETCH_ORDER: [Role; 2] = [Role::Busybox, Role::Kernel];
 
 const MANIFEST: &str = "guest.txt";
 const KERNEL: &str = "vmlinuz";
@@ -130,6 +140,50 @@ impl Paths {
     fn output(&self, lock: &Lock) -> PathBuf {
         self.data.join(input_key(lock))
     }
+
+    /// Where a build of `lock` records the pins it used instead of gone ones.
+    fn fallback_record(&self, lock: &Lock) -> PathBuf {
+        self.data.join(format!("{}.fallback", input_key(lock)))
+    }
+
+    /// The complete build of `lock`, or of the pins an earlier build used in its place.
+    fn cached(&self, lock: &Lock) -> Option<LinuxGuest> {
+        if let Some(guest) = complete(&self.output(lock)) {
+            return Some(guest);
+        }
+        let text = fs::read_to_string(self.fallback_record(lock)).ok()?;
+        let used = Lock::parse(&text).ok()?;
+        let mut guest = complete(&self.output(&used))?;
+        guest.notices = fallbacks(lock, &used);
+        Some(guest)
+    }
+
+    /// Records that the build of `lock` used the pins `used`.
+    fn record_fallback(&self, lock: &Lock, used: &Lock) -> Result<(), BuildError> {
+        let path = self.fallback_record(lock);
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let text = format!(
+            "# `bulkhead image build` of {} found pinned versions gone from the archive\n\
+             # and built from these instead (`bulkhead image build --force` resolves again).\n{}",
+            self.lock.display(),
+            used.render()
+        );
+        fs::write(&tmp, text).map_err(|e| io_err(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))
+    }
+}
+
+/// A [`Notice::Fallback`] for each pin of `lock` that `used` replaces.
+fn fallbacks(lock: &Lock, used: &Lock) -> Vec<Notice> {
+    FETCH_ORDER
+        .iter()
+        .filter(|&&role| lock.get(role) != used.get(role))
+        .map(|&role| Notice::Fallback {
+            pinned: lock.get(role).clone(),
+            used: used.get(role).clone(),
+            not_refreshed: None,
+        })
+        .collect()
 }
 
 /// What `--update-pins` changed.
@@ -141,6 +195,8 @@ pub struct PinUpdate {
     pub old: Lock,
     /// The pins now.
     pub new: Lock,
+    /// What the user should be told (the apt lists could not be refreshed).
+    pub notices: Vec<Notice>,
 }
 
 /// Builds the guest, or returns the cached build of the same inputs.
@@ -153,15 +209,30 @@ pub fn build(opts: &BuildOptions) -> Result<LinuxGuest, BuildError> {
     }
     let paths = Paths::new(opts)?;
     let lock = paths.read_lock()?;
-    let out = paths.output(&lock);
     if !opts.force {
-        if let Some(guest) = complete(&out) {
+        if let Some(guest) = paths.cached(&lock) {
             return Ok(guest);
         }
     }
-    build_into(&paths, &lock, &out, opts.force)?;
-    complete(&out)
-        .ok_or_else(|| io_err(&out, std::io::Error::other("the finished build is incomplete")))
+    let mut resolver = Resolver::new(Apt { cache: &paths.cache });
+    // FETCH_ORDER: the small package first.
+    let busybox = resolver.resolve(lock.get(Role::Busybox))?;
+    let kernel = resolver.resolve(lock.get(Role::Kernel))?;
+    let used = Lock::new(vec![kernel.0.clone(), busybox.0.clone()])
+        .map_err(|source| BuildError::Lock { path: paths.lock.clone(), source })?;
+    let out = paths.output(&used);
+    if opts.force || complete(&out).is_none() {
+        build_into(&paths, &out, kernel, busybox, opts.force)?;
+    }
+    // Remembered for the next build, unless it came from lists that could not be refreshed:
+    // once they are, the pinned version may turn out to be there.
+    if !fallbacks(&lock, &used).is_empty() && resolver.refresh_error().is_none() {
+        paths.record_fallback(&lock, &used)?;
+    }
+    let mut guest = complete(&out)
+        .ok_or_else(|| io_err(&out, std::io::Error::other("the finished build is incomplete")))?;
+    guest.notices = resolver.notices;
+    Ok(guest)
 }
 
 /// The cached build of the current pins, if there is one; builds nothing.
@@ -173,16 +244,24 @@ pub fn cached() -> Option<LinuxGuest> {
 pub fn cached_with(opts: &BuildOptions) -> Option<LinuxGuest> {
     let paths = Paths::new(opts).ok()?;
     let lock = paths.read_lock().ok()?;
-    complete(&paths.output(&lock))
+    paths.cached(&lock)
 }
 
-/// Pins the versions the apt archive has now and rewrites the lock file.
+/// Pins the versions the apt archive has now and rewrites the lock file. Refreshes the apt
+/// lists first (`apt-get update`, as root; as another user, the notices say so).
 pub fn update_pins(opts: &BuildOptions) -> Result<PinUpdate, BuildError> {
     let paths = Paths::new(opts)?;
     let old = paths.read_lock()?;
+    let mut resolver = Resolver::new(Apt { cache: &paths.cache });
+    resolver.refresh_once();
+    let notices: Vec<Notice> = resolver
+        .refresh_error()
+        .map(|stderr| Notice::ListsNotRefreshed { stderr: stderr.into() })
+        .into_iter()
+        .collect();
     let mut pins = Vec::new();
     for role in Role::ALL {
-        let pin = current_pin(role)?;
+        let pin = resolver.current_pin(role)?;
         // Checks that the archive serves what its index says, and warms the cache.
         apt::fetch(&pin, &paths.cache)?;
         pins.push(pin);
@@ -193,24 +272,7 @@ pub fn update_pins(opts: &BuildOptions) -> Result<PinUpdate, BuildError> {
         fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
     }
     fs::write(&paths.lock, new.render()).map_err(|e| io_err(&paths.lock, e))?;
-    Ok(PinUpdate { path: paths.lock, old, new })
-}
-
-/// The concrete package, version and checksum apt offers now for `role`.
-fn current_pin(role: Role) -> Result<Pin, BuildError> {
-    let source = role.source_package();
-    let mut package = source.to_string();
-    let mut candidate = apt::candidate(source)?;
-    if role == Role::Kernel {
-        package = candidate
-            .depends
-            .iter()
-            .find(|d| d.starts_with("linux-image-"))
-            .ok_or_else(|| BuildError::NotAKernel(source.into()))?
-            .clone();
-        candidate = apt::candidate(&package)?;
-    }
-    Ok(Pin { role, package, version: candidate.version, sha256: candidate.sha256 })
+    Ok(PinUpdate { path: paths.lock, old, new, notices })
 }
 
 /// The name of a build: a hash of everything that goes into it.
@@ -229,22 +291,24 @@ fn complete(dir: &Path) -> Option<LinuxGuest> {
         kernel: dir.join(KERNEL),
         initrd: dir.join(INITRD),
         cmdline_hint: CMDLINE_HINT.into(),
+        notices: Vec::new(),
     };
     let done = dir.join(MANIFEST).is_file() && guest.kernel.is_file() && guest.initrd.is_file();
     done.then_some(guest)
 }
 
-fn build_into(paths: &Paths, lock: &Lock, out: &Path, replace: bool) -> Result<(), BuildError> {
-    let kernel_pin = lock.get(Role::Kernel);
-    let busybox_pin = lock.get(Role::Busybox);
-    // The small package first: a stale pin or a bad checksum shows before the large download.
-    let busybox_deb = apt::fetch(busybox_pin, &paths.cache)?;
-    let kernel_deb = apt::fetch(kernel_pin, &paths.cache)?;
-
+/// Builds the guest from the fetched `.deb` of each pin into `out`.
+fn build_into(
+    paths: &Paths,
+    out: &Path,
+    kernel: (Pin, PathBuf),
+    busybox: (Pin, PathBuf),
+    replace: bool,
+) -> Result<(), BuildError> {
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     let staging = paths.data.join(format!(".staging-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let result = assemble(&staging, (&kernel_deb, kernel_pin), (&busybox_deb, busybox_pin));
+    let result = assemble(&staging, (&kernel.1, &kernel.0), (&busybox.1, &busybox.0));
     let result = result.and_then(|()| publish(&staging.join("out"), out, replace));
     let _ = fs::remove_dir_all(&staging);
     result
@@ -384,5 +448,36 @@ mod tests {
         fs::create_dir_all(out.parent().unwrap()).unwrap();
         publish(&built, &out, false).unwrap();
         assert_eq!(cached_with(&opts).unwrap().initrd, out.join(INITRD));
+    }
+
+    #[test]
+    fn a_fallback_build_is_reused_through_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = BuildOptions {
+            data_dir: Some(dir.path().join("data")),
+            lock_file: Some(dir.path().join("none.lock")),
+            ..BuildOptions::default()
+        };
+        let paths = Paths::new(&opts).unwrap();
+        let pinned = lock();
+        let text = pinned.render().replace(&pinned.get(Role::Busybox).version, "1:9.9-9");
+        let used = Lock::parse(&text).unwrap();
+        // The build of the pins used, named after them.
+        let out = paths.output(&used);
+        assert_ne!(out, paths.output(&pinned));
+        let built = dir.path().join("built");
+        fs::create_dir_all(&built).unwrap();
+        for name in [KERNEL, INITRD, MANIFEST] {
+            fs::write(built.join(name), b"x").unwrap();
+        }
+        fs::create_dir_all(&paths.data).unwrap();
+        publish(&built, &out, false).unwrap();
+        assert!(cached_with(&opts).is_none(), "found without a record");
+
+        paths.record_fallback(&pinned, &used).unwrap();
+        let guest = cached_with(&opts).unwrap();
+        assert_eq!(guest.initrd, out.join(INITRD));
+        let (pinned, used) = (pinned.get(Role::Busybox).clone(), used.get(Role::Busybox).clone());
+        assert_eq!(guest.notices, [Notice::Fallback { pinned, used, not_refreshed: None }]);
     }
 }

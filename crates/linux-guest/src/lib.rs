@@ -3,8 +3,10 @@
 //! **Building** ([`build`], `bulkhead image build`): Debian's `linux-image-cloud-amd64` kernel
 //! and an initramfs holding `busybox-static`, the virtio modules and a test init, made offline
 //! from Debian packages pinned by checksum in `debian-packages.lock`. The result is cached per
-//! user and reused while the inputs are unchanged. This guest is for hosts with hardware
-//! virtualization, or for QEMU's TCG; a Linux kernel does not run under KVM-PVM.
+//! user and reused while the inputs are unchanged. When Debian's archive no longer has a pinned
+//! version, the guest is built from the current version of the same package, checked against
+//! apt's signed index, and [`LinuxGuest::notices`] says so. This guest is for hosts with
+//! hardware virtualization, or for QEMU's TCG; a Linux kernel does not run under KVM-PVM.
 //!
 //! **The init** (`src/init.sh`) reads `bulkhead.test=…` from the kernel command line, runs the
 //! named checks (`cpus`, `mem`, `rng`, `blk`, `net`, `stress-blk`), prints `BH …` report lines
@@ -35,11 +37,13 @@ pub mod lock;
 pub mod modules;
 pub mod qemu;
 pub mod report;
+mod resolve;
 pub mod storage_daemon;
 
 pub use image::{
     build, cached, cached_with, update_pins, BuildError, BuildOptions, PinUpdate, CMDLINE_HINT,
 };
+pub use resolve::Notice;
 
 /// A built guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,4 +54,7 @@ pub struct LinuxGuest {
     pub initrd: PathBuf,
     /// The kernel command line the guest expects; add `bulkhead.test=…` and friends.
     pub cmdline_hint: String,
+    /// What the user should be told about this build: pins that Debian's archive no longer
+    /// has, and what the guest is built from instead. Empty when it is built from the lock.
+    pub notices: Vec<Notice>,
 }

@@ -466,6 +466,7 @@ mod tests {
             kernel: "/g/vmlinuz".into(),
             initrd: "/g/initramfs.cpio".into(),
             cmdline_hint: "console=ttyS0".into(),
+            notices: Vec::new(),
         }
     }
 
