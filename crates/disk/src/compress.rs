@@ -16,6 +16,22 @@ pub(crate) enum Codec {
 /// Fills `out` from `input`. Output that stops short is an error, output beyond `out` is ignored.
 /// Returns a plain-words reason on failure.
 pub(crate) fn decompress(codec: Codec, input: &[u8], out: &mut [u8]) -> Result<(), String> {
+    let done = decompress_prefix(codec, input, out)?;
+    if done < out.len() {
+        let kind = if codec == Codec::Zstd { "zstd" } else { "deflate" };
+        return Err(format!("the {kind} data decompresses to {done} bytes, not {}", out.len()));
+    }
+    Ok(())
+}
+
+/// Fills the start of `out` from `input`, stopping when `out` is full or the compressed stream
+/// ends; returns the number of bytes written. Output beyond `out` is ignored; a stream cut off
+/// before its end is an error. Returns a plain-words reason on failure.
+pub(crate) fn decompress_prefix(
+    codec: Codec,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<usize, String> {
     match codec {
         Codec::Deflate | Codec::Zlib => inflate(codec == Codec::Zlib, input, out),
         Codec::Zstd => {
@@ -29,18 +45,12 @@ pub(crate) fn decompress(codec: Codec, input: &[u8], out: &mut [u8]) -> Result<(
                     Err(e) => return Err(format!("the zstd data is invalid ({e})")),
                 }
             }
-            if done < out.len() {
-                return Err(format!(
-                    "the zstd data decompresses to {done} bytes, not {}",
-                    out.len()
-                ));
-            }
-            Ok(())
+            Ok(done)
         }
     }
 }
 
-fn inflate(zlib_header: bool, input: &[u8], out: &mut [u8]) -> Result<(), String> {
+fn inflate(zlib_header: bool, input: &[u8], out: &mut [u8]) -> Result<usize, String> {
     let mut dec = flate2::Decompress::new(zlib_header);
     loop {
         let before = (dec.total_in(), dec.total_out());
@@ -49,16 +59,9 @@ fn inflate(zlib_header: bool, input: &[u8], out: &mut [u8]) -> Result<(), String
         let status = dec
             .decompress(&input[in_pos..], &mut out[out_pos..], flate2::FlushDecompress::Finish)
             .map_err(|e| format!("the deflate data is invalid ({e})"))?;
-        let full = dec.total_out() as usize == out.len();
-        if full || status == flate2::Status::StreamEnd {
-            if !full {
-                let n = dec.total_out();
-                return Err(format!(
-                    "the deflate data decompresses to {n} bytes, not {}",
-                    out.len()
-                ));
-            }
-            return Ok(());
+        let done = dec.total_out() as usize;
+        if done == out.len() || status == flate2::Status::StreamEnd {
+            return Ok(done);
         }
         if (dec.total_in(), dec.total_out()) == before {
             return Err("the deflate data ends early".to_string());
@@ -91,5 +94,23 @@ mod tests {
         assert!(decompress(Codec::Deflate, b"\xff\xff\xff\xff", &mut out).is_err());
         assert!(decompress(Codec::Zstd, b"garbage", &mut out).is_err());
         assert!(decompress(Codec::Zlib, &[], &mut out).is_err());
+    }
+
+    #[test]
+    fn prefix_stops_at_the_end_of_the_stream() {
+        let data: Vec<u8> = (0..1536u32).map(|i| (i % 13) as u8 + 1).collect();
+        let packed = zlib_compress(&data);
+        let mut out = vec![0u8; 65536];
+        assert_eq!(decompress_prefix(Codec::Zlib, &packed, &mut out), Ok(1536));
+        assert_eq!(&out[..1536], &data[..]);
+        assert!(out[1536..].iter().all(|&b| b == 0));
+        let err = decompress(Codec::Zlib, &packed, &mut out).unwrap_err();
+        assert_eq!(err, "the deflate data decompresses to 1536 bytes, not 65536");
+        // A longer stream fills `out` and stops there.
+        let mut small = vec![0u8; 100];
+        assert_eq!(decompress_prefix(Codec::Zlib, &packed, &mut small), Ok(100));
+        // A stream cut off before its end is an error, not a short result.
+        let cut = &packed[..packed.len() / 2];
+        assert!(decompress_prefix(Codec::Zlib, cut, &mut out).is_err());
     }
 }

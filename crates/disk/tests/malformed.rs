@@ -352,3 +352,62 @@ fn vmdk_bad_descriptors() {
     assert!(matches!(img.write_at(&[1], 0), Err(DiskError::ReadOnly { .. })));
     assert!(matches!(img.read_at(&mut [0u8; 2], 8191), Err(DiskError::OutOfRange { .. })));
 }
+
+/// Reads `len` bytes at `offset` of `path`, expecting a corruption error that names the file
+/// and contains `word`.
+fn read_refused(path: &Path, offset: u64, len: usize, word: &str) {
+    let img = open(path, &opts(true)).unwrap();
+    let mut buf = vec![0u8; len];
+    let err = img.read_at(&mut buf, offset).unwrap_err();
+    assert!(matches!(err, DiskError::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(msg.contains(name), "message does not name {name}: {msg}");
+    assert!(msg.contains(word), "message lacks {word:?}: {msg}");
+}
+
+/// A compressed grain may be shorter than a grain only when it is the disk's last grain and
+/// holds exactly the bytes left to the disk's end; any other length is corruption, reported
+/// when the grain is read, and the other grains still read.
+#[test]
+fn vmdk_stream_grain_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 1 MiB + 1,536 bytes: grain 0 is whole, grain 16 (the last) holds 1,536 bytes.
+    let size: u64 = (1 << 20) + 1536;
+    let raw = d.join("r.raw");
+    let data = make_tail_reference(&raw, size, 80);
+    let stream = |name: &str| {
+        let p = d.join(name);
+        let o = "subformat=streamOptimized";
+        qemu_img(&["convert", "-q", "-f", "raw", "-O", "vmdk", "-o", o, s(&raw), s(&p)]);
+        p
+    };
+    let tail = &data[1 << 20..];
+    let cases: Vec<(&str, u64, Vec<u8>, &str)> = vec![
+        // The last grain, shorter or longer than the disk's tail but not a whole grain.
+        ("short-tail.vmdk", 16, zlib(&tail[..1024]), "1024 bytes, not 65536 (a grain) or 1536"),
+        ("long-tail.vmdk", 16, zlib(&[7u8; 2048]), "2048 bytes, not 65536 (a grain) or 1536"),
+        // A grain that is not the last may not be short.
+        ("short-first.vmdk", 0, zlib(&data[..1536]), "1536 bytes, not 65536 (a grain)"),
+        ("empty-first.vmdk", 0, zlib(&[]), "0 bytes, not 65536 (a grain)"),
+        // More than a grain.
+        ("over.vmdk", 16, zlib(&[1u8; 65536 + 512]), "more than 65536 bytes"),
+        // A stream cut off: an error even though what it holds would be the right length.
+        ("cut.vmdk", 16, zlib(tail)[..20].to_vec(), "cannot be read"),
+    ];
+    for (name, gi, packed, word) in cases {
+        let p = stream(name);
+        replace_stream_grain(&p, gi, &packed);
+        let at = gi * 65536;
+        let len = (size - at).min(65536);
+        read_refused(&p, at, len as usize, word);
+        // A read of one byte of it too.
+        read_refused(&p, at + len - 1, 1, word);
+        let img = open(&p, &opts(true)).unwrap();
+        let other = if gi == 0 { 1 << 20 } else { 0 };
+        let mut buf = vec![0u8; 1536];
+        img.read_at(&mut buf, other).unwrap();
+        assert!(buf[..] == data[other as usize..other as usize + 1536], "{name}: other grain");
+    }
+}

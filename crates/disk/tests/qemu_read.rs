@@ -221,3 +221,65 @@ fn split_vmdk_larger_than_one_extent() {
         assert_eq!((b3[0], b3[1], b3[512]), (0, 0x11, 0x11));
     }
 }
+
+const SUBFORMATS: [&str; 5] = [
+    "monolithicSparse",
+    "monolithicFlat",
+    "twoGbMaxExtentSparse",
+    "twoGbMaxExtentFlat",
+    "streamOptimized",
+];
+
+/// Disks whose size is not a multiple of the grain, some not of the sector either (qemu-img
+/// rounds those up to a sector), with data in their last bytes: every subformat reads identical
+/// and passes the crate's check. streamOptimized's last grain holds only the disk's tail.
+#[test]
+fn vmdk_odd_sizes_read_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    for (seed, (label, size)) in ODD_SIZES.into_iter().enumerate() {
+        let raw = dir.path().join(format!("{label}.raw"));
+        let data = make_tail_reference(&raw, size, 40 + seed as u64);
+        let sectors = size.div_ceil(512) * 512;
+        for sub in SUBFORMATS {
+            let img = dir.path().join(format!("{label}-{sub}.vmdk"));
+            let o = format!("subformat={sub}");
+            qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", &o, s(&raw), s(&img)]);
+            let what = format!("{label} {sub}");
+            let disk = open_ro(&img, None);
+            assert_eq!(disk.virtual_size(), sectors, "{what}");
+            assert_content(disk.as_ref(), &data, &what);
+            assert!(disk.check().unwrap().is_clean(), "{what}: own check not clean");
+        }
+        let last = (sectors - 1) / 65536;
+        let stream = dir.path().join(format!("{label}-streamOptimized.vmdk"));
+        let tail = (sectors - last * 65536) as usize;
+        assert_eq!(stream_grain_len(&stream, last), tail, "{label}: qemu's last grain");
+        // `bulkhead disk convert` of it (the report).
+        let back = dir.path().join(format!("{label}-back.raw"));
+        let opts = bulkhead_disk::OpenOptions::default();
+        let spec = bulkhead_disk::tools::CreateSpec::Raw;
+        bulkhead_disk::tools::convert(&stream, &opts, &back, &spec, &mut |_, _| {}).unwrap();
+        let mut want = data;
+        want.resize(sectors as usize, 0);
+        assert!(std::fs::read(&back).unwrap() == want, "{label}: converted back to raw");
+    }
+}
+
+/// A streamOptimized disk whose last grain is compressed whole (zeros past the disk's end), as
+/// other writers may make it, reads the same as QEMU's short last grain.
+#[test]
+fn vmdk_stream_full_length_last_grain_reads_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let size: u64 = (1 << 20) + 1536;
+    let raw = dir.path().join("ref.raw");
+    let data = make_tail_reference(&raw, size, 50);
+    let img = dir.path().join("full-tail.vmdk");
+    let o = "subformat=streamOptimized";
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", o, s(&raw), s(&img)]);
+    let mut grain = data[1 << 20..].to_vec();
+    grain.resize(65536, 0);
+    replace_stream_grain(&img, 16, &zlib(&grain));
+    assert_eq!(stream_grain_len(&img, 16), 65536);
+    assert_content(open_ro(&img, None).as_ref(), &data, "full-length last grain");
+    qemu_img(&["compare", "-f", "raw", "-F", "vmdk", s(&raw), s(&img)]);
+}

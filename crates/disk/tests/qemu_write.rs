@@ -325,3 +325,64 @@ fn cli_exit_codes() {
         1
     );
 }
+
+const WRITABLE_VMDK: [VmdkSubformat; 4] = [
+    VmdkSubformat::MonolithicSparse,
+    VmdkSubformat::MonolithicFlat,
+    VmdkSubformat::TwoGbMaxExtentSparse,
+    VmdkSubformat::TwoGbMaxExtentFlat,
+];
+
+/// Disks whose size ends inside a grain (some inside a sector: they are rounded up), created by
+/// the crate in every writable subformat with data written in their last bytes, pass
+/// `qemu-img check` and `qemu-img compare`.
+#[test]
+fn vmdk_odd_sizes_created_by_the_crate_pass_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    for (seed, (label, size)) in ODD_SIZES.into_iter().enumerate() {
+        let raw = dir.path().join(format!("{label}.raw"));
+        let data = make_tail_reference(&raw, size, 60 + seed as u64);
+        for sub in WRITABLE_VMDK {
+            let path = dir.path().join(format!("{label}-{}.vmdk", sub.name()));
+            tools::create(&path, size, &vmdk(sub, false)).unwrap();
+            let img = open_rw(&path, Format::Vmdk);
+            assert_eq!(img.virtual_size(), size.div_ceil(512) * 512, "{label} {}", sub.name());
+            let (head, tail) = (data.len().min(4096), data.len() - data.len().min(1536));
+            img.write_at(&data[..head], 0).unwrap();
+            img.write_at(&data[tail..], tail as u64).unwrap();
+            img.flush().unwrap();
+            drop(img);
+            assert_qemu_check_clean(&path, "vmdk");
+            assert_qemu_compare(&raw, &path, "vmdk");
+        }
+    }
+}
+
+/// The same sizes converted from a raw file into every subformat pass `qemu-img check` and
+/// `qemu-img compare` and read back identical. A streamOptimized disk's last grain holds only
+/// the disk's tail, as QEMU writes it.
+#[test]
+fn vmdk_odd_sizes_converted_by_the_crate_pass_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = OpenOptions::default();
+    for (seed, (label, size)) in ODD_SIZES.into_iter().enumerate() {
+        let raw = dir.path().join(format!("{label}.raw"));
+        let data = make_tail_reference(&raw, size, 70 + seed as u64);
+        for sub in WRITABLE_VMDK.into_iter().chain([VmdkSubformat::StreamOptimized]) {
+            let path = dir.path().join(format!("{label}-{}.vmdk", sub.name()));
+            tools::convert(&raw, &opts, &path, &vmdk(sub, false), &mut |_, _| {}).unwrap();
+            assert_qemu_check_clean(&path, "vmdk");
+            assert_qemu_compare(&raw, &path, "vmdk");
+            assert_content(
+                open_ro(&path, None).as_ref(),
+                &data,
+                &format!("{label} {}", sub.name()),
+            );
+        }
+        let stream = dir.path().join(format!("{label}-streamOptimized.vmdk"));
+        let sectors = size.div_ceil(512) * 512;
+        let last = (sectors - 1) / 65536;
+        let tail = (sectors - last * 65536) as usize;
+        assert_eq!(stream_grain_len(&stream, last), tail, "{label}: the last grain");
+    }
+}

@@ -9,11 +9,13 @@
 //!
 //! Grain table entry values: 0 unallocated (read from the parent, or zeros), 1 a zero grain,
 //! otherwise the sector of the grain — for compressed (streamOptimized) extents, the sector of
-//! the grain marker `{lba: u64, size: u32}` that precedes the deflate data.
+//! the grain marker `{lba: u64, size: u32}` that precedes the deflate data. A compressed grain
+//! decompresses to a whole grain, except that the last grain of an extent that ends inside it
+//! may hold only the sectors up to the end (QEMU writes it so).
 
 use super::descriptor::FORMAT;
 use super::header::{SparseHeader, FLAG_RGD, FLAG_ZERO_GRAIN, GD_AT_END, MAX_GD_BYTES, SECTOR};
-use crate::compress::{decompress, Codec};
+use crate::compress::{decompress_prefix, Codec};
 use crate::error::{DiskError, Result};
 use crate::file::{ImageFile, ReadRun};
 use crate::CheckReport;
@@ -265,8 +267,10 @@ impl SparseExtent {
         Ok(one[0])
     }
 
-    /// Decompresses the grain whose marker is at `sector`.
-    fn read_compressed(&self, sector: u64) -> Result<Vec<u8>> {
+    /// Decompresses grain `gi`, whose marker is at `sector`, into a whole grain. The data must
+    /// hold a whole grain or, in the last grain, exactly the bytes up to the end of the extent
+    /// (the rest then reads as zeros); any other length is corruption, as is more than a grain.
+    fn read_compressed(&self, sector: u64, gi: u64) -> Result<Vec<u8>> {
         let at = sector * SECTOR;
         let mut marker = [0u8; 12];
         self.file.read_exact_at(&mut marker, at, FORMAT, "grain marker")?;
@@ -277,14 +281,28 @@ impl SparseExtent {
                 format!("the compressed grain at sector {sector} {why}"),
             )
         };
+        let gb = self.grain_bytes() as usize;
         if size == 0 || size > self.grain_bytes() * 2 + 4096 {
             return Err(corrupt(format!("claims an impossible size of {size} bytes")));
         }
         let mut input = vec![0u8; size as usize];
         self.file.read_exact_at(&mut input, at + 12, FORMAT, "compressed grain")?;
-        let mut out = vec![0u8; self.grain_bytes() as usize];
-        decompress(Codec::Zlib, &input, &mut out)
+        // One byte more than a grain, to tell a grain from a longer stream.
+        let mut out = vec![0u8; gb + 1];
+        let n = decompress_prefix(Codec::Zlib, &input, &mut out)
             .map_err(|why| corrupt(format!("cannot be read: {why}")))?;
+        let tail = self.capacity_bytes().saturating_sub(gi * self.grain_bytes()) as usize;
+        let last_grain_short = tail < gb && n == tail && n > 0;
+        if n != gb && !last_grain_short {
+            let got = if n > gb { format!("more than {gb}") } else { n.to_string() };
+            let want = if tail > 0 && tail < gb {
+                format!("{gb} (a grain) or {tail} (the rest of the disk)")
+            } else {
+                format!("{gb} (a grain)")
+            };
+            return Err(corrupt(format!("decompresses to {got} bytes, not {want}")));
+        }
+        out.truncate(gb);
         Ok(out)
     }
 
@@ -297,7 +315,7 @@ impl SparseExtent {
             }
             Grain::Data(s) => self.file.read_zero_fill(buf, s * SECTOR + within),
             Grain::Compressed(s) => {
-                let data = self.read_compressed(s)?;
+                let data = self.read_compressed(s, gi)?;
                 buf.copy_from_slice(&data[within as usize..within as usize + buf.len()]);
                 Ok(())
             }

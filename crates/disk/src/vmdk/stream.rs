@@ -3,7 +3,9 @@
 //! Layout: header (grain directory "at end"), embedded descriptor, then each non-zero grain as a
 //! marker `{lba, size}` followed by its zlib data (padded to a sector), then each grain table
 //! after a table marker, the grain directory after a directory marker, a footer marker, the
-//! footer (the header again, with the real directory offset) and an end-of-stream marker.
+//! footer (the header again, with the real directory offset) and an end-of-stream marker. When
+//! the disk ends inside its last grain, that grain's data stops at the disk's end, as QEMU
+//! writes it.
 
 use super::create::{new_cid, GRAIN_SECTORS, GTES};
 use super::descriptor::{render, ExtentLine, ExtentType};
@@ -129,13 +131,17 @@ pub(crate) fn write_empty(path: &Path, sectors: u64) -> Result<()> {
 }
 
 /// Writes `src` as a streamOptimized disk; `progress(bytes done)` is called as it goes.
+///
+/// The disk holds `src` rounded up to whole sectors. When that is not a multiple of the grain,
+/// the last grain holds only the sectors up to the end of the disk, as QEMU writes it.
 pub(crate) fn write_from(
     path: &Path,
     src: &dyn DiskImage,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let size = src.virtual_size();
-    let mut w = Writer::new(path, size.div_ceil(SECTOR))?;
+    let sectors = size.div_ceil(SECTOR);
+    let mut w = Writer::new(path, sectors)?;
     let gb = GRAIN_SECTORS * SECTOR;
     let mut buf = vec![0u8; gb as usize];
     let mut pos = 0;
@@ -147,13 +153,15 @@ pub(crate) fn write_from(
             continue;
         }
         let gi = pos / gb;
-        let n = (gb.min(size - gi * gb)) as usize;
-        buf[n..].fill(0);
-        src.read_at(&mut buf[..n], gi * gb)?;
-        if !is_zero(&buf) {
-            w.grain(gi, &buf)?;
+        let start = gi * gb;
+        let grain = &mut buf[..gb.min(sectors * SECTOR - start) as usize];
+        let n = gb.min(size - start) as usize;
+        grain[n..].fill(0);
+        src.read_at(&mut grain[..n], start)?;
+        if !is_zero(grain) {
+            w.grain(gi, grain)?;
         }
-        pos = (gi + 1) * gb;
+        pos = start + gb;
         progress(pos.min(size));
     }
     w.finish()
