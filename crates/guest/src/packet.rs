@@ -21,7 +21,8 @@ pub const ETH_MIN: usize = 60;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
 const PROTO_ICMP: u8 = 1;
-const PROTO_UDP: u8 = 17;
+/// The IPv4 protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 const ICMP_ECHO_REPLY: u8 = 0;

@@ -63,7 +63,7 @@ impl Net {
         let tx_base = bump.alloc(tx_n * u64::from(BUF_BYTES), 4096).ok_or(InitError::NoMemory)?;
         let mut net = Net {
             transport,
-            rx: Queue::new(rx, transport, RX_QUEUE, completion),
+            rx: Queue::new(rx, transport, RX_QUEUE, completion).receiving(),
             tx: Queue::new(tx, transport, TX_QUEUE, completion),
             features,
             device_mac,
@@ -215,7 +215,8 @@ impl Net {
         self.tx.outstanding()
     }
 
-    /// Waits for a received frame (see [`Queue::wait`]).
+    /// Waits for a received frame (see [`Queue::wait`]): `Err(Timeout)` when
+    /// none came, which leaves the device working.
     pub fn wait_rx(&mut self, deadline: u64) -> Result<(), IoError> {
         self.rx.wait(deadline)
     }

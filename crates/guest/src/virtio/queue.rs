@@ -32,6 +32,15 @@
 //! halted CPU (see `irq::wake_start`), and every 100 ms of waiting the
 //! driver reads the device status: DEVICE_NEEDS_RESET ends the wait with an
 //! error instead of a hang.
+//!
+//! What a deadline means depends on the queue. On a queue of requests
+//! (blk, rng, net transmit) every chain the driver made available is owed
+//! back: one that is not returned in time means the device failed, and the
+//! driver gives up on it. On a receive queue (net receive) the device
+//! returns a buffer only when a packet arrives, and no packet is no fault:
+//! a peer that does not answer, or a packet lost on the way (a network
+//! device may drop what it held when it restarts, as a link drops frames),
+//! ends the wait with [`IoError::Timeout`] and leaves the device working.
 
 use crate::arch::rdtsc;
 use crate::{irq, time};
@@ -87,6 +96,9 @@ pub struct Queue {
     /// Set when the device timed out, asked for a reset or broke the ring's
     /// rules: the queue takes no more requests (the device gets FAILED).
     broken: bool,
+    /// A receive queue: the device owes nothing by a deadline (see the
+    /// module docs).
+    receive: bool,
 }
 
 impl Queue {
@@ -97,7 +109,14 @@ impl Queue {
         completion: Completion,
     ) -> Queue {
         ring.set_interrupts(matches!(completion, Completion::Irq(_)));
-        Queue { ring, transport, index, completion, notifies: 0, broken: false }
+        Queue { ring, transport, index, completion, notifies: 0, broken: false, receive: false }
+    }
+
+    /// Makes this a receive queue: a wait that ends with nothing received
+    /// is not a failure of the device.
+    pub fn receiving(mut self) -> Queue {
+        self.receive = true;
+        self
     }
 
     pub fn size(&self) -> u16 {
@@ -178,7 +197,7 @@ impl Queue {
     }
 
     /// Waits until the device has returned a chain or `deadline` (TSC)
-    /// passes; see the module docs.
+    /// passes; see the module docs for what a missed deadline means.
     pub fn wait(&mut self, deadline: u64) -> Result<(), IoError> {
         if self.broken {
             return Err(IoError::Broken);
@@ -210,6 +229,9 @@ impl Queue {
                 return Err(self.give_up(IoError::NeedsReset));
             }
             if time::passed(deadline) {
+                if self.receive {
+                    return Err(IoError::Timeout);
+                }
                 return Err(self.give_up(IoError::Timeout));
             }
         }

@@ -14,7 +14,11 @@
 //!   and the round-trip time's percentiles.
 //! - `net-bench` `mode=tx`: UDP datagrams of `bulkhead.size` payload bytes to
 //!   the peer's discard port (9), as fast as the device returns transmit
-//!   buffers: packets per second and payload MiB per second.
+//!   buffers: packets per second and payload MiB per second. A UDP datagram
+//!   from the peer to the guest ends the run early (a test's way to say its
+//!   work is done); then, as at the end of the time, every transmit buffer
+//!   must come back within `bulkhead.timeout_ms`, and the check passes only
+//!   if each datagram sent was returned by the device.
 //!
 //! `BH result workload=net-bench mode=... seconds=... packets=... pps=... ...`.
 
@@ -38,7 +42,12 @@ const SOURCE_PORT: u16 = 40_000;
 
 /// What one received frame turned out to be, for the caller.
 enum Event {
-    EchoReply { id: u16, seq: u16 },
+    EchoReply {
+        id: u16,
+        seq: u16,
+    },
+    /// A UDP datagram from the peer.
+    Datagram,
     Other,
 }
 
@@ -81,6 +90,11 @@ impl Stack<'_> {
             }
             Some(Packet::Echo { reply: true, to_ip, id, seq, .. }) if to_ip == me.ip => {
                 Event::EchoReply { id, seq }
+            }
+            Some(Packet::OtherIp { from, to_ip, protocol: packet::PROTO_UDP })
+                if to_ip == me.ip && from.ip == self.peer.ip =>
+            {
+                Event::Datagram
             }
             _ => Event::Other,
         };
@@ -260,9 +274,10 @@ impl Figures {
                 self.counters.1
             ),
             NetMode::Tx => bh!(
-                "result workload=net-bench mode=tx size={} seconds={} packets={} pps={} mib_s={} kicks={} irqs={}",
+                "result workload=net-bench mode=tx size={} seconds={} sent={} packets={} pps={} mib_s={} kicks={} irqs={}",
                 o.size,
                 seconds,
+                self.sent,
                 self.packets,
                 pps,
                 Fixed(per_second(self.packets * o.size, ns, 1) >> 20, 1),
@@ -305,7 +320,8 @@ fn tx(
     };
     let mut f = Figures { sent: 0, packets: 0, hist: Histogram::new(), counters: (0, 0) };
     let before = stack.net.tx_done;
-    while f.sent < limit && rdtsc() < end {
+    let mut stopped = false;
+    while !stopped && f.sent < limit && rdtsc() < end {
         stack.net.reclaim()?;
         let mut batch = 0;
         while f.sent < limit && stack.net.send(false, build)? {
@@ -315,7 +331,9 @@ fn tx(
         if batch > 0 {
             stack.net.kick_tx();
         }
-        while stack.poll()?.is_some() {}
+        while let Some(event) = stack.poll()? {
+            stopped |= matches!(event, Event::Datagram);
+        }
         if batch == 0 {
             stack.net.wait_tx(time::deadline_ms(timeout_ms))?;
         }
