@@ -14,6 +14,51 @@ pub fn start(cmd: &mut Command) -> Child {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
+/// A VMM a test started (stdin closed, stdout and stderr piped). If the test
+/// fails while it runs, it is killed and what it printed is shown with the
+/// failure.
+pub struct Running {
+    child: Option<Child>,
+}
+
+impl Running {
+    pub fn start(cmd: &mut Command) -> Running {
+        Running { child: Some(start(cmd)) }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().expect("running").try_wait().unwrap().is_none()
+    }
+
+    /// Waits for it to end, killing it after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Run {
+        wait(self.child.take().expect("running"), timeout)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = child.kill();
+        let _ = child.wait();
+        if std::thread::panicking() {
+            let (mut stdout, mut stderr) = (String::new(), String::new());
+            if let Some(mut out) = child.stdout.take() {
+                let _ = out.read_to_string(&mut stdout);
+            }
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            eprintln!("--- the VM's output ---\n{stdout}--- its errors ---\n{stderr}---");
+        }
+    }
+}
+
 /// Kills a VMM left running when a test fails half-way.
 pub struct KillOnDrop(pub u32);
 
@@ -234,6 +279,25 @@ impl NetNs {
         ip(&["-n", n, "addr", "add", "10.0.2.1/24", "dev", "tap0"]);
         ip(&["-n", n, "link", "set", "tap0", "up"]);
         ns
+    }
+
+    /// Sends one UDP datagram from `from` (an address of the namespace) to
+    /// `to`, from inside the namespace (a thread of this process that joins it).
+    pub fn send_udp(&self, from: &str, to: &str, payload: &[u8]) {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{}", self.name);
+        let (from, to, payload) = (from.to_string(), to.to_string(), payload.to_vec());
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on an open namespace file; it changes only this
+            // thread's network namespace, and the thread ends after the send.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            let socket = std::net::UdpSocket::bind((from.as_str(), 0)).unwrap();
+            socket.send_to(&payload, &to).unwrap();
+        })
+        .join()
+        .unwrap();
     }
 
     /// `bulkhead` run inside the namespace.
