@@ -310,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn durations_read_back_as_the_same_number() {
+        // Parsed, written and parsed again, each must be the same f64 (0.5e40 came back one
+        // ULP off before serde_json's exact float parsing was turned on).
+        for took_ms in
+            [0.5e40_f64, 4.9999999999999995e39, 0.1, 1e-300, 2.2250738585072014e-308, 12.5]
+        {
+            let line = format!(
+                r#"{{"version":1,"reply":"ok","result":{{"device_change":{{"id":"blk0","old_pid":null,"new_pid":null,"took_ms":{took_ms:e}}}}}}}"#
+            );
+            let reply = Reply::parse(line.as_bytes()).unwrap();
+            let Reply::Ok { result: Payload::DeviceChange(change) } = &reply else { panic!() };
+            assert_eq!(change.took_ms.to_bits(), took_ms.to_bits(), "{line}");
+            assert_eq!(Reply::parse(&reply.encode()), Ok(reply));
+        }
+    }
+
+    #[test]
     fn reply_fields_unknown_to_the_client_are_ignored() {
         let line = br#"{"version":1,"reply":"error","message":"x","hint":"new in a later server"}"#;
         assert_eq!(Reply::parse(line), Ok(Reply::error("x")));
