@@ -45,7 +45,7 @@ pub fn reset_extents() {
 pub fn open_bytes(name: &str, data: &[u8], format: Format) -> Option<Box<dyn DiskImage>> {
     let path = scratch().join(name);
     std::fs::write(&path, data).unwrap();
-    let opts = OpenOptions { read_only: false, format: Some(format), allow_outside_paths: false };
+    let opts = OpenOptions { read_only: false, format: Some(format), allow_outside_paths: false, ..Default::default() };
     match open(&path, &opts) {
         Ok(img) => Some(img),
         // Read-only formats (streamOptimized) and read-only images: try again for reading.
@@ -95,7 +95,7 @@ pub fn workout(img: &dyn DiskImage, data: &[u8]) {
 fn same_as_reopened(img: &dyn DiskImage, offsets: &[u64]) {
     let info = img.info();
     let opts =
-        OpenOptions { read_only: true, format: Some(info.format), allow_outside_paths: false };
+        OpenOptions { read_only: true, format: Some(info.format), allow_outside_paths: false, ..Default::default() };
     let Ok(fresh) = open(&info.path, &opts) else { return };
     let size = img.virtual_size().min(fresh.virtual_size());
     let (mut a, mut b) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);

@@ -63,7 +63,7 @@ pub fn device(kind: DeviceKind) -> Arc<dyn Device> {
         let opts = bulkhead_disk::OpenOptions {
             read_only: false,
             format: Some(bulkhead_disk::Format::Raw),
-            allow_outside_paths: false,
+            ..Default::default()
         };
         let disk = bulkhead_disk::open(&path, &opts).unwrap();
         let _ = std::fs::remove_file(&path);

@@ -105,7 +105,7 @@ fn disk() -> Arc<dyn DiskImage> {
         let opts = bulkhead_disk::OpenOptions {
             read_only: false,
             format: Some(bulkhead_disk::Format::Raw),
-            allow_outside_paths: false,
+            ..Default::default()
         };
         let img = bulkhead_disk::open(&path, &opts).unwrap();
         let _ = std::fs::remove_file(&path);

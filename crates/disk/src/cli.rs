@@ -6,7 +6,7 @@
 
 use crate::tools::{self, CreateSpec};
 use crate::{
-    CheckReport, Format, ImageInfo, OpenOptions, Qcow2CreateOptions, Qcow2Version,
+    CheckReport, Format, ImageInfo, Locking, OpenOptions, Qcow2CreateOptions, Qcow2Version,
     VmdkCreateOptions, VmdkSubformat,
 };
 use anyhow::{bail, Context};
@@ -51,6 +51,10 @@ pub enum DiskCommand {
         /// Follow file names that leave the image's folder.
         #[arg(long)]
         allow_outside_paths: bool,
+        /// Read the image even while another process writes to it, as `qemu-img -U`: take
+        /// only the read lock (what is read may be inconsistent).
+        #[arg(short = 'U', long)]
+        force_share: bool,
     },
     /// Check an image for corruption and leaks; exit code 1 when it is not clean.
     Check {
@@ -62,6 +66,10 @@ pub enum DiskCommand {
         /// Follow file names that leave the image's folder.
         #[arg(long)]
         allow_outside_paths: bool,
+        /// Read the image even while another process writes to it, as `qemu-img -U`: take
+        /// only the read lock (what is read may be inconsistent).
+        #[arg(short = 'U', long)]
+        force_share: bool,
     },
     /// Copy an image into a new one of any format; zeros stay unallocated.
     Convert {
@@ -78,6 +86,10 @@ pub enum DiskCommand {
         /// Follow file names that leave the input image's folder.
         #[arg(long)]
         allow_outside_paths: bool,
+        /// Read the input even while another process writes to it, as `qemu-img -U` (the
+        /// output is always locked for writing).
+        #[arg(short = 'U', long)]
+        force_share: bool,
     },
     /// Compare the content of two images; exit code 1 when they differ.
     Compare {
@@ -85,6 +97,10 @@ pub enum DiskCommand {
         a: PathBuf,
         /// Second image.
         b: PathBuf,
+        /// Read the image even while another process writes to it, as `qemu-img -U`: take
+        /// only the read lock (what is read may be inconsistent).
+        #[arg(short = 'U', long)]
+        force_share: bool,
     },
 }
 
@@ -131,6 +147,13 @@ fn spec(
     })
 }
 
+/// How the tools open an image they only read: locked as a reader (refused while another
+/// process writes it), or, with `--force-share`, whatever others do.
+fn reading(allow_outside_paths: bool, force_share: bool) -> OpenOptions {
+    let locking = if force_share { Locking::ForceShare } else { Locking::On };
+    OpenOptions { allow_outside_paths, locking, read_only: true, ..Default::default() }
+}
+
 /// Runs one disk command; returns the exit code.
 pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
     match cmd {
@@ -155,9 +178,8 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot create {}", file.display()))?;
             Ok(0)
         }
-        DiskCommand::Info { file, json, allow_outside_paths } => {
-            let info =
-                tools::info(&file, &OpenOptions { allow_outside_paths, ..Default::default() })?;
+        DiskCommand::Info { file, json, allow_outside_paths, force_share } => {
+            let info = tools::info(&file, &reading(allow_outside_paths, force_share))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -165,9 +187,8 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        DiskCommand::Check { file, json, allow_outside_paths } => {
-            let report =
-                tools::check(&file, &OpenOptions { allow_outside_paths, ..Default::default() })?;
+        DiskCommand::Check { file, json, allow_outside_paths, force_share } => {
+            let report = tools::check(&file, &reading(allow_outside_paths, force_share))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -175,26 +196,35 @@ pub fn run(cmd: DiskCommand) -> anyhow::Result<i32> {
             }
             Ok(if report.is_clean() { 0 } else { 1 })
         }
-        DiskCommand::Convert { input, output, format, subformat, allow_outside_paths } => {
+        DiskCommand::Convert {
+            input,
+            output,
+            format,
+            subformat,
+            allow_outside_paths,
+            force_share,
+        } => {
             let spec = spec(&format, subformat.as_deref(), None, None, None)?;
             let mut bar = Progress::new();
-            let opts = OpenOptions { allow_outside_paths, ..Default::default() };
+            let opts = reading(allow_outside_paths, force_share);
             tools::convert(&input, &opts, &output, &spec, &mut |done, total| {
                 bar.show(done, total)
             })?;
             bar.finish();
             Ok(0)
         }
-        DiskCommand::Compare { a, b } => match tools::compare(&a, &b, &OpenOptions::default())? {
-            None => {
-                println!("Images are identical.");
-                Ok(0)
+        DiskCommand::Compare { a, b, force_share } => {
+            match tools::compare(&a, &b, &reading(false, force_share))? {
+                None => {
+                    println!("Images are identical.");
+                    Ok(0)
+                }
+                Some(off) => {
+                    println!("Content mismatch at offset {off}.");
+                    Ok(1)
+                }
             }
-            Some(off) => {
-                println!("Content mismatch at offset {off}.");
-                Ok(1)
-            }
-        },
+        }
     }
 }
 

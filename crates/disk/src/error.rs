@@ -101,6 +101,18 @@ pub enum DiskError {
         /// The image.
         path: PathBuf,
     },
+    /// Another process uses the file in a way this use cannot share (see the `lock` module).
+    #[error(
+        "{} is in use by another process ({how}); stop that process first, or, if two users are \
+         safe here, open it without locking (a disk's locking=off, the disk tools' --force-share)",
+        path.display()
+    )]
+    InUse {
+        /// The file.
+        path: PathBuf,
+        /// How the other process uses it.
+        how: String,
+    },
     /// The caller asked for something that cannot be done (bad size, unknown subformat...).
     #[error("{0}")]
     InvalidArgument(String),

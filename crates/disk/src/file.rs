@@ -26,6 +26,8 @@ pub(crate) struct ImageFile {
     /// `set_len` through it.
     known_len: AtomicU64,
     cache: Option<TableCache>,
+    /// Handed over by a previous user, with its locks (see [`crate::files`]).
+    handed: bool,
 }
 
 impl std::fmt::Debug for ImageFile {
@@ -51,6 +53,14 @@ impl ImageFile {
         Ok(f)
     }
 
+    /// A file a previous user of the image opened under `path` and handed over.
+    pub fn handed(file: File, path: &Path, writable: bool) -> Result<Self> {
+        let mut f = ImageFile::new(file, path, writable);
+        f.handed = true;
+        f.known_len = AtomicU64::new(f.len()?);
+        Ok(f)
+    }
+
     fn new(file: File, path: &Path, writable: bool) -> Self {
         ImageFile {
             file,
@@ -58,7 +68,30 @@ impl ImageFile {
             writable,
             known_len: AtomicU64::new(0),
             cache: None,
+            handed: false,
         }
+    }
+
+    /// Whether it was handed over (and holds its locks already).
+    pub fn was_handed(&self) -> bool {
+        self.handed
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The file's identity (device and inode): two names of one file have the same.
+    pub fn identity(&self) -> Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self.file.metadata().map_err(|e| self.io_err(e))?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
+    /// What [`crate::DiskImage::files`] reports of it.
+    pub fn open_file(&self) -> crate::OpenFile {
+        crate::OpenFile { path: self.path.clone(), writable: self.writable, fd: self.raw_fd() }
     }
 
     /// Serves [`ImageFile::read_table`] from a write-through cache of at most `max_bytes`.
@@ -67,15 +100,19 @@ impl ImageFile {
         self
     }
 
-    /// Creates a new file, replacing an existing one, and opens it for writing.
+    /// Creates a new file, replacing an existing one, and opens it for writing. An existing file
+    /// that another process uses (see [`crate::lock`]) is refused before it is truncated.
     pub fn create(path: &Path) -> Result<Self> {
         let file = FsOpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)
             .map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
+        let access = crate::lock::Access::Write { grows: true };
+        crate::lock::lock(&file, path, access, crate::Locking::On)?;
+        file.set_len(0).map_err(|source| DiskError::Io { path: path.to_path_buf(), source })?;
         Ok(ImageFile::new(file, path, true))
     }
 

@@ -37,6 +37,8 @@ mod cache;
 mod compress;
 mod error;
 mod file;
+mod files;
+mod lock;
 mod probe;
 mod qcow2;
 mod raw;
@@ -46,13 +48,14 @@ pub mod cli;
 pub mod tools;
 
 pub use error::{DiskError, Result};
+pub use files::{HandedFiles, OpenFile};
+pub use lock::Locking;
 pub use qcow2::{Qcow2CreateOptions, Qcow2Version};
 pub use vmdk::{VmdkCreateOptions, VmdkSubformat};
 
 use serde::Serialize;
 use std::collections::HashSet;
 use std::fmt;
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -89,9 +92,10 @@ pub trait DiskImage: Send + Sync {
     /// True when writes are refused.
     fn is_read_only(&self) -> bool;
 
-    /// Every file descriptor the image holds, backing files included, so that a sandbox can keep
-    /// exactly these open.
-    fn files(&self) -> Vec<RawFd>;
+    /// Every file the image holds (name, access, descriptor), backing files included, so that a
+    /// sandbox can keep exactly these open and a successor can be handed them
+    /// ([`HandedFiles`]).
+    fn files(&self) -> Vec<OpenFile>;
 
     /// Describes the image (format, sizes, files, backing chain).
     fn info(&self) -> ImageInfo;
@@ -172,6 +176,9 @@ pub struct OpenOptions {
     pub format: Option<Format>,
     /// Follow backing-file and extent names that are absolute or lead outside the image's folder.
     pub allow_outside_paths: bool,
+    /// Lock the files against conflicting use by other processes (QEMU's scheme; see
+    /// [`Locking`]).
+    pub locking: Locking,
 }
 
 /// Description of an opened image.
@@ -232,23 +239,41 @@ impl CheckReport {
 
 /// Opens an image, probing its format unless `opts.format` names it, and its backing chain.
 pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskImage>> {
-    let mut chain = Chain::new(opts.allow_outside_paths);
+    open_with(path, opts, HandedFiles::default())
+}
+
+/// [`open`], using the files in `handed` (a previous user's, with their locks) instead of
+/// opening those names again.
+pub fn open_with(
+    path: &Path,
+    opts: &OpenOptions,
+    handed: HandedFiles,
+) -> Result<Box<dyn DiskImage>> {
+    let mut chain = Chain::new(opts.allow_outside_paths, files::Opener::new(opts.locking, handed));
     chain.open(path, opts.format, !opts.read_only)
 }
 
-/// The images opened so far in one backing chain, to refuse loops and endless chains.
+/// The images opened so far in one backing chain, to refuse loops and endless chains, and where
+/// their files come from.
 pub(crate) struct Chain {
-    seen: HashSet<PathBuf>,
+    /// The files of the chain's images, by identity (device, inode).
+    seen: HashSet<(u64, u64)>,
     allow_outside_paths: bool,
+    files: files::Opener,
 }
 
 impl Chain {
-    fn new(allow_outside_paths: bool) -> Self {
-        Chain { seen: HashSet::new(), allow_outside_paths }
+    fn new(allow_outside_paths: bool, files: files::Opener) -> Self {
+        Chain { seen: HashSet::new(), allow_outside_paths, files }
     }
 
     pub(crate) fn allow_outside_paths(&self) -> bool {
         self.allow_outside_paths
+    }
+
+    /// Where the chain's files come from (for a VMDK's extents).
+    pub(crate) fn files(&mut self) -> &mut files::Opener {
+        &mut self.files
     }
 
     /// Opens one image of the chain (and, recursively, what lies below it).
@@ -258,27 +283,33 @@ impl Chain {
         format: Option<Format>,
         writable: bool,
     ) -> Result<Box<dyn DiskImage>> {
-        let key = path
-            .canonicalize()
-            .map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
-        if self.seen.contains(&key) {
-            return Err(DiskError::BackingLoop { path: path.to_path_buf(), target: key });
+        let file = self.files.open(path, writable)?;
+        if !self.seen.insert(file.identity()?) {
+            return Err(DiskError::BackingLoop {
+                path: path.to_path_buf(),
+                target: path.to_path_buf(),
+            });
         }
-        if self.seen.len() >= MAX_CHAIN_LENGTH {
+        if self.seen.len() > MAX_CHAIN_LENGTH {
             return Err(DiskError::ChainTooLong {
                 path: path.to_path_buf(),
                 max: MAX_CHAIN_LENGTH,
             });
         }
-        self.seen.insert(key);
         let format = match format {
             Some(f) => f,
-            None => probe::probe(path)?,
+            None => probe::probe(&file)?,
         };
+        // Every format but raw may append to its file (new clusters, grains, a descriptor).
+        let access = match writable {
+            true => lock::Access::Write { grows: format != Format::Raw },
+            false => lock::Access::Read,
+        };
+        self.files.lock(&file, access)?;
         match format {
-            Format::Raw => Ok(Box::new(raw::RawImage::open(path, writable)?)),
-            Format::Qcow2 => Ok(Box::new(qcow2::Qcow2::open(path, writable, self)?)),
-            Format::Vmdk => Ok(Box::new(vmdk::Vmdk::open(path, writable, self)?)),
+            Format::Raw => Ok(Box::new(raw::RawImage::new(file)?)),
+            Format::Qcow2 => Ok(Box::new(qcow2::Qcow2::open(file, self)?)),
+            Format::Vmdk => Ok(Box::new(vmdk::Vmdk::open(file, self)?)),
         }
     }
 

@@ -3,7 +3,6 @@
 use crate::error::Result;
 use crate::file::ImageFile;
 use crate::Format;
-use std::path::Path;
 
 /// Magic of a qcow2 header.
 pub(crate) const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -13,8 +12,7 @@ pub(crate) const VMDK_MAGIC: &[u8; 4] = b"KDMV";
 pub(crate) const VMDK_DESCRIPTOR_START: &str = "# Disk DescriptorFile";
 
 /// Returns the format the file's content announces; raw when it announces none.
-pub(crate) fn probe(path: &Path) -> Result<Format> {
-    let file = ImageFile::open(path, false)?;
+pub(crate) fn probe(file: &ImageFile) -> Result<Format> {
     let mut head = [0u8; 1024];
     file.read_zero_fill(&mut head, 0)?;
     Ok(probe_bytes(&head))

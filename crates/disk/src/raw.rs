@@ -2,8 +2,7 @@
 
 use crate::error::{DiskError, Result};
 use crate::file::{check_range, ImageFile};
-use crate::{DiskImage, Format, ImageInfo};
-use std::os::fd::RawFd;
+use crate::{DiskImage, Format, ImageInfo, OpenFile};
 use std::path::Path;
 
 /// A raw image file.
@@ -14,8 +13,8 @@ pub(crate) struct RawImage {
 }
 
 impl RawImage {
-    pub fn open(path: &Path, writable: bool) -> Result<Self> {
-        let file = ImageFile::open(path, writable)?;
+    /// The image in `file` (opened and locked by the chain).
+    pub fn new(file: ImageFile) -> Result<Self> {
         let size = file.len()?;
         Ok(RawImage { file, size })
     }
@@ -76,8 +75,8 @@ impl DiskImage for RawImage {
         !self.file.is_writable()
     }
 
-    fn files(&self) -> Vec<RawFd> {
-        vec![self.file.raw_fd()]
+    fn files(&self) -> Vec<OpenFile> {
+        vec![self.file.open_file()]
     }
 
     fn info(&self) -> ImageInfo {

@@ -50,7 +50,7 @@ pub fn backing_size(
     allow_outside_paths: bool,
 ) -> Result<u64> {
     let target = crate::file::resolve_named_file(path, name, allow_outside_paths)?;
-    let opts = OpenOptions { read_only: true, format, allow_outside_paths };
+    let opts = OpenOptions { read_only: true, format, allow_outside_paths, ..Default::default() };
     Ok(open(&target, &opts)?.virtual_size())
 }
 
@@ -93,8 +93,7 @@ pub fn convert(
         }
     }
     create(output, size, spec)?;
-    let out_opts =
-        OpenOptions { read_only: false, format: Some(spec.format()), allow_outside_paths: false };
+    let out_opts = OpenOptions { format: Some(spec.format()), ..Default::default() };
     let dst = open(output, &out_opts)?;
     if dst.virtual_size() < size {
         return Err(DiskError::InvalidArgument(format!(

@@ -15,7 +15,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn opts(read_only: bool) -> OpenOptions {
-    OpenOptions { read_only, format: None, allow_outside_paths: false }
+    OpenOptions { read_only, format: None, allow_outside_paths: false, ..Default::default() }
 }
 
 /// Opens `path` expecting failure; checks the message names `names` and contains `word`.
@@ -185,7 +185,12 @@ fn backing_chains_are_bounded() {
     let up = d.join("in/up.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", "-b", "../base.qcow2", "-F", "qcow2", s(&up)]);
     assert!(matches!(refused(&up, true, &up, "outside"), DiskError::OutsidePath { .. }));
-    let allowed = OpenOptions { read_only: true, format: None, allow_outside_paths: true };
+    let allowed = OpenOptions {
+        read_only: true,
+        format: None,
+        allow_outside_paths: true,
+        ..Default::default()
+    };
     assert!(open(&up, &allowed).is_ok());
     let abs = d.join("in/abs.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", "-b", s(&base), "-F", "qcow2", s(&abs)]);

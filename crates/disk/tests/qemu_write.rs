@@ -298,20 +298,35 @@ fn cli_exit_codes() {
         format: "vmdk".into(),
         subformat: Some("monolithicSparse".into()),
         allow_outside_paths: false,
+        force_share: false,
     };
     assert_eq!(run(convert).unwrap(), 0);
-    assert_eq!(run(DiskCommand::Compare { a: a.clone(), b: b.clone() }).unwrap(), 0);
     assert_eq!(
-        run(DiskCommand::Check { file: a.clone(), json: true, allow_outside_paths: false })
-            .unwrap(),
+        run(DiskCommand::Compare { a: a.clone(), b: b.clone(), force_share: false }).unwrap(),
         0
     );
     assert_eq!(
-        run(DiskCommand::Info { file: b.clone(), json: true, allow_outside_paths: false }).unwrap(),
+        run(DiskCommand::Check {
+            file: a.clone(),
+            json: true,
+            allow_outside_paths: false,
+            force_share: false
+        })
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        run(DiskCommand::Info {
+            file: b.clone(),
+            json: true,
+            allow_outside_paths: false,
+            force_share: false
+        })
+        .unwrap(),
         0
     );
     open_rw(&b, Format::Vmdk).write_at(&[1], 5).unwrap();
-    assert_eq!(run(DiskCommand::Compare { a: a.clone(), b }).unwrap(), 1);
+    assert_eq!(run(DiskCommand::Compare { a: a.clone(), b, force_share: false }).unwrap(), 1);
     // A leaked cluster makes check exit 1: bump the refcount of a free cluster by hand.
     qemu_io(&["-f", "qcow2", "-c", "write 0 64k", a.to_str().unwrap()]);
     let leak = dir.path().join("leak.qcow2");
@@ -321,7 +336,13 @@ fn cli_exit_codes() {
     bytes[2 * 65536 + 9 * 2 + 1] = 1;
     std::fs::write(&leak, &bytes).unwrap();
     assert_eq!(
-        run(DiskCommand::Check { file: leak, json: false, allow_outside_paths: false }).unwrap(),
+        run(DiskCommand::Check {
+            file: leak,
+            json: false,
+            allow_outside_paths: false,
+            force_share: false
+        })
+        .unwrap(),
         1
     );
 }

@@ -37,12 +37,10 @@ pub use create::{Qcow2CreateOptions, Qcow2Version};
 use crate::compress::{decompress, Codec};
 use crate::error::{DiskError, Result};
 use crate::file::{check_range, ImageFile, ReadRun};
-use crate::{Chain, CheckReport, DiskImage, Format, ImageInfo, Mapping};
+use crate::{Chain, CheckReport, DiskImage, Format, ImageInfo, Mapping, OpenFile};
 use header::{Compression, Header, FORMAT, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use refcount::{Refcounts, OFFSET_MASK};
 use std::collections::HashSet;
-use std::os::fd::RawFd;
-use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const COPIED: u64 = 1 << 63;
@@ -83,8 +81,12 @@ struct State {
 }
 
 impl Qcow2 {
-    pub fn open(path: &Path, writable: bool, chain: &mut Chain) -> Result<Self> {
-        let file = ImageFile::open(path, writable)?.with_table_cache(TABLE_CACHE_BYTES);
+    /// The image in `file` (opened and locked by `chain`), and its backing chain.
+    pub fn open(file: ImageFile, chain: &mut Chain) -> Result<Self> {
+        let writable = file.is_writable();
+        let path = file.path().to_path_buf();
+        let path = path.as_path();
+        let file = file.with_table_cache(TABLE_CACHE_BYTES);
         let mut header = Header::read(&file)?;
         if writable {
             Self::prepare_for_writes(&file, &mut header)?;
@@ -541,8 +543,8 @@ impl DiskImage for Qcow2 {
         !self.file.is_writable()
     }
 
-    fn files(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.file.raw_fd()];
+    fn files(&self) -> Vec<OpenFile> {
+        let mut fds = vec![self.file.open_file()];
         if let Some(b) = &self.backing {
             fds.extend(b.files());
         }

@@ -22,12 +22,12 @@ pub(crate) use stream::write_from as write_stream;
 
 use crate::error::{DiskError, Result};
 use crate::file::{check_range, resolve_named_file, ImageFile};
-use crate::{Chain, CheckReport, DiskImage, ExtentInfo, Format, ImageInfo, Mapping};
+use crate::lock::Access;
+use crate::{Chain, CheckReport, DiskImage, ExtentInfo, Format, ImageInfo, Mapping, OpenFile};
 use descriptor::{Descriptor, ExtentType, FORMAT, MAX_DESCRIPTOR};
 use header::SECTOR;
 use sparse::{Grain, SparseExtent};
 use std::collections::HashSet;
-use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 /// Where an extent's data lives.
@@ -49,6 +49,8 @@ struct Extent {
 pub(crate) struct Vmdk {
     path: PathBuf,
     create_type: String,
+    /// The descriptor, for disks that have one of their own (kept open for its lock).
+    descriptor_file: Option<ImageFile>,
     extents: Vec<Extent>,
     size: u64,
     parent: Option<Box<dyn DiskImage>>,
@@ -56,26 +58,30 @@ pub(crate) struct Vmdk {
 }
 
 impl Vmdk {
-    pub fn open(path: &Path, writable: bool, chain: &mut Chain) -> Result<Self> {
-        let probe = ImageFile::open(path, false)?;
+    /// The disk whose descriptor or monolithic sparse extent is `file` (opened and locked by
+    /// `chain`): its extents, opened and locked through `chain`, and its parent.
+    pub fn open(file: ImageFile, chain: &mut Chain) -> Result<Self> {
+        let writable = file.is_writable();
+        let path = file.path().to_path_buf();
         let mut magic = [0u8; 4];
-        probe.read_zero_fill(&mut magic, 0)?;
-        let (descriptor, extents) = if &magic == crate::probe::VMDK_MAGIC {
-            drop(probe);
-            Self::open_monolithic_sparse(path, writable)?
+        file.read_zero_fill(&mut magic, 0)?;
+        let (descriptor, extents, descriptor_file) = if &magic == crate::probe::VMDK_MAGIC {
+            let (d, extents) = Self::open_monolithic_sparse(file, writable)?;
+            (d, extents, None)
         } else {
-            let len = probe.len()?;
+            let len = file.len()?;
             if len > MAX_DESCRIPTOR {
-                return Err(DiskError::malformed(path, FORMAT, format!("it is neither a sparse extent nor a descriptor of at most 1 MiB ({len} bytes)")));
+                return Err(DiskError::malformed(&path, FORMAT, format!("it is neither a sparse extent nor a descriptor of at most 1 MiB ({len} bytes)")));
             }
             let mut raw = vec![0u8; len as usize];
-            probe.read_exact_at(&mut raw, 0, FORMAT, "descriptor")?;
+            file.read_exact_at(&mut raw, 0, FORMAT, "descriptor")?;
             let text = std::str::from_utf8(&raw).map_err(|_| {
-                DiskError::malformed(path, FORMAT, "its descriptor is not UTF-8 text")
+                DiskError::malformed(&path, FORMAT, "its descriptor is not UTF-8 text")
             })?;
-            let d = Descriptor::parse(path, text)?;
-            let extents = Self::open_extents(path, &d, writable, chain.allow_outside_paths())?;
-            (d, extents)
+            let d = Descriptor::parse(&path, text)?;
+            let extents = Self::open_extents(&file, &d, writable, chain)?;
+            // The descriptor stays open: its lock says the disk is in use.
+            (d, extents, Some(file))
         };
         let size = extents.last().map_or(0, |e| e.start + e.len);
         if writable
@@ -84,18 +90,19 @@ impl Vmdk {
                 .any(|e| matches!(&e.backend, Backend::Sparse(s) if s.header().compressed()))
         {
             return Err(DiskError::unsupported(
-                path,
+                &path,
                 FORMAT,
                 "writing to streamOptimized (compressed) extents; open it read-only",
             ));
         }
         let parent = match &descriptor.parent_hint {
-            Some(hint) => Some(chain.open_backing(path, hint, None)?),
+            Some(hint) => Some(chain.open_backing(&path, hint, None)?),
             None => None,
         };
         Ok(Vmdk {
-            path: path.to_path_buf(),
+            path,
             create_type: descriptor.create_type,
+            descriptor_file,
             extents,
             size,
             parent,
@@ -104,10 +111,14 @@ impl Vmdk {
     }
 
     /// A file that starts with a sparse header is the whole disk: one extent, itself.
-    fn open_monolithic_sparse(path: &Path, writable: bool) -> Result<(Descriptor, Vec<Extent>)> {
-        let sparse = SparseExtent::open(ImageFile::open(path, writable)?)?;
+    fn open_monolithic_sparse(
+        file: ImageFile,
+        writable: bool,
+    ) -> Result<(Descriptor, Vec<Extent>)> {
+        let path = file.path().to_path_buf();
+        let sparse = SparseExtent::open(file)?;
         let mut d = match sparse.embedded_descriptor()? {
-            Some(text) => Descriptor::parse(path, &text).unwrap_or_default(),
+            Some(text) => Descriptor::parse(&path, &text).unwrap_or_default(),
             None => Descriptor::default(),
         };
         if d.create_type.is_empty() {
@@ -125,15 +136,12 @@ impl Vmdk {
     }
 
     fn open_extents(
-        path: &Path,
+        descriptor: &ImageFile,
         d: &Descriptor,
         writable: bool,
-        allow_outside: bool,
+        chain: &mut Chain,
     ) -> Result<Vec<Extent>> {
-        let mut seen = HashSet::new();
-        if let Ok(me) = path.canonicalize() {
-            seen.insert(me);
-        }
+        let mut seen = HashSet::from([descriptor.identity()?]);
         let mut extents = Vec::with_capacity(d.extents.len());
         let mut start = 0u64;
         for line in &d.extents {
@@ -142,14 +150,18 @@ impl Vmdk {
             let backend = match (&line.file, line.kind) {
                 (_, ExtentType::Zero) | (None, _) => Backend::Zero,
                 (Some(name), kind) => {
+                    let access = match ext_writable {
+                        true => Access::Write { grows: kind != ExtentType::Flat },
+                        false => Access::Read,
+                    };
                     let file =
-                        Self::open_extent_file(path, name, ext_writable, allow_outside, &mut seen)?;
+                        Self::open_extent_file(descriptor.path(), name, access, chain, &mut seen)?;
                     if kind == ExtentType::Flat {
                         Backend::Flat { file, offset: line.offset * SECTOR }
                     } else {
                         let s = SparseExtent::open(file)?;
                         if s.capacity_bytes() < len {
-                            return Err(DiskError::malformed(path, FORMAT, format!("its extent {name:?} holds {} bytes but the descriptor gives it {len}", s.capacity_bytes())));
+                            return Err(DiskError::malformed(descriptor.path(), FORMAT, format!("its extent {name:?} holds {} bytes but the descriptor gives it {len}", s.capacity_bytes())));
                         }
                         Backend::Sparse(s)
                     }
@@ -164,26 +176,31 @@ impl Vmdk {
     fn open_extent_file(
         path: &Path,
         name: &str,
-        writable: bool,
-        allow_outside: bool,
-        seen: &mut HashSet<PathBuf>,
+        access: Access,
+        chain: &mut Chain,
+        seen: &mut HashSet<(u64, u64)>,
     ) -> Result<ImageFile> {
-        let target = resolve_named_file(path, name, allow_outside)?;
-        let real = target.canonicalize().map_err(|_| {
-            DiskError::malformed(
-                path,
-                FORMAT,
-                format!("it names the extent file {name:?}, which does not exist"),
-            )
+        let target = resolve_named_file(path, name, chain.allow_outside_paths())?;
+        let writable = matches!(access, Access::Write { .. });
+        let file = chain.files().open(&target, writable).map_err(|e| match e {
+            DiskError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                DiskError::malformed(
+                    path,
+                    FORMAT,
+                    format!("it names the extent file {name:?}, which does not exist"),
+                )
+            }
+            e => e,
         })?;
-        if !seen.insert(real) {
+        if !seen.insert(file.identity()?) {
             return Err(DiskError::malformed(
                 path,
                 FORMAT,
                 format!("it names the extent file {name:?} twice, or names itself"),
             ));
         }
-        ImageFile::open(&target, writable)
+        chain.files().lock(&file, access)?;
+        Ok(file)
     }
 
     /// Calls `f(extent, byte offset in the extent, range of the request)` for each extent piece.
@@ -318,16 +335,14 @@ impl DiskImage for Vmdk {
         !self.writable
     }
 
-    fn files(&self) -> Vec<RawFd> {
-        let mut fds: Vec<RawFd> = self
-            .extents
-            .iter()
-            .filter_map(|e| match &e.backend {
-                Backend::Flat { file, .. } => Some(file.raw_fd()),
-                Backend::Sparse(s) => Some(s.file().raw_fd()),
-                Backend::Zero => None,
-            })
-            .collect();
+    fn files(&self) -> Vec<OpenFile> {
+        let extents = self.extents.iter().filter_map(|e| match &e.backend {
+            Backend::Flat { file, .. } => Some(file.open_file()),
+            Backend::Sparse(s) => Some(s.file().open_file()),
+            Backend::Zero => None,
+        });
+        let mut fds: Vec<OpenFile> =
+            self.descriptor_file.iter().map(ImageFile::open_file).chain(extents).collect();
         if let Some(p) = &self.parent {
             fds.extend(p.files());
         }

@@ -85,13 +85,24 @@ impl Rng {
 }
 
 pub fn open_ro(path: &Path, format: Option<Format>) -> Box<dyn DiskImage> {
-    open(path, &OpenOptions { read_only: true, format, allow_outside_paths: false })
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+    open(
+        path,
+        &OpenOptions { read_only: true, format, allow_outside_paths: false, ..Default::default() },
+    )
+    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
 }
 
 pub fn open_rw(path: &Path, format: Format) -> Box<dyn DiskImage> {
-    open(path, &OpenOptions { read_only: false, format: Some(format), allow_outside_paths: false })
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+    open(
+        path,
+        &OpenOptions {
+            read_only: false,
+            format: Some(format),
+            allow_outside_paths: false,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
 }
 
 /// Reads the whole disk in pieces of odd sizes, so that reads straddle clusters.

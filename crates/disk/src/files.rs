@@ -1,0 +1,92 @@
+//! Where the files of an image come from: opened by name and locked, or handed over by a
+//! previous user of the image, with their locks.
+//!
+//! A compartment that serves an image opens its files (the image, its backing chain, a VMDK's
+//! descriptor and extents) and locks them (see [`crate::lock`]). Its successor — restarted after
+//! a crash, or an upgraded binary — must use the same files without a moment in which another
+//! process could take them. So the core keeps a descriptor of each file the first compartment
+//! opened ([`crate::DiskImage::files`]), and hands them to every successor as
+//! [`HandedFiles`]: the successor opens nothing, and the locks, which belong to the open file
+//! description, never lapse.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{DiskError, Result};
+use crate::file::ImageFile;
+use crate::lock::{self, Access, Locking};
+
+/// One file an open image uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenFile {
+    /// Its name, as the image's chain resolved it (the image's own path; backing files and
+    /// extents relative to the file that names them).
+    pub path: PathBuf,
+    /// Opened for writing.
+    pub writable: bool,
+    /// The descriptor; valid as long as the image is open.
+    pub fd: RawFd,
+}
+
+/// Files handed over by a previous user of the same image (a compartment's predecessor), by the
+/// name it opened them under.
+#[derive(Debug, Default)]
+pub struct HandedFiles {
+    files: HashMap<PathBuf, (File, bool)>,
+}
+
+impl HandedFiles {
+    /// Adds a file opened (for writing, if `writable`) under `path`.
+    pub fn insert(&mut self, path: PathBuf, writable: bool, file: File) {
+        self.files.insert(path, (file, writable));
+    }
+
+    /// How many files there are.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+/// Opens the files of one image: each name once, from the handed-over files when it is one of
+/// them, otherwise from the file system, locked for its use.
+pub(crate) struct Opener {
+    locking: Locking,
+    handed: HandedFiles,
+}
+
+impl Opener {
+    pub fn new(locking: Locking, handed: HandedFiles) -> Opener {
+        Opener { locking, handed }
+    }
+
+    /// The file `path`, for writing too if `writable`; not locked yet (see [`Opener::lock`]).
+    pub fn open(&mut self, path: &Path, writable: bool) -> Result<ImageFile> {
+        match self.handed.files.remove(path) {
+            Some((file, handed_writable)) => {
+                if writable && !handed_writable {
+                    return Err(DiskError::InvalidArgument(format!(
+                        "{} was handed over read-only and cannot be written",
+                        path.display()
+                    )));
+                }
+                ImageFile::handed(file, path, writable)
+            }
+            None => ImageFile::open(path, writable),
+        }
+    }
+
+    /// Takes the locks of `access` on `file`, unless it was handed over (then it holds them).
+    pub fn lock(&self, file: &ImageFile, access: Access) -> Result<()> {
+        if file.was_handed() {
+            return Ok(());
+        }
+        lock::lock(file.file(), file.path(), access, self.locking)
+    }
+}
