@@ -32,7 +32,9 @@ use crate::blk::BlkConfig;
 use crate::net::config::{Mac, TapSource};
 use crate::net::NetConfig;
 use crate::rng::RngConfig;
+use crate::startup::Startup;
 use crate::{Device, DeviceConfig, SandboxSpec, ServeEnd};
+use bulkhead_disk::HandedFiles;
 
 /// Exit code when the frontend broke the protocol.
 pub const EXIT_PROTOCOL_ERROR: i32 = 3;
@@ -86,9 +88,23 @@ pub struct ConnectionArgs {
     /// Serve the connected unix socket inherited as this file descriptor, then exit.
     #[arg(long, value_name = "N")]
     pub fd: Option<RawFd>,
+    /// The core's start-up socket, inherited as this descriptor: files handed over from a
+    /// predecessor come in on it, and the word that the device serves, or why it cannot, goes
+    /// out (see `bulkhead_devices::startup`).
+    #[arg(long, value_name = "N", requires = "fd")]
+    pub startup_fd: Option<RawFd>,
 }
 
 impl DeviceCommand {
+    /// Where the frontend is (and whether a core waits on a start-up socket).
+    pub fn connection(&self) -> &ConnectionArgs {
+        match self {
+            DeviceCommand::Blk { conn, .. }
+            | DeviceCommand::Net { conn, .. }
+            | DeviceCommand::Rng { conn } => conn,
+        }
+    }
+
     /// The device configuration and the connection arguments.
     pub fn split(self) -> (DeviceConfig, ConnectionArgs) {
         match self {
@@ -123,8 +139,45 @@ pub fn run_with_sandbox(
     init_logging();
     crate::fault::init();
     let (cfg, conn) = cmd.split();
+    let startup = match conn.startup_fd {
+        Some(fd) => Some(Startup::from_inherited(fd).context("cannot use the start-up socket")?),
+        None => None,
+    };
+    let started = start(&cfg, &conn, startup.as_ref(), enter);
+    if let (Err(e), Some(startup)) = (&started, &startup) {
+        // The core shows this as the reason the device did not start.
+        let _ = startup.failed(&format!("{e:#}"));
+    }
+    let (device, listener, conn_fd, stop) = started?;
+    drop(startup);
+    match listener {
+        Some(listener) => serve_listener(device, &listener, &stop, conn.socket.as_deref()),
+        None => serve_fd(device, conn_fd, stop),
+    }
+}
+
+/// What [`start`] readies: the device, the listening socket (or none), the connection's fd, and
+/// the stop eventfd.
+type Started = (Arc<dyn Device>, Option<UnixListener>, RawFd, Arc<EventFd>);
+
+/// Opens the device (with the files a predecessor handed over on `startup`), binds or checks the
+/// socket, enters the sandbox and says so on `startup`.
+fn start(
+    cfg: &DeviceConfig,
+    conn: &ConnectionArgs,
+    startup: Option<&Startup>,
+    enter: impl FnOnce(&SandboxSpec, RawFd) -> anyhow::Result<()>,
+) -> anyhow::Result<Started> {
     let kind = cfg.kind();
-    let device = crate::open(&cfg).with_context(|| format!("cannot open the {kind} device"))?;
+    let mut handed = HandedFiles::default();
+    if let Some(startup) = startup {
+        let files = startup.receive_files(STARTUP_WAIT).context("no files from the core")?;
+        for f in files {
+            handed.insert(f.path, f.writable, f.file);
+        }
+    }
+    let device =
+        crate::open_with(cfg, handed).with_context(|| format!("cannot open the {kind} device"))?;
     let listener = match &conn.socket {
         Some(path) => Some(bind(path)?),
         None => None,
@@ -147,11 +200,17 @@ pub fn run_with_sandbox(
     enter(&device.sandbox(), conn_fd).context("cannot enter the sandbox")?;
     // ============================================================================================
 
-    match listener {
-        Some(listener) => serve_listener(device, &listener, &stop, conn.socket.as_deref()),
-        None => serve_fd(device, conn_fd, stop),
+    if let Some(startup) = startup {
+        let files = device.handover();
+        startup
+            .ready(files.iter().map(|f| (f.path.as_path(), f.writable, f.fd)))
+            .context("cannot tell the core it serves")?;
     }
+    Ok((device, listener, conn_fd, stop))
 }
+
+/// How long a compartment waits for the core's first start-up message.
+const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The exit status of a compartment that panicked while it was the first process of its PID
 /// namespace (128 + SIGABRT, as a shell reports an abort).

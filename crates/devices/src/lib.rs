@@ -28,6 +28,7 @@ pub mod fault;
 pub mod net;
 pub mod rng;
 pub mod sandbox;
+pub mod startup;
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -194,6 +195,12 @@ pub trait Device: Send + Sync {
     /// Every file descriptor the device holds (image files, tap), for the sandbox to keep.
     fn files(&self) -> Vec<RawFd>;
 
+    /// The files a successor of this compartment must be handed rather than open again (a
+    /// disk's image files, whose locks must not lapse; see [`startup`]). None by default.
+    fn handover(&self) -> Vec<bulkhead_disk::OpenFile> {
+        Vec::new()
+    }
+
     /// What the device needs from a sandbox.
     fn sandbox(&self) -> SandboxSpec {
         sandbox::spec_for(self.kind(), self.files())
@@ -210,8 +217,20 @@ pub trait Device: Send + Sync {
 /// Opens what `cfg` names (image files, tap device). This runs before the sandbox is applied:
 /// afterwards the device needs no new files.
 pub fn open(cfg: &DeviceConfig) -> Result<Arc<dyn Device>, DeviceError> {
+    open_with(cfg, bulkhead_disk::HandedFiles::default())
+}
+
+/// [`open`], using the files a predecessor handed over ([`Device::handover`]) instead of
+/// opening their names again.
+pub fn open_with(
+    cfg: &DeviceConfig,
+    handed: bulkhead_disk::HandedFiles,
+) -> Result<Arc<dyn Device>, DeviceError> {
+    if !handed.is_empty() && !matches!(cfg, DeviceConfig::Blk(_)) {
+        return Err(DeviceError::Config(format!("a {} device takes no files", cfg.kind())));
+    }
     match cfg {
-        DeviceConfig::Blk(c) => Ok(Arc::new(blk::BlkDevice::open(c)?)),
+        DeviceConfig::Blk(c) => Ok(Arc::new(blk::BlkDevice::open(c, handed)?)),
         DeviceConfig::Net(c) => Ok(Arc::new(net::NetDevice::open(c)?)),
         DeviceConfig::Rng(c) => Ok(Arc::new(rng::RngDevice::open(c)?)),
     }

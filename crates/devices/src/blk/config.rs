@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use bulkhead_disk::Format;
+use bulkhead_disk::{Format, Locking};
 
 use crate::DeviceError;
 
@@ -43,8 +43,8 @@ pub mod features {
     pub const WRITE_ZEROES: u64 = 1 << 14;
 }
 
-/// A block device: `path=disk.qcow2,readonly,format=qcow2,queues=2,serial=ID` (a bare first
-/// word is the path: `disk.qcow2,readonly`).
+/// A block device: `path=disk.qcow2,readonly,format=qcow2,queues=2,serial=ID,locking=off` (a
+/// bare first word is the path: `disk.qcow2,readonly`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlkConfig {
     /// The image.
@@ -57,12 +57,22 @@ pub struct BlkConfig {
     pub queues: u16,
     /// The ID `GET_ID` returns (20 bytes at most); the file name by default.
     pub serial: Option<String>,
+    /// Whether the image's files are locked against other processes' conflicting use
+    /// (`locking=on`, the default, or `off`, as QEMU's `file.locking=off`).
+    pub locking: Locking,
 }
 
 impl BlkConfig {
     /// A writable disk at `path`, format probed, one queue.
     pub fn new(path: impl Into<PathBuf>) -> BlkConfig {
-        BlkConfig { path: path.into(), read_only: false, format: None, queues: 1, serial: None }
+        BlkConfig {
+            path: path.into(),
+            read_only: false,
+            format: None,
+            queues: 1,
+            serial: None,
+            locking: Locking::On,
+        }
     }
 }
 
@@ -79,11 +89,14 @@ impl FromStr for BlkConfig {
                 ("format", v) => cfg.format = Some(v.parse().map_err(config_error)?),
                 ("queues", v) => cfg.queues = parse_queues(v)?,
                 ("serial", v) if v.len() <= 20 => cfg.serial = Some(v.into()),
+                ("locking", "on") => cfg.locking = Locking::On,
+                ("locking", "off") => cfg.locking = Locking::Off,
                 (path, "") if i == 0 => cfg.path = path.into(),
                 _ => {
                     return Err(DeviceError::Config(format!(
-                        "unknown disk option {key:?}; use path=FILE, readonly, \
-                         format=raw|qcow2|vmdk, queues=N, serial=ID (20 bytes at most)"
+                        "unknown disk option {key}={value:?}; use path=FILE, readonly, \
+                         format=raw|qcow2|vmdk, queues=N, serial=ID (20 bytes at most), \
+                         locking=on|off"
                     )))
                 }
             }
@@ -91,7 +104,30 @@ impl FromStr for BlkConfig {
         if cfg.path.as_os_str().is_empty() {
             return Err(DeviceError::Config("a disk needs path=FILE".into()));
         }
+
         Ok(cfg)
+    }
+}
+
+/// The option list [`BlkConfig::from_str`] reads back (how the core describes a disk to its
+/// compartment).
+impl std::fmt::Display for BlkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "path={}", self.path.display())?;
+        if self.read_only {
+            f.write_str(",readonly")?;
+        }
+        if let Some(format) = self.format {
+            write!(f, ",format={format}")?;
+        }
+        write!(f, ",queues={}", self.queues)?;
+        if let Some(serial) = &self.serial {
+            write!(f, ",serial={serial}")?;
+        }
+        if self.locking == Locking::Off {
+            f.write_str(",locking=off")?;
+        }
+        Ok(())
     }
 }
 
@@ -148,6 +184,17 @@ mod tests {
         }
         let err = "a,frob=1".parse::<BlkConfig>().unwrap_err().to_string();
         assert!(err.contains("use path=FILE"), "{err}");
+        let c: BlkConfig = "a,locking=off".parse().unwrap();
+        assert_eq!(c.locking, Locking::Off);
+        assert!("a,locking=maybe".parse::<BlkConfig>().is_err());
+    }
+
+    #[test]
+    fn what_it_writes_reads_back_the_same() {
+        for spec in ["/d.raw", "/d.qcow2,readonly,format=qcow2,queues=2,serial=x,locking=off"] {
+            let c: BlkConfig = spec.parse().unwrap();
+            assert_eq!(c.to_string().parse::<BlkConfig>().unwrap(), c, "{spec}");
+        }
     }
 
     #[test]

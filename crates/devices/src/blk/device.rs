@@ -3,7 +3,7 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use bulkhead_disk::{DiskImage, OpenOptions};
+use bulkhead_disk::{DiskImage, HandedFiles, OpenOptions};
 use vm_memory::GuestMemoryMmap;
 
 use super::config::{self, features, BlkConfig, SECTOR};
@@ -22,10 +22,16 @@ pub struct BlkDevice {
 
 impl BlkDevice {
     /// Opens the image `cfg` names (read-only if asked, in the named format or probed).
-    pub fn open(cfg: &BlkConfig) -> Result<BlkDevice, DeviceError> {
-        let opts =
-            OpenOptions { read_only: cfg.read_only, format: cfg.format, ..Default::default() };
-        let disk = bulkhead_disk::open(&cfg.path, &opts)?;
+    /// Opens the image `cfg` names, using the `handed` files of a predecessor (with their
+    /// locks) rather than opening those names again.
+    pub fn open(cfg: &BlkConfig, handed: HandedFiles) -> Result<BlkDevice, DeviceError> {
+        let opts = OpenOptions {
+            read_only: cfg.read_only,
+            format: cfg.format,
+            locking: cfg.locking,
+            ..Default::default()
+        };
+        let disk = bulkhead_disk::open_with(&cfg.path, &opts, handed)?;
         let serial = match &cfg.serial {
             Some(s) => s.clone(),
             None => {
@@ -78,6 +84,10 @@ impl Device for BlkDevice {
     }
 
     fn files(&self) -> Vec<RawFd> {
+        self.disk.files().iter().map(|f| f.fd).collect()
+    }
+
+    fn handover(&self) -> Vec<bulkhead_disk::OpenFile> {
         self.disk.files()
     }
 

@@ -102,6 +102,31 @@ impl Compartment {
         self.reap(libc::WNOHANG)
     }
 
+    /// Waits at most `within` for the compartment to exit, and reaps it if it did (its pidfd
+    /// becomes readable when it exits; without one, its status is polled every millisecond).
+    pub fn wait_for(&mut self, within: std::time::Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            match &self.pidfd {
+                Some(fd) => {
+                    let mut pfd =
+                        libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+                    // SAFETY: poll reads and writes one pollfd that lives for the call.
+                    unsafe { libc::poll(&mut pfd, 1, ms) };
+                }
+                None => std::thread::sleep(left.min(std::time::Duration::from_millis(1))),
+            }
+        }
+    }
+
     fn reap(&mut self, flags: i32) -> io::Result<Option<ExitStatus>> {
         if let Some(status) = self.exit {
             return Ok(Some(status));
