@@ -8,7 +8,9 @@ use crate::backends::policy_for;
 
 /// Runs the backend, entering its sandbox once its files are open.
 pub fn run(cmd: DeviceCommand) -> anyhow::Result<i32> {
-    bulkhead_devices::cli::run_with_sandbox(cmd, |spec, _conn| {
+    // A compartment of a core tells it why it could not start, and the core shows it.
+    let told_the_core = cmd.connection().startup_fd.is_some();
+    let result = bulkhead_devices::cli::run_with_sandbox(cmd, |spec, _conn| {
         let name = format!("bulkhead-{}", spec.kind.name());
         let policy = policy_for(&name, Some(spec))?;
         let report = bulkhead_sandbox::enter(&policy)?;
@@ -17,5 +19,9 @@ pub fn run(cmd: DeviceCommand) -> anyhow::Result<i32> {
             eprintln!("bulkhead device {}: sandbox: {report}", spec.kind.name());
         }
         Ok(())
-    })
+    });
+    match result {
+        Err(_) if told_the_core => Ok(1),
+        result => result,
+    }
 }

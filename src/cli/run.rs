@@ -1,13 +1,13 @@
 //! `bulkhead run`: boot a VM and show its console.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bulkhead_core::boot::KernelSource;
 use bulkhead_core::supervisor::RestartPolicy;
 use bulkhead_core::virtio::{DeviceKind, ExternalBackend};
 use bulkhead_core::VmConfig;
-use bulkhead_devices::DeviceConfig;
+use bulkhead_devices::{BlkConfig, DeviceConfig};
 use std::time::{Duration, Instant};
 
 use super::limits::Partition;
@@ -99,14 +99,20 @@ fn restart_policy(args: &RunArgs) -> anyhow::Result<RestartPolicy> {
     })
 }
 
+/// `path` relative to the directory the command was run in, whoever opens it later.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
 /// The devices asked for with --disk, --net and --rng.
 fn device_requests(args: &RunArgs) -> anyhow::Result<Vec<Request>> {
     let mut requests = Vec::new();
     for (i, spec) in args.disk.iter().enumerate() {
-        let config: DeviceConfig =
-            format!("blk,path={spec}").parse().with_context(|| format!("--disk {spec}"))?;
-        let args = vec!["--disk".into(), spec.clone()];
-        requests.push(Request { name: format!("blk{i}"), config, args });
+        let mut config: BlkConfig = spec.parse().with_context(|| format!("--disk {spec}"))?;
+        // The compartment opens it: a relative name means the directory `run` was started in.
+        config.path = absolute(&config.path)?;
+        let args = vec!["--disk".into(), config.to_string()];
+        requests.push(Request { name: format!("blk{i}"), config: DeviceConfig::Blk(config), args });
     }
     for (i, spec) in args.net.iter().enumerate() {
         let config: DeviceConfig =
@@ -137,18 +143,19 @@ fn external_backend(spec: &str, index: usize) -> anyhow::Result<ExternalBackend>
     let socket = parts
         .find_map(|p| p.strip_prefix("socket="))
         .ok_or_else(|| anyhow::anyhow!("--vhost-user {spec}: give the socket as socket=PATH"))?;
-    Ok(ExternalBackend { kind, name: format!("{}{index}", kind.name()), socket: socket.into() })
+    let socket = absolute(Path::new(socket))?;
+    Ok(ExternalBackend { kind, name: format!("{}{index}", kind.name()), socket })
 }
 
 /// The VM `args` describe, and its partition (cgroups), which outlives the VM: see [`run`].
 fn build(args: &RunArgs) -> anyhow::Result<(VmConfig, std::sync::Arc<Partition>)> {
     {
         let kernel = match &args.kernel {
-            Some(path) => KernelSource::File(path.clone()),
+            Some(path) => KernelSource::File(absolute(path)?),
             None => KernelSource::Bytes(bulkhead_guest_elf::GUEST_ELF),
         };
         let mut config = VmConfig::new(kernel);
-        config.initrd = args.initrd.clone();
+        config.initrd = args.initrd.as_deref().map(absolute).transpose()?;
         config.cmdline = args.cmdline.clone();
         config.cpus = u8::try_from(args.cpus).unwrap_or(u8::MAX);
         if args.cpus > u32::from(u8::MAX) {
