@@ -106,6 +106,21 @@ pub struct DeviceReport {
     pub last_recovery: Option<Duration>,
 }
 
+/// Why a backend could not be started and handed the device.
+#[derive(Debug)]
+struct StartFailure {
+    /// What went wrong, in words.
+    message: String,
+    /// How the new backend process ended, when it did (killed during the hand-over).
+    ended: Option<String>,
+}
+
+impl StartFailure {
+    fn new(message: String) -> StartFailure {
+        StartFailure { message, ended: None }
+    }
+}
+
 /// The result of a restart.
 #[derive(Clone, Debug)]
 pub struct Change {
@@ -297,8 +312,9 @@ impl Supervisor {
             Err(e) => {
                 let slot = &mut self.slots[i];
                 slot.recent.push_back(now);
-                slot.last_exit = Some(format!("restart failed: {e}"));
-                eprintln!("bulkhead: {}: restart failed: {e}", slot.name);
+                eprintln!("bulkhead: {}: restart failed: {}", slot.name, e.message);
+                slot.last_exit =
+                    Some(e.ended.unwrap_or_else(|| format!("restart failed: {}", e.message)));
                 self.schedule(i, now);
             }
         }
@@ -306,16 +322,31 @@ impl Supervisor {
 
     /// Launches, connects, starts the queues; measures until the first
     /// completion when requests were outstanding.
-    fn start(&mut self, i: usize) -> Result<Change, String> {
+    fn start(&mut self, i: usize) -> Result<Change, StartFailure> {
         let t0 = Instant::now();
         let slot = &mut self.slots[i];
         let old_pid = slot.pid;
-        let launched = slot.backend.launch().map_err(|e| e.to_string())?;
-        let conn = Connection::connect(launched.conn, slot.kind).map_err(|e| e.to_string())?;
-        let before = {
-            let mut t = lock(&slot.transport);
-            t.replace_backend(conn).map_err(|e| e.to_string())?;
-            t.progress()
+        let launched = slot.backend.launch().map_err(|e| StartFailure::new(e.to_string()))?;
+        let handed_over = Connection::connect(launched.conn, slot.kind)
+            .map_err(|e| e.to_string())
+            .and_then(|conn| {
+                let mut t = lock(&slot.transport);
+                t.replace_backend(conn).map_err(|e| e.to_string())?;
+                Ok(t.progress())
+            });
+        let before = match handed_over {
+            Ok(before) => before,
+            Err(e) => {
+                // Its connection broke during the hand-over: most often because it died (a
+                // kill that came then), which is the reason to keep, not the broken socket.
+                lock(&slot.transport).detach_backend();
+                let ended = slot.backend.exit_reason();
+                let message = match &ended {
+                    Some(how) => format!("the new backend {how} during the hand-over ({e})"),
+                    None => e,
+                };
+                return Err(StartFailure { message, ended });
+            }
         };
         slot.pid = launched.pid;
         slot.description = match slot.backend.status() {
@@ -403,7 +434,7 @@ impl Supervisor {
         slot.failed_at = Some(Instant::now());
         slot.last_exit =
             Some(if program.is_some() { "upgraded".into() } else { "restarted on request".into() });
-        let change = self.start(i);
+        let change = self.start(i).map_err(|e| e.message);
         let slot = &mut self.slots[i];
         match &change {
             Ok(c) => {
