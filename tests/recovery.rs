@@ -147,6 +147,36 @@ fn the_rng_keeps_serving_across_kills() {
     assert!(r.stderr.contains("rng0 restarted"), "{}", r.stderr);
 }
 
+/// A compartment restarted after the binary was replaced on disk (a package upgrade under a
+/// running VM) runs the binary the core runs, not the new file: only `device upgrade` changes
+/// a compartment's program.
+#[test]
+fn a_binary_replaced_on_disk_does_not_reach_restarted_compartments() {
+    require_kvm();
+    let dir = TempDir::new("replaced");
+    let binary = dir.0.join("bulkhead");
+    std::fs::copy(env!("CARGO_BIN_EXE_bulkhead"), &binary).unwrap();
+    let mut cmd = std::process::Command::new(&binary);
+    cmd.args(["run", "--rng", "--cmdline"]);
+    cmd.arg("bulkhead.run=rng,rng,rng,rng,rng,rng,rng,rng bulkhead.bytes=8388608");
+    let vm = Running::start(&mut cmd);
+    let core = vm.id();
+    let pid = wait_compartment(core, "rng");
+    std::fs::remove_file(&binary).unwrap();
+    std::fs::write(&binary, "#!/bin/sh\necho an impostor ran >&2\nexit 7\n").unwrap();
+    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // SAFETY: killing a compartment this test's VMM started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let successor = wait_compartment_other(core, "rng", Some(pid));
+    let exe = std::fs::read_link(format!("/proc/{successor}/exe")).unwrap();
+    assert!(exe.to_string_lossy().ends_with("(deleted)"), "it runs the core's own binary: {exe:?}");
+    let r = vm.wait(T);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.matches("BH check name=rng status=ok").count(), 8, "{}", r.stdout);
+    assert!(r.stderr.contains("rng0 restarted (killed by signal 9)"), "{}", r.stderr);
+    assert!(!r.stderr.contains("impostor"), "{}", r.stderr);
+}
+
 /// Starts net-bench (`args`) in a network namespace of its own and SIGKILLs
 /// the net compartment `kills` times, each `delay` (a range, ms) after the
 /// previous successor began to serve; returns the namespace and the VM.

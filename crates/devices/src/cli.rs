@@ -138,6 +138,7 @@ pub fn run_with_sandbox(
     abort_on_panic();
     init_logging();
     crate::fault::init();
+    name_process();
     let (cfg, conn) = cmd.split();
     let startup = match conn.startup_fd {
         Some(fd) => Some(Startup::from_inherited(fd).context("cannot use the start-up socket")?),
@@ -211,6 +212,13 @@ fn start(
 
 /// How long a compartment waits for the core's first start-up message.
 const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Names the process `bulkhead` (`comm`, as `ps` shows it): a core starts its compartments
+/// from `/proc/self/exe`, which would otherwise name them `exe`.
+fn name_process() {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"bulkhead".as_ptr(), 0, 0, 0) };
+}
 
 /// The exit status of a compartment that panicked while it was the first process of its PID
 /// namespace (128 + SIGABRT, as a shell reports an abort).

@@ -97,6 +97,8 @@ pub enum SpawnError {
 #[derive(Debug)]
 pub struct Command<'a> {
     program: PathBuf,
+    /// argv[0], when it is not the program path.
+    arg0: Option<OsString>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     fds: Vec<(BorrowedFd<'a>, RawFd)>,
@@ -110,6 +112,7 @@ impl<'a> Command<'a> {
     pub fn new(program: impl AsRef<Path>) -> Command<'a> {
         Command {
             program: program.as_ref().to_path_buf(),
+            arg0: None,
             args: Vec::new(),
             env: Vec::new(),
             fds: Vec::new(),
@@ -119,9 +122,14 @@ impl<'a> Command<'a> {
         }
     }
 
-    /// Runs the calling program again (`/proc/self/exe`, resolved now).
+    /// Runs the calling program again: the very file this process runs (`/proc/self/exe`,
+    /// opened by the child), even where its path now names another file — a binary
+    /// reinstalled under a running core must not slip into its restarted compartments (an
+    /// upgrade names its binary: [`Command::new`]).
     pub fn current_exe() -> io::Result<Command<'a>> {
-        Ok(Command::new(std::env::current_exe()?))
+        let mut command = Command::new("/proc/self/exe");
+        command.arg0 = Some(std::env::current_exe()?.into_os_string());
+        Ok(command)
     }
 
     /// Adds an argument.
@@ -181,7 +189,7 @@ impl<'a> Command<'a> {
 /// [`crate::enter`].
 pub fn spawn(command: &Command<'_>, policy: &Policy) -> Result<Compartment, SpawnError> {
     let argv = c_strings(
-        std::iter::once(command.program.as_os_str())
+        std::iter::once(command.arg0.as_deref().unwrap_or(command.program.as_os_str()))
             .chain(command.args.iter().map(OsString::as_os_str)),
     )?;
     let program = c_string(command.program.as_os_str())?;
