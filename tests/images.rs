@@ -243,6 +243,18 @@ fn qemus_storage_daemon_and_tools_and_bulkhead_see_each_others_use() {
         let shared = common::run(&["disk", "info", "-U", image.to_str().unwrap()], T);
         assert_eq!(shared.code, 0, "-U reads what another writes: {}", shared.stderr);
         drop(daemon);
+        let mut io = Command::new("qemu-io")
+            .args(["-f", format, "-c", "sleep 60000", image.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("qemu-io is needed for these tests (qemu-utils)");
+        wait_locked(&image);
+        let r = run_in(&dir.0, &["run", "--disk", &disk]);
+        let _ = io.kill();
+        let _ = io.wait();
+        assert_eq!(r.code, 1, "qemu-io writes it: {}", r.stderr);
+        assert!(r.stderr.contains("in use by another process"), "{}", r.stderr);
 
         // Bulkhead holds it: the daemon, qemu-io and (for qcow2) qemu-img refuse.
         let mut vm = holding(&dir.0, &disk, 8);
