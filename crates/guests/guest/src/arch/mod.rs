@@ -2,7 +2,7 @@
 
 use core::arch::{asm, global_asm};
 
-/// The most CPUs the guest brings up; must match `crates/guest-elf/build.rs`.
+/// The most CPUs the guest brings up; must match `crates/guests/guest-elf/build.rs`.
 pub const MAX_CPUS: usize = 64;
 
 global_asm!(".set MAX_CPUS, {n}", n = const MAX_CPUS, options(att_syntax));

@@ -375,7 +375,7 @@ impl Drop for NetNs {
 }
 
 /// SplitMix64, written out again here so the disk pattern is checked
-/// against an independent copy of its definition (`crates/guest/src/pattern.rs`).
+/// against an independent copy of its definition (`crates/guests/guest/src/pattern.rs`).
 pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -1,4 +1,4 @@
-//! The built-in guest as bytes: a PVH-bootable ELF built from `crates/guest`
+//! The built-in guest as bytes: a PVH-bootable ELF built from `crates/guests/guest`
 //! by this crate's build script.
 //!
 //! The core boots it when no kernel is given; tests and benchmarks write it

@@ -20,7 +20,7 @@
 //!
 //! The parsing modules are plain `no_std` code with host unit tests; the
 //! hardware-facing modules are built only for the guest
-//! (`--cfg bulkhead_guest`, set by `crates/guest-elf/build.rs`).
+//! (`--cfg bulkhead_guest`, set by `crates/guests/guest-elf/build.rs`).
 
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(bulkhead_guest, no_main)]

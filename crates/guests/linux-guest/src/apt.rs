@@ -34,7 +34,7 @@ pub enum AptError {
         package: String,
     },
     /// The apt lists do not know the pinned version.
-    #[error("the pinned version {version} of {package} is no longer in the apt archive; run `bulkhead image build --update-pins` to pin the versions the archive has now, then commit crates/linux-guest/debian-packages.lock")]
+    #[error("the pinned version {version} of {package} is no longer in the apt archive; run `bulkhead image build --update-pins` to pin the versions the archive has now, then commit crates/guests/linux-guest/debian-packages.lock")]
     PinnedVersionGone {
         /// The package.
         package: String,
