@@ -36,7 +36,7 @@ pub enum Command {
     Device(bulkhead_devices::cli::DeviceCommand),
     /// Control a running VM: status, restart or upgrade a device.
     #[command(subcommand)]
-    Ctl(bulkhead_api::cli::CtlCommand),
+    Ctl(bulkhead_ctl::cli::CtlCommand),
     /// A running VM's status (the same as `bulkhead ctl VM status`): devices, and the
     /// confinement of each process and thread class.
     Status {
@@ -61,9 +61,9 @@ impl Command {
             Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
             Command::Disk(cmd) => bulkhead_disk::cli::run(cmd),
             Command::Device(cmd) => device::run(cmd),
-            Command::Ctl(cmd) => bulkhead_api::cli::run(cmd),
+            Command::Ctl(cmd) => bulkhead_ctl::cli::run(cmd),
             Command::Status { vm, json } => {
-                use bulkhead_api::cli::{run_vm, VmAction, VmCommand};
+                use bulkhead_ctl::cli::{run_vm, VmAction, VmCommand};
                 run_vm(VmCommand { vm, action: VmAction::Status { json } })
             }
             Command::Report(cmd) => crate::report::run(cmd),

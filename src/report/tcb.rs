@@ -63,8 +63,6 @@ impl Part {
 /// Path prefixes and their part; the first match wins; the rest are tools.
 const PARTS: &[(&str, Part)] = &[
     ("crates/core/src/", Part::Core),
-    ("crates/api/src/cli.rs", Part::Tools),
-    ("crates/api/src/client.rs", Part::Tools),
     ("crates/api/src/", Part::Core),
     ("crates/sandbox/src/spawn/", Part::Core),
     ("crates/sandbox/src/cgroup/", Part::Core),
@@ -228,7 +226,7 @@ mod tests {
     fn files_go_to_their_parts() {
         assert_eq!(part_of("crates/core/src/vm.rs"), Part::Core);
         assert_eq!(part_of("crates/api/src/server.rs"), Part::Core);
-        assert_eq!(part_of("crates/api/src/client.rs"), Part::Tools);
+        assert_eq!(part_of("crates/ctl/src/client.rs"), Part::Tools);
         assert_eq!(part_of("crates/sandbox/src/spawn/clone.rs"), Part::Core);
         assert_eq!(part_of("crates/sandbox/src/seccomp.rs"), Part::Shared);
         assert_eq!(part_of("crates/sandbox/src/enter.rs"), Part::Compartment);

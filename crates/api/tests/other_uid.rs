@@ -5,9 +5,9 @@
 
 mod common;
 
-use bulkhead_api::client::request_at;
 use bulkhead_api::protocol::{Reply, Request};
 use bulkhead_api::server::Server;
+use bulkhead_ctl::client::request_at;
 use common::{in_dir, socket_dir, FakeVm};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;

@@ -2,10 +2,10 @@
 
 mod common;
 
-use bulkhead_api::client::{request_at, ClientError};
 use bulkhead_api::protocol::{Payload, Reply, Request, MAX_REQUEST_BYTES};
 use bulkhead_api::server::{Server, ServerError};
 use bulkhead_api::DeviceChange;
+use bulkhead_ctl::client::{request_at, ClientError};
 use common::{in_dir, sample_status, socket_dir, FakeVm};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

@@ -7,16 +7,16 @@
 //! bulkhead ctl VM device upgrade ID --binary PATH [--json]
 //! ```
 //!
-//! `VM` is a name, looked up in the run folder ([`crate::paths`]), or a socket path (anything
+//! `VM` is a name, looked up in the run folder ([`bulkhead_api::paths`]), or a socket path (anything
 //! with a `/`). The binary mounts [`CtlCommand`] as the `ctl` subcommand and calls [`run`],
 //! whose value is the exit code: 0 when the VM did what was asked. An error reply or a VM that
 //! cannot be reached is returned as an error, which the binary prints on one line and exits 1;
 //! a bad command line is 2.
 
 use crate::client::{self, ListedVm};
-use crate::protocol::{Payload, Reply, Request};
-use crate::status::{DeviceChange, DeviceStatus, VmStatus};
 use anyhow::{anyhow, bail, Context};
+use bulkhead_api::protocol::{Payload, Reply, Request};
+use bulkhead_api::status::{DeviceChange, DeviceStatus, VmStatus};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -127,7 +127,7 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
             (Request::DeviceUpgrade { id, binary }, json)
         }
     };
-    let reply = client::request(vm, &request).map_err(|e| anyhow!(crate::describe(&e)))?;
+    let reply = client::request(vm, &request).map_err(|e| anyhow!(bulkhead_api::describe(&e)))?;
     let payload = match reply {
         Reply::Ok { result } => result,
         Reply::Error { message } => bail!("{vm}: {}", clean(&message)),
@@ -148,8 +148,8 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
 
 /// `bulkhead ctl list`.
 fn list(json: bool) -> anyhow::Result<i32> {
-    let dir = crate::paths::run_dir();
-    let found = client::list_in(&dir).map_err(|e| anyhow!(crate::describe(&e)))?;
+    let dir = bulkhead_api::paths::run_dir();
+    let found = client::list_in(&dir).map_err(|e| anyhow!(bulkhead_api::describe(&e)))?;
     for ListedVm { socket, status } in &found {
         if let Err(why) = status {
             eprintln!("{}: {why}", socket.display());
@@ -355,7 +355,7 @@ fn duration(s: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{DeviceMode, DeviceState};
+    use bulkhead_api::status::{DeviceMode, DeviceState};
 
     #[test]
     fn units() {
@@ -394,7 +394,7 @@ mod tests {
                 device("rng0", DeviceMode::Thread, None, None),
             ],
             confinement: vec![
-                crate::status::ConfinementStatus {
+                bulkhead_api::status::ConfinementStatus {
                     process: "core".into(),
                     pid: 4242,
                     class: "vcpu".into(),
@@ -404,7 +404,7 @@ mod tests {
                     no_capabilities: 4,
                     no_new_privs: 4,
                 },
-                crate::status::ConfinementStatus {
+                bulkhead_api::status::ConfinementStatus {
                     process: "blk0".into(),
                     pid: 4250,
                     class: "compartment".into(),

@@ -1,9 +1,9 @@
 //! The client side: finding a VM's control socket, sending one request, reading the reply.
 
-use crate::paths::{self, PathError};
-use crate::protocol::{ProtocolError, Reply, Request, MAX_REPLY_BYTES};
-use crate::status::VmStatus;
-use crate::Payload;
+use bulkhead_api::paths::{self, PathError};
+use bulkhead_api::protocol::{ProtocolError, Reply, Request, MAX_REPLY_BYTES};
+use bulkhead_api::status::VmStatus;
+use bulkhead_api::Payload;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -235,7 +235,7 @@ pub fn list_in(dir: &Path) -> Result<Vec<ListedVm>, ClientError> {
         Err(ClientError::Timeout { timeout, .. }) => {
             Err(format!("no answer within {} s: the VM may be busy or hung", timeout.as_secs()))
         }
-        Err(e) => Err(crate::describe(&e)),
+        Err(e) => Err(bulkhead_api::describe(&e)),
     };
     Ok(std::thread::scope(|scope| {
         let asked: Vec<_> =
