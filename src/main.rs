@@ -1,11 +1,8 @@
 //! The `bulkhead` binary: parses the command line and hands a typed
 //! configuration to the crate that does the work.
 
-mod backends;
 mod bench;
 mod cli;
-mod confine;
-mod control;
 mod report;
 
 use clap::Parser;
@@ -15,7 +12,7 @@ fn main() {
     let code = match cli.command.run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bulkhead: {}", cli::describe(&e));
+            eprintln!("bulkhead: {}", bulkhead_api::describe(e.as_ref()));
             1
         }
     };

@@ -1,8 +1,7 @@
 //! Command-line interface: one subcommand per task.
 
-mod device;
 mod guest;
-pub mod limits;
+mod limits;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -60,7 +59,7 @@ impl Command {
             Command::Guest(cmd) => guest::run(cmd),
             Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
             Command::Disk(cmd) => bulkhead_disk::cli::run(cmd),
-            Command::Device(cmd) => device::run(cmd),
+            Command::Device(cmd) => bulkhead_vmm::compartment::run(cmd),
             Command::Ctl(cmd) => bulkhead_ctl::cli::run(cmd),
             Command::Status { vm, json } => {
                 use bulkhead_ctl::cli::{run_vm, VmAction, VmCommand};
@@ -69,23 +68,6 @@ impl Command {
             Command::Report(cmd) => crate::report::run(cmd),
         }
     }
-}
-
-/// An error and its causes as one line: "what failed: because: because".
-pub fn describe(error: &anyhow::Error) -> String {
-    error_chain(error.as_ref())
-}
-
-/// An error and its causes, as one line (`what: why: …`).
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Parses a size such as `512M`, `2G` or `1048576K`; a bare number is MiB.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bulkhead_core::virtio::{Backend, DeviceKind as CoreKind};
 
-use crate::cli::limits::Partition;
+use crate::partition::Partition;
 use bulkhead_devices::{DeviceConfig, DeviceKind};
 
 pub use policy::policy_for;

@@ -1,6 +1,7 @@
 //! `bulkhead device blk|net|rng`: one device backend as a process — how the
 //! core starts a compartment (`--fd`), or by hand on a socket path for any
-//! vhost-user frontend (QEMU's `vhost-user-blk-pci`, …).
+//! vhost-user frontend (QEMU's `vhost-user-blk-pci`, …). This runs in the
+//! compartment, not in the core.
 
 use bulkhead_devices::cli::DeviceCommand;
 

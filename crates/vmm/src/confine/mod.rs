@@ -98,7 +98,7 @@ pub fn confine(class: ThreadClass) -> Result<(), String> {
     let rules = class.rules();
     let done =
         confine_this_thread(class.label(), &rules, deny, class.keep_caps()).map_err(|e| {
-            format!("cannot confine the {class} thread: {}", crate::cli::error_chain(&e))
+            format!("cannot confine the {class} thread: {}", bulkhead_api::describe(&e))
         })?;
     let allowed = allowed_in(&rules);
     debug_assert_eq!(done.allowed_syscalls, allowed + refused_in(&rules));

@@ -40,7 +40,7 @@ impl Backend for ThreadBackend {
     fn launch(&mut self) -> std::io::Result<Launched> {
         self.stop();
         let device = bulkhead_devices::open(&self.request.config)
-            .map_err(|e| std::io::Error::other(crate::cli::error_chain(&e)))?;
+            .map_err(|e| std::io::Error::other(bulkhead_api::describe(&e)))?;
         let (core_end, device_end) = UnixStream::pair()?;
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let name = self.request.name.clone();

@@ -102,7 +102,7 @@ fn device_status(d: supervisor::DeviceReport) -> DeviceStatus {
 }
 
 /// Starts the API server for VM `name`; it lives as long as the returned value.
-pub fn start(vm: Vm) -> anyhow::Result<Server> {
+pub fn start(vm: Vm) -> Result<Server, bulkhead_api::ServerError> {
     let name = vm.name.clone();
-    Ok(Server::start(&name, Arc::new(vm))?)
+    Server::start(&name, Arc::new(vm))
 }

@@ -14,7 +14,7 @@ use bulkhead_devices::DeviceConfig;
 use bulkhead_sandbox::{spawn, Command, Compartment, Policy};
 
 use super::{core_kind, policy_for, Request};
-use crate::cli::limits::Partition;
+use crate::partition::Partition;
 
 /// The connection's file descriptor number inside the compartment.
 const CONN_FD: i32 = 3;
@@ -47,7 +47,7 @@ pub struct CompartmentBackend {
 impl CompartmentBackend {
     pub fn new(mut request: Request, partition: Arc<Partition>) -> anyhow::Result<Self> {
         let mut policy = policy_for(&request.name, None)?;
-        policy.set_cgroup_limits(partition.device.0.clone());
+        policy.set_cgroup_limits(partition.device_limits().clone());
         let mut tap = None;
         if let DeviceConfig::Net(net) = &request.config {
             let TapSource::Name(name) = &net.tap else {
