@@ -1,9 +1,7 @@
 //! The `bulkhead` binary: parses the command line and hands a typed
 //! configuration to the crate that does the work.
 
-mod bench;
 mod cli;
-mod report;
 
 use clap::Parser;
 

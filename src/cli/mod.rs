@@ -1,6 +1,5 @@
 //! Command-line interface: one subcommand per task.
 
-mod guest;
 mod limits;
 mod run;
 
@@ -20,16 +19,16 @@ pub enum Command {
     Run(run::RunArgs),
     /// Measure Bulkhead (and QEMU, side by side).
     #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
+    Bench(bulkhead_tools::bench::BenchCommand),
     /// The built-in guest: write it out to boot it under another VMM.
     #[command(subcommand)]
-    Guest(guest::GuestCommand),
+    Guest(bulkhead_tools::guest::GuestCommand),
     /// Linux guest images built from Debian packages (for hardware-virtualization hosts).
     #[command(subcommand)]
     Image(bulkhead_linux_guest::cli::ImageCommand),
     /// Disk images: create, inspect, check, convert and compare raw, qcow2 and VMDK.
     #[command(subcommand)]
-    Disk(bulkhead_disk::cli::DiskCommand),
+    Disk(bulkhead_tools::disk::DiskCommand),
     /// Run one device backend (vhost-user) as a process: how the core starts a compartment.
     #[command(subcommand)]
     Device(bulkhead_devices::cli::DeviceCommand),
@@ -47,7 +46,7 @@ pub enum Command {
     },
     /// Published figures, regenerated: `bulkhead report tcb`.
     #[command(subcommand)]
-    Report(crate::report::ReportCommand),
+    Report(bulkhead_tools::report::ReportCommand),
 }
 
 impl Command {
@@ -55,17 +54,17 @@ impl Command {
     pub fn run(self) -> anyhow::Result<i32> {
         match self {
             Command::Run(args) => run::run(args),
-            Command::Bench(cmd) => crate::bench::run(cmd),
-            Command::Guest(cmd) => guest::run(cmd),
+            Command::Bench(cmd) => bulkhead_tools::bench::run(cmd),
+            Command::Guest(cmd) => bulkhead_tools::guest::run(cmd),
             Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
-            Command::Disk(cmd) => bulkhead_disk::cli::run(cmd),
+            Command::Disk(cmd) => bulkhead_tools::disk::run(cmd),
             Command::Device(cmd) => bulkhead_vmm::compartment::run(cmd),
             Command::Ctl(cmd) => bulkhead_ctl::cli::run(cmd),
             Command::Status { vm, json } => {
                 use bulkhead_ctl::cli::{run_vm, VmAction, VmCommand};
                 run_vm(VmCommand { vm, action: VmAction::Status { json } })
             }
-            Command::Report(cmd) => crate::report::run(cmd),
+            Command::Report(cmd) => bulkhead_tools::report::run(cmd),
         }
     }
 }

@@ -1,15 +1,15 @@
-//! `bulkhead disk …`: the command-line face of [`crate::tools`].
+//! `bulkhead disk …`: the command-line face of [`bulkhead_disk::tools`].
 //!
 //! The binary mounts [`DiskCommand`] as a subcommand and calls [`run`], whose return value is
 //! the process exit code: 0 success (clean, equal), 1 a finding (corrupt, different), 2 an
 //! error reported through `anyhow`.
 
-use crate::tools::{self, CreateSpec};
-use crate::{
+use anyhow::{bail, Context};
+use bulkhead_disk::tools::{self, CreateSpec};
+use bulkhead_disk::{
     CheckReport, Format, ImageInfo, Locking, OpenOptions, Qcow2CreateOptions, Qcow2Version,
     VmdkCreateOptions, VmdkSubformat,
 };
-use anyhow::{bail, Context};
 use clap::Subcommand;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
