@@ -60,7 +60,7 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     vm.devices = backends::build(devices, mode, &partition)?;
     vm.devices.extend(external.into_iter().map(|e| Box::new(e) as Box<dyn Backend>));
     if mode == Mode::Monolithic {
-        backends::end_vm_on_device_panic();
+        bulkhead_monolithic::end_vm_on_device_panic();
     }
     let (cpus, memory_bytes, limits) = (u32::from(vm.cpus), vm.memory, partition.summary());
     vm.on_start = Some(Box::new(move |supervisor| {

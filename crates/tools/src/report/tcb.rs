@@ -77,7 +77,7 @@ const PARTS: &[(&str, Part)] = &[
     ("crates/devices/src/", Part::Compartment),
     ("crates/disk/src/", Part::Compartment),
     ("crates/vmm/src/compartment.rs", Part::Compartment),
-    ("crates/vmm/src/backends/thread.rs", Part::MonolithicGlue),
+    ("crates/monolithic/src/", Part::MonolithicGlue),
     ("crates/vmm/src/", Part::Core),
     // The rest of the binary is its `run` path: parsing the command line into configurations
     // (a new file is counted in the core until it is placed otherwise).
@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(part_of("crates/sandbox/src/enter.rs"), Part::Compartment);
         assert_eq!(part_of("crates/devices/src/blk/device.rs"), Part::Compartment);
         assert_eq!(part_of("crates/tools/src/disk.rs"), Part::Tools);
-        assert_eq!(part_of("crates/vmm/src/backends/thread.rs"), Part::MonolithicGlue);
+        assert_eq!(part_of("crates/monolithic/src/lib.rs"), Part::MonolithicGlue);
         assert_eq!(part_of("crates/tools/src/bench/io.rs"), Part::Tools);
         assert_eq!(part_of("crates/vmm/src/confine/lists.rs"), Part::Core);
         assert_eq!(part_of("src/cli/run.rs"), Part::Core);

@@ -1,18 +1,20 @@
 //! Where device backends run: in a compartment (microkernel mode, a
-//! sandboxed process each) or on a thread of the core (monolithic mode).
-//! Both start the same `bulkhead_devices` code and hand the core one end of
-//! a unix socket pair; the only difference is the process boundary.
+//! sandboxed process each) or on a thread of the core (monolithic mode,
+//! `bulkhead_monolithic`). Both start the same `bulkhead_devices` code and
+//! hand the core one end of a unix socket pair; the only difference is the
+//! process boundary.
 
 mod policy;
 mod process;
-mod thread;
 
 use std::sync::Arc;
 
 use bulkhead_core::virtio::{Backend, DeviceKind as CoreKind};
 
+use crate::confine::ThreadClass;
 use crate::partition::Partition;
 use bulkhead_devices::{DeviceConfig, DeviceKind};
+use bulkhead_monolithic::ThreadBackend;
 
 pub use policy::policy_for;
 
@@ -34,24 +36,6 @@ pub fn core_kind(kind: DeviceKind) -> CoreKind {
     }
 }
 
-/// In monolithic mode a panic in device code ends the VM, naming the
-/// device (in microkernel mode it ends only its compartment, which the
-/// supervisor restarts).
-pub fn end_vm_on_device_panic() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let thread = std::thread::current();
-        let name = thread.name().unwrap_or("");
-        if thread::ThreadBackend::is_device_thread(name) {
-            eprintln!(
-                "bulkhead: device thread {name} panicked: {info}\nbulkhead: the VM stops: in monolithic mode a device fault ends the VM"
-            );
-            std::process::exit(1);
-        }
-        default(info);
-    }));
-}
-
 /// A device the user asked for: its configuration and, for compartments,
 /// the command-line arguments that describe it to `bulkhead device`.
 pub struct Request {
@@ -70,7 +54,11 @@ pub fn build(
     let mut out: Vec<Box<dyn Backend>> = Vec::new();
     for r in requests {
         out.push(match mode {
-            Mode::Monolithic => Box::new(thread::ThreadBackend::new(r)),
+            Mode::Monolithic => {
+                let kind = r.config.kind();
+                let confine = Arc::new(move || crate::confine::confine(ThreadClass::Device(kind)));
+                Box::new(ThreadBackend::new(core_kind(kind), r.name, r.config, confine))
+            }
             Mode::Microkernel => Box::new(process::CompartmentBackend::new(r, partition.clone())?),
         });
     }

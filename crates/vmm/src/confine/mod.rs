@@ -29,7 +29,6 @@ pub mod status;
 use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 
-use bulkhead_devices::DeviceKind;
 use bulkhead_sandbox::seccomp::{DenyAction, RuleAction, SyscallRule};
 use bulkhead_sandbox::thread::confine_this_thread;
 
@@ -143,11 +142,6 @@ fn refused_in(rules: &[SyscallRule]) -> usize {
     refused.len()
 }
 
-/// The class of a device's threads in monolithic mode.
-pub fn device_class(kind: DeviceKind) -> ThreadClass {
-    ThreadClass::Device(kind)
-}
-
 /// Sets up the core's confinement for a VM: the setting, the launcher
 /// thread if `launcher` (microkernel mode: compartments are started there;
 /// and a VM with cgroups: they are removed there), and the hook the core
@@ -173,6 +167,7 @@ pub fn setup(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulkhead_devices::DeviceKind;
     use bulkhead_sandbox::seccomp;
 
     #[test]
