@@ -265,7 +265,7 @@ fn namespaces_part(layers: &[Layer]) -> Option<String> {
 }
 
 /// An error and its causes, `: `-separated, for a report's reason.
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+pub fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {

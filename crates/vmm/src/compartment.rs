@@ -14,7 +14,7 @@ pub fn run(cmd: DeviceCommand) -> anyhow::Result<i32> {
     let result = bulkhead_devices::cli::run_with_sandbox(cmd, |spec, _conn| {
         let name = format!("bulkhead-{}", spec.kind.name());
         let policy = policy_for(&name, Some(spec))?;
-        let report = bulkhead_sandbox::enter(&policy)?;
+        let report = bulkhead_sandbox_enter::enter(&policy)?;
         // A layer the host could not give is said, never dropped silently.
         if !report.is_complete() {
             eprintln!("bulkhead device {}: sandbox: {report}", spec.kind.name());

@@ -69,11 +69,8 @@ const PARTS: &[(&str, Part)] = &[
     ("crates/sandbox/src/status.rs", Part::Core),
     ("crates/sandbox/src/caps.rs", Part::Core),
     ("crates/sandbox/src/thread.rs", Part::Core),
-    ("crates/sandbox/src/enter.rs", Part::Compartment),
-    ("crates/sandbox/src/root.rs", Part::Compartment),
-    ("crates/sandbox/src/landlock_rules.rs", Part::Compartment),
-    ("crates/sandbox/src/rlimits.rs", Part::Compartment),
     ("crates/sandbox/src/", Part::Shared),
+    ("crates/sandbox-enter/src/", Part::Compartment),
     ("crates/devices/src/", Part::Compartment),
     ("crates/disk/src/", Part::Compartment),
     ("crates/vmm/src/compartment.rs", Part::Compartment),
@@ -226,7 +223,7 @@ mod tests {
         assert_eq!(part_of("crates/ctl/src/client.rs"), Part::Tools);
         assert_eq!(part_of("crates/sandbox/src/spawn/clone.rs"), Part::Core);
         assert_eq!(part_of("crates/sandbox/src/seccomp.rs"), Part::Shared);
-        assert_eq!(part_of("crates/sandbox/src/enter.rs"), Part::Compartment);
+        assert_eq!(part_of("crates/sandbox-enter/src/enter.rs"), Part::Compartment);
         assert_eq!(part_of("crates/devices/src/blk/device.rs"), Part::Compartment);
         assert_eq!(part_of("crates/tools/src/disk.rs"), Part::Tools);
         assert_eq!(part_of("crates/monolithic/src/lib.rs"), Part::MonolithicGlue);

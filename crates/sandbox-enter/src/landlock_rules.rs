@@ -6,7 +6,7 @@
 //! The rights handled are those of ABI 7, the version tested here; a kernel
 //! with less gets what it has, and the report says "partial". Before ABI 8
 //! Landlock restricts only the calling thread (and the threads it starts
-//! later), so [`crate::enter`] must run before the compartment starts threads;
+//! later), so [`crate::enter()`] must run before the compartment starts threads;
 //! if other threads exist and the kernel cannot restrict them too, the layer
 //! is reported as not applied.
 
@@ -18,8 +18,8 @@ use landlock::{
     RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
-use crate::policy::{Access as PathAccess, PathRule};
-use crate::report::LayerState;
+use bulkhead_sandbox::policy::{Access as PathAccess, PathRule};
+use bulkhead_sandbox::report::LayerState;
 
 /// The Landlock ABI whose rights are asked for.
 const TESTED_ABI: ABI = ABI::V7;

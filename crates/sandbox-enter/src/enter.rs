@@ -12,14 +12,15 @@
 
 use std::path::PathBuf;
 
-use crate::caps::{self, CapsError};
+use bulkhead_sandbox::caps::{self, CapsError};
+use bulkhead_sandbox::policy::{Enforcement, PathRule, Policy};
+use bulkhead_sandbox::report::{with_causes, LayerName, LayerState, Namespace, Report};
+use bulkhead_sandbox::seccomp::{self, SeccompError};
+use bulkhead_sandbox::spawn::SPAWN_ENV;
+
 use crate::landlock_rules::{self, LandlockError};
-use crate::policy::{Enforcement, PathRule, Policy};
-use crate::report::{with_causes, LayerName, LayerState, Namespace, Report};
-use crate::rlimits::RlimitError;
+use crate::rlimits::{self, RlimitError};
 use crate::root;
-use crate::seccomp::{self, SeccompError};
-use crate::spawn::SPAWN_ENV;
 
 /// Errors of entering the sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +133,7 @@ pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
     let rlimits = if limits.is_empty() {
         LayerState::Off { reason: "the policy sets no limit".into() }
     } else {
-        LayerState::Applied { detail: limits.apply()? }
+        LayerState::Applied { detail: rlimits::apply(limits)? }
     };
     layers.set(LayerName::Rlimits, rlimits)?;
 

@@ -28,7 +28,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::policy::{Access, PathRule};
+use bulkhead_sandbox::policy::{Access, PathRule};
 
 /// Errors of the empty-root layer.
 #[derive(Debug, thiserror::Error)]
