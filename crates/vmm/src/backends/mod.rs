@@ -16,7 +16,7 @@ use crate::partition::Partition;
 use bulkhead_devices::{DeviceConfig, DeviceKind};
 use bulkhead_monolithic::ThreadBackend;
 
-pub use policy::policy_for;
+pub use policy::{device_rules, policy_for};
 
 /// `--mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -4,6 +4,7 @@
 //! (no_new_privs, capabilities, Landlock, empty root, rlimits, seccomp).
 
 use bulkhead_devices::SandboxSpec;
+use bulkhead_sandbox::seccomp;
 use bulkhead_sandbox::{DenyAction, Namespaces, Policy, Rlimits, SyscallRule};
 
 /// Namespaces every compartment gets. The network namespace is new for
@@ -24,16 +25,25 @@ pub fn policy_for(name: &str, spec: Option<&SandboxSpec>) -> anyhow::Result<Poli
         .rlimits(Rlimits::default())
         .empty_root(true);
     if let Some(spec) = spec {
-        let rules = spec.seccomp.iter().map(|r| match r.arg_eq {
-            Some((index, value)) => SyscallRule::allow(r.name).arg_eq(index, value),
-            None => SyscallRule::allow(r.name),
-        });
-        // Opening files fails with EACCES instead of killing: glibc's malloc
-        // reads /proc/sys/vm/overcommit_memory when a thread first needs a
-        // new arena, and copes with the failure. No file is reachable anyway
-        // (Landlock, empty root); the device opened its own before.
-        let refusals = ["open", "openat"].map(|name| SyscallRule::errno(name, libc::EACCES));
-        builder = builder.allow_rules(rules.chain(refusals).collect::<Vec<_>>());
+        builder = builder.allow_rules(device_rules(spec));
     }
     Ok(builder.build()?)
+}
+
+/// A device's seccomp rules, from what it says it needs: the sandbox's
+/// baseline, the device's own calls, and `open`/`openat` failing with EACCES
+/// instead of killing — glibc's malloc reads /proc/sys/vm/overcommit_memory
+/// when a thread first needs a new arena, and copes with the failure; no file
+/// is reachable anyway (Landlock, empty root) and the device opened its own
+/// before. The one conversion from a device's needs to rules: its
+/// compartment's filter, and in the core a monolithic device's threads and
+/// the launcher's list.
+pub fn device_rules(spec: &SandboxSpec) -> Vec<SyscallRule> {
+    let mut rules = seccomp::baseline();
+    rules.extend(spec.seccomp.iter().map(|r| match r.arg_eq {
+        Some((index, value)) => SyscallRule::allow(r.name).arg_eq(index, value),
+        None => SyscallRule::allow(r.name),
+    }));
+    rules.extend(["open", "openat"].map(|name| SyscallRule::errno(name, libc::EACCES)));
+    rules
 }

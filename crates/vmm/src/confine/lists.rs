@@ -12,6 +12,8 @@ use std::fmt;
 use bulkhead_devices::DeviceKind;
 use bulkhead_sandbox::seccomp::{self, ArgCondition, ArgOp, RuleAction, SyscallRule};
 
+use crate::backends::device_rules;
+
 /// A class of the core's threads: each has one allow-list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ThreadClass {
@@ -91,8 +93,8 @@ impl ThreadClass {
             ThreadClass::EventLoop => list.extend(event_loop()),
             ThreadClass::Api => list.extend(api()),
             ThreadClass::Launcher => {
-                list.extend(named(LAUNCHER));
-                list.extend(named(COMPARTMENT_START));
+                list.extend(seccomp::rules(LAUNCHER));
+                list.extend(seccomp::rules(COMPARTMENT_START));
                 // The compartments' own filters stack on this one: what they
                 // allow must pass it too (their errno rules are theirs only).
                 for kind in [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng] {
@@ -130,22 +132,13 @@ const LAUNCHER_CAPS: [u32; 8] = [
     24, // CAP_SYS_RESOURCE
 ];
 
-fn named(names: &[&str]) -> Vec<SyscallRule> {
-    seccomp::rules(names)
-}
-
 /// A device's own list in monolithic mode: the same as its compartment's
 /// (opening a file fails with EACCES, as there).
 pub fn device(kind: DeviceKind) -> Vec<SyscallRule> {
-    let spec = bulkhead_devices::sandbox::spec_for(kind, Vec::new());
-    let rules = spec.seccomp.iter().map(|r| match r.arg_eq {
-        Some((index, value)) => SyscallRule::allow(r.name).arg_eq(index, value),
-        None => SyscallRule::allow(r.name),
-    });
-    let refusals = ["open", "openat"].map(|name| SyscallRule::errno(name, libc::EACCES));
+    let mut list = device_rules(&bulkhead_devices::sandbox::spec_for(kind, Vec::new()));
     // In the core, the violation message names the thread.
-    let name = bulkhead_sandbox::thread::thread_name_rule();
-    rules.chain(refusals).chain([name]).collect()
+    list.push(bulkhead_sandbox::thread::thread_name_rule());
+    list
 }
 
 /// `openat` for reading only (the supervisor and the API read `/proc`).
@@ -162,46 +155,15 @@ fn ioctls(requests: &[u64]) -> Vec<SyscallRule> {
         .collect()
 }
 
-/// Every class: memory, futexes, time, signals' return, reading and writing
-/// the descriptors it holds, ending.
+/// Every class: the baseline (memory, futexes, signals' return, reading and
+/// writing the descriptors it holds, ending), time and random numbers.
 fn common() -> Vec<SyscallRule> {
-    let mut list = named(COMMON);
+    let mut list = seccomp::baseline();
+    list.extend(seccomp::rules(&["clock_gettime", "clock_nanosleep", "nanosleep", "getrandom"]));
     // The violation message names the thread.
     list.push(bulkhead_sandbox::thread::thread_name_rule());
-    // std's OwnedFd checks, in debug builds, that the fd it closes is open.
-    list.push(SyscallRule::allow("fcntl").when(ArgCondition::low32(
-        1,
-        ArgOp::Eq,
-        libc::F_GETFD as u64,
-    )));
     list
 }
-
-const COMMON: &[&str] = &[
-    "read",
-    "write",
-    "close",
-    "futex",
-    "mmap",
-    "munmap",
-    "mremap",
-    "mprotect",
-    "madvise",
-    "brk",
-    "rt_sigreturn",
-    "rt_sigprocmask",
-    "sigaltstack",
-    "exit",
-    "exit_group",
-    "restart_syscall",
-    "sched_yield",
-    "clock_gettime",
-    "clock_nanosleep",
-    "nanosleep",
-    "gettid",
-    "getpid",
-    "getrandom",
-];
 
 // KVM ioctl request numbers (linux/kvm.h, x86-64).
 const KVM_RUN: u64 = 0xae80;
@@ -215,7 +177,7 @@ const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
 /// messages when a driver starts or resets a device.
 fn vcpu() -> Vec<SyscallRule> {
     let mut list = ioctls(&[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_IRQFD, KVM_SET_GSI_ROUTING]);
-    list.extend(named(&["sendmsg", "recvmsg", "recvfrom", "poll"]));
+    list.extend(seccomp::rules(&["sendmsg", "recvmsg", "recvfrom", "poll"]));
     list
 }
 
@@ -252,7 +214,7 @@ const SUPERVISOR: &[&str] = &[
 /// [`SUPERVISOR`], and reconnecting to an external backend (`--vhost-user`):
 /// unix sockets only.
 fn supervisor() -> Vec<SyscallRule> {
-    let mut list = named(SUPERVISOR);
+    let mut list = seccomp::rules(SUPERVISOR);
     list.push(SyscallRule::allow("socket").arg_eq(0, libc::AF_UNIX as u64));
     list.push(SyscallRule::allow("connect"));
     list
@@ -263,7 +225,7 @@ fn supervisor() -> Vec<SyscallRule> {
 /// removing the control socket).
 fn event_loop() -> Vec<SyscallRule> {
     let mut list = supervisor();
-    list.extend(named(&["epoll_wait", "epoll_pwait", "tgkill", "unlink"]));
+    list.extend(seccomp::rules(&["epoll_wait", "epoll_pwait", "tgkill", "unlink"]));
     list.extend(ioctls(&[libc::FIONBIO, KVM_IRQFD, KVM_SET_GSI_ROUTING]));
     list.extend(read_only_open());
     list
@@ -273,7 +235,7 @@ fn event_loop() -> Vec<SyscallRule> {
 /// credentials), status, and restarts and upgrades through the supervisor.
 fn api() -> Vec<SyscallRule> {
     let mut list = supervisor();
-    list.extend(named(&["accept4"]));
+    list.extend(seccomp::rules(&["accept4"]));
     list.extend(ioctls(&[libc::FIONBIO, KVM_IRQFD, KVM_SET_GSI_ROUTING]));
     list.extend(read_only_open());
     list
