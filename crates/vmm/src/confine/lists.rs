@@ -165,18 +165,26 @@ fn common() -> Vec<SyscallRule> {
     list
 }
 
-// KVM ioctl request numbers (linux/kvm.h, x86-64).
-const KVM_RUN: u64 = 0xae80;
-const KVM_GET_REGS: u64 = 0x8090_ae81;
-const KVM_GET_SREGS: u64 = 0x8138_ae83;
-const KVM_IRQFD: u64 = 0x4020_ae76;
-const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
+/// KVM ioctl request numbers, derived as linux/kvm.h defines them: direction,
+/// KVMIO, number and the size of the argument's struct.
+mod kvm {
+    use kvm_bindings::{kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, KVMIO};
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+}
 
 /// A vCPU thread: `KVM_RUN`; the I/O APIC's routes and irqfds when the guest
 /// programs it; registers for a crash report; the vhost-user frontend's
 /// messages when a driver starts or resets a device.
 fn vcpu() -> Vec<SyscallRule> {
-    let mut list = ioctls(&[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_IRQFD, KVM_SET_GSI_ROUTING]);
+    use kvm::*;
+    let mut list =
+        ioctls(&[KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS(), KVM_IRQFD(), KVM_SET_GSI_ROUTING()]);
     list.extend(seccomp::rules(&["sendmsg", "recvmsg", "recvfrom", "poll"]));
     list
 }
@@ -226,7 +234,7 @@ fn supervisor() -> Vec<SyscallRule> {
 fn event_loop() -> Vec<SyscallRule> {
     let mut list = supervisor();
     list.extend(seccomp::rules(&["epoll_wait", "epoll_pwait", "tgkill", "unlink"]));
-    list.extend(ioctls(&[libc::FIONBIO, KVM_IRQFD, KVM_SET_GSI_ROUTING]));
+    list.extend(ioctls(&[libc::FIONBIO, kvm::KVM_IRQFD(), kvm::KVM_SET_GSI_ROUTING()]));
     list.extend(read_only_open());
     list
 }
@@ -236,7 +244,7 @@ fn event_loop() -> Vec<SyscallRule> {
 fn api() -> Vec<SyscallRule> {
     let mut list = supervisor();
     list.extend(seccomp::rules(&["accept4"]));
-    list.extend(ioctls(&[libc::FIONBIO, KVM_IRQFD, KVM_SET_GSI_ROUTING]));
+    list.extend(ioctls(&[libc::FIONBIO, kvm::KVM_IRQFD(), kvm::KVM_SET_GSI_ROUTING()]));
     list.extend(read_only_open());
     list
 }
@@ -334,6 +342,15 @@ mod tests {
         let vcpu = super::super::allowed_count(ThreadClass::Vcpu);
         let launcher = super::super::allowed_count(ThreadClass::Launcher);
         assert!(vcpu < launcher);
+    }
+
+    #[test]
+    fn kvm_ioctl_numbers_are_those_of_linux_kvm_h() {
+        assert_eq!(kvm::KVM_RUN(), 0xae80);
+        assert_eq!(kvm::KVM_GET_REGS(), 0x8090_ae81);
+        assert_eq!(kvm::KVM_GET_SREGS(), 0x8138_ae83);
+        assert_eq!(kvm::KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(kvm::KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
     }
 
     #[test]
