@@ -13,8 +13,9 @@
 //! A panic on any thread — the message loop or a queue worker — ends the process: the panic
 //! hook prints it and aborts (SIGABRT), so that a compartment never runs on with a queue
 //! silently stopped, and the supervisor sees it die and starts another. (In monolithic mode the
-//! same code runs on threads of the core, which keeps its own panic policy: there a worker's
-//! panic only stops its queue.)
+//! same code runs on threads of the core, whose own panic hook ends the whole VM, naming the
+//! device, on a panic in any of the device's threads, message loop or queue worker: backends on
+//! threads are not restarted.)
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;

@@ -190,16 +190,6 @@ impl Report {
         &self.layers
     }
 
-    /// The state of one layer, if recorded.
-    pub fn get(&self, name: LayerName) -> Option<&LayerState> {
-        self.layers.iter().find(|layer| layer.name == name).map(|layer| &layer.state)
-    }
-
-    /// Whether `name` is recorded as applied.
-    pub fn is_applied(&self, name: LayerName) -> bool {
-        matches!(self.get(name), Some(LayerState::Applied { .. }))
-    }
-
     /// The layers that were wanted but not applied.
     pub fn missing(&self) -> impl Iterator<Item = &Layer> {
         self.layers.iter().filter(|layer| matches!(layer.state, LayerState::NotApplied { .. }))

@@ -129,8 +129,9 @@ pub trait Backend: Send {
 }
 
 /// A backend someone else started, listening on a unix socket: another
-/// project's vhost-user backend (qemu-storage-daemon, virtiofsd) or a
-/// `bulkhead device` started by hand.
+/// project's vhost-user backend of a kind the core attaches (blk, net, rng:
+/// qemu-storage-daemon's vhost-user-blk export, say) or a `bulkhead device`
+/// started by hand.
 pub struct ExternalBackend {
     pub kind: DeviceKind,
     pub name: String,
