@@ -10,7 +10,8 @@ fn main() {
     let code = match cli.command.run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bulkhead: {}", bulkhead_api::describe(e.as_ref()));
+            // The error and its causes, on one line.
+            eprintln!("bulkhead: {e:#}");
             1
         }
     };

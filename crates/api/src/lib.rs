@@ -22,15 +22,3 @@ pub use server::{ControlTarget, Server, ServerError};
 pub use status::{
     ConfinementStatus, DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus,
 };
-
-/// An error and its causes as one line: "what failed: because: because".
-pub fn describe(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        line.push_str(": ");
-        line.push_str(&e.to_string());
-        cause = e.source();
-    }
-    line
-}

@@ -103,7 +103,7 @@ fn a_stale_socket_is_replaced() {
     drop(UnixListener::bind(&path).unwrap());
     let err = request_at(&path, &Request::Status, TIMEOUT).unwrap_err();
     assert!(matches!(err, ClientError::Stale { .. }), "{err}");
-    assert!(bulkhead_api::describe(&err).starts_with("nobody answers on"));
+    assert!(bulkhead_ctl::describe(&err).starts_with("nobody answers on"));
     let (_server, _vm) = start(&path);
     assert_serves(&path);
 }

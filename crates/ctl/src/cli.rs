@@ -16,7 +16,7 @@
 use crate::client::{self, ListedVm};
 use anyhow::{anyhow, bail, Context};
 use bulkhead_api::protocol::{Payload, Reply, Request};
-use bulkhead_api::status::{DeviceChange, DeviceStatus, VmStatus};
+use bulkhead_api::status::{DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -127,7 +127,7 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
             (Request::DeviceUpgrade { id, binary }, json)
         }
     };
-    let reply = client::request(vm, &request).map_err(|e| anyhow!(bulkhead_api::describe(&e)))?;
+    let reply = client::request(vm, &request).map_err(|e| anyhow!(crate::describe(&e)))?;
     let payload = match reply {
         Reply::Ok { result } => result,
         Reply::Error { message } => bail!("{vm}: {}", clean(&message)),
@@ -149,7 +149,7 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
 /// `bulkhead ctl list`.
 fn list(json: bool) -> anyhow::Result<i32> {
     let dir = bulkhead_api::paths::run_dir();
-    let found = client::list_in(&dir).map_err(|e| anyhow!(bulkhead_api::describe(&e)))?;
+    let found = client::list_in(&dir).map_err(|e| anyhow!(crate::describe(&e)))?;
     for ListedVm { socket, status } in &found {
         if let Err(why) = status {
             eprintln!("{}: {why}", socket.display());
@@ -242,7 +242,9 @@ fn confinement_table(status: &VmStatus) -> String {
     let header = ["PROCESS", "PID", "THREADS", "CLASS", "SYSCALLS", "SECCOMP", "NO CAPS", "NNP"];
     let mut rows = vec![header.map(String::from).to_vec()];
     for c in &status.confinement {
-        let seccomp = match (c.in_force(), c.filtered) {
+        // In force: every thread of the class runs under its filter.
+        let in_force = c.threads > 0 && c.filtered == c.threads && c.syscalls_allowed.is_some();
+        let seccomp = match (in_force, c.filtered) {
             (true, _) => "in force".to_string(),
             (false, 0) => "none".to_string(),
             (false, n) => format!("{n} of {}", c.threads),
@@ -266,13 +268,32 @@ fn confinement_table(status: &VmStatus) -> String {
     out
 }
 
+/// The word the table shows for where a backend runs.
+fn mode_word(mode: DeviceMode) -> &'static str {
+    match mode {
+        DeviceMode::Compartment => "compartment",
+        DeviceMode::Thread => "thread",
+        DeviceMode::External => "external",
+    }
+}
+
+/// The word the table shows for a backend's state.
+fn state_word(state: DeviceState) -> &'static str {
+    match state {
+        DeviceState::Running => "running",
+        DeviceState::Restarting => "restarting",
+        DeviceState::Failed => "failed",
+        DeviceState::Stopped => "stopped",
+    }
+}
+
 fn device_row(d: &DeviceStatus) -> Vec<String> {
     vec![
         d.id.clone(),
         d.kind.clone(),
-        d.mode.as_str().to_string(),
+        mode_word(d.mode).to_string(),
         d.pid.map_or("-".to_string(), |p| p.to_string()),
-        d.state.as_str().to_string(),
+        state_word(d.state).to_string(),
         d.restarts.to_string(),
         duration(d.uptime_s),
         d.requests.to_string(),
@@ -355,7 +376,6 @@ fn duration(s: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulkhead_api::status::{DeviceMode, DeviceState};
 
     #[test]
     fn units() {

@@ -99,7 +99,15 @@ pub enum ClientError {
 /// Sends `request` to the VM `vm` — a name (looked up in [`paths::run_dir`]) or, if it
 /// contains a `/`, a socket path — and returns its reply (which may be an error reply).
 pub fn request(vm: &str, request: &Request) -> Result<Reply, ClientError> {
-    request_at(&resolve(vm)?, request, request.reply_timeout())
+    request_at(&resolve(vm)?, request, reply_timeout(request))
+}
+
+/// How long a client waits for the reply to `request`.
+pub fn reply_timeout(request: &Request) -> Duration {
+    match request {
+        Request::Status => Duration::from_secs(10),
+        Request::DeviceRestart { .. } | Request::DeviceUpgrade { .. } => Duration::from_secs(60),
+    }
 }
 
 /// The socket of `vm`: a path if it contains a `/`, else the name's socket in the run folder,
@@ -235,7 +243,7 @@ pub fn list_in(dir: &Path) -> Result<Vec<ListedVm>, ClientError> {
         Err(ClientError::Timeout { timeout, .. }) => {
             Err(format!("no answer within {} s: the VM may be busy or hung", timeout.as_secs()))
         }
-        Err(e) => Err(bulkhead_api::describe(&e)),
+        Err(e) => Err(crate::describe(&e)),
     };
     Ok(std::thread::scope(|scope| {
         let asked: Vec<_> =

@@ -8,3 +8,15 @@ pub mod cli;
 pub mod client;
 
 pub use client::{request, ClientError};
+
+/// An error and its causes as one line: "what failed: because: because".
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        cause = e.source();
+    }
+    line
+}

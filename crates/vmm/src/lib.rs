@@ -69,7 +69,10 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
         match control::start(vm) {
             Ok(server) => Box::new(server),
             Err(e) => {
-                eprintln!("bulkhead: the management API is off: {}", bulkhead_api::describe(&e));
+                eprintln!(
+                    "bulkhead: the management API is off: {}",
+                    bulkhead_sandbox::report::with_causes(&e)
+                );
                 Box::new(())
             }
         }

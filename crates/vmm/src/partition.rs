@@ -174,7 +174,7 @@ impl Placement for Partition {
     fn place_vcpu(&self, id: u8, tid: i32) -> Result<(), String> {
         if let Some(cgroups) = &self.cgroups {
             if let Err(e) = cgroups.place_vcpu(tid) {
-                let why = bulkhead_api::describe(&e);
+                let why = bulkhead_sandbox::report::with_causes(&e);
                 self.refuse(&format!("--cpu-quota for vCPU {id}: {why}"), true)
                     .map_err(|e| e.to_string())?;
             }

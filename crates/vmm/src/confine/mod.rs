@@ -97,7 +97,10 @@ pub fn confine(class: ThreadClass) -> Result<(), String> {
     let rules = class.rules();
     let done =
         confine_this_thread(class.label(), &rules, deny, class.keep_caps()).map_err(|e| {
-            format!("cannot confine the {class} thread: {}", bulkhead_api::describe(&e))
+            format!(
+                "cannot confine the {class} thread: {}",
+                bulkhead_sandbox::report::with_causes(&e)
+            )
         })?;
     let allowed = allowed_in(&rules);
     debug_assert_eq!(done.allowed_syscalls, allowed + refused_in(&rules));
