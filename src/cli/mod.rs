@@ -58,7 +58,9 @@ impl Command {
             Command::Guest(cmd) => bulkhead_tools::guest::run(cmd),
             Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
             Command::Disk(cmd) => bulkhead_tools::disk::run(cmd),
-            Command::Device(cmd) => bulkhead_vmm::compartment::run(cmd),
+            Command::Device(cmd) => bulkhead_compartment::device::run(cmd, |name, spec| {
+                bulkhead_vmm::backends::policy_for(name, Some(spec))
+            }),
             Command::Ctl(cmd) => bulkhead_ctl::cli::run(cmd),
             Command::Status { vm, json } => {
                 use bulkhead_ctl::cli::{run_vm, VmAction, VmCommand};

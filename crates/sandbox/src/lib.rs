@@ -4,7 +4,7 @@
 //! the core starts and that then locks itself in. The sandbox has two halves,
 //! in two crates so that what runs in the core is one crate: this one (the
 //! core's half, and what both halves share: the [`Policy`], the seccomp
-//! compiler, capabilities, reports) and `bulkhead-sandbox-enter` (the
+//! compiler, capabilities, reports) and `bulkhead-compartment` (the
 //! compartment's half):
 //!
 //! - **In the core**, [`spawn`] starts the compartment program in new mount,
@@ -14,7 +14,7 @@
 //!   own before its program runs. It returns a [`Compartment`] handle: host
 //!   PID, pidfd, and the [`Report`] of what it applied.
 //! - **In the compartment**, after it has opened the files it serves,
-//!   `bulkhead_sandbox_enter::enter` sets no_new_privs, replaces the root by
+//!   `bulkhead_compartment::enter` sets no_new_privs, replaces the root by
 //!   an empty read-only tmpfs holding only its files, sets resource limits,
 //!   drops every capability, restricts the filesystem with Landlock and
 //!   installs a seccomp allow-list on every thread. It returns the

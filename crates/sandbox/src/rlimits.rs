@@ -1,5 +1,5 @@
 //! The resource limits of a compartment's policy. The compartment sets them
-//! when it enters its sandbox (`bulkhead_sandbox_enter`): `setrlimit(2)`,
+//! when it enters its sandbox (`bulkhead_compartment`): `setrlimit(2)`,
 //! soft and hard limit alike, so that it cannot raise them again.
 //!
 //! Which limits mean what for a compartment:

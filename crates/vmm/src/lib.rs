@@ -10,14 +10,11 @@
 //!   class, and the launcher thread that alone starts compartments;
 //! - [`control`]: the management API, answered from the core's supervisor.
 //!
-//! [`compartment`] is the other side: a compartment's entry (`bulkhead
-//! device`), which opens its device and enters its sandbox.
-//!
-//! All of it runs in the core (the trusted computing base), but for
-//! [`compartment`], which runs in a compartment.
+//! All of it runs in the core (the trusted computing base); the device
+//! policies of [`backends`] are also what a compartment enters its sandbox
+//! with (`bulkhead_compartment`).
 
 pub mod backends;
-pub mod compartment;
 pub mod confine;
 pub mod control;
 pub mod partition;

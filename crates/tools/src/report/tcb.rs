@@ -70,10 +70,9 @@ const PARTS: &[(&str, Part)] = &[
     ("crates/sandbox/src/caps.rs", Part::Core),
     ("crates/sandbox/src/thread.rs", Part::Core),
     ("crates/sandbox/src/", Part::Shared),
-    ("crates/sandbox-enter/src/", Part::Compartment),
+    ("crates/compartment/src/", Part::Compartment),
     ("crates/devices/src/", Part::Compartment),
     ("crates/disk/src/", Part::Compartment),
-    ("crates/vmm/src/compartment.rs", Part::Compartment),
     ("crates/monolithic/src/", Part::MonolithicGlue),
     ("crates/vmm/src/", Part::Core),
     // The rest of the binary is its `run` path: parsing the command line into configurations
@@ -223,7 +222,7 @@ mod tests {
         assert_eq!(part_of("crates/ctl/src/client.rs"), Part::Tools);
         assert_eq!(part_of("crates/sandbox/src/spawn/clone.rs"), Part::Core);
         assert_eq!(part_of("crates/sandbox/src/seccomp.rs"), Part::Shared);
-        assert_eq!(part_of("crates/sandbox-enter/src/enter.rs"), Part::Compartment);
+        assert_eq!(part_of("crates/compartment/src/enter.rs"), Part::Compartment);
         assert_eq!(part_of("crates/devices/src/blk/device.rs"), Part::Compartment);
         assert_eq!(part_of("crates/tools/src/disk.rs"), Part::Tools);
         assert_eq!(part_of("crates/monolithic/src/lib.rs"), Part::MonolithicGlue);

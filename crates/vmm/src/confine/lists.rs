@@ -273,7 +273,7 @@ const LAUNCHER: &[&str] = &[
 /// A compartment from `clone3` to its own filter (it inherits the
 /// launcher's): the child's steps before `execve`, the program's start
 /// (loader, glibc, Rust runtime), opening what it serves, and every layer of
-/// `bulkhead_sandbox_enter::enter` (namespaces' root, Landlock, rlimits, identity,
+/// `bulkhead_compartment::enter` (namespaces' root, Landlock, rlimits, identity,
 /// capabilities, seccomp).
 const COMPARTMENT_START: &[&str] = &[
     // child before execve
