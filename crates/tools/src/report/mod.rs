@@ -1,6 +1,7 @@
 //! `bulkhead report …`: figures the project publishes, regenerated from the
 //! source tree and the code itself.
 
+mod crates;
 mod loc;
 mod tcb;
 

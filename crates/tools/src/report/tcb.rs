@@ -1,22 +1,22 @@
 //! `bulkhead report tcb`: how big the trusted core is.
 //!
-//! **Lines of code.** Every `.rs` file of the tree is put in one part, by
-//! what runs it ([`PARTS`], first match wins):
-//! - *core*: runs in the core process in microkernel mode — the `core`
-//!   crate, the API's server side, the sandbox's spawning side (clone3,
-//!   cgroups, reading `/proc`, confining the core's threads), and the
-//!   binary's `run` path (wiring, backends, supervisor glue, confinement);
-//! - *shared*: linked into both the core and the compartments and run by
-//!   both (the sandbox's policy, reports and seccomp compiler);
-//! - *compartment*: runs only in a compartment in microkernel mode — the
-//!   device backends, the disk image formats, entering the sandbox;
-//! - *monolithic glue*: runs in the core in monolithic mode only;
-//! - *tools and tests*: `bulkhead ctl`'s client, benchmarks, the guests,
-//!   image building, `bulkhead disk`, tests (unit-test files `tests.rs`
-//!   included), fuzz targets, this report.
+//! **Lines of code**, by crate: each crate says in its `Cargo.toml` what
+//! runs its code (`[package.metadata.bulkhead] tcb`, see [`crates`]):
+//! - *core*: the core process, in both modes — the trusted core: the `core`
+//!   crate, the VMM's wiring (`vmm`), the management API's server (`api`),
+//!   the sandbox's core half and what both halves share (`sandbox`), and the
+//!   binary, which parses the command line;
+//! - *compartment*: compartments in microkernel mode — the device backends
+//!   (`devices`), the disk image formats (`disk`), a compartment's entry and
+//!   entering the sandbox (`compartment`); in monolithic mode the core;
+//! - *monolithic*: the core, in monolithic mode only (`monolithic`);
+//! - *tool*: no VM — `bulkhead ctl`, benchmarks and this report (`tools`),
+//!   the guests.
 //!
-//! The trusted core is *core + shared* in microkernel mode; in monolithic
-//! mode the compartments' code and the glue join it.
+//! Tests, examples, build scripts, fuzz targets and unit-test module files
+//! (`tests.rs`) are counted with the tools. The trusted core is the *core*
+//! crates in microkernel mode; in monolithic mode the compartments' crates
+//! and the glue join it.
 //!
 //! **System calls** are counted from the lists the code installs
 //! (`bulkhead_vmm::confine::lists`), distinct calls a filter lets run.
@@ -29,6 +29,7 @@ use anyhow::{bail, Context};
 use bulkhead_devices::DeviceKind;
 use bulkhead_sandbox::seccomp::RuleAction;
 
+use super::crates::{self, Part};
 use super::loc;
 use bulkhead_vmm::confine::{allowed_count, ThreadClass};
 
@@ -36,56 +37,18 @@ use bulkhead_vmm::confine::{allowed_count, ThreadClass};
 pub const BEGIN: &str = "<!-- tcb-report:begin: `bulkhead report tcb --update docs/ARCHITECTURE.md` rewrites what follows -->";
 pub const END: &str = "<!-- tcb-report:end -->";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Part {
-    Core,
-    Shared,
-    Compartment,
-    MonolithicGlue,
-    Tools,
+/// Files and lines.
+#[derive(Clone, Copy, Default)]
+struct Count {
+    files: usize,
+    lines: usize,
 }
 
-impl Part {
-    const ALL: [Part; 5] =
-        [Part::Core, Part::Shared, Part::Compartment, Part::MonolithicGlue, Part::Tools];
-
-    fn name(self) -> &'static str {
-        match self {
-            Part::Core => "core",
-            Part::Shared => "shared (core and compartments)",
-            Part::Compartment => "compartments",
-            Part::MonolithicGlue => "monolithic glue",
-            Part::Tools => "tools and tests",
-        }
+impl Count {
+    fn add(&mut self, lines: usize) {
+        self.files += 1;
+        self.lines += lines;
     }
-}
-
-/// Path prefixes and their part; the first match wins; the rest are tools.
-const PARTS: &[(&str, Part)] = &[
-    ("crates/core/src/", Part::Core),
-    ("crates/api/src/", Part::Core),
-    ("crates/sandbox/src/spawn/", Part::Core),
-    ("crates/sandbox/src/cgroup/", Part::Core),
-    ("crates/sandbox/src/status.rs", Part::Core),
-    ("crates/sandbox/src/caps.rs", Part::Core),
-    ("crates/sandbox/src/thread.rs", Part::Core),
-    ("crates/sandbox/src/", Part::Shared),
-    ("crates/compartment/src/", Part::Compartment),
-    ("crates/devices/src/", Part::Compartment),
-    ("crates/disk/src/", Part::Compartment),
-    ("crates/monolithic/src/", Part::MonolithicGlue),
-    ("crates/vmm/src/", Part::Core),
-    // The rest of the binary is its `run` path: parsing the command line into configurations
-    // (a new file is counted in the core until it is placed otherwise).
-    ("src/", Part::Core),
-];
-
-fn part_of(path: &str) -> Part {
-    // A module file of unit tests (`#[cfg(test)] mod tests;`) runs in no VM.
-    if path.ends_with("/tests.rs") {
-        return Part::Tools;
-    }
-    PARTS.iter().find(|(prefix, _)| path.starts_with(prefix)).map_or(Part::Tools, |&(_, p)| p)
 }
 
 /// The report, as Markdown.
@@ -96,30 +59,54 @@ pub fn report(root: &Path) -> anyhow::Result<String> {
             root.display()
         );
     }
+    let crates = crates::find(root)?;
     let mut files = Vec::new();
     walk(root, root, &mut files)?;
-    let mut lines = [0usize; 5];
-    let mut counts = [0usize; 5];
+    let mut by_crate = vec![Count::default(); crates.len()];
+    let mut by_part = [Count::default(); 4];
+    let mut rest = Count::default();
     for (rel, path) in &files {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let i = Part::ALL.iter().position(|&p| p == part_of(rel)).expect("a part");
-        lines[i] += loc::count(&text);
-        counts[i] += 1;
+        let lines = loc::count(&text);
+        let (owner, part) = crates::place(&crates, rel)?;
+        match owner {
+            Some(c) => by_crate[crates.iter().position(|x| x == c).expect("listed")].add(lines),
+            None => rest.add(lines),
+        }
+        by_part[Part::ALL.iter().position(|&p| p == part).expect("a part")].add(lines);
     }
-    let mut out = String::new();
-    let _ = writeln!(out, "Lines of Rust (non-blank, non-comment, unit-test modules left out):\n");
-    let _ = writeln!(out, "| part | files | lines |");
-    let _ = writeln!(out, "|---|---:|---:|");
-    for (i, part) in Part::ALL.iter().enumerate() {
-        let _ = writeln!(out, "| {} | {} | {} |", part.name(), counts[i], lines[i]);
+    let mut out = String::from(
+        "Lines of Rust (non-blank, non-comment, unit-test modules left out) in each crate's \
+         `src/`, counted in the part its `Cargo.toml` names (`[package.metadata.bulkhead] tcb`); \
+         tests, examples, build scripts and fuzz targets count as tools and tests:\n\n",
+    );
+    let _ = writeln!(out, "| crate | folder | part | files | lines |");
+    let _ = writeln!(out, "|---|---|---|---:|---:|");
+    let mut order: Vec<usize> = (0..crates.len()).filter(|&i| by_crate[i].files > 0).collect();
+    order.sort_by_key(|&i| (crates[i].part, crates[i].dir.clone()));
+    for i in order {
+        let (c, n) = (&crates[i], by_crate[i]);
+        let dir = if c.dir.is_empty() { "src" } else { &c.dir };
+        let part = c.part.map_or("", Part::name);
+        let _ = writeln!(out, "| `{}` | `{dir}` | {part} | {} | {} |", c.name, n.files, n.lines);
     }
-    let micro = lines[0] + lines[1];
-    let mono = micro + lines[2] + lines[3];
-    let _ = writeln!(out, "| **trusted core, microkernel mode** (core + shared) | | **{micro}** |");
     let _ = writeln!(
         out,
-        "| **trusted core, monolithic mode** (+ compartments' code, glue) | | **{mono}** |"
+        "| tests, examples, build scripts, fuzz targets | | tools and tests | {} | {} |",
+        rest.files, rest.lines
+    );
+    let _ = writeln!(out, "\n| part | files | lines |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    for (part, n) in Part::ALL.iter().zip(by_part) {
+        let _ = writeln!(out, "| {} | {} | {} |", part.name(), n.files, n.lines);
+    }
+    let micro = by_part[0].lines;
+    let mono = micro + by_part[1].lines + by_part[2].lines;
+    let _ = writeln!(out, "| **trusted core, microkernel mode** (core) | | **{micro}** |");
+    let _ = writeln!(
+        out,
+        "| **trusted core, monolithic mode** (+ compartments, glue) | | **{mono}** |"
     );
     out.push('\n');
     out.push_str(&syscalls_table());
@@ -216,21 +203,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn files_go_to_their_parts() {
-        assert_eq!(part_of("crates/core/src/vm.rs"), Part::Core);
-        assert_eq!(part_of("crates/api/src/server.rs"), Part::Core);
-        assert_eq!(part_of("crates/ctl/src/client.rs"), Part::Tools);
-        assert_eq!(part_of("crates/sandbox/src/spawn/clone.rs"), Part::Core);
-        assert_eq!(part_of("crates/sandbox/src/seccomp.rs"), Part::Shared);
-        assert_eq!(part_of("crates/compartment/src/enter.rs"), Part::Compartment);
-        assert_eq!(part_of("crates/devices/src/blk/device.rs"), Part::Compartment);
-        assert_eq!(part_of("crates/tools/src/disk.rs"), Part::Tools);
-        assert_eq!(part_of("crates/monolithic/src/lib.rs"), Part::MonolithicGlue);
-        assert_eq!(part_of("crates/tools/src/bench/io.rs"), Part::Tools);
-        assert_eq!(part_of("crates/vmm/src/confine/lists.rs"), Part::Core);
-        assert_eq!(part_of("src/cli/run.rs"), Part::Core);
-        assert_eq!(part_of("tests/boot.rs"), Part::Tools);
-        assert_eq!(part_of("crates/devices/src/blk/tests.rs"), Part::Tools);
+    fn the_trusted_core_is_these_crates() {
+        // Each crate says what runs it; this holds the trusted core to the crates that are
+        // meant to be in it, so that one cannot slip in or out by its manifest alone.
+        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        let crates = crates::find(root).unwrap();
+        let trusted: BTreeSet<&str> =
+            crates.iter().filter(|c| c.part == Some(Part::Core)).map(|c| c.name.as_str()).collect();
+        let expected =
+            ["bulkhead", "bulkhead-api", "bulkhead-core", "bulkhead-sandbox", "bulkhead-vmm"];
+        assert_eq!(trusted, BTreeSet::from(expected));
+        for c in &crates {
+            let has_code = root.join(&c.dir).join("src").is_dir();
+            assert!(!has_code || c.part.is_some(), "{} does not say what runs it", c.name);
+        }
     }
 
     #[test]
