@@ -5,7 +5,7 @@
 //! A compartment, started by the core with `bulkhead_sandbox::spawn` in new
 //! namespaces, opens the files it serves and then calls [`enter`] with its
 //! `bulkhead_sandbox::Policy`: no_new_privs, an empty read-only root holding
-//! only its files ([`root`]), resource limits ([`rlimits`]), no capability,
+//! only its files (`root.rs`), resource limits ([`rlimits`]), no capability,
 //! Landlock ([`landlock_rules`]) and seccomp on every thread. It returns the
 //! report of every layer.
 //!

@@ -1,6 +1,7 @@
 //! `bulkhead device blk|net|rng`: one device backend as a process (a compartment).
 //!
-//! The binary mounts [`DeviceCommand`] as a subcommand and calls [`run`]. The process opens
+//! The binary mounts [`DeviceCommand`] as a subcommand, and `bulkhead-compartment` runs it with
+//! [`run_with_sandbox`] (the stand-alone `bulkhead-device` with [`run`]). The process opens
 //! what the device serves, enters its sandbox (the hook below), then serves vhost-user either on
 //! an inherited connected socket (`--fd N`: how the core starts a compartment, one end of a
 //! socket pair) or on a listening socket path (`--socket PATH`: by hand, or for QEMU; one
@@ -128,7 +129,7 @@ pub fn run(cmd: DeviceCommand) -> anyhow::Result<i32> {
     run_with_sandbox(cmd, no_sandbox)
 }
 
-/// [`run`], entering the sandbox with `enter` (the binary passes the sandbox crate's). `enter`
+/// [`run`], entering the sandbox with `enter` (`bulkhead-compartment` passes its own). `enter`
 /// gets the device's needs and the connection's fd (the listening socket, or the inherited
 /// connected one); it runs once, after the device's files are open and the socket is bound,
 /// before any message is read.

@@ -94,8 +94,9 @@ pub struct Launched {
     pub description: String,
 }
 
-/// Starts a device's backend, wherever it runs. The binary provides two:
-/// compartments (a sandboxed process each) and threads (monolithic mode).
+/// Starts a device's backend, wherever it runs. The VMM (`bulkhead-vmm`)
+/// provides two: compartments (a sandboxed process each) and threads
+/// (monolithic mode).
 pub trait Backend: Send {
     fn kind(&self) -> DeviceKind;
     /// A short name for messages, e.g. `blk0`.

@@ -79,7 +79,8 @@ pub fn report(root: &Path) -> anyhow::Result<String> {
     let mut out = String::from(
         "Lines of Rust (non-blank, non-comment, unit-test modules left out) in each crate's \
          `src/`, counted in the part its `Cargo.toml` names (`[package.metadata.bulkhead] tcb`); \
-         tests, examples, build scripts and fuzz targets count as tools and tests:\n\n",
+         tests, unit-test files (`tests.rs`), examples, build scripts and fuzz targets count as \
+         tools and tests:\n\n",
     );
     let _ = writeln!(out, "| crate | folder | part | files | lines |");
     let _ = writeln!(out, "|---|---|---|---:|---:|");
@@ -93,7 +94,7 @@ pub fn report(root: &Path) -> anyhow::Result<String> {
     }
     let _ = writeln!(
         out,
-        "| tests, examples, build scripts, fuzz targets | | tools and tests | {} | {} |",
+        "| tests, unit-test files, examples, build scripts, fuzz targets | | tools and tests | {} | {} |",
         rest.files, rest.lines
     );
     let _ = writeln!(out, "\n| part | files | lines |");
