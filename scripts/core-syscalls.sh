@@ -1,6 +1,6 @@
 #!/bin/bash
 # Which system calls each class of the core's threads makes, for the lists in
-# src/confine/lists.rs: runs the core under `strace -ff` with
+# crates/vmm/src/confine/lists.rs: runs the core under `strace -ff` with
 # `--core-seccomp log` (filters installed, nothing refused) through the
 # scenarios below, then prints, per thread class, the calls made after the
 # thread installed its filter; for the launcher, also what its compartments

@@ -1,12 +1,7 @@
 //! The `bulkhead` binary: parses the command line and hands a typed
 //! configuration to the crate that does the work.
 
-mod backends;
-mod bench;
 mod cli;
-mod confine;
-mod control;
-mod report;
 
 use clap::Parser;
 
@@ -15,7 +10,8 @@ fn main() {
     let code = match cli.command.run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bulkhead: {}", cli::describe(&e));
+            // The error and its causes, on one line.
+            eprintln!("bulkhead: {e:#}");
             1
         }
     };

@@ -1,17 +1,10 @@
-//! `bulkhead run`'s CPU and memory partitioning options, turned into the
-//! VM's cgroups (`bulkhead_sandbox::cgroup::VmCgroups`), the compartments'
-//! cgroup limits and the vCPU threads' CPU affinity.
-//!
-//! A limit the user asked for that cannot be applied is an error (or, with
-//! `--limits best-effort`, a warning); a default that cannot be applied is a
-//! one-line warning.
+//! `bulkhead run`'s CPU and memory partitioning options, checked and turned
+//! into [`bulkhead_vmm::Limits`] (which `bulkhead_vmm` applies: cgroups,
+//! the compartments' limits, vCPU pinning).
 
-use std::sync::Arc;
-
-use anyhow::Context;
-use bulkhead_core::vcpu::Placement;
-use bulkhead_sandbox::cgroup::{Controller, VmCgroups, VmLimits};
-use bulkhead_sandbox::{CgroupLimits, CpuQuota, LayerState};
+use bulkhead_sandbox::cgroup::VmLimits;
+use bulkhead_sandbox::{CgroupLimits, CpuQuota};
+use bulkhead_vmm::Limits;
 use clap::Args;
 
 /// Memory a compartment may use beyond the guest RAM it maps, by default.
@@ -140,6 +133,16 @@ pub fn parse_cpu_list(s: &str) -> Result<String, String> {
 }
 
 impl LimitArgs {
+    /// The limits for a guest of `guest_memory` bytes.
+    pub fn limits(&self, guest_memory: u64) -> Limits {
+        Limits {
+            vm: self.vm_limits(),
+            pins: self.pin.clone().unwrap_or_default().0,
+            device: self.device_limits(guest_memory),
+            strict: self.limits == Strictness::Fail,
+        }
+    }
+
     /// The VM-wide limits.
     fn vm_limits(&self) -> VmLimits {
         VmLimits {
@@ -180,205 +183,15 @@ impl LimitArgs {
                 );
             }
         }
-        let (limits, explicit) = self.device_limits(guest_memory);
+        let (_, explicit) = self.device_limits(guest_memory);
         if explicit && !compartments {
             anyhow::bail!(
                 "--device-cpu-quota and --device-memory-limit apply to compartments: use \
                  --mode microkernel, or --cpu-quota/--memory-limit for the whole VM"
             );
         }
-        let _ = limits;
         Ok(())
     }
-}
-
-/// The VM's partitioning in force: its cgroups and the vCPU pins.
-pub struct Partition {
-    cgroups: Option<VmCgroups>,
-    pins: Vec<(u32, usize)>,
-    vm_limits: VmLimits,
-    /// The compartments' limits, and whether they were asked for.
-    pub device: (CgroupLimits, bool),
-    strict: bool,
-}
-
-impl Partition {
-    /// Creates the cgroups for VM `name` and moves this process (the core)
-    /// into them. `compartments`: whether devices run as compartments.
-    pub fn create(
-        name: &str,
-        args: &LimitArgs,
-        guest_memory: u64,
-        compartments: bool,
-        verbose: bool,
-    ) -> anyhow::Result<Arc<Partition>> {
-        let device = if compartments {
-            args.device_limits(guest_memory)
-        } else {
-            (CgroupLimits::default(), false)
-        };
-        let strict = args.limits == Strictness::Fail;
-        let vm_limits = args.vm_limits();
-        let pins = args.pin.clone().unwrap_or_default().0;
-        let mut partition =
-            Partition { cgroups: None, pins, device, strict, vm_limits: vm_limits.clone() };
-        if vm_limits.is_empty() && partition.device.0.is_empty() {
-            return Ok(Arc::new(partition));
-        }
-        let device_controllers: Vec<Controller> = partition.device.0.controllers();
-        let cgroups = match VmCgroups::create(name, &vm_limits, &device_controllers) {
-            Ok(c) => c,
-            Err(e) if vm_limits.is_empty() => {
-                warn(&format!("the compartments' default cgroup limits are off: {e}"));
-                return Ok(Arc::new(partition));
-            }
-            Err(e) => return Err(e).context("cannot create the VM's cgroups"),
-        };
-        let outcomes = [Some(cgroups.vm()), cgroups.vcpus()].into_iter().flatten();
-        for outcome in outcomes.flat_map(|c| c.outcomes()) {
-            if let Err(reason) = &outcome.result {
-                let option = match outcome.limit {
-                    "cpu quota" => "--cpu-quota",
-                    "cpu shares" => "--cpu-shares",
-                    "memory" => "--memory-limit",
-                    "cpuset" => "--host-cpus",
-                    other => other,
-                };
-                partition.refuse(&format!("{option}: {reason}"), true)?;
-            }
-        }
-        if let Err(e) = cgroups.enter_core() {
-            partition.refuse(
-                &format!("the core could not join its cgroup: {e}"),
-                !vm_limits.is_empty(),
-            )?;
-        }
-        if verbose {
-            eprintln!("bulkhead: cgroups: {}", cgroups.describe());
-        }
-        partition.cgroups = Some(cgroups);
-        Ok(Arc::new(partition))
-    }
-
-    /// A limit that cannot be applied: an error if `explicit` and strict, else a warning.
-    fn refuse(&self, what: &str, explicit: bool) -> anyhow::Result<()> {
-        if explicit && self.strict {
-            anyhow::bail!(
-                "a limit you asked for cannot be applied: {what} (--limits best-effort runs the VM without it)"
-            );
-        }
-        warn(&format!("a limit is not applied: {what}"));
-        Ok(())
-    }
-
-    /// One line for `bulkhead ctl NAME status`: the limits in force, the
-    /// pins, and what could not be applied.
-    pub fn summary(&self) -> Option<String> {
-        let mut parts = Vec::new();
-        let v = &self.vm_limits;
-        if let Some(m) = v.memory_max {
-            parts.push(format!("VM memory {} MiB", m >> 20));
-        }
-        if let Some(cpus) = &v.host_cpus {
-            parts.push(format!("VM on host CPUs {cpus}"));
-        }
-        if let Some(shares) = v.cpu_shares {
-            parts.push(format!("VM cpu shares {shares}"));
-        }
-        if let Some(q) = v.vcpu_quota {
-            parts.push(format!("vCPUs {}% of a CPU", q.quota_us * 100 / q.period_us));
-        }
-        if let Some(cgroups) = &self.cgroups {
-            for (what, cgroup) in [("vm", Some(cgroups.vm())), ("vcpus", cgroups.vcpus())] {
-                match cgroup.map(bulkhead_sandbox::Cgroup::state) {
-                    Some(LayerState::Applied { detail }) => {
-                        parts.push(format!("{what} cgroup {detail}"))
-                    }
-                    Some(LayerState::NotApplied { reason }) => {
-                        parts.push(format!("{what} NOT APPLIED: {reason}"))
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let (device, _) = &self.device;
-        if let Some(q) = device.cpu_quota {
-            parts.push(format!("each compartment cpu {}%", q.quota_us * 100 / q.period_us));
-        }
-        if let Some(m) = device.memory_max {
-            parts.push(format!("each compartment memory {} MiB", m >> 20));
-        }
-        for (vcpu, cpu) in &self.pins {
-            parts.push(format!("vCPU {vcpu} on CPU {cpu}"));
-        }
-        (!parts.is_empty()).then(|| parts.join("; "))
-    }
-
-    /// Whether the VM has cgroups of its own.
-    pub fn has_cgroups(&self) -> bool {
-        self.cgroups.is_some()
-    }
-
-    /// The VM's cgroup, the parent of its compartments'.
-    pub fn vm_cgroup(&self) -> Option<&bulkhead_sandbox::Cgroup> {
-        self.cgroups.as_ref().map(VmCgroups::vm)
-    }
-
-    /// Checks a compartment's cgroup: an error if a limit asked for did not land.
-    pub fn check_compartment(&self, device: &str, state: Option<LayerState>) -> Result<(), String> {
-        if self.device.0.is_empty() {
-            return Ok(());
-        }
-        let reason = match state {
-            Some(LayerState::NotApplied { reason }) => reason,
-            None if self.cgroups.is_none() => "the VM has no cgroup".to_string(),
-            None => "no cgroup was made".to_string(),
-            Some(_) => return Ok(()),
-        };
-        let what = format!("{device}'s cgroup limits: {reason}");
-        self.refuse(&what, self.device.1).map_err(|e| e.to_string())
-    }
-}
-
-impl Placement for Partition {
-    fn place_vcpu(&self, id: u8, tid: i32) -> Result<(), String> {
-        if let Some(cgroups) = &self.cgroups {
-            if let Err(e) = cgroups.place_vcpu(tid) {
-                let why = crate::cli::describe(&anyhow::Error::new(e));
-                self.refuse(&format!("--cpu-quota for vCPU {id}: {why}"), true)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        if let Some(&(_, cpu)) = self.pins.iter().find(|&&(v, _)| v == u32::from(id)) {
-            pin_thread(tid, cpu).map_err(|e| format!("--pin {id}={cpu}: {e}"))?;
-        }
-        Ok(())
-    }
-}
-
-/// `sched_setaffinity` for one thread.
-fn pin_thread(tid: i32, cpu: usize) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked when parsed).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: passes a live, initialised cpu_set_t of the size given.
-    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EINVAL) {
-            return Err(std::io::Error::other(format!(
-                "host CPU {cpu} is not one this VM may use (offline, or outside --host-cpus or the \
-                 core's own CPU set)"
-            )));
-        }
-        return Err(e);
-    }
-    Ok(())
-}
-
-fn warn(what: &str) {
-    eprintln!("bulkhead: warning: {what}");
 }
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
 //! Command-line interface: one subcommand per task.
 
-mod device;
-mod guest;
-pub mod limits;
+mod limits;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -21,22 +19,22 @@ pub enum Command {
     Run(run::RunArgs),
     /// Measure Bulkhead (and QEMU, side by side).
     #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
+    Bench(bulkhead_tools::bench::BenchCommand),
     /// The built-in guest: write it out to boot it under another VMM.
     #[command(subcommand)]
-    Guest(guest::GuestCommand),
+    Guest(bulkhead_tools::guest::GuestCommand),
     /// Linux guest images built from Debian packages (for hardware-virtualization hosts).
     #[command(subcommand)]
     Image(bulkhead_linux_guest::cli::ImageCommand),
     /// Disk images: create, inspect, check, convert and compare raw, qcow2 and VMDK.
     #[command(subcommand)]
-    Disk(bulkhead_disk::cli::DiskCommand),
+    Disk(bulkhead_tools::disk::DiskCommand),
     /// Run one device backend (vhost-user) as a process: how the core starts a compartment.
     #[command(subcommand)]
     Device(bulkhead_devices::cli::DeviceCommand),
     /// Control a running VM: status, restart or upgrade a device.
     #[command(subcommand)]
-    Ctl(bulkhead_api::cli::CtlCommand),
+    Ctl(bulkhead_ctl::cli::CtlCommand),
     /// A running VM's status (the same as `bulkhead ctl VM status`): devices, and the
     /// confinement of each process and thread class.
     Status {
@@ -48,7 +46,7 @@ pub enum Command {
     },
     /// Published figures, regenerated: `bulkhead report tcb`.
     #[command(subcommand)]
-    Report(crate::report::ReportCommand),
+    Report(bulkhead_tools::report::ReportCommand),
 }
 
 impl Command {
@@ -56,36 +54,21 @@ impl Command {
     pub fn run(self) -> anyhow::Result<i32> {
         match self {
             Command::Run(args) => run::run(args),
-            Command::Bench(cmd) => crate::bench::run(cmd),
-            Command::Guest(cmd) => guest::run(cmd),
+            Command::Bench(cmd) => bulkhead_tools::bench::run(cmd),
+            Command::Guest(cmd) => bulkhead_tools::guest::run(cmd),
             Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
-            Command::Disk(cmd) => bulkhead_disk::cli::run(cmd),
-            Command::Device(cmd) => device::run(cmd),
-            Command::Ctl(cmd) => bulkhead_api::cli::run(cmd),
+            Command::Disk(cmd) => bulkhead_tools::disk::run(cmd),
+            Command::Device(cmd) => bulkhead_compartment::device::run(cmd, |name, spec| {
+                bulkhead_vmm::backends::policy_for(name, Some(spec))
+            }),
+            Command::Ctl(cmd) => bulkhead_ctl::cli::run(cmd),
             Command::Status { vm, json } => {
-                use bulkhead_api::cli::{run_vm, VmAction, VmCommand};
+                use bulkhead_ctl::cli::{run_vm, VmAction, VmCommand};
                 run_vm(VmCommand { vm, action: VmAction::Status { json } })
             }
-            Command::Report(cmd) => crate::report::run(cmd),
+            Command::Report(cmd) => bulkhead_tools::report::run(cmd),
         }
     }
-}
-
-/// An error and its causes as one line: "what failed: because: because".
-pub fn describe(error: &anyhow::Error) -> String {
-    error_chain(error.as_ref())
-}
-
-/// An error and its causes, as one line (`what: why: …`).
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Parses a size such as `512M`, `2G` or `1048576K`; a bare number is MiB.

@@ -1,6 +1,8 @@
-//! `bulkhead run`: boot a VM and show its console.
+//! `bulkhead run`: boot a VM and show its console. The arguments become a
+//! [`bulkhead_vmm::Config`], which [`bulkhead_vmm::run`] runs.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use bulkhead_core::boot::KernelSource;
@@ -8,10 +10,7 @@ use bulkhead_core::supervisor::RestartPolicy;
 use bulkhead_core::virtio::{DeviceKind, ExternalBackend};
 use bulkhead_core::VmConfig;
 use bulkhead_devices::{BlkConfig, DeviceConfig};
-use std::time::{Duration, Instant};
-
-use super::limits::Partition;
-use crate::backends::{self, Mode, Request};
+use bulkhead_vmm::{Config, CoreSeccomp, Mode, Request};
 use clap::Args;
 
 #[derive(Args)]
@@ -73,7 +72,7 @@ pub struct RunArgs {
     /// Seccomp on the core's own threads, an allow-list per thread class: on (a call outside
     /// it stops the core, naming it), log (allowed, logged by the kernel's audit), off.
     #[arg(long, value_enum, default_value = "on")]
-    pub core_seccomp: crate::confine::CoreSeccomp,
+    pub core_seccomp: CoreSeccomp,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -147,17 +146,14 @@ fn external_backend(spec: &str, index: usize) -> anyhow::Result<ExternalBackend>
     Ok(ExternalBackend { kind, name: format!("{}{index}", kind.name()), socket })
 }
 
-/// The VM `args` describe, and its partition (cgroups), which outlives the VM: see [`run`].
-fn build(args: &RunArgs) -> anyhow::Result<(VmConfig, std::sync::Arc<Partition>)> {
-    {
+impl TryFrom<RunArgs> for Config {
+    type Error = anyhow::Error;
+
+    fn try_from(args: RunArgs) -> anyhow::Result<Config> {
         let kernel = match &args.kernel {
             Some(path) => KernelSource::File(absolute(path)?),
             None => KernelSource::Bytes(bulkhead_guest_elf::GUEST_ELF),
         };
-        let mut config = VmConfig::new(kernel);
-        config.initrd = args.initrd.as_deref().map(absolute).transpose()?;
-        config.cmdline = args.cmdline.clone();
-        config.cpus = u8::try_from(args.cpus).unwrap_or(u8::MAX);
         if args.cpus > u32::from(u8::MAX) {
             anyhow::bail!(
                 "--cpus must be between 1 and {}, not {}",
@@ -165,62 +161,35 @@ fn build(args: &RunArgs) -> anyhow::Result<(VmConfig, std::sync::Arc<Partition>)
                 args.cpus
             );
         }
-        config.memory = args.memory;
-        config.console_input = true;
-        config.handle_signals = true;
-        config.force = args.force;
-        config.verbose = args.verbose;
+        let mut vm = VmConfig::new(kernel);
+        vm.initrd = args.initrd.as_deref().map(absolute).transpose()?;
+        vm.cmdline = args.cmdline.clone();
+        vm.cpus = args.cpus as u8;
+        vm.memory = args.memory;
+        vm.console_input = true;
+        vm.handle_signals = true;
+        vm.force = args.force;
+        vm.verbose = args.verbose;
+        vm.restart = restart_policy(&args)?;
         let name = args.name.clone().unwrap_or_else(|| format!("vm-{}", std::process::id()));
         bulkhead_api::paths::check_name(&name).with_context(|| format!("--name {name}"))?;
-        let requests = device_requests(args)?;
-        let compartments = args.mode == Mode::Microkernel && !requests.is_empty();
+        let devices = device_requests(&args)?;
         args.limits.check(args.cpus, args.memory, args.mode == Mode::Microkernel)?;
-        let partition =
-            Partition::create(&name, &args.limits, args.memory, compartments, args.verbose)?;
-        config.placement = Some(partition.clone());
-        config.devices = backends::build(requests, args.mode, &partition)?;
-        config.restart = restart_policy(args)?;
-        if args.mode == Mode::Monolithic {
-            backends::end_vm_on_device_panic();
-        }
-        let (cpus, memory_bytes) = (args.cpus, args.memory);
-        let limits = partition.summary();
-        config.on_start = Some(Box::new(move |supervisor| {
-            let vm = crate::control::Vm {
-                name,
-                cpus,
-                memory_bytes,
-                started: Instant::now(),
-                supervisor,
-                limits,
-            };
-            match crate::control::start(vm) {
-                Ok(server) => Box::new(server),
-                Err(e) => {
-                    eprintln!("bulkhead: the management API is off: {}", crate::cli::describe(&e));
-                    Box::new(())
-                }
-            }
-        }));
-        for (i, spec) in args.vhost_user.iter().enumerate() {
-            config.devices.push(Box::new(external_backend(spec, i)?));
-        }
-        // The launcher starts compartments, and removes the VM's cgroups when it ends.
-        let launcher = compartments || partition.has_cgroups();
-        crate::confine::setup(args.core_seccomp, launcher, &mut config)?;
-        Ok((config, partition))
+        let external = args.vhost_user.iter().enumerate();
+        Ok(Config {
+            vm,
+            name,
+            mode: args.mode,
+            devices,
+            external: external
+                .map(|(i, spec)| external_backend(spec, i))
+                .collect::<Result<_, _>>()?,
+            limits: args.limits.limits(args.memory),
+            core_seccomp: args.core_seccomp,
+        })
     }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let (config, partition) = build(&args)?;
-    let exit = bulkhead_core::vm::run(config);
-    // Removing the VM's cgroups needs capabilities the main thread gave up (a v1 hierarchy's
-    // root directory is read-only but for CAP_DAC_OVERRIDE): the launcher thread kept them.
-    crate::confine::launcher::call(move || drop(partition));
-    let exit = exit.context("cannot run the VM")?;
-    if args.verbose || exit.code() != 0 {
-        eprintln!("bulkhead: {} (exit code {})", exit.describe(), exit.code());
-    }
-    Ok(exit.code())
+    bulkhead_vmm::run(args.try_into()?)
 }

@@ -230,7 +230,7 @@ pub fn host_is_pvm() -> bool {
 }
 
 /// SplitMix64: the built-in guest's disk pattern, written out again so it is
-/// checked against an independent copy (`crates/guest/src/pattern.rs`).
+/// checked against an independent copy (`crates/guests/guest/src/pattern.rs`).
 pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

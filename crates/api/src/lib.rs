@@ -1,41 +1,24 @@
-//! Bulkhead's management API: the control socket of a running VM, its client, and
-//! `bulkhead ctl`.
+//! Bulkhead's management API: the control socket of a running VM, served from its core.
 //!
 //! Each VM's core serves a unix socket ([`Server`]) on which its user (or root) asks for the
 //! VM's status or for a device's backend to be restarted or upgraded while the guest runs.
-//! The core answers through a [`ControlTarget`]; clients — `bulkhead ctl`, scripts — send one
-//! JSON request per connection and read one JSON reply.
+//! The core answers through a [`ControlTarget`]; clients — `bulkhead ctl` (the `bulkhead-ctl`
+//! crate), scripts — send one JSON request per connection and read one JSON reply.
 //!
 //! - [`protocol`]: the messages, versioned, and a conversation step by step;
 //! - [`server`]: the socket's life, who may connect (`SO_PEERCRED`), limits;
 //! - [`paths`]: where sockets live (`/run/bulkhead`, `$XDG_RUNTIME_DIR/bulkhead`) and names;
-//! - [`binary`]: the checks an upgrade's binary must pass;
-//! - [`client`] and [`cli`]: [`request`] and `bulkhead ctl`.
+//! - [`binary`]: the checks an upgrade's binary must pass.
 
 pub mod binary;
-pub mod cli;
-pub mod client;
 pub mod paths;
 pub mod peer;
 pub mod protocol;
 pub mod server;
 pub mod status;
 
-pub use client::{request, ClientError};
 pub use protocol::{Payload, ProtocolError, Reply, Request, PROTOCOL_VERSION};
 pub use server::{ControlTarget, Server, ServerError};
 pub use status::{
     ConfinementStatus, DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus,
 };
-
-/// An error and its causes as one line: "what failed: because: because".
-pub fn describe(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        line.push_str(": ");
-        line.push_str(&e.to_string());
-        cause = e.source();
-    }
-    line
-}

@@ -167,7 +167,7 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<(), PathError> {
 }
 
 /// The effective uid of this process.
-pub(crate) fn euid() -> u32 {
+pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }

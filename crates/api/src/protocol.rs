@@ -140,16 +140,6 @@ impl Request {
     pub fn parse(line: &[u8]) -> Result<Request, ProtocolError> {
         parse(line, MAX_REQUEST_BYTES, true)
     }
-
-    /// How long a client waits for the reply to this request.
-    pub fn reply_timeout(&self) -> Duration {
-        match self {
-            Request::Status => Duration::from_secs(10),
-            Request::DeviceRestart { .. } | Request::DeviceUpgrade { .. } => {
-                Duration::from_secs(60)
-            }
-        }
-    }
 }
 
 impl Reply {

@@ -53,13 +53,6 @@ pub struct ConfinementStatus {
     pub no_new_privs: u32,
 }
 
-impl ConfinementStatus {
-    /// Whether every thread of the class runs under its filter.
-    pub fn in_force(&self) -> bool {
-        self.threads > 0 && self.filtered == self.threads && self.syscalls_allowed.is_some()
-    }
-}
-
 /// One device of a VM and the backend that serves it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceStatus {
@@ -124,27 +117,4 @@ pub struct DeviceChange {
     /// How long the device was without a backend: from stopping the old one to the new one
     /// serving, in milliseconds.
     pub took_ms: f64,
-}
-
-impl DeviceMode {
-    /// The word the table shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceMode::Compartment => "compartment",
-            DeviceMode::Thread => "thread",
-            DeviceMode::External => "external",
-        }
-    }
-}
-
-impl DeviceState {
-    /// The word the table shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceState::Running => "running",
-            DeviceState::Restarting => "restarting",
-            DeviceState::Failed => "failed",
-            DeviceState::Stopped => "stopped",
-        }
-    }
 }

@@ -5,10 +5,10 @@
 
 mod common;
 
-use bulkhead_api::cli::{self, CtlCommand};
-use bulkhead_api::client::{self, ClientError};
 use bulkhead_api::paths::{self, PathError};
 use bulkhead_api::{Payload, Reply, Request, Server, ServerError};
+use bulkhead_ctl::cli::{self, CtlCommand};
+use bulkhead_ctl::client::{self, ClientError};
 use clap::{Parser, Subcommand};
 use common::{sample_status, FakeVm};
 use std::ffi::OsString;

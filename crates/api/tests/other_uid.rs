@@ -5,9 +5,9 @@
 
 mod common;
 
-use bulkhead_api::client::request_at;
 use bulkhead_api::protocol::{Reply, Request};
 use bulkhead_api::server::Server;
+use bulkhead_ctl::client::request_at;
 use common::{in_dir, socket_dir, FakeVm};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -27,7 +27,7 @@ fn helper_client() {
     let Some(path) = std::env::var_os(CONNECT_ENV) else { return };
     match request_at(Path::new(&path), &Request::Status, Duration::from_secs(10)) {
         Ok(reply) => print!("REPLY {}", String::from_utf8(reply.encode()).unwrap()),
-        Err(e) => println!("ERROR {}", bulkhead_api::describe(&e)),
+        Err(e) => println!("ERROR {}", bulkhead_ctl::describe(&e)),
     }
 }
 

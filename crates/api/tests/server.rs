@@ -2,10 +2,10 @@
 
 mod common;
 
-use bulkhead_api::client::{request_at, ClientError};
 use bulkhead_api::protocol::{Payload, Reply, Request, MAX_REQUEST_BYTES};
 use bulkhead_api::server::{Server, ServerError};
 use bulkhead_api::DeviceChange;
+use bulkhead_ctl::client::{request_at, ClientError};
 use common::{in_dir, sample_status, socket_dir, FakeVm};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -103,7 +103,7 @@ fn a_stale_socket_is_replaced() {
     drop(UnixListener::bind(&path).unwrap());
     let err = request_at(&path, &Request::Status, TIMEOUT).unwrap_err();
     assert!(matches!(err, ClientError::Stale { .. }), "{err}");
-    assert!(bulkhead_api::describe(&err).starts_with("nobody answers on"));
+    assert!(bulkhead_ctl::describe(&err).starts_with("nobody answers on"));
     let (_server, _vm) = start(&path);
     assert_serves(&path);
 }

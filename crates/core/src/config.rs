@@ -1,4 +1,4 @@
-//! What a VM is made of, as the binary hands it to [`crate::vm::run`].
+//! What a VM is made of, as the VMM (`bulkhead-vmm`) hands it to [`crate::vm::run`].
 
 use std::path::PathBuf;
 
@@ -27,7 +27,7 @@ pub struct VmConfig {
     pub console: ConsoleSink,
     /// Forward this process's stdin to the serial console.
     pub console_input: bool,
-    /// Turn SIGINT and SIGTERM into a clean stop (the binary sets this).
+    /// Turn SIGINT and SIGTERM into a clean stop (`bulkhead run` sets this).
     pub handle_signals: bool,
     /// Boot a foreign kernel even on a host that cannot run it.
     pub force: bool,
@@ -37,14 +37,14 @@ pub struct VmConfig {
     pub verbose: bool,
     /// When and how the supervisor restarts failed device backends.
     pub restart: RestartPolicy,
-    /// Called once the devices run, with the supervisor (the binary starts
+    /// Called once the devices run, with the supervisor (the VMM starts
     /// the management API here); what it returns lives as long as the VM.
     pub on_start: Option<OnStart>,
     /// Places the vCPU threads (cgroups, CPU affinity); see [`crate::vcpu::Placement`].
     pub placement: Option<Arc<dyn crate::vcpu::Placement>>,
     /// Called by each of the core's own threads once it has started (a vCPU
     /// thread before its first `KVM_RUN`, the main thread before its event
-    /// loop, a device's supervisor before it watches the device): the binary
+    /// loop, a device's supervisor before it watches the device): the VMM
     /// installs the thread's seccomp filter and drops its capabilities here.
     /// An error ends the VM.
     pub confine: Option<ConfineHook>,

@@ -29,7 +29,7 @@ pub struct VcpuShared {
     pub confine: Option<crate::config::ConfineHook>,
 }
 
-/// Where vCPU threads run: the binary decides (cgroups, CPU affinity);
+/// Where vCPU threads run: the VMM decides (cgroups, CPU affinity);
 /// the core only says which thread is which vCPU.
 pub trait Placement: Send + Sync {
     /// Called with vCPU `id`'s thread ID by the thread that starts it,

@@ -1,6 +1,7 @@
 //! `bulkhead device blk|net|rng`: one device backend as a process (a compartment).
 //!
-//! The binary mounts [`DeviceCommand`] as a subcommand and calls [`run`]. The process opens
+//! The binary mounts [`DeviceCommand`] as a subcommand, and `bulkhead-compartment` runs it with
+//! [`run_with_sandbox`] (the stand-alone `bulkhead-device` with [`run`]). The process opens
 //! what the device serves, enters its sandbox (the hook below), then serves vhost-user either on
 //! an inherited connected socket (`--fd N`: how the core starts a compartment, one end of a
 //! socket pair) or on a listening socket path (`--socket PATH`: by hand, or for QEMU; one
@@ -13,8 +14,9 @@
 //! A panic on any thread — the message loop or a queue worker — ends the process: the panic
 //! hook prints it and aborts (SIGABRT), so that a compartment never runs on with a queue
 //! silently stopped, and the supervisor sees it die and starts another. (In monolithic mode the
-//! same code runs on threads of the core, which keeps its own panic policy: there a worker's
-//! panic only stops its queue.)
+//! same code runs on threads of the core, whose own panic hook ends the whole VM, naming the
+//! device, on a panic in any of the device's threads, message loop or queue worker: backends on
+//! threads are not restarted.)
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
@@ -127,7 +129,7 @@ pub fn run(cmd: DeviceCommand) -> anyhow::Result<i32> {
     run_with_sandbox(cmd, no_sandbox)
 }
 
-/// [`run`], entering the sandbox with `enter` (the binary passes the sandbox crate's). `enter`
+/// [`run`], entering the sandbox with `enter` (`bulkhead-compartment` passes its own). `enter`
 /// gets the device's needs and the connection's fd (the listening socket, or the inherited
 /// connected one); it runs once, after the device's files are open and the socket is bound,
 /// before any message is read.

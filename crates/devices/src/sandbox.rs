@@ -7,8 +7,11 @@
 //! keeping what each process called after the sandbox hook — from its first `epoll_create1`
 //! on, when its files are open and its socket bound — plus the threads it started. They are the
 //! union of what was seen, grouped by purpose, with a few calls added that the same code paths
-//! reach on other inputs (`fallocate` for discards, `clone` where `clone3` is refused,
-//! `mremap` for a growing buffer). [`COMMON`] is the runtime's; each device adds its own.
+//! reach on other inputs (`fallocate` for discards, `clone` where `clone3` is refused).
+//! The lists leave out the baseline every Bulkhead process has (reading, writing and closing
+//! its descriptors, memory, futexes, signals' return, its ids, ending, `fcntl(F_GETFD)`:
+//! `bulkhead_sandbox::seccomp::baseline`), which the sandbox adds when it turns a list into a
+//! filter. [`COMMON`] is every backend's; each device adds its own.
 
 use std::os::fd::RawFd;
 
@@ -43,7 +46,8 @@ pub struct SandboxSpec {
     pub needs_host_network: bool,
     /// Whether it opens files after the sandbox is entered. No device does.
     pub opens_files: bool,
-    /// The seccomp allow-list (everything else should fail or kill).
+    /// The seccomp allow-list on top of the sandbox's baseline (everything else should fail
+    /// or kill).
     pub seccomp: Vec<SyscallRule>,
 }
 
@@ -68,14 +72,11 @@ pub fn seccomp_names(kind: DeviceKind) -> Vec<&'static str> {
     spec_for(kind, Vec::new()).seccomp.iter().map(|r| r.name).collect()
 }
 
-/// Every backend, after its files are open: the vhost-user message loop (and accepting the next
-/// frontend on a listening socket), queue workers, guest memory and the inflight region, the
-/// stop signal, and exiting.
+/// Every backend, after its files are open, beyond the baseline: the vhost-user message loop
+/// (and accepting the next frontend on a listening socket), queue workers, guest memory and the
+/// inflight region, the stop signal.
 pub const COMMON: &[SyscallRule] = &[
     // messages, eventfds, epoll
-    any("read"),
-    any("write"),
-    any("close"),
     any("recvmsg"),
     any("sendmsg"),
     any("recvfrom"), // recv(MSG_PEEK) of the next message's header
@@ -84,7 +85,6 @@ pub const COMMON: &[SyscallRule] = &[
     any("epoll_wait"),
     any("epoll_pwait"),
     any("eventfd2"),
-    when("fcntl", 1, libc::F_GETFD as u64),
     when("fcntl", 1, libc::F_DUPFD_CLOEXEC as u64),
     when("fcntl", 1, libc::F_GETFL as u64),
     when("fcntl", 1, libc::F_SETFL as u64),
@@ -95,12 +95,6 @@ pub const COMMON: &[SyscallRule] = &[
     when("getsockopt", 1, libc::SOL_SOCKET as u64),
     any("unlink"),
     // guest memory (SET_MEM_TABLE) and the inflight region (GET/SET_INFLIGHT_FD)
-    any("mmap"),
-    any("munmap"),
-    any("mprotect"),
-    any("madvise"),
-    any("mremap"),
-    any("brk"),
     any("statx"),
     any("fstat"),
     any("newfstatat"),
@@ -109,24 +103,14 @@ pub const COMMON: &[SyscallRule] = &[
     // queue worker threads
     any("clone3"),
     any("clone"),
-    any("futex"),
     any("set_robust_list"),
     any("rseq"),
-    any("rt_sigprocmask"),
     any("rt_sigaction"),
-    any("rt_sigreturn"),
-    any("sigaltstack"),
     any("sched_getaffinity"),
-    any("sched_yield"),
-    any("gettid"),
     when("prctl", 0, libc::PR_SET_NAME as u64),
-    any("exit"),
-    any("exit_group"),
-    any("restart_syscall"),
     // abort(3), for the panic hook of `bulkhead device`: raise(SIGABRT) is tgkill(getpid(),
-    // gettid(), SIGABRT). Without them a panicking compartment dies of SIGSYS instead, which
-    // reads as a filter violation.
-    any("getpid"),
+    // gettid(), SIGABRT) (getpid and gettid are in the baseline). Without them a panicking
+    // compartment dies of SIGSYS instead, which reads as a filter violation.
     when("tgkill", 2, libc::SIGABRT as u64),
 ];
 
@@ -159,6 +143,7 @@ mod tests {
             assert_eq!(set.len(), rules.len(), "{kind}: a rule appears twice");
             let names = seccomp_names(kind);
             assert!(names.contains(&"recvmsg") && names.contains(&"epoll_wait"));
+            assert!(!names.contains(&"read"), "{kind}: the baseline is the sandbox's");
             for never in ["execve", "open", "openat", "socket", "connect", "bind", "ptrace"] {
                 assert!(!names.contains(&never), "{kind} must not need {never}");
             }

@@ -1,6 +1,6 @@
 //! Real Linux drivers against the backends: QEMU 7.2 (TCG) boots the Debian test guest with
 //! vhost-user devices served by `bulkhead-device` processes started on socket paths, and the
-//! guest's init checks them (`crates/linux-guest/src/init.sh`).
+//! guest's init checks them (`crates/guests/linux-guest/src/init.sh`).
 //!
 //! Prerequisites — these tests fail, saying which is missing:
 //! - QEMU 7.2: `scripts/install-qemu.sh` (or `BULKHEAD_QEMU`);

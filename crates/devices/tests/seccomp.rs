@@ -1,4 +1,4 @@
-//! The seccomp allow-lists of `sandbox.rs`, enforced: backends run with their list installed at
+//! The seccomp allow-lists of `sandbox.rs` (with the sandbox's baseline), enforced: backends run with their list installed at
 //! the sandbox hook (anything else kills the process) and must still serve the test frontend's
 //! requests, hostile ones included, and a Linux guest under QEMU.
 //!
@@ -23,16 +23,19 @@ use vm_memory::{Bytes, GuestAddress};
 
 const CHILD: &str = "BH_SECCOMP_CHILD";
 
-/// The allow-list as seccompiler JSON, killing the process on anything else.
+/// The allow-list and the sandbox's baseline as seccompiler JSON, killing the process on
+/// anything else.
 fn filter_json(spec: &SandboxSpec) -> String {
-    let rules: Vec<String> = spec
-        .seccomp
-        .iter()
-        .map(|rule| match rule.arg_eq {
-            None => format!(r#"{{"syscall":"{}"}}"#, rule.name),
+    let baseline = bulkhead_sandbox::seccomp::BASELINE.iter().map(|&name| (name, None));
+    let getfd = ("fcntl", Some((1, libc::F_GETFD as u64)));
+    let own = spec.seccomp.iter().map(|rule| (rule.name, rule.arg_eq));
+    let rules: Vec<String> = baseline
+        .chain([getfd])
+        .chain(own)
+        .map(|(name, arg_eq)| match arg_eq {
+            None => format!(r#"{{"syscall":"{name}"}}"#),
             Some((index, val)) => format!(
-                r#"{{"syscall":"{}","args":[{{"index":{index},"type":"dword","op":"eq","val":{val}}}]}}"#,
-                rule.name
+                r#"{{"syscall":"{name}","args":[{{"index":{index},"type":"dword","op":"eq","val":{val}}}]}}"#
             ),
         })
         .collect();

@@ -44,7 +44,6 @@ mod qcow2;
 mod raw;
 mod vmdk;
 
-pub mod cli;
 pub mod tools;
 
 pub use error::{DiskError, Result};

@@ -1,7 +1,11 @@
 //! Bulkhead's sandbox: the one helper that isolates a compartment.
 //!
 //! Every device backend runs as a *compartment*, a process of its own that
-//! the core starts and that then locks itself in. The sandbox has two halves:
+//! the core starts and that then locks itself in. The sandbox has two halves,
+//! in two crates so that what runs in the core is one crate: this one (the
+//! core's half, and what both halves share: the [`Policy`], the seccomp
+//! compiler, capabilities, reports) and `bulkhead-compartment` (the
+//! compartment's half):
 //!
 //! - **In the core**, [`spawn`] starts the compartment program in new mount,
 //!   PID, IPC, UTS, network and cgroup namespaces (and optionally a user
@@ -10,11 +14,11 @@
 //!   own before its program runs. It returns a [`Compartment`] handle: host
 //!   PID, pidfd, and the [`Report`] of what it applied.
 //! - **In the compartment**, after it has opened the files it serves,
-//!   [`enter`] sets no_new_privs, replaces the root by an empty read-only
-//!   tmpfs holding only its files, sets resource limits, drops every
-//!   capability, restricts the filesystem with Landlock and installs a
-//!   seccomp allow-list on every thread. It returns the [`Report`] of every
-//!   layer.
+//!   `bulkhead_compartment::enter` sets no_new_privs, replaces the root by
+//!   an empty read-only tmpfs holding only its files, sets resource limits,
+//!   drops every capability, restricts the filesystem with Landlock and
+//!   installs a seccomp allow-list on every thread. It returns the
+//!   [`Report`] of every layer.
 //!
 //! Every layer is reported: applied, off by policy, or not applied with the
 //! reason — a layer the host cannot give is never silently dropped, and
@@ -35,12 +39,9 @@ compile_error!("bulkhead-sandbox supports x86-64 Linux only");
 
 pub mod caps;
 pub mod cgroup;
-mod enter;
-pub mod landlock_rules;
 pub mod policy;
 pub mod report;
 pub mod rlimits;
-mod root;
 pub mod seccomp;
 pub mod spawn;
 pub mod status;
@@ -49,7 +50,6 @@ pub mod thread;
 
 pub use caps::Identity;
 pub use cgroup::{Cgroup, CgroupLimits, CpuQuota};
-pub use enter::{enter, EnterError};
 pub use policy::{Access, Enforcement, IdMap, Namespaces, PathRule, Policy, PolicyBuilder};
 pub use report::{LayerName, LayerState, Namespace, Report};
 pub use rlimits::Rlimits;

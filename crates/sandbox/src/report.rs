@@ -190,16 +190,6 @@ impl Report {
         &self.layers
     }
 
-    /// The state of one layer, if recorded.
-    pub fn get(&self, name: LayerName) -> Option<&LayerState> {
-        self.layers.iter().find(|layer| layer.name == name).map(|layer| &layer.state)
-    }
-
-    /// Whether `name` is recorded as applied.
-    pub fn is_applied(&self, name: LayerName) -> bool {
-        matches!(self.get(name), Some(LayerState::Applied { .. }))
-    }
-
     /// The layers that were wanted but not applied.
     pub fn missing(&self) -> impl Iterator<Item = &Layer> {
         self.layers.iter().filter(|layer| matches!(layer.state, LayerState::NotApplied { .. }))
@@ -265,7 +255,7 @@ fn namespaces_part(layers: &[Layer]) -> Option<String> {
 }
 
 /// An error and its causes, `: `-separated, for a report's reason.
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+pub fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {

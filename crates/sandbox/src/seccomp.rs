@@ -326,34 +326,55 @@ pub fn rules(names: &[&str]) -> Vec<SyscallRule> {
     names.iter().map(|name| SyscallRule::allow(name)).collect()
 }
 
+/// The baseline: what every thread of every Bulkhead process may call, whatever else it
+/// does — reading, writing and closing the descriptors it holds, memory, futexes, returning
+/// from a signal handler and masking signals, yielding, its own ids, ending. Every allow-list
+/// starts from it ([`baseline`]): each class of the core's threads, a compartment's runtime
+/// ([`runtime`]) and each device's compartment.
+pub const BASELINE: &[&str] = &[
+    "read",
+    "write",
+    "close",
+    "futex",
+    "mmap",
+    "munmap",
+    "mremap",
+    "mprotect",
+    "madvise",
+    "brk",
+    "rt_sigreturn",
+    "rt_sigprocmask",
+    "sigaltstack",
+    "sched_yield",
+    "gettid",
+    "getpid",
+    "exit",
+    "exit_group",
+    "restart_syscall",
+];
+
+/// [`BASELINE`] as rules, and `fcntl` for `F_GETFD` only (std's OwnedFd checks, in debug
+/// builds, that a descriptor it closes is open).
+pub fn baseline() -> Vec<SyscallRule> {
+    let mut list = rules(BASELINE);
+    let getfd = ArgCondition::low32(1, ArgOp::Eq, libc::F_GETFD as u64);
+    list.push(SyscallRule::allow("fcntl").when(getfd));
+    list
+}
+
 /// The system calls a Rust program built on `std` and glibc needs to run
-/// threads, allocate memory, write to its file descriptors and exit.
+/// threads, allocate memory, write to its file descriptors and exit: the
+/// [`baseline`], time, random numbers, vectored I/O, signal handlers, threads.
 ///
 /// `clone3` fails with `ENOSYS` (glibc then uses `clone`, whose flags the
 /// filter can check), and `clone` is allowed only for threads and never with a
-/// namespace flag; `prctl` only for naming a thread; `fcntl` only for
-/// `F_GETFD` (std checks an fd is open before closing it, in debug builds).
+/// namespace flag; `prctl` only for naming a thread.
 pub fn runtime() -> Vec<SyscallRule> {
-    let mut list = rules(&[
-        "read",
-        "write",
+    let mut list = baseline();
+    list.extend(rules(&[
         "readv",
         "writev",
-        "close",
-        "exit",
-        "exit_group",
-        "futex",
-        "mmap",
-        "munmap",
-        "mremap",
-        "mprotect",
-        "madvise",
-        "brk",
-        "rt_sigreturn",
-        "rt_sigprocmask",
         "rt_sigaction",
-        "sigaltstack",
-        "sched_yield",
         "sched_getaffinity",
         "clock_gettime",
         "clock_nanosleep",
@@ -361,10 +382,7 @@ pub fn runtime() -> Vec<SyscallRule> {
         "getrandom",
         "set_robust_list",
         "rseq",
-        "gettid",
-        "getpid",
-        "restart_syscall",
-    ]);
+    ]));
     let namespaces = (libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
@@ -380,12 +398,6 @@ pub fn runtime() -> Vec<SyscallRule> {
     );
     list.push(SyscallRule::errno("clone3", libc::ENOSYS));
     list.push(SyscallRule::allow("prctl").arg_eq(0, libc::PR_SET_NAME as u64));
-    // std's OwnedFd checks in debug builds that the fd it closes is open.
-    list.push(SyscallRule::allow("fcntl").when(ArgCondition::low32(
-        1,
-        ArgOp::Eq,
-        libc::F_GETFD as u64,
-    )));
     list
 }
 

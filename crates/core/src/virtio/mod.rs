@@ -95,8 +95,9 @@ pub struct Launched {
     pub description: String,
 }
 
-/// Starts a device's backend, wherever it runs. The binary provides two:
-/// compartments (a sandboxed process each) and threads (monolithic mode).
+/// Starts a device's backend, wherever it runs. The VMM (`bulkhead-vmm`)
+/// provides two: compartments (a sandboxed process each) and threads
+/// (monolithic mode).
 pub trait Backend: Send {
     fn kind(&self) -> DeviceKind;
     /// A short name for messages, e.g. `blk0`.
@@ -138,8 +139,9 @@ pub trait Backend: Send {
 }
 
 /// A backend someone else started, listening on a unix socket: another
-/// project's vhost-user backend (qemu-storage-daemon, virtiofsd) or a
-/// `bulkhead device` started by hand.
+/// project's vhost-user backend of a kind the core attaches (blk, net, rng:
+/// qemu-storage-daemon's vhost-user-blk export, say) or a `bulkhead device`
+/// started by hand.
 pub struct ExternalBackend {
     pub kind: DeviceKind,
     pub name: String,

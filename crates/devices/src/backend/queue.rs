@@ -15,7 +15,6 @@
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -189,12 +188,6 @@ impl<'a> QueueContext<'a> {
         self.queue.go_to_previous_position();
         self.ledger.taken.pop_back();
         self.popped = self.popped.saturating_sub(1);
-    }
-
-    /// Whether the available ring has chains not taken yet.
-    pub fn has_available(&self) -> bool {
-        let avail = self.queue.avail_idx(self.mem, Ordering::Acquire);
-        avail.is_ok_and(|idx| idx.0 != self.queue.next_avail())
     }
 
     /// Returns the chain at `head` to the driver with `len` bytes written.

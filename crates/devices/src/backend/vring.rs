@@ -108,11 +108,6 @@ impl Vring {
         self.kick = Some(kick);
     }
 
-    /// Whether the worker runs.
-    pub fn is_started(&self) -> bool {
-        self.worker.is_some()
-    }
-
     /// Starts the worker: checks the rings, recovers the inflight state, and spawns the thread.
     ///
     /// `peer` is another queue of the device that this queue's worker serves too, right after

@@ -16,12 +16,12 @@
 //!
 //! The compartment learns which namespaces it got, and the mount namespace of
 //! its parent, from the `BULKHEAD_SANDBOX` environment variable, which
-//! [`crate::enter`] reads.
+//! `bulkhead_compartment::enter` reads.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that spawned the compartment
 //! exits, not only the process: spawn from a thread that lives as long as the
 //! compartment should (the core's launcher thread, which alone may start
-//! processes: see the binary's `confine::launcher`).
+//! processes: see `bulkhead_vmm::confine::launcher`).
 
 mod child;
 mod handle;
@@ -186,7 +186,7 @@ impl<'a> Command<'a> {
 ///
 /// Returns once the compartment has executed its program (or failed to).
 /// The compartment then applies the rest of its sandbox itself with
-/// [`crate::enter`].
+/// `bulkhead_compartment::enter`.
 pub fn spawn(command: &Command<'_>, policy: &Policy) -> Result<Compartment, SpawnError> {
     let argv = c_strings(
         std::iter::once(command.arg0.as_deref().unwrap_or(command.program.as_os_str()))

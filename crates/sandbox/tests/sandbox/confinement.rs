@@ -168,7 +168,7 @@ pub fn filter_covers_threads_started_before() {
     assert_eq!(answers.get("early_thread_uname"), "EPERM");
     let report = answers.get("report");
     assert!(report.contains("caps(NOT APPLIED: dropped for the calling thread only"), "{report}");
-    let abi = bulkhead_sandbox::landlock_rules::kernel_abi().unwrap();
+    let abi = bulkhead_compartment::landlock_rules::kernel_abi().unwrap();
     if abi < 8 {
         assert!(report.contains("landlock(NOT APPLIED: only the calling thread"), "{report}");
     } else {

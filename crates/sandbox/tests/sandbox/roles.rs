@@ -7,7 +7,8 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use bulkhead_sandbox::{enter, spawn, Command, Policy};
+use bulkhead_compartment::enter;
+use bulkhead_sandbox::{spawn, Command, Policy};
 
 use crate::util::{channel, libc_outcome, outcome, say, wait_release, Probe};
 

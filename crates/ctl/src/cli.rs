@@ -1,0 +1,504 @@
+//! `bulkhead ctl …`: the command-line face of the API.
+//!
+//! ```text
+//! bulkhead ctl list [--json]
+//! bulkhead ctl VM status [--json]
+//! bulkhead ctl VM device restart ID [--json]
+//! bulkhead ctl VM device upgrade ID --binary PATH [--json]
+//! ```
+//!
+//! `VM` is a name, looked up in the run folder ([`bulkhead_api::paths`]), or a socket path (anything
+//! with a `/`). The binary mounts [`CtlCommand`] as the `ctl` subcommand and calls [`run`],
+//! whose value is the exit code: 0 when the VM did what was asked. An error reply or a VM that
+//! cannot be reached is returned as an error, which the binary prints on one line and exits 1;
+//! a bad command line is 2.
+
+use crate::client::{self, ListedVm};
+use anyhow::{anyhow, bail, Context};
+use bulkhead_api::protocol::{Payload, Reply, Request};
+use bulkhead_api::status::{DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Talk to running VMs: `bulkhead ctl list`, or `bulkhead ctl VM status|device …`.
+#[derive(Debug, Subcommand)]
+#[command(
+    override_usage = "bulkhead ctl list [--json]\n       \
+                      bulkhead ctl <VM> status [--json]\n       \
+                      bulkhead ctl <VM> device restart <ID> [--json]\n       \
+                      bulkhead ctl <VM> device upgrade <ID> --binary <PATH> [--json]",
+    after_help = "VM is a VM's name, or the path of its control socket (anything with a '/'). \
+                  `bulkhead ctl VM --help` tells more."
+)]
+pub enum CtlCommand {
+    /// List the running VMs (those whose control sockets answer).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// `bulkhead ctl VM status|device …`: VM is a name or a socket path.
+    #[command(external_subcommand)]
+    Vm(Vec<OsString>),
+}
+
+/// `bulkhead ctl VM …`, parsed.
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead ctl", about = "Talk to a running VM.")]
+pub struct VmCommand {
+    /// The VM: its name, or the path of its control socket (anything with a '/').
+    pub vm: String,
+    /// What to ask it.
+    #[command(subcommand)]
+    pub action: VmAction,
+}
+
+/// What to ask a VM.
+#[derive(Debug, Subcommand)]
+pub enum VmAction {
+    /// Show the VM and each of its devices: mode, pid, state, restarts, last exit, requests;
+    /// and per process and thread class, the system calls allowed and whether the filter is
+    /// in force.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart or upgrade a device's backend while the guest runs.
+    #[command(subcommand)]
+    Device(DeviceAction),
+}
+
+/// What to do to a device.
+#[derive(Debug, Subcommand)]
+pub enum DeviceAction {
+    /// Replace the device's backend by a new one running the same binary.
+    Restart {
+        /// The device, as `status` names it (e.g. blk0).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the device's backend by one running another binary.
+    Upgrade {
+        /// The device, as `status` names it (e.g. blk0).
+        id: String,
+        /// The new binary (a `bulkhead` build); owned by root or the VM's user, not writable
+        /// by others.
+        #[arg(long)]
+        binary: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `bulkhead ctl …`; the value is the exit code (see the module docs).
+pub fn run(command: CtlCommand) -> anyhow::Result<i32> {
+    match command {
+        CtlCommand::List { json } => list(json),
+        CtlCommand::Vm(args) => {
+            let argv = std::iter::once(OsString::from("bulkhead ctl")).chain(args);
+            match VmCommand::try_parse_from(argv) {
+                Ok(command) => run_vm(command),
+                Err(e) => {
+                    // Help goes to stdout with 0; a usage error to stderr with 2.
+                    let _ = e.print();
+                    Ok(e.exit_code())
+                }
+            }
+        }
+    }
+}
+
+/// Runs a command addressed to one VM.
+pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
+    let vm = command.vm.as_str();
+    let (request, json) = match command.action {
+        VmAction::Status { json } => (Request::Status, json),
+        VmAction::Device(DeviceAction::Restart { id, json }) => {
+            (Request::DeviceRestart { id }, json)
+        }
+        VmAction::Device(DeviceAction::Upgrade { id, binary, json }) => {
+            let binary = std::path::absolute(&binary)
+                .with_context(|| format!("cannot make {} absolute", binary.display()))?;
+            (Request::DeviceUpgrade { id, binary }, json)
+        }
+    };
+    let reply = client::request(vm, &request).map_err(|e| anyhow!(crate::describe(&e)))?;
+    let payload = match reply {
+        Reply::Ok { result } => result,
+        Reply::Error { message } => bail!("{vm}: {}", clean(&message)),
+    };
+    if json {
+        println!("{}", to_json(&payload)?);
+        return Ok(0);
+    }
+    match (&request, payload) {
+        (_, Payload::Status(status)) => print!("{}", status_table(&status)),
+        (Request::DeviceUpgrade { binary, .. }, Payload::DeviceChange(change)) => {
+            println!("{}", change_line(&change, Some(binary)))
+        }
+        (_, Payload::DeviceChange(change)) => println!("{}", change_line(&change, None)),
+    }
+    Ok(0)
+}
+
+/// `bulkhead ctl list`.
+fn list(json: bool) -> anyhow::Result<i32> {
+    let dir = bulkhead_api::paths::run_dir();
+    let found = client::list_in(&dir).map_err(|e| anyhow!(crate::describe(&e)))?;
+    for ListedVm { socket, status } in &found {
+        if let Err(why) = status {
+            eprintln!("{}: {why}", socket.display());
+        }
+    }
+    let running: Vec<(&Path, &VmStatus)> = found
+        .iter()
+        .filter_map(|vm| vm.status.as_ref().ok().map(|status| (vm.socket.as_path(), status)))
+        .collect();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Listed<'a> {
+            socket: &'a Path,
+            status: &'a VmStatus,
+        }
+        let list: Vec<_> =
+            running.iter().map(|&(socket, status)| Listed { socket, status }).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if running.is_empty() {
+        println!("no VMs are running (looked in {})", dir.display());
+    } else {
+        print!("{}", list_table(&running));
+    }
+    Ok(0)
+}
+
+fn to_json(payload: &Payload) -> serde_json::Result<String> {
+    match payload {
+        Payload::Status(status) => serde_json::to_string_pretty(status),
+        Payload::DeviceChange(change) => serde_json::to_string_pretty(change),
+    }
+}
+
+/// `blk0 restarted: pid 4250 → 4301, 12.5 ms without a backend`.
+pub fn change_line(change: &DeviceChange, upgraded_to: Option<&Path>) -> String {
+    let what = match upgraded_to {
+        Some(binary) => format!("upgraded to {}", binary.display()),
+        None => "restarted".to_string(),
+    };
+    let pid = |pid: Option<u32>| pid.map_or("-".to_string(), |p| p.to_string());
+    let pids = match (change.old_pid, change.new_pid) {
+        (None, None) => "a thread".to_string(),
+        (old, new) => format!("pid {} → {}", pid(old), pid(new)),
+    };
+    format!("{} {what}: {pids}, {:.1} ms without a backend", clean(&change.id), change.took_ms)
+}
+
+/// The status as a heading, a device table, and each compartment's sandbox line.
+pub fn status_table(status: &VmStatus) -> String {
+    let mut out = format!(
+        "VM {}: core pid {}, {} vCPU{}, {} of memory, up {}\n",
+        status.name,
+        status.core_pid,
+        status.cpus,
+        if status.cpus == 1 { "" } else { "s" },
+        bytes(status.memory_bytes),
+        duration(status.uptime_s),
+    );
+    if let Some(limits) = &status.limits {
+        out.push_str(&format!("limits: {}\n", clean(limits)));
+    }
+    if status.devices.is_empty() {
+        out.push_str("no devices\n");
+        out.push_str(&confinement_table(status));
+        return out;
+    }
+    let header = ["DEVICE", "KIND", "MODE", "PID", "STATE", "RESTARTS", "UPTIME", "REQUESTS"];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    rows[0].push("LAST EXIT".into());
+    rows.extend(status.devices.iter().map(device_row));
+    for line in table(&rows) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for device in &status.devices {
+        if let Some(sandbox) = &device.sandbox {
+            out.push_str(&format!("{} sandbox: {}\n", clean(&device.id), clean(sandbox)));
+        }
+    }
+    out.push_str(&confinement_table(status));
+    out
+}
+
+/// Per process and thread class: the system calls allowed and whether the filter is in force
+/// (every thread of the class shows `Seccomp: 2`).
+fn confinement_table(status: &VmStatus) -> String {
+    if status.confinement.is_empty() {
+        return String::new();
+    }
+    let header = ["PROCESS", "PID", "THREADS", "CLASS", "SYSCALLS", "SECCOMP", "NO CAPS", "NNP"];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    for c in &status.confinement {
+        // In force: every thread of the class runs under its filter.
+        let in_force = c.threads > 0 && c.filtered == c.threads && c.syscalls_allowed.is_some();
+        let seccomp = match (in_force, c.filtered) {
+            (true, _) => "in force".to_string(),
+            (false, 0) => "none".to_string(),
+            (false, n) => format!("{n} of {}", c.threads),
+        };
+        rows.push(vec![
+            clean(&c.process),
+            c.pid.to_string(),
+            c.threads.to_string(),
+            clean(&c.class),
+            c.syscalls_allowed.map_or("-".into(), |n| n.to_string()),
+            seccomp,
+            format!("{}/{}", c.no_capabilities, c.threads),
+            format!("{}/{}", c.no_new_privs, c.threads),
+        ]);
+    }
+    let mut out = String::from("confinement (per thread, from /proc/PID/task/TID/status):\n");
+    for line in table(&rows) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The word the table shows for where a backend runs.
+fn mode_word(mode: DeviceMode) -> &'static str {
+    match mode {
+        DeviceMode::Compartment => "compartment",
+        DeviceMode::Thread => "thread",
+        DeviceMode::External => "external",
+    }
+}
+
+/// The word the table shows for a backend's state.
+fn state_word(state: DeviceState) -> &'static str {
+    match state {
+        DeviceState::Running => "running",
+        DeviceState::Restarting => "restarting",
+        DeviceState::Failed => "failed",
+        DeviceState::Stopped => "stopped",
+    }
+}
+
+fn device_row(d: &DeviceStatus) -> Vec<String> {
+    vec![
+        d.id.clone(),
+        d.kind.clone(),
+        mode_word(d.mode).to_string(),
+        d.pid.map_or("-".to_string(), |p| p.to_string()),
+        state_word(d.state).to_string(),
+        d.restarts.to_string(),
+        duration(d.uptime_s),
+        d.requests.to_string(),
+        d.last_exit.clone().unwrap_or_else(|| "-".into()),
+    ]
+}
+
+/// The running VMs, one per line.
+fn list_table(running: &[(&Path, &VmStatus)]) -> String {
+    let header = ["NAME", "PID", "VCPUS", "MEMORY", "DEVICES", "UPTIME", "SOCKET"];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    rows.extend(running.iter().map(|(socket, s)| {
+        vec![
+            s.name.clone(),
+            s.core_pid.to_string(),
+            s.cpus.to_string(),
+            bytes(s.memory_bytes),
+            s.devices.len().to_string(),
+            duration(s.uptime_s),
+            socket.display().to_string(),
+        ]
+    }));
+    table(&rows).into_iter().map(|line| line + "\n").collect()
+}
+
+/// Rows as left-aligned columns two spaces apart (the last one, free text, unpadded).
+fn table(rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|r| r.iter().map(|c| clean(c)).collect()).collect();
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let last = row.len().saturating_sub(1);
+            let cells = row.iter().zip(&widths).enumerate().map(|(i, (cell, &w))| {
+                if i == last {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}")
+                }
+            });
+            cells.collect::<Vec<_>>().join("  ")
+        })
+        .collect()
+}
+
+/// Text from the VM without control characters, which a terminal could take as commands.
+fn clean(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// `512 MiB`, `1.5 GiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `45s`, `3m12s`, `2h05m`, `3d04h`.
+fn duration(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(bytes(512 << 20), "512 MiB");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+        assert_eq!(bytes(100), "100 B");
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(192), "3m12s");
+        assert_eq!(duration(7500), "2h05m");
+        assert_eq!(duration(3 * 86400 + 4 * 3600), "3d04h");
+    }
+
+    #[test]
+    fn status_is_a_table() {
+        let device = |id: &str, mode, pid, last_exit: Option<&str>| DeviceStatus {
+            id: id.into(),
+            kind: id[..3].into(),
+            mode,
+            pid,
+            state: DeviceState::Running,
+            restarts: 1,
+            last_exit: last_exit.map(String::from),
+            uptime_s: 192,
+            requests: 10234,
+            sandbox: pid.map(|_| "seccomp(filter) nnp caps(none)".into()),
+        };
+        let status = VmStatus {
+            name: "web1".into(),
+            core_pid: 4242,
+            cpus: 4,
+            memory_bytes: 1 << 30,
+            uptime_s: 3720,
+            limits: None,
+            devices: vec![
+                device("blk0", DeviceMode::Compartment, Some(4250), Some("killed by signal 9")),
+                device("rng0", DeviceMode::Thread, None, None),
+            ],
+            confinement: vec![
+                bulkhead_api::status::ConfinementStatus {
+                    process: "core".into(),
+                    pid: 4242,
+                    class: "vcpu".into(),
+                    threads: 4,
+                    filtered: 4,
+                    syscalls_allowed: Some(31),
+                    no_capabilities: 4,
+                    no_new_privs: 4,
+                },
+                bulkhead_api::status::ConfinementStatus {
+                    process: "blk0".into(),
+                    pid: 4250,
+                    class: "compartment".into(),
+                    threads: 3,
+                    filtered: 2,
+                    syscalls_allowed: Some(60),
+                    no_capabilities: 3,
+                    no_new_privs: 3,
+                },
+            ],
+        };
+        let expected = "\
+VM web1: core pid 4242, 4 vCPUs, 1 GiB of memory, up 1h02m
+DEVICE  KIND  MODE         PID   STATE    RESTARTS  UPTIME  REQUESTS  LAST EXIT
+blk0    blk   compartment  4250  running  1         3m12s   10234     killed by signal 9
+rng0    rng   thread       -     running  1         3m12s   10234     -
+blk0 sandbox: seccomp(filter) nnp caps(none)
+confinement (per thread, from /proc/PID/task/TID/status):
+PROCESS  PID   THREADS  CLASS        SYSCALLS  SECCOMP   NO CAPS  NNP
+core     4242  4        vcpu         31        in force  4/4      4/4
+blk0     4250  3        compartment  60        2 of 3    3/3      3/3
+";
+        assert_eq!(status_table(&status), expected);
+    }
+
+    #[test]
+    fn control_characters_do_not_reach_the_terminal() {
+        let rows = vec![vec!["a\x1b[2Jb".to_string(), "c\nd".to_string()]];
+        assert_eq!(table(&rows), vec!["a[2Jb  cd".to_string()]);
+    }
+
+    #[test]
+    fn change_lines() {
+        let change =
+            DeviceChange { id: "blk0".into(), old_pid: Some(1), new_pid: Some(2), took_ms: 12.25 };
+        assert_eq!(
+            change_line(&change, None),
+            "blk0 restarted: pid 1 → 2, 12.2 ms without a backend"
+        );
+        let thread = DeviceChange { old_pid: None, new_pid: None, ..change };
+        assert_eq!(
+            change_line(&thread, Some(Path::new("/b"))),
+            "blk0 upgraded to /b: a thread, 12.2 ms without a backend"
+        );
+    }
+
+    #[test]
+    fn vm_commands_parse() {
+        let parse = |args: &[&str]| {
+            VmCommand::try_parse_from(std::iter::once("bulkhead ctl").chain(args.iter().copied()))
+        };
+        let c = parse(&["vm0", "device", "upgrade", "blk0", "--binary", "/b"]).unwrap();
+        assert!(matches!(c.action, VmAction::Device(DeviceAction::Upgrade { .. })));
+        assert!(parse(&["vm0"]).is_err());
+        assert!(parse(&["vm0", "device", "restart"]).is_err());
+    }
+
+    #[test]
+    fn ctl_help_names_both_forms() {
+        use clap::CommandFactory;
+        #[derive(Parser)]
+        struct Bulkhead {
+            #[command(subcommand)]
+            command: Top,
+        }
+        #[derive(Subcommand)]
+        enum Top {
+            #[command(subcommand)]
+            Ctl(CtlCommand),
+        }
+        let mut command = Bulkhead::command();
+        let help = command.find_subcommand_mut("ctl").unwrap().render_long_help().to_string();
+        println!("{help}");
+        assert!(help.contains("list"), "{help}");
+        assert!(help.contains("bulkhead ctl <VM> device upgrade <ID> --binary"), "{help}");
+    }
+}

@@ -1,0 +1,66 @@
+//! Where device backends run: in a compartment (microkernel mode, a
+//! sandboxed process each) or on a thread of the core (monolithic mode,
+//! `bulkhead_monolithic`). Both start the same `bulkhead_devices` code and
+//! hand the core one end of a unix socket pair; the only difference is the
+//! process boundary.
+
+mod policy;
+mod process;
+
+use std::sync::Arc;
+
+use bulkhead_core::virtio::{Backend, DeviceKind as CoreKind};
+
+use crate::confine::ThreadClass;
+use crate::partition::Partition;
+use bulkhead_devices::{DeviceConfig, DeviceKind};
+use bulkhead_monolithic::ThreadBackend;
+
+pub use policy::{device_rules, policy_for};
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Each device in its own sandboxed process (the default).
+    Microkernel,
+    /// Devices on threads inside the core: the same code, no process boundary.
+    Monolithic,
+}
+
+/// The core's name for a device kind.
+pub fn core_kind(kind: DeviceKind) -> CoreKind {
+    match kind {
+        DeviceKind::Blk => CoreKind::Block,
+        DeviceKind::Net => CoreKind::Net,
+        DeviceKind::Rng => CoreKind::Rng,
+    }
+}
+
+/// A device the user asked for: its configuration and, for compartments,
+/// the command-line arguments that describe it to `bulkhead device`.
+pub struct Request {
+    pub name: String,
+    pub config: DeviceConfig,
+    pub args: Vec<String>,
+}
+
+/// One backend per request, in `mode`; compartments get their cgroup
+/// below the VM's, with the limits of `partition`.
+pub fn build(
+    requests: Vec<Request>,
+    mode: Mode,
+    partition: &Arc<Partition>,
+) -> anyhow::Result<Vec<Box<dyn Backend>>> {
+    let mut out: Vec<Box<dyn Backend>> = Vec::new();
+    for r in requests {
+        out.push(match mode {
+            Mode::Monolithic => {
+                let kind = r.config.kind();
+                let confine = Arc::new(move || crate::confine::confine(ThreadClass::Device(kind)));
+                Box::new(ThreadBackend::new(core_kind(kind), r.name, r.config, confine))
+            }
+            Mode::Microkernel => Box::new(process::CompartmentBackend::new(r, partition.clone())?),
+        });
+    }
+    Ok(out)
+}

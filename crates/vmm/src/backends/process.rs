@@ -1,0 +1,231 @@
+//! Microkernel mode: the device backend in a compartment — `bulkhead device
+//! KIND --fd 3 …` re-executed from this binary in new namespaces, entering
+//! its own sandbox before it reads a message.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use bulkhead_core::virtio::{Backend, DeviceKind, Launched};
+use bulkhead_devices::net::config::{Mac, TapSource};
+use bulkhead_devices::net::tap::Tap;
+use bulkhead_devices::startup::{Report, Startup, StartupError, StartupFile};
+use bulkhead_devices::DeviceConfig;
+use bulkhead_sandbox::{spawn, Command, Compartment, Policy};
+
+use super::{core_kind, policy_for, Request};
+use crate::partition::Partition;
+
+/// The connection's file descriptor number inside the compartment.
+const CONN_FD: i32 = 3;
+/// The tap's file descriptor number inside a net compartment.
+const TAP_FD: i32 = 4;
+/// The start-up socket's file descriptor number inside the compartment.
+const STARTUP_FD: i32 = 5;
+/// How long a compartment may take from its `execve` to the word that it serves: opening its
+/// image and entering its sandbox take milliseconds; a file system that hangs must not hang
+/// the core.
+const STARTUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a compartment whose sockets closed may take to exit before it is killed.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub struct CompartmentBackend {
+    request: Request,
+    policy: Policy,
+    /// The net device's tap, opened by the core (it has the privilege).
+    tap: Option<Tap>,
+    child: Option<Compartment>,
+    /// The binary to run; this one unless upgraded.
+    program: Option<std::path::PathBuf>,
+    /// The VM's cgroups and the compartment's limits.
+    partition: Arc<Partition>,
+    /// The files the device's last compartment used (a disk's image files), kept open here so
+    /// that their locks hold from one compartment to the next, and handed to each successor.
+    kept: Vec<StartupFile>,
+}
+
+impl CompartmentBackend {
+    pub fn new(mut request: Request, partition: Arc<Partition>) -> anyhow::Result<Self> {
+        let mut policy = policy_for(&request.name, None)?;
+        policy.set_cgroup_limits(partition.device_limits().clone());
+        let mut tap = None;
+        if let DeviceConfig::Net(net) = &request.config {
+            let TapSource::Name(name) = &net.tap else {
+                anyhow::bail!("{}: give the tap by name (tap=NAME)", request.name);
+            };
+            tap = Some(Tap::open(name)?);
+            // The MAC is chosen once, so a restarted compartment keeps it.
+            let mac = net.mac.unwrap_or_else(Mac::random);
+            request.args =
+                vec!["--tap-fd".into(), TAP_FD.to_string(), "--mac".into(), mac.to_string()];
+        }
+        Ok(CompartmentBackend {
+            request,
+            policy,
+            tap,
+            child: None,
+            program: None,
+            partition,
+            kept: Vec::new(),
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Hands the new compartment the files its predecessor used, and waits for its word that it
+    /// serves (keeping the files it uses) or why it cannot; a compartment that fails is reaped,
+    /// and the reason is its own words, or how it ended.
+    fn started(&mut self, startup: &Startup) -> Result<(), String> {
+        // A compartment that died at once cannot take them: its report says how it ended.
+        let _ = startup.send_files(&self.kept);
+        let report = startup.report(STARTUP_DEADLINE);
+        let mut child = self.child.take().expect("a compartment was started");
+        let why = match report {
+            Ok(Report::Ready(files)) => {
+                self.kept = files;
+                self.child = Some(child);
+                return Ok(());
+            }
+            Ok(Report::Failed(why)) => why,
+            Err(StartupError::Closed) => match child.wait_for(EXIT_WAIT) {
+                Ok(Some(status)) => {
+                    format!("the compartment ended before it served: {}", describe(status))
+                }
+                _ => "the compartment closed its start-up socket without a word".into(),
+            },
+            Err(e) => format!("the compartment failed to start: {e}"),
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(why)
+    }
+}
+
+impl Backend for CompartmentBackend {
+    fn kind(&self) -> DeviceKind {
+        core_kind(self.request.config.kind())
+    }
+
+    fn name(&self) -> String {
+        self.request.name.clone()
+    }
+
+    fn launch(&mut self) -> std::io::Result<Launched> {
+        self.stop();
+        let (core_end, device_end) = UnixStream::pair()?;
+        let (startup, device_startup) = Startup::pair()?;
+        let kind = self.request.config.kind().name();
+        let cmd = match &self.program {
+            Some(program) => Command::new(program),
+            None => Command::current_exe()?,
+        };
+        let mut cmd = cmd
+            .args(["device", kind, "--fd", &CONN_FD.to_string()])
+            .args(["--startup-fd", &STARTUP_FD.to_string()])
+            .args(&self.request.args)
+            .fd(device_end.as_fd(), CONN_FD)
+            .fd(device_startup.as_fd(), STARTUP_FD);
+        // A compartment starts with an empty environment; these pass through:
+        // log filtering, and the test-only fault injector (compiled into
+        // debug builds only).
+        for var in ["RUST_LOG", "BULKHEAD_FAULT"] {
+            if let Some(value) = std::env::var_os(var) {
+                cmd = cmd.env(var, value);
+            }
+        }
+        if let Some(tap) = &self.tap {
+            // SAFETY: the tap's fd stays open as long as `self.tap`, which
+            // outlives this call (the spawned child gets its own copy).
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(tap.fd()) };
+            cmd = cmd.fd(fd, TAP_FD);
+        }
+        if let Some(vm) = self.partition.vm_cgroup() {
+            cmd = cmd.cgroup_parent(vm);
+        }
+        // Only the launcher thread may start processes (see `crate::confine::launcher`).
+        let policy = &self.policy;
+        let child = crate::confine::launcher::call(|| spawn(&cmd, policy))
+            .map_err(std::io::Error::other)?;
+        // The compartment waits for the go byte: its limits are in force
+        // before its program runs. One that missed a limit asked for ends here.
+        let state = child.cgroup().map(bulkhead_sandbox::Cgroup::state);
+        self.child = Some(child);
+        if let Err(e) = self.partition.check_compartment(&self.request.name, state) {
+            self.stop();
+            return Err(std::io::Error::other(e));
+        }
+        drop(device_startup);
+        if let Err(why) = self.started(&startup) {
+            return Err(std::io::Error::other(why));
+        }
+        let child = self.child.as_ref().expect("started");
+        let description = format!("compartment pid {}: {}", child.pid(), child.report());
+        Ok(Launched { conn: core_end, pid: Some(child.pid() as u32), description })
+    }
+
+    fn status(&self) -> Option<String> {
+        let child = self.child.as_ref()?;
+        child.status().ok().map(|s| s.to_string())
+    }
+
+    fn exit_reason(&mut self) -> Option<String> {
+        let mut child = self.child.take()?;
+        // Its socket closed: it is ending. Give it a moment, then make sure.
+        if let Ok(Some(status)) = child.wait_for(EXIT_WAIT) {
+            return Some(describe(status));
+        }
+        let _ = child.kill();
+        child.wait().ok().map(|s| format!("closed its connection, then {}", describe(s)))
+    }
+
+    fn pidfd(&self) -> Option<std::os::fd::RawFd> {
+        let pidfd = self.child.as_ref()?.pidfd()?;
+        Some(std::os::fd::AsRawFd::as_raw_fd(&pidfd))
+    }
+
+    fn kill(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = child.kill();
+        }
+    }
+
+    fn set_program(&mut self, program: &std::path::Path) -> Result<(), String> {
+        self.program = Some(program.to_path_buf());
+        Ok(())
+    }
+
+    fn mode(&self) -> &'static str {
+        "compartment"
+    }
+}
+
+/// How a process ended, in words.
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(bulkhead_devices::cli::PANIC_EXIT_STATUS), _) => {
+            format!("panicked (exited with status {})", bulkhead_devices::cli::PANIC_EXIT_STATUS)
+        }
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(libc::SIGSYS)) => format!(
+            "killed by signal {} (SIGSYS: a system call its seccomp filter does not allow)",
+            libc::SIGSYS
+        ),
+        (None, Some(signal)) => format!(
+            "killed by signal {signal}{}",
+            if status.core_dumped() { " (core dumped)" } else { "" }
+        ),
+        _ => status.to_string(),
+    }
+}
+
+impl Drop for CompartmentBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,406 @@
+//! The allow-list of each class of the core's threads.
+//!
+//! Gathered with `strace -ff` of the core (`scripts/core-syscalls.sh`): every
+//! thread's calls after its filter was installed, over boots in both modes,
+//! compartment restarts and upgrades through `bulkhead ctl`, status
+//! requests, a watchdog kill, Ctrl-C, power-off, reboot, `--verbose` and a
+//! net device on a tap; and for the launcher, what its compartments call
+//! from `clone3` to entering their own sandbox.
+
+use std::fmt;
+
+use bulkhead_devices::DeviceKind;
+use bulkhead_sandbox::seccomp::{self, ArgCondition, ArgOp, RuleAction, SyscallRule};
+
+use crate::backends::device_rules;
+
+/// A class of the core's threads: each has one allow-list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ThreadClass {
+    /// A vCPU thread.
+    Vcpu,
+    /// The main thread: the event loop (signals, console input, the VM's end).
+    EventLoop,
+    /// A device's supervisor thread: watches its backend and restarts it.
+    Supervisor,
+    /// The management API's thread.
+    Api,
+    /// The thread that starts compartments.
+    Launcher,
+    /// A device's threads in monolithic mode.
+    Device(DeviceKind),
+}
+
+impl ThreadClass {
+    /// Every class, in report order.
+    pub const ALL: [ThreadClass; 8] = [
+        ThreadClass::Vcpu,
+        ThreadClass::EventLoop,
+        ThreadClass::Supervisor,
+        ThreadClass::Api,
+        ThreadClass::Launcher,
+        ThreadClass::Device(DeviceKind::Blk),
+        ThreadClass::Device(DeviceKind::Net),
+        ThreadClass::Device(DeviceKind::Rng),
+    ];
+
+    /// The name reports use.
+    pub fn label(self) -> &'static str {
+        match self {
+            ThreadClass::Vcpu => "vcpu",
+            ThreadClass::EventLoop => "event-loop",
+            ThreadClass::Supervisor => "supervisor",
+            ThreadClass::Api => "api",
+            ThreadClass::Launcher => "launcher",
+            ThreadClass::Device(DeviceKind::Blk) => "device-blk",
+            ThreadClass::Device(DeviceKind::Net) => "device-net",
+            ThreadClass::Device(DeviceKind::Rng) => "device-rng",
+        }
+    }
+
+    /// The class of a thread of this process, from its name (`comm`) and
+    /// whether it is the main thread.
+    pub fn of_thread(name: &str, main: bool) -> Option<ThreadClass> {
+        if main {
+            return Some(ThreadClass::EventLoop);
+        }
+        if name.starts_with("vcpu") {
+            return Some(ThreadClass::Vcpu);
+        }
+        if name == "bulkhead-api" {
+            return Some(ThreadClass::Api);
+        }
+        // The alarm only shuts sockets down: the event loop's list covers it.
+        if name == "bulkhead-alarm" {
+            return Some(ThreadClass::EventLoop);
+        }
+        if name.starts_with("sup-") {
+            return Some(ThreadClass::Supervisor);
+        }
+        if name == super::launcher::THREAD_NAME {
+            return Some(ThreadClass::Launcher);
+        }
+        let kind = name.strip_prefix("bh-")?;
+        [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng]
+            .into_iter()
+            .find(|k| kind.starts_with(k.name()))
+            .map(ThreadClass::Device)
+    }
+
+    /// Capabilities the class keeps (a bit per capability): none, except
+    /// the launcher's, which its compartments need until they drop them.
+    pub fn keep_caps(self) -> u64 {
+        match self {
+            ThreadClass::Launcher => LAUNCHER_CAPS.iter().fold(0, |m, &c| m | 1 << c),
+            _ => 0,
+        }
+    }
+
+    /// The class's allow-list.
+    pub fn rules(self) -> Vec<SyscallRule> {
+        let mut list = common();
+        match self {
+            ThreadClass::Vcpu => list.extend(vcpu()),
+            ThreadClass::EventLoop => list.extend(event_loop()),
+            ThreadClass::Supervisor => list.extend(supervisor()),
+            ThreadClass::Api => list.extend(api()),
+            ThreadClass::Launcher => {
+                list.extend(seccomp::rules(LAUNCHER));
+                list.extend(seccomp::rules(COMPARTMENT_START));
+                // The compartments' own filters stack on this one: what they
+                // allow must pass it too (their errno rules are theirs only).
+                for kind in [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng] {
+                    let allowed =
+                        device(kind).into_iter().filter(|r| r.action() == RuleAction::Allow);
+                    list.extend(allowed);
+                }
+            }
+            ThreadClass::Device(kind) => return device(kind),
+        }
+        list
+    }
+}
+
+impl fmt::Display for ThreadClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The capabilities a compartment needs from its start to its sandbox:
+/// namespaces, the empty root and Landlock (`CAP_SYS_ADMIN`), dropping the
+/// bounding set and locking securebits (`CAP_SETPCAP`), opening an image
+/// another user owns (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`,
+/// `CAP_FOWNER`), an optional identity (`CAP_SETUID`, `CAP_SETGID`) and
+/// resource limits (`CAP_SYS_RESOURCE`).
+const LAUNCHER_CAPS: [u32; 8] = [
+    21, // CAP_SYS_ADMIN
+    8,  // CAP_SETPCAP
+    1,  // CAP_DAC_OVERRIDE
+    2,  // CAP_DAC_READ_SEARCH
+    3,  // CAP_FOWNER
+    7,  // CAP_SETUID
+    6,  // CAP_SETGID
+    24, // CAP_SYS_RESOURCE
+];
+
+/// A device's own list in monolithic mode: the same as its compartment's
+/// (opening a file fails with EACCES, as there).
+pub fn device(kind: DeviceKind) -> Vec<SyscallRule> {
+    let mut list = device_rules(&bulkhead_devices::sandbox::spec_for(kind, Vec::new()));
+    // In the core, the violation message names the thread.
+    list.push(bulkhead_sandbox::thread::thread_name_rule());
+    list
+}
+
+/// `openat` for reading only (the supervisor and the API read `/proc`).
+fn read_only_open() -> Vec<SyscallRule> {
+    let writes = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
+    vec![SyscallRule::allow("openat").when(ArgCondition::new(2, ArgOp::MaskedEq(writes), 0))]
+}
+
+/// `ioctl` with one of `requests` only.
+fn ioctls(requests: &[u64]) -> Vec<SyscallRule> {
+    requests
+        .iter()
+        .map(|&r| SyscallRule::allow("ioctl").when(ArgCondition::low32(1, ArgOp::Eq, r)))
+        .collect()
+}
+
+/// Every class: the baseline (memory, futexes, signals' return, reading and
+/// writing the descriptors it holds, ending), time and random numbers.
+fn common() -> Vec<SyscallRule> {
+    let mut list = seccomp::baseline();
+    list.extend(seccomp::rules(&["clock_gettime", "clock_nanosleep", "nanosleep", "getrandom"]));
+    // The violation message names the thread.
+    list.push(bulkhead_sandbox::thread::thread_name_rule());
+    list
+}
+
+/// KVM ioctl request numbers, derived as linux/kvm.h defines them: direction,
+/// KVMIO, number and the size of the argument's struct.
+mod kvm {
+    use kvm_bindings::{kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, KVMIO};
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+}
+
+/// A vCPU thread: `KVM_RUN`; the I/O APIC's routes and irqfds when the guest
+/// programs it; registers for a crash report; the vhost-user frontend's
+/// messages when a driver starts or resets a device.
+fn vcpu() -> Vec<SyscallRule> {
+    use kvm::*;
+    let mut list =
+        ioctls(&[KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS(), KVM_IRQFD(), KVM_SET_GSI_ROUTING()]);
+    list.extend(seccomp::rules(&["sendmsg", "recvmsg", "recvfrom", "poll"]));
+    list
+}
+
+/// A device's supervisor thread: its own epoll (the backend's socket and
+/// pidfd, its wake-up eventfd), connecting a new compartment (a socket
+/// pair, the start-up socket, the vhost-user messages), reading its `/proc`
+/// status, killing it (pidfd) and reaping it, and at the VM's end stopping
+/// it (a monolithic device's threads too).
+const SUPERVISOR: &[&str] = &[
+    "epoll_wait",
+    "epoll_pwait",
+    "socketpair",
+    "sendmsg",
+    "recvmsg",
+    "recvfrom",
+    "sendto",
+    "setsockopt",
+    "getsockopt",
+    "epoll_ctl",
+    "poll",
+    "eventfd2",
+    "fcntl",
+    "pidfd_send_signal",
+    "kill",
+    "wait4",
+    "waitid",
+    "readlink",
+    "statx",
+    "newfstatat",
+    "fstat",
+    "getdents64",
+    "lseek",
+    // a reaped compartment's cgroup
+    "rmdir",
+];
+
+/// [`SUPERVISOR`], and reconnecting to an external backend (`--vhost-user`):
+/// unix sockets only.
+fn supervisor() -> Vec<SyscallRule> {
+    let mut list = seccomp::rules(SUPERVISOR);
+    list.push(SyscallRule::allow("socket").arg_eq(0, libc::AF_UNIX as u64));
+    list.push(SyscallRule::allow("connect"));
+    list.extend(ioctls(&[libc::FIONBIO]));
+    list.extend(read_only_open());
+    list
+}
+
+/// The main thread: the event loop (epoll, console input, signals) and the
+/// VM's end (kicking vCPU threads out of `KVM_RUN`, stopping the devices'
+/// supervisors and the API, removing the control socket).
+fn event_loop() -> Vec<SyscallRule> {
+    // sendto: waking the API's accept loop at the end; statx: reading a file's size; shutdown:
+    // the backends' sockets at the end (see `Supervisor::interrupt`).
+    seccomp::rules(&[
+        "epoll_wait",
+        "epoll_pwait",
+        "tgkill",
+        "unlink",
+        "sendto",
+        "statx",
+        "shutdown",
+    ])
+}
+
+/// The management API: one connection at a time (poll, accept, peer
+/// credentials), status (read from `/proc`), and restarts and upgrades
+/// asked of the devices' supervisors.
+fn api() -> Vec<SyscallRule> {
+    let mut list = seccomp::rules(&[
+        "accept4",
+        "poll",
+        "getsockopt",
+        "setsockopt",
+        "sendto",
+        "recvfrom",
+        "getdents64",
+        "statx",
+        "newfstatat",
+        "fstat",
+        "readlink",
+    ]);
+    list.extend(ioctls(&[libc::FIONBIO]));
+    list.extend(read_only_open());
+    list
+}
+
+/// The launcher itself: a child by `clone3` (`clone` where it is missing),
+/// the pipes that report its start, `/dev/null` for its standard streams,
+/// reaping a child that failed before `execve`; a cgroup for it.
+const LAUNCHER: &[&str] = &[
+    "clone3",
+    "clone",
+    "pipe2",
+    "openat",
+    "statx",
+    "newfstatat",
+    "fstat",
+    "prlimit64",
+    "wait4",
+    "waitid",
+    "kill",
+    "mkdir",
+    // the VM's cgroups, when it ends
+    "rmdir",
+    "rt_sigaction",
+];
+
+/// A compartment from `clone3` to its own filter (it inherits the
+/// launcher's): the child's steps before `execve`, the program's start
+/// (loader, glibc, Rust runtime), opening what it serves, and every layer of
+/// `bulkhead_compartment::enter` (namespaces' root, Landlock, rlimits, identity,
+/// capabilities, seccomp).
+const COMPARTMENT_START: &[&str] = &[
+    // child before execve
+    "dup2",
+    "close_range",
+    "setsid",
+    "prctl",
+    "rt_sigaction",
+    "execve",
+    // loader and runtime
+    "arch_prctl",
+    "set_tid_address",
+    "set_robust_list",
+    "rseq",
+    "access",
+    "pread64",
+    "sched_getaffinity",
+    "poll",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    // opening the image, the tap's checks
+    "openat",
+    "lseek",
+    "ioctl",
+    "fcntl",
+    "statfs",
+    "fstatfs",
+    "flock",
+    "getdents64",
+    "readlink",
+    "eventfd2",
+    "getsockopt",
+    // the sandbox: empty root, limits, identity, capabilities, Landlock, seccomp
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chdir",
+    "fchdir",
+    "mkdir",
+    "prlimit64",
+    "setrlimit",
+    "getrlimit",
+    "setgroups",
+    "setresuid",
+    "setresgid",
+    "capget",
+    "capset",
+    "landlock_create_ruleset",
+    "landlock_add_rule",
+    "landlock_restrict_self",
+    "seccomp",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_list_compiles() {
+        for class in ThreadClass::ALL {
+            let n = super::super::allowed_count(class);
+            assert!(n > 10, "{class}: {n}");
+        }
+        let vcpu = super::super::allowed_count(ThreadClass::Vcpu);
+        let launcher = super::super::allowed_count(ThreadClass::Launcher);
+        assert!(vcpu < launcher);
+    }
+
+    #[test]
+    fn kvm_ioctl_numbers_are_those_of_linux_kvm_h() {
+        assert_eq!(kvm::KVM_RUN(), 0xae80);
+        assert_eq!(kvm::KVM_GET_REGS(), 0x8090_ae81);
+        assert_eq!(kvm::KVM_GET_SREGS(), 0x8138_ae83);
+        assert_eq!(kvm::KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(kvm::KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
+    }
+
+    #[test]
+    fn threads_are_classified_by_name() {
+        assert_eq!(ThreadClass::of_thread("bulkhead", true), Some(ThreadClass::EventLoop));
+        assert_eq!(ThreadClass::of_thread("vcpu3", false), Some(ThreadClass::Vcpu));
+        assert_eq!(ThreadClass::of_thread("bulkhead-api", false), Some(ThreadClass::Api));
+        assert_eq!(
+            ThreadClass::of_thread("bh-blk-q0", false),
+            Some(ThreadClass::Device(DeviceKind::Blk))
+        );
+        assert_eq!(
+            ThreadClass::of_thread("bh-rng0", false),
+            Some(ThreadClass::Device(DeviceKind::Rng))
+        );
+        assert_eq!(ThreadClass::of_thread("other", false), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! The management API of a running VM: `bulkhead_api`'s server, answered
+//! from the core's supervisor.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bulkhead_api::{
+    ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, Server, VmStatus,
+};
+use bulkhead_core::supervisor::{self, SupervisorHandle};
+
+/// What the API reports about this VM, and the supervisor that acts.
+pub struct Vm {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub started: Instant,
+    pub supervisor: SupervisorHandle,
+    /// The partitioning line of the status (cgroups, pins).
+    pub limits: Option<String>,
+}
+
+impl Vm {
+    fn change(&self, id: &str, binary: Option<&Path>) -> Result<DeviceChange, String> {
+        let change = self
+            .supervisor
+            .replace(id, binary)
+            .map_err(|e| bulkhead_sandbox::report::with_causes(&e))?;
+        Ok(DeviceChange {
+            id: id.to_string(),
+            old_pid: change.old_pid,
+            new_pid: change.new_pid,
+            took_ms: change.took.as_secs_f64() * 1000.0,
+        })
+    }
+}
+
+impl ControlTarget for Vm {
+    fn status(&self) -> VmStatus {
+        let reports = self.supervisor.report();
+        let mut confinement = crate::confine::status::core();
+        for d in &reports {
+            let kind = match d.kind {
+                "blk" => bulkhead_devices::DeviceKind::Blk,
+                "net" => bulkhead_devices::DeviceKind::Net,
+                "rng" => bulkhead_devices::DeviceKind::Rng,
+                _ => continue,
+            };
+            if let (Some(pid), "compartment") = (d.pid, d.mode) {
+                confinement.extend(crate::confine::status::compartment(&d.name, pid, kind));
+            }
+        }
+        let devices = reports.into_iter().map(device_status).collect();
+        VmStatus {
+            confinement,
+            name: self.name.clone(),
+            core_pid: std::process::id(),
+            cpus: self.cpus,
+            memory_bytes: self.memory_bytes,
+            uptime_s: self.started.elapsed().as_secs(),
+            devices,
+            limits: self.limits.clone(),
+        }
+    }
+
+    fn restart_device(&self, id: &str) -> Result<DeviceChange, String> {
+        self.change(id, None)
+    }
+
+    fn upgrade_device(&self, id: &str, binary: &Path) -> Result<DeviceChange, String> {
+        self.change(id, Some(binary))
+    }
+
+    fn serving_thread_started(&self) -> Result<(), String> {
+        crate::confine::confine(crate::confine::ThreadClass::Api)
+    }
+}
+
+fn device_status(d: supervisor::DeviceReport) -> DeviceStatus {
+    let uptime_s = d.uptime().as_secs();
+    DeviceStatus {
+        id: d.name,
+        kind: d.kind.to_string(),
+        mode: match d.mode {
+            "compartment" => DeviceMode::Compartment,
+            "thread" => DeviceMode::Thread,
+            _ => DeviceMode::External,
+        },
+        pid: d.pid,
+        state: match d.state {
+            supervisor::DeviceState::Running => DeviceState::Running,
+            supervisor::DeviceState::Restarting => DeviceState::Restarting,
+            supervisor::DeviceState::Failed => DeviceState::Failed,
+        },
+        restarts: d.restarts,
+        last_exit: d.last_exit,
+        uptime_s,
+        requests: d.requests,
+        sandbox: Some(d.sandbox),
+    }
+}
+
+/// Starts the API server for VM `name`; it lives as long as the returned value.
+pub fn start(vm: Vm) -> Result<Server, bulkhead_api::ServerError> {
+    let name = vm.name.clone();
+    Server::start(&name, Arc::new(vm))
+}

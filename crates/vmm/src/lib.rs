@@ -1,0 +1,90 @@
+//! Bulkhead's VMM: the wiring of the trusted core around `bulkhead_core`.
+//!
+//! `bulkhead run` parses its arguments into a [`Config`] and calls [`run`],
+//! which sets the VM up the way the core runs it:
+//! - [`partition`]: the VM's cgroups, the compartments' limits, vCPU pinning;
+//! - [`backends`]: where each device's backend runs — a compartment (a
+//!   sandboxed process, microkernel mode) or a thread of the core (monolithic
+//!   mode) — and each device's sandbox policy;
+//! - [`confine`]: the core confines itself, a seccomp allow-list per thread
+//!   class, and the launcher thread that alone starts compartments;
+//! - [`control`]: the management API, answered from the core's supervisor.
+//!
+//! All of it runs in the core (the trusted computing base); the device
+//! policies of [`backends`] are also what a compartment enters its sandbox
+//! with (`bulkhead_compartment`).
+
+pub mod backends;
+pub mod confine;
+pub mod control;
+pub mod partition;
+
+use std::time::Instant;
+
+use anyhow::Context;
+use bulkhead_core::virtio::{Backend, ExternalBackend};
+use bulkhead_core::VmConfig;
+
+pub use backends::{Mode, Request};
+pub use confine::CoreSeccomp;
+pub use partition::Limits;
+
+/// A VM to run, its devices and how they are isolated: what `bulkhead run` asks for.
+pub struct Config {
+    /// The VM itself; [`run`] adds its devices, vCPU placement and hooks.
+    pub vm: VmConfig,
+    /// The VM's name for `bulkhead ctl`.
+    pub name: String,
+    /// Where the devices' backends run.
+    pub mode: Mode,
+    /// The devices asked for.
+    pub devices: Vec<Request>,
+    /// External vhost-user backends to attach (`--vhost-user`).
+    pub external: Vec<ExternalBackend>,
+    /// CPU and memory partitioning.
+    pub limits: Limits,
+    /// Seccomp on the core's own threads.
+    pub core_seccomp: CoreSeccomp,
+}
+
+/// Runs the VM `config` describes until it ends; the result is the process exit code.
+pub fn run(config: Config) -> anyhow::Result<i32> {
+    let Config { mut vm, name, mode, devices, external, limits, core_seccomp } = config;
+    let compartments = mode == Mode::Microkernel && !devices.is_empty();
+    // The partition (cgroups) outlives the VM: it is removed below.
+    let partition = partition::Partition::create(&name, limits, compartments, vm.verbose)?;
+    vm.placement = Some(partition.clone());
+    vm.devices = backends::build(devices, mode, &partition)?;
+    vm.devices.extend(external.into_iter().map(|e| Box::new(e) as Box<dyn Backend>));
+    if mode == Mode::Monolithic {
+        bulkhead_monolithic::end_vm_on_device_panic();
+    }
+    let (cpus, memory_bytes, limits) = (u32::from(vm.cpus), vm.memory, partition.summary());
+    vm.on_start = Some(Box::new(move |supervisor| {
+        let started = Instant::now();
+        let vm = control::Vm { name, cpus, memory_bytes, started, supervisor, limits };
+        match control::start(vm) {
+            Ok(server) => Box::new(server),
+            Err(e) => {
+                eprintln!(
+                    "bulkhead: the management API is off: {}",
+                    bulkhead_sandbox::report::with_causes(&e)
+                );
+                Box::new(())
+            }
+        }
+    }));
+    // The launcher starts compartments, and removes the VM's cgroups when it ends.
+    let launcher = compartments || partition.has_cgroups();
+    confine::setup(core_seccomp, launcher, &mut vm)?;
+    let verbose = vm.verbose;
+    let exit = bulkhead_core::vm::run(vm);
+    // Removing the VM's cgroups needs capabilities the main thread gave up (a v1 hierarchy's
+    // root directory is read-only but for CAP_DAC_OVERRIDE): the launcher thread kept them.
+    confine::launcher::call(move || drop(partition));
+    let exit = exit.context("cannot run the VM")?;
+    if verbose || exit.code() != 0 {
+        eprintln!("bulkhead: {} (exit code {})", exit.describe(), exit.code());
+    }
+    Ok(exit.code())
+}
