@@ -98,6 +98,8 @@ for scen in sorted(os.listdir(out)):
             if tid == core: cls = 'event-loop'
             elif name.startswith('vcpu'): cls = 'vcpu'
             elif name == 'bulkhead-api': cls = 'api'
+            elif name == 'bulkhead-alarm': cls = 'event-loop'
+            elif name.startswith('sup-'): cls = 'supervisor'
             elif name == 'bulkhead-launch': cls = 'launcher'
             elif name.startswith('bh-'): cls = 'device-' + name[3:6]
             elif not name:

@@ -242,12 +242,18 @@ fn core_threads_are_filtered(mode: &str) {
         classes.push(format!("{process}/{class}"));
     }
     let expected: &[&str] = match mode {
-        "monolithic" => {
-            &["core/vcpu", "core/event-loop", "core/api", "core/device-blk", "core/device-rng"]
-        }
+        "monolithic" => &[
+            "core/vcpu",
+            "core/event-loop",
+            "core/supervisor",
+            "core/api",
+            "core/device-blk",
+            "core/device-rng",
+        ],
         _ => &[
             "core/vcpu",
             "core/event-loop",
+            "core/supervisor",
             "core/api",
             "core/launcher",
             "blk0/compartment",

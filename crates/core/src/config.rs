@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use crate::boot::KernelSource;
 use crate::legacy::serial::ConsoleSink;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::supervisor::{RestartPolicy, Supervisor};
+use crate::supervisor::{RestartPolicy, SupervisorHandle};
 use crate::virtio::Backend;
 
 /// The command line Linux kernels get unless the user gives one.
@@ -44,8 +44,9 @@ pub struct VmConfig {
     pub placement: Option<Arc<dyn crate::vcpu::Placement>>,
     /// Called by each of the core's own threads once it has started (a vCPU
     /// thread before its first `KVM_RUN`, the main thread before its event
-    /// loop): the VMM installs the thread's seccomp filter and drops its
-    /// capabilities here. An error ends the VM.
+    /// loop, a device's supervisor before it watches the device): the VMM
+    /// installs the thread's seccomp filter and drops its capabilities here.
+    /// An error ends the VM.
     pub confine: Option<ConfineHook>,
 }
 
@@ -54,15 +55,17 @@ pub struct VmConfig {
 pub enum CoreThread {
     /// A vCPU thread: `KVM_RUN` and the exits that reach userspace.
     Vcpu,
-    /// The main thread: the event loop and the supervisor.
+    /// The main thread: the event loop (signals, console input, the VM's end).
     EventLoop,
+    /// A device's supervisor thread: watches its backend, restarts it.
+    Supervisor,
 }
 
 /// See [`VmConfig::confine`].
 pub type ConfineHook = Arc<dyn Fn(CoreThread) -> Result<(), String> + Send + Sync>;
 
 /// See [`VmConfig::on_start`].
-pub type OnStart = Box<dyn FnOnce(Arc<Mutex<Supervisor>>) -> Box<dyn std::any::Any>>;
+pub type OnStart = Box<dyn FnOnce(SupervisorHandle) -> Box<dyn std::any::Any>>;
 
 impl VmConfig {
     /// A VM booting `kernel` with default resources, console to stdout.

@@ -23,7 +23,7 @@ use crate::layout::{self, ports};
 use crate::legacy::power::{AcpiPower, I8042Reset};
 use crate::legacy::serial::SerialConsole;
 use crate::memory::{GuestRam, MemoryError};
-use crate::supervisor::{self, Supervisor};
+use crate::supervisor::Supervisor;
 use crate::vcpu::{VcpuShared, VcpuThread};
 use crate::virtio::attach::{attach_all, cmdline_entries, AttachError};
 
@@ -66,6 +66,14 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
     let kvm = host::open_kvm()?;
     let kernel = Kernel::open(&config.kernel)?;
     check_cpus(&kvm, config.cpus)?;
+    let confine_alarm = config.confine.clone();
+    crate::virtio::alarm::start(move || {
+        if let Some(confine) = confine_alarm {
+            // A thread of the event loop's class: it only shuts sockets down.
+            let _ = confine(crate::config::CoreThread::EventLoop);
+        }
+    })
+    .map_err(io("start the alarm"))?;
     let ram = Arc::new(GuestRam::new(config.memory)?);
     let vm = create_vm(&kvm, &ram)?;
     let exit = ExitLatch::new().map_err(io("create the exit event"))?;
@@ -105,30 +113,37 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         placement: config.placement.clone(),
         confine: config.confine.clone(),
     };
-    let epoll = Arc::new(Epoll::new().map_err(io("create the event loop"))?);
-    let supervisor = Arc::new(Mutex::new(Supervisor::new(
-        virtio,
-        config.restart.clone(),
-        exit.clone(),
-        epoll.clone(),
-    )));
-    let control = config.on_start.map(|start| start(supervisor.clone()));
-    let threads = start_vcpus(&kvm, &vm, &ram, config.cpus, entry, &shared)?;
+    let confine = config.confine.clone();
+    let supervisor_started: crate::supervisor::ThreadStart = Arc::new(move || match &confine {
+        Some(confine) => confine(crate::config::CoreThread::Supervisor),
+        None => Ok(()),
+    });
+    let supervisor =
+        Supervisor::start(virtio, config.restart.clone(), exit.clone(), supervisor_started)
+            .map_err(io("start the supervisor"))?;
+    let control = config.on_start.map(|start| start(supervisor.handle()));
+    let threads = match start_vcpus(&kvm, &vm, &ram, config.cpus, entry, &shared) {
+        Ok(threads) => threads,
+        Err(e) => {
+            supervisor.stop();
+            return Err(e);
+        }
+    };
     let result = event_loop(
         &exit,
         &serial,
-        &epoll,
-        &supervisor,
         config.console_input,
         config.handle_signals,
         config.confine.as_ref(),
     );
+    // First release whatever waits on a backend (a vCPU in a round trip), then stop.
+    supervisor.interrupt();
     shared.stop.store(true, Ordering::Release);
     for t in threads {
         t.stop();
     }
     drop(control);
-    drop(supervisor); // ends the backends: compartments are killed, threads stopped
+    supervisor.stop(); // ends the backends: compartments are killed, threads stopped
     result?;
     Ok(exit.get().unwrap_or(VmExit::Error("the VM stopped without a reason".into())))
 }
@@ -282,26 +297,38 @@ extern "C" fn on_stop_signal(signum: libc::c_int, _: *mut libc::siginfo_t, _: *m
     }
 }
 
-#[derive(Clone, Copy)]
-#[repr(u64)]
+/// The main event loop's tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Token {
-    Exit = 1,
-    Signal = 2,
-    Stdin = 3,
+    Exit,
+    Signal,
+    Stdin,
 }
 
-/// Waits for the VM to end, feeding console input and watching signals.
+impl Token {
+    const ALL: [Token; 3] = [Token::Exit, Token::Signal, Token::Stdin];
+
+    fn raw(self) -> u64 {
+        self as u64
+    }
+
+    fn from_raw(raw: u64) -> Option<Token> {
+        Token::ALL.into_iter().find(|t| t.raw() == raw)
+    }
+}
+
+/// Waits for the VM to end, feeding console input and watching signals. It waits on nothing
+/// else: each device's backend is watched by its own supervisor thread.
 fn event_loop(
     exit: &ExitLatch,
     serial: &Arc<Mutex<SerialConsole>>,
-    epoll: &Epoll,
-    supervisor: &Mutex<Supervisor>,
     console_input: bool,
     handle_signals: bool,
     confine: Option<&crate::config::ConfineHook>,
 ) -> Result<(), VmError> {
+    let epoll = Epoll::new().map_err(io("create the event loop"))?;
     let add = |fd: i32, token: Token| {
-        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token as u64))
+        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token.raw()))
     };
     add(exit.event().as_raw_fd(), Token::Exit).map_err(io("watch the exit event"))?;
     let signal_event = EventFd::new(libc::EFD_NONBLOCK).map_err(io("create the signal event"))?;
@@ -315,10 +342,7 @@ fn event_loop(
     }
     // Console input only from a pipe or terminal; EPOLL refuses regular files.
     let mut stdin_open = console_input && add(libc::STDIN_FILENO, Token::Stdin).is_ok();
-    let mut events = vec![EpollEvent::default(); 16];
-    let watching = !supervisor.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
-    let timeout = if watching { supervisor::TICK.as_millis() as i32 } else { -1 };
-    let mut next_tick = std::time::Instant::now() + supervisor::TICK;
+    let mut events = vec![EpollEvent::default(); 4];
     if let Some(confine) = confine {
         confine(crate::config::CoreThread::EventLoop).map_err(|e| VmError::Io {
             what: "confine the event loop",
@@ -326,22 +350,18 @@ fn event_loop(
         })?;
     }
     while !exit.is_set() {
-        if watching && std::time::Instant::now() >= next_tick {
-            supervisor.lock().unwrap_or_else(|p| p.into_inner()).tick();
-            next_tick = std::time::Instant::now() + supervisor::TICK;
-        }
-        let n = match epoll.wait(timeout, &mut events) {
+        let n = match epoll.wait(-1, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(VmError::Io { what: "wait for events", source: e }),
         };
         for event in &events[..n] {
-            match event.data() {
-                t if t == Token::Signal as u64 => {
+            match Token::from_raw(event.data()) {
+                Some(Token::Signal) => {
                     let _ = signal_event.read();
                     exit.request(VmExit::Signal(LAST_SIGNAL.load(Ordering::SeqCst)));
                 }
-                t if t == Token::Stdin as u64 && stdin_open => {
+                Some(Token::Stdin) if stdin_open => {
                     stdin_open = forward_stdin(serial);
                     if !stdin_open {
                         let _ = epoll.ctl(
@@ -351,9 +371,8 @@ fn event_loop(
                         );
                     }
                 }
-                t => {
-                    supervisor.lock().unwrap_or_else(|p| p.into_inner()).handle_event(t);
-                }
+                // The exit latch: the loop's condition sees it.
+                _ => {}
             }
         }
     }

@@ -289,15 +289,24 @@ fn accept_loop(
     listener: &UnixListener,
     stop: &Arc<EventFd>,
 ) -> anyhow::Result<i32> {
+    /// The accept loop's tokens.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Token {
+        /// A frontend connects.
+        Listener = 1,
+        /// SIGTERM or SIGINT.
+        Stop = 2,
+    }
     let epoll = Epoll::new().context("epoll_create failed")?;
-    let add =
-        |fd, token| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
-    add(listener.as_raw_fd(), 1).context("epoll_ctl failed")?;
-    add(stop.as_raw_fd(), 2).context("epoll_ctl failed")?;
+    let add = |fd, token: Token| {
+        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token as u64))
+    };
+    add(listener.as_raw_fd(), Token::Listener).context("epoll_ctl failed")?;
+    add(stop.as_raw_fd(), Token::Stop).context("epoll_ctl failed")?;
     let mut events = [EpollEvent::default(); 2];
     loop {
         match epoll.wait(-1, &mut events) {
-            Ok(n) if events[..n].iter().any(|e| e.data() == 2) => return Ok(0),
+            Ok(n) if events[..n].iter().any(|e| e.data() == Token::Stop as u64) => return Ok(0),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("epoll_wait failed"),

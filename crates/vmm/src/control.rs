@@ -2,13 +2,13 @@
 //! from the core's supervisor.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bulkhead_api::{
     ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, Server, VmStatus,
 };
-use bulkhead_core::supervisor::{self, Supervisor};
+use bulkhead_core::supervisor::{self, SupervisorHandle};
 
 /// What the API reports about this VM, and the supervisor that acts.
 pub struct Vm {
@@ -16,18 +16,17 @@ pub struct Vm {
     pub cpus: u32,
     pub memory_bytes: u64,
     pub started: Instant,
-    pub supervisor: Arc<Mutex<Supervisor>>,
+    pub supervisor: SupervisorHandle,
     /// The partitioning line of the status (cgroups, pins).
     pub limits: Option<String>,
 }
 
 impl Vm {
-    fn supervisor(&self) -> std::sync::MutexGuard<'_, Supervisor> {
-        self.supervisor.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn change(&self, id: &str, binary: Option<&Path>) -> Result<DeviceChange, String> {
-        let change = self.supervisor().replace(id, binary)?;
+        let change = self
+            .supervisor
+            .replace(id, binary)
+            .map_err(|e| bulkhead_sandbox::report::with_causes(&e))?;
         Ok(DeviceChange {
             id: id.to_string(),
             old_pid: change.old_pid,
@@ -39,7 +38,7 @@ impl Vm {
 
 impl ControlTarget for Vm {
     fn status(&self) -> VmStatus {
-        let reports = self.supervisor().report();
+        let reports = self.supervisor.report();
         let mut confinement = crate::confine::status::core();
         for d in &reports {
             let kind = match d.kind {
@@ -79,6 +78,7 @@ impl ControlTarget for Vm {
 }
 
 fn device_status(d: supervisor::DeviceReport) -> DeviceStatus {
+    let uptime_s = d.uptime().as_secs();
     DeviceStatus {
         id: d.name,
         kind: d.kind.to_string(),
@@ -95,7 +95,7 @@ fn device_status(d: supervisor::DeviceReport) -> DeviceStatus {
         },
         restarts: d.restarts,
         last_exit: d.last_exit,
-        uptime_s: d.uptime.as_secs(),
+        uptime_s,
         requests: d.requests,
         sandbox: Some(d.sandbox),
     }

@@ -10,12 +10,15 @@
 //! the protocol wants), base index, kick and call eventfds, and enables it.
 //! On reset it stops each queue with GET_VRING_BASE.
 //!
-//! The socket has a receive timeout: a backend that stops answering fails
-//! the request instead of stalling the vCPU that made it.
+//! Every operation has one deadline (a guest's activation or reset: 5 s; a
+//! restart's whole hand-over: the supervisor's), which each of its messages
+//! is armed with ([`super::alarm`]): a backend that stops answering fails
+//! the operation instead of stalling the thread that made it, and its delays
+//! do not add up message after message.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
@@ -28,13 +31,14 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{DeviceKind, VHOST_USER_F_PROTOCOL_FEATURES};
 use crate::memory::GuestRam;
 
-/// How long the core waits for a backend's reply.
+/// How long an operation the guest starts (activating or resetting a device, writing its
+/// configuration) may wait for the backend, all its messages together.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
-    #[error("cannot set the backend socket's timeout")]
-    Socket(#[source] std::io::Error),
+    #[error("the backend did not answer {0} in time")]
+    Deadline(&'static str),
     #[error("the backend refused or failed {0}")]
     Request(&'static str, #[source] vhost::Error),
     #[error("the backend does not offer VIRTIO_F_VERSION_1")]
@@ -84,35 +88,73 @@ pub struct Connection {
     pub protocol: VhostUserProtocolFeatures,
     /// The device configuration space as read at connection time.
     pub config: Vec<u8>,
+    /// When the operation under way must be done.
+    deadline: Instant,
 }
 
 impl Connection {
-    /// Takes ownership of the backend and reads what it offers.
+    /// Takes ownership of the backend and reads what it offers, within [`REPLY_TIMEOUT`].
     pub fn connect(conn: UnixStream, kind: DeviceKind) -> Result<Self, FrontendError> {
-        conn.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(FrontendError::Socket)?;
-        conn.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(FrontendError::Socket)?;
-        let mut frontend = Frontend::from_stream(conn, kind.queues() as u64);
-        frontend.set_owner().map_err(request("SET_OWNER"))?;
-        let features = frontend.get_features().map_err(request("GET_FEATURES"))?;
+        Self::connect_within(conn, kind, Instant::now() + REPLY_TIMEOUT)
+    }
+
+    /// [`Connection::connect`], done by `deadline`.
+    pub fn connect_within(
+        conn: UnixStream,
+        kind: DeviceKind,
+        deadline: Instant,
+    ) -> Result<Self, FrontendError> {
+        let frontend = Frontend::from_stream(conn, kind.queues() as u64);
+        let mut c = Connection {
+            frontend,
+            features: 0,
+            protocol: VhostUserProtocolFeatures::empty(),
+            config: Vec::new(),
+            deadline,
+        };
+        c.call("SET_OWNER", |f| f.set_owner())?;
+        let features = c.call("GET_FEATURES", |f| f.get_features())?;
         if features & super::VIRTIO_F_VERSION_1 == 0 {
             return Err(FrontendError::NotModern);
         }
-        let mut protocol = VhostUserProtocolFeatures::empty();
+        c.features = features;
         if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-            let offered =
-                frontend.get_protocol_features().map_err(request("GET_PROTOCOL_FEATURES"))?;
+            let offered = c.call("GET_PROTOCOL_FEATURES", |f| f.get_protocol_features())?;
             let wanted = VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
-            protocol = offered & wanted;
-            frontend.set_protocol_features(protocol).map_err(request("SET_PROTOCOL_FEATURES"))?;
+            let protocol = offered & wanted;
+            c.call("SET_PROTOCOL_FEATURES", |f| f.set_protocol_features(protocol))?;
             if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                c.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
+            c.protocol = protocol;
         }
-        let config = read_config(&mut frontend, kind, protocol)?;
-        Ok(Connection { frontend, features, protocol, config })
+        c.config = c.read_config(kind)?;
+        Ok(c)
+    }
+
+    /// Gives the operations that follow until `deadline` (see the module docs).
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+
+    /// Sends one request, armed with the operation's deadline (see [`super::alarm`]).
+    fn call<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut Frontend) -> Result<T, vhost::Error>,
+    ) -> Result<T, FrontendError> {
+        if Instant::now() >= self.deadline {
+            return Err(FrontendError::Deadline(what));
+        }
+        let guard = super::alarm::arm(self.frontend.as_raw_fd(), self.deadline);
+        let result = f(&mut self.frontend);
+        match result {
+            Err(_) if guard.fired() => Err(FrontendError::Deadline(what)),
+            result => result.map_err(request(what)),
+        }
     }
 
     /// Whether the backend keeps an inflight region (so a successor can
@@ -124,8 +166,7 @@ impl Connection {
     /// Asks the backend for a new inflight region for `queues` queues.
     pub fn new_inflight(&mut self, queues: usize) -> Result<Inflight, FrontendError> {
         let want = VhostUserInflight::new(0, 0, queues as u16, super::QUEUE_MAX_SIZE);
-        let (info, file) =
-            self.frontend.get_inflight_fd(&want).map_err(request("GET_INFLIGHT_FD"))?;
+        let (info, file) = self.call("GET_INFLIGHT_FD", |f| f.get_inflight_fd(&want))?;
         Ok(Inflight { info, file })
     }
 
@@ -143,12 +184,12 @@ impl Connection {
         inflight: Option<&Inflight>,
     ) -> Result<(), FrontendError> {
         let own = self.features & VHOST_USER_F_PROTOCOL_FEATURES;
-        self.frontend.set_features(acked | own).map_err(request("SET_FEATURES"))?;
-        self.frontend.set_mem_table(&memory_table(ram)).map_err(request("SET_MEM_TABLE"))?;
+        self.call("SET_FEATURES", |f| f.set_features(acked | own))?;
+        let table = memory_table(ram);
+        self.call("SET_MEM_TABLE", |f| f.set_mem_table(&table))?;
         if let Some(inflight) = inflight {
-            self.frontend
-                .set_inflight_fd(&inflight.info, inflight.file.as_raw_fd())
-                .map_err(request("SET_INFLIGHT_FD"))?;
+            let fd = inflight.file.as_raw_fd();
+            self.call("SET_INFLIGHT_FD", |f| f.set_inflight_fd(&inflight.info, fd))?;
         }
         for (index, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
             let addr = |what, gpa| host_address(ram, index, what, gpa);
@@ -161,16 +202,14 @@ impl Connection {
                 avail_ring_addr: addr("available ring", q.driver)?,
                 log_addr: None,
             };
-            self.frontend.set_vring_num(index, q.size).map_err(request("SET_VRING_NUM"))?;
-            self.frontend.set_vring_addr(index, &data).map_err(request("SET_VRING_ADDR"))?;
+            self.call("SET_VRING_NUM", |f| f.set_vring_num(index, q.size))?;
+            self.call("SET_VRING_ADDR", |f| f.set_vring_addr(index, &data))?;
             let base = used_index(ram, q).unwrap_or(0);
-            self.frontend.set_vring_base(index, base).map_err(request("SET_VRING_BASE"))?;
-            self.frontend
-                .set_vring_kick(index, &kicks[index])
-                .map_err(request("SET_VRING_KICK"))?;
-            self.frontend.set_vring_call(index, call).map_err(request("SET_VRING_CALL"))?;
+            self.call("SET_VRING_BASE", |f| f.set_vring_base(index, base))?;
+            self.call("SET_VRING_KICK", |f| f.set_vring_kick(index, &kicks[index]))?;
+            self.call("SET_VRING_CALL", |f| f.set_vring_call(index, call))?;
             if own != 0 {
-                self.frontend.set_vring_enable(index, true).map_err(request("SET_VRING_ENABLE"))?;
+                self.call("SET_VRING_ENABLE", |f| f.set_vring_enable(index, true))?;
             }
         }
         Ok(())
@@ -179,7 +218,7 @@ impl Connection {
     /// Stops every started queue (the device reset).
     pub fn reset(&mut self, queues: &[QueueConfig]) -> Result<(), FrontendError> {
         for (index, _) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
-            self.frontend.get_vring_base(index).map_err(request("GET_VRING_BASE"))?;
+            self.call("GET_VRING_BASE", |f| f.get_vring_base(index))?;
         }
         Ok(())
     }
@@ -189,30 +228,24 @@ impl Connection {
         if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
             return Ok(());
         }
-        self.frontend
-            .set_config(offset, VhostUserConfigFlags::WRITABLE, data)
-            .map_err(request("SET_CONFIG"))
+        self.call("SET_CONFIG", |f| f.set_config(offset, VhostUserConfigFlags::WRITABLE, data))
+    }
+
+    /// Reads the device's configuration space (as much as the core shows of it).
+    fn read_config(&mut self, kind: DeviceKind) -> Result<Vec<u8>, FrontendError> {
+        let size = kind.config_size();
+        if size == 0 || !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Ok(vec![0; size as usize]);
+        }
+        let zeros = vec![0u8; size as usize];
+        let flags = VhostUserConfigFlags::WRITABLE;
+        let (_, config) = self.call("GET_CONFIG", |f| f.get_config(0, size, flags, &zeros))?;
+        Ok(config)
     }
 
     pub fn raw_fd(&self) -> i32 {
         self.frontend.as_raw_fd()
     }
-}
-
-fn read_config(
-    frontend: &mut Frontend,
-    kind: DeviceKind,
-    protocol: VhostUserProtocolFeatures,
-) -> Result<Vec<u8>, FrontendError> {
-    let size = kind.config_size();
-    if size == 0 || !protocol.contains(VhostUserProtocolFeatures::CONFIG) {
-        return Ok(vec![0; size as usize]);
-    }
-    let zeros = vec![0u8; size as usize];
-    let (_, config) = frontend
-        .get_config(0, size, VhostUserConfigFlags::WRITABLE, &zeros)
-        .map_err(request("GET_CONFIG"))?;
-    Ok(config)
 }
 
 /// The memory table: every RAM region, by its offset in the memfd.

@@ -10,11 +10,14 @@
 //! interrupt handler (Linux does) then always scans its queues — a spurious
 //! scan costs nothing, a missed one would lose an interrupt.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::frontend::{avail_index, used_index, Connection, FrontendError, Inflight, QueueConfig};
+use super::frontend::{
+    avail_index, used_index, Connection, FrontendError, Inflight, QueueConfig, REPLY_TIMEOUT,
+};
 use super::{
     DeviceKind, DEVICE_FEATURE_MASK, QUEUE_MAX_SIZE, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
     VIRTIO_F_VERSION_1,
@@ -37,6 +40,33 @@ pub const STATUS_FAILED: u32 = 0x80;
 const INT_VRING: u32 = 1;
 const INT_CONFIG: u32 = 2;
 
+/// What the supervisor's watchdog reads of a device's queues: the started queues' addresses,
+/// kept apart from the transport so that reading them never waits for its lock (which a vCPU
+/// holds through a round trip to the backend when it activates or resets the device).
+pub struct QueueWatch {
+    ram: Arc<GuestRam>,
+    /// The queues the current backend runs (empty while none does).
+    queues: Mutex<Vec<(usize, QueueConfig)>>,
+}
+
+impl QueueWatch {
+    fn set(&self, queues: Vec<(usize, QueueConfig)>) {
+        *self.queues.lock().unwrap_or_else(|p| p.into_inner()) = queues;
+    }
+
+    /// For each started queue a `kind` device must consume (see
+    /// [`DeviceKind::watched_queue`]): its (available, used) indices in guest memory. Empty
+    /// unless the queues run.
+    pub fn progress(&self, kind: DeviceKind) -> Vec<(u16, u16)> {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        queues
+            .iter()
+            .filter(|(i, _)| kind.watched_queue(*i))
+            .filter_map(|(_, q)| Some((avail_index(&self.ram, q)?, used_index(&self.ram, q)?)))
+            .collect()
+    }
+}
+
 /// The transport's state for one device.
 pub struct MmioTransport {
     kind: DeviceKind,
@@ -57,6 +87,8 @@ pub struct MmioTransport {
     inflight: Option<Inflight>,
     /// The queues are running in the current backend.
     active: bool,
+    /// The running queues, for the supervisor's watchdog.
+    watch: Arc<QueueWatch>,
 }
 
 impl MmioTransport {
@@ -69,6 +101,7 @@ impl MmioTransport {
         call: Arc<EventFd>,
     ) -> Self {
         let queues = vec![QueueConfig::default(); kind.queues()];
+        let watch = Arc::new(QueueWatch { ram: ram.clone(), queues: Mutex::new(Vec::new()) });
         MmioTransport {
             kind,
             name,
@@ -86,7 +119,13 @@ impl MmioTransport {
             config_generation: 0,
             inflight: None,
             active: false,
+            watch,
         }
+    }
+
+    /// The running queues, readable without this transport's lock.
+    pub fn watch(&self) -> Arc<QueueWatch> {
+        self.watch.clone()
     }
 
     /// The features offered to the driver: the backend's device-specific
@@ -200,6 +239,8 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        // The driver's vCPU waits for the whole activation: one deadline for all its messages.
+        self.backend_for_guest();
         match self.start_queues() {
             Ok(()) => self.interrupt_status |= INT_VRING,
             Err(e) => {
@@ -212,7 +253,7 @@ impl MmioTransport {
 
     /// Hands the queues to the current backend, with the inflight region.
     fn start_queues(&mut self) -> Result<(), FrontendError> {
-        self.active = false;
+        self.set_active(false);
         let Some(backend) = self.backend.as_mut() else {
             return Err(FrontendError::NoBackend);
         };
@@ -228,15 +269,30 @@ impl MmioTransport {
             &self.call,
             inflight,
         )?;
-        self.active = true;
+        self.set_active(true);
         Ok(())
+    }
+
+    /// Whether the queues run in the current backend (the watchdog follows).
+    fn set_active(&mut self, active: bool) {
+        self.active = active;
+        let running = match active {
+            true => self.queues.iter().copied().enumerate().filter(|(_, q)| q.ready).collect(),
+            false => Vec::new(),
+        };
+        self.watch.set(running);
     }
 
     /// Puts a new backend in place of one that died or is being replaced.
     /// A running device is started again where it stood: same queues, the
     /// kept inflight region (the backend resubmits what was in flight), and
     /// an interrupt in case a completion's was lost with the old backend.
-    pub fn replace_backend(&mut self, backend: Connection) -> Result<(), FrontendError> {
+    pub fn replace_backend(
+        &mut self,
+        mut backend: Connection,
+        deadline: Instant,
+    ) -> Result<(), FrontendError> {
+        backend.set_deadline(deadline);
         self.backend = Some(backend);
         let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
         if self.status & running != running {
@@ -252,7 +308,7 @@ impl MmioTransport {
     /// Drops the backend connection (it is dead or being replaced).
     pub fn detach_backend(&mut self) {
         self.backend = None;
-        self.active = false;
+        self.set_active(false);
     }
 
     /// The backend connection's socket, to watch for its end.
@@ -260,31 +316,30 @@ impl MmioTransport {
         self.backend.as_ref().map(|b| b.raw_fd())
     }
 
-    /// For each started queue the device must consume (see
-    /// [`DeviceKind::watched_queue`]): its (available, used) indices in
-    /// guest memory. Empty unless the queues run.
+    /// For each started queue the device must consume: its (available, used) indices in
+    /// guest memory (see [`QueueWatch::progress`]).
     pub fn progress(&self) -> Vec<(u16, u16)> {
-        if !self.active {
-            return Vec::new();
-        }
-        self.queues
-            .iter()
-            .enumerate()
-            .filter(|(i, q)| q.ready && self.kind.watched_queue(*i))
-            .filter_map(|(_, q)| Some((avail_index(&self.ram, q)?, used_index(&self.ram, q)?)))
-            .collect()
+        self.watch.progress(self.kind)
+    }
+
+    /// The current backend, with [`REPLY_TIMEOUT`] for the guest's operation that starts.
+    fn backend_for_guest(&mut self) -> Option<&mut Connection> {
+        let backend = self.backend.as_mut()?;
+        backend.set_deadline(Instant::now() + REPLY_TIMEOUT);
+        Some(backend)
     }
 
     fn reset(&mut self) {
         if self.status & STATUS_DRIVER_OK != 0 {
-            if let Some(backend) = self.backend.as_mut() {
-                if let Err(e) = backend.reset(&self.queues) {
+            let queues = self.queues.clone();
+            if let Some(backend) = self.backend_for_guest() {
+                if let Err(e) = backend.reset(&queues) {
                     log::warn!("{}: reset: {e}", self.name);
                 }
             }
         }
         self.status = 0;
-        self.active = false;
+        self.set_active(false);
         self.inflight = None;
         self.acked_features = 0;
         self.interrupt_status = 0;
@@ -321,7 +376,7 @@ impl BusDevice for MmioTransport {
         if offset >= 0x100 {
             let start = (offset - 0x100) as usize;
             if start + data.len() <= self.config().len() {
-                if let Some(backend) = self.backend.as_mut() {
+                if let Some(backend) = self.backend_for_guest() {
                     match backend.write_config(start as u32, data) {
                         Ok(()) => backend.config[start..start + data.len()].copy_from_slice(data),
                         Err(e) => log::warn!("{}: config write: {e}", self.name),
@@ -333,5 +388,156 @@ impl BusDevice for MmioTransport {
         if data.len() == 4 && offset.is_multiple_of(4) {
             self.write_register(offset, u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    const GET_FEATURES: u32 = 1;
+    const GET_VRING_BASE: u32 = 11;
+
+    /// A vhost-user backend that offers only VIRTIO_F_VERSION_1 (no protocol features, so
+    /// nothing but GET_FEATURES and GET_VRING_BASE is answered); with `silent`, it never answers
+    /// GET_VRING_BASE. Reads every message, with or without descriptors.
+    fn fake_backend(silent: bool) -> UnixStream {
+        let (core, mut backend) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || loop {
+            let mut header = [0u8; 12];
+            if backend.read_exact(&mut header).is_err() {
+                return;
+            }
+            let request = u32::from_le_bytes(header[0..4].try_into().unwrap());
+            let size = u32::from_le_bytes(header[8..12].try_into().unwrap());
+            let mut body = vec![0u8; size as usize];
+            if backend.read_exact(&mut body).is_err() {
+                return;
+            }
+            let reply_body: Vec<u8> = match request {
+                GET_FEATURES => VIRTIO_F_VERSION_1.to_le_bytes().to_vec(),
+                GET_VRING_BASE if silent => continue,
+                GET_VRING_BASE => [&body[0..4], &7u32.to_le_bytes()[..]].concat(),
+                _ => continue,
+            };
+            let mut reply = request.to_le_bytes().to_vec();
+            reply.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes());
+            reply.extend_from_slice(&(reply_body.len() as u32).to_le_bytes());
+            reply.extend_from_slice(&reply_body);
+            if backend.write_all(&reply).is_err() {
+                return;
+            }
+        });
+        core
+    }
+
+    fn transport(silent: bool) -> MmioTransport {
+        let ram = Arc::new(GuestRam::new(16 << 20).unwrap());
+        let conn = Connection::connect(fake_backend(silent), DeviceKind::Rng).unwrap();
+        let kicks = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let call = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        MmioTransport::new(DeviceKind::Rng, "rng0".into(), ram, conn, kicks, call)
+    }
+
+    fn read(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    /// The driver's steps up to FEATURES_OK (VERSION_1 acked) and one ready queue at 1 MiB.
+    fn negotiate(t: &mut MmioTransport) {
+        write(t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        write(t, 0x024, 1);
+        write(t, 0x020, 1);
+        write(t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        write(t, 0x030, 0);
+        write(t, 0x038, 64);
+        for (reg, at) in [(0x080, 0x10_0000), (0x090, 0x10_1000), (0x0a0, 0x10_2000)] {
+            write(t, reg, at);
+        }
+        write(t, 0x044, 1);
+    }
+
+    #[test]
+    fn the_registers_identify_a_version_2_device() {
+        let mut t = transport(false);
+        assert_eq!(read(&mut t, 0x000), MAGIC);
+        assert_eq!(read(&mut t, 0x004), 2);
+        assert_eq!(read(&mut t, 0x008), DeviceKind::Rng.device_id());
+        assert_eq!(read(&mut t, 0x00c), VENDOR_ID);
+        write(&mut t, 0x014, 1);
+        assert_eq!(read(&mut t, 0x010), 1, "VIRTIO_F_VERSION_1 is bit 32");
+        write(&mut t, 0x030, 0);
+        assert_eq!(read(&mut t, 0x034), u32::from(QUEUE_MAX_SIZE));
+        write(&mut t, 0x030, 1);
+        assert_eq!(read(&mut t, 0x034), 0, "the rng has one queue");
+        // Unaligned and odd-sized accesses read as zero and write nothing.
+        let mut two = [0xffu8; 2];
+        t.read(0x000, &mut two);
+        assert_eq!(two, [0, 0]);
+        t.write(0x070, &[1, 0]);
+        assert_eq!(read(&mut t, 0x070), 0);
+    }
+
+    #[test]
+    fn features_without_version_1_are_refused() {
+        let mut t = transport(false);
+        write(&mut t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        write(&mut t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        assert_eq!(read(&mut t, 0x070) & STATUS_FEATURES_OK, 0);
+        write(&mut t, 0x024, 0);
+        write(&mut t, 0x020, 1 << 5); // not offered
+        write(&mut t, 0x024, 1);
+        write(&mut t, 0x020, 1);
+        write(&mut t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        assert_eq!(read(&mut t, 0x070) & STATUS_FEATURES_OK, 0, "a bit not offered");
+    }
+
+    #[test]
+    fn driver_ok_starts_the_queues_and_a_reset_stops_them() {
+        let mut t = transport(false);
+        negotiate(&mut t);
+        assert!(t.watch().progress(DeviceKind::Rng).is_empty(), "nothing runs before DRIVER_OK");
+        write(
+            &mut t,
+            0x070,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert_eq!(read(&mut t, 0x070) & STATUS_NEEDS_RESET, 0);
+        assert_eq!(t.watch().progress(DeviceKind::Rng), vec![(0, 0)], "the watchdog sees it");
+        assert_eq!(read(&mut t, 0x060) & INT_VRING, INT_VRING);
+        // Queue set-up is ignored once the driver is running.
+        write(&mut t, 0x038, 8);
+        write(&mut t, 0x044, 0);
+        assert_eq!(read(&mut t, 0x044), 1);
+        write(&mut t, 0x070, 0);
+        assert_eq!(read(&mut t, 0x070), 0);
+        assert_eq!(read(&mut t, 0x044), 0, "a reset forgets the queues");
+        assert!(t.watch().progress(DeviceKind::Rng).is_empty());
+    }
+
+    #[test]
+    fn a_reset_that_the_backend_never_answers_ends_at_its_deadline() {
+        super::super::alarm::start(|| {}).unwrap();
+        let mut t = transport(true);
+        negotiate(&mut t);
+        write(
+            &mut t,
+            0x070,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        let start = std::time::Instant::now();
+        write(&mut t, 0x070, 0);
+        let took = start.elapsed();
+        assert!(took >= REPLY_TIMEOUT && took < REPLY_TIMEOUT + Duration::from_secs(2), "{took:?}");
+        assert_eq!(read(&mut t, 0x070), 0, "reset all the same");
     }
 }

@@ -11,6 +11,7 @@
 //! interrupt). From then on requests and completions flow between guest and
 //! backend without passing through the core.
 
+pub mod alarm;
 pub mod attach;
 pub mod frontend;
 pub mod mmio;
@@ -113,6 +114,14 @@ pub trait Backend: Send {
     fn exit_reason(&mut self) -> Option<String> {
         None
     }
+    /// The running backend process's pidfd (readable once it exits), for
+    /// the supervisor to watch; none for threads and outside backends.
+    fn pidfd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Kills the running backend process now (a hung one); it is reaped by
+    /// [`Backend::exit_reason`] or the next launch.
+    fn kill(&mut self) {}
     /// Whether the supervisor may start it again. Threads of the core
     /// (monolithic mode) may not: a device fault there ends the VM.
     fn restartable(&self) -> bool {

@@ -226,11 +226,25 @@ struct Worker {
     stop: Arc<AtomicBool>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// A worker's event-loop tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Token {
+    /// The guest kicked the queue.
     Kick = 1,
+    /// The worker's own eventfd: stop, or come back for work left.
     Control = 2,
+    /// The device's fd (net's tap) has something.
     Device = 3,
+}
+
+impl Token {
+    fn raw(self) -> u64 {
+        self as u64
+    }
+
+    fn from_raw(raw: u64) -> Option<Token> {
+        [Token::Kick, Token::Control, Token::Device].into_iter().find(|t| t.raw() == raw)
+    }
 }
 
 impl Worker {
@@ -298,13 +312,13 @@ struct WorkerLoop {
 impl WorkerLoop {
     fn register(&mut self) -> std::io::Result<()> {
         let add = |fd: RawFd, token: Token| {
-            let ev = EpollEvent::new(EventSet::IN, token as u64);
+            let ev = EpollEvent::new(EventSet::IN, token.raw());
             self.epoll.ctl(ControlOperation::Add, fd, ev)
         };
         add(self.kick.as_raw_fd(), Token::Kick)?;
         add(self.control.as_raw_fd(), Token::Control)?;
         if let Some(fd) = self.device_fd {
-            let ev = EpollEvent::new(EventSet::empty(), Token::Device as u64);
+            let ev = EpollEvent::new(EventSet::empty(), Token::Device.raw());
             self.epoll.ctl(ControlOperation::Add, fd, ev)?;
         }
         Ok(())
@@ -322,10 +336,10 @@ impl WorkerLoop {
                 Err(e) => return Err(e),
             };
             for ev in &events[..n] {
-                match ev.data() {
-                    d if d == Token::Kick as u64 => drop(self.kick.read()),
-                    d if d == Token::Control as u64 => drop(self.control.read()),
-                    _ => {}
+                match Token::from_raw(ev.data()) {
+                    Some(Token::Kick) => drop(self.kick.read()),
+                    Some(Token::Control) => drop(self.control.read()),
+                    Some(Token::Device) | None => {}
                 }
             }
             if self.stop.load(Ordering::SeqCst) {
@@ -361,7 +375,7 @@ impl WorkerLoop {
         };
         if want != self.watching_device {
             let set = if want { EventSet::IN } else { EventSet::empty() };
-            let ev = EpollEvent::new(set, Token::Device as u64);
+            let ev = EpollEvent::new(set, Token::Device.raw());
             self.epoll.ctl(ControlOperation::Modify, fd, ev)?;
             self.watching_device = want;
         }

@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::arch::{self, MAX_CPUS};
 use crate::bootinfo::BootInfo;
 use crate::time;
+use crate::virtio::mmio::{Hammer, Transport};
 
 const LAPIC_ICR_LOW: u64 = 0xfee0_0300;
 const LAPIC_ICR_HIGH: u64 = 0xfee0_0310;
@@ -22,6 +23,12 @@ pub static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }
 pub static SPIN_UNTIL: AtomicU64 = AtomicU64::new(0);
 /// Parked APs sleep while this stays unchanged.
 static PARK: AtomicU64 = AtomicU64::new(0);
+/// The `hammer` workload: the register window APs hammer until [`SPIN_UNTIL`] (0: none), and
+/// how (0 read, 1 reinit).
+pub static HAMMER_BASE: AtomicU64 = AtomicU64::new(0);
+pub static HAMMER_HOW: AtomicU64 = AtomicU64::new(0);
+/// Rounds of hammering done, by every AP.
+pub static HAMMERED: AtomicU64 = AtomicU64::new(0);
 
 /// The outcome of starting the other CPUs.
 pub struct Started {
@@ -72,8 +79,16 @@ pub fn ap_main(index: u64) -> ! {
     }
     ONLINE.fetch_add(1, Ordering::Release);
     let until = SPIN_UNTIL.load(Ordering::Acquire);
+    let target = Transport::probe(HAMMER_BASE.load(Ordering::Acquire)).ok().flatten();
+    let how = if HAMMER_HOW.load(Ordering::Acquire) == 1 { Hammer::Reinit } else { Hammer::Read };
     while !time::passed(until) {
-        core::hint::spin_loop();
+        match target {
+            Some(t) => {
+                t.hammer(how);
+                HAMMERED.fetch_add(1, Ordering::Relaxed);
+            }
+            None => core::hint::spin_loop(),
+        }
     }
     loop {
         arch::wait_while(&PARK, 0);

@@ -124,7 +124,9 @@ fn syscalls_table() -> String {
     let _ = writeln!(out, "|---|---|---:|---:|");
     let kinds = [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng];
     let dash = "—".to_string();
-    for class in [ThreadClass::Vcpu, ThreadClass::EventLoop, ThreadClass::Api] {
+    for class in
+        [ThreadClass::Vcpu, ThreadClass::EventLoop, ThreadClass::Supervisor, ThreadClass::Api]
+    {
         let n = allowed_count(class).to_string();
         let _ = writeln!(out, "| core | {class} | {n} | {n} |");
     }
@@ -134,7 +136,8 @@ fn syscalls_table() -> String {
         let n = allowed_count(ThreadClass::Device(kind));
         let _ = writeln!(out, "| core | device-{kind} | {dash} | {n} |");
     }
-    let common = [ThreadClass::Vcpu, ThreadClass::EventLoop, ThreadClass::Api];
+    let common =
+        [ThreadClass::Vcpu, ThreadClass::EventLoop, ThreadClass::Supervisor, ThreadClass::Api];
     let micro: Vec<ThreadClass> = common.into_iter().chain([ThreadClass::Launcher]).collect();
     let mono: Vec<ThreadClass> = common.into_iter().chain(kinds.map(ThreadClass::Device)).collect();
     let _ = writeln!(out, "| core | any thread (union) | {} | {} |", union(&micro), union(&mono));

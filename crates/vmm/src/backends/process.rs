@@ -183,6 +183,17 @@ impl Backend for CompartmentBackend {
         child.wait().ok().map(|s| format!("closed its connection, then {}", describe(s)))
     }
 
+    fn pidfd(&self) -> Option<std::os::fd::RawFd> {
+        let pidfd = self.child.as_ref()?.pidfd()?;
+        Some(std::os::fd::AsRawFd::as_raw_fd(&pidfd))
+    }
+
+    fn kill(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = child.kill();
+        }
+    }
+
     fn set_program(&mut self, program: &std::path::Path) -> Result<(), String> {
         self.program = Some(program.to_path_buf());
         Ok(())

@@ -19,8 +19,10 @@ use crate::backends::device_rules;
 pub enum ThreadClass {
     /// A vCPU thread.
     Vcpu,
-    /// The main thread: event loop and supervisor.
+    /// The main thread: the event loop (signals, console input, the VM's end).
     EventLoop,
+    /// A device's supervisor thread: watches its backend and restarts it.
+    Supervisor,
     /// The management API's thread.
     Api,
     /// The thread that starts compartments.
@@ -31,9 +33,10 @@ pub enum ThreadClass {
 
 impl ThreadClass {
     /// Every class, in report order.
-    pub const ALL: [ThreadClass; 7] = [
+    pub const ALL: [ThreadClass; 8] = [
         ThreadClass::Vcpu,
         ThreadClass::EventLoop,
+        ThreadClass::Supervisor,
         ThreadClass::Api,
         ThreadClass::Launcher,
         ThreadClass::Device(DeviceKind::Blk),
@@ -46,6 +49,7 @@ impl ThreadClass {
         match self {
             ThreadClass::Vcpu => "vcpu",
             ThreadClass::EventLoop => "event-loop",
+            ThreadClass::Supervisor => "supervisor",
             ThreadClass::Api => "api",
             ThreadClass::Launcher => "launcher",
             ThreadClass::Device(DeviceKind::Blk) => "device-blk",
@@ -65,6 +69,13 @@ impl ThreadClass {
         }
         if name == "bulkhead-api" {
             return Some(ThreadClass::Api);
+        }
+        // The alarm only shuts sockets down: the event loop's list covers it.
+        if name == "bulkhead-alarm" {
+            return Some(ThreadClass::EventLoop);
+        }
+        if name.starts_with("sup-") {
+            return Some(ThreadClass::Supervisor);
         }
         if name == super::launcher::THREAD_NAME {
             return Some(ThreadClass::Launcher);
@@ -91,6 +102,7 @@ impl ThreadClass {
         match self {
             ThreadClass::Vcpu => list.extend(vcpu()),
             ThreadClass::EventLoop => list.extend(event_loop()),
+            ThreadClass::Supervisor => list.extend(supervisor()),
             ThreadClass::Api => list.extend(api()),
             ThreadClass::Launcher => {
                 list.extend(seccomp::rules(LAUNCHER));
@@ -189,11 +201,14 @@ fn vcpu() -> Vec<SyscallRule> {
     list
 }
 
-/// What the supervisor does, from the event loop or from the API thread:
-/// connect a new compartment (a socket pair, the vhost-user messages), read
-/// its `/proc` status, kill it (pidfd) and reap it, watch its socket, route
-/// interrupts again.
+/// A device's supervisor thread: its own epoll (the backend's socket and
+/// pidfd, its wake-up eventfd), connecting a new compartment (a socket
+/// pair, the start-up socket, the vhost-user messages), reading its `/proc`
+/// status, killing it (pidfd) and reaping it, and at the VM's end stopping
+/// it (a monolithic device's threads too).
 const SUPERVISOR: &[&str] = &[
+    "epoll_wait",
+    "epoll_pwait",
     "socketpair",
     "sendmsg",
     "recvmsg",
@@ -225,26 +240,46 @@ fn supervisor() -> Vec<SyscallRule> {
     let mut list = seccomp::rules(SUPERVISOR);
     list.push(SyscallRule::allow("socket").arg_eq(0, libc::AF_UNIX as u64));
     list.push(SyscallRule::allow("connect"));
-    list
-}
-
-/// The main thread: the event loop (epoll, console input, signals), the
-/// supervisor, and the VM's end (kicking vCPU threads out of `KVM_RUN`,
-/// removing the control socket).
-fn event_loop() -> Vec<SyscallRule> {
-    let mut list = supervisor();
-    list.extend(seccomp::rules(&["epoll_wait", "epoll_pwait", "tgkill", "unlink"]));
-    list.extend(ioctls(&[libc::FIONBIO, kvm::KVM_IRQFD(), kvm::KVM_SET_GSI_ROUTING()]));
+    list.extend(ioctls(&[libc::FIONBIO]));
     list.extend(read_only_open());
     list
 }
 
+/// The main thread: the event loop (epoll, console input, signals) and the
+/// VM's end (kicking vCPU threads out of `KVM_RUN`, stopping the devices'
+/// supervisors and the API, removing the control socket).
+fn event_loop() -> Vec<SyscallRule> {
+    // sendto: waking the API's accept loop at the end; statx: reading a file's size; shutdown:
+    // the backends' sockets at the end (see `Supervisor::interrupt`).
+    seccomp::rules(&[
+        "epoll_wait",
+        "epoll_pwait",
+        "tgkill",
+        "unlink",
+        "sendto",
+        "statx",
+        "shutdown",
+    ])
+}
+
 /// The management API: one connection at a time (poll, accept, peer
-/// credentials), status, and restarts and upgrades through the supervisor.
+/// credentials), status (read from `/proc`), and restarts and upgrades
+/// asked of the devices' supervisors.
 fn api() -> Vec<SyscallRule> {
-    let mut list = supervisor();
-    list.extend(seccomp::rules(&["accept4"]));
-    list.extend(ioctls(&[libc::FIONBIO, kvm::KVM_IRQFD(), kvm::KVM_SET_GSI_ROUTING()]));
+    let mut list = seccomp::rules(&[
+        "accept4",
+        "poll",
+        "getsockopt",
+        "setsockopt",
+        "sendto",
+        "recvfrom",
+        "getdents64",
+        "statx",
+        "newfstatat",
+        "fstat",
+        "readlink",
+    ]);
+    list.extend(ioctls(&[libc::FIONBIO]));
     list.extend(read_only_open());
     list
 }

@@ -148,7 +148,8 @@ fn refused_in(rules: &[SyscallRule]) -> usize {
 /// Sets up the core's confinement for a VM: the setting, the launcher
 /// thread if `launcher` (microkernel mode: compartments are started there;
 /// and a VM with cgroups: they are removed there), and the hook the core
-/// calls on each vCPU thread and on its event loop.
+/// calls on each vCPU thread, on its event loop and on each device's
+/// supervisor thread.
 pub fn setup(
     setting: CoreSeccomp,
     launcher: bool,
@@ -162,6 +163,7 @@ pub fn setup(
         confine(match thread {
             bulkhead_core::config::CoreThread::Vcpu => ThreadClass::Vcpu,
             bulkhead_core::config::CoreThread::EventLoop => ThreadClass::EventLoop,
+            bulkhead_core::config::CoreThread::Supervisor => ThreadClass::Supervisor,
         })
     }));
     Ok(())
@@ -191,7 +193,9 @@ mod tests {
 
     #[test]
     fn no_exposed_class_may_start_a_process() {
-        for class in [ThreadClass::Vcpu, ThreadClass::EventLoop, ThreadClass::Api] {
+        for class in
+            [ThreadClass::Vcpu, ThreadClass::EventLoop, ThreadClass::Supervisor, ThreadClass::Api]
+        {
             let names: Vec<String> = class.rules().iter().map(|r| r.name().to_string()).collect();
             for never in ["execve", "execveat", "clone", "clone3", "fork", "vfork", "ptrace"] {
                 assert!(!names.iter().any(|n| n == never), "{class} allows {never}");

@@ -88,6 +88,15 @@ impl core::fmt::Display for InitError {
     }
 }
 
+/// What the `hammer` workload does to a device, over and over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hammer {
+    /// Read its configuration space.
+    Read,
+    /// Reset it and bring it back to DRIVER_OK.
+    Reinit,
+}
+
 /// One virtio-mmio transport's register window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transport {
@@ -184,6 +193,25 @@ impl Transport {
             return Err(InitError::FeaturesRefused);
         }
         Ok(agreed)
+    }
+
+    /// One round of `how`, for the `hammer` workload: read the whole configuration space
+    /// word by word, or take the device through a reset and back to DRIVER_OK with no queue
+    /// (the VMM then hands the device to its backend again: several messages each round).
+    pub fn hammer(&self, how: Hammer) {
+        match how {
+            Hammer::Read => {
+                for word in 0..16 {
+                    core::hint::black_box(self.read(R_CONFIG + 4 * word));
+                }
+            }
+            Hammer::Reinit => {
+                if self.init(0).is_ok() {
+                    let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+                    self.write(R_STATUS, s | status::DRIVER_OK);
+                }
+            }
+        }
     }
 
     /// The largest size queue `index` accepts (0: no such queue).

@@ -15,6 +15,14 @@
 //!   pattern, flush, read back and compare) for as long, or spins too when
 //!   the VM has no disk: `BH result workload=storm seconds=... cpus=...
 //!   disk=0|none`, after blk-stress's own lines.
+//! - `hammer`: a guest that hammers a device's registers. Every application
+//!   processor, for `bulkhead.seconds` (default 5), reads the configuration
+//!   space of virtio device number `bulkhead.hammer` (in the order they were
+//!   found, from 0) or, with `bulkhead.how=reinit`, resets it and brings it
+//!   back to DRIVER_OK, over and over, while the bootstrap CPU goes on with
+//!   the next workload: `BH hammer device=N how=read|reinit cpus=...`. The
+//!   `hammer-done` workload waits for the end and reports the rounds:
+//!   `BH result workload=hammer rounds=...`.
 //! - `mem-touch`: writes one word in every 4 KiB page of free RAM (the
 //!   arena above the guest image; `bulkhead.bytes` caps it), so that the
 //!   host backs all of it: `BH check name=mem-touch status=ok bytes=...
@@ -124,6 +132,40 @@ pub fn storm(ctx: &mut Ctx) -> Result<(), Fail> {
     } else {
         bh!("result workload=storm seconds={} cpus={} disk=none", Fixed(ms, 3), cpus);
     }
+    Ok(())
+}
+
+/// hammer.
+pub fn hammer(ctx: &mut Ctx) -> Result<(), Fail> {
+    let ms = millis(ctx, 5000)?;
+    let index = ctx.cmdline.get_u64("bulkhead.hammer").unwrap_or(0) as usize;
+    let reinit = match ctx.cmdline.get("bulkhead.how") {
+        None | Some("read") => false,
+        Some("reinit") => true,
+        Some(_) => return Err(Fail::Text("bulkhead.how must be read or reinit")),
+    };
+    let found = ctx.devices().found().nth(index).map(|f| f.mmio.base);
+    let base = found.ok_or(Fail::Text("bulkhead.hammer names no virtio device"))?;
+    smp::HAMMER_BASE.store(base, Ordering::Release);
+    smp::HAMMER_HOW.store(u64::from(reinit), Ordering::Release);
+    smp::SPIN_UNTIL.store(time::deadline_ms(ms), Ordering::Release);
+    let cpus = ctx.start_aps().map_err(Fail::Text)?;
+    if cpus == 0 {
+        return Err(Fail::Text("hammer needs a second CPU"));
+    }
+    let how = if reinit { "reinit" } else { "read" };
+    bh!("hammer device={} how={} cpus={}", index, how, cpus);
+    Ok(())
+}
+
+/// hammer-done.
+pub fn hammer_done(ctx: &mut Ctx) -> Result<(), Fail> {
+    while !time::passed(smp::SPIN_UNTIL.load(Ordering::Acquire)) {
+        core::hint::spin_loop();
+    }
+    let rounds = smp::HAMMERED.load(Ordering::Acquire);
+    bh!("check name=hammer status={} rounds={}", ctx.checks.record(rounds > 0), rounds);
+    bh!("result workload=hammer rounds={}", rounds);
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The device workloads `bulkhead.run=` names (comma-separated, run in
 //! order): `blk-verify`, `blk-read-verify`, `blk-ro`, `blk-bench`, `rng`,
-//! `net-ping`, `net-bench`, `probe`, `storm`, `mem-touch`. Their options are in [`crate::options`].
+//! `net-ping`, `net-bench`, `probe`, `storm`, `hammer`, `hammer-done`, `mem-touch`. Their options are in [`crate::options`].
 //!
 //! Each prints one `BH check name=<workload> status=ok|fail ...` line
 //! (failures end with `text=<why>`), and the benchmarks a `BH result
@@ -171,6 +171,8 @@ pub fn run(name: &str, ctx: &mut Ctx) -> bool {
         "net-bench" => net::bench(ctx),
         "probe" => interfere::probe(ctx),
         "storm" => interfere::storm(ctx),
+        "hammer" => interfere::hammer(ctx),
+        "hammer-done" => interfere::hammer_done(ctx),
         "mem-touch" => interfere::mem_touch(ctx),
         _ => return false,
     };
