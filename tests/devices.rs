@@ -233,8 +233,13 @@ fn each_compartment_is_a_sandboxed_process_and_killing_one_spares_the_core() {
         assert_eq!(status_field(*pid, "Seccomp:"), "2", "{name}: seccomp in filter mode");
         assert_eq!(status_field(*pid, "NoNewPrivs:"), "1", "{name}");
         assert_eq!(status_field(*pid, "CapEff:"), "0000000000000000", "{name}");
-        let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
-        assert_ne!(ns(*pid), ns(core), "{name} has its own network namespace");
+        let ns = |p: i32, which: &str| std::fs::read_link(format!("/proc/{p}/ns/{which}")).unwrap();
+        assert_ne!(ns(*pid, "net"), ns(core, "net"), "{name} has its own network namespace");
+        // An unprivileged user of the host: root only inside its own user namespace.
+        assert_ne!(ns(*pid, "user"), ns(core, "user"), "{name} has its own user namespace");
+        let unprivileged = "65534\t65534\t65534\t65534";
+        assert_eq!(status_field(*pid, "Uid:"), unprivileged, "{name}: host uid");
+        assert_eq!(status_field(*pid, "Gid:"), unprivileged, "{name}: host gid");
     }
     assert_ne!(pids[0].1, pids[1].1);
     // SIGKILL the block compartment: the core and the guest go on.

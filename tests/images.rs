@@ -381,3 +381,47 @@ fn the_lock_holds_without_a_gap_across_fifty_kills_and_an_upgrade() {
     let code = check.status.code();
     assert!(matches!(code, Some(0 | 3)), "{code:?}: {}", String::from_utf8_lossy(&check.stdout));
 }
+
+/// A compartment runs as an unprivileged user and asks the core for its files: the core opens
+/// the image and what lies beneath its folder, nothing else — not even through a link in that
+/// folder, where the compartment cannot look (a folder only root may read).
+#[test]
+fn an_image_reaches_no_file_outside_its_folder_through_a_link() {
+    require_kvm();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("outside");
+    let folder = dir.0.join("private");
+    std::fs::create_dir(&folder).unwrap();
+    let secret = dir.file("secret.raw", &[7u8; 4096]);
+    std::os::unix::fs::symlink(&secret, folder.join("base.raw")).unwrap();
+    let out = Command::new("qemu-img")
+        .current_dir(&folder)
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "-u",
+            "top.qcow2",
+            "1M",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let r = run_in(&folder, &["run", "--disk", "top.qcow2,format=qcow2"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let want =
+        format!("{} leads outside the folder of the image", folder.join("base.raw").display());
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+    // The same chain without the link is served.
+    std::fs::remove_file(folder.join("base.raw")).unwrap();
+    std::fs::copy(&secret, folder.join("base.raw")).unwrap();
+    let r = run_in(&folder, &["run", "--disk", "top.qcow2,format=qcow2,readonly"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.assert_check("virtio");
+}

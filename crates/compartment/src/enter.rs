@@ -137,7 +137,7 @@ pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
     };
     layers.set(LayerName::Rlimits, rlimits)?;
 
-    let dropped = caps::drop_all(policy.identity())?;
+    let dropped = caps::drop_all()?;
     // Capability sets belong to each thread: the others keep theirs.
     let caps = if threads > 1 {
         LayerState::NotApplied {

@@ -34,7 +34,7 @@ use crate::blk::BlkConfig;
 use crate::net::config::{Mac, TapSource};
 use crate::net::NetConfig;
 use crate::rng::RngConfig;
-use crate::startup::Startup;
+use crate::startup::{Startup, StartupError};
 use crate::{Device, DeviceConfig, SandboxSpec, ServeEnd};
 use bulkhead_disk::HandedFiles;
 
@@ -178,6 +178,19 @@ fn start(
         for f in files {
             handed.insert(f.path, f.writable, f.file);
         }
+        // Its files go to the core, which keeps them for the next compartment: their locks must
+        // outlive this process.
+        handed.hand_on();
+        // The compartment runs as an unprivileged user: the core opens its other files.
+        let broker = startup.try_clone().context("cannot use the start-up socket")?;
+        handed.open_others_with(Box::new(move |path, writable| {
+            broker.request_open(path, writable, STARTUP_WAIT).map_err(|e| match e {
+                StartupError::Refused(why) => {
+                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)
+                }
+                e => std::io::Error::other(e),
+            })
+        }));
     }
     let device =
         crate::open_with(cfg, handed).with_context(|| format!("cannot open the {kind} device"))?;

@@ -123,6 +123,9 @@ pub const BLK: &[SyscallRule] = &[
     any("fsync"),
     any("fdatasync"),
     any("fallocate"),
+    // releasing an image's locks as it is closed (on a monolithic core's device thread; a
+    // compartment's files keep theirs for its successor)
+    when("fcntl", 1, libc::F_OFD_SETLK as u64),
 ];
 
 /// net: packets are `read`/`write` on the tap fd (already common); nothing else.

@@ -7,14 +7,19 @@
 //! 1. the core sends `files`: the files a predecessor of the device opened, attached, so that the
 //!    compartment uses them instead of opening their names again (a disk's image files: their
 //!    locks must not lapse between two compartments; see `bulkhead_disk::HandedFiles`);
-//! 2. the compartment answers once: `ready`, with the files it uses attached, when its device is
-//!    open and its sandbox entered (the core keeps them for the next compartment); or `failed`
-//!    and why, in words, when it cannot start. The core shows those words as the reason the
-//!    device did not start, instead of a broken vhost-user connection.
+//! 2. the compartment, which runs as an unprivileged user and may not open the files it serves,
+//!    asks the core for each other file its device needs: `open` (its name, and whether to
+//!    write it); the core answers `opened`, the file attached, or `refused` and why (it opens
+//!    only what the device was configured with: see the VMM's broker);
+//! 3. the compartment answers once: `ready`, with the files it uses attached, when its device
+//!    is open and its sandbox entered (the core keeps them for the next compartment); or
+//!    `failed` and why, in words, when it cannot start. The core shows those words as the
+//!    reason the device did not start, instead of a broken vhost-user connection.
 //!
-//! A message is a word and a newline, then, for `files` and `ready`, one entry per attached file
-//! (`r` or `w`, for read-only or writable, then its name and a NUL byte), and for `failed` the
-//! reason. At most [`MAX_FILES`] files travel; a device with more cannot be handed over.
+//! A message is a word and a newline, then, for `files`, `ready`, `open` and `opened`, one entry
+//! per file (`r` or `w`, for read-only or writable, then its name and a NUL byte; attached,
+//! but for `open`), and for `failed` and `refused` the reason. At most [`MAX_FILES`] files
+//! travel in one message; a device with more cannot be handed over.
 
 use std::fs::File;
 use std::io;
@@ -41,13 +46,31 @@ pub struct StartupFile {
     pub file: File,
 }
 
-/// What a compartment says of its start.
+/// What a compartment says while it starts.
 #[derive(Debug)]
 pub enum Report {
     /// It serves, using these files.
     Ready(Vec<StartupFile>),
     /// It could not start, for this reason.
     Failed(String),
+    /// It asks for a file its device needs (answer with [`Startup::opened`] or
+    /// [`Startup::refused`]).
+    Open {
+        /// The file's name.
+        path: PathBuf,
+        /// For writing too.
+        writable: bool,
+    },
+}
+
+/// One message, as received.
+enum Message {
+    Files(Vec<StartupFile>),
+    Ready(Vec<StartupFile>),
+    Failed(String),
+    Open { path: PathBuf, writable: bool },
+    Opened(StartupFile),
+    Refused(String),
 }
 
 /// Why the start-up exchange failed.
@@ -68,6 +91,9 @@ pub enum StartupError {
     /// Too many files, or too long names.
     #[error("{0} files, or names this long, cannot be handed over (at most {MAX_FILES})")]
     TooMany(usize),
+    /// The core would not open a file.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// One end of the start-up socket.
@@ -120,6 +146,11 @@ impl Startup {
         Ok(Startup { socket: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
+    /// Another handle on the same socket.
+    pub fn try_clone(&self) -> io::Result<Startup> {
+        Ok(Startup { socket: self.socket.try_clone()? })
+    }
+
     /// The socket, for the spawner to pass on.
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         std::os::fd::AsFd::as_fd(&self.socket)
@@ -133,9 +164,51 @@ impl Startup {
     /// Compartment: the files handed over (before it opens its device).
     pub fn receive_files(&self, within: Duration) -> Result<Vec<StartupFile>, StartupError> {
         match self.receive(within)? {
-            ("files", files, _) => Ok(files),
-            (word, ..) => Err(StartupError::Malformed(format!("{word:?} where files were due"))),
+            Message::Files(files) => Ok(files),
+            _ => Err(StartupError::Malformed("another message where files were due".into())),
         }
+    }
+
+    /// Compartment: asks the core to open `path` (for writing too if `writable`).
+    pub fn request_open(
+        &self,
+        path: &std::path::Path,
+        writable: bool,
+        within: Duration,
+    ) -> Result<File, StartupError> {
+        let mut text = b"open\n".to_vec();
+        text.push(if writable { b'w' } else { b'r' });
+        text.extend_from_slice(path.as_os_str().as_bytes());
+        text.push(0);
+        if text.len() > MAX_MESSAGE {
+            return Err(StartupError::TooMany(1));
+        }
+        self.send_raw(&text, &[])?;
+        match self.receive(within)? {
+            Message::Opened(f) => Ok(f.file),
+            Message::Refused(why) => Err(StartupError::Refused(why)),
+            _ => Err(StartupError::Malformed("another message where a file was due".into())),
+        }
+    }
+
+    /// Core: the file asked for (`opened` under `path`).
+    pub fn opened(
+        &self,
+        path: &std::path::Path,
+        writable: bool,
+        file: &File,
+    ) -> Result<(), StartupError> {
+        let path = path.to_path_buf();
+        let (text, fds) = encode("opened", std::iter::once((&path, writable, file.as_raw_fd())))?;
+        self.send_raw(&text, &fds)
+    }
+
+    /// Core: the file asked for will not be opened, because of `why`.
+    pub fn refused(&self, why: &str) -> Result<(), StartupError> {
+        let mut text = b"refused\n".to_vec();
+        text.extend_from_slice(why.as_bytes());
+        text.truncate(MAX_MESSAGE);
+        self.send_raw(&text, &[])
     }
 
     /// Compartment: it serves, using `files` (name, writable, descriptor).
@@ -158,12 +231,13 @@ impl Startup {
         self.send_raw(&text, &[])
     }
 
-    /// Core: the compartment's report, waiting at most `within`.
+    /// Core: the compartment's next word, waiting at most `within`.
     pub fn report(&self, within: Duration) -> Result<Report, StartupError> {
         match self.receive(within)? {
-            ("ready", files, _) => Ok(Report::Ready(files)),
-            ("failed", _, why) => Ok(Report::Failed(why)),
-            (word, ..) => Err(StartupError::Malformed(format!("{word:?} is no report"))),
+            Message::Ready(files) => Ok(Report::Ready(files)),
+            Message::Failed(why) => Ok(Report::Failed(why)),
+            Message::Open { path, writable } => Ok(Report::Open { path, writable }),
+            _ => Err(StartupError::Malformed("a core's message from the compartment".into())),
         }
     }
 
@@ -183,11 +257,8 @@ impl Startup {
         Ok(())
     }
 
-    /// The next message: its word, its files, and the rest of its text (for `failed`).
-    fn receive(
-        &self,
-        within: Duration,
-    ) -> Result<(&'static str, Vec<StartupFile>, String), StartupError> {
+    /// The next message.
+    fn receive(&self, within: Duration) -> Result<Message, StartupError> {
         self.wait(within)?;
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         let mut fds = [-1; MAX_FILES + 1];
@@ -251,52 +322,75 @@ fn encode<'a>(
     Ok((text, fds))
 }
 
-fn decode(
-    text: &[u8],
-    fds: Vec<OwnedFd>,
-) -> Result<(&'static str, Vec<StartupFile>, String), StartupError> {
+fn decode(text: &[u8], fds: Vec<OwnedFd>) -> Result<Message, StartupError> {
     let malformed = |why: &str| StartupError::Malformed(why.to_string());
     let newline = text.iter().position(|&b| b == b'\n').ok_or_else(|| malformed("no word"))?;
-    let word = match &text[..newline] {
-        b"files" => "files",
-        b"ready" => "ready",
-        b"failed" => "failed",
+    let rest = &text[newline + 1..];
+    let word = &text[..newline];
+    let words = |rest: &[u8]| String::from_utf8_lossy(rest).into_owned();
+    match word {
+        b"failed" => return Ok(Message::Failed(words(rest))),
+        b"refused" => return Ok(Message::Refused(words(rest))),
+        b"files" | b"ready" | b"open" | b"opened" => {}
         other => {
             return Err(malformed(&format!("unknown word {:?}", String::from_utf8_lossy(other))))
         }
-    };
-    let rest = &text[newline + 1..];
-    if word == "failed" {
-        return Ok((word, Vec::new(), String::from_utf8_lossy(rest).into_owned()));
     }
+    let entries = entries(rest)?;
+    let attached = if word == b"open" { 0 } else { entries.len() };
+    if fds.len() != attached {
+        return Err(malformed(&format!("{} names for {} files", entries.len(), fds.len())));
+    }
+    if word == b"open" {
+        let [(path, writable)] =
+            <[_; 1]>::try_from(entries).map_err(|_| malformed("open takes one name"))?;
+        return Ok(Message::Open { path, writable });
+    }
+    let files: Vec<StartupFile> = entries
+        .into_iter()
+        .zip(fds)
+        .map(|((path, writable), fd)| StartupFile { path, writable, file: File::from(fd) })
+        .collect();
+    Ok(match word {
+        b"files" => Message::Files(files),
+        b"ready" => Message::Ready(files),
+        _ => {
+            let [file] =
+                <[_; 1]>::try_from(files).map_err(|_| malformed("opened takes one file"))?;
+            Message::Opened(file)
+        }
+    })
+}
+
+/// The entries of a message: `r` or `w`, a name, NUL.
+fn entries(rest: &[u8]) -> Result<Vec<(PathBuf, bool)>, StartupError> {
+    let malformed = |why: &str| StartupError::Malformed(why.to_string());
     let entries: Vec<&[u8]> = match rest.strip_suffix(&[0]) {
         Some(body) => body.split(|&b| b == 0).collect(),
         None if rest.is_empty() => Vec::new(),
         None => return Err(malformed("an entry does not end with NUL")),
     };
-    if entries.len() != fds.len() {
-        return Err(malformed(&format!("{} names for {} files", entries.len(), fds.len())));
-    }
-    let mut files = Vec::with_capacity(fds.len());
-    for (entry, fd) in entries.into_iter().zip(fds) {
-        let (writable, name) = match entry.split_first() {
-            Some((b'w', name)) => (true, name),
-            Some((b'r', name)) => (false, name),
-            _ => return Err(malformed("an entry is neither r nor w")),
-        };
-        if name.is_empty() {
-            return Err(malformed("a file has no name"));
-        }
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(name));
-        files.push(StartupFile { path, writable, file: File::from(fd) });
-    }
-    Ok((word, files, String::new()))
+    entries
+        .into_iter()
+        .map(|entry| {
+            let (writable, name) = match entry.split_first() {
+                Some((b'w', name)) => (true, name),
+                Some((b'r', name)) => (false, name),
+                _ => return Err(malformed("an entry is neither r nor w")),
+            };
+            if name.is_empty() {
+                return Err(malformed("a file has no name"));
+            }
+            Ok((PathBuf::from(std::ffi::OsStr::from_bytes(name)), writable))
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Seek, Write};
+    use std::path::Path;
 
     #[test]
     fn files_go_and_come_back_with_their_names() {
@@ -351,6 +445,40 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_compartment_asks_for_a_file_and_gets_it_or_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        std::fs::write(&path, b"image").unwrap();
+        let (core, compartment) = Startup::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            for answer in [true, false] {
+                let Report::Open { path, writable } = core.report(Duration::from_secs(5)).unwrap()
+                else {
+                    panic!("no request")
+                };
+                assert!(writable);
+                if answer {
+                    core.opened(&path, writable, &File::open(&path).unwrap()).unwrap();
+                } else {
+                    core.refused(&format!("{} is outside the image's folder", path.display()))
+                        .unwrap();
+                }
+            }
+        });
+        let mut file = compartment.request_open(&path, true, Duration::from_secs(5)).unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "image");
+        let refused =
+            compartment.request_open(Path::new("/etc/shadow"), true, Duration::from_secs(5));
+        match refused {
+            Err(StartupError::Refused(why)) => assert!(why.contains("outside"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        server.join().unwrap();
     }
 
     #[test]

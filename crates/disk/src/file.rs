@@ -28,6 +28,21 @@ pub(crate) struct ImageFile {
     cache: Option<TableCache>,
     /// Handed over by a previous user, with its locks (see [`crate::files`]).
     handed: bool,
+    /// Its locks end when it is closed (see its `Drop`).
+    unlock_on_drop: bool,
+}
+
+impl Drop for ImageFile {
+    /// A file that took its locks here is unlocked explicitly when closed: closing it alone
+    /// would not end its locks while a process forked meanwhile still holds a copy of the
+    /// descriptor, and reopening the image at once (as `convert` does after `create`) would find
+    /// it in use. Files handed on to another process keep theirs (see
+    /// [`crate::HandedFiles::hand_on`]).
+    fn drop(&mut self) {
+        if self.unlock_on_drop {
+            crate::lock::unlock(&self.file);
+        }
+    }
 }
 
 impl std::fmt::Debug for ImageFile {
@@ -55,8 +70,14 @@ impl ImageFile {
 
     /// A file a previous user of the image opened under `path` and handed over.
     pub fn handed(file: File, path: &Path, writable: bool) -> Result<Self> {
-        let mut f = ImageFile::new(file, path, writable);
+        let mut f = ImageFile::opened(file, path, writable)?;
         f.handed = true;
+        Ok(f)
+    }
+
+    /// A file opened elsewhere (by whoever may open it) under `path`.
+    pub fn opened(file: File, path: &Path, writable: bool) -> Result<Self> {
+        let mut f = ImageFile::new(file, path, writable);
         f.known_len = AtomicU64::new(f.len()?);
         Ok(f)
     }
@@ -69,7 +90,13 @@ impl ImageFile {
             known_len: AtomicU64::new(0),
             cache: None,
             handed: false,
+            unlock_on_drop: false,
         }
+    }
+
+    /// Releases its locks when it is closed (it locked them, and keeps them to itself).
+    pub fn unlock_when_closed(&mut self) {
+        self.unlock_on_drop = true;
     }
 
     /// Whether it was handed over (and holds its locks already).
@@ -113,7 +140,9 @@ impl ImageFile {
         let access = crate::lock::Access::Write { grows: true };
         crate::lock::lock(&file, path, access, crate::Locking::On)?;
         file.set_len(0).map_err(|source| DiskError::Io { path: path.to_path_buf(), source })?;
-        Ok(ImageFile::new(file, path, true))
+        let mut created = ImageFile::new(file, path, true);
+        created.unlock_on_drop = true;
+        Ok(created)
     }
 
     pub fn path(&self) -> &Path {

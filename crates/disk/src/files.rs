@@ -30,14 +30,44 @@ pub struct OpenFile {
     pub fd: RawFd,
 }
 
+/// Opens a file by name for an image that may not open files itself (a compartment asks its
+/// core): `(path, writable)`.
+pub type OpenFn = Box<dyn FnMut(&Path, bool) -> std::io::Result<File> + Send>;
+
 /// Files handed over by a previous user of the same image (a compartment's predecessor), by the
-/// name it opened them under.
-#[derive(Debug, Default)]
+/// name it opened them under; and, optionally, who opens the others.
+#[derive(Default)]
 pub struct HandedFiles {
     files: HashMap<PathBuf, (File, bool)>,
+    opener: Option<OpenFn>,
+    /// The files the image opens are handed on too (see [`HandedFiles::hand_on`]).
+    hand_on: bool,
+}
+
+impl std::fmt::Debug for HandedFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandedFiles")
+            .field("files", &self.files)
+            .field("opener", &self.opener.is_some())
+            .field("hand_on", &self.hand_on)
+            .finish()
+    }
 }
 
 impl HandedFiles {
+    /// The files the image opens will be handed to another process that keeps them open
+    /// ([`crate::DiskImage::files`]; a compartment's core): their locks then last as long as any
+    /// process holds them, rather than end when this one closes them.
+    pub fn hand_on(&mut self) {
+        self.hand_on = true;
+    }
+
+    /// Files not handed over are opened by `opener` instead of by name in this process (they
+    /// are locked here all the same).
+    pub fn open_others_with(&mut self, opener: OpenFn) {
+        self.opener = Some(opener);
+    }
+
     /// Adds a file opened (for writing, if `writable`) under `path`.
     pub fn insert(&mut self, path: PathBuf, writable: bool, file: File) {
         self.files.insert(path, (file, writable));
@@ -78,15 +108,26 @@ impl Opener {
                 }
                 ImageFile::handed(file, path, writable)
             }
-            None => ImageFile::open(path, writable),
+            None => match self.handed.opener.as_mut() {
+                Some(opener) => {
+                    let file = opener(path, writable)
+                        .map_err(|source| DiskError::Open { path: path.to_path_buf(), source })?;
+                    ImageFile::opened(file, path, writable)
+                }
+                None => ImageFile::open(path, writable),
+            },
         }
     }
 
     /// Takes the locks of `access` on `file`, unless it was handed over (then it holds them).
-    pub fn lock(&self, file: &ImageFile, access: Access) -> Result<()> {
+    pub fn lock(&self, file: &mut ImageFile, access: Access) -> Result<()> {
         if file.was_handed() {
             return Ok(());
         }
-        lock::lock(file.file(), file.path(), access, self.locking)
+        lock::lock(file.file(), file.path(), access, self.locking)?;
+        if !self.handed.hand_on {
+            file.unlock_when_closed();
+        }
+        Ok(())
     }
 }

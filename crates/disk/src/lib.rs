@@ -47,7 +47,7 @@ mod vmdk;
 pub mod tools;
 
 pub use error::{DiskError, Result};
-pub use files::{HandedFiles, OpenFile};
+pub use files::{HandedFiles, OpenFile, OpenFn};
 pub use lock::Locking;
 pub use qcow2::{Qcow2CreateOptions, Qcow2Version};
 pub use vmdk::{VmdkCreateOptions, VmdkSubformat};
@@ -248,7 +248,8 @@ pub fn open_with(
     opts: &OpenOptions,
     handed: HandedFiles,
 ) -> Result<Box<dyn DiskImage>> {
-    let mut chain = Chain::new(opts.allow_outside_paths, files::Opener::new(opts.locking, handed));
+    let opener = files::Opener::new(opts.locking, handed);
+    let mut chain = Chain::new(opts.allow_outside_paths, opener);
     chain.open(path, opts.format, !opts.read_only)
 }
 
@@ -282,7 +283,7 @@ impl Chain {
         format: Option<Format>,
         writable: bool,
     ) -> Result<Box<dyn DiskImage>> {
-        let file = self.files.open(path, writable)?;
+        let mut file = self.files.open(path, writable)?;
         if !self.seen.insert(file.identity()?) {
             return Err(DiskError::BackingLoop {
                 path: path.to_path_buf(),
@@ -304,7 +305,7 @@ impl Chain {
             true => lock::Access::Write { grows: format != Format::Raw },
             false => lock::Access::Read,
         };
-        self.files.lock(&file, access)?;
+        self.files.lock(&mut file, access)?;
         match format {
             Format::Raw => Ok(Box::new(raw::RawImage::new(file)?)),
             Format::Qcow2 => Ok(Box::new(qcow2::Qcow2::open(file, self)?)),

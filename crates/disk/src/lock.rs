@@ -127,6 +127,14 @@ pub(crate) fn lock(file: &File, path: &Path, access: Access, locking: Locking) -
     Ok(())
 }
 
+/// Releases every lock this open file description holds on the bytes of the scheme.
+pub(crate) fn unlock(file: &File) {
+    let mut fl = flock(libc::F_UNLCK, PERM_BASE);
+    fl.l_len = SHARED_BASE + 4 - PERM_BASE;
+    // SAFETY: F_OFD_SETLK reads a `flock` struct that lives for the call.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+}
+
 fn io_error(path: &Path) -> impl Fn(io::Error) -> DiskError + '_ {
     move |source| DiskError::Open { path: path.to_path_buf(), source }
 }

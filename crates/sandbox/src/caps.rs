@@ -7,9 +7,10 @@
 //!    that no `execve` can bring one back;
 //! 3. lock the securebits `NOROOT`, `NO_SETUID_FIXUP` and `KEEP_CAPS` off
 //!    (needs `CAP_SETPCAP`), so that being UID 0 grants nothing on `execve`;
-//! 4. optionally change to an unprivileged user and group
-//!    ([`Identity`], needs `CAP_SETUID`/`CAP_SETGID`);
-//! 5. empty the effective, permitted and inheritable sets (`capset`).
+//! 4. empty the effective, permitted and inheritable sets (`capset`).
+//!
+//! A compartment is not made another user here: it runs in a user namespace whose root is an
+//! unprivileged user of the host (see the spawner's ID maps).
 //!
 //! Each step's outcome is checked: a step the process had no capability for
 //! is reported in the detail, and the final sets are read back with `capget`.
@@ -38,15 +39,6 @@ pub enum CapsError {
         /// The permitted set read back.
         permitted: u64,
     },
-}
-
-/// A user and group to become (setresuid/setresgid, no supplementary groups).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// User ID.
-    pub uid: u32,
-    /// Group ID.
-    pub gid: u32,
 }
 
 #[repr(C)]
@@ -147,9 +139,9 @@ fn clear_ambient_and_bounding(keep: u64, notes: &mut Vec<String>) -> Result<(), 
     Ok(())
 }
 
-/// Drops every capability, optionally becoming `identity` on the way;
-/// returns the report detail (`none`, or `none, securebits not locked: …`).
-pub fn drop_all(identity: Option<Identity>) -> Result<String, CapsError> {
+/// Drops every capability; returns the report detail (`none`, or `none, securebits not
+/// locked: …`).
+pub fn drop_all() -> Result<String, CapsError> {
     let mut notes = Vec::new();
     clear_ambient_and_bounding(0, &mut notes)?;
     let bits = libc::SECBIT_NOROOT
@@ -159,10 +151,6 @@ pub fn drop_all(identity: Option<Identity>) -> Result<String, CapsError> {
         | libc::SECBIT_KEEP_CAPS_LOCKED;
     if let Err(e) = prctl(libc::PR_SET_SECUREBITS, bits as libc::c_ulong) {
         notes.push(format!("securebits not locked ({e})"));
-    }
-    if let Some(id) = identity {
-        become_identity(id)?;
-        notes.push(format!("uid {} gid {}", id.uid, id.gid));
     }
     set_empty().map_err(|source| CapsError::Call { what: "empty the capability sets", source })?;
     let sets = get().map_err(|source| CapsError::Call { what: "read capabilities", source })?;
@@ -209,25 +197,6 @@ fn set(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn become_identity(id: Identity) -> Result<(), CapsError> {
-    // SAFETY: setgroups with size 0 reads no memory.
-    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
-        let source = io::Error::last_os_error();
-        return Err(CapsError::Call { what: "clear the supplementary groups", source });
-    }
-    // SAFETY: plain integer arguments.
-    if unsafe { libc::setresgid(id.gid, id.gid, id.gid) } != 0 {
-        let source = io::Error::last_os_error();
-        return Err(CapsError::Call { what: "change group ID", source });
-    }
-    // SAFETY: plain integer arguments.
-    if unsafe { libc::setresuid(id.uid, id.uid, id.uid) } != 0 {
-        let source = io::Error::last_os_error();
-        return Err(CapsError::Call { what: "change user ID", source });
     }
     Ok(())
 }

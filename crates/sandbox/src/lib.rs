@@ -48,7 +48,6 @@ pub mod status;
 mod syscall_table;
 pub mod thread;
 
-pub use caps::Identity;
 pub use cgroup::{Cgroup, CgroupLimits, CpuQuota};
 pub use policy::{Access, Enforcement, IdMap, Namespaces, PathRule, Policy, PolicyBuilder};
 pub use report::{LayerName, LayerState, Namespace, Report};

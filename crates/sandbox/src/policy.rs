@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::caps::Identity;
 use crate::cgroup::CgroupLimits;
 use crate::report::Namespace;
 use crate::rlimits::Rlimits;
@@ -152,7 +151,6 @@ pub struct Policy {
     empty_root: bool,
     landlock_tcp: bool,
     landlock_scope: bool,
-    identity: Option<Identity>,
     enforcement: Enforcement,
 }
 
@@ -176,7 +174,6 @@ impl Policy {
                 empty_root: true,
                 landlock_tcp: true,
                 landlock_scope: true,
-                identity: None,
                 enforcement: Enforcement::BestEffort,
             },
         }
@@ -236,11 +233,6 @@ impl Policy {
     /// Whether Landlock scopes signals and abstract unix sockets to the sandbox.
     pub fn landlock_scope(&self) -> bool {
         self.landlock_scope
-    }
-
-    /// The user and group to become, if any.
-    pub fn identity(&self) -> Option<Identity> {
-        self.identity
     }
 
     /// Best effort or required.
@@ -339,12 +331,6 @@ impl PolicyBuilder {
     /// Whether Landlock scopes signals and abstract unix sockets to the sandbox.
     pub fn landlock_scope(mut self, yes: bool) -> Self {
         self.policy.landlock_scope = yes;
-        self
-    }
-
-    /// Becomes this user and group (after opening files, before dropping capabilities).
-    pub fn run_as(mut self, identity: Identity) -> Self {
-        self.policy.identity = Some(identity);
         self
     }
 

@@ -70,7 +70,7 @@ pub fn confine_this_thread(
     keep_caps: u64,
 ) -> Result<ThreadConfinement, ConfineError> {
     let filter = seccomp::compile(rules, deny)?;
-    let caps = if keep_caps == 0 { caps::drop_all(None)? } else { caps::keep_only(keep_caps)? };
+    let caps = if keep_caps == 0 { caps::drop_all()? } else { caps::keep_only(keep_caps)? };
     CLASS.with(|c| c.set(class));
     if deny == DenyAction::Trap {
         install_violation_reporter()?;

@@ -182,7 +182,7 @@ impl Vmdk {
     ) -> Result<ImageFile> {
         let target = resolve_named_file(path, name, chain.allow_outside_paths())?;
         let writable = matches!(access, Access::Write { .. });
-        let file = chain.files().open(&target, writable).map_err(|e| match e {
+        let mut file = chain.files().open(&target, writable).map_err(|e| match e {
             DiskError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 DiskError::malformed(
                     path,
@@ -199,7 +199,7 @@ impl Vmdk {
                 format!("it names the extent file {name:?} twice, or names itself"),
             ));
         }
-        chain.files().lock(&file, access)?;
+        chain.files().lock(&mut file, access)?;
         Ok(file)
     }
 

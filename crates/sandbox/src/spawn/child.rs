@@ -150,10 +150,16 @@ pub unsafe fn run(plan: &Plan) -> ! {
         }
         wait_for_parent(plan);
         if let Some((uid, gid)) = plan.ids {
+            // Raw system calls, not glibc's wrappers: those make every thread of the process
+            // change its IDs too, by signalling each thread glibc knows of (`tgkill`), and this
+            // child is a copy of one thread of a multi-threaded parent whose other threads
+            // exist only in glibc's copied list.
             // Fails (EPERM) where an unprivileged core had to deny setgroups:
             // then there are no supplementary groups to drop anyway.
-            libc::setgroups(0, std::ptr::null());
-            if libc::setresgid(gid, gid, gid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+            {
                 fail(plan.status_write, Stage::Identity);
             }
         }

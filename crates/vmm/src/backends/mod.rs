@@ -4,6 +4,7 @@
 //! hand the core one end of a unix socket pair; the only difference is the
 //! process boundary.
 
+mod broker;
 mod policy;
 mod process;
 

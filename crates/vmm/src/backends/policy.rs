@@ -5,14 +5,26 @@
 
 use bulkhead_devices::SandboxSpec;
 use bulkhead_sandbox::seccomp;
-use bulkhead_sandbox::{DenyAction, Namespaces, Policy, Rlimits, SyscallRule};
+use bulkhead_sandbox::{DenyAction, IdMap, Namespaces, Policy, Rlimits, SyscallRule};
 
-/// Namespaces every compartment gets. The network namespace is new for
-/// every device, the net device included: it only uses the tap file
+/// The host user and group a compartment runs as: the overflow IDs (`nobody`, `nogroup`),
+/// which own nothing. Root inside the compartment's user namespace is this user outside it.
+pub const COMPARTMENT_UID: u32 = 65534;
+pub const COMPARTMENT_GID: u32 = 65534;
+
+/// Namespaces every compartment gets: a user namespace whose root is the
+/// unprivileged [`COMPARTMENT_UID`] on the host (the other namespaces belong
+/// to it, so creating them needs no privilege of the core's), and new mount,
+/// PID, IPC, UTS, network and cgroup namespaces. The network namespace is new
+/// for every device, the net device included: it only uses the tap file
 /// descriptor the core opened and passed, which keeps working across
 /// namespaces.
 fn namespaces(spec: Option<&SandboxSpec>) -> Namespaces {
-    Namespaces { net: !spec.is_some_and(|s| s.needs_host_network), ..Namespaces::default() }
+    Namespaces {
+        net: !spec.is_some_and(|s| s.needs_host_network),
+        user: Some(IdMap::root_as(COMPARTMENT_UID, COMPARTMENT_GID)),
+        ..Namespaces::default()
+    }
 }
 
 /// The policy for a device; `spec` is `None` on the core's side before the

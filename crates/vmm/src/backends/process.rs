@@ -13,6 +13,7 @@ use bulkhead_devices::startup::{Report, Startup, StartupError, StartupFile};
 use bulkhead_devices::DeviceConfig;
 use bulkhead_sandbox::{spawn, Command, Compartment, Policy};
 
+use super::broker::Broker;
 use super::{core_kind, policy_for, Request};
 use crate::partition::Partition;
 
@@ -42,6 +43,8 @@ pub struct CompartmentBackend {
     /// The files the device's last compartment used (a disk's image files), kept open here so
     /// that their locks hold from one compartment to the next, and handed to each successor.
     kept: Vec<StartupFile>,
+    /// What its compartments may have opened for them.
+    broker: Broker,
 }
 
 impl CompartmentBackend {
@@ -59,6 +62,7 @@ impl CompartmentBackend {
             request.args =
                 vec!["--tap-fd".into(), TAP_FD.to_string(), "--mac".into(), mac.to_string()];
         }
+        let broker = Broker::for_config(&request.config);
         Ok(CompartmentBackend {
             request,
             policy,
@@ -67,6 +71,7 @@ impl CompartmentBackend {
             program: None,
             partition,
             kept: Vec::new(),
+            broker,
         })
     }
 
@@ -83,15 +88,30 @@ impl CompartmentBackend {
     fn started(&mut self, startup: &Startup) -> Result<(), String> {
         // A compartment that died at once cannot take them: its report says how it ended.
         let _ = startup.send_files(&self.kept);
-        let report = startup.report(STARTUP_DEADLINE);
-        let mut child = self.child.take().expect("a compartment was started");
-        let why = match report {
-            Ok(Report::Ready(files)) => {
-                self.kept = files;
-                self.child = Some(child);
-                return Ok(());
+        let deadline = std::time::Instant::now() + STARTUP_DEADLINE;
+        let ended = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match startup.report(left) {
+                Ok(Report::Open { path, writable }) => {
+                    // The launcher keeps the rights to open what the user named.
+                    let broker = &self.broker;
+                    let opened = crate::confine::launcher::call(|| broker.open(&path, writable));
+                    let _ = match opened {
+                        Ok(file) => startup.opened(&path, writable, &file),
+                        Err(why) => startup.refused(&why),
+                    };
+                }
+                Ok(Report::Ready(files)) => {
+                    self.kept = files;
+                    return Ok(());
+                }
+                Ok(Report::Failed(why)) => break Ok(why),
+                Err(e) => break Err(e),
             }
-            Ok(Report::Failed(why)) => why,
+        };
+        let mut child = self.child.take().expect("a compartment was started");
+        let why = match ended {
+            Ok(why) => why,
             Err(StartupError::Closed) => match child.wait_for(EXIT_WAIT) {
                 Ok(Some(status)) => {
                     format!("the compartment ended before it served: {}", describe(status))

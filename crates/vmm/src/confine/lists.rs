@@ -127,21 +127,20 @@ impl fmt::Display for ThreadClass {
     }
 }
 
-/// The capabilities a compartment needs from its start to its sandbox:
-/// namespaces, the empty root and Landlock (`CAP_SYS_ADMIN`), dropping the
-/// bounding set and locking securebits (`CAP_SETPCAP`), opening an image
-/// another user owns (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`,
-/// `CAP_FOWNER`), an optional identity (`CAP_SETUID`, `CAP_SETGID`) and
-/// resource limits (`CAP_SYS_RESOURCE`).
-const LAUNCHER_CAPS: [u32; 8] = [
-    21, // CAP_SYS_ADMIN
-    8,  // CAP_SETPCAP
-    1,  // CAP_DAC_OVERRIDE
-    2,  // CAP_DAC_READ_SEARCH
-    3,  // CAP_FOWNER
-    7,  // CAP_SETUID
-    6,  // CAP_SETGID
-    24, // CAP_SYS_RESOURCE
+/// The capabilities the launcher keeps, for what it does on its side of a
+/// compartment's start: writing the ID maps of the compartment's user
+/// namespace, whose root is another user of the host (`CAP_SETUID`,
+/// `CAP_SETGID`); opening the image a compartment serves, which another user
+/// may own (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`: the broker); and
+/// removing the VM's cgroups from a v1 hierarchy's read-only root
+/// (`CAP_DAC_OVERRIDE`). Nothing else: the compartment creates its namespaces,
+/// its empty root and its Landlock ruleset, and drops its bounding set, with
+/// the capabilities root has in its own user namespace, not the core's.
+const LAUNCHER_CAPS: [u32; 4] = [
+    1, // CAP_DAC_OVERRIDE
+    2, // CAP_DAC_READ_SEARCH
+    7, // CAP_SETUID
+    6, // CAP_SETGID
 ];
 
 /// A device's own list in monolithic mode: the same as its compartment's
@@ -292,6 +291,8 @@ const LAUNCHER: &[&str] = &[
     "clone",
     "pipe2",
     "openat",
+    // the broker: files a compartment names, resolved beneath its image's folder
+    "openat2",
     "statx",
     "newfstatat",
     "fstat",

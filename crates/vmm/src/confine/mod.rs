@@ -85,7 +85,7 @@ pub fn confine(class: ThreadClass) -> Result<(), String> {
             // Capabilities still go; no filter, so no_new_privs by hand.
             let keep = class.keep_caps();
             let caps = if keep == 0 {
-                bulkhead_sandbox::caps::drop_all(None)
+                bulkhead_sandbox::caps::drop_all()
             } else {
                 bulkhead_sandbox::caps::keep_only(keep)
             };
