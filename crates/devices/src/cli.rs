@@ -353,19 +353,7 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 fn check_socket(fd: RawFd) -> anyhow::Result<()> {
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `ty`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 || ty != libc::SOCK_STREAM {
+    if crate::startup::socket_type(fd) != Some(libc::SOCK_STREAM) {
         bail!("--fd {fd} is not a connected stream socket");
     }
     Ok(())

@@ -124,19 +124,7 @@ impl Startup {
 
     /// The compartment's end, inherited as descriptor `fd` (checked to be a seqpacket socket).
     pub fn from_inherited(fd: RawFd) -> io::Result<Startup> {
-        let mut kind: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `kind`.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                (&mut kind as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 || kind != libc::SOCK_SEQPACKET {
+        if socket_type(fd) != Some(libc::SOCK_SEQPACKET) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("--startup-fd {fd} is not a seqpacket socket"),
@@ -302,6 +290,23 @@ impl Startup {
             }
         }
     }
+}
+
+/// The type of socket `fd` is (`SOCK_STREAM`, …), or `None` if it is no socket.
+pub(crate) fn socket_type(fd: RawFd) -> Option<libc::c_int> {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `kind`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(kind)
 }
 
 fn encode<'a>(
