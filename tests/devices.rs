@@ -253,6 +253,51 @@ fn each_compartment_is_a_sandboxed_process_and_killing_one_spares_the_core() {
 }
 
 #[test]
+fn compartments_die_with_a_killed_core() {
+    require_kvm();
+    let dir = TempDir::new("orphans");
+    let image = dir.file("d.raw", &vec![0u8; 1 << 20]);
+    let disk = format!("{},format=raw", image.display());
+    let (mut child, pids) = start_holding(&[
+        "run",
+        "-v",
+        "--disk",
+        &disk,
+        "--rng",
+        "--cmdline",
+        "bulkhead.run=boot bulkhead.hold_ms=20000",
+    ]);
+    assert_eq!(pids.len(), 2, "two compartments expected");
+    let pidfds: Vec<(String, i32)> = pids
+        .iter()
+        .map(|(name, pid)| {
+            // SAFETY: pidfd_open on a PID this test started (through the core): a
+            // pidfd stays bound to its process even if the PID is reused.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, *pid, 0) } as i32;
+            assert!(fd >= 0, "{name}: pidfd_open: {}", std::io::Error::last_os_error());
+            (name.clone(), fd)
+        })
+        .collect();
+    // Stopped compartments cannot notice their sockets closing: only the kernel's
+    // parent-death signal ends them. A core that cannot clean up (SIGKILL, the OOM
+    // killer) still leaves no compartment behind.
+    for (_, pid) in &pids {
+        // SAFETY: signalling a process this test started (through the core).
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for (name, fd) in pidfds {
+        let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: polls one pollfd on the stack; a pidfd is readable once its process ended.
+        let ready = unsafe { libc::poll(&mut poll, 1, 10_000) };
+        // SAFETY: closes the pidfd opened above.
+        unsafe { libc::close(fd) };
+        assert_eq!(ready, 1, "the {name} compartment outlived its core");
+    }
+}
+
+#[test]
 fn bad_device_arguments_are_refused_clearly() {
     require_kvm();
     for mode in MODES {

@@ -14,8 +14,10 @@
 //! 4. in a new user namespace, once the parent has written its ID maps,
 //!    become the mapped user and group (a new namespace does not change the
 //!    process's IDs, so without this it would be `nobody` inside, with no
-//!    capability after `execve`); then `setsid`, so the terminal's signals go
-//!    to the core only;
+//!    capability after `execve`); the ID change clears the death signal, so
+//!    arm it again and exit if the parent's end of the go pipe, which it
+//!    keeps open until the `execve`, has closed meanwhile; then `setsid`, so
+//!    the terminal's signals go to the core only;
 //! 5. move the status pipe and every kept fd above all target numbers, then
 //!    `dup2` each onto its target (this clears close-on-exec);
 //! 6. close every other fd (`close_range`, or a loop on old kernels);
@@ -162,7 +164,17 @@ pub unsafe fn run(plan: &Plan) -> ! {
             {
                 fail(plan.status_write, Stage::Identity);
             }
+            // Changing IDs clears the parent-death signal: arm it again, then make sure
+            // the parent did not die in between (it keeps its end of the go pipe open
+            // until this child has executed, so a hang-up means it is gone).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                fail(plan.status_write, Stage::DeathSignal);
+            }
+            if parent_gone(plan.go_read) {
+                libc::_exit(ABANDONED);
+            }
         }
+        libc::close(plan.go_read);
         if libc::setsid() < 0 {
             fail(plan.status_write, Stage::Session);
         }
@@ -206,8 +218,21 @@ fn wait_for_parent(plan: &Plan) {
             _ => fail(plan.status_write, Stage::WaitParent),
         }
     }
-    // SAFETY: closes the child's own fd.
-    unsafe { libc::close(plan.go_read) };
+}
+
+/// Whether the parent's end of the go pipe is closed, which it is only once the parent died.
+fn parent_gone(go_read: c_int) -> bool {
+    let mut poll = libc::pollfd { fd: go_read, events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: polls one pollfd on the stack, without waiting.
+        let n = unsafe { libc::poll(&mut poll, 1, 0) };
+        if n >= 0 {
+            return n == 1 && poll.revents & libc::POLLHUP != 0;
+        }
+        if errno() != libc::EINTR {
+            return false;
+        }
+    }
 }
 
 fn move_fds(plan: &Plan, status: c_int) {

@@ -285,7 +285,8 @@ fn start_child(
         let source = io::Error::last_os_error();
         return Err(SpawnError::Io { what: "tell the compartment to start", source });
     }
-    drop(go_write);
+    // `go_write` stays open until the child has executed: the child reads its hang-up as
+    // the core's death (see `child::run`).
     let mut message = [0u8; 8];
     let mut filled = 0;
     while filled < message.len() {
@@ -303,6 +304,7 @@ fn start_child(
             }
         }
     }
+    drop(go_write);
     if filled == 0 {
         return Ok(());
     }
