@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -46,12 +46,24 @@ fn helper_server() {
     }
 }
 
+/// Held while a copy of the binary is open for writing and while a helper is forked: a child
+/// forked by one test while another test writes its copy would inherit the writable fd until it
+/// executes, and executing that copy meanwhile fails with `ETXTBSY` ("Text file busy").
+static FORK: Mutex<()> = Mutex::new(());
+
 /// A copy of this test binary that any user may run.
 fn public_exe(dir: &Path) -> PathBuf {
     let exe = dir.join("api-test");
+    let _no_fork = FORK.lock().unwrap_or_else(|p| p.into_inner());
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     exe
+}
+
+/// Starts `command` while no copy of the binary is being written.
+fn spawn(command: &mut Command) -> Child {
+    let _no_copy = FORK.lock().unwrap_or_else(|p| p.into_inner());
+    command.spawn().unwrap()
 }
 
 /// Runs `helper` as `uid`, with `env` set.
@@ -68,7 +80,9 @@ fn helper(exe: &Path, helper: &str, uid: u32, env: (&str, &Path)) -> Command {
 
 /// The line the client helper printed, without its prefix: `("REPLY", json)` or `("ERROR", ..)`.
 fn client_as(exe: &Path, uid: u32, socket: &Path) -> (String, String) {
-    let out = helper(exe, "helper_client", uid, (CONNECT_ENV, socket)).output().unwrap();
+    let mut command = helper(exe, "helper_client", uid, (CONNECT_ENV, socket));
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = spawn(&mut command).wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
@@ -156,11 +170,11 @@ fn a_vm_of_another_user_serves_that_user_and_root_only() {
     let socket = dir.path().join("nobody/vm0.sock");
     std::fs::create_dir(dir.path().join("nobody")).unwrap();
     std::os::unix::fs::chown(dir.path().join("nobody"), Some(NOBODY), Some(NOBODY)).unwrap();
-    let mut server = helper(&exe, "helper_server", NOBODY, (SERVE_ENV, &socket))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = spawn(
+        helper(&exe, "helper_server", NOBODY, (SERVE_ENV, &socket))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     let first = lines.find(|l| l.as_ref().is_ok_and(|l| l == "READY" || l.starts_with("ERROR")));
     assert_eq!(first.unwrap().unwrap(), "READY");
