@@ -349,13 +349,15 @@ fn the_lock_holds_without_a_gap_across_fifty_kills_and_an_upgrade() {
         pid = wait_compartment_other(core, "blk", Some(pid));
         assert!(writable_by_another(&image).is_err(), "the successor holds it");
     }
+    // Run in the image's folder: the new binary is named relative to it, as a user would.
     let ctl = |args: &[&str]| {
-        common::bulkhead().env("BULKHEAD_RUN_DIR", &run_dir).arg("ctl").args(args).output().unwrap()
+        let mut ctl = common::bulkhead();
+        ctl.current_dir(&dir.0).env("BULKHEAD_RUN_DIR", &run_dir);
+        ctl.arg("ctl").args(args).output().unwrap()
     };
     let asked = Instant::now();
     let up = loop {
-        let args =
-            ["locked", "device", "upgrade", "blk0", "--binary", new_binary.to_str().unwrap()];
+        let args = ["locked", "device", "upgrade", "blk0", "--binary", "bulkhead-new"];
         let up = ctl(&args);
         if up.status.success() || asked.elapsed() > Duration::from_secs(10) {
             break up;
