@@ -16,6 +16,12 @@ use common::{require_kvm, Run, Running, TempDir};
 const T: Duration = Duration::from_secs(120);
 /// The bound on the API's answer and on Ctrl-C, whatever a compartment does.
 const PROMPT: Duration = Duration::from_millis(100);
+/// The bound on Ctrl-C's end of the process. Stopping the vCPUs and compartments takes ~2 ms;
+/// what follows is the kernel's: tearing the KVM VM down and moving the core out of its v1
+/// cgroups before removing them (each move waits for an RCU grace period), measured at 5–35 ms
+/// on a quiet 2-core host and up to 250 ms beside another busy VM. A core that waited on the
+/// stopped compartment would not end at all (the guest holds it for 60 s).
+const PROMPT_EXIT: Duration = Duration::from_secs(2);
 
 /// One status request straight to the VM's control socket (no `bulkhead ctl` process, whose
 /// own start would be measured too): how long the answer took, or why there was none.
@@ -179,5 +185,5 @@ fn ctrl_c_ends_a_vm_whose_vcpu_waits_on_a_stopped_compartment() {
     let took = start.elapsed();
     let r = vm.wait(T);
     assert_eq!(r.code, 130, "{}", r.stderr);
-    assert!(took < PROMPT, "Ctrl-C took {took:?} to end the VM");
+    assert!(took < PROMPT_EXIT, "Ctrl-C took {took:?} to end the VM");
 }
