@@ -87,7 +87,8 @@ pub enum DeviceMode {
     Compartment,
     /// A thread of the core (monolithic mode).
     Thread,
-    /// A vhost-user backend Bulkhead did not start (`--vhost-user`); it cannot restart it.
+    /// A vhost-user backend Bulkhead did not start (`--vhost-user`): Bulkhead cannot restart
+    /// it, but reconnects when it is back on its socket.
     External,
 }
 

@@ -145,6 +145,11 @@ pub(super) struct DeviceSupervisor {
     pub state: DeviceState,
     pub retry_at: Option<Instant>,
     pub failed_at: Option<Instant>,
+    /// Attempts to start a backend that failed since the device last ran.
+    pub failed_tries: u32,
+    /// The last such attempt's error, said once however often it repeats (an outside backend
+    /// refuses connections until its daemon is back).
+    pub last_try_error: Option<String>,
     pub last_used: Vec<u16>,
     pub last_progress: Instant,
     /// The descriptors watched now: the socket and the pidfd.
@@ -313,7 +318,10 @@ impl DeviceSupervisor {
             Decision::GiveUp(why) => {
                 self.retry_at = None;
                 self.set_state(DeviceState::Failed);
-                let last = self.shared.report().last_exit.clone().unwrap_or_else(|| "?".into());
+                let mut last = self.shared.report().last_exit.clone().unwrap_or_else(|| "?".into());
+                if let Some(error) = &self.last_try_error {
+                    last = format!("{last}; the last restart failed: {error}");
+                }
                 eprintln!(
                     "bulkhead: {}: failed ({last}); {}: the device is left stopped, the VM runs on",
                     self.shared.name,
@@ -332,12 +340,19 @@ impl DeviceSupervisor {
                 self.retry_at = None;
                 let since = self.failed_at.take().unwrap_or(now);
                 let recovery = change.took + now.duration_since(since);
+                let tries = std::mem::take(&mut self.failed_tries);
+                self.last_try_error = None;
                 let mut report = self.shared.report();
                 report.state = DeviceState::Running;
                 report.restarts += 1;
                 report.last_recovery = Some(recovery);
+                let failed_first = match tries {
+                    0 => String::new(),
+                    1 => "; 1 attempt failed first".into(),
+                    n => format!("; {n} attempts failed first"),
+                };
                 eprintln!(
-                    "bulkhead: {} restarted ({}), pid {}, serving again after {:.1} ms",
+                    "bulkhead: {} restarted ({}{failed_first}), pid {}, serving again after {:.1} ms",
                     self.shared.name,
                     report.last_exit.as_deref().unwrap_or("?"),
                     change.new_pid.map_or_else(|| "-".into(), |p| p.to_string()),
@@ -347,12 +362,20 @@ impl DeviceSupervisor {
                 self.state = DeviceState::Running;
             }
             Err(e) => {
-                eprintln!("bulkhead: {}: restart failed: {e}", self.shared.name);
-                let last_exit = match &e {
-                    SupervisorError::Ended { how, .. } => how.clone(),
-                    e => format!("restart failed: {e}"),
-                };
-                self.shared.report().last_exit = Some(last_exit);
+                let error = with_causes(&e);
+                // A backend that cannot be reached yet (an outside daemon starting again) is
+                // said once per outage; every other failure each time.
+                let repeated = self.last_try_error.as_ref() == Some(&error);
+                if !(repeated && matches!(e, SupervisorError::Launch(_))) {
+                    eprintln!("bulkhead: {}: restart failed: {error}", self.shared.name);
+                }
+                self.failed_tries += 1;
+                self.last_try_error = Some(error);
+                // A backend that died during its hand-over is a failure of its own: its end
+                // becomes the reason; a start that failed keeps the reason it was needed.
+                if let SupervisorError::Ended { how, .. } = &e {
+                    self.shared.report().last_exit = Some(how.clone());
+                }
                 self.schedule(now);
             }
         }
@@ -487,4 +510,18 @@ impl DeviceSupervisor {
         self.shared.report().state = state.clone();
         self.state = state;
     }
+}
+
+/// An error and its causes, on one line.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text = format!("{text}: {line}");
+        }
+        source = cause.source();
+    }
+    text
 }

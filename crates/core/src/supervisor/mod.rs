@@ -191,6 +191,8 @@ impl Supervisor {
                 state: DeviceState::Running,
                 retry_at: None,
                 failed_at: None,
+                failed_tries: 0,
+                last_try_error: None,
                 last_used: Vec::new(),
                 last_progress: now,
                 watched: Vec::new(),

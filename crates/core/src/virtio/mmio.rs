@@ -270,6 +270,13 @@ impl MmioTransport {
             inflight,
         )?;
         self.set_active(true);
+        // A kick for every started queue, as QEMU's frontend gives each new backend: a backend
+        // without an inflight region (qemu-storage-daemon, say) does not look at its rings
+        // until kicked, and the guest's kick for a request the old backend took with it was
+        // consumed by that backend. A spurious kick costs one look at an empty ring.
+        for (kick, _) in self.kicks.iter().zip(&self.queues).filter(|(_, q)| q.ready) {
+            let _ = kick.write(1);
+        }
         Ok(())
     }
 
