@@ -73,6 +73,17 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// How many of `device`'s backends the core saw die by SIGKILL, from its stderr: each was
+/// restarted, or died during its own hand-over (a kill right after a compartment entered its
+/// sandbox can land before the core has handed the device to it; the core then starts another).
+pub fn sigkills_seen(stderr: &str, device: &str) -> usize {
+    let restarted = format!("{device} restarted (killed by signal 9");
+    let in_handover = format!(
+        "{device}: restart failed: the new backend killed by signal 9 during the hand-over"
+    );
+    stderr.matches(&restarted).count() + stderr.matches(&in_handover).count()
+}
+
 /// The binary under test.
 pub fn bulkhead() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bulkhead"))
