@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bulkhead_core::boot::KernelSource;
 use bulkhead_core::supervisor::RestartPolicy;
-use bulkhead_core::virtio::{DeviceKind, ExternalBackend};
+use bulkhead_core::virtio::{ConfigSpace, DeviceKind, DeviceShape, ExternalBackend};
 use bulkhead_core::VmConfig;
 use bulkhead_devices::{BlkConfig, DeviceConfig};
 use bulkhead_vmm::{Config, CoreSeccomp, Mode, Request};
@@ -58,8 +58,11 @@ pub struct RunArgs {
     /// Seconds without progress, with requests outstanding, before a backend counts as hung (0: never).
     #[arg(long, default_value_t = 5.0)]
     pub watchdog: f64,
-    /// Attach an external vhost-user backend: KIND,socket=PATH (KIND: blk, net, rng).
-    #[arg(long = "vhost-user", value_name = "KIND,socket=PATH")]
+    /// Attach a vhost-user backend Bulkhead did not start: TYPE,socket=PATH[,queues=N][,tag=T].
+    /// TYPE: a virtio device type by name (blk, net, rng, console, vsock, fs, sound, gpio, i2c,
+    /// …) or number. Queues: the backend's count (GET_QUEUE_NUM), else the type's. tag=T:
+    /// virtio-fs's mount tag, for backends that have no configuration space (virtiofsd).
+    #[arg(long = "vhost-user", value_name = "TYPE,socket=PATH")]
     pub vhost_user: Vec<String>,
     /// The VM's name for `bulkhead ctl` (default: vm-PID).
     #[arg(long)]
@@ -128,22 +131,50 @@ fn device_requests(args: &RunArgs) -> anyhow::Result<Vec<Request>> {
     Ok(requests)
 }
 
-/// Parses `KIND,socket=PATH`.
-fn external_backend(spec: &str, index: usize) -> anyhow::Result<ExternalBackend> {
+/// Parses `TYPE,socket=PATH[,queues=N][,tag=T]`; `taken` counts the devices of each type so
+/// far, for its name (`blk1` after a `--disk`'s `blk0`).
+fn external_backend(
+    spec: &str,
+    taken: &mut std::collections::HashMap<&'static str, usize>,
+) -> anyhow::Result<ExternalBackend> {
     let mut parts = spec.split(',');
-    let kind = match parts.next() {
-        Some("blk") => DeviceKind::Block,
-        Some("net") => DeviceKind::Net,
-        Some("rng") => DeviceKind::Rng,
-        other => {
-            anyhow::bail!("--vhost-user {spec}: unknown device kind {other:?}; use blk, net or rng")
+    let kind = DeviceKind::parse(parts.next().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("--vhost-user {spec}: {e}"))?;
+    let mut shape = DeviceShape::of(kind);
+    let mut socket = None;
+    for part in parts {
+        match part.split_once('=') {
+            Some(("socket", path)) => socket = Some(absolute(Path::new(path))?),
+            Some(("queues", n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=bulkhead_core::virtio::MAX_QUEUES).contains(&n) => {
+                    shape.queues = Some(n)
+                }
+                _ => anyhow::bail!(
+                    "--vhost-user {spec}: queues must be a number from 1 to {}",
+                    bulkhead_core::virtio::MAX_QUEUES
+                ),
+            },
+            Some(("tag", tag)) if kind.name() == "fs" => {
+                if tag.is_empty() || tag.len() > bulkhead_core::virtio::FS_TAG_MAX {
+                    anyhow::bail!(
+                        "--vhost-user {spec}: a virtio-fs tag has 1 to {} bytes",
+                        bulkhead_core::virtio::FS_TAG_MAX
+                    );
+                }
+                shape.config = ConfigSpace::FsTag(tag.to_string());
+            }
+            _ => anyhow::bail!(
+                "--vhost-user {spec}: unknown option {part:?}; give socket=PATH, queues=N{}",
+                if kind.name() == "fs" { " or tag=T" } else { "" }
+            ),
         }
-    };
-    let socket = parts
-        .find_map(|p| p.strip_prefix("socket="))
+    }
+    let socket = socket
         .ok_or_else(|| anyhow::anyhow!("--vhost-user {spec}: give the socket as socket=PATH"))?;
-    let socket = absolute(Path::new(socket))?;
-    Ok(ExternalBackend { kind, name: format!("{}{index}", kind.name()), socket })
+    let index = taken.entry(kind.name()).or_insert(0);
+    let name = format!("{}{index}", kind.name());
+    *index += 1;
+    Ok(ExternalBackend { shape, name, socket })
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -175,15 +206,22 @@ impl TryFrom<RunArgs> for Config {
         bulkhead_api::paths::check_name(&name).with_context(|| format!("--name {name}"))?;
         let devices = device_requests(&args)?;
         args.limits.check(args.cpus, args.memory, args.mode == Mode::Microkernel)?;
-        let external = args.vhost_user.iter().enumerate();
+        let mut taken = std::collections::HashMap::new();
+        for d in &devices {
+            *taken.entry(bulkhead_vmm::backends::core_kind(d.config.kind()).name()).or_insert(0) +=
+                1;
+        }
+        let external = args
+            .vhost_user
+            .iter()
+            .map(|spec| external_backend(spec, &mut taken))
+            .collect::<Result<_, _>>()?;
         Ok(Config {
             vm,
             name,
             mode: args.mode,
             devices,
-            external: external
-                .map(|(i, spec)| external_backend(spec, i))
-                .collect::<Result<_, _>>()?,
+            external,
             limits: args.limits.limits(args.memory),
             core_seccomp: args.core_seccomp,
         })

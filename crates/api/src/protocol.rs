@@ -252,6 +252,7 @@ mod tests {
                 uptime_s: 12,
                 requests: 1000,
                 sandbox: Some("seccomp(filter) nnp caps(none)".into()),
+                on_restart: None,
             }],
             confinement: Vec::new(),
         }

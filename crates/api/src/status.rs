@@ -77,6 +77,10 @@ pub struct DeviceStatus {
     pub requests: u64,
     /// The sandbox summary line of a compartment (`seccomp(filter) nnp caps(none) ns(...)`).
     pub sandbox: Option<String>,
+    /// What a restart of the backend keeps of the requests in flight, in words (absent from
+    /// VMs older than this field).
+    #[serde(default)]
+    pub on_restart: Option<String>,
 }
 
 /// Where a device backend runs.

@@ -228,6 +228,9 @@ pub fn status_table(status: &VmStatus) -> String {
         if let Some(sandbox) = &device.sandbox {
             out.push_str(&format!("{} sandbox: {}\n", clean(&device.id), clean(sandbox)));
         }
+        if let Some(on_restart) = &device.on_restart {
+            out.push_str(&format!("{} on restart: {}\n", clean(&device.id), clean(on_restart)));
+        }
     }
     out.push_str(&confinement_table(status));
     out
@@ -401,6 +404,7 @@ mod tests {
             uptime_s: 192,
             requests: 10234,
             sandbox: pid.map(|_| "seccomp(filter) nnp caps(none)".into()),
+            on_restart: pid.map(|_| "in-flight requests resubmitted".into()),
         };
         let status = VmStatus {
             name: "web1".into(),
@@ -442,6 +446,7 @@ DEVICE  KIND  MODE         PID   STATE    RESTARTS  UPTIME  REQUESTS  LAST EXIT
 blk0    blk   compartment  4250  running  1         3m12s   10234     killed by signal 9
 rng0    rng   thread       -     running  1         3m12s   10234     -
 blk0 sandbox: seccomp(filter) nnp caps(none)
+blk0 on restart: in-flight requests resubmitted
 confinement (per thread, from /proc/PID/task/TID/status):
 PROCESS  PID   THREADS  CLASS        SYSCALLS  SECCOMP   NO CAPS  NNP
 core     4242  4        vcpu         31        in force  4/4      4/4

@@ -98,6 +98,7 @@ fn device_status(d: supervisor::DeviceReport) -> DeviceStatus {
         uptime_s,
         requests: d.requests,
         sandbox: Some(d.sandbox),
+        on_restart: Some(d.on_restart),
     }
 }
 

@@ -55,6 +55,7 @@ pub fn sample_status() -> VmStatus {
                 uptime_s: 12,
                 requests: 1000,
                 sandbox: Some("seccomp(filter) nnp caps(none) ns(mnt,pid,net)".into()),
+                on_restart: None,
             },
             DeviceStatus {
                 id: "rng0".into(),
@@ -67,6 +68,7 @@ pub fn sample_status() -> VmStatus {
                 uptime_s: 61,
                 requests: 3,
                 sandbox: None,
+                on_restart: None,
             },
         ],
         confinement: Vec::new(),

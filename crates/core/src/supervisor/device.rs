@@ -388,7 +388,8 @@ impl DeviceSupervisor {
         let old_pid = self.shared.report().pid;
         let launched = self.backend.launch().map_err(SupervisorError::Launch)?;
         let deadline = t0 + HANDOVER;
-        let handed_over = Connection::connect_within(launched.conn, self.kind, deadline)
+        let shape = self.backend.shape();
+        let handed_over = Connection::connect_within(launched.conn, &shape, deadline)
             .and_then(|conn| lock(&self.transport).replace_backend(conn, deadline));
         if let Err(error) = handed_over {
             // Its connection broke during the hand-over: most often because it died (a kill
@@ -407,8 +408,10 @@ impl DeviceSupervisor {
         let started = Instant::now();
         self.last_progress = started;
         self.last_used = before.iter().map(|p| p.1).collect();
+        let on_restart = lock(&self.transport).restart_guarantee();
         {
             let mut report = self.shared.report();
+            report.on_restart = on_restart.into();
             report.pid = launched.pid;
             report.sandbox = description;
             report.started = started;

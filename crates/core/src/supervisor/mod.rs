@@ -88,6 +88,8 @@ pub struct DeviceReport {
     pub started: Instant,
     pub requests: u64,
     pub sandbox: String,
+    /// What a restart keeps of the requests in flight, in words.
+    pub on_restart: String,
     /// The last restart: from the failure to the first request completed
     /// by the successor (or to its start, if nothing was outstanding).
     pub last_recovery: Option<Duration>,
@@ -175,6 +177,11 @@ impl Supervisor {
                 started: now,
                 requests: 0,
                 sandbox: d.description,
+                on_restart: if d.backend.restartable() {
+                    d.transport.lock().unwrap_or_else(|p| p.into_inner()).restart_guarantee().into()
+                } else {
+                    "none: a device fault ends the VM (monolithic mode)".into()
+                },
                 last_recovery: None,
             };
             let device_shared = Arc::new(Shared::new(d.name.clone(), report)?);

@@ -72,18 +72,19 @@ fn attach(
     mut backend: Box<dyn Backend>,
 ) -> Result<Attached, AttachError> {
     let name = backend.name();
-    let kind = backend.kind();
+    let shape = backend.shape();
+    let kind = shape.kind;
     let wire = |what| {
         let name = name.clone();
         move |e: std::io::Error| AttachError::Wire(name, what, e)
     };
     let launched = backend.launch().map_err(|e| AttachError::Launch(name.clone(), e))?;
-    let connection = Connection::connect(launched.conn, kind)
+    let connection = Connection::connect(launched.conn, &shape)
         .map_err(|e| AttachError::Connect(name.clone(), e))?;
     let base = layout::VIRTIO_MMIO_START + index as u64 * layout::VIRTIO_MMIO_SIZE;
     let pin = FIRST_PIN + index;
     let mut kicks = Vec::new();
-    for queue in 0..kind.queues() {
+    for queue in 0..connection.queues {
         let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(wire("queue notification"))?;
         vm.register_ioevent(&kick, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), queue as u32)
             .map_err(|e| wire("queue notification")(e.into()))?;

@@ -28,7 +28,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{DeviceKind, VHOST_USER_F_PROTOCOL_FEATURES};
+use super::{ConfigSpace, DeviceKind, DeviceShape, MAX_QUEUES, VHOST_USER_F_PROTOCOL_FEATURES};
 use crate::memory::GuestRam;
 
 /// How long an operation the guest starts (activating or resetting a device, writing its
@@ -47,6 +47,10 @@ pub enum FrontendError {
     NoBackend,
     #[error("queue {0}'s {1} address {2:#x} is not in guest memory")]
     BadAddress(usize, &'static str, u64),
+    #[error("the backend has {0} queues; a device has 1 to {MAX_QUEUES}")]
+    QueueCount(u64),
+    #[error("the backend serves {got} queues where the device has {want}")]
+    FewerQueues { got: usize, want: usize },
 }
 
 fn request(what: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
@@ -86,6 +90,8 @@ pub struct Connection {
     /// Features the backend offers, vhost-user's own bit included.
     pub features: u64,
     pub protocol: VhostUserProtocolFeatures,
+    /// The device's queue count: the user's, else the backend's, else its type's.
+    pub queues: usize,
     /// The device configuration space as read at connection time.
     pub config: Vec<u8>,
     /// When the operation under way must be done.
@@ -94,21 +100,22 @@ pub struct Connection {
 
 impl Connection {
     /// Takes ownership of the backend and reads what it offers, within [`REPLY_TIMEOUT`].
-    pub fn connect(conn: UnixStream, kind: DeviceKind) -> Result<Self, FrontendError> {
-        Self::connect_within(conn, kind, Instant::now() + REPLY_TIMEOUT)
+    pub fn connect(conn: UnixStream, shape: &DeviceShape) -> Result<Self, FrontendError> {
+        Self::connect_within(conn, shape, Instant::now() + REPLY_TIMEOUT)
     }
 
     /// [`Connection::connect`], done by `deadline`.
     pub fn connect_within(
         conn: UnixStream,
-        kind: DeviceKind,
+        shape: &DeviceShape,
         deadline: Instant,
     ) -> Result<Self, FrontendError> {
-        let frontend = Frontend::from_stream(conn, kind.queues() as u64);
+        let frontend = Frontend::from_stream(conn, MAX_QUEUES as u64);
         let mut c = Connection {
             frontend,
             features: 0,
             protocol: VhostUserProtocolFeatures::empty(),
+            queues: 0,
             config: Vec::new(),
             deadline,
         };
@@ -131,7 +138,22 @@ impl Connection {
             }
             c.protocol = protocol;
         }
-        c.config = c.read_config(kind)?;
+        let queues = match shape.queues {
+            Some(n) => n as u64,
+            None if c.protocol.contains(VhostUserProtocolFeatures::MQ) => {
+                c.call("GET_QUEUE_NUM", |f| f.get_queue_num())?
+            }
+            None => shape.kind.queues() as u64,
+        };
+        if queues == 0 || queues > MAX_QUEUES as u64 {
+            return Err(FrontendError::QueueCount(queues));
+        }
+        c.queues = queues as usize;
+        c.config = match &shape.config {
+            ConfigSpace::Backend => c.read_config(shape.kind)?,
+            ConfigSpace::Bytes(bytes) => bytes.clone(),
+            ConfigSpace::FsTag(tag) => super::fs_config(tag, c.queues as u32 - 1),
+        };
         Ok(c)
     }
 

@@ -100,7 +100,7 @@ impl MmioTransport {
         kicks: Vec<EventFd>,
         call: Arc<EventFd>,
     ) -> Self {
-        let queues = vec![QueueConfig::default(); kind.queues()];
+        let queues = vec![QueueConfig::default(); backend.queues];
         let watch = Arc::new(QueueWatch { ram: ram.clone(), queues: Mutex::new(Vec::new()) });
         MmioTransport {
             kind,
@@ -300,6 +300,12 @@ impl MmioTransport {
         deadline: Instant,
     ) -> Result<(), FrontendError> {
         backend.set_deadline(deadline);
+        if backend.queues < self.queues.len() {
+            return Err(FrontendError::FewerQueues {
+                got: backend.queues,
+                want: self.queues.len(),
+            });
+        }
         self.backend = Some(backend);
         let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
         if self.status & running != running {
@@ -316,6 +322,20 @@ impl MmioTransport {
     pub fn detach_backend(&mut self) {
         self.backend = None;
         self.set_active(false);
+    }
+
+    /// What a restart of the current backend keeps of the requests it has in flight.
+    pub fn restart_guarantee(&self) -> &'static str {
+        match &self.backend {
+            Some(b) if b.keeps_inflight() => {
+                "in-flight requests resubmitted (the backend keeps a vhost-user inflight region)"
+            }
+            Some(_) => {
+                "queues replayed from the used index: nothing lost if the device completes \
+                 requests in order (the backend keeps no inflight region)"
+            }
+            None => "unknown: no backend connected",
+        }
     }
 
     /// The backend connection's socket, to watch for its end.
@@ -401,6 +421,7 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::DeviceShape;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use std::time::Duration;
@@ -443,10 +464,11 @@ mod tests {
 
     fn transport(silent: bool) -> MmioTransport {
         let ram = Arc::new(GuestRam::new(16 << 20).unwrap());
-        let conn = Connection::connect(fake_backend(silent), DeviceKind::Rng).unwrap();
+        let conn =
+            Connection::connect(fake_backend(silent), &DeviceShape::of(DeviceKind::RNG)).unwrap();
         let kicks = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()];
         let call = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        MmioTransport::new(DeviceKind::Rng, "rng0".into(), ram, conn, kicks, call)
+        MmioTransport::new(DeviceKind::RNG, "rng0".into(), ram, conn, kicks, call)
     }
 
     fn read(t: &mut MmioTransport, offset: u64) -> u32 {
@@ -478,7 +500,7 @@ mod tests {
         let mut t = transport(false);
         assert_eq!(read(&mut t, 0x000), MAGIC);
         assert_eq!(read(&mut t, 0x004), 2);
-        assert_eq!(read(&mut t, 0x008), DeviceKind::Rng.device_id());
+        assert_eq!(read(&mut t, 0x008), DeviceKind::RNG.device_id());
         assert_eq!(read(&mut t, 0x00c), VENDOR_ID);
         write(&mut t, 0x014, 1);
         assert_eq!(read(&mut t, 0x010), 1, "VIRTIO_F_VERSION_1 is bit 32");
@@ -512,14 +534,14 @@ mod tests {
     fn driver_ok_starts_the_queues_and_a_reset_stops_them() {
         let mut t = transport(false);
         negotiate(&mut t);
-        assert!(t.watch().progress(DeviceKind::Rng).is_empty(), "nothing runs before DRIVER_OK");
+        assert!(t.watch().progress(DeviceKind::RNG).is_empty(), "nothing runs before DRIVER_OK");
         write(
             &mut t,
             0x070,
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
         );
         assert_eq!(read(&mut t, 0x070) & STATUS_NEEDS_RESET, 0);
-        assert_eq!(t.watch().progress(DeviceKind::Rng), vec![(0, 0)], "the watchdog sees it");
+        assert_eq!(t.watch().progress(DeviceKind::RNG), vec![(0, 0)], "the watchdog sees it");
         assert_eq!(read(&mut t, 0x060) & INT_VRING, INT_VRING);
         // Queue set-up is ignored once the driver is running.
         write(&mut t, 0x038, 8);
@@ -528,7 +550,7 @@ mod tests {
         write(&mut t, 0x070, 0);
         assert_eq!(read(&mut t, 0x070), 0);
         assert_eq!(read(&mut t, 0x044), 0, "a reset forgets the queues");
-        assert!(t.watch().progress(DeviceKind::Rng).is_empty());
+        assert!(t.watch().progress(DeviceKind::RNG).is_empty());
     }
 
     #[test]

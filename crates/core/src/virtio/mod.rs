@@ -18,7 +18,7 @@ pub mod mmio;
 
 use std::os::unix::net::UnixStream;
 
-/// Virtio device IDs (virtio 1.2, section 5).
+/// Virtio device IDs (virtio 1.2, section 5) of the devices Bulkhead serves itself.
 pub const DEVICE_ID_NET: u32 = 1;
 pub const DEVICE_ID_BLOCK: u32 = 2;
 pub const DEVICE_ID_RNG: u32 = 4;
@@ -35,54 +35,149 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// The largest queue the core offers the driver.
 pub const QUEUE_MAX_SIZE: u16 = 256;
 
-/// What kind of device a backend serves, and the shape of its config space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceKind {
-    Block,
-    Net,
-    Rng,
+/// The most queues the core gives one device.
+pub const MAX_QUEUES: usize = 64;
+
+/// What the core knows of a virtio device type from the specification (virtio 1.2, section 5):
+/// its name, how many queues it has unless the backend says (`GET_QUEUE_NUM`), the size of
+/// its configuration space, and which queues hold the driver's buffers until something
+/// arrives (a receive queue), so that the watchdog does not take waiting for a hang.
+struct Spec {
+    id: u32,
+    name: &'static str,
+    queues: usize,
+    config_size: u32,
+    waiting_queues: &'static [usize],
 }
 
+/// The device types the core attaches by name. Any other ID is attached by number, with what
+/// its backend says and the user gives.
+const SPECS: &[Spec] = &[
+    Spec { id: 1, name: "net", queues: 2, config_size: 12, waiting_queues: &[0] },
+    Spec { id: 2, name: "blk", queues: 1, config_size: 60, waiting_queues: &[] },
+    Spec { id: 3, name: "console", queues: 2, config_size: 12, waiting_queues: &[0] },
+    Spec { id: 4, name: "rng", queues: 1, config_size: 0, waiting_queues: &[] },
+    Spec { id: 5, name: "balloon", queues: 3, config_size: 8, waiting_queues: &[2] },
+    Spec { id: 8, name: "scsi", queues: 3, config_size: 36, waiting_queues: &[1] },
+    Spec { id: 16, name: "gpu", queues: 2, config_size: 16, waiting_queues: &[] },
+    Spec { id: 18, name: "input", queues: 2, config_size: 136, waiting_queues: &[0] },
+    Spec { id: 19, name: "vsock", queues: 3, config_size: 8, waiting_queues: &[0, 2] },
+    Spec { id: 25, name: "sound", queues: 4, config_size: 16, waiting_queues: &[1] },
+    Spec { id: 26, name: "fs", queues: 2, config_size: 40, waiting_queues: &[] },
+    Spec { id: 27, name: "pmem", queues: 1, config_size: 16, waiting_queues: &[] },
+    Spec { id: 32, name: "scmi", queues: 2, config_size: 0, waiting_queues: &[1] },
+    Spec { id: 34, name: "i2c", queues: 1, config_size: 0, waiting_queues: &[] },
+    Spec { id: 41, name: "gpio", queues: 2, config_size: 8, waiting_queues: &[1] },
+];
+
+/// The type of a virtio device: its device ID (virtio 1.2, section 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceKind(u32);
+
 impl DeviceKind {
+    pub const BLOCK: DeviceKind = DeviceKind(DEVICE_ID_BLOCK);
+    pub const NET: DeviceKind = DeviceKind(DEVICE_ID_NET);
+    pub const RNG: DeviceKind = DeviceKind(DEVICE_ID_RNG);
+
+    /// A device type by its name (`blk`, `vsock`, `fs`, …) or its device ID (`26`).
+    pub fn parse(text: &str) -> Result<DeviceKind, String> {
+        if let Some(spec) = SPECS.iter().find(|s| s.name == text) {
+            return Ok(DeviceKind(spec.id));
+        }
+        match text.parse::<u32>() {
+            Ok(id) if (1..=63).contains(&id) => Ok(DeviceKind(id)),
+            _ => {
+                let names: Vec<&str> = SPECS.iter().map(|s| s.name).collect();
+                Err(format!(
+                    "unknown device type {text:?}: give one of {}, or a virtio device ID (1-63)",
+                    names.join(", ")
+                ))
+            }
+        }
+    }
+
+    fn spec(self) -> Option<&'static Spec> {
+        SPECS.iter().find(|s| s.id == self.0)
+    }
+
     pub fn device_id(self) -> u32 {
-        match self {
-            DeviceKind::Block => DEVICE_ID_BLOCK,
-            DeviceKind::Net => DEVICE_ID_NET,
-            DeviceKind::Rng => DEVICE_ID_RNG,
-        }
+        self.0
     }
 
-    /// Bytes of device configuration space the core reads from the backend.
+    /// Bytes of device configuration space the core shows, as the specification sizes it (0
+    /// for a type it does not know: the user gives it).
     pub fn config_size(self) -> u32 {
-        match self {
-            DeviceKind::Block => 60,
-            DeviceKind::Net => 12,
-            DeviceKind::Rng => 0,
-        }
+        self.spec().map_or(0, |s| s.config_size)
     }
 
-    /// Queues the device has: blk 1, net 2 (receive, transmit), rng 1.
+    /// Queues the device has when its backend does not say: the specification's number for
+    /// the type (blk 1, net 2 — receive and transmit —, vsock 3, …), 1 for a type it does not
+    /// know.
     pub fn queues(self) -> usize {
-        match self {
-            DeviceKind::Net => 2,
-            _ => 1,
-        }
+        self.spec().map_or(1, |s| s.queues)
     }
 
-    /// Whether queue `index` is one the device must consume promptly (its
-    /// progress is watched for hangs). Not net's receive queue: it holds
-    /// buffers until packets arrive.
+    /// Whether queue `index` is one the device must consume promptly (its progress is watched
+    /// for hangs). Not a queue that holds buffers until something arrives (net's receive
+    /// queue), and none of a type the core does not know.
     pub fn watched_queue(self, index: usize) -> bool {
-        !(self == DeviceKind::Net && index == 0)
+        self.spec().is_some_and(|s| !s.waiting_queues.contains(&index))
     }
 
+    /// The type's name (`dev` for one the core does not know), the stem of its devices' names.
     pub fn name(self) -> &'static str {
-        match self {
-            DeviceKind::Block => "blk",
-            DeviceKind::Net => "net",
-            DeviceKind::Rng => "rng",
+        self.spec().map_or("dev", |s| s.name)
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.spec() {
+            Some(s) => f.write_str(s.name),
+            None => write!(f, "virtio device {}", self.0),
         }
     }
+}
+
+/// Where a device's configuration space comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSpace {
+    /// The backend's (`GET_CONFIG`), of the type's size, or zeros when it offers none.
+    Backend,
+    /// These bytes, as the user gave them.
+    Bytes(Vec<u8>),
+    /// virtio-fs's (virtio 1.2, section 5.11.4): the tag the guest mounts and the number of
+    /// request queues, which QEMU's frontend also supplies itself (virtiofsd has none).
+    FsTag(String),
+}
+
+/// What the core must know of a device before it can show it to the guest, beyond what its
+/// backend says: its type, its queue count if the user fixed it, its configuration space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceShape {
+    pub kind: DeviceKind,
+    /// The queue count; `None`: the backend's (`GET_QUEUE_NUM`), else the type's.
+    pub queues: Option<usize>,
+    pub config: ConfigSpace,
+}
+
+impl DeviceShape {
+    /// A device of `kind` as its backend describes it.
+    pub fn of(kind: DeviceKind) -> DeviceShape {
+        DeviceShape { kind, queues: None, config: ConfigSpace::Backend }
+    }
+}
+
+/// The longest virtio-fs tag, in bytes.
+pub const FS_TAG_MAX: usize = 36;
+
+/// virtio-fs's configuration space for `tag` with `request_queues` request queues.
+pub fn fs_config(tag: &str, request_queues: u32) -> Vec<u8> {
+    let mut config = vec![0u8; FS_TAG_MAX];
+    let bytes = &tag.as_bytes()[..tag.len().min(FS_TAG_MAX)];
+    config[..bytes.len()].copy_from_slice(bytes);
+    config.extend_from_slice(&request_queues.to_le_bytes());
+    config
 }
 
 /// A started backend: the frontend's end of its vhost-user socket, and how
@@ -100,6 +195,10 @@ pub struct Launched {
 /// (monolithic mode).
 pub trait Backend: Send {
     fn kind(&self) -> DeviceKind;
+    /// The device as the core shows it; by default as the backend describes it.
+    fn shape(&self) -> DeviceShape {
+        DeviceShape::of(self.kind())
+    }
     /// A short name for messages, e.g. `blk0`.
     fn name(&self) -> String;
     /// Starts the backend (again, after a failure) and connects to it.
@@ -143,14 +242,18 @@ pub trait Backend: Send {
 /// qemu-storage-daemon's vhost-user-blk export, say) or a `bulkhead device`
 /// started by hand.
 pub struct ExternalBackend {
-    pub kind: DeviceKind,
+    pub shape: DeviceShape,
     pub name: String,
     pub socket: std::path::PathBuf,
 }
 
 impl Backend for ExternalBackend {
     fn kind(&self) -> DeviceKind {
-        self.kind
+        self.shape.kind
+    }
+
+    fn shape(&self) -> DeviceShape {
+        self.shape.clone()
     }
 
     fn name(&self) -> String {
@@ -169,5 +272,47 @@ impl Backend for ExternalBackend {
             pid: None,
             description: format!("external backend on {}", self.socket.display()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_are_named_or_numbered() {
+        assert_eq!(DeviceKind::parse("blk"), Ok(DeviceKind::BLOCK));
+        assert_eq!(DeviceKind::parse("2"), Ok(DeviceKind::BLOCK));
+        let fs = DeviceKind::parse("fs").unwrap();
+        assert_eq!((fs.device_id(), fs.queues(), fs.config_size(), fs.name()), (26, 2, 40, "fs"));
+        let vsock = DeviceKind::parse("vsock").unwrap();
+        assert_eq!((vsock.device_id(), vsock.queues()), (19, 3));
+        assert!(!vsock.watched_queue(0) && vsock.watched_queue(1) && !vsock.watched_queue(2));
+        // A type the core has no table entry for: attached by number, its queues unwatched.
+        let other = DeviceKind::parse("42").unwrap();
+        assert_eq!((other.queues(), other.config_size(), other.name()), (1, 0, "dev"));
+        assert!(!other.watched_queue(0));
+        assert_eq!(other.to_string(), "virtio device 42");
+        for bad in ["", "0", "64", "floppy", "-1"] {
+            assert!(DeviceKind::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_ids_match_the_specification() {
+        for (i, a) in SPECS.iter().enumerate() {
+            assert!(SPECS[i + 1..].iter().all(|b| b.name != a.name && b.id != a.id), "{}", a.name);
+        }
+        assert_eq!(DeviceKind::NET.name(), "net");
+        assert_eq!(DeviceKind::RNG.config_size(), 0);
+    }
+
+    #[test]
+    fn the_fs_config_holds_the_tag_and_the_request_queues() {
+        let config = fs_config("share", 3);
+        assert_eq!(config.len(), DeviceKind::parse("fs").unwrap().config_size() as usize);
+        assert_eq!(&config[..6], b"share\0");
+        assert_eq!(&config[36..], &3u32.to_le_bytes());
+        assert_eq!(&fs_config(&"x".repeat(40), 1)[..36], "x".repeat(36).as_bytes());
     }
 }

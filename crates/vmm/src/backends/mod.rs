@@ -31,9 +31,9 @@ pub enum Mode {
 /// The core's name for a device kind.
 pub fn core_kind(kind: DeviceKind) -> CoreKind {
     match kind {
-        DeviceKind::Blk => CoreKind::Block,
-        DeviceKind::Net => CoreKind::Net,
-        DeviceKind::Rng => CoreKind::Rng,
+        DeviceKind::Blk => CoreKind::BLOCK,
+        DeviceKind::Net => CoreKind::NET,
+        DeviceKind::Rng => CoreKind::RNG,
     }
 }
 
