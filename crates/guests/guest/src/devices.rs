@@ -18,11 +18,12 @@ use crate::acpi::{Acpi, IoApic, MAX_IOAPICS};
 use crate::bump::Bump;
 use crate::cmdline::{Cmdline, VirtioMmio, MAX_VIRTIO};
 use crate::virtio::blk::Blk;
+use crate::virtio::fs::Fs;
 use crate::virtio::mmio::{InitError, Transport};
 use crate::virtio::net::Net;
 use crate::virtio::queue::Completion;
 use crate::virtio::rng::Rng;
-use crate::virtio::{ID_BLOCK, ID_NET, ID_RNG};
+use crate::virtio::{ID_BLOCK, ID_FS, ID_NET, ID_RNG};
 use crate::{arch, irq};
 
 /// The first vector given to device interrupts.
@@ -64,6 +65,7 @@ pub enum Driver {
     Blk(Blk),
     Net(Net),
     Rng(Rng),
+    Fs(Fs),
 }
 
 /// Why a workload has no device.
@@ -173,7 +175,7 @@ impl Devices {
             return Err(DevError::Missing("mmio", i));
         };
         if matches!(self.drivers[i], Driver::NotStarted) {
-            if ![ID_BLOCK, ID_NET, ID_RNG].contains(&id) {
+            if ![ID_BLOCK, ID_NET, ID_RNG, ID_FS].contains(&id) {
                 self.drivers[i] = Driver::Failed(InitError::NoDriver);
                 return Err(DevError::Init(InitError::NoDriver));
             }
@@ -182,6 +184,7 @@ impl Devices {
             self.drivers[i] = match id {
                 ID_BLOCK => Blk::new(t, completion, bump).map(Driver::Blk),
                 ID_NET => Net::new(t, completion, bump).map(Driver::Net),
+                ID_FS => Fs::new(t, completion, bump).map(Driver::Fs),
                 _ => Rng::new(t, completion, bump).map(Driver::Rng),
             }
             .unwrap_or_else(Driver::Failed);
@@ -220,6 +223,15 @@ impl Devices {
         match self.start(i)? {
             Driver::Net(n) => Ok(n),
             _ => Err(DevError::Missing("net", 0)),
+        }
+    }
+
+    /// The first virtio-fs device, started.
+    pub fn fs(&mut self) -> Result<&mut Fs, DevError> {
+        let i = self.nth(ID_FS, 0).ok_or(DevError::Missing("fs", 0))?;
+        match self.start(i)? {
+            Driver::Fs(f) => Ok(f),
+            _ => Err(DevError::Missing("fs", 0)),
         }
     }
 

@@ -312,6 +312,9 @@ fn describe_driver(ctx: &mut Ctx, i: usize, kind: &str) -> bool {
             }
         }
         Ok(Driver::Rng(r)) => write!(w, "features={:#x} queues={}", r.features(), r.queue_size()),
+        Ok(Driver::Fs(f)) => {
+            write!(w, "tag={}", core::str::from_utf8(f.tag()).unwrap_or("?"))
+        }
         Ok(_) => Ok(()),
         Err(e) => write!(w, "text={}", e),
     };

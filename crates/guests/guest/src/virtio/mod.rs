@@ -6,12 +6,14 @@
 //! - `queue`: a ring wired to its transport — notification through the
 //!   QueueNotify register (an ioeventfd under Bulkhead, so no exit to the
 //!   VMM) and completion by polling the used ring or by interrupt;
-//! - `blk`, `net`, `rng`: the device drivers.
+//! - `blk`, `net`, `rng`, `fs`: the device drivers.
 //!
 //! This module holds the numbers the specification (virtio 1.2) fixes.
 
 #[cfg(bulkhead_guest)]
 pub mod blk;
+#[cfg(bulkhead_guest)]
+pub mod fs;
 #[cfg(bulkhead_guest)]
 pub mod mmio;
 #[cfg(bulkhead_guest)]
@@ -26,6 +28,7 @@ pub mod rng;
 pub const ID_NET: u32 = 1;
 pub const ID_BLOCK: u32 = 2;
 pub const ID_RNG: u32 = 4;
+pub const ID_FS: u32 = 26;
 
 /// A device ID's name for reports.
 pub fn device_name(id: u32) -> &'static str {
@@ -40,7 +43,7 @@ pub fn device_name(id: u32) -> &'static str {
         16 => "gpu",
         18 => "input",
         19 => "vsock",
-        26 => "fs",
+        ID_FS => "fs",
         _ => "other",
     }
 }

@@ -1,6 +1,7 @@
 //! The device workloads `bulkhead.run=` names (comma-separated, run in
 //! order): `blk-verify`, `blk-read-verify`, `blk-ro`, `blk-bench`, `rng`,
-//! `net-ping`, `net-bench`, `probe`, `storm`, `hammer`, `hammer-done`, `mem-touch`. Their options are in [`crate::options`].
+//! `net-ping`, `net-bench`, `fs`, `probe`, `storm`, `hammer`, `hammer-done`, `mem-touch`.
+//! Their options are in [`crate::options`] (`fs`'s in its module).
 //!
 //! Each prints one `BH check name=<workload> status=ok|fail ...` line
 //! (failures end with `text=<why>`), and the benchmarks a `BH result
@@ -9,6 +10,7 @@
 
 mod bench;
 mod blk;
+mod fs;
 mod interfere;
 mod net;
 mod rng;
@@ -114,6 +116,7 @@ pub enum Fail {
         want: u64,
         got: u64,
     },
+    Fs(crate::virtio::fs::FsError),
     Text(&'static str),
 }
 
@@ -132,6 +135,7 @@ impl fmt::Display for Fail {
             Fail::Mismatch { offset, want, got } => {
                 write!(f, "the word at byte {offset} is {got:#018x}, the pattern has {want:#018x}")
             }
+            Fail::Fs(e) => write!(f, "{e}"),
             Fail::Text(t) => write!(f, "{t}"),
         }
     }
@@ -167,6 +171,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> bool {
         "blk-ro" => blk::read_only(ctx),
         "blk-bench" => bench::run(ctx),
         "rng" => rng::run(ctx),
+        "fs" => fs::run(ctx),
         "net-ping" => net::ping(ctx),
         "net-bench" => net::bench(ctx),
         "probe" => interfere::probe(ctx),
