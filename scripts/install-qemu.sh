@@ -13,7 +13,9 @@
 #   3. drops the optional QEMU modules (display, audio, spice, usb) whose libraries are absent,
 #      and checks with ldd that the emulator and its TCG module resolve every library;
 #   4. writes $CACHE/qemu-7.2/bin/qemu-system-x86_64, a wrapper that sets LD_LIBRARY_PATH,
-#      QEMU_MODULE_DIR and `-L` (the firmware folders), and checks that it runs.
+#      QEMU_MODULE_DIR and `-L` (the firmware folders), and checks that it runs; and
+#      $CACHE/qemu-7.2/bin/virtiofsd, QEMU 7.2's virtio-fs backend (from qemu-system-common),
+#      the outside backend the virtio-fs tests attach.
 # The install is built beside the old one and renamed into place. When QEMU 7.2 is already
 # installed it only checks the wrapper and exits (well under a second).
 #
@@ -49,7 +51,8 @@ dest=$cache/qemu-7.2
 wrapper=$dest/bin/qemu-system-x86_64
 
 installed() {
-	[ -f "$dest/installed" ] && "$wrapper" --version 2>/dev/null | grep -q 'version 7\.2\.'
+	[ -f "$dest/installed" ] && "$wrapper" --version 2>/dev/null | grep -q 'version 7\.2\.' &&
+		"$dest/bin/virtiofsd" --version >/dev/null 2>&1
 }
 
 if [ "$force" = 0 ] && installed; then
@@ -151,7 +154,7 @@ moddir=$root/usr/lib/x86_64-linux-gnu/qemu
 for mod in "$moddir"/*.so; do
 	if LD_LIBRARY_PATH=$libpath ldd "$mod" | grep -q 'not found'; then rm -f "$mod"; fi
 done
-for bin in "$root/usr/bin/qemu-system-x86_64" "$moddir/accel-tcg-x86_64.so"; do
+for bin in "$root/usr/bin/qemu-system-x86_64" "$moddir/accel-tcg-x86_64.so" "$root/usr/lib/qemu/virtiofsd"; do
 	[ -f "$bin" ] || die "the packages did not provide $bin"
 	unresolved=$(LD_LIBRARY_PATH=$libpath ldd "$bin" | awk '/not found/ { print $1 }' | tr '\n' ' ')
 	[ -z "$unresolved" ] || die "$(basename "$bin") still lacks $unresolved; install the packages that provide them"
@@ -168,6 +171,16 @@ exec "$root/usr/bin/qemu-system-x86_64" -L "$root/usr/share/qemu" -L "$root/usr/
 	-L "$root/usr/lib/ipxe/qemu" "$@"
 EOF
 chmod +x "$work/new/bin/qemu-system-x86_64"
+cat >"$work/new/bin/virtiofsd" <<'EOF'
+#!/bin/sh
+# Written by scripts/install-qemu.sh: QEMU 7.2's virtiofsd run from its unpacked package.
+root=$(cd "$(dirname "$0")/../root" && pwd)
+LD_LIBRARY_PATH="$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH
+exec "$root/usr/lib/qemu/virtiofsd" "$@"
+EOF
+chmod +x "$work/new/bin/virtiofsd"
+"$work/new/bin/virtiofsd" --version >/dev/null 2>&1 || die "the unpacked virtiofsd does not run"
 "$work/new/bin/qemu-system-x86_64" --version | grep -q 'version 7\.2\.' ||
 	die "the unpacked QEMU does not run: $("$work/new/bin/qemu-system-x86_64" --version 2>&1 | head -3)"
 "$work/new/bin/qemu-system-x86_64" -accel help | grep -qx tcg || die "the unpacked QEMU has no TCG accelerator"

@@ -113,3 +113,115 @@ fn qemu_storage_daemon_killed_twenty_times_costs_the_guest_a_pause() {
     let bytes = std::fs::read(&image).unwrap();
     assert!(bytes == common::pattern(3 + rounds - 1, size), "the image holds the last pass");
 }
+
+/// QEMU 7.2's virtiofsd, as `scripts/install-qemu.sh` installs it: `$BULKHEAD_VIRTIOFSD`, else
+/// the wrapper in Bulkhead's cache folder.
+fn virtiofsd() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("BULKHEAD_VIRTIOFSD").filter(|v| !v.is_empty()) {
+        return path.into();
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let cache = std::env::var_os("BULKHEAD_CACHE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|p| p.join("bulkhead"))
+        })
+        .or_else(|| home.map(|h| h.join(".cache/bulkhead")))
+        .expect("HOME is set");
+    let wrapper = cache.join("qemu-7.2/bin/virtiofsd");
+    assert!(
+        wrapper.is_file(),
+        "virtiofsd is needed for these tests: run scripts/install-qemu.sh (or set \
+         BULKHEAD_VIRTIOFSD), looked for {}",
+        wrapper.display()
+    );
+    wrapper
+}
+
+/// virtiofsd sharing `folder` on `socket`, once it listens. It serves one frontend and exits
+/// when that one disconnects.
+fn start_virtiofsd(folder: &Path, socket: &Path) -> Daemon {
+    let _ = std::fs::remove_file(socket);
+    let mut child = Command::new(virtiofsd())
+        .arg(format!("--socket-path={}", socket.display()))
+        .args(["-o", &format!("source={}", folder.display()), "-o", "cache=none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start virtiofsd");
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "virtiofsd ended at once");
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Daemon(child)
+}
+
+/// A host folder through QEMU's virtiofsd, a backend Bulkhead did not write and whose device
+/// type Bulkhead has no backend of its own for: the guest's FUSE client mounts the tag the
+/// user gave, reads a file the host put there (its hash checked here) and writes one the host
+/// then reads (the disk pattern, checked here), in both modes (the core's part does not
+/// depend on the mode; the VMM's wiring does).
+#[test]
+fn virtiofsd_serves_a_host_folder_to_the_guest() {
+    require_kvm();
+    for mode in ["microkernel", "monolithic"] {
+        let dir = TempDir::new(&format!("virtiofs-{mode}"));
+        let share = dir.0.join("share");
+        std::fs::create_dir(&share).unwrap();
+        let hello = b"written by the host, read by the guest\n".repeat(300);
+        std::fs::write(share.join("hello.txt"), &hello).unwrap();
+        let socket = dir.0.join("fs.sock");
+        let daemon = start_virtiofsd(&share, &socket);
+        let spec = format!("fs,socket={},tag=hostshare", socket.display());
+        let mut cmd = common::bulkhead();
+        cmd.args(["run", "--mode", mode, "--vhost-user", &spec, "--cmdline"]);
+        cmd.arg(
+            "bulkhead.run=fs bulkhead.fs_read=hello.txt bulkhead.fs_write=from-guest.bin \
+             bulkhead.bytes=20000 bulkhead.seed=7",
+        );
+        let r = Running::start(&mut cmd).wait(T);
+        drop(daemon);
+        assert_eq!(r.code, 0, "{mode}: {}", r.stderr);
+        let check = r.assert_check("fs");
+        assert_eq!(check["tag"], "hostshare");
+        assert_eq!(check["read_bytes"], hello.len().to_string());
+        assert_eq!(check["read_fnv"], format!("{:#018x}", common::fnv1a64(&hello)));
+        let written = std::fs::read(share.join("from-guest.bin")).unwrap();
+        assert!(
+            written == common::pattern(7, 20000),
+            "{mode}: the host reads what the guest wrote"
+        );
+    }
+}
+
+/// What a user can get wrong about an outside backend is said before anything starts.
+#[test]
+fn a_bad_vhost_user_device_is_refused_clearly() {
+    for (spec, says) in [
+        ("floppy,socket=x.sock", "unknown device type \"floppy\""),
+        ("99,socket=x.sock", "unknown device type \"99\""),
+        ("fs,tag=share", "give the socket as socket=PATH"),
+        ("vsock,socket=x.sock,queues=0", "queues must be a number from 1 to 64"),
+        ("blk,socket=x.sock,tag=share", "unknown option \"tag=share\""),
+        ("fs,socket=x.sock,tag=a-tag-longer-than-thirty-six-bytes-for-sure", "1 to 36 bytes"),
+    ] {
+        let r = common::run(&["run", "--vhost-user", spec], T);
+        assert_eq!(r.code, 1, "{spec}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{spec}: {}", r.stderr);
+    }
+    // A socket with nothing behind it names the socket.
+    let dir = TempDir::new("no-backend");
+    let spec = format!("vsock,socket={}", dir.0.join("absent.sock").display());
+    let r = common::run(&["run", "--vhost-user", &spec], T);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("absent.sock"), "{}", r.stderr);
+}
