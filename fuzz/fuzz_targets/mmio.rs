@@ -88,10 +88,10 @@ fuzz_target!(
         let Some((&k, ops)) = data.split_first() else { return };
         let (dev_kind, kind) = KINDS[usize::from(k) % KINDS.len()];
         let (front, backend) = spawn_backend(dev_kind);
-        let Ok(conn) = Connection::connect(front, kind) else {
+        let Ok(conn) = Connection::connect(front, &bulkhead_core::virtio::DeviceShape::of(kind)) else {
             panic!("cannot connect to a real backend")
         };
-        let kicks = (0..kind.queues()).map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()).collect();
+        let kicks = (0..conn.queues).map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap()).collect();
         let call = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let mut t = MmioTransport::new(kind, "fuzz".into(), ram(), conn, kicks, call);
         for op in ops.chunks_exact(8).take(256) {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bulkhead_core::memory::GuestRam;
 use bulkhead_core::virtio::frontend::{Connection, QueueConfig};
 use bulkhead_core::virtio::DeviceKind as CoreKind;
+use bulkhead_core::virtio::DeviceShape;
 use bulkhead_devices::net::config::Mac;
 use bulkhead_devices::net::tap::PacketPort;
 use bulkhead_devices::{Device, DeviceKind, ServeEnd};
@@ -17,9 +18,9 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// The three devices, as the backends and the core name them.
 pub const KINDS: [(DeviceKind, CoreKind); 3] = [
-    (DeviceKind::Rng, CoreKind::Rng),
-    (DeviceKind::Blk, CoreKind::Block),
-    (DeviceKind::Net, CoreKind::Net),
+    (DeviceKind::Rng, CoreKind::RNG),
+    (DeviceKind::Blk, CoreKind::BLOCK),
+    (DeviceKind::Net, CoreKind::NET),
 ];
 
 /// A tap stand-in that never has a packet and drops what it is given; its fd (for the worker's
@@ -189,7 +190,7 @@ pub fn queues(kind: CoreKind) -> Vec<QueueConfig> {
 /// an inflight region when the backend keeps one), write the configuration space, reset.
 /// Every step may fail; none may panic.
 pub fn core_session(conn: UnixStream, kind: CoreKind) {
-    let Ok(mut c) = Connection::connect(conn, kind) else { return };
+    let Ok(mut c) = Connection::connect(conn, &DeviceShape::of(kind)) else { return };
     assert_eq!(c.config.len(), kind.config_size() as usize, "the configuration space's size");
     let kicks: Vec<EventFd> = (0..kind.queues()).map(|_| EventFd::new(0).unwrap()).collect();
     let call = EventFd::new(0).unwrap();

@@ -100,7 +100,8 @@ impl MmioTransport {
         kicks: Vec<EventFd>,
         call: Arc<EventFd>,
     ) -> Self {
-        let queues = vec![QueueConfig::default(); backend.queues];
+        // One queue per kick the caller wired (it wires the backend's count).
+        let queues = vec![QueueConfig::default(); backend.queues.min(kicks.len())];
         let watch = Arc::new(QueueWatch { ram: ram.clone(), queues: Mutex::new(Vec::new()) });
         MmioTransport {
             kind,
