@@ -23,7 +23,8 @@ use crate::virtio::mmio::{InitError, Transport};
 use crate::virtio::net::Net;
 use crate::virtio::queue::Completion;
 use crate::virtio::rng::Rng;
-use crate::virtio::{ID_BLOCK, ID_FS, ID_NET, ID_RNG};
+use crate::virtio::vsock::Vsock;
+use crate::virtio::{ID_BLOCK, ID_FS, ID_NET, ID_RNG, ID_VSOCK};
 use crate::{arch, irq};
 
 /// The first vector given to device interrupts.
@@ -66,6 +67,7 @@ pub enum Driver {
     Net(Net),
     Rng(Rng),
     Fs(Fs),
+    Vsock(Vsock),
 }
 
 /// Why a workload has no device.
@@ -175,7 +177,7 @@ impl Devices {
             return Err(DevError::Missing("mmio", i));
         };
         if matches!(self.drivers[i], Driver::NotStarted) {
-            if ![ID_BLOCK, ID_NET, ID_RNG, ID_FS].contains(&id) {
+            if ![ID_BLOCK, ID_NET, ID_RNG, ID_FS, ID_VSOCK].contains(&id) {
                 self.drivers[i] = Driver::Failed(InitError::NoDriver);
                 return Err(DevError::Init(InitError::NoDriver));
             }
@@ -185,6 +187,7 @@ impl Devices {
                 ID_BLOCK => Blk::new(t, completion, bump).map(Driver::Blk),
                 ID_NET => Net::new(t, completion, bump).map(Driver::Net),
                 ID_FS => Fs::new(t, completion, bump).map(Driver::Fs),
+                ID_VSOCK => Vsock::new(t, completion, bump).map(Driver::Vsock),
                 _ => Rng::new(t, completion, bump).map(Driver::Rng),
             }
             .unwrap_or_else(Driver::Failed);
@@ -232,6 +235,15 @@ impl Devices {
         match self.start(i)? {
             Driver::Fs(f) => Ok(f),
             _ => Err(DevError::Missing("fs", 0)),
+        }
+    }
+
+    /// The first virtio-vsock device, started.
+    pub fn vsock(&mut self) -> Result<&mut Vsock, DevError> {
+        let i = self.nth(ID_VSOCK, 0).ok_or(DevError::Missing("vsock", 0))?;
+        match self.start(i)? {
+            Driver::Vsock(v) => Ok(v),
+            _ => Err(DevError::Missing("vsock", 0)),
         }
     }
 

@@ -312,6 +312,7 @@ fn describe_driver(ctx: &mut Ctx, i: usize, kind: &str) -> bool {
             }
         }
         Ok(Driver::Rng(r)) => write!(w, "features={:#x} queues={}", r.features(), r.queue_size()),
+        Ok(Driver::Vsock(v)) => write!(w, "guest_cid={}", v.guest_cid),
         Ok(Driver::Fs(f)) => {
             write!(w, "tag={}", core::str::from_utf8(f.tag()).unwrap_or("?"))
         }

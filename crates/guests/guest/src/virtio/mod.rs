@@ -6,7 +6,7 @@
 //! - `queue`: a ring wired to its transport — notification through the
 //!   QueueNotify register (an ioeventfd under Bulkhead, so no exit to the
 //!   VMM) and completion by polling the used ring or by interrupt;
-//! - `blk`, `net`, `rng`, `fs`: the device drivers.
+//! - `blk`, `net`, `rng`, `fs`, `vsock`: the device drivers.
 //!
 //! This module holds the numbers the specification (virtio 1.2) fixes.
 
@@ -23,11 +23,14 @@ pub mod queue;
 pub mod ring;
 #[cfg(bulkhead_guest)]
 pub mod rng;
+#[cfg(bulkhead_guest)]
+pub mod vsock;
 
 /// Device IDs (section 5).
 pub const ID_NET: u32 = 1;
 pub const ID_BLOCK: u32 = 2;
 pub const ID_RNG: u32 = 4;
+pub const ID_VSOCK: u32 = 19;
 pub const ID_FS: u32 = 26;
 
 /// A device ID's name for reports.
@@ -42,7 +45,7 @@ pub fn device_name(id: u32) -> &'static str {
         9 => "9p",
         16 => "gpu",
         18 => "input",
-        19 => "vsock",
+        ID_VSOCK => "vsock",
         ID_FS => "fs",
         _ => "other",
     }

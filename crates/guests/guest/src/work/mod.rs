@@ -1,7 +1,7 @@
 //! The device workloads `bulkhead.run=` names (comma-separated, run in
 //! order): `blk-verify`, `blk-read-verify`, `blk-ro`, `blk-bench`, `rng`,
-//! `net-ping`, `net-bench`, `fs`, `probe`, `storm`, `hammer`, `hammer-done`, `mem-touch`.
-//! Their options are in [`crate::options`] (`fs`'s in its module).
+//! `net-ping`, `net-bench`, `fs`, `vsock`, `probe`, `storm`, `hammer`, `hammer-done`, `mem-touch`.
+//! Their options are in [`crate::options`] (`fs`'s and `vsock`'s in their modules).
 //!
 //! Each prints one `BH check name=<workload> status=ok|fail ...` line
 //! (failures end with `text=<why>`), and the benchmarks a `BH result
@@ -14,6 +14,7 @@ mod fs;
 mod interfere;
 mod net;
 mod rng;
+mod vsock;
 
 use core::fmt;
 
@@ -172,6 +173,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> bool {
         "blk-bench" => bench::run(ctx),
         "rng" => rng::run(ctx),
         "fs" => fs::run(ctx),
+        "vsock" => vsock::run(ctx),
         "net-ping" => net::ping(ctx),
         "net-bench" => net::bench(ctx),
         "probe" => interfere::probe(ctx),
