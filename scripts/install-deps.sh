@@ -9,7 +9,10 @@
 #     pinned packages (`bulkhead image build`, into ~/.local/share/bulkhead);
 #     a cached build is reused without any apt call;
 #   - cargo-fuzz, for the short fuzz run (from crates.io with its locked
-#     dependencies: about 30 s to build on 2 cores, once).
+#     dependencies: about 30 s to build on 2 cores, once);
+#   - rust-vmm's vhost-device-vsock 0.3.0, the outside vsock backend the tests
+#     attach (from crates.io with its locked dependencies, into the cache
+#     folder: about a minute to build on 2 cores, once).
 # A fresh machine's apt lists can be months old, and Debian's archive drops
 # old versions (a kernel's whole package when its next ABI ships). So nothing
 # here trusts the lists: `apt-get update` runs before any `apt-get install`,
@@ -34,6 +37,17 @@ fi
 scripts/install-qemu.sh
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
+fi
+if [ -n "${BULKHEAD_CACHE_DIR:-}" ]; then
+    cache=$BULKHEAD_CACHE_DIR
+elif [ -n "${XDG_CACHE_HOME:-}" ] && [ "${XDG_CACHE_HOME#/}" != "$XDG_CACHE_HOME" ]; then
+    cache=$XDG_CACHE_HOME/bulkhead
+else
+    cache=$HOME/.cache/bulkhead
+fi
+vsock_root=$cache/vhost-device-vsock-0.3.0
+if [[ ! -x $vsock_root/bin/vhost-device-vsock ]]; then
+    cargo install vhost-device-vsock --version 0.3.0 --locked --root "$vsock_root"
 fi
 cargo run --release --locked -q -- image build
 

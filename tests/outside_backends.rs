@@ -114,24 +114,24 @@ fn qemu_storage_daemon_killed_twenty_times_costs_the_guest_a_pause() {
     assert!(bytes == common::pattern(3 + rounds - 1, size), "the image holds the last pass");
 }
 
+/// Bulkhead's cache folder, as the install scripts choose it: `$BULKHEAD_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/bulkhead`, else `~/.cache/bulkhead`.
+fn cache_dir() -> std::path::PathBuf {
+    let set =
+        |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    set("BULKHEAD_CACHE_DIR")
+        .or_else(|| set("XDG_CACHE_HOME").filter(|p| p.is_absolute()).map(|p| p.join("bulkhead")))
+        .or_else(|| set("HOME").map(|h| h.join(".cache/bulkhead")))
+        .expect("HOME is set")
+}
+
 /// QEMU 7.2's virtiofsd, as `scripts/install-qemu.sh` installs it: `$BULKHEAD_VIRTIOFSD`, else
 /// the wrapper in Bulkhead's cache folder.
 fn virtiofsd() -> std::path::PathBuf {
     if let Some(path) = std::env::var_os("BULKHEAD_VIRTIOFSD").filter(|v| !v.is_empty()) {
         return path.into();
     }
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let cache = std::env::var_os("BULKHEAD_CACHE_DIR")
-        .filter(|v| !v.is_empty())
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(std::path::PathBuf::from)
-                .filter(|p| p.is_absolute())
-                .map(|p| p.join("bulkhead"))
-        })
-        .or_else(|| home.map(|h| h.join(".cache/bulkhead")))
-        .expect("HOME is set");
+    let cache = cache_dir();
     let wrapper = cache.join("qemu-7.2/bin/virtiofsd");
     assert!(
         wrapper.is_file(),
@@ -224,4 +224,244 @@ fn a_bad_vhost_user_device_is_refused_clearly() {
     let r = common::run(&["run", "--vhost-user", &spec], T);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("absent.sock"), "{}", r.stderr);
+}
+
+/// rust-vmm's vhost-device-vsock, as `scripts/install-deps.sh` installs it:
+/// `$BULKHEAD_VHOST_DEVICE_VSOCK`, else `cargo install`'s copy in Bulkhead's cache folder.
+fn vhost_device_vsock() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("BULKHEAD_VHOST_DEVICE_VSOCK").filter(|v| !v.is_empty()) {
+        return path.into();
+    }
+    let program = cache_dir().join("vhost-device-vsock-0.3.0/bin/vhost-device-vsock");
+    assert!(
+        program.is_file(),
+        "vhost-device-vsock is needed for these tests: run scripts/install-deps.sh (or set \
+         BULKHEAD_VHOST_DEVICE_VSOCK), looked for {}",
+        program.display()
+    );
+    program
+}
+
+/// vhost-device-vsock for guest CID 3 on `socket`, its host side on `uds` (Firecracker's
+/// hybrid vsock: the host connects to `uds` and writes `CONNECT PORT`; a guest connecting to
+/// the host's port P reaches `uds_P`), once it listens on both. It removes `socket` as soon as
+/// a frontend connects (vhost-user-backend's listener goes with its one connection), so the
+/// host side's socket, made first, is what shows it started: a core reconnecting after a
+/// restart can take `socket` before this sees it.
+fn start_vsock_device(socket: &Path, uds: &Path) -> Daemon {
+    let _ = std::fs::remove_file(socket);
+    let _ = std::fs::remove_file(uds);
+    let log = socket.with_extension("log");
+    let mut child = Command::new(vhost_device_vsock())
+        .args(["--guest-cid", "3", "--socket"])
+        .arg(socket)
+        .arg("--uds-path")
+        .arg(uds)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start vhost-device-vsock");
+    let start = Instant::now();
+    while !uds.exists() {
+        if child.try_wait().unwrap().is_some() {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("vhost-device-vsock ended at once: {said}");
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Daemon(child)
+}
+
+/// One line from `stream`, read byte by byte (nothing after it is taken); empty on an error.
+fn read_line(mut stream: &UnixStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while std::io::Read::read(&mut stream, &mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Waits (up to 10 s) for `path` to exist.
+fn wait_path(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{} never came", path.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A host connection to the guest's `port` through the hybrid socket `uds`, retried while the
+/// device is not there yet, and when its `OK` does not come within a second:
+/// vhost-device-vsock drops a connection the host makes before the guest's driver has its
+/// queues ("received a backend event before vring initialization").
+fn vsock_connect(uds: &Path, port: u32) -> UnixStream {
+    let start = Instant::now();
+    loop {
+        // The device may be going away (a kill): any error means try again.
+        if let Ok(mut stream) = UnixStream::connect(uds) {
+            stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            if stream.write_all(format!("CONNECT {port}\n").as_bytes()).is_ok()
+                && read_line(&stream).starts_with("OK ")
+            {
+                return stream;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no vsock connection in 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `data` on `stream` and reads the echo back (from a second thread, so that neither
+/// side's buffers fill up); the echo, or the error that ended it.
+fn echo_round(stream: &UnixStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut reader = stream.try_clone()?;
+    let want = data.len();
+    let echo = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(want);
+        let mut chunk = [0u8; 65536];
+        while got.len() < want {
+            let n = std::io::Read::read(&mut reader, &mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(got)
+    });
+    let sent = (&*stream).write_all(data);
+    let got = echo.join().unwrap()?;
+    sent?;
+    if got.len() < want {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(got)
+}
+
+/// Bulkhead's core in front of rust-vmm's vsock backend, Firecracker's hybrid vsock on the
+/// host side: three host connections to a guest that echoes (100,000 bytes each), then a
+/// guest that connects to the host and checks 1 MiB echoed by it.
+#[test]
+fn vhost_device_vsock_carries_streams_both_ways() {
+    require_kvm();
+    let dir = TempDir::new("vsock");
+    let (socket, uds) = (dir.0.join("vhu.sock"), dir.0.join("vsock"));
+    let device = start_vsock_device(&socket, &uds);
+    wait_path(&socket);
+    let spec = format!("vsock,socket={}", socket.display());
+    let mut cmd = common::bulkhead();
+    cmd.args(["run", "--vhost-user", &spec, "--cmdline"]);
+    cmd.arg(
+        "bulkhead.run=vsock bulkhead.vsock_listen=1234 bulkhead.vsock_conns=3 \
+         bulkhead.timeout_ms=30000",
+    );
+    let vm = Running::start(&mut cmd);
+    for round in 0..3u64 {
+        let stream = vsock_connect(&uds, 1234);
+        let data = common::pattern(round, 100_000);
+        assert!(echo_round(&stream, &data).unwrap() == data, "connection {round}: the echo");
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let r = vm.wait(T);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let check = r.assert_check("vsock");
+    assert_eq!((check["conns"].as_str(), check["bytes"].as_str()), ("3", "300000"));
+    drop(device);
+
+    // The guest connects: the device reaches the host's listener at `uds_5000`.
+    let device = start_vsock_device(&socket, &uds);
+    wait_path(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(dir.0.join("vsock_5000")).unwrap();
+    let host = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut echoed = 0;
+        let mut chunk = [0u8; 65536];
+        loop {
+            let n = std::io::Read::read(&mut conn, &mut chunk).unwrap_or(0);
+            if n == 0 {
+                return echoed;
+            }
+            conn.write_all(&chunk[..n]).unwrap();
+            echoed += n;
+        }
+    });
+    let mut cmd = common::bulkhead();
+    cmd.args(["run", "--vhost-user", &spec, "--cmdline"]);
+    cmd.arg("bulkhead.run=vsock bulkhead.vsock_connect=5000 bulkhead.bytes=1048576");
+    let r = Running::start(&mut cmd).wait(T);
+    drop(device);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.assert_check("vsock")["bytes"], "1048576");
+    assert_eq!(host.join().unwrap(), 1 << 20);
+}
+
+/// The vsock backend SIGKILLed five times, during a connection's transfer, and started again
+/// on its socket: Bulkhead reconnects, the connections open at a kill are lost (as a TCP
+/// connection is when its peer restarts), and the device does not wedge: eight connections
+/// complete, each echoed whole. The guest gives up on a connection silent for 2 s.
+#[test]
+fn a_killed_vsock_backend_costs_its_open_connections_only() {
+    require_kvm();
+    const KILLS: usize = 5;
+    let dir = TempDir::new("vsock-kills");
+    let (socket, uds) = (dir.0.join("vhu.sock"), dir.0.join("vsock"));
+    let mut device = start_vsock_device(&socket, &uds);
+    wait_path(&socket);
+    let spec = format!("vsock,socket={}", socket.display());
+    let run_dir = dir.0.join("run");
+    let mut cmd = common::bulkhead();
+    cmd.env("BULKHEAD_RUN_DIR", &run_dir);
+    cmd.args(["run", "--name", "vsk", "--vhost-user", &spec, "--cmdline"]);
+    cmd.arg(
+        "bulkhead.run=vsock bulkhead.vsock_listen=1234 bulkhead.vsock_conns=8 \
+         bulkhead.timeout_ms=30000 bulkhead.vsock_idle_ms=2000",
+    );
+    let mut vm = Running::start(&mut cmd);
+    let (mut completed, mut kills, mut lost) = (0, 0, 0);
+    while completed < 8 {
+        assert!(vm.is_running(), "the VM ended after {completed} connections");
+        let stream = vsock_connect(&uds, 1234);
+        let data = common::pattern(completed as u64, 200_000);
+        if kills < KILLS && completed % 2 == 1 {
+            // Kill the device while this connection's bytes are on their way.
+            let sender = stream.try_clone().unwrap();
+            let half = data[..100_000].to_vec();
+            let writer = std::thread::spawn(move || (&sender).write_all(&half));
+            std::thread::sleep(Duration::from_millis(20));
+            drop(device);
+            kills += 1;
+            let _ = writer.join();
+            device = start_vsock_device(&socket, &uds);
+            // The core serves through the new daemon before the host connects again.
+            let api = run_dir.join("vsk.sock");
+            while restarts_once_running(&api) < kills as u64 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        }
+        // A connection made right after a restart can be lost: vhost-device-vsock answers
+        // `OK` before the core has handed it the queues, and drops the guest's side of it
+        // ("received a backend event before vring initialization"). A client times out and
+        // connects again, as it would over TCP.
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let Ok(echo) = echo_round(&stream, &data) else {
+            lost += 1;
+            assert!(lost <= 2 * KILLS, "{lost} connections lost");
+            continue;
+        };
+        assert!(echo == data, "connection {completed}: the echo");
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        completed += 1;
+    }
+    let r = vm.wait(T);
+    drop(device);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let check = r.assert_check("vsock");
+    assert_eq!(check["conns"], "8");
+    assert_eq!(r.stderr.matches("vsock0 restarted").count(), KILLS, "{}", r.stderr);
 }
