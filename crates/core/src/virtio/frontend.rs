@@ -302,3 +302,99 @@ fn host_address(
         .map(|p| p as u64)
         .map_err(|_| FrontendError::BadAddress(queue, what, gpa))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    const GET_FEATURES: u32 = 1;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    const GET_QUEUE_NUM: u32 = 17;
+    const GET_CONFIG: u32 = 24;
+
+    /// A backend that offers protocol features MQ and CONFIG (no REPLY_ACK, so only GET_*
+    /// requests are answered), says it has `queues` queues, and answers GET_CONFIG with a
+    /// configuration space of `config_len` bytes, whatever was asked.
+    fn backend(queues: u64, config_len: usize) -> UnixStream {
+        let (core, mut backend) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || loop {
+            let mut header = [0u8; 12];
+            if backend.read_exact(&mut header).is_err() {
+                return;
+            }
+            let request = u32::from_le_bytes(header[0..4].try_into().unwrap());
+            let size = u32::from_le_bytes(header[8..12].try_into().unwrap());
+            let mut body = vec![0u8; size as usize];
+            if backend.read_exact(&mut body).is_err() {
+                return;
+            }
+            let mq_and_config: u64 = 1 | (1 << 9);
+            let reply_body: Vec<u8> = match request {
+                GET_FEATURES => (super::super::VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES)
+                    .to_le_bytes()
+                    .to_vec(),
+                GET_PROTOCOL_FEATURES => mq_and_config.to_le_bytes().to_vec(),
+                GET_QUEUE_NUM => queues.to_le_bytes().to_vec(),
+                // offset, size, flags, then the space.
+                GET_CONFIG => {
+                    let mut reply = body[..4].to_vec();
+                    reply.extend_from_slice(&(config_len as u32).to_le_bytes());
+                    reply.extend_from_slice(&body[8..12]);
+                    reply.extend(std::iter::repeat_n(0xab, config_len));
+                    reply
+                }
+                _ => continue,
+            };
+            let mut reply = request.to_le_bytes().to_vec();
+            reply.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes());
+            reply.extend_from_slice(&(reply_body.len() as u32).to_le_bytes());
+            reply.extend_from_slice(&reply_body);
+            if backend.write_all(&reply).is_err() {
+                return;
+            }
+        });
+        core
+    }
+
+    fn vsock() -> DeviceShape {
+        DeviceShape::of(DeviceKind::parse("vsock").unwrap())
+    }
+
+    #[test]
+    fn the_queue_count_and_config_come_from_the_backend() {
+        let c = Connection::connect(backend(3, 8), &vsock()).unwrap();
+        assert_eq!((c.queues, c.config), (3, vec![0xab; 8]));
+        // The user's count wins over the backend's.
+        let shape = DeviceShape { queues: Some(2), ..vsock() };
+        assert_eq!(Connection::connect(backend(3, 8), &shape).unwrap().queues, 2);
+    }
+
+    #[test]
+    fn a_backend_with_no_queues_or_too_many_is_refused() {
+        for queues in [0, MAX_QUEUES as u64 + 1] {
+            match Connection::connect(backend(queues, 8), &vsock()) {
+                Err(FrontendError::QueueCount(n)) => assert_eq!(n, queues),
+                Err(e) => panic!("{queues} queues: {e}"),
+                Ok(_) => panic!("{queues} queues were taken"),
+            }
+        }
+    }
+
+    /// A reply shorter or longer than asked is an error, never a config space of another size:
+    /// refused at once, or (shorter: the vhost crate waits for the bytes it was promised) at
+    /// the operation's deadline.
+    #[test]
+    fn a_config_space_of_another_size_than_asked_is_refused() {
+        super::super::alarm::start(|| {}).unwrap();
+        for len in [4, 64] {
+            let deadline = Instant::now() + Duration::from_millis(300);
+            match Connection::connect_within(backend(3, len), &vsock(), deadline) {
+                Err(FrontendError::Request("GET_CONFIG", e)) => eprintln!("{len}: refused: {e}"),
+                Err(FrontendError::Deadline("GET_CONFIG")) => eprintln!("{len}: deadline"),
+                Err(e) => panic!("{len} bytes: {e}"),
+                Ok(c) => panic!("{len} bytes of config taken as {:?}", c.config),
+            }
+        }
+    }
+}
