@@ -127,6 +127,9 @@ fn workloads() -> [Workload; 4] {
 
 pub fn run(args: &DiskArgs) -> anyhow::Result<i32> {
     let formats = dedup(&args.formats);
+    if args.io.outside {
+        anyhow::bail!("--outside is for bench blk");
+    }
     let mut opts = args.io.options();
     opts.with_monolithic = args.monolithic;
     let dir = std::env::temp_dir().join(format!("bulkhead-bench-disk-{}", std::process::id()));

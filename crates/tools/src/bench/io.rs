@@ -1,8 +1,9 @@
 //! `bulkhead bench blk`, `bench disk` and `bench net`: the built-in guest's
 //! I/O workloads under Bulkhead in microkernel mode (compartments), in
-//! monolithic mode (threads), and under QEMU microvm with its own
-//! in-process virtio devices on the same images or tap — runs interleaved,
-//! medians over rounds.
+//! monolithic mode (threads), under QEMU microvm with its own in-process
+//! virtio devices on the same images or tap, and (blk, `--outside`) under
+//! Bulkhead's core with qemu-storage-daemon as the disk's backend — runs
+//! interleaved, medians over rounds.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -80,7 +81,7 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
     let exe = std::env::current_exe().context("cannot find the bulkhead binary")?;
     let mut out = Vec::new();
     let modes: &[_] = if opts.with_monolithic {
-        &[("Bulkhead microkernel", "microkernel"), ("Bulkhead monolithic", "monolithic")]
+        &[("Bulkhead microkernel", "microkernel"), (MONOLITHIC, "monolithic")]
     } else {
         &[("Bulkhead microkernel", "microkernel")]
     };
@@ -102,13 +103,27 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
             }),
         });
     }
+    if opts.with_outside {
+        let exe = exe.clone();
+        out.push(Subject {
+            name: OUTSIDE,
+            make: Box::new(move |attach, cmdline| {
+                let Attach::Disk { path, format } = attach else {
+                    let mut c = Command::new("sh");
+                    c.args(["-c", "echo 'qemu-storage-daemon serves disks only' >&2; exit 1"]);
+                    return c;
+                };
+                outside_blk(&exe, path, format, cmdline)
+            }),
+        });
+    }
     if opts.with_qemu {
         let qemu = peer::find_qemu().ok_or_else(|| {
             anyhow::anyhow!("QEMU was not found: run scripts/install-qemu.sh, set BULKHEAD_QEMU, or pass --no-qemu")
         })?;
         let guest = guest.to_path_buf();
         out.push(Subject {
-            name: "QEMU microvm",
+            name: QEMU,
             make: Box::new(move |attach, cmdline| {
                 let mut c = in_netns(attach, &qemu);
                 let base = peer::microvm(&qemu, &guest, 1, 256, cmdline);
@@ -128,6 +143,48 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
         });
     }
     Ok(out)
+}
+
+/// The subjects' names the tables' ratios look for.
+const MONOLITHIC: &str = "Bulkhead monolithic";
+const QEMU: &str = "QEMU microvm";
+const OUTSIDE: &str = "Bulkhead + qemu-storage-daemon";
+
+/// Bulkhead's core with qemu-storage-daemon serving `path` over vhost-user-blk: one shell
+/// starts the daemon on a socket of its own, waits for it, runs the VM, then stops the daemon.
+fn outside_blk(exe: &Path, path: &Path, format: &str, cmdline: &str) -> Command {
+    let socket = path.with_extension(format!("{}.sock", std::process::id()));
+    let blockdev = match format {
+        "raw" => format!("driver=file,node-name=d,filename={}", path.display()),
+        other => {
+            format!("driver={other},node-name=d,file.driver=file,file.filename={}", path.display())
+        }
+    };
+    let export = format!(
+        "type=vhost-user-blk,id=e,node-name=d,writable=on,addr.type=unix,addr.path={}",
+        socket.display()
+    );
+    let script = r#"qsd=$1 exe=$2 blockdev=$3 export=$4 socket=$5 cmdline=$6
+rm -f "$socket"
+"$qsd" --blockdev "$blockdev" --export "$export" </dev/null >/dev/null &
+daemon=$!
+tries=0
+while [ ! -S "$socket" ]; do
+  tries=$((tries + 1))
+  if [ $tries -gt 1000 ] || ! kill -0 $daemon 2>/dev/null; then
+    echo "qemu-storage-daemon did not start" >&2; exit 1
+  fi
+  sleep 0.01
+done
+"$exe" run --memory 256M --vhost-user "blk,socket=$socket" --cmdline "$cmdline"
+status=$?
+kill $daemon; wait $daemon 2>/dev/null
+rm -f "$socket"
+exit $status"#;
+    let mut c = Command::new("sh");
+    c.args(["-c", script, "sh", "qemu-storage-daemon"]);
+    c.arg(exe).args([&blockdev, &export]).arg(&socket).arg(cmdline);
+    c
 }
 
 /// `program` run inside the tap's namespace (for net), or as is.
@@ -177,6 +234,8 @@ pub struct Options {
     pub with_qemu: bool,
     /// Bulkhead in monolithic mode too (microkernel mode always runs).
     pub with_monolithic: bool,
+    /// Bulkhead's core with qemu-storage-daemon as the disk's backend (disks only).
+    pub with_outside: bool,
 }
 
 /// Values of each figure by name, one per round.
@@ -281,13 +340,19 @@ fn print_table(title: &str, samples: &Samples, workloads: &[Workload], opts: &Op
     println!();
     let n = samples.subjects.len();
     let mut header = format!("| workload | figure | {}", samples.subjects.join(" | "));
-    let ratios: &[(usize, &str)] = match (opts.with_monolithic, opts.with_qemu) {
-        (true, true) => &[(1, "microkernel/monolithic"), (2, "microkernel/QEMU")],
-        (true, false) => &[(1, "microkernel/monolithic")],
-        (false, true) => &[(1, "microkernel/QEMU")],
-        (false, false) => &[],
-    };
-    for (_, name) in ratios {
+    // (numerator, denominator, label), by subject; the first subject is Bulkhead microkernel.
+    let find = |name: &str| samples.subjects.iter().position(|s| *s == name);
+    let mut ratios: Vec<(usize, usize, &str)> = Vec::new();
+    if let Some(m) = find(MONOLITHIC) {
+        ratios.push((0, m, "microkernel/monolithic"));
+    }
+    if let Some(q) = find(QEMU) {
+        ratios.push((0, q, "microkernel/QEMU"));
+    }
+    if let Some(o) = find(OUTSIDE) {
+        ratios.push((o, 0, "qemu-storage-daemon/own compartment"));
+    }
+    for (_, _, name) in &ratios {
         header.push_str(&format!(" | {name}"));
     }
     println!("{header} |");
@@ -297,8 +362,8 @@ fn print_table(title: &str, samples: &Samples, workloads: &[Workload], opts: &Op
             let s: Vec<Summary> = (0..n).map(|i| samples.summary(0, w, i, m)).collect();
             let cells: Vec<String> = s.iter().map(cell).collect();
             let mut row = format!("| {} | {} | {}", workload.label, m, cells.join(" | "));
-            for &(other, _) in ratios {
-                row.push_str(&format!(" | {:.3}", s[0].median / s[other].median));
+            for &(num, den, _) in &ratios {
+                row.push_str(&format!(" | {:.3}", s[num].median / s[den].median));
             }
             println!("{row} |");
         }

@@ -26,7 +26,8 @@ pub enum BenchCommand {
         #[arg(long)]
         no_qemu: bool,
     },
-    /// Block I/O: microkernel vs monolithic vs QEMU microvm, same image.
+    /// Block I/O: microkernel vs monolithic vs QEMU microvm (and, with --outside, Bulkhead with
+    /// qemu-storage-daemon as the backend), same image.
     Blk(IoArgs),
     /// Disk formats: raw, qcow2 and the four VMDK layouts, Bulkhead vs QEMU microvm.
     Disk(disk::DiskArgs),
@@ -69,6 +70,10 @@ pub struct IoArgs {
     /// Leave QEMU out.
     #[arg(long)]
     no_qemu: bool,
+    /// `bench blk` only: also Bulkhead's core with qemu-storage-daemon as the device's
+    /// backend (`--vhost-user blk`), an outside backend beside Bulkhead's own compartment.
+    #[arg(long)]
+    outside: bool,
 }
 
 impl IoArgs {
@@ -78,6 +83,7 @@ impl IoArgs {
             seconds: self.seconds,
             with_qemu: !self.no_qemu,
             with_monolithic: true,
+            with_outside: self.outside,
         }
     }
 }
@@ -125,6 +131,9 @@ fn blk(args: &IoArgs) -> anyhow::Result<i32> {
 }
 
 fn net(args: &IoArgs) -> anyhow::Result<i32> {
+    if args.outside {
+        anyhow::bail!("--outside is for bench blk (qemu-storage-daemon serves disks)");
+    }
     let ns = io::BenchNetns::new()?;
     let ping = "bulkhead.ip=10.0.2.15/24 bulkhead.peer=10.0.2.1";
     let workloads = [
