@@ -306,55 +306,33 @@ fn host_address(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-
-    const GET_FEATURES: u32 = 1;
-    const GET_PROTOCOL_FEATURES: u32 = 15;
-    const GET_QUEUE_NUM: u32 = 17;
-    const GET_CONFIG: u32 = 24;
+    use crate::virtio::fake;
 
     /// A backend that offers protocol features MQ and CONFIG (no REPLY_ACK, so only GET_*
     /// requests are answered), says it has `queues` queues, and answers GET_CONFIG with a
     /// configuration space of `config_len` bytes, whatever was asked.
     fn backend(queues: u64, config_len: usize) -> UnixStream {
-        let (core, mut backend) = UnixStream::pair().unwrap();
-        std::thread::spawn(move || loop {
-            let mut header = [0u8; 12];
-            if backend.read_exact(&mut header).is_err() {
-                return;
-            }
-            let request = u32::from_le_bytes(header[0..4].try_into().unwrap());
-            let size = u32::from_le_bytes(header[8..12].try_into().unwrap());
-            let mut body = vec![0u8; size as usize];
-            if backend.read_exact(&mut body).is_err() {
-                return;
-            }
-            let mq_and_config: u64 = 1 | (1 << 9);
-            let reply_body: Vec<u8> = match request {
-                GET_FEATURES => (super::super::VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES)
+        fake::backend(move |request, body| match request {
+            fake::GET_FEATURES => Some(
+                (super::super::VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES)
                     .to_le_bytes()
                     .to_vec(),
-                GET_PROTOCOL_FEATURES => mq_and_config.to_le_bytes().to_vec(),
-                GET_QUEUE_NUM => queues.to_le_bytes().to_vec(),
-                // offset, size, flags, then the space.
-                GET_CONFIG => {
-                    let mut reply = body[..4].to_vec();
-                    reply.extend_from_slice(&(config_len as u32).to_le_bytes());
-                    reply.extend_from_slice(&body[8..12]);
-                    reply.extend(std::iter::repeat_n(0xab, config_len));
-                    reply
-                }
-                _ => continue,
-            };
-            let mut reply = request.to_le_bytes().to_vec();
-            reply.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes());
-            reply.extend_from_slice(&(reply_body.len() as u32).to_le_bytes());
-            reply.extend_from_slice(&reply_body);
-            if backend.write_all(&reply).is_err() {
-                return;
+            ),
+            fake::GET_PROTOCOL_FEATURES => {
+                let mq_and_config: u64 = 1 | (1 << 9);
+                Some(mq_and_config.to_le_bytes().to_vec())
             }
-        });
-        core
+            fake::GET_QUEUE_NUM => Some(queues.to_le_bytes().to_vec()),
+            // offset, size, flags, then the space.
+            fake::GET_CONFIG => {
+                let mut reply = body[..4].to_vec();
+                reply.extend_from_slice(&(config_len as u32).to_le_bytes());
+                reply.extend_from_slice(&body[8..12]);
+                reply.extend(std::iter::repeat_n(0xab, config_len));
+                Some(reply)
+            }
+            _ => None,
+        })
     }
 
     fn vsock() -> DeviceShape {

@@ -422,45 +422,21 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::DeviceShape;
-    use std::io::{Read, Write};
+    use crate::virtio::{fake, DeviceShape};
     use std::os::unix::net::UnixStream;
     use std::time::Duration;
 
-    const GET_FEATURES: u32 = 1;
-    const GET_VRING_BASE: u32 = 11;
-
     /// A vhost-user backend that offers only VIRTIO_F_VERSION_1 (no protocol features, so
     /// nothing but GET_FEATURES and GET_VRING_BASE is answered); with `silent`, it never answers
-    /// GET_VRING_BASE. Reads every message, with or without descriptors.
+    /// GET_VRING_BASE.
     fn fake_backend(silent: bool) -> UnixStream {
-        let (core, mut backend) = UnixStream::pair().unwrap();
-        std::thread::spawn(move || loop {
-            let mut header = [0u8; 12];
-            if backend.read_exact(&mut header).is_err() {
-                return;
+        crate::virtio::fake::backend(move |request, body| match request {
+            fake::GET_FEATURES => Some(VIRTIO_F_VERSION_1.to_le_bytes().to_vec()),
+            fake::GET_VRING_BASE if !silent => {
+                Some([&body[0..4], &7u32.to_le_bytes()[..]].concat())
             }
-            let request = u32::from_le_bytes(header[0..4].try_into().unwrap());
-            let size = u32::from_le_bytes(header[8..12].try_into().unwrap());
-            let mut body = vec![0u8; size as usize];
-            if backend.read_exact(&mut body).is_err() {
-                return;
-            }
-            let reply_body: Vec<u8> = match request {
-                GET_FEATURES => VIRTIO_F_VERSION_1.to_le_bytes().to_vec(),
-                GET_VRING_BASE if silent => continue,
-                GET_VRING_BASE => [&body[0..4], &7u32.to_le_bytes()[..]].concat(),
-                _ => continue,
-            };
-            let mut reply = request.to_le_bytes().to_vec();
-            reply.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes());
-            reply.extend_from_slice(&(reply_body.len() as u32).to_le_bytes());
-            reply.extend_from_slice(&reply_body);
-            if backend.write_all(&reply).is_err() {
-                return;
-            }
-        });
-        core
+            _ => None,
+        })
     }
 
     fn transport(silent: bool) -> MmioTransport {

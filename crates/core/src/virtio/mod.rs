@@ -316,3 +316,45 @@ mod tests {
         assert_eq!(&fs_config(&"x".repeat(40), 1)[..36], "x".repeat(36).as_bytes());
     }
 }
+
+/// A scripted vhost-user backend for the frontend's and the transport's unit tests.
+#[cfg(test)]
+mod fake {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// Request codes the fakes answer (QEMU's `docs/interop/vhost-user.rst`).
+    pub const GET_FEATURES: u32 = 1;
+    pub const GET_VRING_BASE: u32 = 11;
+    pub const GET_PROTOCOL_FEATURES: u32 = 15;
+    pub const GET_QUEUE_NUM: u32 = 17;
+    pub const GET_CONFIG: u32 = 24;
+
+    /// A backend on the other end of the returned socket, on a thread of its own: for each
+    /// message, `reply(request, body)` gives the body of its answer, or `None` for no answer.
+    /// Reads every message, with or without descriptors, until the socket closes.
+    pub fn backend(reply: impl Fn(u32, &[u8]) -> Option<Vec<u8>> + Send + 'static) -> UnixStream {
+        let (core, mut backend) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || loop {
+            let mut header = [0u8; 12];
+            if backend.read_exact(&mut header).is_err() {
+                return;
+            }
+            let request = u32::from_le_bytes(header[0..4].try_into().unwrap());
+            let size = u32::from_le_bytes(header[8..12].try_into().unwrap());
+            let mut body = vec![0u8; size as usize];
+            if backend.read_exact(&mut body).is_err() {
+                return;
+            }
+            let Some(reply_body) = reply(request, &body) else { continue };
+            let mut message = request.to_le_bytes().to_vec();
+            message.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes()); // version 1, a reply
+            message.extend_from_slice(&(reply_body.len() as u32).to_le_bytes());
+            message.extend_from_slice(&reply_body);
+            if backend.write_all(&message).is_err() {
+                return;
+            }
+        });
+        core
+    }
+}
