@@ -10,12 +10,42 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bulkhead_linux_guest::storage_daemon::StorageDaemon;
 use common::{require_kvm, Running, TempDir};
 
 const T: Duration = Duration::from_secs(180);
 
 /// A daemon killed when dropped (a failing test leaves none behind).
 struct Daemon(Child);
+
+impl Daemon {
+    /// Starts `cmd` (stdin and stdout closed, stderr to a file beside `ready`) and waits up to
+    /// 10 s for `ready` to exist; a daemon that ends first, or does not make it in time, fails
+    /// the test with what it said.
+    fn start(mut cmd: Command, ready: &Path) -> Daemon {
+        let name = cmd.get_program().to_string_lossy().into_owned();
+        let log = ready.with_extension("log");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let start = Instant::now();
+        while !ready.exists() {
+            let ended = child.try_wait().unwrap().is_some();
+            if ended || start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let how = if ended { "ended at once" } else { "did not start in 10 s" };
+                panic!("{name} {how}: {said}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Daemon(child)
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -26,30 +56,9 @@ impl Drop for Daemon {
 
 /// `qemu-storage-daemon` exporting the raw `image` as a writable vhost-user-blk on `socket`,
 /// once it listens.
-fn storage_daemon(image: &Path, socket: &Path) -> Daemon {
-    let _ = std::fs::remove_file(socket);
-    let blockdev = format!("driver=file,node-name=disk,filename={}", image.display());
-    let export = format!(
-        "type=vhost-user-blk,id=e,node-name=disk,writable=on,addr.type=unix,addr.path={}",
-        socket.display()
-    );
-    let mut child = Command::new("qemu-storage-daemon")
-        .args(["--blockdev", &blockdev, "--export", &export])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("qemu-storage-daemon is needed for these tests (qemu-utils)");
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "qemu-storage-daemon ended at once");
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "qemu-storage-daemon never listened");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Daemon(child)
+fn storage_daemon(image: &Path, socket: &Path) -> StorageDaemon {
+    StorageDaemon::vhost_user_blk(image, socket, true)
+        .expect("qemu-storage-daemon is needed for these tests (qemu-utils)")
 }
 
 /// How many times the VM's device 0 was restarted, once it is running again (its API socket
@@ -114,15 +123,10 @@ fn qemu_storage_daemon_killed_twenty_times_costs_the_guest_a_pause() {
     assert!(bytes == common::pattern(3 + rounds - 1, size), "the image holds the last pass");
 }
 
-/// Bulkhead's cache folder, as the install scripts choose it: `$BULKHEAD_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/bulkhead`, else `~/.cache/bulkhead`.
+/// Bulkhead's cache folder, where the install scripts put QEMU, virtiofsd and
+/// vhost-device-vsock.
 fn cache_dir() -> std::path::PathBuf {
-    let set =
-        |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
-    set("BULKHEAD_CACHE_DIR")
-        .or_else(|| set("XDG_CACHE_HOME").filter(|p| p.is_absolute()).map(|p| p.join("bulkhead")))
-        .or_else(|| set("HOME").map(|h| h.join(".cache/bulkhead")))
-        .expect("HOME is set")
+    bulkhead_linux_guest::dirs::cache_dir().expect("a cache folder")
 }
 
 /// QEMU 7.2's virtiofsd, as `scripts/install-qemu.sh` installs it: `$BULKHEAD_VIRTIOFSD`, else
@@ -131,8 +135,7 @@ fn virtiofsd() -> std::path::PathBuf {
     if let Some(path) = std::env::var_os("BULKHEAD_VIRTIOFSD").filter(|v| !v.is_empty()) {
         return path.into();
     }
-    let cache = cache_dir();
-    let wrapper = cache.join("qemu-7.2/bin/virtiofsd");
+    let wrapper = cache_dir().join("qemu-7.2/bin/virtiofsd");
     assert!(
         wrapper.is_file(),
         "virtiofsd is needed for these tests: run scripts/install-qemu.sh (or set \
@@ -146,23 +149,10 @@ fn virtiofsd() -> std::path::PathBuf {
 /// when that one disconnects.
 fn start_virtiofsd(folder: &Path, socket: &Path) -> Daemon {
     let _ = std::fs::remove_file(socket);
-    let mut child = Command::new(virtiofsd())
-        .arg(format!("--socket-path={}", socket.display()))
-        .args(["-o", &format!("source={}", folder.display()), "-o", "cache=none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start virtiofsd");
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "virtiofsd ended at once");
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Daemon(child)
+    let mut cmd = Command::new(virtiofsd());
+    cmd.arg(format!("--socket-path={}", socket.display()));
+    cmd.args(["-o", &format!("source={}", folder.display()), "-o", "cache=none"]);
+    Daemon::start(cmd, socket)
 }
 
 /// A host folder through QEMU's virtiofsd, a backend Bulkhead did not write and whose device
@@ -251,29 +241,9 @@ fn vhost_device_vsock() -> std::path::PathBuf {
 fn start_vsock_device(socket: &Path, uds: &Path) -> Daemon {
     let _ = std::fs::remove_file(socket);
     let _ = std::fs::remove_file(uds);
-    let log = socket.with_extension("log");
-    let mut child = Command::new(vhost_device_vsock())
-        .args(["--guest-cid", "3", "--socket"])
-        .arg(socket)
-        .arg("--uds-path")
-        .arg(uds)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start vhost-device-vsock");
-    let start = Instant::now();
-    while !uds.exists() {
-        if child.try_wait().unwrap().is_some() {
-            let said = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("vhost-device-vsock ended at once: {said}");
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Daemon(child)
+    let mut cmd = Command::new(vhost_device_vsock());
+    cmd.args(["--guest-cid", "3", "--socket"]).arg(socket).arg("--uds-path").arg(uds);
+    Daemon::start(cmd, uds)
 }
 
 /// One line from `stream`, read byte by byte (nothing after it is taken); empty on an error.
