@@ -37,6 +37,8 @@ const IN_BYTES: u32 = 4096 + 128;
 const OUT_BYTES: u32 = 4096 + 256;
 /// The most a READ or WRITE moves at once.
 pub const IO_MAX: u32 = 4096;
+/// The longest reply other than a READ's (an entry and an open handle: CREATE's, 144 bytes).
+const REPLY_MAX: u32 = 256;
 /// The longest virtio-fs tag.
 pub const TAG_MAX: usize = 36;
 
@@ -163,15 +165,19 @@ impl Fs {
 
     /// One request: `opcode` on `node` with the arguments `args` then `data` (a name, or a
     /// WRITE's bytes); returns the reply's length (its bytes are at the start of the output
-    /// buffer, after the header).
+    /// buffer, after the header). The reply may be up to `reply_max` bytes long: the output
+    /// buffer offered is the header and that, no longer, as Linux's client sizes it (the Rust
+    /// virtiofsd fills a READ's whole buffer, whatever size the request asked for).
     fn call(
         &mut self,
         opcode: u32,
         node: u64,
         args: &[u8],
         data: &[u8],
+        reply_max: u32,
         deadline: u64,
     ) -> Result<usize, FsError> {
+        let out_len = OUT_HEADER as u32 + reply_max.min(OUT_BYTES - OUT_HEADER as u32);
         let len = IN_HEADER + args.len() + data.len();
         if len > IN_BYTES as usize {
             return Err(FsError::TooLong);
@@ -189,7 +195,7 @@ impl Fs {
         output[..OUT_HEADER].fill(0);
         let bufs = [
             Buf { addr: self.in_buf, len: len as u32, writable: false },
-            Buf { addr: self.out_buf, len: OUT_BYTES, writable: true },
+            Buf { addr: self.out_buf, len: out_len, writable: true },
         ];
         self.requests.push(&bufs)?;
         self.requests.kick();
@@ -200,7 +206,7 @@ impl Fs {
             }
         };
         let (_, output) = self.buffers();
-        let written = (used.len as usize).min(OUT_BYTES as usize);
+        let written = (used.len as usize).min(out_len as usize);
         if written < OUT_HEADER {
             return Err(FsError::BadReply);
         }
@@ -226,7 +232,7 @@ impl Fs {
         let mut args = [0u8; 64];
         put(&mut args, 0, &MAJOR.to_le_bytes());
         put(&mut args, 4, &MINOR.to_le_bytes());
-        let n = self.call(INIT, 0, &args, &[], deadline)?;
+        let n = self.call(INIT, 0, &args, &[], REPLY_MAX, deadline)?;
         let reply = self.reply(n);
         if n < 24 {
             return Err(FsError::BadReply);
@@ -251,13 +257,13 @@ impl Fs {
     pub fn lookup(&mut self, parent: u64, name: &[u8], deadline: u64) -> Result<Entry, FsError> {
         let mut buf = [0u8; 256];
         let name = c_name(name, &mut buf)?;
-        let n = self.call(LOOKUP, parent, &[], name, deadline)?;
+        let n = self.call(LOOKUP, parent, &[], name, REPLY_MAX, deadline)?;
         Fs::entry(self.reply(n))
     }
 
     /// FUSE_GETATTR: the file's size now.
     pub fn size(&mut self, node: u64, deadline: u64) -> Result<u64, FsError> {
-        let n = self.call(GETATTR, node, &[0u8; 16], &[], deadline)?;
+        let n = self.call(GETATTR, node, &[0u8; 16], &[], REPLY_MAX, deadline)?;
         // fuse_attr_out: valid (8), valid_nsec and a pad (8), then the attributes (size at 8).
         if n < 104 {
             return Err(FsError::BadReply);
@@ -269,7 +275,7 @@ impl Fs {
     pub fn open(&mut self, node: u64, flags: u32, deadline: u64) -> Result<u64, FsError> {
         let mut args = [0u8; 8];
         put(&mut args, 0, &flags.to_le_bytes());
-        let n = self.call(OPEN, node, &args, &[], deadline)?;
+        let n = self.call(OPEN, node, &args, &[], REPLY_MAX, deadline)?;
         if n < 16 {
             return Err(FsError::BadReply);
         }
@@ -290,7 +296,7 @@ impl Fs {
         put(&mut args, 4, &0o100644u32.to_le_bytes());
         let mut buf = [0u8; 256];
         let name = c_name(name, &mut buf)?;
-        let n = self.call(CREATE, parent, &args, name, deadline)?;
+        let n = self.call(CREATE, parent, &args, name, REPLY_MAX, deadline)?;
         let reply = self.reply(n);
         if n < 128 + 16 {
             return Err(FsError::BadReply);
@@ -298,9 +304,12 @@ impl Fs {
         Ok((Fs::entry(reply)?, u64_at(reply, 128)))
     }
 
-    /// FUSE_READ of up to `out.len()` bytes (at most [`IO_MAX`]) at `offset`; returns how many.
+    /// FUSE_READ through handle `fh` of `node` of up to `out.len()` bytes (at most
+    /// [`IO_MAX`]) at `offset`; returns how many. The node goes in the header as Linux's
+    /// client puts it: a server may check the handle against it (the Rust virtiofsd does).
     pub fn read(
         &mut self,
+        node: u64,
         fh: u64,
         offset: u64,
         out: &mut [u8],
@@ -311,15 +320,16 @@ impl Fs {
         put(&mut args, 0, &fh.to_le_bytes());
         put(&mut args, 8, &offset.to_le_bytes());
         put(&mut args, 16, &size.to_le_bytes());
-        let n = self.call(READ, 0, &args, &[], deadline)?.min(size as usize);
+        let n = self.call(READ, node, &args, &[], size, deadline)?.min(size as usize);
         out[..n].copy_from_slice(&self.reply(n)[..n]);
         Ok(n)
     }
 
-    /// FUSE_WRITE of `data` (at most the server's largest write) at `offset`; returns how
-    /// many bytes the server took.
+    /// FUSE_WRITE through handle `fh` of `node` of `data` (at most the server's largest
+    /// write) at `offset`; returns how many bytes the server took.
     pub fn write(
         &mut self,
+        node: u64,
         fh: u64,
         offset: u64,
         data: &[u8],
@@ -330,7 +340,7 @@ impl Fs {
         put(&mut args, 0, &fh.to_le_bytes());
         put(&mut args, 8, &offset.to_le_bytes());
         put(&mut args, 16, &(data.len() as u32).to_le_bytes());
-        let n = self.call(WRITE, 0, &args, data, deadline)?;
+        let n = self.call(WRITE, node, &args, data, REPLY_MAX, deadline)?;
         if n < 8 {
             return Err(FsError::BadReply);
         }
@@ -341,6 +351,6 @@ impl Fs {
     pub fn release(&mut self, node: u64, fh: u64, deadline: u64) -> Result<(), FsError> {
         let mut args = [0u8; 24];
         put(&mut args, 0, &fh.to_le_bytes());
-        self.call(RELEASE, node, &args, &[], deadline).map(drop)
+        self.call(RELEASE, node, &args, &[], REPLY_MAX, deadline).map(drop)
     }
 }

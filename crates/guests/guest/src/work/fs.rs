@@ -34,7 +34,7 @@ fn read_all(fs: &mut Fs, name: &[u8], timeout_ms: u64) -> Result<(u64, u64), Fai
     let (mut offset, mut hash) = (0u64, 0xcbf2_9ce4_8422_2325u64);
     let mut chunk = [0u8; IO_MAX as usize];
     loop {
-        let n = fs.read(fh, offset, &mut chunk, time::deadline_ms(timeout_ms))?;
+        let n = fs.read(entry.node, fh, offset, &mut chunk, time::deadline_ms(timeout_ms))?;
         if n == 0 {
             break;
         }
@@ -59,7 +59,8 @@ fn write_all(fs: &mut Fs, name: &[u8], bytes: u64, seed: u64, timeout_ms: u64) -
         let mut done = 0;
         while done < n {
             let at = offset + done as u64;
-            let wrote = fs.write(fh, at, &chunk[done..n], time::deadline_ms(timeout_ms))?;
+            let wrote =
+                fs.write(entry.node, fh, at, &chunk[done..n], time::deadline_ms(timeout_ms))?;
             if wrote == 0 {
                 return Err(Fail::Text("the server took no bytes of a write"));
             }
