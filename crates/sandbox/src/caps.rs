@@ -139,6 +139,15 @@ fn clear_ambient_and_bounding(keep: u64, notes: &mut Vec<String>) -> Result<(), 
     Ok(())
 }
 
+/// Clears the ambient set and empties the bounding set: for a process about to change its
+/// user, which takes its other sets away (the bounding set needs `CAP_SETPCAP`, held until
+/// then). Returns notes for the report (a set that could not be changed).
+pub fn drop_bounding_set() -> Result<Vec<String>, CapsError> {
+    let mut notes = Vec::new();
+    clear_ambient_and_bounding(0, &mut notes)?;
+    Ok(notes)
+}
+
 /// Drops every capability; returns the report detail (`none`, or `none, securebits not
 /// locked: …`).
 pub fn drop_all() -> Result<String, CapsError> {

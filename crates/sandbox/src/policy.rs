@@ -30,6 +30,8 @@ pub enum Access {
     ReadOnly,
     /// Read, write and truncate files; in a directory also create and remove.
     ReadWrite,
+    /// Read, and run programs (an outside backend's program and its libraries).
+    ReadExec,
 }
 
 /// A path the compartment may use, and how.
@@ -62,12 +64,18 @@ pub struct IdMap {
     pub inside_gid: u32,
     /// Group ID on the host.
     pub outside_gid: u32,
+    /// A second ID mapped, the same for users and groups: (inside, on the host). An outside
+    /// backend's launcher is the host's root inside, to reach the paths it is given below
+    /// folders only root may search while it builds its root, then becomes the overflow user
+    /// (mapped this way) and drops every capability before its program runs. Only a core
+    /// running as root can write such a map.
+    pub also: Option<(u32, u32)>,
 }
 
 impl IdMap {
     /// Root inside is `uid`/`gid` on the host.
     pub fn root_as(uid: u32, gid: u32) -> IdMap {
-        IdMap { inside_uid: 0, outside_uid: uid, inside_gid: 0, outside_gid: gid }
+        IdMap { inside_uid: 0, outside_uid: uid, inside_gid: 0, outside_gid: gid, also: None }
     }
 }
 
@@ -270,6 +278,13 @@ impl PolicyBuilder {
     pub fn read_only(mut self, path: impl AsRef<Path>) -> Self {
         let path = path.as_ref().to_path_buf();
         self.policy.paths.push(PathRule { path, access: Access::ReadOnly });
+        self
+    }
+
+    /// Lets the compartment read `path` and run the programs in it.
+    pub fn read_exec(mut self, path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref().to_path_buf();
+        self.policy.paths.push(PathRule { path, access: Access::ReadExec });
         self
     }
 

@@ -256,6 +256,102 @@ impl CompiledFilter {
     }
 }
 
+impl CompiledFilter {
+    /// Installs the main filter on the calling thread with every call it would log sent
+    /// instead to the returned listener (`SECCOMP_RET_USER_NOTIF`), where another process
+    /// sees each one ([`Listener`]) — how an outside backend's profile is derived. Only for a
+    /// filter compiled with [`DenyAction::Log`] and without errno rules.
+    ///
+    /// The calling thread must have set `PR_SET_NO_NEW_PRIVS`. After it returns, every call
+    /// outside the list waits until the listener answers: make no such call before the
+    /// listener is in another process's hands.
+    pub fn install_with_listener(&self) -> Result<std::os::fd::OwnedFd, SeccompError> {
+        if self.action != DenyAction::Log || self.errno.is_some() {
+            return Err(SeccompError::Install(
+                "only a log filter without errno rules can notify a listener".into(),
+            ));
+        }
+        let mut program = self.main.clone();
+        for insn in &mut program {
+            // `ret #SECCOMP_RET_LOG` becomes `ret #SECCOMP_RET_USER_NOTIF`.
+            if insn.code == (libc::BPF_RET | libc::BPF_K) as u16 && insn.k == libc::SECCOMP_RET_LOG
+            {
+                insn.k = libc::SECCOMP_RET_USER_NOTIF;
+            }
+        }
+        let fprog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_mut_ptr().cast::<libc::sock_filter>(),
+        };
+        // SAFETY: fprog points at `program`, alive for the call; the kernel copies it. The
+        // layouts of seccompiler's and libc's sock_filter are the kernel's.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                &fprog as *const libc::sock_fprog,
+            )
+        };
+        if fd < 0 {
+            return Err(SeccompError::Install(std::io::Error::last_os_error().to_string()));
+        }
+        // SAFETY: the kernel just returned this new descriptor, owned by nobody else.
+        Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+    }
+}
+
+/// The receiving end of [`CompiledFilter::install_with_listener`]: each call outside the
+/// list, which it lets go on as if allowed.
+#[derive(Debug)]
+pub struct Listener {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Listener {
+    /// The listener on `fd`.
+    pub fn new(fd: std::os::fd::OwnedFd) -> Listener {
+        Listener { fd }
+    }
+
+    /// The descriptor, readable when a call waits (and hung up when no process is left).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
+    /// Takes the waiting call, lets it go on, and returns its system call number; `None` when
+    /// the caller went away before the answer (it was killed, or the call interrupted).
+    pub fn take(&self) -> std::io::Result<Option<i64>> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: all-zero is a valid seccomp_notif (the kernel requires it zeroed).
+        let mut notif: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: the ioctl fills `notif`, which is of the size it expects.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut notif) }
+            != 0
+        {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::EINTR) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: all-zero is a valid seccomp_notif_resp.
+        let mut resp: libc::seccomp_notif_resp = unsafe { std::mem::zeroed() };
+        resp.id = notif.id;
+        resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+        // SAFETY: the ioctl reads `resp`, of the size it expects.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) }
+            != 0
+        {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+        }
+        Ok(Some(i64::from(notif.data.nr)))
+    }
+}
+
 /// Compiles `rules` into filters that apply `deny` to every other call.
 pub fn compile(rules: &[SyscallRule], deny: DenyAction) -> Result<CompiledFilter, SeccompError> {
     let mut allow: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();

@@ -324,11 +324,16 @@ fn write_id_maps(pid: i32, map: IdMap) -> Result<(), SpawnError> {
     };
     // Without CAP_SETGID, a gid_map needs setgroups denied first.
     // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
         write("setgroups", "deny".into())?;
     }
-    write("uid_map", format!("{} {} 1\n", map.inside_uid, map.outside_uid))?;
-    write("gid_map", format!("{} {} 1\n", map.inside_gid, map.outside_gid))
+    let also = match map.also {
+        Some((inside, outside)) if root => format!("{inside} {outside} 1\n"),
+        _ => String::new(),
+    };
+    write("uid_map", format!("{} {} 1\n{also}", map.inside_uid, map.outside_uid))?;
+    write("gid_map", format!("{} {} 1\n{also}", map.inside_gid, map.outside_gid))
 }
 
 /// The kept fds, their targets and the ranges to close, computed before the clone.
