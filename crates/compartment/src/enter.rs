@@ -95,6 +95,29 @@ impl SpawnInfo {
 /// starting threads (Landlock before ABI 8 restricts only the calling
 /// thread; a thread started later inherits every layer).
 pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
+    enter_with(policy, root::Extras::default(), &[], true)
+}
+
+/// [`enter`] for the launcher of an outside backend's program
+/// (`crate::outside`): the root holds `extras` too, and no seccomp filter is
+/// installed — the launcher installs the policy's on the program's process,
+/// between `fork` and `execve`, and one of its own on itself. Landlock lets
+/// it use `landlock` too: paths that exist once the root is built (those of
+/// `extras`).
+pub fn enter_before_exec(
+    policy: &Policy,
+    extras: root::Extras,
+    landlock: &[PathRule],
+) -> Result<Report, EnterError> {
+    enter_with(policy, extras, landlock, false)
+}
+
+fn enter_with(
+    policy: &Policy,
+    extras: root::Extras,
+    extra_rules: &[PathRule],
+    install_seccomp: bool,
+) -> Result<Report, EnterError> {
     let filter = seccomp::compile(policy.syscalls(), policy.deny_action())?;
     let paths = canonical_paths(policy.paths())?;
     let threads = std::fs::read_dir("/proc/self/task").map(Iterator::count).unwrap_or(1);
@@ -118,7 +141,7 @@ pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
                 .into(),
         }
     } else {
-        match root::make_empty_root(&paths) {
+        match root::make_root(&paths, &extras) {
             Ok(detail) => LayerState::Applied { detail },
             // What was done before the failure only hides more of the host.
             Err(e) => {
@@ -127,6 +150,10 @@ pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
             }
         }
     };
+    // A program's root holds what it runs from: without it there is nothing to run.
+    if let (false, LayerState::NotApplied { reason }) = (install_seccomp, &root) {
+        return Err(EnterError::Required { layer: LayerName::Root, reason: reason.clone() });
+    }
     layers.set(LayerName::Root, root)?;
 
     let limits = policy.rlimits();
@@ -137,6 +164,9 @@ pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
     };
     layers.set(LayerName::Rlimits, rlimits)?;
 
+    if let Some(id) = extras.run_as {
+        become_user(id)?;
+    }
     let dropped = caps::drop_all()?;
     // Capability sets belong to each thread: the others keep theirs.
     let caps = if threads > 1 {
@@ -154,10 +184,17 @@ pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
     };
     layers.set(LayerName::Capabilities, caps)?;
 
+    let mut paths = paths;
+    paths.extend_from_slice(extra_rules);
     let landlock =
         landlock_rules::restrict(&paths, policy.landlock_tcp(), policy.landlock_scope(), threads)?;
     layers.set(LayerName::Landlock, landlock)?;
 
+    if !install_seccomp {
+        let reason = "installed by the program's launcher on each process it starts".into();
+        layers.set(LayerName::Seccomp, LayerState::Off { reason })?;
+        return Ok(layers.report);
+    }
     filter.install_all_threads()?;
     let detail = format!(
         "{}, {} syscalls, all threads",
@@ -166,6 +203,32 @@ pub fn enter(policy: &Policy) -> Result<Report, EnterError> {
     );
     layers.set(LayerName::Seccomp, LayerState::Applied { detail })?;
     Ok(layers.report)
+}
+
+/// Becomes user and group `id` (of the user namespace), with no supplementary group.
+fn become_user(id: u32) -> Result<(), EnterError> {
+    let call = |rc: libc::c_int, what: &'static str| {
+        if rc != 0 {
+            let source = std::io::Error::last_os_error();
+            return Err(EnterError::Caps(CapsError::Call { what, source }));
+        }
+        Ok(())
+    };
+    // Changing the user takes the other sets, not the bounding set, which needs CAP_SETPCAP.
+    caps::drop_bounding_set()?;
+    // SAFETY: setgroups with an empty list, then setresgid and setresuid with plain ids.
+    unsafe {
+        call(libc::setgroups(0, std::ptr::null()), "drop the supplementary groups")?;
+        call(libc::setresgid(id, id, id), "become the program's group")?;
+        call(libc::setresuid(id, id, id), "become the program's user")?;
+        // A change of user clears the parent-death signal the spawn armed: armed again, the
+        // process still dies with its core (a core gone in between is seen by the caller, whose
+        // next word to it fails).
+        call(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0),
+            "arm the parent-death signal again",
+        )
+    }
 }
 
 struct Layers {

@@ -66,6 +66,7 @@ fn rights(rule: &PathRule, is_dir: bool, is_device: bool) -> BitFlags<AccessFs> 
     let write_file = AccessFs::WriteFile | AccessFs::Truncate;
     let access = match rule.access {
         PathAccess::ReadOnly => read,
+        PathAccess::ReadExec => read | AccessFs::Execute,
         // Everything but executing: create, remove, rename inside the tree.
         PathAccess::ReadWrite => AccessFs::from_all(abi) & !AccessFs::Execute,
     };

@@ -19,7 +19,9 @@ compile_error!("bulkhead-compartment supports x86-64 Linux only");
 pub mod device;
 mod enter;
 pub mod landlock_rules;
+pub mod outside;
 pub mod rlimits;
 mod root;
 
-pub use enter::{enter, EnterError};
+pub use enter::{enter, enter_before_exec, EnterError};
+pub use root::Extras;

@@ -12,8 +12,10 @@
 //! 2. make every mount private, so nothing propagates to the host;
 //! 3. mount a tmpfs on `/tmp` (the first of a few directories that exist);
 //! 4. recreate each listed path in it and bind-mount the original there from
-//!    `/proc/self/fd/N`, then remount the bind `nosuid,noexec` (and `nodev`
-//!    unless it is a device, `ro` unless listed read-write);
+//!    `/proc/self/fd/N`, then remount the bind `nosuid`, `noexec` unless listed
+//!    for running programs, `nodev` unless it is a device, `ro` unless listed
+//!    read-write; an outside backend's root also gets links (`/lib` where `/usr`
+//!    is merged), small writable tmpfs folders and its own `/proc` ([`Extras`]);
 //! 5. `pivot_root(".", ".")` into the tmpfs and detach the old root;
 //! 6. remount the new root read-only.
 //!
@@ -54,9 +56,27 @@ struct Source {
     access: Access,
 }
 
-/// Replaces the root by an empty read-only tmpfs holding `paths`; returns the
-/// report detail.
-pub fn make_empty_root(paths: &[PathRule]) -> Result<String, RootError> {
+/// What a root holds besides the paths of a policy: an outside backend's program needs more
+/// than a device of Bulkhead's (its libraries, a place for its socket, `/proc`).
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// Symbolic links to recreate, link → target (`/lib` → `usr/lib` where `/usr` is merged).
+    pub symlinks: Vec<(PathBuf, PathBuf)>,
+    /// Empty writable folders, a small tmpfs each (where a program makes its socket).
+    pub scratch: Vec<PathBuf>,
+    /// Empty read-only folders made where no path is bound (the program's working folder, so
+    /// that relative paths in its arguments reach what it was handed below it).
+    pub folders: Vec<PathBuf>,
+    /// A procfs of the compartment's own PID namespace on `/proc`.
+    pub proc: bool,
+    /// The user and group (the same number, inside the user namespace) that own the scratch
+    /// folders, and that the process becomes before it drops its capabilities.
+    pub run_as: Option<u32>,
+}
+
+/// Replaces the root by an empty read-only tmpfs holding `paths` and `extras`;
+/// returns the report detail.
+pub fn make_root(paths: &[PathRule], extras: &Extras) -> Result<String, RootError> {
     let mut sources = open_sources(paths)?;
     sources.sort_by_key(|s| s.path.components().count());
     let root = Path::new("/");
@@ -76,9 +96,13 @@ pub fn make_empty_root(paths: &[PathRule]) -> Result<String, RootError> {
         Some("mode=0755,size=1m"),
     )
     .map_err(err("mount a tmpfs on", staging))?;
+    let inside = |path: &Path| staging.join(path.strip_prefix("/").unwrap_or(path));
+    for (link, target) in &extras.symlinks {
+        std::os::unix::fs::symlink(target, inside(link)).map_err(err("create the link", link))?;
+    }
     let mut bound: Vec<&Path> = Vec::new();
     for source in &sources {
-        let target = staging.join(source.path.strip_prefix("/").unwrap_or(&source.path));
+        let target = inside(&source.path);
         // Below an earlier bind, the path exists already: it is the host's own
         // file seen through that bind, and binding it over itself gives it its
         // own flags. Elsewhere only the tmpfs is written to.
@@ -88,12 +112,36 @@ pub fn make_empty_root(paths: &[PathRule]) -> Result<String, RootError> {
         bind(source, &target)?;
         bound.push(&source.path);
     }
+    for dir in &extras.folders {
+        if !bound.iter().any(|b| dir.starts_with(b)) {
+            fs::create_dir_all(inside(dir)).map_err(err("create", dir))?;
+        }
+    }
+    for dir in &extras.scratch {
+        let target = inside(dir);
+        create_mount_point(&target, true)?;
+        let owner = extras.run_as.map(|id| format!(",uid={id},gid={id}")).unwrap_or_default();
+        let options = format!("mode=0700,size=1m{owner}");
+        mount(Some(b"tmpfs"), &target, Some("tmpfs"), tmpfs_flags, Some(&options))
+            .map_err(err("mount a tmpfs on", dir))?;
+    }
+    let mut detail = String::new();
+    if extras.proc {
+        let target = inside(Path::new("/proc"));
+        create_mount_point(&target, true)?;
+        // Only a PID namespace's own procfs shows its processes and nothing of the host's.
+        if let Err(e) = mount(Some(b"proc"), &target, Some("proc"), tmpfs_flags, None) {
+            detail = format!(", no /proc ({e})");
+        } else {
+            detail = ", own /proc".into();
+        }
+    }
     std::env::set_current_dir(staging).map_err(err("enter", staging))?;
     pivot_to_cwd().map_err(err("pivot_root into", staging))?;
     let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | tmpfs_flags;
     mount(None, root, None, flags, None).map_err(err("remount read-only", root))?;
     let n = sources.len();
-    Ok(format!("empty, ro, {n} bind{}", if n == 1 { "" } else { "s" }))
+    Ok(format!("empty, ro, {n} bind{}{detail}", if n == 1 { "" } else { "s" }))
 }
 
 fn open_sources(paths: &[PathRule]) -> Result<Vec<Source>, RootError> {
@@ -138,11 +186,14 @@ fn bind(source: &Source, target: &Path) -> Result<(), RootError> {
     let from = PathBuf::from(format!("/proc/self/fd/{}", source.fd.as_raw_fd()));
     mount(Some(from.as_os_str().as_bytes()), target, None, libc::MS_BIND | libc::MS_REC, None)
         .map_err(err("bind-mount", &source.path))?;
-    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NOEXEC;
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID;
+    if source.access != Access::ReadExec {
+        flags |= libc::MS_NOEXEC;
+    }
     if !source.is_device {
         flags |= libc::MS_NODEV;
     }
-    if source.access == Access::ReadOnly {
+    if source.access != Access::ReadWrite {
         flags |= libc::MS_RDONLY;
     }
     // A remount must keep the flags the mount has (they may be locked).
