@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Boot a VM: the built-in guest by default, or your own kernel.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Measure Bulkhead (and QEMU, side by side).
     #[command(subcommand)]
     Bench(bulkhead_tools::bench::BenchCommand),
@@ -32,6 +32,10 @@ pub enum Command {
     /// Run one device backend (vhost-user) as a process: how the core starts a compartment.
     #[command(subcommand)]
     Device(bulkhead_devices::cli::DeviceCommand),
+    /// The compartment of an outside backend's program (`run --device …,exec=`): started by
+    /// the core only.
+    #[command(hide = true)]
+    Outside(bulkhead_compartment::outside::OutsideArgs),
     /// Control a running VM: status, restart or upgrade a device.
     #[command(subcommand)]
     Ctl(bulkhead_ctl::cli::CtlCommand),
@@ -53,7 +57,7 @@ impl Command {
     /// Runs the command; the result is the process exit code.
     pub fn run(self) -> anyhow::Result<i32> {
         match self {
-            Command::Run(args) => run::run(args),
+            Command::Run(args) => run::run(*args),
             Command::Bench(cmd) => bulkhead_tools::bench::run(cmd),
             Command::Guest(cmd) => bulkhead_tools::guest::run(cmd),
             Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
@@ -61,6 +65,7 @@ impl Command {
             Command::Device(cmd) => bulkhead_compartment::device::run(cmd, |name, spec| {
                 bulkhead_vmm::backends::policy_for(name, Some(spec))
             }),
+            Command::Outside(args) => Ok(bulkhead_compartment::outside::run(args)),
             Command::Ctl(cmd) => bulkhead_ctl::cli::run(cmd),
             Command::Status { vm, json } => {
                 use bulkhead_ctl::cli::{run_vm, VmAction, VmCommand};

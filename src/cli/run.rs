@@ -1,6 +1,7 @@
 //! `bulkhead run`: boot a VM and show its console. The arguments become a
 //! [`bulkhead_vmm::Config`], which [`bulkhead_vmm::run`] runs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ use bulkhead_core::supervisor::RestartPolicy;
 use bulkhead_core::virtio::{ConfigSpace, DeviceKind, DeviceShape, ExternalBackend};
 use bulkhead_core::VmConfig;
 use bulkhead_devices::{BlkConfig, DeviceConfig};
+use bulkhead_vmm::backends::outside::{
+    built_in_names, OutsideSpec, Profile, Seccomp, SOCKET_PLACEHOLDER,
+};
 use bulkhead_vmm::{Config, CoreSeccomp, Mode, Request};
 use clap::Args;
 
@@ -64,6 +68,14 @@ pub struct RunArgs {
     /// virtio-fs's mount tag, for backends that have no configuration space (virtiofsd).
     #[arg(long = "vhost-user", value_name = "TYPE,socket=PATH")]
     pub vhost_user: Vec<String>,
+    /// Run a vhost-user backend program Bulkhead did not write as a compartment, restarted
+    /// when it fails: TYPE[,OPTIONS],exec=PROGRAM ARGS… — `{socket}` in ARGS is where it
+    /// listens. OPTIONS: ro=PATH and rw=PATH (what it may read, write; repeatable),
+    /// profile=NAME|FILE (its seccomp profile; default: the built-in one for PROGRAM's name),
+    /// seccomp=on|log|off (log: allow and name each call outside the profile), queues=N,
+    /// tag=T (fs).
+    #[arg(long = "device", value_name = "TYPE,…,exec=PROGRAM ARGS")]
+    pub device: Vec<String>,
     /// The VM's name for `bulkhead ctl` (default: vm-PID).
     #[arg(long)]
     pub name: Option<String>,
@@ -131,11 +143,49 @@ fn device_requests(args: &RunArgs) -> anyhow::Result<Vec<Request>> {
     Ok(requests)
 }
 
+/// The device's name: its type's name and how many of that type came before it.
+fn device_name(kind: DeviceKind, taken: &mut HashMap<&'static str, usize>) -> String {
+    let index = taken.entry(kind.name()).or_insert(0);
+    let name = format!("{}{index}", kind.name());
+    *index += 1;
+    name
+}
+
+/// Applies an option every vhost-user device takes (`queues=N`, `tag=T` for fs) to `shape`;
+/// false if `part` is none of them.
+fn shape_option(
+    shape: &mut DeviceShape,
+    part: &str,
+    flag: &str,
+    spec: &str,
+) -> anyhow::Result<bool> {
+    match part.split_once('=') {
+        Some(("queues", n)) => match n.parse::<usize>() {
+            Ok(n) if (1..=bulkhead_core::virtio::MAX_QUEUES).contains(&n) => shape.queues = Some(n),
+            _ => anyhow::bail!(
+                "{flag} {spec}: queues must be a number from 1 to {}",
+                bulkhead_core::virtio::MAX_QUEUES
+            ),
+        },
+        Some(("tag", tag)) if shape.kind.name() == "fs" => {
+            if tag.is_empty() || tag.len() > bulkhead_core::virtio::FS_TAG_MAX {
+                anyhow::bail!(
+                    "{flag} {spec}: a virtio-fs tag has 1 to {} bytes",
+                    bulkhead_core::virtio::FS_TAG_MAX
+                );
+            }
+            shape.config = ConfigSpace::FsTag(tag.to_string());
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// Parses `TYPE,socket=PATH[,queues=N][,tag=T]`; `taken` counts the devices of each type so
 /// far, for its name (`blk1` after a `--disk`'s `blk0`).
 fn external_backend(
     spec: &str,
-    taken: &mut std::collections::HashMap<&'static str, usize>,
+    taken: &mut HashMap<&'static str, usize>,
 ) -> anyhow::Result<ExternalBackend> {
     let mut parts = spec.split(',');
     let kind = DeviceKind::parse(parts.next().unwrap_or_default())
@@ -143,26 +193,11 @@ fn external_backend(
     let mut shape = DeviceShape::of(kind);
     let mut socket = None;
     for part in parts {
+        if shape_option(&mut shape, part, "--vhost-user", spec)? {
+            continue;
+        }
         match part.split_once('=') {
             Some(("socket", path)) => socket = Some(absolute(Path::new(path))?),
-            Some(("queues", n)) => match n.parse::<usize>() {
-                Ok(n) if (1..=bulkhead_core::virtio::MAX_QUEUES).contains(&n) => {
-                    shape.queues = Some(n)
-                }
-                _ => anyhow::bail!(
-                    "--vhost-user {spec}: queues must be a number from 1 to {}",
-                    bulkhead_core::virtio::MAX_QUEUES
-                ),
-            },
-            Some(("tag", tag)) if kind.name() == "fs" => {
-                if tag.is_empty() || tag.len() > bulkhead_core::virtio::FS_TAG_MAX {
-                    anyhow::bail!(
-                        "--vhost-user {spec}: a virtio-fs tag has 1 to {} bytes",
-                        bulkhead_core::virtio::FS_TAG_MAX
-                    );
-                }
-                shape.config = ConfigSpace::FsTag(tag.to_string());
-            }
             _ => anyhow::bail!(
                 "--vhost-user {spec}: unknown option {part:?}; give socket=PATH, queues=N{}",
                 if kind.name() == "fs" { " or tag=T" } else { "" }
@@ -171,10 +206,110 @@ fn external_backend(
     }
     let socket = socket
         .ok_or_else(|| anyhow::anyhow!("--vhost-user {spec}: give the socket as socket=PATH"))?;
-    let index = taken.entry(kind.name()).or_insert(0);
-    let name = format!("{}{index}", kind.name());
-    *index += 1;
-    Ok(ExternalBackend { shape, name, socket })
+    Ok(ExternalBackend { shape, name: device_name(kind, taken), socket })
+}
+
+/// `PROGRAM` as a path: as given when it names a folder, else found in `$PATH`.
+fn find_program(program: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable =
+        |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let path = absolute(Path::new(program))?;
+        if !path.exists() {
+            anyhow::bail!("{program}: no such file");
+        }
+        if !runnable(&path) {
+            anyhow::bail!("{program} is not a program (not an executable file)");
+        }
+        return Ok(path);
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(program))
+        .find(|p| runnable(p))
+        .ok_or_else(|| anyhow::anyhow!("{program}: no such program in $PATH; give its path"))
+}
+
+/// Parses `TYPE[,OPTIONS],exec=PROGRAM ARGS…` (see `--device`).
+fn outside_backend(
+    spec: &str,
+    taken: &mut HashMap<&'static str, usize>,
+) -> anyhow::Result<OutsideSpec> {
+    let (head, command) = match spec.split_once(",exec=") {
+        Some(split) => split,
+        None => anyhow::bail!(
+            "--device {spec}: give the backend's program last, as exec=PROGRAM ARGS… (for a \
+             backend you start yourself, use --vhost-user TYPE,socket=PATH)"
+        ),
+    };
+    let mut parts = head.split(',');
+    let kind = DeviceKind::parse(parts.next().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("--device {spec}: {e}"))?;
+    let mut shape = DeviceShape::of(kind);
+    let (mut read, mut write, mut profile, mut seccomp) =
+        (Vec::new(), Vec::new(), None, Seccomp::On);
+    for part in parts {
+        if shape_option(&mut shape, part, "--device", spec)? {
+            continue;
+        }
+        match part.split_once('=') {
+            Some(("ro", path)) => read.push(absolute(Path::new(path))?),
+            Some(("rw", path)) => write.push(absolute(Path::new(path))?),
+            Some(("profile", name)) => {
+                profile = Some(Profile::load(name).with_context(|| format!("--device {spec}"))?)
+            }
+            Some(("seccomp", mode)) => {
+                seccomp = match mode {
+                    "on" => Seccomp::On,
+                    "log" => Seccomp::Log,
+                    "off" => Seccomp::Off,
+                    _ => anyhow::bail!("--device {spec}: seccomp is on, log or off, not {mode:?}"),
+                }
+            }
+            _ => anyhow::bail!(
+                "--device {spec}: unknown option {part:?}; give ro=PATH, rw=PATH, profile=NAME|FILE, \
+                 seccomp=on|log|off, queues=N{}, then exec=PROGRAM ARGS…",
+                if kind.name() == "fs" { ", tag=T" } else { "" }
+            ),
+        }
+    }
+    let words = shlex::split(command)
+        .ok_or_else(|| anyhow::anyhow!("--device {spec}: unbalanced quotes in exec="))?;
+    let Some((program, args)) = words.split_first() else {
+        anyhow::bail!("--device {spec}: exec= names no program");
+    };
+    let program = find_program(program).with_context(|| format!("--device {spec}"))?;
+    if !args.iter().any(|a| a.contains(SOCKET_PLACEHOLDER)) {
+        anyhow::bail!(
+            "--device {spec}: put {SOCKET_PLACEHOLDER} in the program's arguments where it takes \
+             the path of its vhost-user socket (e.g. --socket-path={SOCKET_PLACEHOLDER})"
+        );
+    }
+    let profile = match profile {
+        Some(profile) => profile,
+        None => match Profile::for_program(&program) {
+            Some(profile) => profile,
+            None if seccomp != Seccomp::On => Profile::default(),
+            None => anyhow::bail!(
+                "--device {spec}: Bulkhead has no seccomp profile for {} (it has: {}); give one \
+                 with profile=FILE, or run it once with seccomp=log to see the calls it makes",
+                program.display(),
+                built_in_names().collect::<Vec<_>>().join(", ")
+            ),
+        },
+    };
+    Ok(OutsideSpec {
+        name: device_name(kind, taken),
+        shape,
+        program,
+        args: args.to_vec(),
+        read,
+        write,
+        profile,
+        seccomp,
+        cwd: std::env::current_dir().ok(),
+    })
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -206,11 +341,16 @@ impl TryFrom<RunArgs> for Config {
         bulkhead_api::paths::check_name(&name).with_context(|| format!("--name {name}"))?;
         let devices = device_requests(&args)?;
         args.limits.check(args.cpus, args.memory, args.mode == Mode::Microkernel)?;
-        let mut taken = std::collections::HashMap::new();
+        let mut taken = HashMap::new();
         for d in &devices {
             *taken.entry(bulkhead_vmm::backends::core_kind(d.config.kind()).name()).or_insert(0) +=
                 1;
         }
+        let outside = args
+            .device
+            .iter()
+            .map(|spec| outside_backend(spec, &mut taken))
+            .collect::<Result<_, _>>()?;
         let external = args
             .vhost_user
             .iter()
@@ -222,6 +362,7 @@ impl TryFrom<RunArgs> for Config {
             mode: args.mode,
             devices,
             external,
+            outside,
             limits: args.limits.limits(args.memory),
             core_seccomp: args.core_seccomp,
         })

@@ -91,6 +91,9 @@ pub enum DeviceMode {
     Compartment,
     /// A thread of the core (monolithic mode).
     Thread,
+    /// A vhost-user backend program Bulkhead did not write, in a compartment Bulkhead
+    /// started and restarts (`--device TYPE,exec=PROGRAM`).
+    Outside,
     /// A vhost-user backend Bulkhead did not start (`--vhost-user`): Bulkhead cannot restart
     /// it, but reconnects when it is back on its socket.
     External,

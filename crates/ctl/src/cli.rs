@@ -276,6 +276,7 @@ fn mode_word(mode: DeviceMode) -> &'static str {
     match mode {
         DeviceMode::Compartment => "compartment",
         DeviceMode::Thread => "thread",
+        DeviceMode::Outside => "outside",
         DeviceMode::External => "external",
     }
 }

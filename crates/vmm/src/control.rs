@@ -85,6 +85,7 @@ fn device_status(d: supervisor::DeviceReport) -> DeviceStatus {
         mode: match d.mode {
             "compartment" => DeviceMode::Compartment,
             "thread" => DeviceMode::Thread,
+            "outside" => DeviceMode::Outside,
             _ => DeviceMode::External,
         },
         pid: d.pid,

@@ -41,6 +41,8 @@ pub struct Config {
     pub devices: Vec<Request>,
     /// External vhost-user backends to attach (`--vhost-user`).
     pub external: Vec<ExternalBackend>,
+    /// Outside backends' programs to run as compartments (`--device …,exec=`).
+    pub outside: Vec<backends::outside::OutsideSpec>,
     /// CPU and memory partitioning.
     pub limits: Limits,
     /// Seccomp on the core's own threads.
@@ -49,12 +51,27 @@ pub struct Config {
 
 /// Runs the VM `config` describes until it ends; the result is the process exit code.
 pub fn run(config: Config) -> anyhow::Result<i32> {
-    let Config { mut vm, name, mode, devices, external, limits, core_seccomp } = config;
-    let compartments = mode == Mode::Microkernel && !devices.is_empty();
+    let Config { mut vm, name, mode, devices, external, outside, limits, core_seccomp } = config;
+    let compartments = (mode == Mode::Microkernel && !devices.is_empty()) || !outside.is_empty();
     // The partition (cgroups) outlives the VM: it is removed below.
     let partition = partition::Partition::create(&name, limits, compartments, vm.verbose)?;
     vm.placement = Some(partition.clone());
     vm.devices = backends::build(devices, mode, &partition)?;
+    if !outside.is_empty() {
+        use confine::lists::{allow_outside_programs, OutsidePrograms};
+        let unchecked = outside.iter().any(|o| o.seccomp != backends::outside::Seccomp::On);
+        allow_outside_programs(if unchecked {
+            OutsidePrograms::Unchecked
+        } else {
+            OutsidePrograms::Profiles(
+                outside.iter().flat_map(|o| o.profile.syscalls.iter().cloned()).collect(),
+            )
+        });
+    }
+    for spec in outside {
+        let backend = backends::outside::OutsideBackend::new(spec, partition.clone())?;
+        vm.devices.push(Box::new(backend));
+    }
     vm.devices.extend(external.into_iter().map(|e| Box::new(e) as Box<dyn Backend>));
     if mode == Mode::Monolithic {
         bulkhead_monolithic::end_vm_on_device_panic();

@@ -5,6 +5,7 @@
 //! process boundary.
 
 mod broker;
+pub mod outside;
 mod policy;
 mod process;
 

@@ -8,6 +8,7 @@
 //! from `clone3` to entering their own sandbox.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use bulkhead_devices::DeviceKind;
 use bulkhead_sandbox::seccomp::{self, ArgCondition, ArgOp, RuleAction, SyscallRule};
@@ -91,7 +92,15 @@ impl ThreadClass {
     /// the launcher's, which its compartments need until they drop them.
     pub fn keep_caps(self) -> u64 {
         match self {
-            ThreadClass::Launcher => LAUNCHER_CAPS.iter().fold(0, |m, &c| m | 1 << c),
+            ThreadClass::Launcher => {
+                let caps = LAUNCHER_CAPS.iter().fold(0, |m, &c| m | 1 << c);
+                // A user namespace that maps the host's root needs CAP_SETFCAP of its writer.
+                if OUTSIDE.get().is_some() {
+                    caps | 1 << OUTSIDE_LAUNCHER_CAP
+                } else {
+                    caps
+                }
+            }
             _ => 0,
         }
     }
@@ -113,6 +122,11 @@ impl ThreadClass {
                     let allowed =
                         device(kind).into_iter().filter(|r| r.action() == RuleAction::Allow);
                     list.extend(allowed);
+                }
+                // So do the outside backends' launchers and their programs' profiles.
+                if let Some(OutsidePrograms::Profiles(calls)) = OUTSIDE.get() {
+                    list.extend(seccomp::rules(OUTSIDE_START));
+                    list.extend(calls.iter().map(|name| SyscallRule::allow(name)));
                 }
             }
             ThreadClass::Device(kind) => return device(kind),
@@ -142,6 +156,11 @@ const LAUNCHER_CAPS: [u32; 4] = [
     7, // CAP_SETUID
     6, // CAP_SETGID
 ];
+
+/// What the launcher keeps more when the VM has outside backends: their compartments' user
+/// namespaces map the host's root (see `bulkhead_compartment::outside`), and since Linux 5.12
+/// writing a map that holds the parent's root needs `CAP_SETFCAP`.
+const OUTSIDE_LAUNCHER_CAP: u32 = 31; // CAP_SETFCAP
 
 /// A device's own list in monolithic mode: the same as its compartment's
 /// (opening a file fails with EACCES, as there).
@@ -364,6 +383,47 @@ const COMPARTMENT_START: &[&str] = &[
     "landlock_restrict_self",
     "seccomp",
 ];
+
+/// An outside backend's launcher (`bulkhead_compartment::outside`) beyond a compartment's
+/// start: the links of its program's root, the program's process, output pipe and seccomp
+/// listener, connecting to its socket and handing the connection over, reaping.
+const OUTSIDE_START: &[&str] = &[
+    "symlink",
+    "symlinkat",
+    "socketpair",
+    "socket",
+    "connect",
+    "sendmsg",
+    "recvmsg",
+    "ppoll",
+    "wait4",
+    "kill",
+    "clock_nanosleep",
+    "nanosleep",
+];
+
+/// What the programs of this VM's outside backends may call: their compartments' filters
+/// stack on the launcher thread's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutsidePrograms {
+    /// Every one runs under its profile: the union of their allow-lists.
+    Profiles(Vec<String>),
+    /// One runs with its calls unchecked (`seccomp=log` or `off`): no list can hold them, so
+    /// the launcher thread runs without a filter.
+    Unchecked,
+}
+
+static OUTSIDE: OnceLock<OutsidePrograms> = OnceLock::new();
+
+/// Sets what the outside backends' programs may call; once, before the launcher starts.
+pub fn allow_outside_programs(programs: OutsidePrograms) {
+    let _ = OUTSIDE.set(programs);
+}
+
+/// Whether the launcher thread must run without a filter (see [`OutsidePrograms::Unchecked`]).
+pub fn outside_unchecked() -> bool {
+    OUTSIDE.get() == Some(&OutsidePrograms::Unchecked)
+}
 
 #[cfg(test)]
 mod tests {

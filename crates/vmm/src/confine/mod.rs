@@ -78,7 +78,19 @@ pub fn confined() -> Vec<Confined> {
 /// them; the launcher keeps what a compartment needs to enter its sandbox)
 /// and installs the class's filter.
 pub fn confine(class: ThreadClass) -> Result<(), String> {
+    let unchecked = class == ThreadClass::Launcher && lists::outside_unchecked();
     let deny = match setting() {
+        CoreSeccomp::On | CoreSeccomp::Log if unchecked => {
+            eprintln!(
+                "bulkhead: the launcher thread runs without a seccomp filter: an outside \
+                 backend runs with seccomp=log or off, and its program inherits the launcher's \
+                 filter"
+            );
+            let caps = bulkhead_sandbox::caps::keep_only(class.keep_caps());
+            caps.map_err(|e| format!("cannot drop the {class} thread's capabilities: {e}"))?;
+            record(class, None);
+            return Ok(());
+        }
         CoreSeccomp::On => DenyAction::Trap,
         CoreSeccomp::Log => DenyAction::Log,
         CoreSeccomp::Off => {
