@@ -12,7 +12,12 @@
 #     dependencies: about 30 s to build on 2 cores, once);
 #   - rust-vmm's vhost-device-vsock 0.3.0, the outside vsock backend the tests
 #     attach (from crates.io with its locked dependencies, into the cache
-#     folder: about a minute to build on 2 cores, once).
+#     folder: about a minute to build on 2 cores, once);
+#   - the Rust virtiofsd 1.14.0, the virtio-fs backend Bulkhead runs as a
+#     sandboxed compartment (`--device fs,…,exec=virtiofsd …`; QEMU 7.2's C
+#     virtiofsd needs capabilities a compartment does not have): from
+#     crates.io with its locked dependencies, into the cache folder, against
+#     Debian's libseccomp-dev and libcap-ng-dev (about 2 minutes, once).
 # A fresh machine's apt lists can be months old, and Debian's archive drops
 # old versions (a kernel's whole package when its next ABI ships). So nothing
 # here trusts the lists: `apt-get update` runs before any `apt-get install`,
@@ -29,6 +34,10 @@ command -v c++ >/dev/null || need_apt+=(g++)   # libFuzzer, built by the fuzz ta
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v qemu-storage-daemon >/dev/null || need_apt+=(qemu-utils)
 command -v ip >/dev/null || need_apt+=(iproute2)
+for dev in libseccomp-dev libcap-ng-dev; do   # for building virtiofsd
+    dpkg-query -W -f='${Status}' "$dev" 2>/dev/null | grep -q '^install ok installed' ||
+        need_apt+=("$dev")
+done
 if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -48,6 +57,10 @@ fi
 vsock_root=$cache/vhost-device-vsock-0.3.0
 if [[ ! -x $vsock_root/bin/vhost-device-vsock ]]; then
     cargo install vhost-device-vsock --version 0.3.0 --locked --root "$vsock_root"
+fi
+virtiofsd_root=$cache/virtiofsd-1.14.0
+if [[ ! -x $virtiofsd_root/bin/virtiofsd ]]; then
+    cargo install virtiofsd --version 1.14.0 --locked --root "$virtiofsd_root"
 fi
 cargo run --release --locked -q -- image build
 
