@@ -21,6 +21,7 @@ use std::os::unix::net::UnixStream;
 /// Virtio device IDs (virtio 1.2, section 5) of the devices Bulkhead serves itself.
 pub const DEVICE_ID_NET: u32 = 1;
 pub const DEVICE_ID_BLOCK: u32 = 2;
+pub const DEVICE_ID_CONSOLE: u32 = 3;
 pub const DEVICE_ID_RNG: u32 = 4;
 
 /// Feature bits the transport understands (virtio 1.2, section 6).
@@ -78,6 +79,7 @@ impl DeviceKind {
     pub const BLOCK: DeviceKind = DeviceKind(DEVICE_ID_BLOCK);
     pub const NET: DeviceKind = DeviceKind(DEVICE_ID_NET);
     pub const RNG: DeviceKind = DeviceKind(DEVICE_ID_RNG);
+    pub const CONSOLE: DeviceKind = DeviceKind(DEVICE_ID_CONSOLE);
 
     /// A device type by its name (`blk`, `vsock`, `fs`, …) or its device ID (`26`).
     pub fn parse(text: &str) -> Result<DeviceKind, String> {

@@ -34,6 +34,7 @@ pub fn core_kind(kind: DeviceKind) -> CoreKind {
         DeviceKind::Blk => CoreKind::BLOCK,
         DeviceKind::Net => CoreKind::NET,
         DeviceKind::Rng => CoreKind::RNG,
+        DeviceKind::Console => CoreKind::CONSOLE,
     }
 }
 
