@@ -223,6 +223,10 @@ pub trait Backend: Send {
     /// Kills the running backend process now (a hung one); it is reaped by
     /// [`Backend::exit_reason`] or the next launch.
     fn kill(&mut self) {}
+    /// Called by the device's supervisor at each tick (100 ms) while the backend runs, for
+    /// what a backend watches on its own (a compartment reads which files its process says
+    /// it uses now). Must not wait.
+    fn tick(&mut self) {}
     /// Whether the supervisor may start it again. Threads of the core
     /// (monolithic mode) may not: a device fault there ends the VM.
     fn restartable(&self) -> bool {

@@ -83,10 +83,7 @@ impl ThreadClass {
             return Some(ThreadClass::Launcher);
         }
         let kind = name.strip_prefix("bh-")?;
-        DeviceKind::ALL
-            .into_iter()
-            .find(|k| kind.starts_with(k.name()))
-            .map(ThreadClass::Device)
+        DeviceKind::ALL.into_iter().find(|k| kind.starts_with(k.name())).map(ThreadClass::Device)
     }
 
     /// Capabilities the class keeps (a bit per capability): none, except
