@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Boot a VM: the built-in guest by default, or your own kernel.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Measure Bulkhead (and QEMU, side by side).
     #[command(subcommand)]
     Bench(bulkhead_tools::bench::BenchCommand),
@@ -53,7 +53,7 @@ impl Command {
     /// Runs the command; the result is the process exit code.
     pub fn run(self) -> anyhow::Result<i32> {
         match self {
-            Command::Run(args) => run::run(args),
+            Command::Run(args) => run::run(*args),
             Command::Bench(cmd) => bulkhead_tools::bench::run(cmd),
             Command::Guest(cmd) => bulkhead_tools::guest::run(cmd),
             Command::Image(cmd) => bulkhead_linux_guest::cli::run(cmd),
