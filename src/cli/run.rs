@@ -10,6 +10,7 @@ use bulkhead_core::boot::KernelSource;
 use bulkhead_core::supervisor::RestartPolicy;
 use bulkhead_core::virtio::{ConfigSpace, DeviceKind, DeviceShape, ExternalBackend};
 use bulkhead_core::VmConfig;
+use bulkhead_devices::console::{ConsoleConfig, ConsoleHost};
 use bulkhead_devices::{BlkConfig, DeviceConfig};
 use bulkhead_vmm::backends::outside::{
     built_in_names, OutsideSpec, Profile, Seccomp, SOCKET_PLACEHOLDER,
@@ -46,6 +47,12 @@ pub struct RunArgs {
     /// A virtio-rng device fed by the host's getrandom(2).
     #[arg(long)]
     pub rng: bool,
+    /// A virtio-console (hvc0 in a Linux guest), its host side opened by the core: socket=PATH
+    /// (a unix socket it listens on, one client at a time), pty (a new pseudo-terminal, named
+    /// on stderr) or stdio (this process's stdin and stdout: the serial console then gives up
+    /// its input and still writes to stdout). Repeatable; stdio once.
+    #[arg(long, value_name = "socket=PATH|pty|stdio")]
+    pub console: Vec<String>,
     /// Where device backends run: each in a sandboxed process, or on threads of the core.
     #[arg(long, value_enum, default_value = "microkernel")]
     pub mode: Mode,
@@ -118,7 +125,23 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
-/// The devices asked for with --disk, --net and --rng.
+/// A console asked for with `--console SPEC`, named `console{i}`.
+fn console_request(i: usize, spec: &str) -> anyhow::Result<Request> {
+    let mut host: ConsoleHost = spec.parse().with_context(|| format!("--console {spec}"))?;
+    match &mut host {
+        // The core listens on it: a relative name means the directory `run` was started in.
+        ConsoleHost::Socket(path) => *path = absolute(path)?,
+        ConsoleHost::Pty | ConsoleHost::Stdio => {}
+        ConsoleHost::Open(_) | ConsoleHost::Inherited(_) => anyhow::bail!(
+            "--console {spec}: descriptors are how a core hands a console to its compartment; \
+             use socket=PATH, pty or stdio"
+        ),
+    }
+    let config = DeviceConfig::Console(ConsoleConfig { host });
+    Ok(Request { name: format!("console{i}"), config, args: Vec::new() })
+}
+
+/// The devices asked for with --disk, --net, --rng and --console.
 fn device_requests(args: &RunArgs) -> anyhow::Result<Vec<Request>> {
     let mut requests = Vec::new();
     for (i, spec) in args.disk.iter().enumerate() {
@@ -139,6 +162,12 @@ fn device_requests(args: &RunArgs) -> anyhow::Result<Vec<Request>> {
             config: DeviceConfig::Rng(Default::default()),
             args: Vec::new(),
         });
+    }
+    for (i, spec) in args.console.iter().enumerate() {
+        requests.push(console_request(i, spec)?);
+    }
+    if stdio_consoles(&requests) > 1 {
+        anyhow::bail!("--console stdio can be given once: there is one stdin");
     }
     Ok(requests)
 }
@@ -179,6 +208,12 @@ fn shape_option(
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// How many consoles are on stdin and stdout.
+fn stdio_consoles(requests: &[Request]) -> usize {
+    let on_stdio = |r: &&Request| matches!(&r.config, DeviceConfig::Console(c) if c.host == ConsoleHost::Stdio);
+    requests.iter().filter(on_stdio).count()
 }
 
 /// Parses `TYPE,socket=PATH[,queues=N][,tag=T]`; `taken` counts the devices of each type so
@@ -332,7 +367,6 @@ impl TryFrom<RunArgs> for Config {
         vm.cmdline = args.cmdline.clone();
         vm.cpus = args.cpus as u8;
         vm.memory = args.memory;
-        vm.console_input = true;
         vm.handle_signals = true;
         vm.force = args.force;
         vm.verbose = args.verbose;
@@ -340,6 +374,8 @@ impl TryFrom<RunArgs> for Config {
         let name = args.name.clone().unwrap_or_else(|| format!("vm-{}", std::process::id()));
         bulkhead_api::paths::check_name(&name).with_context(|| format!("--name {name}"))?;
         let devices = device_requests(&args)?;
+        // stdin goes to one console: the serial port's, unless a virtio console is on stdio.
+        vm.console_input = stdio_consoles(&devices) == 0;
         args.limits.check(args.cpus, args.memory, args.mode == Mode::Microkernel)?;
         let mut taken = HashMap::new();
         for d in &devices {

@@ -1,4 +1,4 @@
-//! `bulkhead device blk|net|rng`: one device backend as a process (a compartment).
+//! `bulkhead device blk|net|rng|console`: one device backend as a process (a compartment).
 //!
 //! The binary mounts [`DeviceCommand`] as a subcommand, and `bulkhead-compartment` runs it with
 //! [`run_with_sandbox`] (the stand-alone `bulkhead-device` with [`run`]). The process opens
@@ -31,6 +31,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::BlkConfig;
+use crate::console::{ConsoleConfig, ConsoleHost, HostEnds};
 use crate::net::config::{Mac, TapSource};
 use crate::net::NetConfig;
 use crate::rng::RngConfig;
@@ -79,6 +80,16 @@ pub enum DeviceCommand {
         #[command(flatten)]
         conn: ConnectionArgs,
     },
+    /// virtio-console (one port) on a unix socket, a pty, or standard input and output.
+    Console {
+        /// Where the frontend is.
+        #[command(flatten)]
+        conn: ConnectionArgs,
+        /// The host side: socket=PATH (one client at a time), pty (its name is printed) or
+        /// stdio; a core gives its compartment listen-fd=N, pty-fd=N or stdio-fds=IN:OUT.
+        #[arg(long, value_name = "socket=PATH|pty|stdio")]
+        console: ConsoleHost,
+    },
 }
 
 /// Where the frontend is: a socket path to listen on, or an inherited connected socket.
@@ -103,7 +114,8 @@ impl DeviceCommand {
         match self {
             DeviceCommand::Blk { conn, .. }
             | DeviceCommand::Net { conn, .. }
-            | DeviceCommand::Rng { conn } => conn,
+            | DeviceCommand::Rng { conn }
+            | DeviceCommand::Console { conn, .. } => conn,
         }
     }
 
@@ -119,6 +131,9 @@ impl DeviceCommand {
                 (DeviceConfig::Net(NetConfig { tap, mac }), conn)
             }
             DeviceCommand::Rng { conn } => (DeviceConfig::Rng(RngConfig {}), conn),
+            DeviceCommand::Console { conn, console } => {
+                (DeviceConfig::Console(ConsoleConfig { host: console }), conn)
+            }
         }
     }
 }
@@ -142,6 +157,7 @@ pub fn run_with_sandbox(
     crate::fault::init();
     name_process();
     let (cfg, conn) = cmd.split();
+    let cfg = open_console_by_hand(cfg)?;
     let startup = match conn.startup_fd {
         Some(fd) => Some(Startup::from_inherited(fd).context("cannot use the start-up socket")?),
         None => None,
@@ -152,7 +168,10 @@ pub fn run_with_sandbox(
         let _ = startup.failed(&format!("{e:#}"));
     }
     let (device, listener, conn_fd, stop) = started?;
-    drop(startup);
+    if let Some(startup) = startup {
+        // A device whose files change while it serves tells the core (the console's client).
+        device.tell_core(startup);
+    }
     match listener {
         Some(listener) => serve_listener(device, &listener, &stop, conn.socket.as_deref()),
         None => serve_fd(device, conn_fd, stop),
@@ -194,6 +213,7 @@ fn start(
     }
     let device =
         crate::open_with(cfg, handed).with_context(|| format!("cannot open the {kind} device"))?;
+
     let listener = match &conn.socket {
         Some(path) => Some(bind(path)?),
         None => None,
@@ -223,6 +243,18 @@ fn start(
             .context("cannot tell the core it serves")?;
     }
     Ok((device, listener, conn_fd, stop))
+}
+
+/// A console run by hand opens its host side here, before the sandbox, and says where it is
+/// (a pty's name is new each time); the descriptors a core gives are adopted by the device.
+fn open_console_by_hand(cfg: DeviceConfig) -> anyhow::Result<DeviceConfig> {
+    let DeviceConfig::Console(ConsoleConfig { host }) = &cfg else { return Ok(cfg) };
+    if matches!(host, ConsoleHost::Open(_) | ConsoleHost::Inherited(_)) {
+        return Ok(cfg);
+    }
+    let ends = HostEnds::open(host).context("cannot open the console's host side")?;
+    eprintln!("bulkhead device console: the console is on {}", ends.describe());
+    Ok(DeviceConfig::Console(ConsoleConfig { host: ConsoleHost::Open(Arc::new(ends)) }))
 }
 
 /// How long a compartment waits for the core's first start-up message.
@@ -451,5 +483,11 @@ mod tests {
         assert!(parse(&["rng", "--socket", "/s", "--fd", "3"]).is_err());
         assert!(parse(&["net", "--socket", "/s"]).is_err(), "needs a tap");
         assert!(parse(&["blk", "--socket", "/s", "--disk", "d,format=vhd"]).is_err());
+        let (cfg, _) =
+            parse(&["console", "--fd", "3", "--console", "listen-fd=4"]).unwrap().split();
+        let DeviceConfig::Console(c) = cfg else { panic!() };
+        assert_eq!(c.host.to_string(), "listen-fd=4");
+        assert!(parse(&["console", "--fd", "3"]).is_err(), "needs --console");
+        assert!(parse(&["console", "--fd", "3", "--console", "tcp=1"]).is_err());
     }
 }

@@ -8,7 +8,7 @@
 //! # The knob
 //!
 //! ```text
-//! BULKHEAD_FAULT=<action>:after=<N>[:device=blk|net|rng][:queue=<Q>]
+//! BULKHEAD_FAULT=<action>:after=<N>[:device=blk|net|rng|console][:queue=<Q>]
 //! ```
 //!
 //! read once per process, when a backend starts (`bulkhead device …`) or first serves
@@ -165,12 +165,10 @@ impl FromStr for Fault {
                 "after" => after = Some(number()?),
                 "queue" => queue = Some(number()? as usize),
                 "device" => {
-                    device = Some(match value {
-                        "blk" => DeviceKind::Blk,
-                        "net" => DeviceKind::Net,
-                        "rng" => DeviceKind::Rng,
-                        _ => return Err(format!("device={value:?}: use blk, net or rng")),
-                    })
+                    device =
+                        Some(DeviceKind::from_name(value).ok_or_else(|| {
+                            format!("device={value:?}: use blk, net, rng or console")
+                        })?)
                 }
                 _ => return Err(format!("unknown field {field:?}; use after=, device=, queue=")),
             }
@@ -502,7 +500,7 @@ mod tests {
             ("panic", "after=N is missing"),
             ("panic:after=x", "not a number"),
             ("panic:after=-1", "not a number"),
-            ("panic:after=1:device=gpu", "use blk, net or rng"),
+            ("panic:after=1:device=gpu", "use blk, net, rng or console"),
             ("panic:after=1:when=now", "unknown field"),
             ("panic:after=1:queue", "not a number"),
         ] {

@@ -1,5 +1,5 @@
-//! Bulkhead's device backends: virtio-blk, virtio-net and virtio-rng, each a **vhost-user
-//! backend** that any conformant frontend (Bulkhead's core, QEMU) can drive.
+//! Bulkhead's device backends: virtio-blk, virtio-net, virtio-rng and virtio-console, each a
+//! **vhost-user backend** that any conformant frontend (Bulkhead's core, QEMU) can drive.
 //!
 //! The same code runs in two modes. In a **compartment** (microkernel mode) a process runs
 //! `bulkhead device blk …`: it [`open`]s what the device serves (image, tap), enters its sandbox,
@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod blk;
 pub mod cli;
+pub mod console;
 #[cfg(any(debug_assertions, feature = "fault-injection"))]
 pub mod fault;
 pub mod net;
@@ -65,6 +66,7 @@ mod fault {
 
 pub use backend::{serve, QueueHandler, ServeEnd};
 pub use blk::BlkConfig;
+pub use console::ConsoleConfig;
 pub use net::NetConfig;
 pub use rng::RngConfig;
 pub use sandbox::SandboxSpec;
@@ -78,16 +80,28 @@ pub enum DeviceKind {
     Net,
     /// virtio-rng from the host's `getrandom(2)`.
     Rng,
+    /// virtio-console on a unix socket, a pty or standard input and output.
+    Console,
 }
 
 impl DeviceKind {
-    /// The name on the command line: `blk`, `net`, `rng`.
+    /// Every kind, in the order reports list them.
+    pub const ALL: [DeviceKind; 4] =
+        [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng, DeviceKind::Console];
+
+    /// The name on the command line: `blk`, `net`, `rng`, `console`.
     pub fn name(self) -> &'static str {
         match self {
             DeviceKind::Blk => "blk",
             DeviceKind::Net => "net",
             DeviceKind::Rng => "rng",
+            DeviceKind::Console => "console",
         }
+    }
+
+    /// The kind named `name` (see [`DeviceKind::name`]).
+    pub fn from_name(name: &str) -> Option<DeviceKind> {
+        DeviceKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
     /// The virtio device ID.
@@ -95,6 +109,7 @@ impl DeviceKind {
         match self {
             DeviceKind::Net => 1,
             DeviceKind::Blk => 2,
+            DeviceKind::Console => 3,
             DeviceKind::Rng => 4,
         }
     }
@@ -115,6 +130,8 @@ pub enum DeviceConfig {
     Net(NetConfig),
     /// An entropy device.
     Rng(RngConfig),
+    /// A console.
+    Console(ConsoleConfig),
 }
 
 impl DeviceConfig {
@@ -124,11 +141,13 @@ impl DeviceConfig {
             DeviceConfig::Blk(_) => DeviceKind::Blk,
             DeviceConfig::Net(_) => DeviceKind::Net,
             DeviceConfig::Rng(_) => DeviceKind::Rng,
+            DeviceConfig::Console(_) => DeviceKind::Console,
         }
     }
 }
 
-/// Parses `KIND[,OPTIONS]`: `blk,path=disk.qcow2,readonly,format=qcow2`, `net,tap=tap0`, `rng`.
+/// Parses `KIND[,OPTIONS]`: `blk,path=disk.qcow2,readonly,format=qcow2`, `net,tap=tap0`, `rng`,
+/// `console,socket=PATH`.
 impl FromStr for DeviceConfig {
     type Err = DeviceError;
 
@@ -138,8 +157,9 @@ impl FromStr for DeviceConfig {
             "blk" => Ok(DeviceConfig::Blk(rest.parse()?)),
             "net" => Ok(DeviceConfig::Net(rest.parse()?)),
             "rng" => Ok(DeviceConfig::Rng(rest.parse()?)),
+            "console" => Ok(DeviceConfig::Console(rest.parse()?)),
             other => Err(DeviceError::Config(format!(
-                "unknown device kind {other:?}; use blk, net or rng"
+                "unknown device kind {other:?}; use blk, net, rng or console"
             ))),
         }
     }
@@ -153,7 +173,7 @@ pub trait Device: Send + Sync {
     /// The kind of device.
     fn kind(&self) -> DeviceKind;
 
-    /// The virtio device ID (1 net, 2 blk, 4 rng).
+    /// The virtio device ID (1 net, 2 blk, 3 console, 4 rng).
     fn device_id(&self) -> u32 {
         self.kind().virtio_id()
     }
@@ -201,6 +221,14 @@ pub trait Device: Send + Sync {
         Vec::new()
     }
 
+    /// Keeps `core`, the compartment's start-up socket, to tell the core later which files it
+    /// uses when they change (`startup`'s `uses`: the console's connected client, which the
+    /// core then hands to a successor). Most devices have nothing to tell: by default the
+    /// socket is closed.
+    fn tell_core(&self, core: startup::Startup) {
+        drop(core);
+    }
+
     /// What the device needs from a sandbox.
     fn sandbox(&self) -> SandboxSpec {
         sandbox::spec_for(self.kind(), self.files())
@@ -221,18 +249,23 @@ pub fn open(cfg: &DeviceConfig) -> Result<Arc<dyn Device>, DeviceError> {
 }
 
 /// [`open`], using the files a predecessor handed over ([`Device::handover`]) instead of
-/// opening their names again.
+/// opening their names again (a disk's image files; a console's connected client).
 pub fn open_with(
     cfg: &DeviceConfig,
-    handed: bulkhead_disk::HandedFiles,
+    mut handed: bulkhead_disk::HandedFiles,
 ) -> Result<Arc<dyn Device>, DeviceError> {
+    let client = match cfg {
+        DeviceConfig::Console(_) => handed.take(std::path::Path::new(console::port::CLIENT_NAME)),
+        _ => None,
+    };
     if !handed.is_empty() && !matches!(cfg, DeviceConfig::Blk(_)) {
-        return Err(DeviceError::Config(format!("a {} device takes no files", cfg.kind())));
+        return Err(DeviceError::Config(format!("a {} device takes no such files", cfg.kind())));
     }
     match cfg {
         DeviceConfig::Blk(c) => Ok(Arc::new(blk::BlkDevice::open(c, handed)?)),
         DeviceConfig::Net(c) => Ok(Arc::new(net::NetDevice::open(c)?)),
         DeviceConfig::Rng(c) => Ok(Arc::new(rng::RngDevice::open(c)?)),
+        DeviceConfig::Console(c) => Ok(Arc::new(console::ConsoleDevice::open(c, client)?)),
     }
 }
 
@@ -250,6 +283,16 @@ pub enum DeviceError {
     Tap {
         /// The interface name, or the fd number.
         name: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The console's host side (a socket, a pty, standard input and output) could not be set
+    /// up; the message says which and what was being done.
+    #[error("{what}")]
+    Host {
+        /// What was being done.
+        what: String,
         /// What the system said.
         #[source]
         source: std::io::Error,
@@ -290,14 +333,20 @@ mod tests {
         assert_eq!(c.kind(), DeviceKind::Blk);
         assert_eq!("rng".parse::<DeviceConfig>().unwrap().kind(), DeviceKind::Rng);
         assert_eq!("net,tap=tap0".parse::<DeviceConfig>().unwrap().kind(), DeviceKind::Net);
+        let c: DeviceConfig = "console,socket=/run/c.sock".parse().unwrap();
+        assert_eq!(c.kind(), DeviceKind::Console);
         let err = "gpu".parse::<DeviceConfig>().unwrap_err().to_string();
-        assert!(err.contains("use blk, net or rng"), "{err}");
+        assert!(err.contains("use blk, net, rng or console"), "{err}");
     }
 
     #[test]
     fn virtio_ids() {
         assert_eq!(DeviceKind::Net.virtio_id(), 1);
         assert_eq!(DeviceKind::Blk.virtio_id(), 2);
+        assert_eq!(DeviceKind::Console.virtio_id(), 3);
         assert_eq!(DeviceKind::Rng.virtio_id(), 4);
+        for kind in DeviceKind::ALL {
+            assert_eq!(DeviceKind::from_name(kind.name()), Some(kind));
+        }
     }
 }

@@ -57,6 +57,7 @@ pub fn spec_for(kind: DeviceKind, files: Vec<RawFd>) -> SandboxSpec {
         DeviceKind::Blk => BLK,
         DeviceKind::Net => NET,
         DeviceKind::Rng => RNG,
+        DeviceKind::Console => CONSOLE,
     };
     SandboxSpec {
         kind,
@@ -134,13 +135,19 @@ pub const NET: &[SyscallRule] = &[];
 /// rng: the entropy itself.
 pub const RNG: &[SyscallRule] = &[when("getrandom", 2, 0)];
 
+/// console: bytes are `read`/`write` on the descriptors the core gave (baseline), clients are
+/// accepted with `accept4` and told to the core with `sendmsg` (common); standard input and
+/// output, shared with other processes and so left blocking, are polled before each read and
+/// write.
+pub const CONSOLE: &[SyscallRule] = &[any("poll")];
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn lists_are_unique_and_per_device() {
-        for kind in [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng] {
+        for kind in DeviceKind::ALL {
             let rules = spec_for(kind, Vec::new()).seccomp;
             let set: std::collections::HashSet<_> = rules.iter().collect();
             assert_eq!(set.len(), rules.len(), "{kind}: a rule appears twice");

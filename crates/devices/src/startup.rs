@@ -14,12 +14,17 @@
 //! 3. the compartment answers once: `ready`, with the files it uses attached, when its device
 //!    is open and its sandbox entered (the core keeps them for the next compartment); or
 //!    `failed` and why, in words, when it cannot start. The core shows those words as the
-//!    reason the device did not start, instead of a broken vhost-user connection.
+//!    reason the device did not start, instead of a broken vhost-user connection;
+//! 4. afterwards, a device whose files change while it serves (a console's connected client)
+//!    says `uses`, with the files it uses now attached, each time they change; the core reads
+//!    what came at each tick of its supervisor (100 ms), keeps the last word's files instead
+//!    of those of `ready`, and hands them to the next compartment. The compartment never waits
+//!    to say it: its end is non-blocking, and a word that does not fit is dropped (and said).
 //!
-//! A message is a word and a newline, then, for `files`, `ready`, `open` and `opened`, one entry
-//! per file (`r` or `w`, for read-only or writable, then its name and a NUL byte; attached,
-//! but for `open`), and for `failed` and `refused` the reason. At most [`MAX_FILES`] files
-//! travel in one message; a device with more cannot be handed over.
+//! A message is a word and a newline, then, for `files`, `ready`, `uses`, `open` and `opened`,
+//! one entry per file (`r` or `w`, for read-only or writable, then its name and a NUL byte;
+//! attached, but for `open`), and for `failed` and `refused` the reason. At most [`MAX_FILES`]
+//! files travel in one message; a device with more cannot be handed over.
 
 use std::fs::File;
 use std::io;
@@ -34,6 +39,8 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 pub const MAX_FILES: usize = 240;
 /// The longest message (file names included).
 const MAX_MESSAGE: usize = 256 << 10;
+/// The most `uses` messages the core reads at once; more wait for its next look.
+pub const MAX_USES_READ: usize = 64;
 
 /// One file handed between the core and a compartment.
 #[derive(Debug)]
@@ -67,6 +74,7 @@ pub enum Report {
 enum Message {
     Files(Vec<StartupFile>),
     Ready(Vec<StartupFile>),
+    Uses(Vec<StartupFile>),
     Failed(String),
     Open { path: PathBuf, writable: bool },
     Opened(StartupFile),
@@ -211,6 +219,41 @@ impl Startup {
         self.send_raw(&text, &fds)
     }
 
+    /// Compartment, after `ready`: the files it uses now (see the module documentation). Makes
+    /// this end non-blocking: a core that does not read never holds the device up.
+    pub fn uses<'a>(
+        &self,
+        files: impl IntoIterator<Item = (&'a std::path::Path, bool, RawFd)>,
+    ) -> Result<(), StartupError> {
+        // SAFETY: F_GETFL/F_SETFL on the socket this value owns; only its status flags change.
+        unsafe {
+            let fd = self.socket.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        let files: Vec<(PathBuf, bool, RawFd)> =
+            files.into_iter().map(|(p, w, fd)| (p.to_path_buf(), w, fd)).collect();
+        let (text, fds) = encode("uses", files.iter().map(|(p, w, fd)| (p, *w, *fd)))?;
+        self.send_raw(&text, &fds)
+    }
+
+    /// Core: the files of the last `uses` word that came since the last call (at most
+    /// [`MAX_USES_READ`] words are read), or `None` if none came. Never waits; other words
+    /// and malformed ones are dropped.
+    pub fn latest_uses(&self) -> Option<Vec<StartupFile>> {
+        let mut latest = None;
+        for _ in 0..MAX_USES_READ {
+            match self.receive(Duration::ZERO) {
+                Ok(Message::Uses(files)) => latest = Some(files),
+                Ok(_) | Err(StartupError::Malformed(_) | StartupError::TooMany(_)) => {}
+                Err(_) => break,
+            }
+        }
+        latest
+    }
+
     /// Compartment: it cannot start, because of `why`.
     pub fn failed(&self, why: &str) -> Result<(), StartupError> {
         let mut text = b"failed\n".to_vec();
@@ -336,7 +379,7 @@ fn decode(text: &[u8], fds: Vec<OwnedFd>) -> Result<Message, StartupError> {
     match word {
         b"failed" => return Ok(Message::Failed(words(rest))),
         b"refused" => return Ok(Message::Refused(words(rest))),
-        b"files" | b"ready" | b"open" | b"opened" => {}
+        b"files" | b"ready" | b"uses" | b"open" | b"opened" => {}
         other => {
             return Err(malformed(&format!("unknown word {:?}", String::from_utf8_lossy(other))))
         }
@@ -359,6 +402,7 @@ fn decode(text: &[u8], fds: Vec<OwnedFd>) -> Result<Message, StartupError> {
     Ok(match word {
         b"files" => Message::Files(files),
         b"ready" => Message::Ready(files),
+        b"uses" => Message::Uses(files),
         _ => {
             let [file] =
                 <[_; 1]>::try_from(files).map_err(|_| malformed("opened takes one file"))?;
@@ -424,6 +468,29 @@ mod tests {
         assert_eq!((text.as_str(), back[0].writable), ("xy", true), "the same open file");
         core.send_files(&[]).unwrap();
         assert!(compartment.receive_files(Duration::from_secs(1)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_core_keeps_the_last_word_of_what_a_compartment_uses() {
+        let (core, compartment) = Startup::pair().unwrap();
+        assert!(core.latest_uses().is_none(), "nothing said yet");
+        let (a, b) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        let name = Path::new("console-client");
+        compartment.uses([(name, true, a.as_raw_fd())]).unwrap();
+        compartment.uses([(name, true, b.as_raw_fd())]).unwrap();
+        (&b).write_all(b"second").unwrap();
+        let mut last = core.latest_uses().expect("two words");
+        assert_eq!((last.len(), last[0].path.as_path(), last[0].writable), (1, name, true));
+        let mut text = String::new();
+        last[0].file.rewind().unwrap();
+        last[0].file.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "second", "the last word wins");
+        assert!(core.latest_uses().is_none(), "read once");
+        compartment.uses([]).unwrap();
+        assert!(core.latest_uses().unwrap().is_empty(), "nothing used any more");
+        compartment.failed("not a uses word").unwrap();
+        drop(compartment);
+        assert!(core.latest_uses().is_none(), "other words, and the end, are no word");
     }
 
     #[test]

@@ -105,7 +105,7 @@ fn request(d: &mut Driver, kind: u32, sector: u64) -> (u64, u64) {
 #[test]
 fn the_lists_compile_and_name_only_known_system_calls() {
     use bulkhead_devices::DeviceKind;
-    for kind in [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng] {
+    for kind in DeviceKind::ALL {
         let spec = bulkhead_devices::sandbox::spec_for(kind, vec![]);
         let json = filter_json(&spec);
         seccompiler::compile_from_json(json.as_bytes(), seccompiler::TargetArch::x86_64)

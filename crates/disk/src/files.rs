@@ -73,6 +73,12 @@ impl HandedFiles {
         self.files.insert(path, (file, writable));
     }
 
+    /// Takes the file handed over under `path` out of the set (a device's file that is no
+    /// image's: a console's connected client).
+    pub fn take(&mut self, path: &Path) -> Option<File> {
+        self.files.remove(path).map(|(file, _)| file)
+    }
+
     /// How many files there are.
     pub fn len(&self) -> usize {
         self.files.len()

@@ -41,12 +41,7 @@ impl ControlTarget for Vm {
         let reports = self.supervisor.report();
         let mut confinement = crate::confine::status::core();
         for d in &reports {
-            let kind = match d.kind {
-                "blk" => bulkhead_devices::DeviceKind::Blk,
-                "net" => bulkhead_devices::DeviceKind::Net,
-                "rng" => bulkhead_devices::DeviceKind::Rng,
-                _ => continue,
-            };
+            let Some(kind) = bulkhead_devices::DeviceKind::from_name(d.kind) else { continue };
             if let (Some(pid), "compartment") = (d.pid, d.mode) {
                 confinement.extend(crate::confine::status::compartment(&d.name, pid, kind));
             }

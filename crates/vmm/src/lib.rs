@@ -51,7 +51,11 @@ pub struct Config {
 
 /// Runs the VM `config` describes until it ends; the result is the process exit code.
 pub fn run(config: Config) -> anyhow::Result<i32> {
-    let Config { mut vm, name, mode, devices, external, outside, limits, core_seccomp } = config;
+    let Config { mut vm, name, mode, mut devices, external, outside, limits, core_seccomp } =
+        config;
+    // Before anything else runs, so that a console that cannot be set up stops the start. Its
+    // socket goes with the VM, on this thread (the event loop's filter allows unlink).
+    let _sockets = RemoveOnDrop(backends::open_consoles(&mut devices)?);
     let compartments = (mode == Mode::Microkernel && !devices.is_empty()) || !outside.is_empty();
     // The partition (cgroups) outlives the VM: it is removed below.
     let partition = partition::Partition::create(&name, limits, compartments, vm.verbose)?;
@@ -104,4 +108,15 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
         eprintln!("bulkhead: {} (exit code {})", exit.describe(), exit.code());
     }
     Ok(exit.code())
+}
+
+/// Files removed when dropped: a console's socket.
+struct RemoveOnDrop(Vec<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }

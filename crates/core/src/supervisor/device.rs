@@ -444,6 +444,7 @@ impl DeviceSupervisor {
                 self.restart_now()
             }
             DeviceState::Running => {
+                self.backend.tick();
                 if let Some(hung) = self.check_progress(now) {
                     self.failed(Some(hung));
                 }

@@ -21,6 +21,7 @@ use std::os::unix::net::UnixStream;
 /// Virtio device IDs (virtio 1.2, section 5) of the devices Bulkhead serves itself.
 pub const DEVICE_ID_NET: u32 = 1;
 pub const DEVICE_ID_BLOCK: u32 = 2;
+pub const DEVICE_ID_CONSOLE: u32 = 3;
 pub const DEVICE_ID_RNG: u32 = 4;
 
 /// Feature bits the transport understands (virtio 1.2, section 6).
@@ -78,6 +79,7 @@ impl DeviceKind {
     pub const BLOCK: DeviceKind = DeviceKind(DEVICE_ID_BLOCK);
     pub const NET: DeviceKind = DeviceKind(DEVICE_ID_NET);
     pub const RNG: DeviceKind = DeviceKind(DEVICE_ID_RNG);
+    pub const CONSOLE: DeviceKind = DeviceKind(DEVICE_ID_CONSOLE);
 
     /// A device type by its name (`blk`, `vsock`, `fs`, …) or its device ID (`26`).
     pub fn parse(text: &str) -> Result<DeviceKind, String> {
@@ -221,6 +223,10 @@ pub trait Backend: Send {
     /// Kills the running backend process now (a hung one); it is reaped by
     /// [`Backend::exit_reason`] or the next launch.
     fn kill(&mut self) {}
+    /// Called by the device's supervisor at each tick (100 ms) while the backend runs, for
+    /// what a backend watches on its own (a compartment reads which files its process says
+    /// it uses now). Must not wait.
+    fn tick(&mut self) {}
     /// Whether the supervisor may start it again. Threads of the core
     /// (monolithic mode) may not: a device fault there ends the VM.
     fn restartable(&self) -> bool {

@@ -18,13 +18,14 @@ use crate::acpi::{Acpi, IoApic, MAX_IOAPICS};
 use crate::bump::Bump;
 use crate::cmdline::{Cmdline, VirtioMmio, MAX_VIRTIO};
 use crate::virtio::blk::Blk;
+use crate::virtio::console::Console;
 use crate::virtio::fs::Fs;
 use crate::virtio::mmio::{InitError, Transport};
 use crate::virtio::net::Net;
 use crate::virtio::queue::Completion;
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::Vsock;
-use crate::virtio::{ID_BLOCK, ID_FS, ID_NET, ID_RNG, ID_VSOCK};
+use crate::virtio::{ID_BLOCK, ID_CONSOLE, ID_FS, ID_NET, ID_RNG, ID_VSOCK};
 use crate::{arch, irq};
 
 /// The first vector given to device interrupts.
@@ -65,6 +66,7 @@ pub enum Driver {
     Failed(InitError),
     Blk(Blk),
     Net(Net),
+    Console(Console),
     Rng(Rng),
     Fs(Fs),
     Vsock(Vsock),
@@ -177,7 +179,7 @@ impl Devices {
             return Err(DevError::Missing("mmio", i));
         };
         if matches!(self.drivers[i], Driver::NotStarted) {
-            if ![ID_BLOCK, ID_NET, ID_RNG, ID_FS, ID_VSOCK].contains(&id) {
+            if ![ID_BLOCK, ID_NET, ID_CONSOLE, ID_RNG, ID_FS, ID_VSOCK].contains(&id) {
                 self.drivers[i] = Driver::Failed(InitError::NoDriver);
                 return Err(DevError::Init(InitError::NoDriver));
             }
@@ -186,6 +188,7 @@ impl Devices {
             self.drivers[i] = match id {
                 ID_BLOCK => Blk::new(t, completion, bump).map(Driver::Blk),
                 ID_NET => Net::new(t, completion, bump).map(Driver::Net),
+                ID_CONSOLE => Console::new(t, completion, bump).map(Driver::Console),
                 ID_FS => Fs::new(t, completion, bump).map(Driver::Fs),
                 ID_VSOCK => Vsock::new(t, completion, bump).map(Driver::Vsock),
                 _ => Rng::new(t, completion, bump).map(Driver::Rng),
@@ -226,6 +229,15 @@ impl Devices {
         match self.start(i)? {
             Driver::Net(n) => Ok(n),
             _ => Err(DevError::Missing("net", 0)),
+        }
+    }
+
+    /// The first virtio-console device, started.
+    pub fn console(&mut self) -> Result<&mut Console, DevError> {
+        let i = self.nth(ID_CONSOLE, 0).ok_or(DevError::Missing("console", 0))?;
+        match self.start(i)? {
+            Driver::Console(c) => Ok(c),
+            _ => Err(DevError::Missing("console", 0)),
         }
     }
 

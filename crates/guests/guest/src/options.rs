@@ -7,7 +7,7 @@
 //! | `bulkhead.irq=0\|1` | complete requests by interrupt, not by polling | 0 |
 //! | `bulkhead.timeout_ms=` | deadline for any one request | 5000 |
 //! | `bulkhead.disk=N` | which virtio-blk device (in discovery order) | 0 |
-//! | `bulkhead.bytes=` | bytes of disk to use / bytes of rng to read | whole disk / 4096 |
+//! | `bulkhead.bytes=` | bytes of disk to use / of rng to read / of the pattern console echoes | whole disk / 4096 / 64K |
 //! | `bulkhead.bs=` | request size | 64K (verify), 4096 (bench) |
 //! | `bulkhead.seed=` | pattern seed (see `pattern`) | 1 |
 //! | `bulkhead.mode=` | blk-bench: randread, randwrite, seqread, seqwrite; net-bench: pingpong, tx | randread / pingpong |
@@ -15,8 +15,9 @@
 //! | `bulkhead.seconds=` / `bulkhead.ops=` | benchmark length (seconds may have decimals) | 5 seconds |
 //! | `bulkhead.flush=1` | blk-bench randwrite: a FLUSH after each write | 0 |
 //! | `bulkhead.ip=` `bulkhead.peer=` `bulkhead.mac=` | net: address/prefix, peer, MAC | 10.0.2.15/24, 10.0.2.1, the device's |
-//! | `bulkhead.count=` | net-ping: echo requests | 4 |
+//! | `bulkhead.count=` | net-ping: echo requests; console: lines echoed (or for `seconds`) | 4; 8 |
 //! | `bulkhead.size=` | net-bench tx: UDP payload bytes | 1024 |
+//! | `bulkhead.retry_ms=` | console: a line not echoed by then is sent again | 1000 |
 //!
 //! Sizes take K, M and G suffixes (binary) and 0x-prefixed hex.
 
@@ -301,6 +302,33 @@ impl Net {
     }
 }
 
+/// console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Console {
+    /// How many lines, or for how long, one at a time.
+    pub lines: Length,
+    /// Bytes of the pattern streamed after the lines (0: none).
+    pub bytes: u64,
+    pub seed: u64,
+    pub retry_ms: u64,
+}
+
+impl Console {
+    pub fn parse(c: &Cmdline) -> Result<Console> {
+        let lines = match get(c, "seconds").map(parse_ms) {
+            None => Length::Ops(size_or(c, "count", 8)?),
+            Some(Some(ms)) if ms > 0 => Length::Millis(ms),
+            Some(_) => return err("seconds", "must be a positive number of seconds"),
+        };
+        let bytes = size(c, "bytes")?.unwrap_or(64 << 10);
+        if bytes > 64 << 20 {
+            return err("bytes", "must be at most 64M");
+        }
+        let seed = size(c, "seed")?.unwrap_or(1);
+        Ok(Console { lines, bytes, seed, retry_ms: size_or(c, "retry_ms", 1000)? })
+    }
+}
+
 fn size_or(c: &Cmdline, key: &'static str, default: u64) -> Result<u64> {
     match size(c, key)?.unwrap_or(default) {
         0 => err(key, "must be above 0"),
@@ -395,6 +423,18 @@ mod tests {
         assert_eq!(bad("bulkhead.ip=10.0.2.15/40"), "ip");
         assert_eq!(bad("bulkhead.mac=zz"), "mac");
         assert_eq!(bad("bulkhead.count=0"), "count");
+    }
+
+    #[test]
+    fn console_options() {
+        let parse = |s| Console::parse(&Cmdline::new(s));
+        let d = parse("").unwrap();
+        assert_eq!((d.lines, d.bytes, d.seed, d.retry_ms), (Length::Ops(8), 65536, 1, 1000));
+        let o = parse("bulkhead.seconds=2.5 bulkhead.bytes=0 bulkhead.retry_ms=300").unwrap();
+        assert_eq!((o.lines, o.bytes, o.retry_ms), (Length::Millis(2500), 0, 300));
+        assert_eq!(parse("bulkhead.count=3").unwrap().lines, Length::Ops(3));
+        assert_eq!(parse("bulkhead.retry_ms=0").unwrap_err().key, "retry_ms");
+        assert_eq!(parse("bulkhead.bytes=65M").unwrap_err().key, "bytes");
         assert_eq!(rng_bytes(&Cmdline::new("bulkhead.bytes=0")).unwrap_err().key, "bytes");
     }
 }

@@ -311,6 +311,10 @@ fn describe_driver(ctx: &mut Ctx, i: usize, kind: &str) -> bool {
                 None => write!(w, "features={:#x} queues={},{} mac=none", net.features(), rx, tx),
             }
         }
+        Ok(Driver::Console(c)) => {
+            let (rx, tx) = c.queue_sizes();
+            write!(w, "queues={},{}", rx, tx)
+        }
         Ok(Driver::Rng(r)) => write!(w, "features={:#x} queues={}", r.features(), r.queue_size()),
         Ok(Driver::Vsock(v)) => write!(w, "guest_cid={}", v.guest_cid),
         Ok(Driver::Fs(f)) => {

@@ -122,7 +122,7 @@ fn syscalls_table() -> String {
     );
     let _ = writeln!(out, "| process | thread class | microkernel | monolithic |");
     let _ = writeln!(out, "|---|---|---:|---:|");
-    let kinds = [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng];
+    let kinds = DeviceKind::ALL;
     let dash = "—".to_string();
     for class in
         [ThreadClass::Vcpu, ThreadClass::EventLoop, ThreadClass::Supervisor, ThreadClass::Api]

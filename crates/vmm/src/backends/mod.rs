@@ -15,6 +15,7 @@ use bulkhead_core::virtio::{Backend, DeviceKind as CoreKind};
 
 use crate::confine::ThreadClass;
 use crate::partition::Partition;
+use bulkhead_devices::console::{ConsoleConfig, ConsoleHost, HostEnds};
 use bulkhead_devices::{DeviceConfig, DeviceKind};
 use bulkhead_monolithic::ThreadBackend;
 
@@ -35,6 +36,7 @@ pub fn core_kind(kind: DeviceKind) -> CoreKind {
         DeviceKind::Blk => CoreKind::BLOCK,
         DeviceKind::Net => CoreKind::NET,
         DeviceKind::Rng => CoreKind::RNG,
+        DeviceKind::Console => CoreKind::CONSOLE,
     }
 }
 
@@ -44,6 +46,28 @@ pub struct Request {
     pub name: String,
     pub config: DeviceConfig,
     pub args: Vec<String>,
+}
+
+/// Opens the host side of every console asked for — in the core, which may create the socket
+/// or the pty and keeps them for the VM's life, so that a restarted compartment serves the same
+/// ones — and says where a pty is (its name is new each time). Returns the sockets' paths, to
+/// remove when the VM ends.
+pub fn open_consoles(requests: &mut [Request]) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut sockets = Vec::new();
+    for r in requests {
+        let DeviceConfig::Console(ConsoleConfig { host }) = &mut r.config else { continue };
+        if matches!(host, ConsoleHost::Open(_)) {
+            continue;
+        }
+        let ends = HostEnds::open(host)
+            .map_err(|e| anyhow::Error::new(e).context(format!("cannot set up {}", r.name)))?;
+        if let HostEnds::Pty { .. } = ends {
+            eprintln!("bulkhead: {} is on {}", r.name, ends.describe());
+        }
+        sockets.extend(ends.socket_path().map(std::path::Path::to_path_buf));
+        *host = ConsoleHost::Open(Arc::new(ends));
+    }
+    Ok(sockets)
 }
 
 /// One backend per request, in `mode`; compartments get their cgroup

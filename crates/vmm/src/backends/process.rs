@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use bulkhead_core::virtio::{Backend, DeviceKind, Launched};
+use bulkhead_devices::console::{ConsoleHost, HostEnds};
 use bulkhead_devices::net::config::{Mac, TapSource};
 use bulkhead_devices::net::tap::Tap;
 use bulkhead_devices::startup::{Report, Startup, StartupError, StartupFile};
@@ -23,6 +24,10 @@ const CONN_FD: i32 = 3;
 const TAP_FD: i32 = 4;
 /// The start-up socket's file descriptor number inside the compartment.
 const STARTUP_FD: i32 = 5;
+/// The console's host side inside a console compartment: its listener, pty or input at 4 (a
+/// device is never both net and console), standard output at 6.
+const CONSOLE_FD: i32 = 4;
+const CONSOLE_OUTPUT_FD: i32 = 6;
 /// How long a compartment may take from its `execve` to the word that it serves: opening its
 /// image and entering its sandbox take milliseconds; a file system that hangs must not hang
 /// the core.
@@ -35,6 +40,12 @@ pub struct CompartmentBackend {
     policy: Policy,
     /// The net device's tap, opened by the core (it has the privilege).
     tap: Option<Tap>,
+    /// The console's host side, opened by the core: the same socket or pty for every
+    /// compartment of the device.
+    console: Option<Arc<HostEnds>>,
+    /// The core's end of the running compartment's start-up socket: after `ready`, the
+    /// compartment says on it which files it uses when they change (a console's client).
+    startup: Option<Startup>,
     child: Option<Compartment>,
     /// The binary to run; this one unless upgraded.
     program: Option<std::path::PathBuf>,
@@ -62,11 +73,22 @@ impl CompartmentBackend {
             request.args =
                 vec!["--tap-fd".into(), TAP_FD.to_string(), "--mac".into(), mac.to_string()];
         }
+        let mut console = None;
+        if let DeviceConfig::Console(c) = &request.config {
+            let ConsoleHost::Open(ends) = &c.host else {
+                anyhow::bail!("{}: the core opens the console's host side first", request.name);
+            };
+            let (_, inherited) = ends.hand_to(CONSOLE_FD, CONSOLE_OUTPUT_FD);
+            request.args = vec!["--console".into(), ConsoleHost::Inherited(inherited).to_string()];
+            console = Some(ends.clone());
+        }
         let broker = Broker::for_config(&request.config);
         Ok(CompartmentBackend {
             request,
             policy,
             tap,
+            console,
+            startup: None,
             child: None,
             program: None,
             partition,
@@ -79,6 +101,17 @@ impl CompartmentBackend {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // What it said last about the files it uses, up to its end, is what its successor gets.
+        if let Some(startup) = self.startup.take() {
+            self.take_uses(&startup);
+        }
+    }
+
+    /// Keeps the files of the compartment's last `uses` word, if it said one since.
+    fn take_uses(&mut self, startup: &Startup) {
+        if let Some(files) = startup.latest_uses() {
+            self.kept = files;
         }
     }
 
@@ -164,6 +197,12 @@ impl Backend for CompartmentBackend {
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(tap.fd()) };
             cmd = cmd.fd(fd, TAP_FD);
         }
+        let console = self.console.clone();
+        if let Some(ends) = &console {
+            for (fd, target) in ends.hand_to(CONSOLE_FD, CONSOLE_OUTPUT_FD).0 {
+                cmd = cmd.fd(fd, target);
+            }
+        }
         if let Some(vm) = self.partition.vm_cgroup() {
             cmd = cmd.cgroup_parent(vm);
         }
@@ -183,6 +222,7 @@ impl Backend for CompartmentBackend {
         if let Err(why) = self.started(&startup) {
             return Err(std::io::Error::other(why));
         }
+        self.startup = Some(startup);
         let child = self.child.as_ref().expect("started");
         let description = format!("compartment pid {}: {}", child.pid(), child.report());
         Ok(Launched { conn: core_end, pid: Some(child.pid() as u32), description })
@@ -211,6 +251,15 @@ impl Backend for CompartmentBackend {
     fn kill(&mut self) {
         if let Some(child) = &self.child {
             let _ = child.kill();
+        }
+    }
+
+    /// Reads which files the compartment says it uses now (never waits; at most a few dozen
+    /// words a tick, however many a hostile compartment sends).
+    fn tick(&mut self) {
+        if let Some(startup) = self.startup.take() {
+            self.take_uses(&startup);
+            self.startup = Some(startup);
         }
     }
 

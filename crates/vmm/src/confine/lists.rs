@@ -34,7 +34,7 @@ pub enum ThreadClass {
 
 impl ThreadClass {
     /// Every class, in report order.
-    pub const ALL: [ThreadClass; 8] = [
+    pub const ALL: [ThreadClass; 9] = [
         ThreadClass::Vcpu,
         ThreadClass::EventLoop,
         ThreadClass::Supervisor,
@@ -43,6 +43,7 @@ impl ThreadClass {
         ThreadClass::Device(DeviceKind::Blk),
         ThreadClass::Device(DeviceKind::Net),
         ThreadClass::Device(DeviceKind::Rng),
+        ThreadClass::Device(DeviceKind::Console),
     ];
 
     /// The name reports use.
@@ -56,6 +57,7 @@ impl ThreadClass {
             ThreadClass::Device(DeviceKind::Blk) => "device-blk",
             ThreadClass::Device(DeviceKind::Net) => "device-net",
             ThreadClass::Device(DeviceKind::Rng) => "device-rng",
+            ThreadClass::Device(DeviceKind::Console) => "device-console",
         }
     }
 
@@ -82,10 +84,7 @@ impl ThreadClass {
             return Some(ThreadClass::Launcher);
         }
         let kind = name.strip_prefix("bh-")?;
-        [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng]
-            .into_iter()
-            .find(|k| kind.starts_with(k.name()))
-            .map(ThreadClass::Device)
+        DeviceKind::ALL.into_iter().find(|k| kind.starts_with(k.name())).map(ThreadClass::Device)
     }
 
     /// Capabilities the class keeps (a bit per capability): none, except
@@ -118,7 +117,7 @@ impl ThreadClass {
                 list.extend(seccomp::rules(COMPARTMENT_START));
                 // The compartments' own filters stack on this one: what they
                 // allow must pass it too (their errno rules are theirs only).
-                for kind in [DeviceKind::Blk, DeviceKind::Net, DeviceKind::Rng] {
+                for kind in DeviceKind::ALL {
                     let allowed =
                         device(kind).into_iter().filter(|r| r.action() == RuleAction::Allow);
                     list.extend(allowed);
@@ -461,6 +460,10 @@ mod tests {
         assert_eq!(
             ThreadClass::of_thread("bh-rng0", false),
             Some(ThreadClass::Device(DeviceKind::Rng))
+        );
+        assert_eq!(
+            ThreadClass::of_thread("bh-console-q1", false),
+            Some(ThreadClass::Device(DeviceKind::Console))
         );
         assert_eq!(ThreadClass::of_thread("other", false), None);
     }

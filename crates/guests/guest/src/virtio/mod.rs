@@ -6,12 +6,14 @@
 //! - `queue`: a ring wired to its transport — notification through the
 //!   QueueNotify register (an ioeventfd under Bulkhead, so no exit to the
 //!   VMM) and completion by polling the used ring or by interrupt;
-//! - `blk`, `net`, `rng`, `fs`, `vsock`: the device drivers.
+//! - `blk`, `net`, `console`, `rng`, `fs`, `vsock`: the device drivers.
 //!
 //! This module holds the numbers the specification (virtio 1.2) fixes.
 
 #[cfg(bulkhead_guest)]
 pub mod blk;
+#[cfg(bulkhead_guest)]
+pub mod console;
 #[cfg(bulkhead_guest)]
 pub mod fs;
 #[cfg(bulkhead_guest)]
@@ -29,6 +31,7 @@ pub mod vsock;
 /// Device IDs (section 5).
 pub const ID_NET: u32 = 1;
 pub const ID_BLOCK: u32 = 2;
+pub const ID_CONSOLE: u32 = 3;
 pub const ID_RNG: u32 = 4;
 pub const ID_VSOCK: u32 = 19;
 pub const ID_FS: u32 = 26;
@@ -39,7 +42,7 @@ pub fn device_name(id: u32) -> &'static str {
         0 => "none",
         ID_NET => "net",
         ID_BLOCK => "blk",
-        3 => "console",
+        ID_CONSOLE => "console",
         ID_RNG => "rng",
         5 => "balloon",
         9 => "9p",

@@ -1,6 +1,6 @@
 //! The device workloads `bulkhead.run=` names (comma-separated, run in
 //! order): `blk-verify`, `blk-read-verify`, `blk-ro`, `blk-bench`, `rng`,
-//! `net-ping`, `net-bench`, `fs`, `vsock`, `probe`, `storm`, `hammer`, `hammer-done`, `mem-touch`.
+//! `net-ping`, `net-bench`, `console`, `fs`, `vsock`, `probe`, `storm`, `hammer`, `hammer-done`, `mem-touch`.
 //! Their options are in [`crate::options`] (`fs`'s and `vsock`'s in their modules).
 //!
 //! Each prints one `BH check name=<workload> status=ok|fail ...` line
@@ -10,6 +10,7 @@
 
 mod bench;
 mod blk;
+mod console;
 mod fs;
 mod interfere;
 mod net;
@@ -172,6 +173,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> bool {
         "blk-ro" => blk::read_only(ctx),
         "blk-bench" => bench::run(ctx),
         "rng" => rng::run(ctx),
+        "console" => console::run(ctx),
         "fs" => fs::run(ctx),
         "vsock" => vsock::run(ctx),
         "net-ping" => net::ping(ctx),
