@@ -84,7 +84,8 @@ pub fn run(args: &IoArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
         let share = make_share(&dir)?;
-        let opts = args.options();
+        // As in bench vsock, a failed run is run again (said on stderr).
+        let opts = io::Options { retries: 2, ..args.options() };
         let workloads = workloads();
         let samples = io::with_guest(|guest| {
             let subjects = outside::subjects(specs(&program, &dir, &share), guest, opts.with_qemu)?;

@@ -246,6 +246,28 @@ fn run_once(
         .collect())
 }
 
+/// [`run_once`], run again up to `retries` times when it fails; every failure retried is
+/// said on stderr.
+fn run_retried(
+    s: &Subject,
+    attach: &Attach,
+    cmdline: &str,
+    retries: usize,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut tries = 0;
+    loop {
+        match run_once(s, attach, cmdline) {
+            Err(e) if tries < retries => {
+                tries += 1;
+                let why = format!("{e:#}");
+                let why = why.lines().find(|l| l.contains("status=fail")).unwrap_or(&why);
+                eprintln!("{}: run failed, running it again ({tries} of {retries}): {why}", s.name);
+            }
+            result => return result,
+        }
+    }
+}
+
 /// One workload, its figures of interest and a label.
 pub struct Workload {
     pub label: &'static str,
@@ -261,6 +283,8 @@ pub struct Options {
     pub with_monolithic: bool,
     /// Bulkhead's core with qemu-storage-daemon as the disk's backend (disks only).
     pub with_outside: bool,
+    /// How many times a failed run is run again before the benchmark gives up.
+    pub retries: usize,
 }
 
 /// Values of each figure by name, one per round.
@@ -332,7 +356,7 @@ pub fn measure_subjects(
             for (w, workload) in workloads.iter().enumerate() {
                 let cmdline = format!("{} bulkhead.seconds={}", workload.cmdline, opts.seconds);
                 for (i, s) in subjects.iter().enumerate() {
-                    let fields = run_once(s, attach, &cmdline)
+                    let fields = run_retried(s, attach, &cmdline, opts.retries)
                         .with_context(|| format!("round {round}, {}", attach.describe()))?;
                     for m in workload.metrics {
                         let v: f64 =

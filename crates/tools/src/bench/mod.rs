@@ -93,6 +93,7 @@ impl IoArgs {
             with_qemu: !self.no_qemu,
             with_monolithic: true,
             with_outside: self.outside,
+            retries: 0,
         }
     }
 }
