@@ -105,8 +105,8 @@ pub fn run(args: &IoArgs) -> anyhow::Result<i32> {
     let result = (|| {
         outside::chown_to_compartment(&dir)?;
         serve_echo(&dir.join(format!("vsock_{PORT}")))?;
-        // Now and then the guest's connection request goes unanswered (seen once in 30 runs,
-        // under QEMU): such a run is run again, and said on stderr.
+        // A run that fails anyway (the guest notifies the device again while its connection
+        // request goes unanswered) is run again, and said on stderr.
         let opts = io::Options { retries: 2, ..args.options() };
         let workloads = workloads();
         let samples = io::with_guest(|guest| {
