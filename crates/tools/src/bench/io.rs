@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context};
 
@@ -21,6 +21,9 @@ pub enum Attach {
     Disk { path: PathBuf, format: &'static str },
     /// A tap named `tap0` inside network namespace `.0`.
     Tap(String),
+    /// A host folder the subjects' backends serve or talk through (`bench vsock`, `bench fs`):
+    /// nothing to attach on the VMMs' own command lines.
+    Folder(PathBuf),
 }
 
 impl Attach {
@@ -28,6 +31,7 @@ impl Attach {
         match self {
             Attach::Disk { path, format } => format!("{format} image {}", path.display()),
             Attach::Tap(ns) => format!("tap0 in namespace {ns}"),
+            Attach::Folder(dir) => format!("folder {}", dir.display()),
         }
     }
 
@@ -69,12 +73,17 @@ impl Attach {
 }
 
 /// Builds a VMM's command line for an attachment and a guest command line.
-type MakeCommand = Box<dyn Fn(&Attach, &str) -> Command>;
+pub type MakeCommand = Box<dyn Fn(&Attach, &str) -> Command>;
+
+/// Starts what a subject needs beside its VMM before each run (an outside backend), and
+/// returns the process to stop after the run, if any.
+pub type Prepare = Box<dyn Fn() -> anyhow::Result<Option<Child>>>;
 
 /// One VMM under test.
-struct Subject {
-    name: &'static str,
-    make: MakeCommand,
+pub struct Subject {
+    pub name: &'static str,
+    pub make: MakeCommand,
+    pub prepare: Option<Prepare>,
 }
 
 fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
@@ -89,6 +98,7 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
         let exe = exe.clone();
         out.push(Subject {
             name,
+            prepare: None,
             make: Box::new(move |attach, cmdline| {
                 let mut c = in_netns(attach, &exe);
                 c.args(["run", "--mode", mode, "--memory", "256M"]);
@@ -97,6 +107,7 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
                         c.arg("--disk").arg(format!("{},format={format}", path.display()))
                     }
                     Attach::Tap(_) => c.args(["--net", "tap=tap0"]),
+                    Attach::Folder(_) => &mut c,
                 };
                 c.args(["--cmdline", cmdline]);
                 c
@@ -107,6 +118,7 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
         let exe = exe.clone();
         out.push(Subject {
             name: OUTSIDE,
+            prepare: None,
             make: Box::new(move |attach, cmdline| {
                 let Attach::Disk { path, format } = attach else {
                     let mut c = Command::new("sh");
@@ -124,6 +136,7 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
         let guest = guest.to_path_buf();
         out.push(Subject {
             name: QEMU,
+            prepare: None,
             make: Box::new(move |attach, cmdline| {
                 let mut c = in_netns(attach, &qemu);
                 let base = peer::microvm(&qemu, &guest, 1, 256, cmdline);
@@ -137,6 +150,7 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
                     Attach::Tap(_) => c
                         .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
                         .args(["-device", "virtio-net-device,netdev=n0"]),
+                    Attach::Folder(_) => &mut c,
                 };
                 c
             }),
@@ -195,7 +209,7 @@ fn in_netns(attach: &Attach, program: &Path) -> Command {
             c.args(["netns", "exec", ns]).arg(program);
             c
         }
-        Attach::Disk { .. } => Command::new(program),
+        Attach::Disk { .. } | Attach::Folder(_) => Command::new(program),
     }
 }
 
@@ -205,7 +219,18 @@ fn run_once(
     attach: &Attach,
     cmdline: &str,
 ) -> anyhow::Result<HashMap<String, String>> {
-    let out = (s.make)(attach, cmdline).stdin(Stdio::null()).stderr(Stdio::piped()).output()?;
+    let mut beside = match &s.prepare {
+        Some(prepare) => {
+            prepare().with_context(|| format!("{}: cannot start its backend", s.name))?
+        }
+        None => None,
+    };
+    let out = (s.make)(attach, cmdline).stdin(Stdio::null()).stderr(Stdio::piped()).output();
+    if let Some(child) = &mut beside {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().find(|l| l.starts_with("BH result ")).with_context(|| {
         format!(
@@ -219,6 +244,28 @@ fn run_once(
         .filter_map(|w| w.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect())
+}
+
+/// [`run_once`], run again up to `retries` times when it fails; every failure retried is
+/// said on stderr.
+fn run_retried(
+    s: &Subject,
+    attach: &Attach,
+    cmdline: &str,
+    retries: usize,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut tries = 0;
+    loop {
+        match run_once(s, attach, cmdline) {
+            Err(e) if tries < retries => {
+                tries += 1;
+                let why = format!("{e:#}");
+                let why = why.lines().find(|l| l.contains("status=fail")).unwrap_or(&why);
+                eprintln!("{}: run failed, running it again ({tries} of {retries}): {why}", s.name);
+            }
+            result => return result,
+        }
+    }
 }
 
 /// One workload, its figures of interest and a label.
@@ -236,6 +283,8 @@ pub struct Options {
     pub with_monolithic: bool,
     /// Bulkhead's core with qemu-storage-daemon as the disk's backend (disks only).
     pub with_outside: bool,
+    /// How many times a failed run is run again before the benchmark gives up.
+    pub retries: usize,
 }
 
 /// Values of each figure by name, one per round.
@@ -275,21 +324,26 @@ pub fn measure(
     workloads: &[Workload],
     opts: &Options,
 ) -> anyhow::Result<Samples> {
+    with_guest(|guest| measure_subjects(&subjects(guest, opts)?, attaches, workloads, opts))
+}
+
+/// Runs `f` with the built-in guest written to a file, removed after.
+pub fn with_guest<T>(f: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
     let guest =
         std::env::temp_dir().join(format!("bulkhead-bench-guest-{}.elf", std::process::id()));
     std::fs::write(&guest, bulkhead_guest_elf::GUEST_ELF)?;
-    let result = measure_with(&guest, attaches, workloads, opts);
+    let result = f(&guest);
     let _ = std::fs::remove_file(&guest);
     result
 }
 
-fn measure_with(
-    guest: &Path,
+/// [`measure`] with subjects of the caller's.
+pub fn measure_subjects(
+    subjects: &[Subject],
     attaches: &[Attach],
     workloads: &[Workload],
     opts: &Options,
 ) -> anyhow::Result<Samples> {
-    let subjects = subjects(guest, opts)?;
     let mut values: Vec<Vec<Vec<Figures>>> = attaches
         .iter()
         .map(|_| {
@@ -302,7 +356,7 @@ fn measure_with(
             for (w, workload) in workloads.iter().enumerate() {
                 let cmdline = format!("{} bulkhead.seconds={}", workload.cmdline, opts.seconds);
                 for (i, s) in subjects.iter().enumerate() {
-                    let fields = run_once(s, attach, &cmdline)
+                    let fields = run_retried(s, attach, &cmdline, opts.retries)
                         .with_context(|| format!("round {round}, {}", attach.describe()))?;
                     for m in workload.metrics {
                         let v: f64 =
@@ -328,21 +382,18 @@ pub fn run(
     opts: &Options,
 ) -> anyhow::Result<()> {
     let samples = measure(&[attach], workloads, opts)?;
-    print_table(title, &samples, workloads, opts);
+    let ratios = io_ratios(&samples);
+    print_table(title, &samples, workloads, opts, &ratios);
     Ok(())
 }
 
-fn print_table(title: &str, samples: &Samples, workloads: &[Workload], opts: &Options) {
-    println!(
-        "{title}: medians (p99 across rounds in parentheses) of {} rounds of {} s, interleaved.",
-        opts.rounds, opts.seconds
-    );
-    println!();
-    let n = samples.subjects.len();
-    let mut header = format!("| workload | figure | {}", samples.subjects.join(" | "));
-    // (numerator, denominator, label), by subject; the first subject is Bulkhead microkernel.
+/// A ratio column: (numerator subject, denominator subject, label).
+pub type Ratio = (usize, usize, &'static str);
+
+/// The ratios of `bench blk` and `bench net`: the first subject is Bulkhead microkernel.
+fn io_ratios(samples: &Samples) -> Vec<Ratio> {
     let find = |name: &str| samples.subjects.iter().position(|s| *s == name);
-    let mut ratios: Vec<(usize, usize, &str)> = Vec::new();
+    let mut ratios: Vec<Ratio> = Vec::new();
     if let Some(m) = find(MONOLITHIC) {
         ratios.push((0, m, "microkernel/monolithic"));
     }
@@ -352,7 +403,26 @@ fn print_table(title: &str, samples: &Samples, workloads: &[Workload], opts: &Op
     if let Some(o) = find(OUTSIDE) {
         ratios.push((o, 0, "qemu-storage-daemon/own compartment"));
     }
-    for (_, _, name) in &ratios {
+    ratios
+}
+
+/// Prints the title and a table of medians with `ratios` of medians, a row per workload and
+/// figure.
+pub fn print_table(
+    title: &str,
+    samples: &Samples,
+    workloads: &[Workload],
+    opts: &Options,
+    ratios: &[Ratio],
+) {
+    println!(
+        "{title}: medians (p99 across rounds in parentheses) of {} rounds of {} s, interleaved.",
+        opts.rounds, opts.seconds
+    );
+    println!();
+    let n = samples.subjects.len();
+    let mut header = format!("| workload | figure | {}", samples.subjects.join(" | "));
+    for (_, _, name) in ratios {
         header.push_str(&format!(" | {name}"));
     }
     println!("{header} |");
@@ -362,7 +432,7 @@ fn print_table(title: &str, samples: &Samples, workloads: &[Workload], opts: &Op
             let s: Vec<Summary> = (0..n).map(|i| samples.summary(0, w, i, m)).collect();
             let cells: Vec<String> = s.iter().map(cell).collect();
             let mut row = format!("| {} | {} | {}", workload.label, m, cells.join(" | "));
-            for &(num, den, _) in &ratios {
+            for &(num, den, _) in ratios {
                 row.push_str(&format!(" | {:.3}", s[num].median / s[den].median));
             }
             println!("{row} |");

@@ -3,12 +3,15 @@
 
 mod boot;
 mod disk;
+mod fs;
 mod interference;
 mod io;
+mod outside;
 mod peer;
 mod recovery;
 mod stats;
 mod svg;
+mod vsock;
 
 use clap::Subcommand;
 
@@ -33,6 +36,12 @@ pub enum BenchCommand {
     Disk(disk::DiskArgs),
     /// Network: microkernel vs monolithic vs QEMU microvm, over a tap in a private namespace.
     Net(IoArgs),
+    /// vsock through rust-vmm's vhost-device-vsock: as Bulkhead's compartment, unsandboxed
+    /// beside Bulkhead's core, and beside QEMU microvm (round trips and a stream).
+    Vsock(IoArgs),
+    /// virtio-fs through the Rust virtiofsd: as Bulkhead's compartment, unsandboxed beside
+    /// Bulkhead's core, and beside QEMU microvm (4 KiB sequential reads and writes).
+    Fs(IoArgs),
     /// Temporal isolation: a latency probe alone, beside a noisy neighbour without limits, and with limits.
     Interference {
         /// Rounds (each runs every case once).
@@ -84,6 +93,7 @@ impl IoArgs {
             with_qemu: !self.no_qemu,
             with_monolithic: true,
             with_outside: self.outside,
+            retries: 0,
         }
     }
 }
@@ -165,6 +175,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
         BenchCommand::Blk(args) => blk(&args),
         BenchCommand::Disk(args) => disk::run(&args),
         BenchCommand::Net(args) => net(&args),
+        BenchCommand::Vsock(args) => vsock::run(&args),
+        BenchCommand::Fs(args) => fs::run(&args),
         BenchCommand::Interference { rounds, seconds } => {
             interference::run(&interference::Options { rounds: rounds.max(1), seconds })
         }

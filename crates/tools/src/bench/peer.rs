@@ -10,11 +10,7 @@ pub fn find_qemu() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("BULKHEAD_QEMU") {
         return Some(PathBuf::from(path));
     }
-    let cache = std::env::var_os("BULKHEAD_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("bulkhead")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bulkhead")));
-    if let Some(cached) = cache.map(|c| c.join("qemu-7.2/bin/qemu-system-x86_64")) {
+    if let Some(cached) = cache_dir().map(|c| c.join("qemu-7.2/bin/qemu-system-x86_64")) {
         if cached.exists() {
             return Some(cached);
         }
@@ -22,6 +18,15 @@ pub fn find_qemu() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths).map(|p| p.join("qemu-system-x86_64")).find(|p| p.exists())
     })
+}
+
+/// Bulkhead's cache folder, where the install scripts put QEMU and the outside backends:
+/// `$BULKHEAD_CACHE_DIR`, `$XDG_CACHE_HOME/bulkhead`, or `~/.cache/bulkhead`.
+pub fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("BULKHEAD_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("bulkhead")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bulkhead")))
 }
 
 /// QEMU's microvm booting `guest` (a PVH ELF) with memory in a memfd, as

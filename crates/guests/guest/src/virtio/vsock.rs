@@ -172,6 +172,14 @@ impl Vsock {
         self.transport
     }
 
+    /// Notifies the device of the receive and transmit queues again, with nothing new in
+    /// them: a device that missed a notification (one that came before it was ready) looks at
+    /// its rings again.
+    pub fn renotify(&mut self) {
+        self.transport.notify(RX_QUEUE);
+        self.transport.notify(TX_QUEUE);
+    }
+
     fn post_rx(&mut self, slot: u16) {
         let addr = self.rx_base + u64::from(slot) * SLOT_BYTES;
         let bufs = [
