@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_linux_guest::storage_daemon::StorageDaemon;
+use common::compartments::children;
 use common::{require_kvm, Running, TempDir};
 
 const T: Duration = Duration::from_secs(180);
@@ -48,10 +49,17 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+impl Daemon {
+    /// SIGKILLs the daemon and reaps it.
+    fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -370,6 +378,52 @@ fn vhost_device_vsock_carries_streams_both_ways() {
     assert_eq!(host.join().unwrap(), 1 << 20);
 }
 
+/// Host connections to the guest's echo on port 1234 through `uds`, 200,000 bytes each, until
+/// `conns` were echoed whole, with `kills` of the backend by `kill` while every other
+/// connection's first half is on its way; after each kill, the core serves again (its API
+/// socket `api`) before the host connects again. A connection made right after a restart can
+/// be lost: vhost-device-vsock answers `OK` before the core has handed it the queues, and
+/// drops the guest's side of it ("received a backend event before vring initialization"); a
+/// client times out and connects again, as it would over TCP.
+fn echo_across_kills(
+    vm: &mut Running,
+    uds: &Path,
+    api: &Path,
+    conns: usize,
+    kills: usize,
+    mut kill: impl FnMut(),
+) {
+    let (mut completed, mut killed, mut lost) = (0, 0, 0);
+    while completed < conns {
+        assert!(vm.is_running(), "the VM ended after {completed} connections");
+        let stream = vsock_connect(uds, 1234);
+        let data = common::pattern(completed as u64, 200_000);
+        if killed < kills && completed % 2 == 1 {
+            let sender = stream.try_clone().unwrap();
+            let half = data[..100_000].to_vec();
+            let writer = std::thread::spawn(move || (&sender).write_all(&half));
+            std::thread::sleep(Duration::from_millis(20));
+            kill();
+            killed += 1;
+            let _ = writer.join();
+            while restarts_once_running(api) < killed as u64 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        }
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let Ok(echo) = echo_round(&stream, &data) else {
+            lost += 1;
+            assert!(lost <= 2 * kills, "{lost} connections lost");
+            continue;
+        };
+        assert!(echo == data, "connection {completed}: the echo");
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        completed += 1;
+    }
+}
+
 /// The vsock backend SIGKILLed five times, during a connection's transfer, and started again
 /// on its socket: Bulkhead reconnects, the connections open at a kill are lost (as a TCP
 /// connection is when its peer restarts), and the device does not wedge: eight connections
@@ -392,43 +446,11 @@ fn a_killed_vsock_backend_costs_its_open_connections_only() {
          bulkhead.timeout_ms=30000 bulkhead.vsock_idle_ms=2000",
     );
     let mut vm = Running::start(&mut cmd);
-    let (mut completed, mut kills, mut lost) = (0, 0, 0);
-    while completed < 8 {
-        assert!(vm.is_running(), "the VM ended after {completed} connections");
-        let stream = vsock_connect(&uds, 1234);
-        let data = common::pattern(completed as u64, 200_000);
-        if kills < KILLS && completed % 2 == 1 {
-            // Kill the device while this connection's bytes are on their way.
-            let sender = stream.try_clone().unwrap();
-            let half = data[..100_000].to_vec();
-            let writer = std::thread::spawn(move || (&sender).write_all(&half));
-            std::thread::sleep(Duration::from_millis(20));
-            drop(device);
-            kills += 1;
-            let _ = writer.join();
-            device = start_vsock_device(&socket, &uds);
-            // The core serves through the new daemon before the host connects again.
-            let api = run_dir.join("vsk.sock");
-            while restarts_once_running(&api) < kills as u64 {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            continue;
-        }
-        // A connection made right after a restart can be lost: vhost-device-vsock answers
-        // `OK` before the core has handed it the queues, and drops the guest's side of it
-        // ("received a backend event before vring initialization"). A client times out and
-        // connects again, as it would over TCP.
-        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-        let Ok(echo) = echo_round(&stream, &data) else {
-            lost += 1;
-            assert!(lost <= 2 * KILLS, "{lost} connections lost");
-            continue;
-        };
-        assert!(echo == data, "connection {completed}: the echo");
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
-        completed += 1;
-    }
+    let api = run_dir.join("vsk.sock");
+    echo_across_kills(&mut vm, &uds, &api, 8, KILLS, || {
+        device.kill();
+        device = start_vsock_device(&socket, &uds);
+    });
     let r = vm.wait(T);
     drop(device);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -455,27 +477,6 @@ fn rust_virtiofsd() -> std::path::PathBuf {
         program.display()
     );
     program
-}
-
-/// The live children of `parent` whose arguments satisfy `wanted`.
-fn children(parent: i32, wanted: impl Fn(&[&[u8]]) -> bool) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let mut fields =
-            stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ')).into_iter().flatten();
-        let (state, ppid) = (fields.next(), fields.next());
-        if ppid != Some(&parent.to_string()) || state == Some("Z") {
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if wanted(&args) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// The program of the VM `core`'s outside device `name` (the one child of its launcher,
@@ -624,8 +625,9 @@ fn virtiofsd_as_a_compartment_shares_a_folder_by_a_relative_path() {
 }
 
 /// vhost-device-vsock started by Bulkhead as a compartment, its hybrid socket in a folder it
-/// is handed: host connections reach the guest's echo, and when the program is SIGKILLed
-/// Bulkhead starts it again and new connections work (the open one is lost, as over TCP).
+/// is handed: host connections reach the guest's echo, and when the program is SIGKILLed (three
+/// times, while a connection's bytes are on their way) Bulkhead starts it again and new
+/// connections work (the open one is lost, as over TCP).
 #[test]
 fn vhost_device_vsock_as_a_compartment_comes_back_from_kills() {
     require_kvm();
@@ -651,35 +653,14 @@ fn vhost_device_vsock_as_a_compartment_comes_back_from_kills() {
     );
     let mut vm = Running::start(&mut cmd);
     let api = run_dir.join("vskc.sock");
-    let (mut completed, mut kills, mut lost, mut program) = (0, 0, 0, None);
-    while completed < 6 {
-        assert!(vm.is_running(), "the VM ended after {completed} connections");
-        restarts_once_running(&api);
-        let stream = vsock_connect(&uds, 1234);
-        let data = common::pattern(completed as u64, 100_000);
-        if kills < KILLS && completed % 2 == 1 {
-            let pid = outside_program(vm.id(), "vsock0", program);
-            assert_confined(pid);
-            // SAFETY: killing a program this test's VMM started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            program = Some(pid);
-            kills += 1;
-            while restarts_once_running(&api) < kills as u64 {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            continue;
-        }
-        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-        let Ok(echo) = echo_round(&stream, &data) else {
-            lost += 1;
-            assert!(lost <= 2 * KILLS, "{lost} connections lost");
-            continue;
-        };
-        assert!(echo == data, "connection {completed}: the echo");
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
-        completed += 1;
-    }
+    let (core, mut program) = (vm.id(), None);
+    echo_across_kills(&mut vm, &uds, &api, 6, KILLS, || {
+        let pid = outside_program(core, "vsock0", program);
+        assert_confined(pid);
+        // SAFETY: killing a program this test's VMM started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        program = Some(pid);
+    });
     let r = vm.wait(T);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.assert_check("vsock")["conns"], "6");

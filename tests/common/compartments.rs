@@ -4,6 +4,13 @@ use std::time::{Duration, Instant};
 
 /// The PIDs of the core's children running `bulkhead device KIND`.
 pub fn compartments(core: u32, kind: &str) -> Vec<i32> {
+    children(core as i32, |args| {
+        args.windows(2).any(|w| w[0] == b"device" && w[1] == kind.as_bytes())
+    })
+}
+
+/// The live (not zombie) children of `parent` whose arguments satisfy `wanted`.
+pub fn children(parent: i32, wanted: impl Fn(&[&[u8]]) -> bool) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -12,12 +19,12 @@ pub fn compartments(core: u32, kind: &str) -> Vec<i32> {
         let mut fields =
             stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ')).into_iter().flatten();
         let (state, ppid) = (fields.next(), fields.next());
-        if ppid != Some(&core.to_string()) || state == Some("Z") {
+        if ppid != Some(&parent.to_string()) || state == Some("Z") {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.windows(2).any(|w| w[0] == b"device" && w[1] == kind.as_bytes()) {
+        if wanted(&args) {
             pids.push(pid);
         }
     }
