@@ -249,6 +249,9 @@ const SUPERVISOR: &[&str] = &[
     "lseek",
     // a reaped compartment's cgroup
     "rmdir",
+    // a backend's socket attached while the VM ends (`Shared::set_socket` in the core's
+    // supervisor), so that nothing stays blocked on it
+    "shutdown",
 ];
 
 /// [`SUPERVISOR`], and reconnecting to an external backend (`--vhost-user`):
