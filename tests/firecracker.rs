@@ -300,3 +300,46 @@ fn sigterm_to_the_front_stops_the_vm_and_the_front_exits() {
     let run = vm.wait(Duration::from_secs(15));
     assert_eq!(run.code, 128 + 15, "{}", run.stderr);
 }
+
+/// A sandbox platform's sequence: a vsock on a hybrid socket (served by vhost-device-vsock
+/// as a compartment), boot, the guest connects to the host's port 5000 and checks its bytes
+/// echoed back by a host listener on `uds_path` + `_5000`.
+#[test]
+fn a_vsock_put_through_the_api_carries_the_guests_connection() {
+    require_kvm();
+    let f = files("fc-vsock");
+    // The compartment runs as the overflow user: it needs the folder of the hybrid socket.
+    let vsock_dir = f.dir.0.join("vsock");
+    std::fs::create_dir(&vsock_dir).unwrap();
+    std::os::unix::fs::chown(&vsock_dir, Some(65534), Some(65534)).unwrap();
+    let uds = vsock_dir.join("v.sock");
+    let listener_path = vsock_dir.join("v.sock_5000");
+    let listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
+    std::fs::set_permissions(&listener_path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .unwrap();
+    let host = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let (mut echoed, mut chunk) = (0, [0u8; 65536]);
+        loop {
+            let n = conn.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                return echoed;
+            }
+            conn.write_all(&chunk[..n]).unwrap();
+            echoed += n;
+        }
+    });
+    let socket = f.dir.0.join("api.sock");
+    let id = format!("fc-vsock-{}", std::process::id());
+    let vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", &id]);
+    let mut c = Client::connect(&socket);
+    let args = "bulkhead.run=vsock bulkhead.vsock_connect=5000 bulkhead.bytes=65536";
+    c.ok("/boot-source", boot_source(&f, args));
+    c.ok("/vsock", json!({ "guest_cid": 3, "uds_path": uds }));
+    c.fault("PUT", "/vsock", r#"{"guest_cid":2,"uds_path":"/tmp/v"}"#, "reserved");
+    c.ok("/actions", json!({ "action_type": "InstanceStart" }));
+    let run = vm.wait(T);
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
+    assert_eq!(run.assert_check("vsock")["bytes"], "65536");
+    assert_eq!(host.join().unwrap(), 65536);
+}
