@@ -54,10 +54,13 @@ fn check_path(what: &str, path: &str) -> Result<(), String> {
 }
 
 /// Checks that `path` can be opened for reading (and writing): the error names the file.
+/// Non-blocking, so that a named pipe given as a kernel or a drive cannot hang the API.
 fn check_opens(what: &str, path: &str, write: bool) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
         .write(write)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map(drop)
         .map_err(|e| format!("{what} {path} cannot be opened: {e}."))
