@@ -233,6 +233,14 @@ fn bad_input_is_answered_as_firecracker_answers_it() {
     // A request the server cannot frame is answered, then the connection closed.
     let (status, reply) = c.raw(b"PUT /entropy HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
     assert_eq!(status, 400, "{reply}");
+    // Connections are capped: past 64 at once, one is answered 400 and closed.
+    let held: Vec<Client> = (0..64).map(|_| Client::connect(&socket)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut over = Client::connect(&socket);
+    let (status, reply) = over.call("GET", "/", "");
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["fault_message"].as_str().unwrap().contains("Too many connections"));
+    drop(held);
     // Firecracker's command-line options that Bulkhead does not take are refused by name.
     for (args, needle) in [
         (&["--metadata", "m.json"][..], "MMDS"),

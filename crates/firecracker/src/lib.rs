@@ -24,9 +24,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -66,6 +66,10 @@ pub struct FirecrackerArgs {
 
 /// The core's pid once started (0 before): where SIGTERM and SIGINT go.
 static CORE_PID: AtomicI32 = AtomicI32::new(0);
+/// The API socket, removed by a signal that ends this process before the VM starts.
+static SOCKET: OnceLock<std::ffi::CString> = OnceLock::new();
+/// The most API connections served at once (each has a thread).
+const MAX_CONNECTIONS: usize = 64;
 
 /// What the main thread waits for: it alone starts the core, since `PR_SET_PDEATHSIG`
 /// fires when the *thread* that forked the child ends, and the API's threads come and go.
@@ -191,13 +195,29 @@ fn serve(path: &Path, vm: Arc<Mutex<api::Microvm>>) -> anyhow::Result<PathBuf> {
             path.display()
         )
     })?;
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+        let _ = SOCKET.set(c);
+    }
     std::thread::Builder::new().name("fc-api".into()).spawn(move || {
+        let open = Arc::new(AtomicUsize::new(0));
         for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let vm = vm.clone();
-            let _ = std::thread::Builder::new()
-                .name("fc-conn".into())
-                .spawn(move || serve_connection(stream, &vm));
+            let Ok(mut stream) = stream else { continue };
+            if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                let busy = http::Response::bad_request(format!(
+                    "Too many connections: at most {MAX_CONNECTIONS} at once; close one."
+                ));
+                let _ = std::io::Write::write_all(&mut stream, &http::encode(&busy, true));
+                continue;
+            }
+            open.fetch_add(1, Ordering::SeqCst);
+            let (vm, mine) = (vm.clone(), open.clone());
+            let spawned = std::thread::Builder::new().name("fc-conn".into()).spawn(move || {
+                serve_connection(stream, &vm);
+                mine.fetch_sub(1, Ordering::SeqCst);
+            });
+            if spawned.is_err() {
+                open.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     })?;
     Ok(path.to_path_buf())
@@ -290,6 +310,11 @@ extern "C" fn forward(sig: libc::c_int) {
         // SAFETY: kill(2) is async-signal-safe; pid is the core this process started.
         unsafe { libc::kill(pid, sig) };
     } else {
+        if let Some(socket) = SOCKET.get() {
+            // SAFETY: unlink(2) is async-signal-safe; the path is a NUL-terminated string set
+            // once before this handler could see it, and never freed.
+            unsafe { libc::unlink(socket.as_ptr()) };
+        }
         // SAFETY: _exit(2) is async-signal-safe; no VM runs yet, so there is nothing to stop.
         unsafe { libc::_exit(128 + sig) };
     }
