@@ -166,6 +166,13 @@ fn calls_one_by_one_as_firecracker_containerd_makes_them_boot_the_guest() {
     let line = std::fs::read_to_string(&metrics).unwrap();
     let line: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     assert!(line["api_server"]["requests"].as_u64().unwrap() >= 10, "{line}");
+    let devices = line["vmm"]["devices"].as_array().expect("the core's devices");
+    let blk = devices.iter().find(|d| d["kind"] == "blk").expect("blk");
+    assert_eq!(
+        (blk["state"].as_str(), blk["restarts"].as_u64()),
+        (Some("running"), Some(0)),
+        "{line}"
+    );
     let run = vm.wait(T);
     assert_guest_verified(&run, &f);
 }

@@ -182,24 +182,48 @@ impl Microvm {
         Ok(Response::no_content())
     }
 
-    /// Writes one JSON line of what this front counts (the devices' counters are not in it
-    /// yet: see docs/FIRECRACKER.md).
+    /// Writes one JSON line: what this front counts and, once the VM runs, the counters the
+    /// core keeps (asked on its control socket, as `bulkhead ctl ID status` does).
     fn flush_metrics(&mut self) -> Result<(), String> {
+        if self.metrics.is_none() {
+            return Err("The metrics system is not initialized: PUT /metrics first.".into());
+        }
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let line = json!({
+        let mut line = json!({
             "utc_timestamp_ms": ms,
             "api_server": { "requests": self.requests, "faults": self.faults },
             "vmm": { "started": self.started },
         });
-        let file = self
-            .metrics
-            .as_mut()
-            .ok_or("The metrics system is not initialized: PUT /metrics first.")?;
+        if self.started {
+            line["vmm"] = core_metrics(&self.id);
+        }
+        let file = self.metrics.as_mut().expect("checked above");
         writeln!(file, "{line}").map_err(|e| format!("Cannot write the metrics file: {e}."))
     }
+}
+
+/// The core's counters: its uptime and, per device, state, restarts and requests served;
+/// `{"started": true, "error": …}` when the core does not answer.
+fn core_metrics(id: &str) -> serde_json::Value {
+    use bulkhead_api::{Payload, Reply, Request};
+    let status = match bulkhead_ctl::request(id, &Request::Status) {
+        Ok(Reply::Ok { result: Payload::Status(status) }) => status,
+        Ok(Reply::Error { message }) => return json!({ "started": true, "error": message }),
+        Ok(other) => return json!({ "started": true, "error": format!("{other:?}") }),
+        Err(e) => return json!({ "started": true, "error": e.to_string() }),
+    };
+    let devices: Vec<_> = status
+        .devices
+        .iter()
+        .map(|d| {
+            json!({ "id": d.id, "kind": d.kind, "state": d.state, "restarts": d.restarts,
+                    "requests": d.requests })
+        })
+        .collect();
+    json!({ "started": true, "uptime_s": status.uptime_s, "devices": devices })
 }
 
 fn same_id(path_id: &str, body_id: &str) -> Result<(), String> {
