@@ -200,8 +200,16 @@ fn a_config_file_without_the_api_boots_the_same() {
 fn bad_input_is_answered_as_firecracker_answers_it() {
     let f = files("fc-bad");
     let socket = f.dir.0.join("api.sock");
-    let _vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", "fc-bad"]);
+    let vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", "fc-bad"]);
     let mut c = Client::connect(&socket);
+    // The thread that reads the API runs under its seccomp filter.
+    let api_thread = std::fs::read_dir(format!("/proc/{}/task", vm.id()))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).unwrap().trim() == "fc-api")
+        .expect("the fc-api thread");
+    let status = std::fs::read_to_string(api_thread.join("status")).unwrap();
+    assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
     c.fault("PUT", "/machine-config", r#"{"vcpu_count":1}"#, "missing field `mem_size_mib`");
     c.fault("PUT", "/machine-config", r#"{"vcpu_count":"1","mem_size_mib":128}"#, "invalid type");
     c.fault("PUT", "/machine-config", r#"{"vcpu_count":64,"mem_size_mib":128}"#, "1 to 32");

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+pub mod confine;
 pub mod http;
 pub mod log;
 pub mod model;
@@ -198,7 +199,14 @@ fn serve(path: &Path, vm: Arc<Mutex<api::Microvm>>) -> anyhow::Result<PathBuf> {
     if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
         let _ = SOCKET.set(c);
     }
+    let (confined_tx, confined) = mpsc::channel();
     std::thread::Builder::new().name("fc-api".into()).spawn(move || {
+        let result = confine::api_thread();
+        let ok = result.is_ok();
+        let _ = confined_tx.send(result);
+        if !ok {
+            return;
+        }
         let open = Arc::new(AtomicUsize::new(0));
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -220,6 +228,17 @@ fn serve(path: &Path, vm: Arc<Mutex<api::Microvm>>) -> anyhow::Result<PathBuf> {
             }
         }
     })?;
+    match confined.recv() {
+        Ok(Ok(c)) => log::log(
+            log::Level::Debug,
+            &format!("API threads confined: {} system calls, caps {}", c.allowed_syscalls, c.caps),
+        ),
+        Ok(Err(e)) => {
+            let _ = std::fs::remove_file(path);
+            bail!(e);
+        }
+        Err(_) => bail!("the API's thread ended at start"),
+    }
     Ok(path.to_path_buf())
 }
 
