@@ -203,13 +203,25 @@ fn bad_input_is_answered_as_firecracker_answers_it() {
     let vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", "fc-bad"]);
     let mut c = Client::connect(&socket);
     // The thread that reads the API runs under its seccomp filter.
-    let api_thread = std::fs::read_dir(format!("/proc/{}/task", vm.id()))
-        .unwrap()
-        .map(|t| t.unwrap().path())
-        .find(|t| std::fs::read_to_string(t.join("comm")).unwrap().trim() == "fc-api")
-        .expect("the fc-api thread");
-    let status = std::fs::read_to_string(api_thread.join("status")).unwrap();
-    assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
+    // (The socket takes connections before that thread is there: look until it is.)
+    let api_thread = || {
+        std::fs::read_dir(format!("/proc/{}/task", vm.id()))
+            .unwrap()
+            .filter_map(|t| Some(t.ok()?.path()))
+            .find(|t| {
+                std::fs::read_to_string(t.join("comm")).unwrap_or_default().trim() == "fc-api"
+            })
+    };
+    let start = Instant::now();
+    let status = loop {
+        let status = api_thread().and_then(|t| std::fs::read_to_string(t.join("status")).ok());
+        match status {
+            Some(s) if s.lines().any(|l| l == "Seccomp:\t2") => break s,
+            s if start.elapsed() > Duration::from_secs(5) => panic!("not confined: {s:?}"),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    assert!(status.contains("CapEff:"), "{status}");
     c.fault("PUT", "/machine-config", r#"{"vcpu_count":1}"#, "missing field `mem_size_mib`");
     c.fault("PUT", "/machine-config", r#"{"vcpu_count":"1","mem_size_mib":128}"#, "invalid type");
     c.fault("PUT", "/machine-config", r#"{"vcpu_count":64,"mem_size_mib":128}"#, "1 to 32");
@@ -298,6 +310,17 @@ fn vm_config_reflects_what_was_put() {
     assert_eq!(machine, config["machine-config"]);
     let (_, version) = c.call("GET", "/version", "");
     assert!(version["firecracker_version"].is_string(), "{version}");
+    // A named pipe as the log, as firecracker-containerd gives it: opened without waiting for
+    // its reader, and the lines reach the reader.
+    let fifo = f.dir.0.join("log.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    c.ok("/logger", json!({ "log_path": fifo, "level": "Debug", "show_log_origin": true }));
+    let reader = std::fs::File::open(&fifo).unwrap();
+    c.call("GET", "/machine-config", "");
+    let lines = BufReader::new(reader).lines().map(Result::unwrap);
+    let seen: Vec<String> = lines.take(2).collect();
+    assert!(seen[0].contains("PUT /logger: 204"), "{seen:?}");
+    assert!(seen[1].contains("GET /machine-config: 200"), "{seen:?}");
 }
 
 #[test]

@@ -159,8 +159,9 @@ impl Microvm {
     }
 
     fn put_logger(&mut self, l: model::Logger) -> Result<Response, String> {
-        if l.module.is_some() || l.show_log_origin == Some(true) {
-            return Err(not_implemented("The logger's module filter and show_log_origin"));
+        // show_log_origin is accepted (firecracker-containerd sets it) and prints nothing more.
+        if l.module.is_some() {
+            return Err(not_implemented("The logger's module filter"));
         }
         let level = l.level.as_deref().map(Level::parse).transpose()?;
         log::configure(level, l.log_path.as_deref(), l.show_level)?;
@@ -172,10 +173,7 @@ impl Microvm {
         if self.metrics.is_some() {
             return Err("Reinitialization of metrics not allowed.".into());
         }
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&m.metrics_path)
+        let file = log::open_output(&m.metrics_path)
             .map_err(|e| format!("Cannot open the metrics file {}: {e}.", m.metrics_path))?;
         self.metrics = Some(file);
         self.config.metrics = Some(m);

@@ -46,21 +46,27 @@ struct Sink {
 static SINK: Mutex<Sink> =
     Mutex::new(Sink { level: Level::Warning, show_level: false, file: None });
 
-/// Sets the level and, where given, the file lines go to (opened for appending, created if
-/// absent: a named pipe is opened as it is).
+/// Opens a log or metrics file as Firecracker does: appended, created if absent, and without
+/// blocking — a named pipe (what firecracker-containerd gives) is opened read-write, which
+/// never waits for its reader; a line a full pipe cannot take is lost.
+pub fn open_output(path: &str) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Sets the level and, where given, the file lines go to ([`open_output`]).
 pub fn configure(
     level: Option<Level>,
     path: Option<&str>,
     show_level: Option<bool>,
 ) -> Result<(), String> {
     let file = match path {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(p)
-                .map_err(|e| format!("Cannot open the log file {p}: {e}."))?,
-        ),
+        Some(p) => Some(open_output(p).map_err(|e| format!("Cannot open the log file {p}: {e}."))?),
         None => None,
     };
     let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
