@@ -21,9 +21,9 @@ if [[ -d /sys/module/kvm_pvm ]]; then
 fi
 cargo test --workspace --locked --no-fail-fast
 
-# Every fuzz target of fuzz/ (image parsers, API, virtqueues, vhost-user both sides, virtio-mmio
-# registers; fuzz/README.md) for 6 s from the committed seed corpus: ~70 s for the 9 targets,
-# plus the build (~3 min from scratch on 2 busy cores, less on a quiet machine; nothing when
-# fuzz/target is kept). A finding fails CI, printing the panic and the input.
+# Every fuzz target of fuzz/ (image parsers, API, Firecracker API, virtqueues, vhost-user both
+# sides, virtio-mmio registers; fuzz/README.md) for 6 s from the committed seed corpus: ~80 s for
+# the 10 targets, plus the build (~3 min from scratch on 2 busy cores, less on a quiet machine;
+# nothing when fuzz/target is kept). A finding fails CI, printing the panic and the input.
 step "fuzz"
 fuzz/run-short.sh 6

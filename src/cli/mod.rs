@@ -48,6 +48,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Firecracker's REST API on a unix socket (or its config file), in a process in front
+    /// of the core: tools written for Firecracker drive Bulkhead unchanged.
+    Firecracker(bulkhead_firecracker::FirecrackerArgs),
     /// Published figures, regenerated: `bulkhead report tcb`.
     #[command(subcommand)]
     Report(bulkhead_tools::report::ReportCommand),
@@ -71,6 +74,7 @@ impl Command {
                 use bulkhead_ctl::cli::{run_vm, VmAction, VmCommand};
                 run_vm(VmCommand { vm, action: VmAction::Status { json } })
             }
+            Command::Firecracker(args) => bulkhead_firecracker::run(args),
             Command::Report(cmd) => bulkhead_tools::report::run(cmd),
         }
     }

@@ -1,0 +1,286 @@
+//! The API's resources: each request routed to what it configures or does, in the state the
+//! microVM is in (not started, or running). Before `InstanceStart` the resources only
+//! collect configuration; `InstanceStart` hands it to [`Launch`], which starts the VMM.
+//! After that, configuring is refused as Firecracker refuses it.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use crate::config::{check_id, not_implemented, VmConfig};
+use crate::http::Response;
+use crate::log::{self, Level};
+use crate::model::{self, ActionType};
+
+/// Starts the VMM with the arguments of `bulkhead run`; the error says why it could not.
+pub type Launch = Box<dyn FnMut(&[String]) -> Result<(), String> + Send>;
+
+/// Firecracker's answer to configuring after boot.
+const AFTER_BOOT: &str = "The requested operation is not supported after starting the microVM.";
+
+/// One microVM, as the API sees it.
+pub struct Microvm {
+    id: String,
+    pub config: VmConfig,
+    started: bool,
+    launch: Launch,
+    metrics: Option<std::fs::File>,
+    requests: u64,
+    faults: u64,
+}
+
+impl Microvm {
+    pub fn new(id: String, launch: Launch) -> Microvm {
+        Microvm {
+            id,
+            config: VmConfig::default(),
+            started: false,
+            launch,
+            metrics: None,
+            requests: 0,
+            faults: 0,
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&mut self, method: &str, path: &str, body: &[u8]) -> Response {
+        self.requests += 1;
+        let response = match self.route(method, path, body) {
+            Ok(r) => r,
+            Err(message) => Response::bad_request(message),
+        };
+        if response.status >= 400 {
+            self.faults += 1;
+            log::log(
+                Level::Warning,
+                &format!("{method} {path}: {}", response.fault_message().unwrap_or("")),
+            );
+        } else {
+            log::log(Level::Debug, &format!("{method} {path}: {}", response.status));
+        }
+        response
+    }
+
+    fn route(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Response, String> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let bad_path = || format!("Invalid request method and/or path: {method} {path}.");
+        match (method, segments.as_slice()) {
+            ("GET", []) => Ok(Response::ok(json!({
+                "app_name": "bulkhead",
+                "id": self.id,
+                "state": if self.started { "Running" } else { "Not started" },
+                "vmm_version": env!("CARGO_PKG_VERSION"),
+            }))),
+            ("GET", ["version"]) => {
+                Ok(Response::ok(json!({ "firecracker_version": crate::API_VERSION })))
+            }
+            ("GET", ["machine-config"]) => Ok(Response::ok(json!(self.config.machine))),
+            ("GET", ["vm", "config"]) => Ok(Response::ok(self.config.full())),
+            ("PUT", ["actions"]) => self.action(model::parse(body)?),
+            ("PUT", ["machine-config"]) => {
+                self.before_boot()?;
+                self.config.put_machine(model::parse(body)?).map(|_| Response::no_content())
+            }
+            ("PATCH", ["machine-config"]) => {
+                self.before_boot()?;
+                self.config.patch_machine(model::parse(body)?).map(|_| Response::no_content())
+            }
+            ("PUT", ["boot-source"]) => {
+                self.before_boot()?;
+                self.config.put_boot(model::parse(body)?).map(|_| Response::no_content())
+            }
+            ("PUT", ["drives", id]) => {
+                self.before_boot()?;
+                check_id("drive_id", id)?;
+                let drive: model::Drive = model::parse(body)?;
+                same_id(id, &drive.drive_id)?;
+                self.config.put_drive(drive).map(|_| Response::no_content())
+            }
+            ("PATCH", ["drives", _]) => Err(if self.started {
+                not_implemented("PATCH /drives (swapping a drive's file under a running guest)")
+            } else {
+                "The requested operation is not supported before starting the microVM.".into()
+            }),
+            ("PUT", ["network-interfaces", id]) => {
+                self.before_boot()?;
+                check_id("iface_id", id)?;
+                let net: model::NetworkInterface = model::parse(body)?;
+                same_id(id, &net.iface_id)?;
+                self.config.put_net(net).map(|_| Response::no_content())
+            }
+            ("PATCH", ["network-interfaces", _]) => {
+                Err(not_implemented("PATCH /network-interfaces (rate limiters)"))
+            }
+            ("PUT", ["vsock"]) => {
+                self.before_boot()?;
+                self.config.put_vsock(model::parse(body)?).map(|_| Response::no_content())
+            }
+            ("PUT", ["entropy"]) => {
+                self.before_boot()?;
+                self.config.put_entropy(model::parse(body)?).map(|_| Response::no_content())
+            }
+            ("PUT", ["logger"]) => self.put_logger(model::parse(body)?),
+            ("PUT", ["metrics"]) => self.put_metrics(model::parse(body)?),
+            (_, ["balloon", ..]) => Err(not_implemented("The balloon device (/balloon)")),
+            (_, ["mmds", ..]) => Err(not_implemented("MMDS (/mmds)")),
+            (_, ["cpu-config"]) => Err(not_implemented("CPU templates (/cpu-config)")),
+            (_, ["snapshot", ..]) => Err(not_implemented("Snapshots (/snapshot)")),
+            (_, ["vm"]) => Err(not_implemented("Pausing and resuming (PATCH /vm)")),
+            (_, ["pmem", ..]) => Err(not_implemented("virtio-pmem (/pmem)")),
+            (_, ["hotplug", ..]) => Err(not_implemented("Memory hot-plug (/hotplug)")),
+            (_, ["serial"]) => Err(not_implemented("Serial console configuration (/serial)")),
+            _ => Err(bad_path()),
+        }
+    }
+
+    fn before_boot(&self) -> Result<(), String> {
+        if self.started {
+            return Err(AFTER_BOOT.into());
+        }
+        Ok(())
+    }
+
+    fn action(&mut self, action: model::Action) -> Result<Response, String> {
+        match action.action_type {
+            ActionType::InstanceStart => {
+                self.before_boot()?;
+                let args = self.config.run_args(&self.id)?;
+                log::log(Level::Info, &format!("InstanceStart: bulkhead {}", args.join(" ")));
+                (self.launch)(&args)?;
+                self.started = true;
+                Ok(Response::no_content())
+            }
+            ActionType::SendCtrlAltDel => Err(not_implemented(
+                "SendCtrlAltDel (the VM has no i8042 keyboard); send SIGTERM to this process to \
+                 stop the VM cleanly",
+            )),
+            ActionType::FlushMetrics => self.flush_metrics().map(|_| Response::no_content()),
+        }
+    }
+
+    fn put_logger(&mut self, l: model::Logger) -> Result<Response, String> {
+        // show_log_origin is accepted (firecracker-containerd sets it) and prints nothing more.
+        if l.module.is_some() {
+            return Err(not_implemented("The logger's module filter"));
+        }
+        let level = l.level.as_deref().map(Level::parse).transpose()?;
+        log::configure(level, l.log_path.as_deref(), l.show_level)?;
+        self.config.logger = Some(l);
+        Ok(Response::no_content())
+    }
+
+    fn put_metrics(&mut self, m: model::Metrics) -> Result<Response, String> {
+        if self.metrics.is_some() {
+            return Err("Reinitialization of metrics not allowed.".into());
+        }
+        let file = log::open_output(&m.metrics_path)
+            .map_err(|e| format!("Cannot open the metrics file {}: {e}.", m.metrics_path))?;
+        self.metrics = Some(file);
+        self.config.metrics = Some(m);
+        Ok(Response::no_content())
+    }
+
+    /// Writes one JSON line: what this front counts and, once the VM runs, the counters the
+    /// core keeps (asked on its control socket, as `bulkhead ctl ID status` does).
+    fn flush_metrics(&mut self) -> Result<(), String> {
+        if self.metrics.is_none() {
+            return Err("The metrics system is not initialized: PUT /metrics first.".into());
+        }
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let mut line = json!({
+            "utc_timestamp_ms": ms,
+            "api_server": { "requests": self.requests, "faults": self.faults },
+            "vmm": { "started": self.started },
+        });
+        if self.started {
+            line["vmm"] = core_metrics(&self.id);
+        }
+        let file = self.metrics.as_mut().expect("checked above");
+        writeln!(file, "{line}").map_err(|e| format!("Cannot write the metrics file: {e}."))
+    }
+}
+
+/// The core's counters: its uptime and, per device, state, restarts and requests served;
+/// `{"started": true, "error": …}` when the core does not answer.
+fn core_metrics(id: &str) -> serde_json::Value {
+    use bulkhead_api::{Payload, Reply, Request};
+    let status = match bulkhead_ctl::request(id, &Request::Status) {
+        Ok(Reply::Ok { result: Payload::Status(status) }) => status,
+        Ok(Reply::Error { message }) => return json!({ "started": true, "error": message }),
+        Ok(other) => return json!({ "started": true, "error": format!("{other:?}") }),
+        Err(e) => return json!({ "started": true, "error": e.to_string() }),
+    };
+    let devices: Vec<_> = status
+        .devices
+        .iter()
+        .map(|d| {
+            json!({ "id": d.id, "kind": d.kind, "state": d.state, "restarts": d.restarts,
+                    "requests": d.requests })
+        })
+        .collect();
+    json!({ "started": true, "uptime_s": status.uptime_s, "devices": devices })
+}
+
+fn same_id(path_id: &str, body_id: &str) -> Result<(), String> {
+    if path_id != body_id {
+        return Err("The id from the path does not match the id from the body!".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn vm() -> (Microvm, Arc<Mutex<Vec<Vec<String>>>>) {
+        let launched = Arc::new(Mutex::new(Vec::new()));
+        let seen = launched.clone();
+        let launch: Launch = Box::new(move |args| {
+            seen.lock().unwrap().push(args.to_vec());
+            Ok(())
+        });
+        (Microvm::new("vm1".into(), launch), launched)
+    }
+
+    #[test]
+    fn start_once_then_configuration_is_refused() {
+        let (mut vm, launched) = vm();
+        let start = br#"{"action_type":"InstanceStart"}"#;
+        let r = vm.handle("PUT", "/actions", start);
+        assert!(r.fault_message().unwrap().contains("kernel configuration"), "{r:?}");
+        let kernel = std::env::current_exe().unwrap();
+        let body = json!({ "kernel_image_path": kernel, "boot_args": "a" }).to_string();
+        assert_eq!(vm.handle("PUT", "/boot-source", body.as_bytes()).status, 204);
+        let m = br#"{"vcpu_count":2,"mem_size_mib":64}"#;
+        assert_eq!(vm.handle("PUT", "/machine-config", m).status, 204);
+        assert_eq!(vm.handle("PATCH", "/machine-config", br#"{"mem_size_mib":96}"#).status, 204);
+        assert_eq!(vm.handle("PUT", "/actions", start).status, 204);
+        let args = &launched.lock().unwrap()[0];
+        assert!(args.windows(2).any(|w| w[0] == "--memory" && w[1] == "96M"), "{args:?}");
+        let r = vm.handle("PUT", "/actions", start);
+        assert_eq!(r.fault_message(), Some(AFTER_BOOT));
+        assert_eq!(vm.handle("PUT", "/machine-config", m).fault_message(), Some(AFTER_BOOT));
+        assert_eq!(vm.handle("GET", "/", b"").body.unwrap()["state"], "Running");
+    }
+
+    #[test]
+    fn paths_methods_and_ids_are_checked() {
+        let (mut vm, _) = vm();
+        let r = vm.handle("DELETE", "/machine-config", b"");
+        assert_eq!(
+            r.fault_message(),
+            Some("Invalid request method and/or path: DELETE /machine-config.")
+        );
+        assert_eq!(vm.handle("GET", "/nowhere", b"").status, 400);
+        let r = vm.handle("PUT", "/drives/a", br#"{"drive_id":"b","is_root_device":false}"#);
+        assert!(r.fault_message().unwrap().contains("does not match"), "{r:?}");
+        let r = vm.handle("PUT", "/balloon", b"{}");
+        assert!(r.fault_message().unwrap().contains("balloon"), "{r:?}");
+        let r = vm.handle("PUT", "/actions", br#"{"action_type":"FlushMetrics"}"#);
+        assert!(r.fault_message().unwrap().contains("PUT /metrics"), "{r:?}");
+    }
+}

@@ -1,0 +1,376 @@
+//! A microVM's configuration as the API collects it before boot, each resource checked as
+//! it is put (with Firecracker's wording where it has one), and its translation into the
+//! arguments of `bulkhead run`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::model::{
+    BootSource, Drive, Entropy, IoEngine, Logger, MachineConfig, MachineConfigUpdate, Metrics,
+    NetworkInterface, Vsock,
+};
+
+/// What the API has been told.
+#[derive(Debug, Default)]
+pub struct VmConfig {
+    pub machine: MachineConfig,
+    pub boot: Option<BootSource>,
+    /// In the order they were first put.
+    pub drives: Vec<Drive>,
+    pub nets: Vec<NetworkInterface>,
+    pub vsock: Option<Vsock>,
+    pub entropy: Option<Entropy>,
+    pub logger: Option<Logger>,
+    pub metrics: Option<Metrics>,
+}
+
+/// Refuses a feature Bulkhead does not implement, naming it.
+pub fn not_implemented(what: &str) -> String {
+    format!("{what} is not implemented in Bulkhead (see docs/FIRECRACKER.md).")
+}
+
+/// Checks an id from a path: 1 to 64 of `[A-Za-z0-9_]`, as Firecracker requires.
+pub fn check_id(what: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(format!("Invalid {what} {id:?}: use 1 to 64 of A-Z, a-z, 0-9 and _."));
+    }
+    Ok(())
+}
+
+/// Bulkhead's device options are comma-separated: a path with a comma cannot be passed.
+fn check_path(what: &str, path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err(format!("{what} is empty: give the path of a file on the host."));
+    }
+    if path.contains(',') {
+        return Err(format!(
+            "{what} {path:?} has a comma, which Bulkhead's device options cannot carry: \
+             rename the file or link to it from a path without one."
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `path` can be opened for reading (and writing): the error names the file.
+/// Non-blocking, so that a named pipe given as a kernel or a drive cannot hang the API.
+fn check_opens(what: &str, path: &str, write: bool) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("{what} {path} cannot be opened: {e}."))
+}
+
+impl VmConfig {
+    pub fn put_machine(&mut self, m: MachineConfig) -> Result<(), String> {
+        if !(1..=32).contains(&m.vcpu_count) {
+            return Err(format!("Invalid vCPU count {}: it must be from 1 to 32.", m.vcpu_count));
+        }
+        if m.mem_size_mib == 0 {
+            return Err("Invalid memory size 0 MiB: give mem_size_mib of at least 1.".into());
+        }
+        if m.smt {
+            return Err(not_implemented("smt: true (simultaneous multithreading in the guest)"));
+        }
+        if m.track_dirty_pages {
+            return Err(not_implemented("track_dirty_pages: true (for diff snapshots)"));
+        }
+        if m.cpu_template.as_deref().is_some_and(|t| t != "None") {
+            return Err(not_implemented("cpu_template (CPU templates)"));
+        }
+        if m.huge_pages.as_deref().is_some_and(|h| h != "None") {
+            return Err(not_implemented("huge_pages other than None"));
+        }
+        self.machine = m;
+        Ok(())
+    }
+
+    pub fn patch_machine(&mut self, u: MachineConfigUpdate) -> Result<(), String> {
+        let mut m = self.machine.clone();
+        m.vcpu_count = u.vcpu_count.unwrap_or(m.vcpu_count);
+        m.mem_size_mib = u.mem_size_mib.unwrap_or(m.mem_size_mib);
+        m.smt = u.smt.unwrap_or(m.smt);
+        m.track_dirty_pages = u.track_dirty_pages.unwrap_or(m.track_dirty_pages);
+        m.cpu_template = u.cpu_template.or(m.cpu_template);
+        m.huge_pages = u.huge_pages.or(m.huge_pages);
+        self.put_machine(m)
+    }
+
+    pub fn put_boot(&mut self, b: BootSource) -> Result<(), String> {
+        check_path("The kernel file", &b.kernel_image_path)?;
+        check_opens("The kernel file", &b.kernel_image_path, false)?;
+        if let Some(initrd) = &b.initrd_path {
+            check_path("The initrd file", initrd)?;
+            check_opens("The initrd file", initrd, false)?;
+        }
+        self.boot = Some(b);
+        Ok(())
+    }
+
+    pub fn put_drive(&mut self, d: Drive) -> Result<(), String> {
+        check_id("drive_id", &d.drive_id)?;
+        if d.rate_limiter.is_some() {
+            return Err(not_implemented("A drive's rate_limiter"));
+        }
+        if d.io_engine == Some(IoEngine::Async) {
+            return Err(not_implemented("io_engine Async (io_uring); use Sync"));
+        }
+        match (&d.path_on_host, &d.socket) {
+            (Some(path), None) => {
+                check_path("path_on_host", path)?;
+                check_opens("The drive's file", path, !d.is_read_only.unwrap_or(false))?;
+            }
+            (None, Some(socket)) => check_path("socket", socket)?,
+            _ => {
+                return Err("A drive needs path_on_host (a virtio-block drive) or socket (a \
+                            vhost-user-block drive), not both."
+                    .into())
+            }
+        }
+        if d.is_root_device
+            && self.drives.iter().any(|o| o.is_root_device && o.drive_id != d.drive_id)
+        {
+            return Err("A root block device already exists!".into());
+        }
+        match self.drives.iter_mut().find(|o| o.drive_id == d.drive_id) {
+            Some(old) => *old = d,
+            None => self.drives.push(d),
+        }
+        Ok(())
+    }
+
+    pub fn put_net(&mut self, n: NetworkInterface) -> Result<(), String> {
+        check_id("iface_id", &n.iface_id)?;
+        if n.rx_rate_limiter.is_some() || n.tx_rate_limiter.is_some() {
+            return Err(not_implemented("A network interface's rx_rate_limiter/tx_rate_limiter"));
+        }
+        if n.mtu.is_some() {
+            return Err(not_implemented("A network interface's mtu"));
+        }
+        check_path("host_dev_name", &n.host_dev_name)?;
+        if let Some(mac) = &n.guest_mac {
+            let ok = mac.split(':').count() == 6
+                && mac.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
+            if !ok {
+                return Err(format!("Invalid guest_mac {mac:?}: write it as 06:00:AC:10:00:02."));
+            }
+        }
+        if let Some(other) = self
+            .nets
+            .iter()
+            .find(|o| o.host_dev_name == n.host_dev_name && o.iface_id != n.iface_id)
+        {
+            return Err(format!(
+                "The host device {} is already used by the interface {}.",
+                n.host_dev_name, other.iface_id
+            ));
+        }
+        match self.nets.iter_mut().find(|o| o.iface_id == n.iface_id) {
+            Some(old) => *old = n,
+            None => self.nets.push(n),
+        }
+        Ok(())
+    }
+
+    pub fn put_vsock(&mut self, v: Vsock) -> Result<(), String> {
+        if v.guest_cid < 3 {
+            return Err(format!(
+                "Invalid guest_cid {}: CIDs 0 to 2 are reserved; use 3 or more.",
+                v.guest_cid
+            ));
+        }
+        check_path("uds_path", &v.uds_path)?;
+        vsock_program()?;
+        self.vsock = Some(v);
+        Ok(())
+    }
+
+    pub fn put_entropy(&mut self, e: Entropy) -> Result<(), String> {
+        if e.rate_limiter.is_some() {
+            return Err(not_implemented("The entropy device's rate_limiter"));
+        }
+        self.entropy = Some(e);
+        Ok(())
+    }
+
+    /// `GET /vm/config`: Firecracker's FullVmConfiguration.
+    pub fn full(&self) -> Value {
+        json!({
+            "balloon": null,
+            "drives": self.drives,
+            "boot-source": self.boot,
+            "cpu-config": null,
+            "logger": self.logger,
+            "machine-config": self.machine,
+            "metrics": self.metrics,
+            "mmds-config": null,
+            "network-interfaces": self.nets,
+            "vsock": self.vsock,
+            "entropy": self.entropy,
+        })
+    }
+
+    /// The kernel command line: the boot arguments and, as Firecracker adds it, the root
+    /// device (the root drive is attached first, so it is `/dev/vda`). Without boot_args,
+    /// Bulkhead's default command line is used and nothing is added.
+    fn cmdline(&self, boot: &BootSource) -> Option<String> {
+        let mut line = boot.boot_args.clone()?;
+        if let Some(root) =
+            self.drives.iter().find(|d| d.is_root_device && d.path_on_host.is_some())
+        {
+            match &root.partuuid {
+                Some(uuid) => line.push_str(&format!(" root=PARTUUID={uuid}")),
+                None => line.push_str(" root=/dev/vda"),
+            }
+            line.push_str(if root.is_read_only.unwrap_or(false) { " ro" } else { " rw" });
+        }
+        Some(line)
+    }
+
+    /// The arguments of `bulkhead run` for this configuration, VM named `name`.
+    pub fn run_args(&self, name: &str) -> Result<Vec<String>, String> {
+        let boot = self
+            .boot
+            .as_ref()
+            .ok_or("Cannot start microvm without kernel configuration: PUT /boot-source first.")?;
+        let mut args: Vec<String> = vec!["run".into(), "--name".into(), name.into()];
+        args.extend(["--kernel".into(), boot.kernel_image_path.clone()]);
+        if let Some(initrd) = &boot.initrd_path {
+            args.extend(["--initrd".into(), initrd.clone()]);
+        }
+        if let Some(line) = self.cmdline(boot) {
+            args.extend(["--cmdline".into(), line]);
+        }
+        args.extend(["--cpus".into(), self.machine.vcpu_count.to_string()]);
+        args.extend(["--memory".into(), format!("{}M", self.machine.mem_size_mib)]);
+        let (roots, others): (Vec<&Drive>, Vec<&Drive>) =
+            self.drives.iter().partition(|d| d.is_root_device);
+        for d in roots.into_iter().chain(others) {
+            match (&d.path_on_host, &d.socket) {
+                (Some(path), _) => {
+                    let ro = if d.is_read_only.unwrap_or(false) { ",readonly" } else { "" };
+                    args.extend(["--disk".into(), format!("{path},format=raw{ro}")]);
+                }
+                (None, Some(socket)) => {
+                    args.extend(["--vhost-user".into(), format!("blk,socket={socket}")])
+                }
+                (None, None) => unreachable!("put_drive requires one"),
+            }
+        }
+        for n in &self.nets {
+            let mac = n.guest_mac.as_ref().map(|m| format!(",mac={m}")).unwrap_or_default();
+            args.extend(["--net".into(), format!("tap={}{mac}", n.host_dev_name)]);
+        }
+        if let Some(v) = &self.vsock {
+            args.extend(["--device".into(), vsock_device(v)?]);
+        }
+        if self.entropy.is_some() {
+            args.push("--rng".into());
+        }
+        Ok(args)
+    }
+}
+
+/// rust-vmm's vhost-device-vsock, which serves `/vsock` as a compartment:
+/// `$BULKHEAD_VHOST_DEVICE_VSOCK`, else the copy `scripts/install-deps.sh` puts in Bulkhead's
+/// cache folder.
+pub fn vsock_program() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("BULKHEAD_VHOST_DEVICE_VSOCK").filter(|v| !v.is_empty()) {
+        return Ok(p.into());
+    }
+    let dir = bulkhead_linux_guest::dirs::cache_dir().map_err(|e| e.to_string())?;
+    let program = dir.join("vhost-device-vsock-0.3.0/bin/vhost-device-vsock");
+    if !program.is_file() {
+        return Err(format!(
+            "A vsock device needs rust-vmm's vhost-device-vsock, not found at {}: run \
+             scripts/install-deps.sh or set BULKHEAD_VHOST_DEVICE_VSOCK.",
+            program.display()
+        ));
+    }
+    Ok(program)
+}
+
+/// `--device` for the vsock: vhost-device-vsock as a compartment that may write the folder
+/// of the host-side socket (Firecracker's hybrid vsock: `uds_path`, and `uds_path_PORT` for
+/// connections the guest makes).
+fn vsock_device(v: &Vsock) -> Result<String, String> {
+    let program = vsock_program()?;
+    let uds = Path::new(&v.uds_path);
+    let uds = if uds.is_absolute() {
+        uds.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| e.to_string())?.join(uds)
+    };
+    let dir = uds.parent().ok_or("uds_path has no folder")?;
+    let quote = |p: &Path| {
+        shlex::try_quote(&p.to_string_lossy()).map(|q| q.into_owned()).map_err(|e| e.to_string())
+    };
+    Ok(format!(
+        "vsock,rw={},exec={} --guest-cid {} --socket {{socket}} --uds-path {}",
+        dir.display(),
+        quote(&program)?,
+        v.guest_cid,
+        quote(&uds)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(id: &str, path: &str, root: bool) -> Drive {
+        serde_json::from_value(json!({
+            "drive_id": id, "path_on_host": path, "is_root_device": root, "is_read_only": false
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_root_drive_comes_first_and_is_named_on_the_command_line() {
+        let dir = std::env::temp_dir().join(format!("fc-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (k, a, b) = (dir.join("k"), dir.join("a"), dir.join("b"));
+        for f in [&k, &a, &b] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let mut c = VmConfig::default();
+        c.put_boot(BootSource {
+            kernel_image_path: k.display().to_string(),
+            boot_args: Some("console=ttyS0".into()),
+            initrd_path: None,
+        })
+        .unwrap();
+        c.put_drive(drive("data", &a.display().to_string(), false)).unwrap();
+        c.put_drive(drive("rootfs", &b.display().to_string(), true)).unwrap();
+        let e = c.put_drive(drive("other", &a.display().to_string(), true)).unwrap_err();
+        assert_eq!(e, "A root block device already exists!");
+        c.put_entropy(Entropy::default()).unwrap();
+        let args = c.run_args("vm1").unwrap();
+        let disks: Vec<_> = args.windows(2).filter(|w| w[0] == "--disk").map(|w| &w[1]).collect();
+        assert_eq!(disks[0], &format!("{},format=raw", b.display()));
+        assert_eq!(disks[1], &format!("{},format=raw", a.display()));
+        let line = args.windows(2).find(|w| w[0] == "--cmdline").unwrap()[1].clone();
+        assert_eq!(line, "console=ttyS0 root=/dev/vda rw");
+        assert!(args.contains(&"--rng".to_string()) && args.contains(&"128M".to_string()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn what_bulkhead_cannot_do_is_refused_by_name() {
+        let mut c = VmConfig::default();
+        let mut m = MachineConfig { smt: true, ..MachineConfig::default() };
+        assert!(c.put_machine(m.clone()).unwrap_err().contains("smt"));
+        m.smt = false;
+        m.vcpu_count = 33;
+        assert!(c.put_machine(m).unwrap_err().contains("1 to 32"));
+        let e = c.run_args("x").unwrap_err();
+        assert!(e.contains("without kernel configuration"), "{e}");
+        assert!(check_id("drive_id", "a/b").is_err() && check_id("drive_id", "rootfs_1").is_ok());
+        assert!(check_path("path_on_host", "/a,b").unwrap_err().contains("comma"));
+    }
+}

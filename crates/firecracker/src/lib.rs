@@ -1,0 +1,356 @@
+//! `bulkhead firecracker`: Firecracker's REST API, so that tools written for Firecracker
+//! (firecracker-containerd, Kata Containers' driver, the SDKs) can drive Bulkhead.
+//!
+//! The API is hostile input, so it stays out of the core: this is a process of its own in
+//! front of the core (a "personality", the microkernel way). It serves HTTP/1.1 on a unix
+//! socket ([`http`]), collects the microVM's configuration ([`config`], [`api`]) and, on
+//! `InstanceStart`, starts `bulkhead run` with the translated arguments as its child. From
+//! then on this process stands for the VM, as orchestrators expect of Firecracker's: it
+//! forwards SIGTERM and SIGINT to the core, exits with the core's status, and the core dies
+//! if it dies (`PR_SET_PDEATHSIG`). The core answers `bulkhead ctl ID …` as for any VM.
+//!
+//! The protocol, step by step: a client connects to `--api-sock`; each connection has a
+//! thread; each request is read whole, then answered under the microVM's lock, so requests
+//! run one at a time whatever the connections; the connection stays open for the next
+//! request unless the client asked to close it.
+
+pub mod api;
+pub mod config;
+pub mod confine;
+pub mod http;
+pub mod log;
+pub mod model;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The version of Firecracker's API this speaks (its OpenAPI document; see
+/// docs/FIRECRACKER.md), answered by `GET /version`.
+pub const API_VERSION: &str = "1.17.0";
+
+/// `bulkhead firecracker`: Firecracker's command line, where its options make sense.
+#[derive(clap::Args)]
+pub struct FirecrackerArgs {
+    /// The unix socket the API listens on (it must not exist).
+    #[arg(long, default_value = "/run/firecracker.socket")]
+    pub api_sock: PathBuf,
+    /// Firecracker's JSON configuration file: the microVM boots at once.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Serve no API (needs --config-file).
+    #[arg(long)]
+    pub no_api: bool,
+    /// The microVM's id: the VM's name for `bulkhead ctl`.
+    #[arg(long, default_value = "anonymous-instance")]
+    pub id: String,
+    /// The log level of this front: Error, Warning, Info, Debug, Trace or Off.
+    #[arg(long)]
+    pub level: Option<String>,
+    /// Where this front's log lines go (default: stderr).
+    #[arg(long)]
+    pub log_path: Option<String>,
+    /// Accepted for Firecracker's command line; Bulkhead does not time the boot here yet.
+    #[arg(long)]
+    pub boot_timer: bool,
+    /// MMDS data: refused, MMDS is not implemented.
+    #[arg(long)]
+    pub metadata: Option<PathBuf>,
+}
+
+/// The core's pid once started (0 before): where SIGTERM and SIGINT go.
+static CORE_PID: AtomicI32 = AtomicI32::new(0);
+/// The API socket, removed by a signal that ends this process before the VM starts.
+static SOCKET: OnceLock<std::ffi::CString> = OnceLock::new();
+/// The most API connections served at once (each has a thread).
+const MAX_CONNECTIONS: usize = 64;
+
+/// What the main thread waits for: it alone starts the core, since `PR_SET_PDEATHSIG`
+/// fires when the *thread* that forked the child ends, and the API's threads come and go.
+enum Event {
+    /// `InstanceStart`: start the core with these arguments and answer on the sender.
+    Start(Vec<String>, Sender<Result<(), String>>),
+    /// The configuration file could not be applied.
+    Failed(anyhow::Error),
+}
+
+/// Runs the front; the result is the process exit code (the core's).
+pub fn run(args: FirecrackerArgs) -> anyhow::Result<i32> {
+    if args.metadata.is_some() {
+        bail!("--metadata: MMDS is not implemented in Bulkhead (see docs/FIRECRACKER.md)");
+    }
+    if args.no_api && args.config_file.is_none() {
+        bail!("--no-api needs --config-file: without the API the configuration comes from it");
+    }
+    bulkhead_api::paths::check_name(&args.id)
+        .map_err(|e| anyhow::anyhow!("--id {}: {e}", args.id))?;
+    let level =
+        args.level.as_deref().map(log::Level::parse).transpose().map_err(anyhow::Error::msg)?;
+    log::configure(level, args.log_path.as_deref(), None).map_err(anyhow::Error::msg)?;
+    let (events, event_rx) = mpsc::channel();
+    let vm = Arc::new(Mutex::new(api::Microvm::new(args.id.clone(), launcher(events.clone()))));
+    install_signal_forwarding()?;
+    if let Some(file) = args.config_file.clone() {
+        let vm = vm.clone();
+        std::thread::Builder::new().name("fc-config".into()).spawn(move || {
+            if let Err(e) = boot_from_file(&vm, &file) {
+                let _ = events.send(Event::Failed(e));
+            }
+        })?;
+    }
+    let socket = if args.no_api { None } else { Some(serve(&args.api_sock, vm)?) };
+    let status = loop {
+        match event_rx.recv() {
+            Ok(Event::Start(run_args, reply)) => {
+                let (core, result) = start_core(&args.id, &run_args);
+                let ok = result.is_ok();
+                let _ = reply.send(result);
+                match core {
+                    Some(mut core) if ok => break core.wait().context("wait for the VMM")?,
+                    // It ended at start: the client is told why and may fix and start again.
+                    Some(mut core) => drop(core.wait()),
+                    None => {}
+                }
+            }
+            Ok(Event::Failed(e)) => {
+                if let Some(path) = socket {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+            Err(_) => bail!("the API stopped before the microVM started"),
+        }
+    };
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Applies a configuration file's sections in the order the API would take them, then
+/// starts the microVM.
+fn boot_from_file(vm: &Mutex<api::Microvm>, file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let c: model::ConfigFile = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a Firecracker configuration file", file.display()))?;
+    let fail = |what: &str, e: String| anyhow::anyhow!("{}: {what}: {e}", file.display());
+    for (name, present) in [
+        ("balloon", c.balloon.is_some()),
+        ("mmds-config", c.mmds_config.is_some()),
+        ("cpu-config", c.cpu_config.is_some()),
+        ("pmem", c.pmem.is_some()),
+        ("memory-hotplug", c.memory_hotplug.is_some()),
+    ] {
+        if present {
+            return Err(fail(name, config::not_implemented(&format!("The section {name:?}"))));
+        }
+    }
+    let mut vm = vm.lock().unwrap_or_else(|e| e.into_inner());
+    let mut put = |path: &str, body: serde_json::Value| {
+        let r = vm.handle("PUT", path, body.to_string().as_bytes());
+        match r.fault_message() {
+            Some(m) => Err(fail(path, m.to_string())),
+            None => Ok(()),
+        }
+    };
+    if let Some(l) = c.logger {
+        put("/logger", serde_json::json!(l))?;
+    }
+    if let Some(m) = c.metrics {
+        put("/metrics", serde_json::json!(m))?;
+    }
+    if let Some(m) = c.machine_config {
+        put("/machine-config", serde_json::json!(m))?;
+    }
+    if let Some(b) = c.boot_source {
+        put("/boot-source", serde_json::json!(b))?;
+    }
+    for d in c.drives {
+        put(&format!("/drives/{}", d.drive_id), serde_json::json!(d))?;
+    }
+    for n in c.network_interfaces {
+        put(&format!("/network-interfaces/{}", n.iface_id), serde_json::json!(n))?;
+    }
+    if let Some(v) = c.vsock {
+        put("/vsock", serde_json::json!(v))?;
+    }
+    if let Some(e) = c.entropy {
+        put("/entropy", serde_json::json!(e))?;
+    }
+    put("/actions", serde_json::json!({ "action_type": "InstanceStart" }))
+}
+
+/// Listens on `path` and serves each connection on a thread of its own.
+fn serve(path: &Path, vm: Arc<Mutex<api::Microvm>>) -> anyhow::Result<PathBuf> {
+    let listener = UnixListener::bind(path).with_context(|| {
+        format!(
+            "cannot listen on the API socket {} (if it is left over, remove it)",
+            path.display()
+        )
+    })?;
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+        let _ = SOCKET.set(c);
+    }
+    let (confined_tx, confined) = mpsc::channel();
+    std::thread::Builder::new().name("fc-api".into()).spawn(move || {
+        let result = confine::api_thread();
+        let ok = result.is_ok();
+        let _ = confined_tx.send(result);
+        if !ok {
+            return;
+        }
+        let open = Arc::new(AtomicUsize::new(0));
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                let busy = http::Response::bad_request(format!(
+                    "Too many connections: at most {MAX_CONNECTIONS} at once; close one."
+                ));
+                let _ = std::io::Write::write_all(&mut stream, &http::encode(&busy, true));
+                continue;
+            }
+            open.fetch_add(1, Ordering::SeqCst);
+            let (vm, mine) = (vm.clone(), open.clone());
+            let spawned = std::thread::Builder::new().name("fc-conn".into()).spawn(move || {
+                serve_connection(stream, &vm);
+                mine.fetch_sub(1, Ordering::SeqCst);
+            });
+            if spawned.is_err() {
+                open.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    })?;
+    match confined.recv() {
+        Ok(Ok(c)) => log::log(
+            log::Level::Debug,
+            &format!("API threads confined: {} system calls, caps {}", c.allowed_syscalls, c.caps),
+        ),
+        Ok(Err(e)) => {
+            let _ = std::fs::remove_file(path);
+            bail!(e);
+        }
+        Err(_) => bail!("the API's thread ended at start"),
+    }
+    Ok(path.to_path_buf())
+}
+
+fn serve_connection(stream: UnixStream, vm: &Mutex<api::Microvm>) {
+    let mut conn = http::Connection::new(stream);
+    loop {
+        let request = match conn.read_request() {
+            Ok(r) => r,
+            Err(http::ReadError::Refused(response)) => {
+                let _ = conn.write_response(&response, true);
+                return;
+            }
+            Err(_) => return,
+        };
+        let response = {
+            let mut vm = vm.lock().unwrap_or_else(|e| e.into_inner());
+            vm.handle(&request.method, &request.path, &request.body)
+        };
+        if conn.write_response(&response, request.close).is_err() || request.close {
+            return;
+        }
+    }
+}
+
+/// `InstanceStart`'s launch: asks the main thread to start the core and waits for its answer.
+fn launcher(events: Sender<Event>) -> api::Launch {
+    Box::new(move |args| {
+        let (reply, answer) = mpsc::channel();
+        events
+            .send(Event::Start(args.to_vec(), reply))
+            .map_err(|_| "The VMM cannot be started: this process is ending.".to_string())?;
+        answer.recv().map_err(|_| "The VMM could not be started.".to_string())?
+    })
+}
+
+/// Starts `bulkhead run` (this same binary) on the calling thread, which must outlive the
+/// core. `InstanceStart` is answered once the core's control socket is there (the VM is
+/// built and its devices started), or refused if the core ended first; the core comes back
+/// in both cases when it was started, for its status.
+fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>) {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return (None, Err(format!("Cannot find the bulkhead binary: {e}."))),
+    };
+    let control = match bulkhead_api::paths::socket_path(name) {
+        Ok(path) => path,
+        Err(e) => return (None, Err(e.to_string())),
+    };
+    let parent = std::process::id() as i32;
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid, _exit), touching no lock or heap.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The front died before prctl took effect: die with it.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut core = match cmd.spawn() {
+        Ok(core) => core,
+        Err(e) => return (None, Err(format!("Cannot start the VMM: {e}."))),
+    };
+    CORE_PID.store(core.id() as i32, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !control.exists() && Instant::now() < deadline {
+        if let Ok(Some(status)) = core.try_wait() {
+            let message = format!(
+                "The VMM ended before the microVM started ({status}); its error is on this \
+                 process's stderr."
+            );
+            return (Some(core), Err(message));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (Some(core), Ok(()))
+}
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CORE_PID.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe; pid is the core this process started.
+        unsafe { libc::kill(pid, sig) };
+    } else {
+        if let Some(socket) = SOCKET.get() {
+            // SAFETY: unlink(2) is async-signal-safe; the path is a NUL-terminated string set
+            // once before this handler could see it, and never freed.
+            unsafe { libc::unlink(socket.as_ptr()) };
+        }
+        // SAFETY: _exit(2) is async-signal-safe; no VM runs yet, so there is nothing to stop.
+        unsafe { libc::_exit(128 + sig) };
+    }
+}
+
+/// SIGTERM and SIGINT go to the core once it runs (it stops the VM cleanly and this process
+/// exits with its status); before that they end this process.
+fn install_signal_forwarding() -> anyhow::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: `forward` is an async-signal-safe handler with the signature
+        // signal(2) expects; nothing else in this process handles these signals.
+        let old = unsafe {
+            libc::signal(sig, forward as extern "C" fn(libc::c_int) as libc::sighandler_t)
+        };
+        if old == libc::SIG_ERR {
+            bail!("cannot handle signal {sig}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,391 @@
+//! `bulkhead firecracker`: Firecracker's REST API in front of the core, driven over its unix
+//! socket as Firecracker's clients drive it, booting the built-in guest.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{require_kvm, Running, TempDir};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(60);
+const DISK: usize = 4 << 20;
+
+/// A client of the API on one kept-alive connection.
+struct Client {
+    stream: BufReader<UnixStream>,
+}
+
+impl Client {
+    /// Connects once the socket is there.
+    fn connect(socket: &Path) -> Client {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = UnixStream::connect(socket) {
+                s.set_read_timeout(Some(T)).unwrap();
+                return Client { stream: BufReader::new(s) };
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no API on {}", socket.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends raw bytes and reads one response: status and JSON body (Null when none).
+    fn raw(&mut self, bytes: &[u8]) -> (u16, Value) {
+        self.stream.get_mut().write_all(bytes).unwrap();
+        let mut line = String::new();
+        self.stream.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).expect("a status line").parse().unwrap();
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            self.stream.read_line(&mut header).unwrap();
+            if header == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).unwrap();
+        let body = if length == 0 { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+        (status, body)
+    }
+
+    fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.raw(request.as_bytes())
+    }
+
+    fn put(&mut self, path: &str, body: Value) -> (u16, Value) {
+        self.call("PUT", path, &body.to_string())
+    }
+
+    /// Asserts a 204.
+    fn ok(&mut self, path: &str, body: Value) {
+        let (status, reply) = self.put(path, body);
+        assert_eq!(status, 204, "PUT {path}: {reply}");
+    }
+
+    /// Asserts a 400 whose fault message holds `needle`.
+    fn fault(&mut self, method: &str, path: &str, body: &str, needle: &str) {
+        let (status, reply) = self.call(method, path, body);
+        assert_eq!(status, 400, "{method} {path} {body}: {reply}");
+        let message = reply["fault_message"].as_str().expect("a fault_message");
+        assert!(message.contains(needle), "{method} {path} {body}: {message:?} lacks {needle:?}");
+    }
+}
+
+/// A folder with the built-in guest written out and a raw disk of zeroes.
+struct Files {
+    dir: TempDir,
+    kernel: PathBuf,
+    disk: PathBuf,
+}
+
+fn files(tag: &str) -> Files {
+    let dir = TempDir::new(tag);
+    let kernel = dir.0.join("guest.elf");
+    let out = common::bulkhead().arg("guest").arg("write").arg(&kernel).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let disk = dir.file("rootfs.raw", &vec![0; DISK]);
+    Files { dir, kernel, disk }
+}
+
+/// Starts `bulkhead firecracker` with its own run folder (for the core's control socket).
+fn front(f: &Files, args: &[&str]) -> Running {
+    let mut cmd = common::bulkhead();
+    cmd.arg("firecracker").args(args).env("BULKHEAD_RUN_DIR", f.dir.0.join("run"));
+    Running::start(&mut cmd)
+}
+
+fn boot_source(f: &Files, args: &str) -> Value {
+    json!({ "kernel_image_path": f.kernel, "boot_args": args })
+}
+
+fn root_drive(f: &Files) -> Value {
+    json!({ "drive_id": "rootfs", "path_on_host": f.disk, "is_root_device": true,
+            "is_read_only": false })
+}
+
+/// The guest's check passed and the disk holds what it wrote.
+fn assert_guest_verified(run: &common::Run, f: &Files) {
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
+    let check = run.assert_check("blk-verify");
+    assert_eq!(check["bytes"], DISK.to_string());
+    assert!(
+        std::fs::read(&f.disk).unwrap() == common::pattern(7, DISK),
+        "the disk lacks the pattern"
+    );
+}
+
+#[test]
+fn calls_one_by_one_as_firecracker_containerd_makes_them_boot_the_guest() {
+    require_kvm();
+    let f = files("fc-calls");
+    let socket = f.dir.0.join("api.sock");
+    let id = format!("fc-calls-{}", std::process::id());
+    let vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", &id]);
+    let mut c = Client::connect(&socket);
+    assert_eq!(c.call("GET", "/", "").1["state"], "Not started");
+    c.ok("/machine-config", json!({ "vcpu_count": 1, "mem_size_mib": 128, "smt": false }));
+    c.ok(
+        "/boot-source",
+        boot_source(&f, "bulkhead.run=blk-verify bulkhead.seed=7 bulkhead.hold_ms=1500"),
+    );
+    c.ok("/drives/rootfs", root_drive(&f));
+    c.ok("/entropy", json!({}));
+    let metrics = f.dir.0.join("metrics.json");
+    c.ok("/metrics", json!({ "metrics_path": metrics }));
+    c.ok("/actions", json!({ "action_type": "InstanceStart" }));
+    assert_eq!(c.call("GET", "/", "").1["state"], "Running");
+    // Bulkhead's own socket answers for the VM the API started.
+    let status = common::bulkhead()
+        .args(["ctl", &id, "status"])
+        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let after = "not supported after starting the microVM";
+    c.fault("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#, after);
+    c.fault("PUT", "/machine-config", r#"{"vcpu_count":2,"mem_size_mib":128}"#, after);
+    c.fault("PUT", "/drives/rootfs", &root_drive(&f).to_string(), after);
+    c.fault("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#, "SendCtrlAltDel");
+    c.ok("/actions", json!({ "action_type": "FlushMetrics" }));
+    let line = std::fs::read_to_string(&metrics).unwrap();
+    let line: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert!(line["api_server"]["requests"].as_u64().unwrap() >= 10, "{line}");
+    let devices = line["vmm"]["devices"].as_array().expect("the core's devices");
+    let blk = devices.iter().find(|d| d["kind"] == "blk").expect("blk");
+    assert_eq!(
+        (blk["state"].as_str(), blk["restarts"].as_u64()),
+        (Some("running"), Some(0)),
+        "{line}"
+    );
+    let run = vm.wait(T);
+    assert_guest_verified(&run, &f);
+}
+
+#[test]
+fn a_config_file_without_the_api_boots_the_same() {
+    require_kvm();
+    let f = files("fc-file");
+    // hold_ms: a VM that ends while a device's supervisor is still attaching it can stop the
+    // core on a seccomp refusal (shutdown(2) on a sup-* thread): a race in the core, rare,
+    // kept out of this test of the front.
+    let config = json!({
+        "boot-source": boot_source(&f, "bulkhead.run=blk-verify bulkhead.seed=7 bulkhead.hold_ms=300"),
+        "drives": [root_drive(&f)],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+        "entropy": {},
+    });
+    let file = f.dir.file("vm.json", config.to_string().as_bytes());
+    let id = format!("fc-file-{}", std::process::id());
+    let vm = front(&f, &["--config-file", file.to_str().unwrap(), "--no-api", "--id", &id]);
+    assert_guest_verified(&vm.wait(T), &f);
+}
+
+#[test]
+fn bad_input_is_answered_as_firecracker_answers_it() {
+    let f = files("fc-bad");
+    let socket = f.dir.0.join("api.sock");
+    let vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", "fc-bad"]);
+    let mut c = Client::connect(&socket);
+    // The thread that reads the API runs under its seccomp filter.
+    // (The socket takes connections before that thread is there: look until it is.)
+    let api_thread = || {
+        std::fs::read_dir(format!("/proc/{}/task", vm.id()))
+            .unwrap()
+            .filter_map(|t| Some(t.ok()?.path()))
+            .find(|t| {
+                std::fs::read_to_string(t.join("comm")).unwrap_or_default().trim() == "fc-api"
+            })
+    };
+    let start = Instant::now();
+    let status = loop {
+        let status = api_thread().and_then(|t| std::fs::read_to_string(t.join("status")).ok());
+        match status {
+            Some(s) if s.lines().any(|l| l == "Seccomp:\t2") => break s,
+            s if start.elapsed() > Duration::from_secs(5) => panic!("not confined: {s:?}"),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    assert!(status.contains("CapEff:"), "{status}");
+    c.fault("PUT", "/machine-config", r#"{"vcpu_count":1}"#, "missing field `mem_size_mib`");
+    c.fault("PUT", "/machine-config", r#"{"vcpu_count":"1","mem_size_mib":128}"#, "invalid type");
+    c.fault("PUT", "/machine-config", r#"{"vcpu_count":64,"mem_size_mib":128}"#, "1 to 32");
+    c.fault("PUT", "/entropy", r#"{"rate":1}"#, "unknown field `rate`");
+    c.fault("PUT", "/boot-source", r#"{"kernel_image_path":"#, "not valid JSON");
+    c.fault("PUT", "/boot-source", "", "no body");
+    c.fault("GET", "/nowhere", "", "Invalid request method and/or path: GET /nowhere.");
+    c.fault("DELETE", "/drives/rootfs", "", "Invalid request method and/or path");
+    c.fault("GET", "/boot-source", "", "Invalid request method and/or path");
+    c.fault(
+        "PUT",
+        "/boot-source",
+        r#"{"kernel_image_path":"/absent/vmlinux"}"#,
+        "/absent/vmlinux cannot be opened",
+    );
+    let mut drive = root_drive(&f);
+    c.fault("PUT", "/drives/other", &drive.to_string(), "does not match the id from the body");
+    drive["io_engine"] = json!("Async");
+    c.fault("PUT", "/drives/rootfs", &drive.to_string(), "io_engine Async");
+    c.fault(
+        "PUT",
+        "/balloon",
+        r#"{"amount_mib":1,"deflate_on_oom":true}"#,
+        "not implemented in Bulkhead",
+    );
+    c.fault("PUT", "/snapshot/create", "{}", "Snapshots");
+    c.fault(
+        "PUT",
+        "/actions",
+        r#"{"action_type":"InstanceStart"}"#,
+        "without kernel configuration",
+    );
+    c.fault("PUT", "/actions", r#"{"action_type":"Reboot"}"#, "unknown variant `Reboot`");
+    // After all that the connection still serves, and nothing was configured.
+    assert_eq!(c.call("GET", "/vm/config", "").1["boot-source"], Value::Null);
+    // A request the server cannot frame is answered, then the connection closed.
+    let (status, reply) = c.raw(b"PUT /entropy HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(status, 400, "{reply}");
+    // Connections are capped: past 64 at once, one is answered 400 and closed.
+    let held: Vec<Client> = (0..64).map(|_| Client::connect(&socket)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut over = Client::connect(&socket);
+    let (status, reply) = over.call("GET", "/", "");
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["fault_message"].as_str().unwrap().contains("Too many connections"));
+    drop(held);
+    // Firecracker's command-line options that Bulkhead does not take are refused by name.
+    for (args, needle) in [
+        (&["--metadata", "m.json"][..], "MMDS"),
+        (&["--no-api"][..], "--no-api needs --config-file"),
+    ] {
+        let out = common::bulkhead().arg("firecracker").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn vm_config_reflects_what_was_put() {
+    let f = files("fc-config");
+    let socket = f.dir.0.join("api.sock");
+    let _vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", "fc-config"]);
+    let mut c = Client::connect(&socket);
+    c.ok("/machine-config", json!({ "vcpu_count": 2, "mem_size_mib": 256 }));
+    let (status, _) = c.call("PATCH", "/machine-config", r#"{"mem_size_mib":192}"#);
+    assert_eq!(status, 204);
+    c.ok("/boot-source", boot_source(&f, "console=ttyS0"));
+    c.ok("/drives/rootfs", root_drive(&f));
+    c.ok(
+        "/network-interfaces/eth0",
+        json!({ "iface_id": "eth0", "host_dev_name": "tap7",
+                                              "guest_mac": "06:00:ac:10:00:02" }),
+    );
+    c.ok("/entropy", json!({}));
+    let (status, config) = c.call("GET", "/vm/config", "");
+    assert_eq!(status, 200);
+    assert_eq!(config["machine-config"]["vcpu_count"], 2);
+    assert_eq!(config["machine-config"]["mem_size_mib"], 192);
+    assert_eq!(config["boot-source"], boot_source(&f, "console=ttyS0"));
+    assert_eq!(config["drives"], json!([root_drive(&f)]));
+    assert_eq!(config["network-interfaces"][0]["host_dev_name"], "tap7");
+    assert_eq!(config["entropy"], json!({}));
+    assert_eq!(config["vsock"], Value::Null);
+    let (_, machine) = c.call("GET", "/machine-config", "");
+    assert_eq!(machine, config["machine-config"]);
+    let (_, version) = c.call("GET", "/version", "");
+    assert!(version["firecracker_version"].is_string(), "{version}");
+    // A named pipe as the log, as firecracker-containerd gives it: opened without waiting for
+    // its reader, and the lines reach the reader.
+    let fifo = f.dir.0.join("log.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    c.ok("/logger", json!({ "log_path": fifo, "level": "Debug", "show_log_origin": true }));
+    let reader = std::fs::File::open(&fifo).unwrap();
+    c.call("GET", "/machine-config", "");
+    let lines = BufReader::new(reader).lines().map(Result::unwrap);
+    let seen: Vec<String> = lines.take(2).collect();
+    assert!(seen[0].contains("PUT /logger: 204"), "{seen:?}");
+    assert!(seen[1].contains("GET /machine-config: 200"), "{seen:?}");
+}
+
+#[test]
+fn sigterm_to_the_front_stops_the_vm_and_the_front_exits() {
+    require_kvm();
+    let f = files("fc-term");
+    let config = json!({
+        "boot-source": boot_source(&f, "bulkhead.run=boot bulkhead.hold_ms=60000"),
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+    });
+    let file = f.dir.file("vm.json", config.to_string().as_bytes());
+    let id = format!("fc-term-{}", std::process::id());
+    let vm = front(&f, &["--config-file", file.to_str().unwrap(), "--no-api", "--id", &id]);
+    let control = f.dir.0.join("run").join(format!("{id}.sock"));
+    let start = Instant::now();
+    while !control.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the core never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill").args(["-TERM", &vm.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    // The core stops the VM on SIGTERM (exit code 128 + 15) and the front exits with that.
+    let run = vm.wait(Duration::from_secs(15));
+    assert_eq!(run.code, 128 + 15, "{}", run.stderr);
+}
+
+/// A sandbox platform's sequence: a vsock on a hybrid socket (served by vhost-device-vsock
+/// as a compartment), boot, the guest connects to the host's port 5000 and checks its bytes
+/// echoed back by a host listener on `uds_path` + `_5000`.
+#[test]
+fn a_vsock_put_through_the_api_carries_the_guests_connection() {
+    require_kvm();
+    let f = files("fc-vsock");
+    // The compartment runs as the overflow user: it needs the folder of the hybrid socket.
+    let vsock_dir = f.dir.0.join("vsock");
+    std::fs::create_dir(&vsock_dir).unwrap();
+    std::os::unix::fs::chown(&vsock_dir, Some(65534), Some(65534)).unwrap();
+    let uds = vsock_dir.join("v.sock");
+    let listener_path = vsock_dir.join("v.sock_5000");
+    let listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
+    std::fs::set_permissions(&listener_path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .unwrap();
+    let host = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let (mut echoed, mut chunk) = (0, [0u8; 65536]);
+        loop {
+            let n = conn.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                return echoed;
+            }
+            conn.write_all(&chunk[..n]).unwrap();
+            echoed += n;
+        }
+    });
+    let socket = f.dir.0.join("api.sock");
+    let id = format!("fc-vsock-{}", std::process::id());
+    let vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", &id]);
+    let mut c = Client::connect(&socket);
+    let args = "bulkhead.run=vsock bulkhead.vsock_connect=5000 bulkhead.bytes=65536";
+    c.ok("/boot-source", boot_source(&f, args));
+    c.ok("/vsock", json!({ "guest_cid": 3, "uds_path": uds }));
+    c.fault("PUT", "/vsock", r#"{"guest_cid":2,"uds_path":"/tmp/v"}"#, "reserved");
+    c.ok("/actions", json!({ "action_type": "InstanceStart" }));
+    let run = vm.wait(T);
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
+    assert_eq!(run.assert_check("vsock")["bytes"], "65536");
+    assert_eq!(host.join().unwrap(), 65536);
+}
