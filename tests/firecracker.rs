@@ -181,11 +181,8 @@ fn calls_one_by_one_as_firecracker_containerd_makes_them_boot_the_guest() {
 fn a_config_file_without_the_api_boots_the_same() {
     require_kvm();
     let f = files("fc-file");
-    // hold_ms: a VM that ends while a device's supervisor is still attaching it can stop the
-    // core on a seccomp refusal (shutdown(2) on a sup-* thread): a race in the core, rare,
-    // kept out of this test of the front.
     let config = json!({
-        "boot-source": boot_source(&f, "bulkhead.run=blk-verify bulkhead.seed=7 bulkhead.hold_ms=300"),
+        "boot-source": boot_source(&f, "bulkhead.run=blk-verify bulkhead.seed=7"),
         "drives": [root_drive(&f)],
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
         "entropy": {},
