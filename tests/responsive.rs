@@ -16,6 +16,10 @@ use common::{require_kvm, Run, Running, TempDir};
 const T: Duration = Duration::from_secs(120);
 /// The bound on the API's answer and on Ctrl-C, whatever a compartment does.
 const PROMPT: Duration = Duration::from_millis(100);
+/// One of this file's VMs at a time: each keeps two vCPUs busy, and two of them beside each
+/// other on a 2-core host starve the API thread being timed (an answer took 172 ms so, the
+/// core waiting on nothing).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// The bound on Ctrl-C's end of the process. Stopping the vCPUs and compartments takes ~2 ms;
 /// what follows is the kernel's: tearing the KVM VM down and moving the core out of its v1
 /// cgroups before removing them (each move waits for an RCU grace period), measured at 5–35 ms
@@ -126,6 +130,7 @@ fn blk_bench_us(r: &Run, key: &str) -> f64 {
 #[test]
 fn a_stopped_compartment_holds_up_neither_the_api_nor_another_device_nor_its_own_restart() {
     require_kvm();
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (healthy, _) = bench_beside_rng(false);
     assert_eq!(healthy.code, 0, "{}", healthy.stderr);
     healthy.assert_check("hammer");
@@ -163,6 +168,7 @@ fn a_stopped_compartment_holds_up_neither_the_api_nor_another_device_nor_its_own
 #[test]
 fn ctrl_c_ends_a_vm_whose_vcpu_waits_on_a_stopped_compartment() {
     require_kvm();
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = TempDir::new("ctrl-c");
     let run_dir = dir.0.join("run");
     // The second vCPU resets the rng device and brings it back, again and again: once its
