@@ -24,7 +24,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,7 @@ use bulkhead_devices::startup::Startup;
 use bulkhead_sandbox::policy::{Access, PathRule};
 use bulkhead_sandbox::seccomp::{self, CompiledFilter, DenyAction, Listener, SyscallRule};
 use bulkhead_sandbox::{IdMap, Namespaces, Policy, Rlimits};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::Extras;
 
@@ -579,32 +580,17 @@ fn send_fd(socket: RawFd, fd: RawFd) {
     }
 }
 
-/// Receives one descriptor sent with [`send_fd`].
+/// Receives one descriptor sent with [`send_fd`] (which stays hand-written: it runs between
+/// fork and exec, where nothing may allocate).
 fn receive_fd(socket: &UnixStream) -> std::io::Result<OwnedFd> {
     socket.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    let mut control = [0u64; 4];
-    // SAFETY: all-zero is a valid msghdr; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: recvmsg into the buffers above.
-    let n = unsafe { libc::recvmsg(socket.as_fd().as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel filled the control buffer; CMSG_FIRSTHDR checks its length.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if n == 0 || cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-            return Err(std::io::Error::other("the process ended first"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
+    let (_, file) =
+        socket.recv_with_fd(&mut byte).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    let fd = OwnedFd::from(file.ok_or_else(|| std::io::Error::other("the process ended first"))?);
+    // SAFETY: F_SETFD on a descriptor this function owns.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(fd)
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
