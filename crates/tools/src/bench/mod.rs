@@ -4,6 +4,7 @@
 mod boot;
 mod disk;
 mod fs;
+mod host;
 mod interference;
 mod io;
 mod outside;
@@ -168,6 +169,7 @@ fn net(args: &IoArgs) -> anyhow::Result<i32> {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
+    println!("{}\n", host::line());
     match cmd {
         BenchCommand::Boot { runs, memory, no_qemu } => {
             boot::run(&boot::Options { runs: runs.max(1), memory_mib: memory, with_qemu: !no_qemu })
