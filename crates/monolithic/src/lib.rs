@@ -11,8 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use bulkhead_core::virtio::{Backend, DeviceKind, Launched};
-use bulkhead_devices::DeviceConfig;
+use bulkhead_core::virtio::{Backend, DeviceKind, Launched, Reconfiguration};
+use bulkhead_devices::{Device, DeviceConfig};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Confines a device's thread before it serves; an error stops the device.
@@ -27,12 +27,15 @@ pub struct ThreadBackend {
     config: DeviceConfig,
     confine: Confine,
     running: Option<(JoinHandle<()>, Arc<EventFd>)>,
+    /// A device opened with a new configuration while the running one served (see
+    /// [`Backend::prepare`]), for the next launch to serve.
+    prepared: Option<(DeviceConfig, Arc<dyn Device>)>,
 }
 
 impl ThreadBackend {
     /// The device `config`, named `name`, of the core's kind `kind`.
     pub fn new(kind: DeviceKind, name: String, config: DeviceConfig, confine: Confine) -> Self {
-        ThreadBackend { kind, name, config, confine, running: None }
+        ThreadBackend { kind, name, config, confine, running: None, prepared: None }
     }
 
     fn stop(&mut self) {
@@ -59,8 +62,14 @@ impl Backend for ThreadBackend {
 
     fn launch(&mut self) -> std::io::Result<Launched> {
         self.stop();
-        let device = bulkhead_devices::open(&self.config)
-            .map_err(|e| std::io::Error::other(format!("{:#}", anyhow::Error::new(e))))?;
+        let device = match self.prepared.take() {
+            Some((config, device)) => {
+                self.config = config;
+                device
+            }
+            None => bulkhead_devices::open(&self.config)
+                .map_err(|e| std::io::Error::other(format!("{:#}", anyhow::Error::new(e))))?,
+        };
         let (core_end, device_end) = UnixStream::pair()?;
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let name = self.name.clone();
@@ -89,8 +98,40 @@ impl Backend for ThreadBackend {
         false
     }
 
+    /// A disk's new image: the device is opened on it (image checked and locked) while the
+    /// running thread serves; the next launch stops that thread and serves the new device.
+    fn prepare(&mut self, change: Reconfiguration) -> Result<(), String> {
+        let name = &self.name;
+        let config = bulkhead_devices::blk::config::swapped(name, &self.config, change)?;
+        if let DeviceConfig::Blk(current) = &self.config {
+            if same_file(&current.path, &config.path) {
+                return Err(format!(
+                    "{name} already serves {}; in monolithic mode a disk cannot be swapped \
+                     for the file it serves",
+                    config.path.display()
+                ));
+            }
+        }
+        self.prepared = None;
+        let config = DeviceConfig::Blk(config);
+        let device = bulkhead_devices::open(&config).map_err(|e| {
+            format!("cannot serve {name} from the new image: {:#}", anyhow::Error::new(e))
+        })?;
+        self.prepared = Some((config, device));
+        Ok(())
+    }
+
     fn mode(&self) -> &'static str {
         "thread"
+    }
+}
+
+/// Whether `a` and `b` name the same file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 

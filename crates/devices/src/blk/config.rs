@@ -167,6 +167,25 @@ impl DiskSwap {
     }
 }
 
+/// The disk configuration that `change` (a [`DiskSwap`], handed through the core unread) asks
+/// of the device `name`, now configured as `current`; or, in a sentence, why it cannot be.
+pub fn swapped(
+    name: &str,
+    current: &crate::DeviceConfig,
+    change: Box<dyn std::any::Any + Send>,
+) -> Result<BlkConfig, String> {
+    let crate::DeviceConfig::Blk(current) = current else {
+        return Err(format!(
+            "{name} is a {} device: only a disk's image can be replaced",
+            current.kind()
+        ));
+    };
+    let swap = change
+        .downcast::<DiskSwap>()
+        .map_err(|_| format!("{name}: the change asked for is not a disk's new image"))?;
+    swap.apply(current).map_err(|e| format!("{name}: {e}"))
+}
+
 /// The capacity, in bytes, that a virtio-blk configuration space (of [`config_space`]'s
 /// layout) gives; `None` when it is too short to hold one.
 pub fn capacity_bytes(config: &[u8]) -> Option<u64> {
