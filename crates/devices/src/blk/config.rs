@@ -144,6 +144,16 @@ pub struct DiskSwap {
 }
 
 impl DiskSwap {
+    /// The image at `path`, of `format` (`raw`, `qcow2`, `vmdk`; probed when `None`).
+    pub fn new(
+        path: PathBuf,
+        format: Option<&str>,
+        read_only: Option<bool>,
+    ) -> Result<DiskSwap, DeviceError> {
+        let format = format.map(str::parse).transpose().map_err(config_error)?;
+        Ok(DiskSwap { path, format, read_only })
+    }
+
     /// The configuration of the disk `current` with this image: its queues, serial and locking
     /// kept, the format named here (probed when not), read-only as before.
     pub fn apply(&self, current: &BlkConfig) -> Result<BlkConfig, DeviceError> {
