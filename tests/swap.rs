@@ -167,6 +167,7 @@ fn a_swap_that_cannot_work_is_refused_and_the_guest_keeps_its_disk_in_both_modes
             let out = ctl(&run_dir, &[&name, "device", "replace-disk", id, spec]);
             let err = text(&out.stderr);
             assert!(!out.status.success(), "{mode}: {id} {spec} was taken");
+            eprintln!("{mode}: {id} {spec}: {}", err.trim());
             assert!(err.contains(says), "{mode}: {id} {spec}: {err:?} does not say {says:?}");
         }
         let _ = holder.kill();
