@@ -84,7 +84,7 @@ pub fn build(
                 let kind = r.config.kind();
                 let confine = Arc::new(move || crate::confine::confine(ThreadClass::Device(kind)));
                 let launcher: bulkhead_monolithic::Launcher =
-                    Arc::new(|job| crate::confine::launcher::call(|| job()));
+                    Arc::new(|job| crate::confine::launcher::call(job));
                 Box::new(ThreadBackend::new(core_kind(kind), r.name, r.config, confine, launcher))
             }
             Mode::Microkernel => Box::new(process::CompartmentBackend::new(r, partition.clone())?),
