@@ -106,7 +106,8 @@ fn swap_and_check(dir: &TempDir, vm: Running, name: &str, mode: &str) {
     assert_eq!(check["old_capacity"], OLD_SIZE.to_string(), "{check:?}");
     assert_eq!(check["capacity"], NEW_SIZE.to_string(), "{check:?}");
     assert_eq!(check["written"], (1 << 20).to_string(), "{check:?}");
-    assert!(check["during"].parse::<u64>().unwrap() > 0, "{check:?}");
+    // Not asserted: how many reads the guest made while it waited (`during`): the swap may come
+    // while it still reads its disk the first time (seen once in seven runs).
     // The old image is as it was; the new one holds what the guest wrote after the swap.
     assert!(std::fs::read(&old).unwrap() == common::pattern(SEED, OLD_SIZE), "{mode}: old image");
     let disk = bulkhead_disk::open(&new, &Default::default()).unwrap();
