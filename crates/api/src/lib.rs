@@ -17,8 +17,8 @@ pub mod protocol;
 pub mod server;
 pub mod status;
 
-pub use protocol::{Payload, ProtocolError, Reply, Request, PROTOCOL_VERSION};
+pub use protocol::{NewImage, Payload, ProtocolError, Reply, Request, PROTOCOL_VERSION};
 pub use server::{ControlTarget, Server, ServerError};
 pub use status::{
-    ConfinementStatus, DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus,
+    ConfinementStatus, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, VmStatus,
 };

@@ -13,16 +13,24 @@
 //!    {"version":1,"request":"status"}
 //!    {"version":1,"request":"device_restart","id":"blk0"}
 //!    {"version":1,"request":"device_upgrade","id":"blk0","binary":"/usr/local/bin/bulkhead"}
+//!    {"version":1,"request":"disk_replace","id":"blk0","path":"/srv/big.qcow2","format":"qcow2","read_only":null}
 //!    ```
+//!    `disk_replace` swaps a disk's image under the running guest (what Firecracker's
+//!    `PATCH /drives/{id}` with `path_on_host` does): `path` absolute (the client makes it
+//!    so); `format` `raw`, `qcow2` or `vmdk`, or absent or null to probe it from the content;
+//!    `read_only` absent or null to keep the disk's, else it must be what the disk is (the
+//!    guest's driver agreed on it when it started).
 //!    Unknown fields are refused, so that a typo is an error and not a request silently
 //!    carried out without it.
 //! 4. The server checks the request — at most [`MAX_REQUEST_BYTES`] bytes, all of it within
 //!    [`REQUEST_DEADLINE`], valid JSON, a version it speaks, a known request with the fields it
-//!    needs, and for an upgrade a binary that is safe to run (see [`crate::binary`]) — then
+//!    needs, for an upgrade a binary that is safe to run (see [`crate::binary`]), for a disk's
+//!    new image an absolute path — then
 //!    asks the VM (its [`crate::ControlTarget`]) and writes one reply line:
 //!    ```text
 //!    {"version":1,"reply":"ok","result":{"status":{"name":"vm0","core_pid":4242,…}}}
 //!    {"version":1,"reply":"ok","result":{"device_change":{"id":"blk0","old_pid":4250,"new_pid":4301,"took_ms":12.5}}}
+//!    {"version":1,"reply":"ok","result":{"disk_replaced":{"change":{"id":"blk0","old_pid":4301,"new_pid":4377,"took_ms":48.2},"path":"/srv/big.qcow2","capacity_bytes":4294967296}}}
 //!    {"version":1,"reply":"error","message":"no device named blk9; this VM has blk0, rng0"}
 //!    ```
 //!    Anything wrong with the request — garbage, a half-written line, too many bytes, a
@@ -38,7 +46,7 @@
 //! Fields may be added to replies without a new version; clients ignore fields they do not
 //! know. Anything else — a field renamed or removed, a new meaning — is a new version.
 
-use crate::status::{DeviceChange, VmStatus};
+use crate::status::{DeviceChange, DiskReplaced, VmStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -74,6 +82,31 @@ pub enum Request {
         /// The binary the new backend runs: an absolute path (the client makes it absolute).
         binary: PathBuf,
     },
+    /// Serve a disk from another image while the guest runs: a new backend is started on it,
+    /// and the guest is told of the new capacity.
+    DiskReplace {
+        /// The disk, e.g. `blk0`.
+        id: String,
+        /// The new image: an absolute path (the client makes it absolute).
+        path: PathBuf,
+        /// Its format, `raw`, `qcow2` or `vmdk`; `None`: probed from its content.
+        #[serde(default)]
+        format: Option<String>,
+        /// Whether it is served read-only; `None`: as the disk is (it cannot change).
+        #[serde(default)]
+        read_only: Option<bool>,
+    },
+}
+
+/// A disk's new image, as [`Request::DiskReplace`] names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewImage {
+    /// An absolute path.
+    pub path: PathBuf,
+    /// `raw`, `qcow2` or `vmdk`; `None`: probed.
+    pub format: Option<String>,
+    /// `None`: as the disk is.
+    pub read_only: Option<bool>,
 }
 
 /// The answer to a request.
@@ -100,6 +133,8 @@ pub enum Payload {
     Status(VmStatus),
     /// The answer to [`Request::DeviceRestart`] and [`Request::DeviceUpgrade`].
     DeviceChange(DeviceChange),
+    /// The answer to [`Request::DiskReplace`].
+    DiskReplaced(DiskReplaced),
 }
 
 /// Why a request or a reply could not be read.
@@ -264,6 +299,18 @@ mod tests {
             Request::Status,
             Request::DeviceRestart { id: "blk0".into() },
             Request::DeviceUpgrade { id: "net0".into(), binary: "/usr/bin/bulkhead".into() },
+            Request::DiskReplace {
+                id: "blk0".into(),
+                path: "/srv/big.qcow2".into(),
+                format: Some("qcow2".into()),
+                read_only: Some(false),
+            },
+            Request::DiskReplace {
+                id: "blk1".into(),
+                path: "/srv/d.raw".into(),
+                format: None,
+                read_only: None,
+            },
         ];
         for request in requests {
             let line = request.encode();
@@ -279,6 +326,32 @@ mod tests {
         assert_eq!(line, b"{\"version\":1,\"request\":\"device_restart\",\"id\":\"blk0\"}\n");
         let reply = Reply::error("no");
         assert_eq!(reply.encode(), b"{\"version\":1,\"reply\":\"error\",\"message\":\"no\"}\n");
+    }
+
+    #[test]
+    fn disk_replace_reads_its_documented_forms() {
+        let full = br#"{"version":1,"request":"disk_replace","id":"blk0","path":"/srv/big.qcow2","format":"qcow2","read_only":null}"#;
+        let request = Request::DiskReplace {
+            id: "blk0".into(),
+            path: "/srv/big.qcow2".into(),
+            format: Some("qcow2".into()),
+            read_only: None,
+        };
+        assert_eq!(Request::parse(full), Ok(request.clone()));
+        assert_eq!(request.encode(), [&full[..], b"\n"].concat());
+        // The options may be left out.
+        let short = br#"{"version":1,"request":"disk_replace","id":"blk0","path":"/d.raw"}"#;
+        let Ok(Request::DiskReplace { format: None, read_only: None, .. }) = Request::parse(short)
+        else {
+            panic!("{:?}", Request::parse(short))
+        };
+        let reply = br#"{"version":1,"reply":"ok","result":{"disk_replaced":{"change":{"id":"blk0","old_pid":4301,"new_pid":4377,"took_ms":48.2},"path":"/srv/big.qcow2","capacity_bytes":4294967296}}}"#;
+        let Ok(Reply::Ok { result: Payload::DiskReplaced(done) }) = Reply::parse(reply) else {
+            panic!("{:?}", Reply::parse(reply))
+        };
+        assert_eq!((done.change.new_pid, done.capacity_bytes), (Some(4377), 4 << 30));
+        let again = Reply::Ok { result: Payload::DiskReplaced(done) };
+        assert_eq!(Reply::parse(&again.encode()), Ok(again));
     }
 
     #[test]
@@ -352,6 +425,14 @@ mod tests {
             (
                 b"{\"version\":1,\"request\":\"device_upgrade\",\"id\":\"a\"}",
                 "missing field `binary`",
+            ),
+            (
+                b"{\"version\":1,\"request\":\"disk_replace\",\"id\":\"a\"}",
+                "missing field `path`",
+            ),
+            (
+                b"{\"version\":1,\"request\":\"disk_replace\",\"id\":\"a\",\"path\":\"/d\",\"ro\":true}",
+                "unknown field",
             ),
             (b"{\"version\":1,\"request\":\"status\"", "EOF while parsing"),
             (b"{\"version\":1,\"request\":\"status\"}{}", "trailing characters"),

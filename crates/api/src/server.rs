@@ -22,8 +22,8 @@
 use crate::binary::check_binary;
 use crate::paths::{self, PathError};
 use crate::peer;
-use crate::protocol::{Payload, Reply, Request, MAX_REQUEST_BYTES, REQUEST_DEADLINE};
-use crate::status::{DeviceChange, VmStatus};
+use crate::protocol::{NewImage, Payload, Reply, Request, MAX_REQUEST_BYTES, REQUEST_DEADLINE};
+use crate::status::{DeviceChange, DiskReplaced, VmStatus};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -49,6 +49,12 @@ pub trait ControlTarget: Send + Sync {
     /// Replaces the backend of device `id` by one running `binary`, which the server has
     /// checked ([`crate::binary::check_binary`]): absolute, symbolic links resolved, safe.
     fn upgrade_device(&self, id: &str, binary: &Path) -> Result<DeviceChange, String>;
+    /// Serves disk `id` from the image `image` (its path absolute, which the server checked)
+    /// while the guest runs. A VM that cannot says so.
+    fn replace_disk(&self, id: &str, image: &NewImage) -> Result<DiskReplaced, String> {
+        let _ = image;
+        Err(format!("{id}: this VM cannot replace a disk's image"))
+    }
     /// Called on the serving thread before it accepts its first connection (the core
     /// installs the thread's seccomp filter here). An error leaves the socket unserved.
     fn serving_thread_started(&self) -> Result<(), String> {
@@ -388,6 +394,17 @@ fn answer(request: Request, context: &Context) -> Reply {
             Ok(binary) => target.upgrade_device(&id, &binary).map(Payload::DeviceChange),
             Err(e) => Err(format!("upgrade refused: {e}")),
         },
+        Request::DiskReplace { id, path, format, read_only } => {
+            if path.is_absolute() {
+                let image = NewImage { path, format, read_only };
+                target.replace_disk(&id, &image).map(Payload::DiskReplaced)
+            } else {
+                Err(format!(
+                    "{} is not an absolute path; give the new image's absolute path",
+                    path.display()
+                ))
+            }
+        }
     }));
     match outcome {
         Ok(Ok(result)) => Reply::Ok { result },

@@ -126,3 +126,14 @@ pub struct DeviceChange {
     /// serving, in milliseconds.
     pub took_ms: f64,
 }
+
+/// What a disk's swap to a new image did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskReplaced {
+    /// The backend's change: the one on the old image stopped, the one on the new started.
+    pub change: DeviceChange,
+    /// The image the disk is now served from.
+    pub path: std::path::PathBuf,
+    /// The disk's capacity now, in bytes, as its guest is told it.
+    pub capacity_bytes: u64,
+}

@@ -5,6 +5,7 @@
 //! bulkhead ctl VM status [--json]
 //! bulkhead ctl VM device restart ID [--json]
 //! bulkhead ctl VM device upgrade ID --binary PATH [--json]
+//! bulkhead ctl VM device replace-disk ID PATH[,readonly][,format=raw|qcow2|vmdk] [--json]
 //! ```
 //!
 //! `VM` is a name, looked up in the run folder ([`bulkhead_api::paths`]), or a socket path (anything
@@ -16,7 +17,9 @@
 use crate::client::{self, ListedVm};
 use anyhow::{anyhow, bail, Context};
 use bulkhead_api::protocol::{Payload, Reply, Request};
-use bulkhead_api::status::{DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus};
+use bulkhead_api::status::{
+    DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, VmStatus,
+};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,8 @@ use std::path::{Path, PathBuf};
     override_usage = "bulkhead ctl list [--json]\n       \
                       bulkhead ctl <VM> status [--json]\n       \
                       bulkhead ctl <VM> device restart <ID> [--json]\n       \
-                      bulkhead ctl <VM> device upgrade <ID> --binary <PATH> [--json]",
+                      bulkhead ctl <VM> device upgrade <ID> --binary <PATH> [--json]\n       \
+                      bulkhead ctl <VM> device replace-disk <ID> <PATH[,OPTIONS]> [--json]",
     after_help = "VM is a VM's name, or the path of its control socket (anything with a '/'). \
                   `bulkhead ctl VM --help` tells more."
 )]
@@ -65,7 +69,7 @@ pub enum VmAction {
         #[arg(long)]
         json: bool,
     },
-    /// Restart or upgrade a device's backend while the guest runs.
+    /// Restart or upgrade a device's backend, or swap a disk's image, while the guest runs.
     #[command(subcommand)]
     Device(DeviceAction),
 }
@@ -93,6 +97,44 @@ pub enum DeviceAction {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a disk from another image while the guest runs: a new backend opens and locks
+    /// it before the old one stops (a bad image changes nothing), the old image's lock is
+    /// released, and the guest is told the new capacity.
+    ReplaceDisk {
+        /// The disk, as `status` names it (e.g. blk0).
+        id: String,
+        /// The new image: PATH[,readonly][,format=raw|qcow2|vmdk]. The format is probed when
+        /// not given; `readonly` must be what the disk is (it cannot change under a guest).
+        disk: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `PATH[,readonly|ro[=on|off]][,format=F]` (the path may be written `path=PATH`) as a
+/// [`Request::DiskReplace`] for disk `id`, the path made absolute.
+pub fn disk_replace_request(id: String, spec: &str) -> anyhow::Result<Request> {
+    let mut path = None;
+    let mut format = None;
+    let mut read_only = None;
+    for (i, option) in spec.split(',').enumerate() {
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        match (key, value) {
+            ("path", v) if !v.is_empty() => path = Some(PathBuf::from(v)),
+            ("readonly" | "ro", "" | "on" | "true") => read_only = Some(true),
+            ("readonly" | "ro", "off" | "false") => read_only = Some(false),
+            ("format", v) if !v.is_empty() => format = Some(v.to_string()),
+            (word, "") if i == 0 && !word.is_empty() => path = Some(PathBuf::from(word)),
+            _ => bail!(
+                "unknown disk option {option:?}: give PATH[,readonly][,format=raw|qcow2|vmdk]"
+            ),
+        }
+    }
+    let Some(path) = path else { bail!("{spec:?} names no image: give PATH[,OPTIONS]") };
+    let path = std::path::absolute(&path)
+        .with_context(|| format!("cannot make {} absolute", path.display()))?;
+    Ok(Request::DiskReplace { id, path, format, read_only })
 }
 
 /// Runs `bulkhead ctl …`; the value is the exit code (see the module docs).
@@ -126,6 +168,9 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot make {} absolute", binary.display()))?;
             (Request::DeviceUpgrade { id, binary }, json)
         }
+        VmAction::Device(DeviceAction::ReplaceDisk { id, disk, json }) => {
+            (disk_replace_request(id, &disk)?, json)
+        }
     };
     let reply = client::request(vm, &request).map_err(|e| anyhow!(crate::describe(&e)))?;
     let payload = match reply {
@@ -142,6 +187,7 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
             println!("{}", change_line(&change, Some(binary)))
         }
         (_, Payload::DeviceChange(change)) => println!("{}", change_line(&change, None)),
+        (_, Payload::DiskReplaced(done)) => println!("{}", disk_line(&done)),
     }
     Ok(0)
 }
@@ -180,7 +226,22 @@ fn to_json(payload: &Payload) -> serde_json::Result<String> {
     match payload {
         Payload::Status(status) => serde_json::to_string_pretty(status),
         Payload::DeviceChange(change) => serde_json::to_string_pretty(change),
+        Payload::DiskReplaced(done) => serde_json::to_string_pretty(done),
     }
+}
+
+/// `blk0 now serves /srv/big.qcow2 (4.0 GiB, 8388608 sectors): pid 4301 → 4377, 48.2 ms
+/// without a backend`.
+pub fn disk_line(done: &DiskReplaced) -> String {
+    let change = change_line(&done.change, None);
+    let pids = change.split_once(": ").map_or("", |(_, rest)| rest);
+    format!(
+        "{} now serves {} ({}, {} sectors): {pids}",
+        clean(&done.change.id),
+        clean(&done.path.display().to_string()),
+        bytes(done.capacity_bytes),
+        done.capacity_bytes / 512
+    )
 }
 
 /// `blk0 restarted: pid 4250 → 4301, 12.5 ms without a backend`.
@@ -390,6 +451,40 @@ mod tests {
         assert_eq!(duration(192), "3m12s");
         assert_eq!(duration(7500), "2h05m");
         assert_eq!(duration(3 * 86400 + 4 * 3600), "3d04h");
+    }
+
+    #[test]
+    fn replace_disk_takes_a_path_and_options() {
+        let r = disk_replace_request("blk0".into(), "/srv/b.qcow2,format=qcow2").unwrap();
+        let want = Request::DiskReplace {
+            id: "blk0".into(),
+            path: "/srv/b.qcow2".into(),
+            format: Some("qcow2".into()),
+            read_only: None,
+        };
+        assert_eq!(r, want);
+        let r = disk_replace_request("blk0".into(), "path=b.raw,readonly").unwrap();
+        let Request::DiskReplace { path, read_only, format, .. } = r else { panic!() };
+        assert!(path.is_absolute() && path.ends_with("b.raw"), "{}", path.display());
+        assert_eq!((read_only, format), (Some(true), None));
+        for bad in ["", ",readonly", "/a,queues=2", "/a,format=", "/a,b"] {
+            assert!(disk_replace_request("blk0".into(), bad).is_err(), "{bad}");
+        }
+        let done = DiskReplaced {
+            change: DeviceChange {
+                id: "blk0".into(),
+                old_pid: Some(4301),
+                new_pid: Some(4377),
+                took_ms: 48.24,
+            },
+            path: "/srv/b.qcow2".into(),
+            capacity_bytes: 4 << 30,
+        };
+        assert_eq!(
+            disk_line(&done),
+            "blk0 now serves /srv/b.qcow2 (4 GiB, 8388608 sectors): pid 4301 → 4377, 48.2 ms \
+             without a backend"
+        );
     }
 
     #[test]

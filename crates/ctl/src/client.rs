@@ -106,7 +106,9 @@ pub fn request(vm: &str, request: &Request) -> Result<Reply, ClientError> {
 pub fn reply_timeout(request: &Request) -> Duration {
     match request {
         Request::Status => Duration::from_secs(10),
-        Request::DeviceRestart { .. } | Request::DeviceUpgrade { .. } => Duration::from_secs(60),
+        Request::DeviceRestart { .. }
+        | Request::DeviceUpgrade { .. }
+        | Request::DiskReplace { .. } => Duration::from_secs(60),
     }
 }
 

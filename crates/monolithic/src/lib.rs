@@ -11,12 +11,18 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use bulkhead_core::virtio::{Backend, DeviceKind, Launched};
-use bulkhead_devices::DeviceConfig;
+use bulkhead_core::virtio::{Backend, DeviceKind, Launched, Reconfiguration};
+use bulkhead_devices::{Device, DeviceConfig};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Confines a device's thread before it serves; an error stops the device.
 pub type Confine = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Runs a job on the core's thread that may open images and start device threads (the VMM's
+/// launcher), and returns when it has run. A swap's new device is opened, and its thread
+/// started, there: the device's supervisor thread, which asks for the swap, may do neither
+/// under its own filter, and a thread inherits the filter of the thread that starts it.
+pub type Launcher = Arc<dyn Fn(&mut (dyn FnMut() + Send)) + Send + Sync>;
 
 /// The prefix of the names of the threads device code runs on.
 const THREAD_PREFIX: &str = "bh-";
@@ -26,13 +32,35 @@ pub struct ThreadBackend {
     name: String,
     config: DeviceConfig,
     confine: Confine,
+    launcher: Launcher,
     running: Option<(JoinHandle<()>, Arc<EventFd>)>,
+    /// A device opened with a new configuration while the running one served (see
+    /// [`Backend::prepare`]), for the next launch to serve.
+    prepared: Option<(DeviceConfig, Arc<dyn Device>)>,
 }
 
 impl ThreadBackend {
     /// The device `config`, named `name`, of the core's kind `kind`.
-    pub fn new(kind: DeviceKind, name: String, config: DeviceConfig, confine: Confine) -> Self {
-        ThreadBackend { kind, name, config, confine, running: None }
+    pub fn new(
+        kind: DeviceKind,
+        name: String,
+        config: DeviceConfig,
+        confine: Confine,
+        launcher: Launcher,
+    ) -> Self {
+        ThreadBackend { kind, name, config, confine, launcher, running: None, prepared: None }
+    }
+
+    /// `f`'s value, computed on the launcher (see [`Launcher`]).
+    fn on_launcher<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let mut f = Some(f);
+        let mut out = None;
+        (self.launcher)(&mut || {
+            if let Some(f) = f.take() {
+                out = Some(f());
+            }
+        });
+        out.expect("the launcher ran the job")
     }
 
     fn stop(&mut self) {
@@ -59,24 +87,38 @@ impl Backend for ThreadBackend {
 
     fn launch(&mut self) -> std::io::Result<Launched> {
         self.stop();
-        let device = bulkhead_devices::open(&self.config)
-            .map_err(|e| std::io::Error::other(format!("{:#}", anyhow::Error::new(e))))?;
+        // A swap's launch runs on the device's supervisor thread: its thread is started on the
+        // launcher. The first runs on the core's main thread before it is confined.
+        let (device, swapped) = match self.prepared.take() {
+            Some((config, device)) => {
+                self.config = config;
+                (device, true)
+            }
+            None => (
+                bulkhead_devices::open(&self.config)
+                    .map_err(|e| std::io::Error::other(format!("{:#}", anyhow::Error::new(e))))?,
+                false,
+            ),
+        };
         let (core_end, device_end) = UnixStream::pair()?;
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let name = self.name.clone();
         let thread_stop = stop.clone();
         let confine = self.confine.clone();
         let thread = std::thread::Builder::new().name(format!("{THREAD_PREFIX}{name}"));
-        let handle = thread.spawn(move || {
-            if let Err(e) = confine() {
-                eprintln!("bulkhead: {name}: the device does not start: {e}");
-                return;
-            }
-            match bulkhead_devices::serve(device, device_end, thread_stop) {
-                Ok(end) => log::debug!("{name}: {end:?}"),
-                Err(e) => eprintln!("bulkhead: {name}: the device stopped: {e}"),
-            }
-        })?;
+        let start = move || {
+            thread.spawn(move || {
+                if let Err(e) = confine() {
+                    eprintln!("bulkhead: {name}: the device does not start: {e}");
+                    return;
+                }
+                match bulkhead_devices::serve(device, device_end, thread_stop) {
+                    Ok(end) => log::debug!("{name}: {end:?}"),
+                    Err(e) => eprintln!("bulkhead: {name}: the device stopped: {e}"),
+                }
+            })
+        };
+        let handle = if swapped { self.on_launcher(start) } else { start() }?;
         self.running = Some((handle, stop));
         Ok(Launched {
             conn: core_end,
@@ -89,8 +131,40 @@ impl Backend for ThreadBackend {
         false
     }
 
+    /// A disk's new image: the device is opened on it (image checked and locked) while the
+    /// running thread serves; the next launch stops that thread and serves the new device.
+    fn prepare(&mut self, change: Reconfiguration) -> Result<(), String> {
+        let name = &self.name;
+        let config = bulkhead_devices::blk::config::swapped(name, &self.config, change)?;
+        if let DeviceConfig::Blk(current) = &self.config {
+            if same_file(&current.path, &config.path) {
+                return Err(format!(
+                    "{name} already serves {}; in monolithic mode a disk cannot be swapped \
+                     for the file it serves",
+                    config.path.display()
+                ));
+            }
+        }
+        self.prepared = None;
+        let config = DeviceConfig::Blk(config);
+        let device = self.on_launcher(|| bulkhead_devices::open(&config)).map_err(|e| {
+            format!("cannot serve {name} from the new image: {:#}", anyhow::Error::new(e))
+        })?;
+        self.prepared = Some((config, device));
+        Ok(())
+    }
+
     fn mode(&self) -> &'static str {
         "thread"
+    }
+}
+
+/// Whether `a` and `b` name the same file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 

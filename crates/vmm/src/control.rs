@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bulkhead_api::{
-    ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, Server, VmStatus,
+    ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, NewImage,
+    Server, VmStatus,
 };
 use bulkhead_core::supervisor::{self, SupervisorHandle};
+use bulkhead_devices::blk::config::capacity_bytes;
+use bulkhead_devices::blk::DiskSwap;
 
 /// What the API reports about this VM, and the supervisor that acts.
 pub struct Vm {
@@ -32,6 +35,26 @@ impl Vm {
             old_pid: change.old_pid,
             new_pid: change.new_pid,
             took_ms: change.took.as_secs_f64() * 1000.0,
+        })
+    }
+}
+
+impl Vm {
+    /// Why device `id` cannot have its image replaced, if the supervisor's figures say so: it
+    /// is no disk, or its backend is a program Bulkhead did not write.
+    fn refuse_swap(&self, id: &str) -> Option<String> {
+        let d = self.supervisor.report().into_iter().find(|d| d.name == id)?;
+        if d.kind != "blk" {
+            return Some(format!(
+                "{id} is a {} device: only a disk's image can be replaced",
+                d.kind
+            ));
+        }
+        matches!(d.mode, "outside" | "external").then(|| {
+            format!(
+                "{id} is served by a program Bulkhead did not write (`--device …,exec=` or \
+                 `--vhost-user`): the image is that program's; start it with the new one instead"
+            )
         })
     }
 }
@@ -65,6 +88,28 @@ impl ControlTarget for Vm {
 
     fn upgrade_device(&self, id: &str, binary: &Path) -> Result<DeviceChange, String> {
         self.change(id, Some(binary))
+    }
+
+    fn replace_disk(&self, id: &str, image: &NewImage) -> Result<DiskReplaced, String> {
+        if let Some(why) = self.refuse_swap(id) {
+            return Err(why);
+        }
+        let swap = DiskSwap::new(image.path.clone(), image.format.as_deref(), image.read_only)
+            .map_err(|e| e.to_string())?;
+        let change = self
+            .supervisor
+            .reconfigure(id, Box::new(swap))
+            .map_err(|e| bulkhead_sandbox::report::with_causes(&e))?;
+        Ok(DiskReplaced {
+            change: DeviceChange {
+                id: id.to_string(),
+                old_pid: change.old_pid,
+                new_pid: change.new_pid,
+                took_ms: change.took.as_secs_f64() * 1000.0,
+            },
+            path: image.path.clone(),
+            capacity_bytes: capacity_bytes(&change.config).unwrap_or(0),
+        })
     }
 
     fn serving_thread_started(&self) -> Result<(), String> {

@@ -57,6 +57,9 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     // socket goes with the VM, on this thread (the event loop's filter allows unlink).
     let _sockets = RemoveOnDrop(backends::open_consoles(&mut devices)?);
     let compartments = (mode == Mode::Microkernel && !devices.is_empty()) || !outside.is_empty();
+    // In monolithic mode a disk swapped for another image is opened, and its thread started,
+    // on the launcher (see `bulkhead_monolithic::Launcher`).
+    let disks = devices.iter().any(|d| matches!(d.config, bulkhead_devices::DeviceConfig::Blk(_)));
     // The partition (cgroups) outlives the VM: it is removed below.
     let partition = partition::Partition::create(&name, limits, compartments, vm.verbose)?;
     vm.placement = Some(partition.clone());
@@ -95,8 +98,9 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
             }
         }
     }));
-    // The launcher starts compartments, and removes the VM's cgroups when it ends.
-    let launcher = compartments || partition.has_cgroups();
+    // The launcher starts compartments (and in monolithic mode a swapped disk's thread), and
+    // removes the VM's cgroups when it ends.
+    let launcher = compartments || partition.has_cgroups() || disks;
     confine::setup(core_seccomp, launcher, &mut vm)?;
     let verbose = vm.verbose;
     let exit = bulkhead_core::vm::run(vm);

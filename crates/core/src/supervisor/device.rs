@@ -25,7 +25,7 @@ use super::{Change, DeviceReport, DeviceState, SupervisorError, TICK};
 use crate::exit::{ExitLatch, VmExit};
 use crate::virtio::frontend::Connection;
 use crate::virtio::mmio::{MmioTransport, QueueWatch};
-use crate::virtio::{Backend, DeviceKind};
+use crate::virtio::{Backend, DeviceKind, Reconfiguration};
 
 /// How long a restart may take, from launch to the last vhost-user reply: each message's
 /// timeout is what is left of it, so that a slow backend's delays do not add up.
@@ -50,6 +50,11 @@ pub(super) struct Shared {
 pub(super) enum Command {
     /// Replace the backend (with `program`'s, for an upgrade) and answer.
     Replace { program: Option<PathBuf>, reply: mpsc::SyncSender<Result<Change, SupervisorError>> },
+    /// Replace the backend by one started with a new configuration, prepared first, and answer.
+    Reconfigure {
+        change: Reconfiguration,
+        reply: mpsc::SyncSender<Result<Change, SupervisorError>>,
+    },
 }
 
 impl Shared {
@@ -231,6 +236,9 @@ impl DeviceSupervisor {
             match command {
                 Command::Replace { program, reply } => {
                     let _ = reply.send(self.replace(program));
+                }
+                Command::Reconfigure { change, reply } => {
+                    let _ = reply.send(self.reconfigure(change));
                 }
             }
         }
@@ -418,7 +426,8 @@ impl DeviceSupervisor {
         }
         self.wait_first_completion(&before);
         self.watch_backend();
-        Ok(Change { old_pid, new_pid: launched.pid, took: t0.elapsed() })
+        let config = lock(&self.transport).config_space();
+        Ok(Change { old_pid, new_pid: launched.pid, took: t0.elapsed(), config })
     }
 
     /// Polls the used indices until one moves past `before`, for at most
@@ -487,11 +496,22 @@ impl DeviceSupervisor {
         if let Some(program) = &program {
             self.backend.set_program(program).map_err(SupervisorError::Program)?;
         }
+        self.swap(if program.is_some() { "upgraded" } else { "restarted on request" })
+    }
+
+    /// Replaces the backend by one started with `change`, which the backend prepares (and
+    /// checks) first: a change it refuses leaves the running backend untouched.
+    fn reconfigure(&mut self, change: Reconfiguration) -> Result<Change, SupervisorError> {
+        self.backend.prepare(change).map_err(SupervisorError::Refused)?;
+        self.swap("reconfigured on request")
+    }
+
+    /// Stops the running backend and starts the next one; `why` becomes the last exit.
+    fn swap(&mut self, why: &str) -> Result<Change, SupervisorError> {
         self.unwatch();
         lock(&self.transport).detach_backend();
         self.failed_at = Some(Instant::now());
-        self.shared.report().last_exit =
-            Some(if program.is_some() { "upgraded".into() } else { "restarted on request".into() });
+        self.shared.report().last_exit = Some(why.into());
         let change = self.start();
         match &change {
             Ok(c) => {

@@ -31,6 +31,15 @@
 //! reported, and left alone — the core, the guest and the other devices run
 //! on. Backends that may not be restarted (threads of the core, in
 //! monolithic mode) end the VM instead, naming the device.
+//!
+//! **A new configuration** ([`SupervisorHandle::reconfigure`]: a disk swapped for another
+//! image) takes the restart's path with one step in front: the backend prepares its successor
+//! with the new configuration ([`Backend::prepare`](crate::virtio::Backend::prepare)) while the
+//! running one still serves, and only if that succeeds is the running one stopped and the
+//! successor handed the device. The transport then tells the driver if the device's
+//! configuration space changed. What a configuration means is the VMM's: the core passes it
+//! on unread. Threads of the core may be reconfigured too: the new device is opened before the
+//! old thread stops.
 
 mod device;
 pub mod policy;
@@ -47,6 +56,7 @@ pub use policy::RestartPolicy;
 use crate::exit::ExitLatch;
 use crate::virtio::attach::Attached;
 use crate::virtio::frontend::FrontendError;
+use crate::virtio::Reconfiguration;
 use device::{Command, DeviceSupervisor, Shared};
 
 /// How often each device's watchdog looks at its queues.
@@ -108,6 +118,8 @@ pub struct Change {
     pub old_pid: Option<u32>,
     pub new_pid: Option<u32>,
     pub took: Duration,
+    /// The device's configuration space as the driver sees it after the change.
+    pub config: Vec<u8>,
 }
 
 /// Why a backend could not be replaced.
@@ -119,6 +131,10 @@ pub enum SupervisorError {
     NotRestartable(String),
     #[error("{0}")]
     Program(String),
+    /// The new configuration was refused before anything was stopped: the running backend
+    /// serves on as it did.
+    #[error("{0}; the device keeps its backend as it was")]
+    Refused(String),
     #[error("cannot start the new backend")]
     Launch(#[source] std::io::Error),
     #[error("the new backend {how} during the hand-over")]
@@ -258,13 +274,34 @@ impl SupervisorHandle {
     /// Replaces device `name`'s backend (with `program`'s, for an upgrade), waiting for its
     /// thread to do it.
     pub fn replace(&self, name: &str, program: Option<&Path>) -> Result<Change, SupervisorError> {
+        let program = program.map(Path::to_path_buf);
+        self.ask(name, |reply| Command::Replace { program, reply })
+    }
+
+    /// Replaces device `name`'s backend by one started with `change` (see the module docs),
+    /// waiting for its thread to do it.
+    pub fn reconfigure(
+        &self,
+        name: &str,
+        change: Reconfiguration,
+    ) -> Result<Change, SupervisorError> {
+        self.ask(name, |reply| Command::Reconfigure { change, reply })
+    }
+
+    /// Sends device `name`'s thread the command `make` builds around the reply channel, and
+    /// waits for the answer.
+    fn ask(
+        &self,
+        name: &str,
+        make: impl FnOnce(mpsc::SyncSender<Result<Change, SupervisorError>>) -> Command,
+    ) -> Result<Change, SupervisorError> {
         let device = self
             .devices
             .iter()
             .find(|d| d.name == name)
             .ok_or_else(|| SupervisorError::NoDevice(name.to_string()))?;
         let (reply, answer) = mpsc::sync_channel(1);
-        device.send(Command::Replace { program: program.map(Path::to_path_buf), reply });
+        device.send(make(reply));
         match answer.recv_timeout(REPLACE_WAIT) {
             Ok(result) => result,
             Err(mpsc::RecvTimeoutError::Timeout) => Err(SupervisorError::Busy(REPLACE_WAIT)),

@@ -49,6 +49,8 @@ pub enum FrontendError {
     BadAddress(usize, &'static str, u64),
     #[error("the backend has {0} queues; a device has 1 to {MAX_QUEUES}")]
     QueueCount(u64),
+    #[error("the backend lacks features the driver uses ({0:#x}); it cannot take the device over")]
+    FeaturesMissing(u64),
     #[error("the backend serves {got} queues where the device has {want}")]
     FewerQueues { got: usize, want: usize },
 }

@@ -9,6 +9,15 @@
 //! buffer" bit reads as set: a driver that reads the register in its
 //! interrupt handler (Linux does) then always scans its queues — a spurious
 //! scan costs nothing, a missed one would lose an interrupt.
+//!
+//! Configuration changes: the transport keeps the configuration space as the driver last saw
+//! it. When a new backend is put in place ([`MmioTransport::replace_backend`]: a restart, an
+//! upgrade, or a backend started with a new configuration, such as a disk swapped for another
+//! image) the space it reports at connection (`GET_CONFIG`, where the device's shape takes the
+//! configuration from the backend) is compared with that one; if it differs, ConfigGeneration
+//! moves on and, on a running device, the configuration-change bit of InterruptStatus is set
+//! and the device's interrupt raised (virtio 1.2, 4.2.2 and 2.5.1), so that the driver reads
+//! the space again. The transport knows no field of any device's space: a change is any byte.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -37,8 +46,9 @@ pub const STATUS_FEATURES_OK: u32 = 8;
 pub const STATUS_NEEDS_RESET: u32 = 0x40;
 pub const STATUS_FAILED: u32 = 0x80;
 
-const INT_VRING: u32 = 1;
-const INT_CONFIG: u32 = 2;
+/// InterruptStatus bits (virtio 1.2, 4.2.2): a used buffer, a configuration change.
+pub const INT_VRING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
 
 /// What the supervisor's watchdog reads of a device's queues: the started queues' addresses,
 /// kept apart from the transport so that reading them never waits for its lock (which a vCPU
@@ -83,6 +93,9 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     config_generation: u32,
+    /// The device configuration space as the driver sees it: the current backend's, kept
+    /// while none is connected, and compared with each new backend's.
+    config: Vec<u8>,
     /// The backend's inflight region, kept across backend restarts.
     inflight: Option<Inflight>,
     /// The queues are running in the current backend.
@@ -103,6 +116,7 @@ impl MmioTransport {
         // One queue per kick the caller wired (it wires the backend's count).
         let queues = vec![QueueConfig::default(); backend.queues.min(kicks.len())];
         let watch = Arc::new(QueueWatch { ram: ram.clone(), queues: Mutex::new(Vec::new()) });
+        let config = backend.config.clone();
         MmioTransport {
             kind,
             name,
@@ -118,6 +132,7 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             config_generation: 0,
+            config,
             inflight: None,
             active: false,
             watch,
@@ -307,10 +322,23 @@ impl MmioTransport {
                 want: self.queues.len(),
             });
         }
+        let missing = self.acked_features & DEVICE_FEATURE_MASK & !backend.features;
+        if self.status & STATUS_FEATURES_OK != 0 && missing != 0 {
+            return Err(FrontendError::FeaturesMissing(missing));
+        }
+        let config_changed = backend.config != self.config;
+        if config_changed {
+            self.config = backend.config.clone();
+            self.config_generation = self.config_generation.wrapping_add(1);
+        }
         self.backend = Some(backend);
         let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
         if self.status & running != running {
             return Ok(());
+        }
+        if config_changed {
+            // Raised with the queues' interrupt below: one signal for both causes.
+            self.interrupt_status |= INT_CONFIG;
         }
         self.start_queues()?;
         self.status &= !STATUS_NEEDS_RESET;
@@ -376,7 +404,12 @@ impl MmioTransport {
     }
 
     fn config(&self) -> &[u8] {
-        self.backend.as_ref().map_or(&[], |b| &b.config)
+        &self.config
+    }
+
+    /// The device configuration space as the driver sees it now.
+    pub fn config_space(&self) -> Vec<u8> {
+        self.config.clone()
     }
 }
 
@@ -404,11 +437,17 @@ impl BusDevice for MmioTransport {
         if offset >= 0x100 {
             let start = (offset - 0x100) as usize;
             if start + data.len() <= self.config().len() {
-                if let Some(backend) = self.backend_for_guest() {
-                    match backend.write_config(start as u32, data) {
-                        Ok(()) => backend.config[start..start + data.len()].copy_from_slice(data),
-                        Err(e) => log::warn!("{}: config write: {e}", self.name),
+                let written = self.backend_for_guest().map(|backend| {
+                    let written = backend.write_config(start as u32, data);
+                    if written.is_ok() && start + data.len() <= backend.config.len() {
+                        backend.config[start..start + data.len()].copy_from_slice(data);
                     }
+                    written
+                });
+                match written {
+                    Some(Ok(())) => self.config[start..start + data.len()].copy_from_slice(data),
+                    Some(Err(e)) => log::warn!("{}: config write: {e}", self.name),
+                    None => {}
                 }
             }
             return;
@@ -528,6 +567,94 @@ mod tests {
         assert_eq!(read(&mut t, 0x070), 0);
         assert_eq!(read(&mut t, 0x044), 0, "a reset forgets the queues");
         assert!(t.watch().progress(DeviceKind::RNG).is_empty());
+    }
+
+    /// A blk backend that offers feature bit 0 and the CONFIG protocol feature, and answers
+    /// GET_CONFIG with its whole space filled with `fill`.
+    fn config_backend(fill: u8) -> UnixStream {
+        crate::virtio::fake::backend(move |request, body| match request {
+            fake::GET_FEATURES => {
+                let features = VIRTIO_F_VERSION_1 | super::super::VHOST_USER_F_PROTOCOL_FEATURES;
+                Some((features | 1).to_le_bytes().to_vec())
+            }
+            fake::GET_PROTOCOL_FEATURES => Some((1u64 << 9).to_le_bytes().to_vec()),
+            // offset, size, flags, then the space.
+            fake::GET_CONFIG => {
+                let size = u32::from_le_bytes(body[4..8].try_into().unwrap()) as usize;
+                let mut reply = body[..12].to_vec();
+                reply.extend(std::iter::repeat_n(fill, size));
+                Some(reply)
+            }
+            fake::GET_VRING_BASE => Some([&body[0..4], &0u32.to_le_bytes()[..]].concat()),
+            _ => None,
+        })
+    }
+
+    fn blk_connection(fill: u8) -> Connection {
+        Connection::connect(config_backend(fill), &DeviceShape::of(DeviceKind::BLOCK)).unwrap()
+    }
+
+    #[test]
+    fn a_new_backend_with_another_config_space_tells_the_driver() {
+        let ram = Arc::new(GuestRam::new(16 << 20).unwrap());
+        let kicks = vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let call = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut t = MmioTransport::new(
+            DeviceKind::BLOCK,
+            "blk0".into(),
+            ram,
+            blk_connection(1),
+            kicks,
+            call.clone(),
+        );
+        let deadline = || Instant::now() + Duration::from_secs(5);
+        // Before DRIVER_OK: the generation moves, no interrupt is due.
+        t.replace_backend(blk_connection(3), deadline()).unwrap();
+        assert_eq!(read(&mut t, 0x0fc), 1);
+        assert_eq!(read(&mut t, 0x060) & INT_CONFIG, 0);
+        assert!(call.read().is_err(), "no interrupt before the driver runs");
+        write(&mut t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        write(&mut t, 0x024, 0);
+        write(&mut t, 0x020, 1);
+        negotiate(&mut t);
+        write(
+            &mut t,
+            0x070,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert_eq!(read(&mut t, 0x070) & STATUS_NEEDS_RESET, 0);
+        let generation = read(&mut t, 0x0fc);
+        assert_eq!(read(&mut t, 0x100), u32::from_le_bytes([3; 4]));
+        let _ = call.read();
+
+        // The same space again (a plain restart): nothing for the driver to see.
+        t.replace_backend(blk_connection(3), deadline()).unwrap();
+        assert_eq!(read(&mut t, 0x0fc), generation);
+        assert_eq!(read(&mut t, 0x060) & INT_CONFIG, 0);
+        let _ = call.read();
+
+        // Another space (a disk of another size): a new generation, the interrupt status's
+        // configuration bit, the device's interrupt, and the new bytes.
+        t.replace_backend(blk_connection(7), deadline()).unwrap();
+        assert_eq!(read(&mut t, 0x0fc), generation.wrapping_add(1));
+        assert_eq!(read(&mut t, 0x060) & INT_CONFIG, INT_CONFIG);
+        assert!(call.read().is_ok(), "the configuration change raised the interrupt");
+        assert_eq!(read(&mut t, 0x100), u32::from_le_bytes([7; 4]));
+        assert_eq!(read(&mut t, 0x138), u32::from_le_bytes([7; 4]), "the whole space");
+        write(&mut t, 0x064, INT_CONFIG);
+        assert_eq!(read(&mut t, 0x060) & INT_CONFIG, 0, "acknowledged");
+
+        // While no backend is connected the driver reads what it last saw.
+        t.detach_backend();
+        assert_eq!(read(&mut t, 0x100), u32::from_le_bytes([7; 4]));
+
+        // A backend that lacks a feature the driver acked cannot take the device over.
+        let lacking =
+            Connection::connect(fake_backend(false), &DeviceShape::of(DeviceKind::BLOCK)).unwrap();
+        match t.replace_backend(lacking, deadline()) {
+            Err(FrontendError::FeaturesMissing(1)) => {}
+            other => panic!("{:?}", other.err()),
+        }
     }
 
     #[test]

@@ -192,6 +192,10 @@ pub struct Launched {
     pub description: String,
 }
 
+/// A new configuration for a device's backend, opaque to the core: what it holds is the VMM's
+/// business (a disk's new image, say). See [`Backend::prepare`].
+pub type Reconfiguration = Box<dyn std::any::Any + Send>;
+
 /// Starts a device's backend, wherever it runs. The VMM (`bulkhead-vmm`)
 /// provides two: compartments (a sandboxed process each) and threads
 /// (monolithic mode).
@@ -236,6 +240,15 @@ pub trait Backend: Send {
     fn set_program(&mut self, program: &std::path::Path) -> Result<(), String> {
         let _ = program;
         Err(format!("{} does not run in a process of its own", self.name()))
+    }
+    /// Makes the next [`Backend::launch`] start the backend with a new configuration, and
+    /// checks all it can of that configuration while the running backend still serves (a
+    /// compartment on a new disk image is started and has opened and locked it; a thread's
+    /// device is opened), so that a change that cannot work is refused — a sentence for the
+    /// user — with the running backend untouched. By default nothing can be changed.
+    fn prepare(&mut self, change: Reconfiguration) -> Result<(), String> {
+        let _ = change;
+        Err(format!("{}'s backend cannot be started with another configuration", self.name()))
     }
     /// Whether it runs in a process of its own, a thread, or elsewhere.
     fn mode(&self) -> &'static str {

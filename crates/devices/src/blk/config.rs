@@ -131,6 +131,78 @@ impl std::fmt::Display for BlkConfig {
     }
 }
 
+/// A running disk's new image (`bulkhead ctl VM device replace-disk`): the image, its format
+/// (probed when not named) and, if given, whether it is read-only — which must be what the disk
+/// already is: the driver negotiated `VIRTIO_BLK_F_RO` when it started, and features do not
+/// change under a running driver (Firecracker's `PATCH /drives` keeps a drive's `is_read_only`
+/// too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSwap {
+    pub path: PathBuf,
+    pub format: Option<Format>,
+    pub read_only: Option<bool>,
+}
+
+impl DiskSwap {
+    /// The image at `path`, of `format` (`raw`, `qcow2`, `vmdk`; probed when `None`).
+    pub fn new(
+        path: PathBuf,
+        format: Option<&str>,
+        read_only: Option<bool>,
+    ) -> Result<DiskSwap, DeviceError> {
+        let format = format.map(str::parse).transpose().map_err(config_error)?;
+        Ok(DiskSwap { path, format, read_only })
+    }
+
+    /// The configuration of the disk `current` with this image: its queues, serial and locking
+    /// kept, the format named here (probed when not), read-only as before.
+    pub fn apply(&self, current: &BlkConfig) -> Result<BlkConfig, DeviceError> {
+        if !self.path.is_absolute() {
+            return Err(DeviceError::Config(format!(
+                "{} is not an absolute path; the client makes it absolute",
+                self.path.display()
+            )));
+        }
+        if let Some(read_only) = self.read_only.filter(|&ro| ro != current.read_only) {
+            let (is, asked) = match read_only {
+                true => ("writable", "read-only"),
+                false => ("read-only", "writable"),
+            };
+            return Err(DeviceError::Config(format!(
+                "the disk is {is} and a new image cannot make it {asked}: the guest's driver \
+                 agreed on that when it started; leave `readonly` out to keep it"
+            )));
+        }
+        Ok(BlkConfig { path: self.path.clone(), format: self.format, ..current.clone() })
+    }
+}
+
+/// The disk configuration that `change` (a [`DiskSwap`], handed through the core unread) asks
+/// of the device `name`, now configured as `current`; or, in a sentence, why it cannot be.
+pub fn swapped(
+    name: &str,
+    current: &crate::DeviceConfig,
+    change: Box<dyn std::any::Any + Send>,
+) -> Result<BlkConfig, String> {
+    let crate::DeviceConfig::Blk(current) = current else {
+        return Err(format!(
+            "{name} is a {} device: only a disk's image can be replaced",
+            current.kind()
+        ));
+    };
+    let swap = change
+        .downcast::<DiskSwap>()
+        .map_err(|_| format!("{name}: the change asked for is not a disk's new image"))?;
+    swap.apply(current).map_err(|e| format!("{name}: {e}"))
+}
+
+/// The capacity, in bytes, that a virtio-blk configuration space (of [`config_space`]'s
+/// layout) gives; `None` when it is too short to hold one.
+pub fn capacity_bytes(config: &[u8]) -> Option<u64> {
+    let sectors = u64::from_le_bytes(config.get(..8)?.try_into().ok()?);
+    Some(sectors.saturating_mul(SECTOR))
+}
+
 fn config_error(e: bulkhead_disk::DiskError) -> DeviceError {
     DeviceError::Config(e.to_string())
 }
@@ -187,6 +259,34 @@ mod tests {
         let c: BlkConfig = "a,locking=off".parse().unwrap();
         assert_eq!(c.locking, Locking::Off);
         assert!("a,locking=maybe".parse::<BlkConfig>().is_err());
+    }
+
+    #[test]
+    fn a_swap_keeps_the_disk_but_its_image_and_format() {
+        let current: BlkConfig =
+            "/a.raw,format=raw,queues=2,serial=disk0,locking=off".parse().unwrap();
+        let swap =
+            DiskSwap { path: "/b.qcow2".into(), format: Some(Format::Qcow2), read_only: None };
+        let new = swap.apply(&current).unwrap();
+        assert_eq!(new.path, PathBuf::from("/b.qcow2"));
+        assert_eq!(new.format, Some(Format::Qcow2));
+        assert_eq!(
+            (new.queues, new.serial.as_deref(), new.locking),
+            (2, Some("disk0"), Locking::Off)
+        );
+        let probed = DiskSwap { format: None, read_only: Some(false), ..swap.clone() };
+        assert_eq!(probed.apply(&current).unwrap().format, None, "probed when not named");
+        let ro = DiskSwap { read_only: Some(true), ..swap.clone() };
+        let err = ro.apply(&current).unwrap_err().to_string();
+        assert!(err.contains("is writable and a new image cannot make it read-only"), "{err}");
+        let relative = DiskSwap { path: "b.qcow2".into(), ..swap };
+        assert!(relative.apply(&current).unwrap_err().to_string().contains("absolute"));
+    }
+
+    #[test]
+    fn the_capacity_is_the_first_field_in_sectors() {
+        assert_eq!(capacity_bytes(&config_space(2048, 1)), Some(2048 * 512));
+        assert_eq!(capacity_bytes(&[1, 2, 3]), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod config;
 pub mod device;
 pub mod request;
 
-pub use config::BlkConfig;
+pub use config::{BlkConfig, DiskSwap};
 pub use device::BlkDevice;
 
 #[cfg(test)]

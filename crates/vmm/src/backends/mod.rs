@@ -83,7 +83,9 @@ pub fn build(
             Mode::Monolithic => {
                 let kind = r.config.kind();
                 let confine = Arc::new(move || crate::confine::confine(ThreadClass::Device(kind)));
-                Box::new(ThreadBackend::new(core_kind(kind), r.name, r.config, confine))
+                let launcher: bulkhead_monolithic::Launcher =
+                    Arc::new(|job| crate::confine::launcher::call(job));
+                Box::new(ThreadBackend::new(core_kind(kind), r.name, r.config, confine, launcher))
             }
             Mode::Microkernel => Box::new(process::CompartmentBackend::new(r, partition.clone())?),
         });

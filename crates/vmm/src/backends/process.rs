@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use bulkhead_core::virtio::{Backend, DeviceKind, Launched};
+use bulkhead_core::virtio::{Backend, DeviceKind, Launched, Reconfiguration};
 use bulkhead_devices::console::{ConsoleHost, HostEnds};
 use bulkhead_devices::net::config::{Mac, TapSource};
 use bulkhead_devices::net::tap::Tap;
@@ -17,6 +17,8 @@ use bulkhead_sandbox::{spawn, Command, Compartment, Policy};
 use super::broker::Broker;
 use super::{core_kind, policy_for, Request};
 use crate::partition::Partition;
+#[cfg(doc)]
+use bulkhead_devices::blk::DiskSwap;
 
 /// The connection's file descriptor number inside the compartment.
 const CONN_FD: i32 = 3;
@@ -56,6 +58,25 @@ pub struct CompartmentBackend {
     kept: Vec<StartupFile>,
     /// What its compartments may have opened for them.
     broker: Broker,
+    /// A successor started with a new configuration, serving but not yet handed the device
+    /// (see [`Backend::prepare`]); the next launch puts it in place of the running one.
+    prepared: Option<Prepared>,
+}
+
+/// A compartment that serves: its process, its start-up socket, the core's end of its
+/// vhost-user socket, and the files it uses.
+struct Serving {
+    child: Compartment,
+    startup: Startup,
+    conn: UnixStream,
+    files: Vec<StartupFile>,
+}
+
+/// A successor prepared with a new configuration.
+struct Prepared {
+    request: Request,
+    broker: Broker,
+    serving: Serving,
 }
 
 impl CompartmentBackend {
@@ -94,6 +115,7 @@ impl CompartmentBackend {
             partition,
             kept: Vec::new(),
             broker,
+            prepared: None,
         })
     }
 
@@ -115,64 +137,18 @@ impl CompartmentBackend {
         }
     }
 
-    /// Hands the new compartment the files its predecessor used, and waits for its word that it
-    /// serves (keeping the files it uses) or why it cannot; a compartment that fails is reaped,
-    /// and the reason is its own words, or how it ended.
-    fn started(&mut self, startup: &Startup) -> Result<(), String> {
-        // A compartment that died at once cannot take them: its report says how it ended.
-        let _ = startup.send_files(&self.kept);
-        let deadline = std::time::Instant::now() + STARTUP_DEADLINE;
-        let ended = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match startup.report(left) {
-                Ok(Report::Open { path, writable }) => {
-                    // The launcher keeps the rights to open what the user named.
-                    let broker = &self.broker;
-                    let opened = crate::confine::launcher::call(|| broker.open(&path, writable));
-                    let _ = match opened {
-                        Ok(file) => startup.opened(&path, writable, &file),
-                        Err(why) => startup.refused(&why),
-                    };
-                }
-                Ok(Report::Ready(files)) => {
-                    self.kept = files;
-                    return Ok(());
-                }
-                Ok(Report::Failed(why)) => break Ok(why),
-                Err(e) => break Err(e),
-            }
-        };
-        let mut child = self.child.take().expect("a compartment was started");
-        let why = match ended {
-            Ok(why) => why,
-            Err(StartupError::Closed) => match child.wait_for(EXIT_WAIT) {
-                Ok(Some(status)) => {
-                    format!("the compartment ended before it served: {}", describe(status))
-                }
-                _ => "the compartment closed its start-up socket without a word".into(),
-            },
-            Err(e) => format!("the compartment failed to start: {e}"),
-        };
-        let _ = child.kill();
-        let _ = child.wait();
-        Err(why)
-    }
-}
-
-impl Backend for CompartmentBackend {
-    fn kind(&self) -> DeviceKind {
-        core_kind(self.request.config.kind())
-    }
-
-    fn name(&self) -> String {
-        self.request.name.clone()
-    }
-
-    fn launch(&mut self) -> std::io::Result<Launched> {
-        self.stop();
+    /// Starts a compartment for `request`, hands it `handed` (the files its predecessor used),
+    /// and waits for its word that it serves, opening what it asks for through `broker`. One
+    /// that fails is reaped, and the reason is its own words, or how it ended.
+    fn start_compartment(
+        &self,
+        request: &Request,
+        broker: &Broker,
+        handed: &[StartupFile],
+    ) -> std::io::Result<Serving> {
         let (core_end, device_end) = UnixStream::pair()?;
         let (startup, device_startup) = Startup::pair()?;
-        let kind = self.request.config.kind().name();
+        let kind = request.config.kind().name();
         let cmd = match &self.program {
             Some(program) => Command::new(program),
             None => Command::current_exe()?,
@@ -180,7 +156,7 @@ impl Backend for CompartmentBackend {
         let mut cmd = cmd
             .args(["device", kind, "--fd", &CONN_FD.to_string()])
             .args(["--startup-fd", &STARTUP_FD.to_string()])
-            .args(&self.request.args)
+            .args(&request.args)
             .fd(device_end.as_fd(), CONN_FD)
             .fd(device_startup.as_fd(), STARTUP_FD);
         // A compartment starts with an empty environment; these pass through:
@@ -208,24 +184,140 @@ impl Backend for CompartmentBackend {
         }
         // Only the launcher thread may start processes (see `crate::confine::launcher`).
         let policy = &self.policy;
-        let child = crate::confine::launcher::call(|| spawn(&cmd, policy))
+        let mut child = crate::confine::launcher::call(|| spawn(&cmd, policy))
             .map_err(std::io::Error::other)?;
         // The compartment waits for the go byte: its limits are in force
         // before its program runs. One that missed a limit asked for ends here.
         let state = child.cgroup().map(bulkhead_sandbox::Cgroup::state);
-        self.child = Some(child);
-        if let Err(e) = self.partition.check_compartment(&self.request.name, state) {
-            self.stop();
+        if let Err(e) = self.partition.check_compartment(&request.name, state) {
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(std::io::Error::other(e));
         }
         drop(device_startup);
-        if let Err(why) = self.started(&startup) {
-            return Err(std::io::Error::other(why));
+        match started(&startup, &mut child, broker, handed) {
+            Ok(files) => Ok(Serving { child, startup, conn: core_end, files }),
+            Err(why) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(std::io::Error::other(why))
+            }
         }
+    }
+
+    /// Puts `serving` in place as the running compartment.
+    fn run(&mut self, serving: Serving) -> Launched {
+        let Serving { child, startup, conn, files } = serving;
+        self.kept = files;
         self.startup = Some(startup);
-        let child = self.child.as_ref().expect("started");
         let description = format!("compartment pid {}: {}", child.pid(), child.report());
-        Ok(Launched { conn: core_end, pid: Some(child.pid() as u32), description })
+        let pid = Some(child.pid() as u32);
+        self.child = Some(child);
+        Launched { conn, pid, description }
+    }
+
+    /// The files to hand a compartment that serves the disk `config`: those of the running
+    /// compartment when it names the same file (the image as it is now, with the locks the
+    /// device holds: a swap to the same file reads its size again), none for another file.
+    fn handed_for(&self, config: &DeviceConfig) -> &[StartupFile] {
+        let (DeviceConfig::Blk(new), DeviceConfig::Blk(old)) = (config, &self.request.config)
+        else {
+            return &[];
+        };
+        let held = self.kept.iter().find(|f| f.path == old.path);
+        match (held, std::fs::metadata(&new.path)) {
+            (Some(held), Ok(new)) if same_file(&held.file, &new) => &self.kept,
+            _ => &[],
+        }
+    }
+}
+
+/// Whether the open `file` is the file `other` describes.
+fn same_file(file: &std::fs::File, other: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| (m.dev(), m.ino()) == (other.dev(), other.ino()))
+}
+
+/// Hands the new compartment `handed`, and waits for its word that it serves (returning the
+/// files it uses) or why it cannot (its own words, or how it ended).
+fn started(
+    startup: &Startup,
+    child: &mut Compartment,
+    broker: &Broker,
+    handed: &[StartupFile],
+) -> Result<Vec<StartupFile>, String> {
+    // A compartment that died at once cannot take them: its report says how it ended.
+    let _ = startup.send_files(handed);
+    let deadline = std::time::Instant::now() + STARTUP_DEADLINE;
+    let ended = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match startup.report(left) {
+            Ok(Report::Open { path, writable }) => {
+                // The launcher keeps the rights to open what the user named.
+                let opened = crate::confine::launcher::call(|| broker.open(&path, writable));
+                let _ = match opened {
+                    Ok(file) => startup.opened(&path, writable, &file),
+                    Err(why) => startup.refused(&why),
+                };
+            }
+            Ok(Report::Ready(files)) => return Ok(files),
+            Ok(Report::Failed(why)) => break Ok(why),
+            Err(e) => break Err(e),
+        }
+    };
+    Err(match ended {
+        Ok(why) => why,
+        Err(StartupError::Closed) => match child.wait_for(EXIT_WAIT) {
+            Ok(Some(status)) => {
+                format!("the compartment ended before it served: {}", describe(status))
+            }
+            _ => "the compartment closed its start-up socket without a word".into(),
+        },
+        Err(e) => format!("the compartment failed to start: {e}"),
+    })
+}
+
+impl Backend for CompartmentBackend {
+    fn kind(&self) -> DeviceKind {
+        core_kind(self.request.config.kind())
+    }
+
+    fn name(&self) -> String {
+        self.request.name.clone()
+    }
+
+    fn launch(&mut self) -> std::io::Result<Launched> {
+        if let Some(Prepared { request, broker, serving }) = self.prepared.take() {
+            // The successor was started with the new configuration while this one served.
+            self.stop();
+            self.request = request;
+            self.broker = broker;
+            return Ok(self.run(serving));
+        }
+        self.stop();
+        let serving = self.start_compartment(&self.request, &self.broker, &self.kept)?;
+        Ok(self.run(serving))
+    }
+
+    /// A disk's new image ([`DiskSwap`]): a compartment is started on it beside the running
+    /// one, and serves once it has opened, checked and locked the image; any failure is
+    /// refused here, the running compartment untouched.
+    fn prepare(&mut self, change: Reconfiguration) -> Result<(), String> {
+        let name = self.request.name.clone();
+        let config = bulkhead_devices::blk::config::swapped(&name, &self.request.config, change)?;
+        let request = Request {
+            name: name.clone(),
+            args: vec!["--disk".into(), config.to_string()],
+            config: DeviceConfig::Blk(config),
+        };
+        let broker = Broker::for_config(&request.config);
+        self.prepared = None;
+        let handed = self.handed_for(&request.config);
+        let serving = self
+            .start_compartment(&request, &broker, handed)
+            .map_err(|e| format!("cannot serve {name} from the new image: {e}"))?;
+        self.prepared = Some(Prepared { request, broker, serving });
+        Ok(())
     }
 
     fn status(&self) -> Option<String> {

@@ -10,6 +10,13 @@
 //! its header, status byte and data buffer in guest memory, so a request
 //! needs no allocation. Features used: VERSION_1, RO, FLUSH, BLK_SIZE,
 //! SIZE_MAX and SEG_MAX (limits the driver honours).
+//!
+//! A configuration change (virtio 1.2, 2.5.1: the disk's capacity changed, say because its
+//! image was swapped for a larger one) sets bit 1 of InterruptStatus and raises the device's
+//! interrupt. [`Blk::config_change`] looks for it — the bit, or a ConfigGeneration other than
+//! the one it last read, in case the bit was acknowledged by someone else —, acknowledges it
+//! and reads the capacity again, both halves under one generation (read the generation, the
+//! field, the generation again, and retry while it moved).
 
 use crate::bump::Bump;
 
@@ -17,6 +24,23 @@ use super::blk_spec::*;
 use super::mmio::{InitError, Transport};
 use super::queue::{Completion, IoError, Queue};
 use super::ring::{Buf, MAX_QUEUE};
+
+/// InterruptStatus's configuration-change bit.
+const INT_CONFIG: u32 = 2;
+
+/// The capacity in bytes, and the ConfigGeneration it was read under: the generation before
+/// and after the two halves must agree (virtio 1.2, 4.2.2.2), or it is read again.
+fn read_capacity(transport: Transport) -> (u64, u32) {
+    loop {
+        let generation = transport.config_generation();
+        let low = transport.config_u32(0);
+        let high = transport.config_u32(4);
+        if transport.config_generation() == generation {
+            let sectors = (u64::from(high) << 32) | u64::from(low);
+            return (sectors.saturating_mul(SECTOR), generation);
+        }
+    }
+}
 
 /// The most requests in flight.
 pub const MAX_SLOTS: usize = 64;
@@ -72,6 +96,8 @@ pub struct Blk {
     info: Info,
     slots: [Slot; MAX_SLOTS],
     head_slot: [u8; MAX_QUEUE],
+    /// The ConfigGeneration the capacity was last read under.
+    generation: u32,
 }
 
 impl Blk {
@@ -81,7 +107,7 @@ impl Blk {
         bump: &mut Bump,
     ) -> Result<Blk, InitError> {
         let features = transport.init(F_RO | F_FLUSH | F_BLK_SIZE | F_SIZE_MAX | F_SEG_MAX)?;
-        let capacity = transport.config_u64(0).saturating_mul(SECTOR);
+        let (capacity, generation) = read_capacity(transport);
         let size_max = if features & F_SIZE_MAX != 0 { transport.config_u32(8) } else { 0 };
         let seg_max = if features & F_SEG_MAX != 0 { transport.config_u32(12) } else { 0 };
         let block_size = if features & F_BLK_SIZE != 0 { transport.config_u32(20) } else { 512 };
@@ -107,7 +133,23 @@ impl Blk {
             queue_size: queue.size(),
         };
         transport.driver_ok();
-        Ok(Blk { transport, queue, info, slots, head_slot: [0; MAX_QUEUE] })
+        Ok(Blk { transport, queue, info, slots, head_slot: [0; MAX_QUEUE], generation })
+    }
+
+    /// If the device changed its configuration since the driver last looked (see the module
+    /// docs): acknowledges it, reads the capacity again and returns it (bytes).
+    pub fn config_change(&mut self) -> Option<u64> {
+        let raised = self.transport.interrupt_status() & INT_CONFIG != 0;
+        if !raised && self.transport.config_generation() == self.generation {
+            return None;
+        }
+        if raised {
+            self.transport.ack(INT_CONFIG);
+        }
+        let (capacity, generation) = read_capacity(self.transport);
+        self.generation = generation;
+        self.info.capacity = capacity;
+        Some(capacity)
     }
 
     pub fn info(&self) -> &Info {

@@ -39,6 +39,7 @@ const R_QUEUE_NUM_MAX: u64 = 0x034;
 const R_QUEUE_NUM: u64 = 0x038;
 const R_QUEUE_READY: u64 = 0x044;
 const R_QUEUE_NOTIFY: u64 = 0x050;
+const R_INTERRUPT_STATUS: u64 = 0x060;
 const R_INTERRUPT_ACK: u64 = 0x064;
 const R_STATUS: u64 = 0x070;
 const R_QUEUE_DESC: u64 = 0x080;
@@ -281,6 +282,21 @@ impl Transport {
     /// (see `queue`'s docs for when the driver does this).
     pub fn ack_interrupts(&self) {
         self.write(R_INTERRUPT_ACK, 3);
+    }
+
+    /// InterruptStatus: bit 0 a used buffer, bit 1 a configuration change.
+    pub fn interrupt_status(&self) -> u32 {
+        self.read(R_INTERRUPT_STATUS)
+    }
+
+    /// Acknowledges the interrupt causes in `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.write(R_INTERRUPT_ACK, bits);
+    }
+
+    /// ConfigGeneration: it moves whenever the device changes its configuration space.
+    pub fn config_generation(&self) -> u32 {
+        self.read(R_CONFIG_GENERATION)
     }
 
     /// A 32-bit field of the device's configuration space.

@@ -19,6 +19,18 @@
 //!   block, writes different data over it, which must fail with an error
 //!   status, and reads it again, which must give the same data:
 //!   `BH check name=blk-ro status=ok disk=0 write_status=ioerr`.
+//! - `blk-swap`: for a disk whose image the host swaps for a larger one while the guest runs
+//!   (`bulkhead ctl VM device replace-disk`). Reads and checks the whole disk (pattern of
+//!   `bulkhead.seed`), says `BH progress name=blk-swap capacity=N`, then goes on reading and
+//!   checking it, request after request, until the device reports a configuration change
+//!   with another capacity (for at most `bulkhead.seconds`, default 120); says
+//!   `BH progress name=blk-swap capacity=M`, reads and checks what lies beyond the old size
+//!   (pattern of `bulkhead.seed2`, default the same seed: an image holding one pattern over
+//!   its whole size has the first image's bytes below the old size), then writes the pattern
+//!   of `seed + 1` over the first MiB (at most the old size), flushes and reads it back:
+//!   `BH check name=blk-swap status=ok disk=0 old_capacity=N capacity=M during=R beyond=B
+//!   written=W`; then, with `bulkhead.hold_ms`, keeps the disk that long before it goes on
+//!   (a test looks at the images' locks meanwhile).
 
 use crate::arch::rdtsc;
 use crate::bh;
@@ -148,9 +160,21 @@ fn write_pass(
 
 /// Reads `bytes` back and compares with the pattern of `seed`.
 fn read_pass(blk: &mut Blk, bytes: u64, bs: u64, seed: u64, timeout_ms: u64) -> Result<u64, Fail> {
+    read_range(blk, 0, bytes, bs, seed, timeout_ms)
+}
+
+/// Reads bytes `from..to` and compares them with the pattern of `seed`.
+fn read_range(
+    blk: &mut Blk,
+    from: u64,
+    to: u64,
+    bs: u64,
+    seed: u64,
+    timeout_ms: u64,
+) -> Result<u64, Fail> {
     let mut requests = 0;
-    for offset in (0..bytes).step_by(bs as usize) {
-        let len = (bytes - offset).min(bs) as u32;
+    for offset in (from..to).step_by(bs as usize) {
+        let len = (to - offset).min(bs) as u32;
         buffer(blk, len)?.fill(0);
         request(blk, Op::Read, offset, len, timeout_ms)?;
         requests += 1;
@@ -239,5 +263,60 @@ pub fn read_only(ctx: &mut Ctx) -> Result<(), Fail> {
         o.disk,
         status_name(status)
     );
+    Ok(())
+}
+
+/// blk-swap (see the module docs).
+pub fn swap(ctx: &mut Ctx) -> Result<(), Fail> {
+    let o = BlkVerify::parse(ctx.cmdline)?;
+    let seed2 = ctx.cmdline.get_u64("bulkhead.seed2").unwrap_or(o.seed);
+    let wait_ms = ctx.cmdline.get_u64("bulkhead.seconds").unwrap_or(120).saturating_mul(1000);
+    let timeout_ms = ctx.common()?.timeout_ms;
+    let (blk, bump) = ctx.devices().blk(o.disk)?;
+    let info = *blk.info();
+    let old = span(&info, None)?;
+    blk.buffers(1, o.bs as u32, bump)?;
+    read_pass(blk, old, o.bs, o.seed, timeout_ms)?;
+    bh!("progress name=blk-swap capacity={}", old);
+    let until = time::deadline_ms(wait_ms);
+    let mut during = 0u64;
+    let mut offset = 0;
+    let new = loop {
+        if let Some(capacity) = blk.config_change().filter(|&c| c != old) {
+            break capacity;
+        }
+        if time::passed(until) {
+            return Err(Fail::Text("the disk's capacity did not change in time"));
+        }
+        // The disk stays in use meanwhile: one read of the old span, checked.
+        let len = (old - offset).min(o.bs);
+        during += read_range(blk, offset, offset + len, o.bs, o.seed, timeout_ms)?;
+        offset = (offset + len) % old;
+    };
+    bh!("progress name=blk-swap capacity={}", new);
+    if new < old {
+        return Err(Fail::Text("the new image is smaller than the old one"));
+    }
+    let beyond = read_range(blk, old, new, o.bs, seed2, timeout_ms)?;
+    let mut written = 0;
+    if !info.read_only {
+        written = old.min(1 << 20);
+        write_pass(blk, written, o.bs, o.seed.wrapping_add(1), info.flush, timeout_ms)?;
+        read_pass(blk, written, o.bs, o.seed.wrapping_add(1), timeout_ms)?;
+    }
+    bh!(
+        "check name=blk-swap status={} disk={} old_capacity={} capacity={} during={} beyond={} written={}",
+        ctx.checks.record(true),
+        o.disk,
+        old,
+        new,
+        during,
+        beyond,
+        written
+    );
+    let hold = time::deadline_ms(ctx.cmdline.get_u64("bulkhead.hold_ms").unwrap_or(0));
+    while !time::passed(hold) {
+        core::hint::spin_loop();
+    }
     Ok(())
 }
