@@ -13,7 +13,10 @@
 //!    {"version":1,"request":"status"}
 //!    {"version":1,"request":"device_restart","id":"blk0"}
 //!    {"version":1,"request":"device_upgrade","id":"blk0","binary":"/usr/local/bin/bulkhead"}
+//!    {"version":1,"request":"device_limits","id":"blk0","limits":{"ops":{"size":100,"one_time_burst":0,"refill_time":100},"bandwidth":null}}
 //!    ```
+//!    `device_limits` changes a device's rate limits while the guest runs ([`crate::limits`]:
+//!    an absent key leaves a bucket as it is, `null` removes its limit).
 //!    Unknown fields are refused, so that a typo is an error and not a request silently
 //!    carried out without it.
 //! 4. The server checks the request — at most [`MAX_REQUEST_BYTES`] bytes, all of it within
@@ -23,6 +26,7 @@
 //!    ```text
 //!    {"version":1,"reply":"ok","result":{"status":{"name":"vm0","core_pid":4242,…}}}
 //!    {"version":1,"reply":"ok","result":{"device_change":{"id":"blk0","old_pid":4250,"new_pid":4301,"took_ms":12.5}}}
+//!    {"version":1,"reply":"ok","result":{"limits_change":{"id":"blk0","limits":{"bandwidth":null,"ops":{"size":100,"one_time_burst":0,"refill_time":100}}}}}
 //!    {"version":1,"reply":"error","message":"no device named blk9; this VM has blk0, rng0"}
 //!    ```
 //!    Anything wrong with the request — garbage, a half-written line, too many bytes, a
@@ -38,6 +42,7 @@
 //! Fields may be added to replies without a new version; clients ignore fields they do not
 //! know. Anything else — a field renamed or removed, a new meaning — is a new version.
 
+use crate::limits::{LimitsChange, RateLimits};
 use crate::status::{DeviceChange, VmStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -74,6 +79,14 @@ pub enum Request {
         /// The binary the new backend runs: an absolute path (the client makes it absolute).
         binary: PathBuf,
     },
+    /// Change a device's rate limits (its compartment or thread applies them at its next
+    /// batch of requests; nothing restarts).
+    DeviceLimits {
+        /// The device, e.g. `blk0`.
+        id: String,
+        /// The buckets to change; absent keys stay as they are.
+        limits: RateLimits,
+    },
 }
 
 /// The answer to a request.
@@ -100,6 +113,8 @@ pub enum Payload {
     Status(VmStatus),
     /// The answer to [`Request::DeviceRestart`] and [`Request::DeviceUpgrade`].
     DeviceChange(DeviceChange),
+    /// The answer to [`Request::DeviceLimits`]: the limits now in force.
+    LimitsChange(LimitsChange),
 }
 
 /// Why a request or a reply could not be read.
@@ -253,6 +268,7 @@ mod tests {
                 requests: 1000,
                 sandbox: Some("seccomp(filter) nnp caps(none)".into()),
                 on_restart: None,
+                rate_limits: Some(RateLimits { ops: Some(None), ..Default::default() }),
             }],
             confinement: Vec::new(),
         }
@@ -264,6 +280,8 @@ mod tests {
             Request::Status,
             Request::DeviceRestart { id: "blk0".into() },
             Request::DeviceUpgrade { id: "net0".into(), binary: "/usr/bin/bulkhead".into() },
+            Request::DeviceLimits { id: "blk0".into(), limits: RateLimits::default() },
+            Request::DeviceLimits { id: "net0".into(), limits: sample_limits() },
         ];
         for request in requests {
             let line = request.encode();
@@ -279,6 +297,18 @@ mod tests {
         assert_eq!(line, b"{\"version\":1,\"request\":\"device_restart\",\"id\":\"blk0\"}\n");
         let reply = Reply::error("no");
         assert_eq!(reply.encode(), b"{\"version\":1,\"reply\":\"error\",\"message\":\"no\"}\n");
+        let line = Request::DeviceLimits { id: "net0".into(), limits: sample_limits() }.encode();
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "{\"version\":1,\"request\":\"device_limits\",\"id\":\"net0\",\"limits\":\
+             {\"rx_ops\":null,\"tx_bandwidth\":{\"size\":1048576,\"one_time_burst\":0,\
+             \"refill_time\":1000}}}\n"
+        );
+    }
+
+    fn sample_limits() -> RateLimits {
+        let bucket = crate::TokenBucket { size: 1 << 20, one_time_burst: 0, refill_time: 1000 };
+        RateLimits { rx_ops: Some(None), tx_bandwidth: Some(Some(bucket)), ..Default::default() }
     }
 
     #[test]
@@ -291,6 +321,12 @@ mod tests {
                     old_pid: Some(1),
                     new_pid: None,
                     took_ms: 2.5,
+                }),
+            },
+            Reply::Ok {
+                result: Payload::LimitsChange(LimitsChange {
+                    id: "net0".into(),
+                    limits: sample_limits(),
                 }),
             },
             Reply::error("no device named blk9"),
@@ -354,6 +390,11 @@ mod tests {
                 "missing field `binary`",
             ),
             (b"{\"version\":1,\"request\":\"status\"", "EOF while parsing"),
+            (b"{\"version\":1,\"request\":\"device_limits\",\"id\":\"a\"}", "missing field `limits`"),
+            (
+                b"{\"version\":1,\"request\":\"device_limits\",\"id\":\"a\",\"limits\":{\"iops\":null}}",
+                "unknown field `iops`",
+            ),
             (b"{\"version\":1,\"request\":\"status\"}{}", "trailing characters"),
             (b"\xff\xfe{}", "malformed"),
         ];

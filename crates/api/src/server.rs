@@ -20,6 +20,7 @@
 //!    finish, and removes the socket (if it is still the one it created) and the lock file.
 
 use crate::binary::check_binary;
+use crate::limits::{LimitsChange, RateLimits};
 use crate::paths::{self, PathError};
 use crate::peer;
 use crate::protocol::{Payload, Reply, Request, MAX_REQUEST_BYTES, REQUEST_DEADLINE};
@@ -49,6 +50,12 @@ pub trait ControlTarget: Send + Sync {
     /// Replaces the backend of device `id` by one running `binary`, which the server has
     /// checked ([`crate::binary::check_binary`]): absolute, symbolic links resolved, safe.
     fn upgrade_device(&self, id: &str, binary: &Path) -> Result<DeviceChange, String>;
+    /// Changes the rate limits of device `id` (absent buckets stay as they are) and says the
+    /// limits now in force. The error is a sentence for the user.
+    fn set_device_limits(&self, id: &str, limits: &RateLimits) -> Result<LimitsChange, String> {
+        let _ = limits;
+        Err(format!("this VMM cannot change rate limits (asked for {id})"))
+    }
     /// Called on the serving thread before it accepts its first connection (the core
     /// installs the thread's seccomp filter here). An error leaves the socket unserved.
     fn serving_thread_started(&self) -> Result<(), String> {
@@ -388,6 +395,9 @@ fn answer(request: Request, context: &Context) -> Reply {
             Ok(binary) => target.upgrade_device(&id, &binary).map(Payload::DeviceChange),
             Err(e) => Err(format!("upgrade refused: {e}")),
         },
+        Request::DeviceLimits { id, limits } => {
+            target.set_device_limits(&id, &limits).map(Payload::LimitsChange)
+        }
     }));
     match outcome {
         Ok(Ok(result)) => Reply::Ok { result },

@@ -107,6 +107,7 @@ pub fn reply_timeout(request: &Request) -> Duration {
     match request {
         Request::Status => Duration::from_secs(10),
         Request::DeviceRestart { .. } | Request::DeviceUpgrade { .. } => Duration::from_secs(60),
+        Request::DeviceLimits { .. } => Duration::from_secs(10),
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bulkhead_core::virtio::{Backend, DeviceKind, Launched};
+use bulkhead_devices::limit::LimitsView;
 use bulkhead_devices::DeviceConfig;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -26,13 +27,21 @@ pub struct ThreadBackend {
     name: String,
     config: DeviceConfig,
     confine: Confine,
+    /// The device's limits page, as the core writes it (the same page a compartment maps).
+    limits: Option<LimitsView>,
     running: Option<(JoinHandle<()>, Arc<EventFd>)>,
 }
 
 impl ThreadBackend {
     /// The device `config`, named `name`, of the core's kind `kind`.
     pub fn new(kind: DeviceKind, name: String, config: DeviceConfig, confine: Confine) -> Self {
-        ThreadBackend { kind, name, config, confine, running: None }
+        ThreadBackend { kind, name, config, confine, limits: None, running: None }
+    }
+
+    /// The backend with its rate limits read from `view` (the core's limits page).
+    pub fn with_limits(mut self, view: LimitsView) -> Self {
+        self.limits = Some(view);
+        self
     }
 
     fn stop(&mut self) {
@@ -59,7 +68,8 @@ impl Backend for ThreadBackend {
 
     fn launch(&mut self) -> std::io::Result<Launched> {
         self.stop();
-        let device = bulkhead_devices::open(&self.config)
+        let handed = Default::default();
+        let device = bulkhead_devices::open_limited(&self.config, handed, self.limits.clone())
             .map_err(|e| std::io::Error::other(format!("{:#}", anyhow::Error::new(e))))?;
         let (core_end, device_end) = UnixStream::pair()?;
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);

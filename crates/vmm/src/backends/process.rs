@@ -28,6 +28,8 @@ const STARTUP_FD: i32 = 5;
 /// device is never both net and console), standard output at 6.
 const CONSOLE_FD: i32 = 4;
 const CONSOLE_OUTPUT_FD: i32 = 6;
+/// The device's limits page inside the compartment (read-only: the memfd is sealed).
+const LIMITS_FD: i32 = 7;
 /// How long a compartment may take from its `execve` to the word that it serves: opening its
 /// image and entering its sandbox take milliseconds; a file system that hangs must not hang
 /// the core.
@@ -190,6 +192,11 @@ impl Backend for CompartmentBackend {
             if let Some(value) = std::env::var_os(var) {
                 cmd = cmd.env(var, value);
             }
+        }
+        if let Some(page) = &self.request.limits {
+            cmd = cmd
+                .args(["--limits-fd", &LIMITS_FD.to_string()])
+                .fd(page.file().as_fd(), LIMITS_FD);
         }
         if let Some(tap) = &self.tap {
             // SAFETY: the tap's fd stays open as long as `self.tap`, which
