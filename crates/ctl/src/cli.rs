@@ -72,7 +72,7 @@ pub enum VmAction {
     },
     /// Restart or upgrade a device's backend while the guest runs.
     #[command(subcommand)]
-    Device(DeviceAction),
+    Device(Box<DeviceAction>),
 }
 
 /// What to do to a device.
@@ -163,26 +163,19 @@ pub fn run(command: CtlCommand) -> anyhow::Result<i32> {
 /// Runs a command addressed to one VM.
 pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
     let vm = command.vm.as_str();
-    let (request, json) = match command.action {
-        VmAction::Status { json } => (Request::Status, json),
-        VmAction::Device(DeviceAction::Restart { id, json }) => {
-            (Request::DeviceRestart { id }, json)
-        }
-        VmAction::Device(DeviceAction::Upgrade { id, binary, json }) => {
+    let action = match command.action {
+        VmAction::Status { json } => Err(json),
+        VmAction::Device(action) => Ok(*action),
+    };
+    let (request, json) = match action {
+        Err(json) => (Request::Status, json),
+        Ok(DeviceAction::Restart { id, json }) => (Request::DeviceRestart { id }, json),
+        Ok(DeviceAction::Upgrade { id, binary, json }) => {
             let binary = std::path::absolute(&binary)
                 .with_context(|| format!("cannot make {} absolute", binary.display()))?;
             (Request::DeviceUpgrade { id, binary }, json)
         }
-        VmAction::Device(DeviceAction::Limits {
-            id,
-            bw,
-            ops,
-            rx_bw,
-            rx_ops,
-            tx_bw,
-            tx_ops,
-            json,
-        }) => {
+        Ok(DeviceAction::Limits { id, bw, ops, rx_bw, rx_ops, tx_bw, tx_ops, json }) => {
             let b = |b: Option<Bucket>| b.map(|Bucket(b)| b);
             let limits = RateLimits {
                 bandwidth: b(bw),
@@ -576,7 +569,9 @@ blk0     4250  3        compartment  60        2 of 3    3/3      3/3
             VmCommand::try_parse_from(std::iter::once("bulkhead ctl").chain(args.iter().copied()))
         };
         let c = parse(&["vm0", "device", "upgrade", "blk0", "--binary", "/b"]).unwrap();
-        assert!(matches!(c.action, VmAction::Device(DeviceAction::Upgrade { .. })));
+        assert!(
+            matches!(c.action, VmAction::Device(a) if matches!(*a, DeviceAction::Upgrade { .. }))
+        );
         assert!(parse(&["vm0"]).is_err());
         assert!(parse(&["vm0", "device", "restart"]).is_err());
     }

@@ -184,3 +184,40 @@ fn receive_waits_for_enough_buffers_to_merge_into() {
     process(&mem, &mut q, &mut h);
     assert_eq!(used(&mock), vec![(0, 1000), (1, 512)]);
 }
+
+#[test]
+fn transmit_over_its_rate_holds_the_frame_until_the_timer_fires() {
+    use crate::limit::spec::{BucketSpec, DeviceLimits, TX};
+    use crate::limit::{Limiters, LimitsView};
+    let mem = memory();
+    let (port, host) = tap(false);
+    let mock = MockSplitQueue::new(&mem, 16);
+    let packet = [vec![0; VNET_HDR_LEN], frame(60)].concat();
+    mem.write_slice(&packet, GuestAddress(0x10_0000)).unwrap();
+    let descs = buffers(&[(0x10_0000, 72), (0x10_0000, 72)], false);
+    mock.add_desc_chains(&descs, 0).unwrap();
+    let mut q: Queue = mock.create_queue().unwrap();
+    // One frame per 50 ms.
+    let mut limits = DeviceLimits::default();
+    limits.0[TX].ops = Some(BucketSpec { size: 1, one_time_burst: 0, refill_time_ms: 50 });
+    let gate = Limiters::new(LimitsView::fixed(&limits)).gate(TX).unwrap();
+    let mut h = TxQueue::new(port, gate);
+    let mut ledger = ledger();
+    let mut pass = |q: &mut Queue, h: &mut TxQueue| {
+        let mut ctx = QueueContext::new(q, &mem, true, None, &mut ledger);
+        h.process(&mut ctx)
+    };
+    assert_eq!(pass(&mut q, &mut h), Progress::Paused, "the second frame waits");
+    assert_eq!(used(&mock), vec![(0, 0)]);
+    let mut got = [0u8; 200];
+    assert_eq!(host.recv(&mut got).unwrap(), 60);
+    assert!(host.recv(&mut got).is_err(), "not sent yet");
+    let fd = h.timer_fd().unwrap();
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1, "the timer fires");
+    crate::limit::gate::clear_timer(fd);
+    assert_eq!(pass(&mut q, &mut h), Progress::Drained);
+    assert_eq!(used(&mock), vec![(0, 0), (1, 0)], "delayed, not dropped");
+    assert_eq!(host.recv(&mut got).unwrap(), 60);
+}
