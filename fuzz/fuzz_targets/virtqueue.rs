@@ -36,6 +36,7 @@ use bulkhead_devices::blk::device::{BlkDevice, BlkQueue};
 use bulkhead_devices::net::device::{RxQueue, TxQueue};
 use bulkhead_devices::net::tap::PacketPort;
 use bulkhead_devices::rng::device::RngQueue;
+use bulkhead_devices::limit::Gate;
 use bulkhead_devices::DeviceKind;
 use bulkhead_disk::DiskImage;
 use libfuzzer_sys::fuzz_target;
@@ -177,9 +178,9 @@ fn handler(s: &Setup, flags: u8) -> Box<dyn QueueHandler> {
         Kind::NetRx => {
             let f =
                 if flags & 4 != 0 { bulkhead_devices::net::config::features::MRG_RXBUF } else { 0 };
-            Box::new(RxQueue::new(s.port.clone(), f))
+            Box::new(RxQueue::new(s.port.clone(), f, Gate::unlimited().unwrap()))
         }
-        Kind::NetTx => Box::new(TxQueue::new(s.port.clone())),
+        Kind::NetTx => Box::new(TxQueue::new(s.port.clone(), Gate::unlimited().unwrap())),
     }
 }
 

@@ -11,7 +11,7 @@ use bulkhead_core::supervisor::RestartPolicy;
 use bulkhead_core::virtio::{ConfigSpace, DeviceKind, DeviceShape, ExternalBackend};
 use bulkhead_core::VmConfig;
 use bulkhead_devices::console::{ConsoleConfig, ConsoleHost};
-use bulkhead_devices::{BlkConfig, DeviceConfig};
+use bulkhead_devices::{BlkConfig, DeviceConfig, RngConfig};
 use bulkhead_vmm::backends::outside::{
     built_in_names, OutsideSpec, Profile, Seccomp, SOCKET_PLACEHOLDER,
 };
@@ -38,15 +38,26 @@ pub struct RunArgs {
     /// Boot a Linux kernel even where this host cannot run one (KVM-PVM).
     #[arg(long)]
     pub force: bool,
-    /// A virtio-blk disk: PATH[,readonly][,format=raw|qcow2|vmdk] (repeatable).
+    /// A virtio-blk disk: PATH[,readonly][,format=raw|qcow2|vmdk][,queues=N][,serial=ID], and
+    /// rate limits [,bw=SIZE@MS[+BURST]][,ops=N@MS[+BURST]]: SIZE bytes (K, M, G: binary) or N
+    /// requests every MS milliseconds, BURST more once (repeatable).
     #[arg(long, value_name = "PATH[,OPTIONS]")]
     pub disk: Vec<String>,
-    /// A virtio-net device on a host tap: tap=NAME[,mac=52:54:00:12:34:56] (repeatable).
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    /// A virtio-net device on a host tap: tap=NAME[,mac=52:54:00:12:34:56], and rate limits
+    /// [,rx-bw=SIZE@MS[+BURST]][,rx-ops=N@MS[+BURST]][,tx-bw=…][,tx-ops=…] (rx: what the guest
+    /// receives) (repeatable).
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,LIMITS]")]
     pub net: Vec<String>,
-    /// A virtio-rng device fed by the host's getrandom(2).
-    #[arg(long)]
-    pub rng: bool,
+    /// A virtio-rng device fed by the host's getrandom(2); --rng=bw=SIZE@MS[+BURST],ops=N@MS
+    /// limits the bytes of entropy and the requests.
+    #[arg(
+        long,
+        value_name = "LIMITS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = ""
+    )]
+    pub rng: Option<String>,
     /// A virtio-console (hvc0 in a Linux guest), its host side opened by the core: socket=PATH
     /// (a unix socket it listens on, one client at a time), pty (a new pseudo-terminal, named
     /// on stderr) or stdio (this process's stdin and stdout: the serial console then gives up
@@ -138,7 +149,7 @@ fn console_request(i: usize, spec: &str) -> anyhow::Result<Request> {
         ),
     }
     let config = DeviceConfig::Console(ConsoleConfig { host });
-    Ok(Request { name: format!("console{i}"), config, args: Vec::new() })
+    Ok(Request { name: format!("console{i}"), config, args: Vec::new(), limits: None })
 }
 
 /// The devices asked for with --disk, --net, --rng and --console.
@@ -149,19 +160,19 @@ fn device_requests(args: &RunArgs) -> anyhow::Result<Vec<Request>> {
         // The compartment opens it: a relative name means the directory `run` was started in.
         config.path = absolute(&config.path)?;
         let args = vec!["--disk".into(), config.to_string()];
-        requests.push(Request { name: format!("blk{i}"), config: DeviceConfig::Blk(config), args });
+        let config = DeviceConfig::Blk(config);
+        requests.push(Request { name: format!("blk{i}"), config, args, limits: None });
     }
     for (i, spec) in args.net.iter().enumerate() {
         let config: DeviceConfig =
             format!("net,{spec}").parse().with_context(|| format!("--net {spec}"))?;
-        requests.push(Request { name: format!("net{i}"), config, args: Vec::new() });
+        requests.push(Request { name: format!("net{i}"), config, args: Vec::new(), limits: None });
     }
-    if args.rng {
-        requests.push(Request {
-            name: "rng0".into(),
-            config: DeviceConfig::Rng(Default::default()),
-            args: Vec::new(),
-        });
+    if let Some(spec) = &args.rng {
+        let config: RngConfig = spec.parse().with_context(|| format!("--rng={spec}"))?;
+        // The compartment reads its limits from the core's limits page.
+        let config = DeviceConfig::Rng(config);
+        requests.push(Request { name: "rng0".into(), config, args: Vec::new(), limits: None });
     }
     for (i, spec) in args.console.iter().enumerate() {
         requests.push(console_request(i, spec)?);

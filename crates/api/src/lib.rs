@@ -8,15 +8,18 @@
 //! - [`protocol`]: the messages, versioned, and a conversation step by step;
 //! - [`server`]: the socket's life, who may connect (`SO_PEERCRED`), limits;
 //! - [`paths`]: where sockets live (`/run/bulkhead`, `$XDG_RUNTIME_DIR/bulkhead`) and names;
-//! - [`binary`]: the checks an upgrade's binary must pass.
+//! - [`binary`]: the checks an upgrade's binary must pass;
+//! - [`limits`]: a device's rate limits, as Firecracker's token buckets.
 
 pub mod binary;
+pub mod limits;
 pub mod paths;
 pub mod peer;
 pub mod protocol;
 pub mod server;
 pub mod status;
 
+pub use limits::{LimitsChange, RateLimits, TokenBucket};
 pub use protocol::{NewImage, Payload, ProtocolError, Reply, Request, PROTOCOL_VERSION};
 pub use server::{ControlTarget, Server, ServerError};
 pub use status::{

@@ -14,12 +14,15 @@
 //!    {"version":1,"request":"device_restart","id":"blk0"}
 //!    {"version":1,"request":"device_upgrade","id":"blk0","binary":"/usr/local/bin/bulkhead"}
 //!    {"version":1,"request":"disk_replace","id":"blk0","path":"/srv/big.qcow2","format":"qcow2","read_only":null}
+//!    {"version":1,"request":"device_limits","id":"blk0","limits":{"ops":{"size":100,"one_time_burst":0,"refill_time":100},"bandwidth":null}}
 //!    ```
 //!    `disk_replace` swaps a disk's image under the running guest (what Firecracker's
 //!    `PATCH /drives/{id}` with `path_on_host` does): `path` absolute (the client makes it
 //!    so); `format` `raw`, `qcow2` or `vmdk`, or absent or null to probe it from the content;
 //!    `read_only` absent or null to keep the disk's, else it must be what the disk is (the
 //!    guest's driver agreed on it when it started).
+//!    `device_limits` changes a device's rate limits while the guest runs ([`crate::limits`]:
+//!    an absent key leaves a bucket as it is, `null` removes its limit).
 //!    Unknown fields are refused, so that a typo is an error and not a request silently
 //!    carried out without it.
 //! 4. The server checks the request — at most [`MAX_REQUEST_BYTES`] bytes, all of it within
@@ -31,6 +34,7 @@
 //!    {"version":1,"reply":"ok","result":{"status":{"name":"vm0","core_pid":4242,…}}}
 //!    {"version":1,"reply":"ok","result":{"device_change":{"id":"blk0","old_pid":4250,"new_pid":4301,"took_ms":12.5}}}
 //!    {"version":1,"reply":"ok","result":{"disk_replaced":{"change":{"id":"blk0","old_pid":4301,"new_pid":4377,"took_ms":48.2},"path":"/srv/big.qcow2","capacity_bytes":4294967296}}}
+//!    {"version":1,"reply":"ok","result":{"limits_change":{"id":"blk0","limits":{"bandwidth":null,"ops":{"size":100,"one_time_burst":0,"refill_time":100}}}}}
 //!    {"version":1,"reply":"error","message":"no device named blk9; this VM has blk0, rng0"}
 //!    ```
 //!    Anything wrong with the request — garbage, a half-written line, too many bytes, a
@@ -46,6 +50,7 @@
 //! Fields may be added to replies without a new version; clients ignore fields they do not
 //! know. Anything else — a field renamed or removed, a new meaning — is a new version.
 
+use crate::limits::{LimitsChange, RateLimits};
 use crate::status::{DeviceChange, DiskReplaced, VmStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -81,6 +86,14 @@ pub enum Request {
         id: String,
         /// The binary the new backend runs: an absolute path (the client makes it absolute).
         binary: PathBuf,
+    },
+    /// Change a device's rate limits (its compartment or thread applies them at its next
+    /// batch of requests; nothing restarts).
+    DeviceLimits {
+        /// The device, e.g. `blk0`.
+        id: String,
+        /// The buckets to change; absent keys stay as they are.
+        limits: RateLimits,
     },
     /// Serve a disk from another image while the guest runs: a new backend is started on it,
     /// and the guest is told of the new capacity.
@@ -135,6 +148,8 @@ pub enum Payload {
     DeviceChange(DeviceChange),
     /// The answer to [`Request::DiskReplace`].
     DiskReplaced(DiskReplaced),
+    /// The answer to [`Request::DeviceLimits`]: the limits now in force.
+    LimitsChange(LimitsChange),
 }
 
 /// Why a request or a reply could not be read.
@@ -288,6 +303,7 @@ mod tests {
                 requests: 1000,
                 sandbox: Some("seccomp(filter) nnp caps(none)".into()),
                 on_restart: None,
+                rate_limits: Some(RateLimits { ops: Some(None), ..Default::default() }),
             }],
             confinement: Vec::new(),
         }
@@ -311,6 +327,8 @@ mod tests {
                 format: None,
                 read_only: None,
             },
+            Request::DeviceLimits { id: "blk0".into(), limits: RateLimits::default() },
+            Request::DeviceLimits { id: "net0".into(), limits: sample_limits() },
         ];
         for request in requests {
             let line = request.encode();
@@ -326,6 +344,18 @@ mod tests {
         assert_eq!(line, b"{\"version\":1,\"request\":\"device_restart\",\"id\":\"blk0\"}\n");
         let reply = Reply::error("no");
         assert_eq!(reply.encode(), b"{\"version\":1,\"reply\":\"error\",\"message\":\"no\"}\n");
+        let line = Request::DeviceLimits { id: "net0".into(), limits: sample_limits() }.encode();
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "{\"version\":1,\"request\":\"device_limits\",\"id\":\"net0\",\"limits\":\
+             {\"rx_ops\":null,\"tx_bandwidth\":{\"size\":1048576,\"one_time_burst\":0,\
+             \"refill_time\":1000}}}\n"
+        );
+    }
+
+    fn sample_limits() -> RateLimits {
+        let bucket = crate::TokenBucket { size: 1 << 20, one_time_burst: 0, refill_time: 1000 };
+        RateLimits { rx_ops: Some(None), tx_bandwidth: Some(Some(bucket)), ..Default::default() }
     }
 
     #[test]
@@ -364,6 +394,12 @@ mod tests {
                     old_pid: Some(1),
                     new_pid: None,
                     took_ms: 2.5,
+                }),
+            },
+            Reply::Ok {
+                result: Payload::LimitsChange(LimitsChange {
+                    id: "net0".into(),
+                    limits: sample_limits(),
                 }),
             },
             Reply::error("no device named blk9"),
@@ -435,6 +471,11 @@ mod tests {
                 "unknown field",
             ),
             (b"{\"version\":1,\"request\":\"status\"", "EOF while parsing"),
+            (b"{\"version\":1,\"request\":\"device_limits\",\"id\":\"a\"}", "missing field `limits`"),
+            (
+                b"{\"version\":1,\"request\":\"device_limits\",\"id\":\"a\",\"limits\":{\"iops\":null}}",
+                "unknown field `iops`",
+            ),
             (b"{\"version\":1,\"request\":\"status\"}{}", "trailing characters"),
             (b"\xff\xfe{}", "malformed"),
         ];

@@ -20,6 +20,7 @@
 //!    finish, and removes the socket (if it is still the one it created) and the lock file.
 
 use crate::binary::check_binary;
+use crate::limits::{LimitsChange, RateLimits};
 use crate::paths::{self, PathError};
 use crate::peer;
 use crate::protocol::{NewImage, Payload, Reply, Request, MAX_REQUEST_BYTES, REQUEST_DEADLINE};
@@ -54,6 +55,12 @@ pub trait ControlTarget: Send + Sync {
     fn replace_disk(&self, id: &str, image: &NewImage) -> Result<DiskReplaced, String> {
         let _ = image;
         Err(format!("{id}: this VM cannot replace a disk's image"))
+    }
+    /// Changes the rate limits of device `id` (absent buckets stay as they are) and says the
+    /// limits now in force. The error is a sentence for the user.
+    fn set_device_limits(&self, id: &str, limits: &RateLimits) -> Result<LimitsChange, String> {
+        let _ = limits;
+        Err(format!("this VMM cannot change rate limits (asked for {id})"))
     }
     /// Called on the serving thread before it accepts its first connection (the core
     /// installs the thread's seccomp filter here). An error leaves the socket unserved.
@@ -404,6 +411,9 @@ fn answer(request: Request, context: &Context) -> Reply {
                     path.display()
                 ))
             }
+        }
+        Request::DeviceLimits { id, limits } => {
+            target.set_device_limits(&id, &limits).map(Payload::LimitsChange)
         }
     }));
     match outcome {

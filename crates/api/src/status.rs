@@ -81,6 +81,10 @@ pub struct DeviceStatus {
     /// VMs older than this field).
     #[serde(default)]
     pub on_restart: Option<String>,
+    /// The rate limits in force, every bucket of the device (`null`: no limit); absent for a
+    /// device that has no rate limiter (a console, a backend Bulkhead did not write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<crate::limits::RateLimits>,
 }
 
 /// Where a device backend runs.

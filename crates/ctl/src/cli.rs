@@ -6,6 +6,8 @@
 //! bulkhead ctl VM device restart ID [--json]
 //! bulkhead ctl VM device upgrade ID --binary PATH [--json]
 //! bulkhead ctl VM device replace-disk ID PATH[,readonly][,format=raw|qcow2|vmdk] [--json]
+//! bulkhead ctl VM device limits ID [--bw B] [--ops B] [--rx-bw B] [--rx-ops B] [--tx-bw B]
+//!     [--tx-ops B] [--json]       (B: SIZE@MS[+BURST] or none)
 //! ```
 //!
 //! `VM` is a name, looked up in the run folder ([`bulkhead_api::paths`]), or a socket path (anything
@@ -16,6 +18,7 @@
 
 use crate::client::{self, ListedVm};
 use anyhow::{anyhow, bail, Context};
+use bulkhead_api::limits::{RateLimits, TokenBucket};
 use bulkhead_api::protocol::{Payload, Reply, Request};
 use bulkhead_api::status::{
     DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, VmStatus,
@@ -31,7 +34,9 @@ use std::path::{Path, PathBuf};
                       bulkhead ctl <VM> status [--json]\n       \
                       bulkhead ctl <VM> device restart <ID> [--json]\n       \
                       bulkhead ctl <VM> device upgrade <ID> --binary <PATH> [--json]\n       \
-                      bulkhead ctl <VM> device replace-disk <ID> <PATH[,OPTIONS]> [--json]",
+                      bulkhead ctl <VM> device replace-disk <ID> <PATH[,OPTIONS]> [--json]\n       \
+                      bulkhead ctl <VM> device limits <ID> [--bw|--ops|--rx-bw|--rx-ops|--tx-bw|--tx-ops \
+                      SIZE@MS[+BURST]|none]… [--json]",
     after_help = "VM is a VM's name, or the path of its control socket (anything with a '/'). \
                   `bulkhead ctl VM --help` tells more."
 )]
@@ -71,7 +76,7 @@ pub enum VmAction {
     },
     /// Restart or upgrade a device's backend, or swap a disk's image, while the guest runs.
     #[command(subcommand)]
-    Device(DeviceAction),
+    Device(Box<DeviceAction>),
 }
 
 /// What to do to a device.
@@ -110,6 +115,34 @@ pub enum DeviceAction {
         #[arg(long)]
         json: bool,
     },
+    /// Change the device's rate limits while the guest runs; a bucket not named stays as it
+    /// is. Each is SIZE@MS[+BURST] (SIZE tokens every MS milliseconds, BURST more once; K, M,
+    /// G are binary) or none. With no bucket named, shows the limits in force.
+    Limits {
+        /// The device, as `status` names it (e.g. blk0).
+        id: String,
+        /// Bytes, a disk's or the rng's: e.g. 10M@1000 (10 MiB/s).
+        #[arg(long, value_name = "SIZE@MS[+BURST]|none", value_parser = bucket)]
+        bw: Option<Bucket>,
+        /// Requests, a disk's or the rng's: e.g. 100@100 (1000 per second).
+        #[arg(long, value_name = "N@MS[+BURST]|none", value_parser = bucket)]
+        ops: Option<Bucket>,
+        /// Bytes a network interface delivers to the guest.
+        #[arg(long, value_name = "SIZE@MS[+BURST]|none", value_parser = bucket)]
+        rx_bw: Option<Bucket>,
+        /// Frames a network interface delivers to the guest.
+        #[arg(long, value_name = "N@MS[+BURST]|none", value_parser = bucket)]
+        rx_ops: Option<Bucket>,
+        /// Bytes the guest sends on a network interface.
+        #[arg(long, value_name = "SIZE@MS[+BURST]|none", value_parser = bucket)]
+        tx_bw: Option<Bucket>,
+        /// Frames the guest sends on a network interface.
+        #[arg(long, value_name = "N@MS[+BURST]|none", value_parser = bucket)]
+        tx_ops: Option<Bucket>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `PATH[,readonly|ro[=on|off]][,format=F]` (the path may be written `path=PATH`) as a
@@ -137,6 +170,20 @@ pub fn disk_replace_request(id: String, spec: &str) -> anyhow::Result<Request> {
     Ok(Request::DiskReplace { id, path, format, read_only })
 }
 
+/// A bucket on the command line; `None` is `none`, no limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Bucket(Option<TokenBucket>);
+
+/// `SIZE@MS[+BURST]` or `none` (no limit).
+fn bucket(s: &str) -> Result<Bucket, String> {
+    let b: bulkhead_devices::limit::BucketSpec = s.parse()?;
+    Ok(Bucket((!b.is_unlimited()).then_some(TokenBucket {
+        size: b.size,
+        one_time_burst: b.one_time_burst,
+        refill_time: b.refill_time_ms,
+    })))
+}
+
 /// Runs `bulkhead ctl …`; the value is the exit code (see the module docs).
 pub fn run(command: CtlCommand) -> anyhow::Result<i32> {
     match command {
@@ -158,18 +205,32 @@ pub fn run(command: CtlCommand) -> anyhow::Result<i32> {
 /// Runs a command addressed to one VM.
 pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
     let vm = command.vm.as_str();
-    let (request, json) = match command.action {
-        VmAction::Status { json } => (Request::Status, json),
-        VmAction::Device(DeviceAction::Restart { id, json }) => {
-            (Request::DeviceRestart { id }, json)
-        }
-        VmAction::Device(DeviceAction::Upgrade { id, binary, json }) => {
+    let action = match command.action {
+        VmAction::Status { json } => Err(json),
+        VmAction::Device(action) => Ok(*action),
+    };
+    let (request, json) = match action {
+        Err(json) => (Request::Status, json),
+        Ok(DeviceAction::Restart { id, json }) => (Request::DeviceRestart { id }, json),
+        Ok(DeviceAction::Upgrade { id, binary, json }) => {
             let binary = std::path::absolute(&binary)
                 .with_context(|| format!("cannot make {} absolute", binary.display()))?;
             (Request::DeviceUpgrade { id, binary }, json)
         }
-        VmAction::Device(DeviceAction::ReplaceDisk { id, disk, json }) => {
+        Ok(DeviceAction::ReplaceDisk { id, disk, json }) => {
             (disk_replace_request(id, &disk)?, json)
+        }
+        Ok(DeviceAction::Limits { id, bw, ops, rx_bw, rx_ops, tx_bw, tx_ops, json }) => {
+            let b = |b: Option<Bucket>| b.map(|Bucket(b)| b);
+            let limits = RateLimits {
+                bandwidth: b(bw),
+                ops: b(ops),
+                rx_bandwidth: b(rx_bw),
+                rx_ops: b(rx_ops),
+                tx_bandwidth: b(tx_bw),
+                tx_ops: b(tx_ops),
+            };
+            (Request::DeviceLimits { id, limits }, json)
         }
     };
     let reply = client::request(vm, &request).map_err(|e| anyhow!(crate::describe(&e)))?;
@@ -188,6 +249,9 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
         }
         (_, Payload::DeviceChange(change)) => println!("{}", change_line(&change, None)),
         (_, Payload::DiskReplaced(done)) => println!("{}", disk_line(&done)),
+        (_, Payload::LimitsChange(change)) => {
+            println!("{} limits: {}", clean(&change.id), limits_text(&change.limits))
+        }
     }
     Ok(0)
 }
@@ -227,6 +291,7 @@ fn to_json(payload: &Payload) -> serde_json::Result<String> {
         Payload::Status(status) => serde_json::to_string_pretty(status),
         Payload::DeviceChange(change) => serde_json::to_string_pretty(change),
         Payload::DiskReplaced(done) => serde_json::to_string_pretty(done),
+        Payload::LimitsChange(change) => serde_json::to_string_pretty(change),
     }
 }
 
@@ -242,6 +307,23 @@ pub fn disk_line(done: &DiskReplaced) -> String {
         bytes(done.capacity_bytes),
         done.capacity_bytes / 512
     )
+}
+
+/// `bandwidth 10485760/1000ms, ops none`: each bucket of a device, as the API gave them.
+pub fn limits_text(limits: &RateLimits) -> String {
+    let mut parts = Vec::new();
+    for (key, value) in limits.entries() {
+        let Some(bucket) = value else { continue };
+        let text = match bucket {
+            None => "none".to_string(),
+            Some(b) if b.one_time_burst > 0 => {
+                format!("{}/{}ms+{}", b.size, b.refill_time, b.one_time_burst)
+            }
+            Some(b) => format!("{}/{}ms", b.size, b.refill_time),
+        };
+        parts.push(format!("{key} {text}"));
+    }
+    parts.join(", ")
 }
 
 /// `blk0 restarted: pid 4250 → 4301, 12.5 ms without a backend`.
@@ -291,6 +373,9 @@ pub fn status_table(status: &VmStatus) -> String {
         }
         if let Some(on_restart) = &device.on_restart {
             out.push_str(&format!("{} on restart: {}\n", clean(&device.id), clean(on_restart)));
+        }
+        if let Some(limits) = &device.rate_limits {
+            out.push_str(&format!("{} limits: {}\n", clean(&device.id), limits_text(limits)));
         }
     }
     out.push_str(&confinement_table(status));
@@ -501,6 +586,7 @@ mod tests {
             requests: 10234,
             sandbox: pid.map(|_| "seccomp(filter) nnp caps(none)".into()),
             on_restart: pid.map(|_| "in-flight requests resubmitted".into()),
+            rate_limits: None,
         };
         let status = VmStatus {
             name: "web1".into(),
@@ -578,7 +664,9 @@ blk0     4250  3        compartment  60        2 of 3    3/3      3/3
             VmCommand::try_parse_from(std::iter::once("bulkhead ctl").chain(args.iter().copied()))
         };
         let c = parse(&["vm0", "device", "upgrade", "blk0", "--binary", "/b"]).unwrap();
-        assert!(matches!(c.action, VmAction::Device(DeviceAction::Upgrade { .. })));
+        assert!(
+            matches!(c.action, VmAction::Device(a) if matches!(*a, DeviceAction::Upgrade { .. }))
+        );
         assert!(parse(&["vm0"]).is_err());
         assert!(parse(&["vm0", "device", "restart"]).is_err());
     }

@@ -32,6 +32,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::blk::BlkConfig;
 use crate::console::{ConsoleConfig, ConsoleHost, HostEnds};
+use crate::limit::{DeviceLimits, Keys, LimitsView};
 use crate::net::config::{Mac, TapSource};
 use crate::net::NetConfig;
 use crate::rng::RngConfig;
@@ -50,7 +51,8 @@ pub enum DeviceCommand {
         /// Where the frontend is.
         #[command(flatten)]
         conn: ConnectionArgs,
-        /// The image: `PATH[,readonly][,format=raw|qcow2|vmdk][,queues=N][,serial=ID]`.
+        /// The image: `PATH[,readonly][,format=raw|qcow2|vmdk][,queues=N][,serial=ID]`, and rate
+        /// limits `[,bw=SIZE@MS[+BURST]][,ops=N@MS[+BURST]]` (SIZE with K, M, G: binary).
         #[arg(long, value_name = "PATH[,OPTIONS]")]
         disk: BlkConfig,
     },
@@ -73,12 +75,19 @@ pub enum DeviceCommand {
         /// The guest's MAC address (random 52:54:00:xx:xx:xx by default).
         #[arg(long)]
         mac: Option<Mac>,
+        /// Rate limits: `rx-bw=SIZE@MS[+BURST],rx-ops=N@MS[+BURST],tx-bw=…,tx-ops=…` (rx: what
+        /// the guest receives).
+        #[arg(long, value_name = "LIMITS", value_parser = net_limits)]
+        limits: Option<DeviceLimits>,
     },
     /// virtio-rng from the host's getrandom(2).
     Rng {
         /// Where the frontend is.
         #[command(flatten)]
         conn: ConnectionArgs,
+        /// Rate limits: `bw=SIZE@MS[+BURST],ops=N@MS[+BURST]` (bytes of entropy, requests).
+        #[arg(long, value_name = "LIMITS")]
+        limits: Option<RngConfig>,
     },
     /// virtio-console (one port) on a unix socket, a pty, or standard input and output.
     Console {
@@ -106,6 +115,15 @@ pub struct ConnectionArgs {
     /// out (see `bulkhead_devices::startup`).
     #[arg(long, value_name = "N", requires = "fd")]
     pub startup_fd: Option<RawFd>,
+    /// The core's limits page for this device, inherited as this descriptor (a sealed memfd,
+    /// mapped read-only): the rate limits now in force, which the core may change at any time
+    /// (see `bulkhead_devices::limit::page`). Without it, the limits given at start hold.
+    #[arg(long, value_name = "N")]
+    pub limits_fd: Option<RawFd>,
+}
+
+fn net_limits(s: &str) -> Result<DeviceLimits, String> {
+    DeviceLimits::parse(Keys::NET, s).map_err(|e| e.to_string())
 }
 
 impl DeviceCommand {
@@ -114,7 +132,7 @@ impl DeviceCommand {
         match self {
             DeviceCommand::Blk { conn, .. }
             | DeviceCommand::Net { conn, .. }
-            | DeviceCommand::Rng { conn }
+            | DeviceCommand::Rng { conn, .. }
             | DeviceCommand::Console { conn, .. } => conn,
         }
     }
@@ -123,14 +141,17 @@ impl DeviceCommand {
     pub fn split(self) -> (DeviceConfig, ConnectionArgs) {
         match self {
             DeviceCommand::Blk { conn, disk } => (DeviceConfig::Blk(disk), conn),
-            DeviceCommand::Net { conn, tap, tap_fd, mac } => {
+            DeviceCommand::Net { conn, tap, tap_fd, mac, limits } => {
                 let tap = match (tap, tap_fd) {
                     (Some(name), _) => TapSource::Name(name),
                     (None, fd) => TapSource::Fd(fd.unwrap_or(-1)),
                 };
-                (DeviceConfig::Net(NetConfig { tap, mac }), conn)
+                let limits = limits.unwrap_or_default();
+                (DeviceConfig::Net(NetConfig { tap, mac, limits }), conn)
             }
-            DeviceCommand::Rng { conn } => (DeviceConfig::Rng(RngConfig {}), conn),
+            DeviceCommand::Rng { conn, limits } => {
+                (DeviceConfig::Rng(limits.unwrap_or_default()), conn)
+            }
             DeviceCommand::Console { conn, console } => {
                 (DeviceConfig::Console(ConsoleConfig { host: console }), conn)
             }
@@ -211,8 +232,16 @@ fn start(
             })
         }));
     }
-    let device =
-        crate::open_with(cfg, handed).with_context(|| format!("cannot open the {kind} device"))?;
+    let limits = match conn.limits_fd {
+        // SAFETY: the descriptor was inherited for this process to own.
+        Some(fd) => Some(
+            LimitsView::map(unsafe { std::fs::File::from_raw_fd(fd) })
+                .context("cannot map the limits page (--limits-fd)")?,
+        ),
+        None => None,
+    };
+    let device = crate::open_limited(cfg, handed, limits)
+        .with_context(|| format!("cannot open the {kind} device"))?;
 
     let listener = match &conn.socket {
         Some(path) => Some(bind(path)?),

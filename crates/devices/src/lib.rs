@@ -26,6 +26,7 @@ pub mod cli;
 pub mod console;
 #[cfg(any(debug_assertions, feature = "fault-injection"))]
 pub mod fault;
+pub mod limit;
 pub mod net;
 pub mod rng;
 pub mod sandbox;
@@ -144,6 +145,16 @@ impl DeviceConfig {
             DeviceConfig::Console(_) => DeviceKind::Console,
         }
     }
+
+    /// The rate limits asked for at start; `None` for a device that has no limiter (console).
+    pub fn limits(&self) -> Option<limit::DeviceLimits> {
+        match self {
+            DeviceConfig::Blk(c) => Some(c.limits),
+            DeviceConfig::Net(c) => Some(c.limits),
+            DeviceConfig::Rng(c) => Some(c.limits),
+            DeviceConfig::Console(_) => None,
+        }
+    }
 }
 
 /// Parses `KIND[,OPTIONS]`: `blk,path=disk.qcow2,readonly,format=qcow2`, `net,tap=tap0`, `rng`,
@@ -252,7 +263,17 @@ pub fn open(cfg: &DeviceConfig) -> Result<Arc<dyn Device>, DeviceError> {
 /// opening their names again (a disk's image files; a console's connected client).
 pub fn open_with(
     cfg: &DeviceConfig,
+    handed: bulkhead_disk::HandedFiles,
+) -> Result<Arc<dyn Device>, DeviceError> {
+    open_limited(cfg, handed, None)
+}
+
+/// [`open_with`], the device's rate limits read from the limits page `limits` (the core's:
+/// changeable while the device serves) rather than fixed at `cfg`'s. A console has none.
+pub fn open_limited(
+    cfg: &DeviceConfig,
     mut handed: bulkhead_disk::HandedFiles,
+    limits: Option<limit::LimitsView>,
 ) -> Result<Arc<dyn Device>, DeviceError> {
     let client = match cfg {
         DeviceConfig::Console(_) => handed.take(std::path::Path::new(console::port::CLIENT_NAME)),
@@ -262,9 +283,27 @@ pub fn open_with(
         return Err(DeviceError::Config(format!("a {} device takes no such files", cfg.kind())));
     }
     match cfg {
-        DeviceConfig::Blk(c) => Ok(Arc::new(blk::BlkDevice::open(c, handed)?)),
-        DeviceConfig::Net(c) => Ok(Arc::new(net::NetDevice::open(c)?)),
-        DeviceConfig::Rng(c) => Ok(Arc::new(rng::RngDevice::open(c)?)),
+        DeviceConfig::Blk(c) => {
+            let d = blk::BlkDevice::open(c, handed)?;
+            Ok(Arc::new(match limits {
+                Some(view) => d.with_limits(view),
+                None => d,
+            }))
+        }
+        DeviceConfig::Net(c) => {
+            let d = net::NetDevice::open(c)?;
+            Ok(Arc::new(match limits {
+                Some(view) => d.with_limits(view),
+                None => d,
+            }))
+        }
+        DeviceConfig::Rng(c) => {
+            let d = rng::RngDevice::open(c)?;
+            Ok(Arc::new(match limits {
+                Some(view) => d.with_limits(view),
+                None => d,
+            }))
+        }
         DeviceConfig::Console(c) => Ok(Arc::new(console::ConsoleDevice::open(c, client)?)),
     }
 }

@@ -109,6 +109,9 @@ pub const COMMON: &[SyscallRule] = &[
     any("rt_sigaction"),
     any("sched_getaffinity"),
     when("prctl", 0, libc::PR_SET_NAME as u64),
+    // rate limits: each queue's timer (`limit::gate`)
+    any("timerfd_create"),
+    any("timerfd_settime"),
     // abort(3), for the panic hook of `bulkhead device`: raise(SIGABRT) is tgkill(getpid(),
     // gettid(), SIGABRT) (getpid and gettid are in the baseline). Without them a panicking
     // compartment dies of SIGSYS instead, which reads as a filter violation.

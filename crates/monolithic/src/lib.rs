@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bulkhead_core::virtio::{Backend, DeviceKind, Launched, Reconfiguration};
+use bulkhead_devices::limit::LimitsView;
 use bulkhead_devices::{Device, DeviceConfig};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -33,6 +34,8 @@ pub struct ThreadBackend {
     config: DeviceConfig,
     confine: Confine,
     launcher: Launcher,
+    /// The device's limits page, as the core writes it (the same page a compartment maps).
+    limits: Option<LimitsView>,
     running: Option<(JoinHandle<()>, Arc<EventFd>)>,
     /// A device opened with a new configuration while the running one served (see
     /// [`Backend::prepare`]), for the next launch to serve.
@@ -48,7 +51,16 @@ impl ThreadBackend {
         confine: Confine,
         launcher: Launcher,
     ) -> Self {
-        ThreadBackend { kind, name, config, confine, launcher, running: None, prepared: None }
+        ThreadBackend {
+            kind,
+            name,
+            config,
+            confine,
+            launcher,
+            limits: None,
+            running: None,
+            prepared: None,
+        }
     }
 
     /// `f`'s value, computed on the launcher (see [`Launcher`]).
@@ -61,6 +73,12 @@ impl ThreadBackend {
             }
         });
         out.expect("the launcher ran the job")
+    }
+
+    /// The backend with its rate limits read from `view` (the core's limits page).
+    pub fn with_limits(mut self, view: LimitsView) -> Self {
+        self.limits = Some(view);
+        self
     }
 
     fn stop(&mut self) {
@@ -95,8 +113,12 @@ impl Backend for ThreadBackend {
                 (device, true)
             }
             None => (
-                bulkhead_devices::open(&self.config)
-                    .map_err(|e| std::io::Error::other(format!("{:#}", anyhow::Error::new(e))))?,
+                bulkhead_devices::open_limited(
+                    &self.config,
+                    Default::default(),
+                    self.limits.clone(),
+                )
+                .map_err(|e| std::io::Error::other(format!("{:#}", anyhow::Error::new(e))))?,
                 false,
             ),
         };
@@ -147,7 +169,9 @@ impl Backend for ThreadBackend {
         }
         self.prepared = None;
         let config = DeviceConfig::Blk(config);
-        let device = self.on_launcher(|| bulkhead_devices::open(&config)).map_err(|e| {
+        let limits = self.limits.clone();
+        let open = || bulkhead_devices::open_limited(&config, Default::default(), limits);
+        let device = self.on_launcher(open).map_err(|e| {
             format!("cannot serve {name} from the new image: {:#}", anyhow::Error::new(e))
         })?;
         self.prepared = Some((config, device));

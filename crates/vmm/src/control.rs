@@ -9,9 +9,12 @@ use bulkhead_api::{
     ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, NewImage,
     Server, VmStatus,
 };
+use bulkhead_api::{LimitsChange, RateLimits};
 use bulkhead_core::supervisor::{self, SupervisorHandle};
 use bulkhead_devices::blk::config::capacity_bytes;
 use bulkhead_devices::blk::DiskSwap;
+
+use crate::limits::LimitedDevice;
 
 /// What the API reports about this VM, and the supervisor that acts.
 pub struct Vm {
@@ -22,6 +25,8 @@ pub struct Vm {
     pub supervisor: SupervisorHandle,
     /// The partitioning line of the status (cgroups, pins).
     pub limits: Option<String>,
+    /// The limits page of each device that has rate limiters.
+    pub rate_limits: Vec<LimitedDevice>,
 }
 
 impl Vm {
@@ -69,7 +74,14 @@ impl ControlTarget for Vm {
                 confinement.extend(crate::confine::status::compartment(&d.name, pid, kind));
             }
         }
-        let devices = reports.into_iter().map(device_status).collect();
+        let devices = reports
+            .into_iter()
+            .map(|d| {
+                let limited = self.rate_limits.iter().find(|l| l.name == d.name);
+                let rate_limits = limited.map(LimitedDevice::current);
+                DeviceStatus { rate_limits, ..device_status(d) }
+            })
+            .collect();
         VmStatus {
             confinement,
             name: self.name.clone(),
@@ -112,6 +124,35 @@ impl ControlTarget for Vm {
         })
     }
 
+    fn set_device_limits(&self, id: &str, limits: &RateLimits) -> Result<LimitsChange, String> {
+        if let Some(device) = self.rate_limits.iter().find(|l| l.name == id) {
+            return device.change(limits);
+        }
+        let reports = self.supervisor.report();
+        let Some(d) = reports.iter().find(|d| d.name == id) else {
+            let names: Vec<&str> = reports.iter().map(|d| d.name.as_str()).collect();
+            return Err(format!("there is no device {id}; this VM has {}", names.join(", ")));
+        };
+        Err(match (d.mode, d.pid) {
+            ("outside", Some(pid)) => {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"));
+                let program = comm
+                    .map_or("a program Bulkhead did not write".into(), |c| c.trim().to_string());
+                format!(
+                    "rate limits are enforced by Bulkhead's own devices; {id} is run by {program}"
+                )
+            }
+            ("outside" | "external", _) => format!(
+                "rate limits are enforced by Bulkhead's own devices; {id} is run by a backend \
+                 Bulkhead did not write"
+            ),
+            _ => format!(
+                "{id} is a {} device, which has no rate limiter (blk, net and rng do)",
+                d.kind
+            ),
+        })
+    }
+
     fn serving_thread_started(&self) -> Result<(), String> {
         crate::confine::confine(crate::confine::ThreadClass::Api)
     }
@@ -140,6 +181,7 @@ fn device_status(d: supervisor::DeviceReport) -> DeviceStatus {
         requests: d.requests,
         sandbox: Some(d.sandbox),
         on_restart: Some(d.on_restart),
+        rate_limits: None,
     }
 }
 

@@ -8,7 +8,8 @@
 //!   mode) — and each device's sandbox policy;
 //! - [`confine`]: the core confines itself, a seccomp allow-list per thread
 //!   class, and the launcher thread that alone starts compartments;
-//! - [`control`]: the management API, answered from the core's supervisor.
+//! - [`control`]: the management API, answered from the core's supervisor;
+//! - [`limits`]: each device's limits page, which the API rewrites.
 //!
 //! All of it runs in the core (the trusted computing base); the device
 //! policies of [`backends`] are also what a compartment enters its sandbox
@@ -17,6 +18,7 @@
 pub mod backends;
 pub mod confine;
 pub mod control;
+pub mod limits;
 pub mod partition;
 
 use std::time::Instant;
@@ -56,6 +58,7 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     // Before anything else runs, so that a console that cannot be set up stops the start. Its
     // socket goes with the VM, on this thread (the event loop's filter allows unlink).
     let _sockets = RemoveOnDrop(backends::open_consoles(&mut devices)?);
+    let rate_limits = backends::create_limits_pages(&mut devices)?;
     let compartments = (mode == Mode::Microkernel && !devices.is_empty()) || !outside.is_empty();
     // In monolithic mode a disk swapped for another image is opened, and its thread started,
     // on the launcher (see `bulkhead_monolithic::Launcher`).
@@ -86,7 +89,7 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     let (cpus, memory_bytes, limits) = (u32::from(vm.cpus), vm.memory, partition.summary());
     vm.on_start = Some(Box::new(move |supervisor| {
         let started = Instant::now();
-        let vm = control::Vm { name, cpus, memory_bytes, started, supervisor, limits };
+        let vm = control::Vm { name, cpus, memory_bytes, started, supervisor, limits, rate_limits };
         match control::start(vm) {
             Ok(server) => Box::new(server),
             Err(e) => {

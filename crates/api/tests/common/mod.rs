@@ -56,6 +56,7 @@ pub fn sample_status() -> VmStatus {
                 requests: 1000,
                 sandbox: Some("seccomp(filter) nnp caps(none) ns(mnt,pid,net)".into()),
                 on_restart: None,
+                rate_limits: None,
             },
             DeviceStatus {
                 id: "rng0".into(),
@@ -69,6 +70,7 @@ pub fn sample_status() -> VmStatus {
                 requests: 3,
                 sandbox: None,
                 on_restart: None,
+                rate_limits: None,
             },
         ],
         confinement: Vec::new(),

@@ -48,7 +48,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Device, DeviceError};
-pub use queue::{Progress, QueueContext, QueueHandler, RequestHandler, Requests};
+pub use queue::{Limited, Progress, QueueContext, QueueHandler, RequestHandler, Requests};
 
 /// Largest virtqueue a device accepts by default.
 pub const MAX_QUEUE_SIZE: u16 = 1024;

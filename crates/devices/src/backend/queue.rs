@@ -22,6 +22,7 @@ use vm_memory::GuestMemoryMmap;
 use super::chain::{self, Chain, Table};
 use super::inflight::InflightQueue;
 use crate::fault::{self, Returning};
+use crate::limit::Gate;
 use crate::DeviceKind;
 
 /// How far a call to [`QueueHandler::process`] got.
@@ -60,12 +61,23 @@ pub trait QueueHandler: Send {
     fn wants_event(&self) -> bool {
         true
     }
+
+    /// A rate limiter's timerfd the worker also waits on: the handler stopped taking requests
+    /// until it fires ([`crate::limit::gate`]).
+    fn timer_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// A device that turns each chain into one completed request.
 pub trait RequestHandler: Send {
     /// Serves one chain and returns how many bytes it wrote into it.
     fn handle(&mut self, mem: &GuestMemoryMmap, chain: &Chain) -> u32;
+
+    /// The bytes a rate limiter counts for this chain (asked only while one limits bandwidth).
+    fn cost(&self, _mem: &GuestMemoryMmap, _chain: &Chain) -> u64 {
+        0
+    }
 }
 
 /// Runs a [`RequestHandler`] over every available chain, in order.
@@ -78,6 +90,44 @@ impl<H: RequestHandler> QueueHandler for Requests<H> {
             queue.complete(chain.head, len);
         }
         Progress::Drained
+    }
+}
+
+/// A [`RequestHandler`] behind a rate limiter: a chain the limiter does not admit yet is held,
+/// and no other is taken, until the gate's timer fires.
+pub struct Limited<H> {
+    handler: H,
+    gate: Gate,
+    held: Option<Chain>,
+}
+
+impl<H: RequestHandler> Limited<H> {
+    /// `handler`, limited by `gate`.
+    pub fn new(handler: H, gate: Gate) -> Limited<H> {
+        Limited { handler, gate, held: None }
+    }
+}
+
+impl<H: RequestHandler> QueueHandler for Limited<H> {
+    fn process(&mut self, queue: &mut QueueContext<'_>) -> Progress {
+        self.gate.refresh();
+        loop {
+            let Some(chain) = self.held.take().or_else(|| queue.pop()) else {
+                return Progress::Drained;
+            };
+            let mem = queue.memory();
+            let handler = &self.handler;
+            if !self.gate.admit(|| handler.cost(mem, &chain)) {
+                self.held = Some(chain);
+                return Progress::Paused;
+            }
+            let len = self.handler.handle(mem, &chain);
+            queue.complete(chain.head, len);
+        }
+    }
+
+    fn timer_fd(&self) -> Option<RawFd> {
+        Some(self.gate.timer_fd())
     }
 }
 

@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::inflight::{InflightQueue, InflightRegion};
 use super::queue::{Ledger, Progress, QueueContext, QueueHandler, QueueId};
+use crate::limit::gate::clear_timer;
 use crate::DeviceKind;
 
 /// Most passes over a queue in one wake-up before the worker checks whether it should stop.
@@ -235,6 +236,8 @@ enum Token {
     Control = 2,
     /// The device's fd (net's tap) has something.
     Device = 3,
+    /// The rate limiter's timer fired: the queue may go on.
+    Timer = 4,
 }
 
 impl Token {
@@ -243,7 +246,9 @@ impl Token {
     }
 
     fn from_raw(raw: u64) -> Option<Token> {
-        [Token::Kick, Token::Control, Token::Device].into_iter().find(|t| t.raw() == raw)
+        [Token::Kick, Token::Control, Token::Device, Token::Timer]
+            .into_iter()
+            .find(|t| t.raw() == raw)
     }
 }
 
@@ -265,6 +270,7 @@ impl Worker {
             stop: stop.clone(),
             mem,
             device_fd: handler.event_fd(),
+            timer_fd: handler.timer_fd(),
             poll: handler.poll_before_sleep(),
             peer,
             epoll: Epoll::new()?,
@@ -302,6 +308,8 @@ struct WorkerLoop {
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     /// The handler's [`QueueHandler::event_fd`].
     device_fd: Option<RawFd>,
+    /// The handler's [`QueueHandler::timer_fd`].
+    timer_fd: Option<RawFd>,
     /// The handler's [`QueueHandler::poll_before_sleep`].
     poll: std::time::Duration,
     peer: Option<Arc<Mutex<VringState>>>,
@@ -321,6 +329,9 @@ impl WorkerLoop {
             let ev = EpollEvent::new(EventSet::empty(), Token::Device.raw());
             self.epoll.ctl(ControlOperation::Add, fd, ev)?;
         }
+        if let Some(fd) = self.timer_fd {
+            add(fd, Token::Timer)?;
+        }
         Ok(())
     }
 
@@ -339,6 +350,7 @@ impl WorkerLoop {
                 match Token::from_raw(ev.data()) {
                     Some(Token::Kick) => drop(self.kick.read()),
                     Some(Token::Control) => drop(self.control.read()),
+                    Some(Token::Timer) => self.timer_fd.into_iter().for_each(clear_timer),
                     Some(Token::Device) | None => {}
                 }
             }

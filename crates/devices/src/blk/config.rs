@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use bulkhead_disk::{Format, Locking};
 
+use crate::limit::{DeviceLimits, Keys};
 use crate::DeviceError;
 
 /// Sector size of the virtio-blk protocol.
@@ -43,8 +44,9 @@ pub mod features {
     pub const WRITE_ZEROES: u64 = 1 << 14;
 }
 
-/// A block device: `path=disk.qcow2,readonly,format=qcow2,queues=2,serial=ID,locking=off` (a
-/// bare first word is the path: `disk.qcow2,readonly`).
+/// A block device: `path=disk.qcow2,readonly,format=qcow2,queues=2,serial=ID,locking=off`, and
+/// rate limits `bw=10M@1000,ops=500@100+1000` (a bare first word is the path:
+/// `disk.qcow2,readonly`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlkConfig {
     /// The image.
@@ -60,6 +62,8 @@ pub struct BlkConfig {
     /// Whether the image's files are locked against other processes' conflicting use
     /// (`locking=on`, the default, or `off`, as QEMU's `file.locking=off`).
     pub locking: Locking,
+    /// Rate limits at start (one limiter: bandwidth and operations, every queue together).
+    pub limits: DeviceLimits,
 }
 
 impl BlkConfig {
@@ -72,6 +76,7 @@ impl BlkConfig {
             queues: 1,
             serial: None,
             locking: Locking::On,
+            limits: DeviceLimits::default(),
         }
     }
 }
@@ -92,11 +97,13 @@ impl FromStr for BlkConfig {
                 ("locking", "on") => cfg.locking = Locking::On,
                 ("locking", "off") => cfg.locking = Locking::Off,
                 (path, "") if i == 0 => cfg.path = path.into(),
+                (key, v) if cfg.limits.set_option(Keys::ONE, key, v)? => {}
                 _ => {
                     return Err(DeviceError::Config(format!(
                         "unknown disk option {key}={value:?}; use path=FILE, readonly, \
                          format=raw|qcow2|vmdk, queues=N, serial=ID (20 bytes at most), \
-                         locking=on|off"
+                         locking=on|off, {}",
+                        Keys::ONE.describe()
                     )))
                 }
             }
@@ -127,7 +134,7 @@ impl std::fmt::Display for BlkConfig {
         if self.locking == Locking::Off {
             f.write_str(",locking=off")?;
         }
-        Ok(())
+        self.limits.write_options(Keys::ONE, f)
     }
 }
 
@@ -259,6 +266,11 @@ mod tests {
         let c: BlkConfig = "a,locking=off".parse().unwrap();
         assert_eq!(c.locking, Locking::Off);
         assert!("a,locking=maybe".parse::<BlkConfig>().is_err());
+        let c: BlkConfig = "a,bw=4K@10,ops=none".parse().unwrap();
+        assert_eq!(c.limits.0[0].bandwidth.unwrap().size, 4096);
+        assert!(c.limits.0[0].ops.is_none());
+        let err = "a,ops=fast".parse::<BlkConfig>().unwrap_err().to_string();
+        assert!(err.contains("ops=fast") && err.contains("SIZE@MS[+BURST]"), "{err}");
     }
 
     #[test]
@@ -291,7 +303,11 @@ mod tests {
 
     #[test]
     fn what_it_writes_reads_back_the_same() {
-        for spec in ["/d.raw", "/d.qcow2,readonly,format=qcow2,queues=2,serial=x,locking=off"] {
+        for spec in [
+            "/d.raw",
+            "/d.qcow2,readonly,format=qcow2,queues=2,serial=x,locking=off",
+            "/d.raw,bw=10M@1000+1M,ops=100@100",
+        ] {
             let c: BlkConfig = spec.parse().unwrap();
             assert_eq!(c.to_string().parse::<BlkConfig>().unwrap(), c, "{spec}");
         }

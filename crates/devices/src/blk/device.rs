@@ -9,7 +9,8 @@ use vm_memory::GuestMemoryMmap;
 use super::config::{self, features, BlkConfig, SECTOR};
 use super::request::{self, Target, ID_BYTES};
 use crate::backend::chain::Chain;
-use crate::backend::{QueueHandler, RequestHandler, Requests};
+use crate::backend::{Limited, QueueHandler, RequestHandler};
+use crate::limit::{spec::MAIN, Limiters, LimitsView};
 use crate::{Device, DeviceError, DeviceKind};
 
 /// A virtio-blk device serving one image.
@@ -18,12 +19,13 @@ pub struct BlkDevice {
     read_only: bool,
     queues: u16,
     id: [u8; ID_BYTES],
+    limiters: Limiters,
 }
 
 impl BlkDevice {
-    /// Opens the image `cfg` names (read-only if asked, in the named format or probed).
-    /// Opens the image `cfg` names, using the `handed` files of a predecessor (with their
-    /// locks) rather than opening those names again.
+    /// Opens the image `cfg` names (read-only if asked, in the named format or probed), using
+    /// the `handed` files of a predecessor (with their locks) rather than opening those names
+    /// again; its rate limits are `cfg`'s for good unless given a page ([`BlkDevice::with_limits`]).
     pub fn open(cfg: &BlkConfig, handed: HandedFiles) -> Result<BlkDevice, DeviceError> {
         let opts = OpenOptions {
             read_only: cfg.read_only,
@@ -38,7 +40,8 @@ impl BlkDevice {
                 cfg.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
             }
         };
-        Ok(BlkDevice::new(Arc::from(disk), cfg.read_only, cfg.queues, &serial))
+        Ok(BlkDevice::new(Arc::from(disk), cfg.read_only, cfg.queues, &serial)
+            .with_limits(LimitsView::fixed(&cfg.limits)))
     }
 
     /// A device over an already opened image.
@@ -47,7 +50,14 @@ impl BlkDevice {
         let n = serial.len().min(ID_BYTES);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
         let read_only = read_only || disk.is_read_only();
-        BlkDevice { disk, read_only, queues: queues.max(1), id }
+        let limiters = Limiters::new(LimitsView::fixed(&Default::default()));
+        BlkDevice { disk, read_only, queues: queues.max(1), id, limiters }
+    }
+
+    /// The device with the rate limits of `view`.
+    pub fn with_limits(mut self, view: LimitsView) -> BlkDevice {
+        self.limiters = Limiters::new(view);
+        self
     }
 
     /// Capacity in 512-byte sectors.
@@ -96,7 +106,7 @@ impl Device for BlkDevice {
         _queue: usize,
         _acked_features: u64,
     ) -> Result<Box<dyn QueueHandler>, DeviceError> {
-        Ok(Box::new(Requests(BlkQueue::new(self))))
+        Ok(Box::new(Limited::new(BlkQueue::new(self), self.limiters.gate(MAIN)?)))
     }
 }
 
@@ -129,5 +139,9 @@ impl RequestHandler for BlkQueue {
             buf: &mut self.buf,
         };
         request::execute(mem, chain, &mut target)
+    }
+
+    fn cost(&self, mem: &GuestMemoryMmap, chain: &Chain) -> u64 {
+        request::data_bytes(mem, chain)
     }
 }

@@ -61,6 +61,20 @@ pub struct Target<'a> {
     pub buf: &'a mut Vec<u8>,
 }
 
+/// The data bytes a request moves, as a rate limiter counts them: a read's or a write's
+/// length; 0 for any other request (a flush, GET_ID, a discard) or a malformed one.
+pub fn data_bytes(mem: &GuestMemoryMmap, chain: &Chain) -> u64 {
+    let mut header = [0u8; 4];
+    if chain.error.is_some() || !chain.reader().read_exact(mem, &mut header) {
+        return 0;
+    }
+    match u32::from_le_bytes(header) {
+        types::IN => chain.writable_len().saturating_sub(1),
+        types::OUT => chain.readable_len().saturating_sub(HEADER),
+        _ => 0,
+    }
+}
+
 /// Carries out the request in `chain`; returns the bytes written into it (data and status).
 pub fn execute(mem: &GuestMemoryMmap, chain: &Chain, t: &mut Target<'_>) -> u32 {
     let writer = chain.writer();

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::limit::{DeviceLimits, Keys};
 use crate::DeviceError;
 
 /// Feature bits (virtio 1.2, 5.1.3).
@@ -66,13 +67,16 @@ impl FromStr for Mac {
     }
 }
 
-/// A network device: `tap=NAME` or `tap-fd=N`, and `mac=52:54:00:12:34:56`.
+/// A network device: `tap=NAME` or `tap-fd=N`, `mac=52:54:00:12:34:56`, and rate limits
+/// `rx-bw=…,rx-ops=…,tx-bw=…,tx-ops=…` (rx: what the guest receives).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
     /// The tap.
     pub tap: TapSource,
     /// The guest's MAC; random (`52:54:00:…`) when `None`.
     pub mac: Option<Mac>,
+    /// Rate limits at start: [`crate::limit::spec::RX`] and [`crate::limit::spec::TX`].
+    pub limits: DeviceLimits,
 }
 
 impl FromStr for NetConfig {
@@ -81,6 +85,7 @@ impl FromStr for NetConfig {
     fn from_str(s: &str) -> Result<Self, DeviceError> {
         let mut tap = None;
         let mut mac = None;
+        let mut limits = DeviceLimits::default();
         for (key, value) in crate::options(s) {
             match key {
                 "tap" if !value.is_empty() => tap = Some(TapSource::Name(value.into())),
@@ -89,16 +94,18 @@ impl FromStr for NetConfig {
                     _ => return Err(DeviceError::Config(format!("tap-fd={value}: not an fd"))),
                 },
                 "mac" => mac = Some(value.parse()?),
+                _ if limits.set_option(Keys::NET, key, value)? => {}
                 _ => {
                     return Err(DeviceError::Config(format!(
-                        "unknown net option {key:?}; use tap=NAME or tap-fd=N, and mac=MAC"
+                        "unknown net option {key:?}; use tap=NAME or tap-fd=N, mac=MAC, {}",
+                        Keys::NET.describe()
                     )))
                 }
             }
         }
         let tap = tap
             .ok_or_else(|| DeviceError::Config("a net device needs tap=NAME or tap-fd=N".into()))?;
-        Ok(NetConfig { tap, mac })
+        Ok(NetConfig { tap, mac, limits })
     }
 }
 
@@ -120,6 +127,10 @@ mod tests {
         assert_eq!(c.tap, TapSource::Name("bh0".into()));
         assert_eq!(c.mac.unwrap().to_string(), "52:54:00:ab:cd:ef");
         assert_eq!("tap-fd=7".parse::<NetConfig>().unwrap().tap, TapSource::Fd(7));
+        let c: NetConfig = "tap=a,rx-bw=1M@100,tx-ops=10@10".parse().unwrap();
+        assert_eq!(c.limits.0[crate::limit::spec::RX].bandwidth.unwrap().size, 1 << 20);
+        assert_eq!(c.limits.0[crate::limit::spec::TX].ops.unwrap().size, 10);
+        assert!("tap=a,bw=1M@100".parse::<NetConfig>().is_err(), "net's keys are rx-/tx-");
         for bad in [
             "",
             "mac=52:54:00:ab:cd:ef",

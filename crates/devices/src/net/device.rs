@@ -8,6 +8,7 @@ use super::config::{self, features, Mac, NetConfig, TapSource};
 use super::tap::{PacketPort, Tap, VNET_HDR_LEN};
 use crate::backend::chain::Chain;
 use crate::backend::{Progress, QueueContext, QueueHandler};
+use crate::limit::{spec, Gate, Limiters, LimitsView};
 use crate::{Device, DeviceError, DeviceKind};
 
 /// Largest frame (without header) the device carries.
@@ -21,6 +22,7 @@ const TX: usize = 1;
 pub struct NetDevice {
     tap: Arc<dyn PacketPort>,
     mac: Mac,
+    limiters: Limiters,
 }
 
 impl NetDevice {
@@ -30,12 +32,20 @@ impl NetDevice {
             TapSource::Name(name) => Tap::open(name)?,
             TapSource::Fd(fd) => Tap::from_fd(*fd)?,
         };
-        Ok(NetDevice::new(tap, cfg.mac.unwrap_or_else(Mac::random)))
+        let device = NetDevice::new(tap, cfg.mac.unwrap_or_else(Mac::random));
+        Ok(device.with_limits(LimitsView::fixed(&cfg.limits)))
     }
 
-    /// A device over an open tap (or another packet port).
+    /// A device over an open tap (or another packet port), with no rate limit.
     pub fn new(tap: impl PacketPort + 'static, mac: Mac) -> NetDevice {
-        NetDevice { tap: Arc::new(tap), mac }
+        let limiters = Limiters::new(LimitsView::fixed(&Default::default()));
+        NetDevice { tap: Arc::new(tap), mac, limiters }
+    }
+
+    /// The device with the rate limits of `view`.
+    pub fn with_limits(mut self, view: LimitsView) -> NetDevice {
+        self.limiters = Limiters::new(view);
+        self
     }
 
     /// The guest's MAC address.
@@ -86,8 +96,11 @@ impl Device for NetDevice {
         acked_features: u64,
     ) -> Result<Box<dyn QueueHandler>, DeviceError> {
         match queue {
-            RX => Ok(Box::new(RxQueue::new(self.tap.clone(), acked_features))),
-            TX => Ok(Box::new(TxQueue::new(self.tap.clone()))),
+            RX => {
+                let gate = self.limiters.gate(spec::RX)?;
+                Ok(Box::new(RxQueue::new(self.tap.clone(), acked_features, gate)))
+            }
+            TX => Ok(Box::new(TxQueue::new(self.tap.clone(), self.limiters.gate(spec::TX)?))),
             _ => Err(DeviceError::Config(format!("net has no queue {queue} (no control queue)"))),
         }
     }
@@ -101,6 +114,9 @@ pub struct RxQueue {
     buf: Vec<u8>,
     /// Length in `buf` of a packet read from the tap and not yet delivered.
     pending: Option<usize>,
+    /// The pending packet got its tokens from the rate limiter.
+    admitted: bool,
+    gate: Gate,
 }
 
 enum Delivery {
@@ -110,9 +126,10 @@ enum Delivery {
 
 impl RxQueue {
     /// A receive handler; `features` says whether buffers may be merged.
-    pub fn new(tap: Arc<dyn PacketPort>, features: u64) -> RxQueue {
+    pub fn new(tap: Arc<dyn PacketPort>, features: u64, gate: Gate) -> RxQueue {
         let mergeable = features & features::MRG_RXBUF != 0;
-        RxQueue { tap, mergeable, buf: vec![0; VNET_HDR_LEN + MAX_FRAME], pending: None }
+        let buf = vec![0; VNET_HDR_LEN + MAX_FRAME];
+        RxQueue { tap, mergeable, buf, pending: None, admitted: false, gate }
     }
 
     /// Reads one packet from the tap into `buf`; false when there is none.
@@ -123,6 +140,7 @@ impl RxQueue {
                 // No offloads were offered: the guest gets a plain, checksummed packet.
                 self.buf[..VNET_HDR_LEN].fill(0);
                 self.pending = Some(at + n);
+                self.admitted = false;
                 true
             }
             Ok(_) => true, // empty read: skip it
@@ -189,9 +207,16 @@ impl QueueHandler for RxQueue {
     }
 
     fn process(&mut self, q: &mut QueueContext<'_>) -> Progress {
+        self.gate.refresh();
         for _ in 0..BATCH {
             if self.pending.is_none() && !self.read_tap() {
                 return Progress::Paused;
+            }
+            if let (Some(len), false) = (self.pending, self.admitted) {
+                if !self.gate.admit(|| (len - VNET_HDR_LEN) as u64) {
+                    return Progress::Paused; // the timer brings the worker back
+                }
+                self.admitted = true;
             }
             if let Delivery::NoBuffers = self.deliver(q) {
                 return Progress::Starved;
@@ -207,18 +232,25 @@ impl QueueHandler for RxQueue {
     fn wants_event(&self) -> bool {
         self.pending.is_none()
     }
+
+    fn timer_fd(&self) -> Option<RawFd> {
+        Some(self.gate.timer_fd())
+    }
 }
 
 /// Transmit: guest → tap.
 pub struct TxQueue {
     tap: Arc<dyn PacketPort>,
     buf: Vec<u8>,
+    gate: Gate,
+    /// A chain the rate limiter did not admit yet.
+    held: Option<Chain>,
 }
 
 impl TxQueue {
     /// A transmit handler.
-    pub fn new(tap: Arc<dyn PacketPort>) -> TxQueue {
-        TxQueue { tap, buf: Vec::with_capacity(VNET_HDR_LEN + MAX_FRAME) }
+    pub fn new(tap: Arc<dyn PacketPort>, gate: Gate) -> TxQueue {
+        TxQueue { tap, buf: Vec::with_capacity(VNET_HDR_LEN + MAX_FRAME), gate, held: None }
     }
 
     fn send(&mut self, q: &QueueContext<'_>, chain: &Chain) {
@@ -252,10 +284,19 @@ impl QueueHandler for TxQueue {
     }
 
     fn process(&mut self, q: &mut QueueContext<'_>) -> Progress {
-        while let Some(chain) = q.pop() {
+        self.gate.refresh();
+        while let Some(chain) = self.held.take().or_else(|| q.pop()) {
+            if !self.gate.admit(|| chain.readable_len().saturating_sub(VNET_HDR_LEN as u64)) {
+                self.held = Some(chain);
+                return Progress::Paused; // the timer brings the worker back
+            }
             self.send(q, &chain);
             q.complete(chain.head, 0);
         }
         Progress::Drained
+    }
+
+    fn timer_fd(&self) -> Option<RawFd> {
+        Some(self.gate.timer_fd())
     }
 }

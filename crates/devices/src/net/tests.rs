@@ -15,6 +15,7 @@ use super::device::{RxQueue, TxQueue};
 use super::tap::{PacketPort, VNET_HDR_LEN};
 use crate::backend::queue::testing::{ledger, memory};
 use crate::backend::{Progress, QueueContext, QueueHandler};
+use crate::limit::Gate;
 
 /// One end of a datagram pair: what the device sees as its tap.
 struct FakeTap {
@@ -86,7 +87,7 @@ fn transmit_strips_or_keeps_the_header() {
         let descs = buffers(&[(0x10_0000, 72), (0x10_0000, 20), (0xf000_0000, 72)], false);
         mock.add_desc_chains(&descs, 0).unwrap();
         let mut q: Queue = mock.create_queue().unwrap();
-        let mut h = TxQueue::new(port);
+        let mut h = TxQueue::new(port, Gate::unlimited().unwrap());
         assert_eq!(process(&mem, &mut q, &mut h), Progress::Drained);
         assert_eq!(used(&mock), vec![(0, 0), (1, 0), (2, 0)], "all returned");
         let mut got = [0u8; 200];
@@ -103,7 +104,7 @@ fn receive_waits_for_buffers_without_losing_the_packet() {
     let (port, host) = tap(false);
     let mock = MockSplitQueue::new(&mem, 16);
     let mut q: Queue = mock.create_queue().unwrap();
-    let mut h = RxQueue::new(port, 0);
+    let mut h = RxQueue::new(port, 0, Gate::unlimited().unwrap());
     assert_eq!(process(&mem, &mut q, &mut h), Progress::Paused, "no packet");
     host.send(&frame(100)).unwrap();
     assert_eq!(process(&mem, &mut q, &mut h), Progress::Starved, "a packet, no buffer");
@@ -127,7 +128,7 @@ fn receive_merges_buffers() {
     let bufs = [(0x10_0000, 1000), (0x20_0000, 1000), (0x30_0000, 1000), (0x40_0000, 1000)];
     mock.add_desc_chains(&buffers(&bufs, true), 0).unwrap();
     let mut q: Queue = mock.create_queue().unwrap();
-    let mut h = RxQueue::new(port, features::MRG_RXBUF);
+    let mut h = RxQueue::new(port, features::MRG_RXBUF, Gate::unlimited().unwrap());
     host.send(&[vec![0x77; VNET_HDR_LEN], frame(2500)].concat()).unwrap();
     process(&mem, &mut q, &mut h);
     assert_eq!(used(&mock), vec![(0, 1000), (1, 1000), (2, 512)]);
@@ -147,7 +148,7 @@ fn receive_without_merging_drops_what_does_not_fit_and_keeps_the_buffer() {
     let mock = MockSplitQueue::new(&mem, 16);
     mock.add_desc_chains(&buffers(&[(0x10_0000, 500)], true), 0).unwrap();
     let mut q: Queue = mock.create_queue().unwrap();
-    let mut h = RxQueue::new(port, 0);
+    let mut h = RxQueue::new(port, 0, Gate::unlimited().unwrap());
     host.send(&frame(1000)).unwrap(); // too big for the 500-byte buffer
     host.send(&frame(60)).unwrap();
     process(&mem, &mut q, &mut h);
@@ -162,7 +163,7 @@ fn receive_returns_broken_buffers_empty() {
     let descs = [buffers(&[(0xf000_0000, 2048)], true), buffers(&[(0x10_0000, 2048)], true)];
     mock.add_desc_chains(&descs.concat(), 0).unwrap();
     let mut q: Queue = mock.create_queue().unwrap();
-    let mut h = RxQueue::new(port, features::MRG_RXBUF);
+    let mut h = RxQueue::new(port, features::MRG_RXBUF, Gate::unlimited().unwrap());
     host.send(&frame(80)).unwrap();
     process(&mem, &mut q, &mut h);
     assert_eq!(used(&mock), vec![(0, 0), (1, 92)], "the bad buffer back empty, then the packet");
@@ -175,11 +176,48 @@ fn receive_waits_for_enough_buffers_to_merge_into() {
     let mock = MockSplitQueue::new(&mem, 16);
     mock.add_desc_chains(&buffers(&[(0x10_0000, 1000)], true), 0).unwrap();
     let mut q: Queue = mock.create_queue().unwrap();
-    let mut h = RxQueue::new(port, features::MRG_RXBUF);
+    let mut h = RxQueue::new(port, features::MRG_RXBUF, Gate::unlimited().unwrap());
     host.send(&frame(1500)).unwrap();
     assert_eq!(process(&mem, &mut q, &mut h), Progress::Starved, "1000 bytes of room for 1512");
     assert_eq!(used(&mock), vec![], "the buffer was put back");
     mock.add_desc_chains(&buffers(&[(0x20_0000, 1000)], true), 1).unwrap();
     process(&mem, &mut q, &mut h);
     assert_eq!(used(&mock), vec![(0, 1000), (1, 512)]);
+}
+
+#[test]
+fn transmit_over_its_rate_holds_the_frame_until_the_timer_fires() {
+    use crate::limit::spec::{BucketSpec, DeviceLimits, TX};
+    use crate::limit::{Limiters, LimitsView};
+    let mem = memory();
+    let (port, host) = tap(false);
+    let mock = MockSplitQueue::new(&mem, 16);
+    let packet = [vec![0; VNET_HDR_LEN], frame(60)].concat();
+    mem.write_slice(&packet, GuestAddress(0x10_0000)).unwrap();
+    let descs = buffers(&[(0x10_0000, 72), (0x10_0000, 72)], false);
+    mock.add_desc_chains(&descs, 0).unwrap();
+    let mut q: Queue = mock.create_queue().unwrap();
+    // One frame per 50 ms.
+    let mut limits = DeviceLimits::default();
+    limits.0[TX].ops = Some(BucketSpec { size: 1, one_time_burst: 0, refill_time_ms: 50 });
+    let gate = Limiters::new(LimitsView::fixed(&limits)).gate(TX).unwrap();
+    let mut h = TxQueue::new(port, gate);
+    let mut ledger = ledger();
+    let mut pass = |q: &mut Queue, h: &mut TxQueue| {
+        let mut ctx = QueueContext::new(q, &mem, true, None, &mut ledger);
+        h.process(&mut ctx)
+    };
+    assert_eq!(pass(&mut q, &mut h), Progress::Paused, "the second frame waits");
+    assert_eq!(used(&mock), vec![(0, 0)]);
+    let mut got = [0u8; 200];
+    assert_eq!(host.recv(&mut got).unwrap(), 60);
+    assert!(host.recv(&mut got).is_err(), "not sent yet");
+    let fd = h.timer_fd().unwrap();
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut p, 1, 5000) }, 1, "the timer fires");
+    crate::limit::gate::clear_timer(fd);
+    assert_eq!(pass(&mut q, &mut h), Progress::Drained);
+    assert_eq!(used(&mock), vec![(0, 0), (1, 0)], "delayed, not dropped");
+    assert_eq!(host.recv(&mut got).unwrap(), 60);
 }

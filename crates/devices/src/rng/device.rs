@@ -6,19 +6,28 @@ use vm_memory::GuestMemoryMmap;
 
 use super::config::RngConfig;
 use crate::backend::chain::Chain;
-use crate::backend::{QueueHandler, RequestHandler, Requests};
+use crate::backend::{Limited, QueueHandler, RequestHandler};
+use crate::limit::{spec::MAIN, Limiters, LimitsView};
 use crate::{Device, DeviceError, DeviceKind};
 
 /// Most bytes one request gets; a larger buffer is filled this far.
 pub const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
 
 /// A virtio-rng device.
-pub struct RngDevice {}
+pub struct RngDevice {
+    limiters: Limiters,
+}
 
 impl RngDevice {
-    /// Opens the device (nothing to open: `getrandom(2)` needs no file).
-    pub fn open(_cfg: &RngConfig) -> Result<RngDevice, DeviceError> {
-        Ok(RngDevice {})
+    /// Opens the device (nothing to open: `getrandom(2)` needs no file), with `cfg`'s rate
+    /// limits for good unless given a page ([`RngDevice::with_limits`]).
+    pub fn open(cfg: &RngConfig) -> Result<RngDevice, DeviceError> {
+        Ok(RngDevice { limiters: Limiters::new(LimitsView::fixed(&cfg.limits)) })
+    }
+
+    /// The device with the rate limits of `view`.
+    pub fn with_limits(self, view: LimitsView) -> RngDevice {
+        RngDevice { limiters: Limiters::new(view) }
     }
 }
 
@@ -48,7 +57,7 @@ impl Device for RngDevice {
         _queue: usize,
         _acked_features: u64,
     ) -> Result<Box<dyn QueueHandler>, DeviceError> {
-        Ok(Box::new(Requests(RngQueue::default())))
+        Ok(Box::new(Limited::new(RngQueue::default(), self.limiters.gate(MAIN)?)))
     }
 }
 
@@ -71,6 +80,10 @@ impl RequestHandler for RngQueue {
             return 0;
         }
         n as u32
+    }
+
+    fn cost(&self, _mem: &GuestMemoryMmap, chain: &Chain) -> u64 {
+        chain.writable_len().min(MAX_BYTES_PER_REQUEST as u64)
     }
 }
 
@@ -97,6 +110,7 @@ pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::backend::queue::testing::{desc, memory, run_one};
+    use crate::backend::Requests;
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]
@@ -127,5 +141,8 @@ mod tests {
     fn parses_no_options() {
         assert!("".parse::<RngConfig>().is_ok());
         assert!("rate=5".parse::<RngConfig>().is_err());
+        let c: RngConfig = "bw=1K@100".parse().unwrap();
+        assert_eq!(c.to_string(), ",bw=1024@100");
+        assert_eq!(c.to_string().parse::<RngConfig>().unwrap(), c);
     }
 }

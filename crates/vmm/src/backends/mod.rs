@@ -14,8 +14,10 @@ use std::sync::Arc;
 use bulkhead_core::virtio::{Backend, DeviceKind as CoreKind};
 
 use crate::confine::ThreadClass;
+use crate::limits::LimitedDevice;
 use crate::partition::Partition;
 use bulkhead_devices::console::{ConsoleConfig, ConsoleHost, HostEnds};
+use bulkhead_devices::limit::LimitsPage;
 use bulkhead_devices::{DeviceConfig, DeviceKind};
 use bulkhead_monolithic::ThreadBackend;
 
@@ -46,6 +48,23 @@ pub struct Request {
     pub name: String,
     pub config: DeviceConfig,
     pub args: Vec<String>,
+    /// The device's limits page ([`create_limits_pages`]), for a device that has limiters.
+    pub limits: Option<Arc<LimitsPage>>,
+}
+
+/// Creates the limits page of every device that has rate limiters (blk, net, rng), holding the
+/// limits asked for at start; each backend of the device reads it, and the API rewrites it.
+pub fn create_limits_pages(requests: &mut [Request]) -> anyhow::Result<Vec<LimitedDevice>> {
+    let mut out = Vec::new();
+    for r in requests {
+        let Some(limits) = r.config.limits() else { continue };
+        let page = LimitsPage::create(&limits)
+            .map_err(|e| anyhow::anyhow!("cannot create the limits page of {}: {e}", r.name))?;
+        let page = Arc::new(page);
+        r.limits = Some(page.clone());
+        out.push(LimitedDevice { name: r.name.clone(), kind: r.config.kind(), page });
+    }
+    Ok(out)
 }
 
 /// Opens the host side of every console asked for — in the core, which may create the socket
@@ -85,7 +104,12 @@ pub fn build(
                 let confine = Arc::new(move || crate::confine::confine(ThreadClass::Device(kind)));
                 let launcher: bulkhead_monolithic::Launcher =
                     Arc::new(|job| crate::confine::launcher::call(job));
-                Box::new(ThreadBackend::new(core_kind(kind), r.name, r.config, confine, launcher))
+                let mut backend =
+                    ThreadBackend::new(core_kind(kind), r.name, r.config, confine, launcher);
+                if let Some(page) = &r.limits {
+                    backend = backend.with_limits(page.view()?);
+                }
+                Box::new(backend)
             }
             Mode::Microkernel => Box::new(process::CompartmentBackend::new(r, partition.clone())?),
         });

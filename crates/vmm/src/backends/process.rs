@@ -30,6 +30,8 @@ const STARTUP_FD: i32 = 5;
 /// device is never both net and console), standard output at 6.
 const CONSOLE_FD: i32 = 4;
 const CONSOLE_OUTPUT_FD: i32 = 6;
+/// The device's limits page inside the compartment (read-only: the memfd is sealed).
+const LIMITS_FD: i32 = 7;
 /// How long a compartment may take from its `execve` to the word that it serves: opening its
 /// image and entering its sandbox take milliseconds; a file system that hangs must not hang
 /// the core.
@@ -166,6 +168,11 @@ impl CompartmentBackend {
             if let Some(value) = std::env::var_os(var) {
                 cmd = cmd.env(var, value);
             }
+        }
+        if let Some(page) = &request.limits {
+            cmd = cmd
+                .args(["--limits-fd", &LIMITS_FD.to_string()])
+                .fd(page.file().as_fd(), LIMITS_FD);
         }
         if let Some(tap) = &self.tap {
             // SAFETY: the tap's fd stays open as long as `self.tap`, which
@@ -309,6 +316,7 @@ impl Backend for CompartmentBackend {
             name: name.clone(),
             args: vec!["--disk".into(), config.to_string()],
             config: DeviceConfig::Blk(config),
+            limits: self.request.limits.clone(),
         };
         let broker = Broker::for_config(&request.config);
         self.prepared = None;

@@ -15,6 +15,11 @@
 //! `BH result workload=blk-bench mode=randread bs=4096 qd=1 ops=... seconds=...
 //! iops=... mib_s=... p50_us=... p99_us=...`, after
 //! `BH check name=blk-bench status=ok ...`.
+//!
+//! `blk-rate` is the same run that also prints, after each second, what that second did:
+//! `BH rate workload=blk-rate second=N ops=... bytes=... ns=... iops=... mib_s=...` (the
+//! window's own length in `ns`, on the TSC), for tests of a device's rate limits; its last
+//! lines say `workload=blk-rate` and `name=blk-rate`.
 
 use crate::arch::rdtsc;
 use crate::bh;
@@ -118,7 +123,46 @@ impl Run {
     }
 }
 
+/// One-second windows of a `blk-rate` run.
+struct Windows {
+    start: u64,
+    done: u64,
+    second: u64,
+}
+
+impl Windows {
+    /// Prints the window that ended, if one did by `now`.
+    fn tick(&mut self, now: u64, done: u64, bs: u64) {
+        let ns = time::ticks_to_ns(now - self.start);
+        if ns < 1_000_000_000 {
+            return;
+        }
+        let ops = done - self.done;
+        self.second += 1;
+        bh!(
+            "rate workload=blk-rate second={} ops={} bytes={} ns={} iops={} mib_s={}",
+            self.second,
+            ops,
+            ops * bs,
+            ns,
+            per_second(ops, ns, 0),
+            Fixed(per_second(ops * bs, ns, 1) >> 20, 1)
+        );
+        self.start = now;
+        self.done = done;
+    }
+}
+
 pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
+    run_as(ctx, "blk-bench")
+}
+
+/// `blk-rate`: `blk-bench` with a line per second.
+pub fn rate(ctx: &mut Ctx) -> Result<(), Fail> {
+    run_as(ctx, "blk-rate")
+}
+
+fn run_as(ctx: &mut Ctx, name: &str) -> Result<(), Fail> {
     let o = BlkBench::parse(ctx.cmdline)?;
     let timeout_ms = ctx.common()?.timeout_ms;
     let (blk, bump) = ctx.devices().blk(o.disk)?;
@@ -163,27 +207,33 @@ pub fn run(ctx: &mut Ctx) -> Result<(), Fail> {
         }
     }
     blk.kick();
+    let mut windows = (name == "blk-rate").then_some(Windows { start, done: 0, second: 0 });
     while blk.in_flight() > 0 {
         if r.reap(blk)? {
             blk.kick();
         } else {
             blk.wait(time::deadline_ms(timeout_ms))?;
         }
+        if let Some(w) = &mut windows {
+            w.tick(rdtsc(), r.done, r.o.bs);
+        }
     }
     let ns = time::ticks_to_ns(rdtsc() - start);
     let (kicks, irqs) = blk.counters();
-    report(ctx, &r, ns, (kicks - counters.0, irqs - counters.1));
+    report(ctx, name, &r, ns, (kicks - counters.0, irqs - counters.1));
     Ok(())
 }
 
 /// Prints the check and result lines; `counters` are the QueueNotify
 /// writes and interrupts during the run.
-fn report(ctx: &mut Ctx, r: &Run, ns: u64, counters: (u64, u64)) {
+fn report(ctx: &mut Ctx, name: &str, r: &Run, ns: u64, counters: (u64, u64)) {
     let us = |ticks: u64| Fixed(time::ticks_to_ns(ticks) / 100, 1);
     let o = &r.o;
-    bh!("check name=blk-bench status={} ops={} errors=0", ctx.checks.record(r.done > 0), r.done);
+    let ok = ctx.checks.record(r.done > 0);
+    bh!("check name={} status={} ops={} errors=0", name, ok, r.done);
     bh!(
-        "result workload=blk-bench disk={} mode={} bs={} qd={} flush={} ops={} seconds={} iops={} mib_s={} p50_us={} p99_us={} max_us={} kicks={} irqs={}",
+        "result workload={} disk={} mode={} bs={} qd={} flush={} ops={} seconds={} ns={} iops={} mib_s={} p50_us={} p99_us={} max_us={} kicks={} irqs={}",
+        name,
         o.disk,
         o.mode.name(),
         o.bs,
@@ -191,6 +241,7 @@ fn report(ctx: &mut Ctx, r: &Run, ns: u64, counters: (u64, u64)) {
         u8::from(o.flush),
         r.done,
         Fixed(ns / 1_000_000, 3),
+        ns,
         per_second(r.done, ns, 0),
         Fixed(per_second(r.done * o.bs, ns, 1) >> 20, 1),
         us(r.hist.percentile(500)),

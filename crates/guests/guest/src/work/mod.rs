@@ -1,5 +1,5 @@
 //! The device workloads `bulkhead.run=` names (comma-separated, run in
-//! order): `blk-verify`, `blk-read-verify`, `blk-ro`, `blk-swap`, `blk-bench`, `rng`,
+//! order): `blk-verify`, `blk-read-verify`, `blk-ro`, `blk-swap`, `blk-bench`, `blk-rate`, `rng`,
 //! `net-ping`, `net-bench`, `console`, `fs`, `vsock`, `probe`, `storm`, `hammer`, `hammer-done`, `mem-touch`.
 //! Their options are in [`crate::options`] (`fs`'s and `vsock`'s in their modules).
 //!
@@ -173,6 +173,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> bool {
         "blk-ro" => blk::read_only(ctx),
         "blk-swap" => blk::swap(ctx),
         "blk-bench" => bench::run(ctx),
+        "blk-rate" => bench::rate(ctx),
         "rng" => rng::run(ctx),
         "console" => console::run(ctx),
         "fs" => fs::run(ctx),
