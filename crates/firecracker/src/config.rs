@@ -23,6 +23,8 @@ pub struct VmConfig {
     pub entropy: Option<Entropy>,
     pub logger: Option<Logger>,
     pub metrics: Option<Metrics>,
+    /// `--boot-timer`: passed to the core.
+    pub boot_timer: bool,
 }
 
 /// Refuses a feature Bulkhead does not implement, naming it.
@@ -272,7 +274,36 @@ impl VmConfig {
         if self.entropy.is_some() {
             args.push("--rng".into());
         }
+        if self.boot_timer {
+            args.push("--boot-timer".into());
+        }
         Ok(args)
+    }
+
+    /// The core's names of the devices [`Self::run_args`] asks for, each with Firecracker's
+    /// name for its metrics: `blk0` → `block_rootfs`, `net0` → `net_eth0`, `vsock0` →
+    /// `vsock`, `rng0` → `entropy`. Drives on a file are `--disk`s, named first, in the
+    /// order of `run_args`; drives on a vhost-user socket are named after them.
+    pub fn metric_keys(&self) -> std::collections::HashMap<String, String> {
+        let (roots, others): (Vec<&Drive>, Vec<&Drive>) =
+            self.drives.iter().partition(|d| d.is_root_device);
+        let ordered: Vec<&Drive> = roots.into_iter().chain(others).collect();
+        let (files, sockets): (Vec<&Drive>, Vec<&Drive>) =
+            ordered.into_iter().partition(|d| d.path_on_host.is_some());
+        let mut keys = std::collections::HashMap::new();
+        for (i, d) in files.into_iter().chain(sockets).enumerate() {
+            keys.insert(format!("blk{i}"), format!("block_{}", d.drive_id));
+        }
+        for (i, n) in self.nets.iter().enumerate() {
+            keys.insert(format!("net{i}"), format!("net_{}", n.iface_id));
+        }
+        if self.vsock.is_some() {
+            keys.insert("vsock0".into(), "vsock".into());
+        }
+        if self.entropy.is_some() {
+            keys.insert("rng0".into(), "entropy".into());
+        }
+        keys
     }
 }
 
