@@ -128,6 +128,10 @@ impl Microvm {
                 self.before_boot()?;
                 self.config.put_entropy(model::parse(body)?).map(|_| Response::no_content())
             }
+            ("PUT", ["bulkhead"]) => {
+                self.before_boot()?;
+                self.config.put_bulkhead(model::parse(body)?).map(|_| Response::no_content())
+            }
             ("PUT", ["logger"]) => self.put_logger(model::parse(body)?),
             ("PUT", ["metrics"]) => self.put_metrics(model::parse(body)?),
             (_, ["balloon", ..]) => Err(not_implemented("The balloon device (/balloon)")),

@@ -205,6 +205,9 @@ fn boot_from_file(vm: &Mutex<api::Microvm>, file: &Path) -> anyhow::Result<()> {
     if let Some(l) = c.logger {
         put("/logger", serde_json::json!(l))?;
     }
+    if let Some(b) = c.bulkhead {
+        put("/bulkhead", serde_json::json!(b))?;
+    }
     if let Some(m) = c.metrics {
         put("/metrics", serde_json::json!(m))?;
     }
