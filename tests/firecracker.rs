@@ -3,10 +3,12 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{require_kvm, Running, TempDir};
@@ -14,6 +16,74 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
 const DISK: usize = 4 << 20;
+
+/// Firecracker's request and response bodies as JSON schemas, written from its OpenAPI
+/// document (`tests/firecracker/schemas.json` says which commit), one validator per definition.
+fn schemas() -> &'static HashMap<String, jsonschema::Validator> {
+    static SCHEMAS: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let text = include_str!("firecracker/schemas.json");
+        let doc: Value = serde_json::from_str(text).unwrap();
+        let names: Vec<String> = doc["definitions"].as_object().unwrap().keys().cloned().collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let root = json!({ "$ref": format!("#/definitions/{name}"),
+                                   "definitions": doc["definitions"] });
+                let validator = jsonschema::validator_for(&root)
+                    .unwrap_or_else(|e| panic!("the schema {name}: {e}"));
+                (name, validator)
+            })
+            .collect()
+    })
+}
+
+/// Checks `value` against the schema `name`: the errors, if any.
+fn check(name: &str, value: &Value) -> Result<(), String> {
+    let validator = schemas().get(name).unwrap_or_else(|| panic!("no schema {name}"));
+    let errors: Vec<String> =
+        validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{value} is not a valid {name}: {}", errors.join("; ")))
+    }
+}
+
+/// The schema of a request's body, by method and path.
+fn request_schema(method: &str, path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    Some(match (method, segments.as_slice()) {
+        ("PUT", ["boot-source"]) => "BootSource",
+        ("PUT", ["drives", _]) => "Drive",
+        ("PATCH", ["drives", _]) => "PartialDrive",
+        ("PUT", ["machine-config"]) => "MachineConfiguration",
+        ("PATCH", ["machine-config"]) => "MachineConfigurationUpdate",
+        ("PUT", ["network-interfaces", _]) => "NetworkInterface",
+        ("PATCH", ["network-interfaces", _]) => "PartialNetworkInterface",
+        ("PUT", ["vsock"]) => "Vsock",
+        ("PUT", ["entropy"]) => "EntropyDevice",
+        ("PUT", ["logger"]) => "Logger",
+        ("PUT", ["metrics"]) => "Metrics",
+        ("PUT", ["actions"]) => "InstanceActionInfo",
+        ("PUT", ["bulkhead"]) => "BulkheadSettings",
+        _ => return None,
+    })
+}
+
+/// The schema of a response's body: an error, or what a `GET` returns.
+fn response_schema(method: &str, path: &str, status: u16) -> Option<&'static str> {
+    if status >= 400 {
+        return Some("Error");
+    }
+    Some(match (method, path) {
+        ("GET", "/") => "InstanceInfo",
+        ("GET", "/version") => "FirecrackerVersion",
+        ("GET", "/machine-config") => "MachineConfiguration",
+        ("GET", "/vm/config") => "FullVmConfiguration",
+        _ => return None,
+    })
+}
 
 /// A client of the API on one kept-alive connection.
 struct Client {
@@ -59,13 +129,27 @@ impl Client {
         (status, body)
     }
 
+    /// One request, its response checked against Firecracker's schemas: a 204 has no body, a
+    /// 400 is an Error, a `GET` answers its resource; and a request that was carried out must
+    /// be one Firecracker's schema takes.
     fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, Value) {
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        self.raw(request.as_bytes())
+        let (status, reply) = self.raw(request.as_bytes());
+        match response_schema(method, path, status) {
+            Some(name) => check(name, &reply).unwrap_or_else(|e| panic!("{method} {path}: {e}")),
+            None => assert_eq!(reply, Value::Null, "{method} {path}: {status} with a body"),
+        }
+        if status < 300 {
+            if let Some(name) = request_schema(method, path) {
+                let sent: Value = serde_json::from_str(body).expect("a JSON body");
+                check(name, &sent).unwrap_or_else(|e| panic!("{method} {path} was taken: {e}"));
+            }
+        }
+        (status, reply)
     }
 
     fn put(&mut self, path: &str, body: Value) -> (u16, Value) {
@@ -237,9 +321,110 @@ fn a_config_file_without_the_api_boots_the_same() {
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
         "entropy": {},
     });
+    check_config_file(&config);
     let file = f.dir.file("vm.json", config.to_string().as_bytes());
     let id = format!("fc-file-{}", std::process::id());
     let vm = front(&f, &["--config-file", file.to_str().unwrap(), "--no-api", "--id", &id]);
+    assert_guest_verified(&vm.wait(T), &f);
+}
+
+/// Each section of a config file against the schema of the request it stands for.
+fn check_config_file(config: &Value) {
+    for (section, value) in config.as_object().unwrap() {
+        let (name, many) = match section.as_str() {
+            "boot-source" => ("BootSource", false),
+            "drives" => ("Drive", true),
+            "machine-config" => ("MachineConfiguration", false),
+            "network-interfaces" => ("NetworkInterface", true),
+            "vsock" => ("Vsock", false),
+            "entropy" => ("EntropyDevice", false),
+            "logger" => ("Logger", false),
+            "metrics" => ("Metrics", false),
+            "bulkhead" => ("BulkheadSettings", false),
+            other => panic!("no schema for the section {other}"),
+        };
+        let values = if many { value.as_array().unwrap().clone() } else { vec![value.clone()] };
+        for v in &values {
+            check(name, v).unwrap_or_else(|e| panic!("the config file's {section}: {e}"));
+        }
+    }
+}
+
+/// The schemas themselves: they take what Firecracker takes and refuse what it refuses — an
+/// unknown field in a request or a response, a value out of its bounds, a missing field.
+#[test]
+fn the_schemas_take_firecrackers_bodies_and_refuse_unknown_fields() {
+    let drive = json!({ "drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
+                        "is_read_only": false, "cache_type": "Unsafe", "io_engine": "Sync" });
+    check("Drive", &drive).unwrap();
+    check(
+        "Drive",
+        &json!({ "drive_id": "rootfs", "is_root_device": true, "rate_limiter":
+        { "bandwidth": { "size": 1048576, "refill_time": 1000 } } }),
+    )
+    .unwrap();
+    let info = json!({ "app_name": "bulkhead", "id": "a", "state": "Running",
+                       "vmm_version": "0.1.0" });
+    check("InstanceInfo", &info).unwrap();
+    let mut extra = info.clone();
+    extra["uptime"] = json!(1);
+    assert!(check("InstanceInfo", &extra).is_err());
+    assert!(check("Error", &json!({ "fault_message": "x", "code": 1 })).is_err());
+    assert!(check(
+        "InstanceInfo",
+        &json!({ "app_name": "b", "id": "a", "state": "Booting",
+                                           "vmm_version": "0" })
+    )
+    .is_err());
+    assert!(check("MachineConfiguration", &json!({ "vcpu_count": 33, "mem_size_mib": 1 })).is_err());
+    assert!(check("MachineConfiguration", &json!({ "vcpu_count": 1 })).is_err());
+    check("MachineConfigurationUpdate", &json!({ "mem_size_mib": 192 })).unwrap();
+    assert!(check("Vsock", &json!({ "guest_cid": 2, "uds_path": "/v" })).is_err());
+    assert!(check("BootSource", &json!({ "kernel_image_path": "/k", "bootargs": "x" })).is_err());
+    assert!(check("InstanceActionInfo", &json!({ "action_type": "Reboot" })).is_err());
+    check(
+        "FullVmConfiguration",
+        &json!({ "balloon": null, "drives": [drive],
+        "boot-source": null, "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 } }),
+    )
+    .unwrap();
+    assert!(check("FullVmConfiguration", &json!({ "drives": [], "balloons": [] })).is_err());
+    assert!(check("BulkheadSettings", &json!({ "mode": "hybrid" })).is_err());
+}
+
+/// Bulkhead's own section of the config file: `"mode": "monolithic"` runs the devices on the
+/// core's threads, as `bulkhead ctl ID status` shows, and the guest's disk check passes.
+#[test]
+fn a_config_files_bulkhead_section_runs_the_devices_on_threads() {
+    require_kvm();
+    let f = files("fc-mono");
+    let config = json!({
+        "boot-source": boot_source(&f, "bulkhead.run=blk-verify bulkhead.seed=7 bulkhead.hold_ms=3000"),
+        "drives": [root_drive(&f)],
+        "entropy": {},
+        "bulkhead": { "mode": "monolithic", "restart": true, "watchdog_s": 5 },
+    });
+    check_config_file(&config);
+    let file = f.dir.file("vm.json", config.to_string().as_bytes());
+    let id = format!("fc-mono-{}", std::process::id());
+    let vm = front(&f, &["--config-file", file.to_str().unwrap(), "--no-api", "--id", &id]);
+    let control = f.dir.0.join("run").join(format!("{id}.sock"));
+    let start = Instant::now();
+    while !control.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the core never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = common::bulkhead()
+        .args(["ctl", &id, "status"])
+        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    for device in ["blk0", "rng0"] {
+        let line = text.lines().find(|l| l.contains(device)).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("thread") && !line.contains("compartment"), "{text}");
+    }
     assert_guest_verified(&vm.wait(T), &f);
 }
 
@@ -307,6 +492,7 @@ fn bad_input_is_answered_as_firecracker_answers_it() {
     // A request the server cannot frame is answered, then the connection closed.
     let (status, reply) = c.raw(b"PUT /entropy HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
     assert_eq!(status, 400, "{reply}");
+    check("Error", &reply).unwrap();
     // Connections are capped: past 64 at once, one is answered 400 and closed.
     let held: Vec<Client> = (0..64).map(|_| Client::connect(&socket)).collect();
     std::thread::sleep(Duration::from_millis(100));
@@ -344,8 +530,12 @@ fn vm_config_reflects_what_was_put() {
                                               "guest_mac": "06:00:ac:10:00:02" }),
     );
     c.ok("/entropy", json!({}));
+    c.ok("/bulkhead", json!({ "mode": "monolithic", "cpu_shares": 512 }));
+    c.fault("PUT", "/bulkhead", r#"{"mode":"hybrid"}"#, "unknown variant `hybrid`");
+    c.fault("PUT", "/bulkhead", r#"{"cgroup":"v2"}"#, "unknown field `cgroup`");
     let (status, config) = c.call("GET", "/vm/config", "");
     assert_eq!(status, 200);
+    assert_eq!(config["bulkhead"], json!({ "mode": "monolithic", "cpu_shares": 512 }));
     assert_eq!(config["machine-config"]["vcpu_count"], 2);
     assert_eq!(config["machine-config"]["mem_size_mib"], 192);
     assert_eq!(config["boot-source"], boot_source(&f, "console=ttyS0"));
