@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::config::{check_id, not_implemented, VmConfig};
 use crate::http::Response;
 use crate::log::{self, Level};
-use crate::metrics::{self, ApiCounts, CoreReading, MetricsFile, Startup};
+use crate::metrics::{self, ApiCounts, CoreReading, MetricsFile};
 use crate::model::{self, ActionType};
 
 /// Starts the VMM with the arguments of `bulkhead run`; the error says why it could not.
@@ -28,8 +28,6 @@ pub struct Microvm {
     launch: Launch,
     metrics: Option<MetricsFile>,
     api: ApiCounts,
-    /// How long the front took to serve its API, once it does.
-    pub startup: Option<Startup>,
     /// The core's device names → Firecracker's metric groups, once started.
     device_keys: HashMap<String, String>,
     /// Told once the microVM runs: the periodic metrics start then.
@@ -45,7 +43,6 @@ impl Microvm {
             launch,
             metrics: None,
             api: ApiCounts::new(),
-            startup: None,
             device_keys: HashMap::new(),
             on_start: None,
         }
@@ -207,7 +204,7 @@ impl Microvm {
         let core =
             if self.started { metrics::read_core(&self.id) } else { CoreReading::NotStarted };
         let file = self.metrics.as_mut().expect("checked above");
-        let line = file.line(&mut self.api, self.startup, &core, &self.device_keys);
+        let line = file.line(&mut self.api, metrics::startup(), &core, &self.device_keys);
         file.write(&line)
     }
 

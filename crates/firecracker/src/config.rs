@@ -488,9 +488,9 @@ mod tests {
 
     #[test]
     fn bulkheads_own_settings_become_run_options() {
-        let mut c = VmConfig::default();
-        c.boot =
-            Some(BootSource { kernel_image_path: "/k".into(), boot_args: None, initrd_path: None });
+        let boot =
+            BootSource { kernel_image_path: "/k".into(), boot_args: None, initrd_path: None };
+        let mut c = VmConfig { boot: Some(boot), ..VmConfig::default() };
         let b: BulkheadSettings = serde_json::from_value(json!({
             "mode": "monolithic", "restart": false, "watchdog_s": 0, "cpu_quota": "50%",
             "limits": "best-effort", "core_seccomp": "log"

@@ -49,9 +49,10 @@ pub struct FirecrackerArgs {
     /// Serve no API (needs --config-file).
     #[arg(long)]
     pub no_api: bool,
-    /// The microVM's id: the VM's name for `bulkhead ctl`.
-    #[arg(long, default_value = "anonymous-instance")]
-    pub id: String,
+    /// The microVM's id: the VM's name for `bulkhead ctl` (default: anonymous-instance-PID,
+    /// so that fronts started without one do not share a name).
+    #[arg(long)]
+    pub id: Option<String>,
     /// The log level of this front: Error, Warning, Info, Debug, Trace or Off.
     #[arg(long)]
     pub level: Option<String>,
@@ -65,6 +66,14 @@ pub struct FirecrackerArgs {
     /// MMDS data: refused, MMDS is not implemented.
     #[arg(long)]
     pub metadata: Option<PathBuf>,
+    /// Firecracker's switch for its own seccomp filters, which the SDKs pass: accepted; the
+    /// front's and the core's filters are Bulkhead's and stay (see docs/FIRECRACKER.md).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Print the version of Firecracker's API this speaks, as `firecracker --version` prints
+    /// its own (first line `Firecracker vX.Y.Z`), and Bulkhead's.
+    #[arg(long)]
+    pub version: bool,
 }
 
 /// The core's pid once started (0 before): where SIGTERM and SIGINT go.
@@ -86,21 +95,25 @@ enum Event {
 }
 
 /// Runs the front; the result is the process exit code (the core's).
-pub fn run(args: FirecrackerArgs) -> anyhow::Result<i32> {
+pub fn run(mut args: FirecrackerArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
+    if args.version {
+        println!("Firecracker v{API_VERSION} (the API of bulkhead {})", env!("CARGO_PKG_VERSION"));
+        return Ok(0);
+    }
+    let id = args.id.take().unwrap_or_else(|| format!("anonymous-instance-{}", std::process::id()));
     if args.metadata.is_some() {
         bail!("--metadata: MMDS is not implemented in Bulkhead (see docs/FIRECRACKER.md)");
     }
     if args.no_api && args.config_file.is_none() {
         bail!("--no-api needs --config-file: without the API the configuration comes from it");
     }
-    bulkhead_api::paths::check_name(&args.id)
-        .map_err(|e| anyhow::anyhow!("--id {}: {e}", args.id))?;
+    bulkhead_api::paths::check_name(&id).map_err(|e| anyhow::anyhow!("--id {id}: {e}"))?;
     let level =
         args.level.as_deref().map(log::Level::parse).transpose().map_err(anyhow::Error::msg)?;
     log::configure(level, args.log_path.as_deref(), None).map_err(anyhow::Error::msg)?;
     let (events, event_rx) = mpsc::channel();
-    let vm = Arc::new(Mutex::new(api::Microvm::new(args.id.clone(), launcher(events.clone()))));
+    let vm = Arc::new(Mutex::new(api::Microvm::new(id.clone(), launcher(events.clone()))));
     lock(&vm).config.boot_timer = args.boot_timer;
     start_periodic_metrics(&vm)?;
     install_signal_forwarding()?;
@@ -117,12 +130,14 @@ pub fn run(args: FirecrackerArgs) -> anyhow::Result<i32> {
         // Firecracker's api_server.process_startup_time_us: from this function's start (the
         // command line parsed) to the API listening, and the CPU time the process used.
         let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        lock(&vm).startup = Some(metrics::Startup { wall_us, cpu_us: metrics::process_cpu_us() });
+        // Not under the microVM's lock: a config file's InstanceStart holds it, waiting for
+        // this thread to start the core.
+        metrics::set_startup(metrics::Startup { wall_us, cpu_us: metrics::process_cpu_us() });
     }
     let status = loop {
         match event_rx.recv() {
             Ok(Event::Start(run_args, reply)) => {
-                let (core, result) = start_core(&args.id, &run_args);
+                let (core, result) = start_core(&id, &run_args);
                 let ok = result.is_ok();
                 let _ = reply.send(result);
                 match core {

@@ -111,6 +111,18 @@ pub struct Startup {
     pub cpu_us: u64,
 }
 
+static STARTUP: std::sync::OnceLock<Startup> = std::sync::OnceLock::new();
+
+/// Records the front's startup, once its API listens.
+pub fn set_startup(s: Startup) {
+    let _ = STARTUP.set(s);
+}
+
+/// The front's startup, if its API listens.
+pub fn startup() -> Option<Startup> {
+    STARTUP.get().copied()
+}
+
 /// CPU time this process has used, in microseconds.
 pub fn process_cpu_us() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
