@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -625,4 +626,87 @@ fn a_vsock_put_through_the_api_carries_the_guests_connection() {
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
     assert_eq!(run.assert_check("vsock")["bytes"], "65536");
     assert_eq!(host.join().unwrap(), 65536);
+}
+
+/// Kata Containers' sequence, as its Firecracker driver (`src/runtime/virtcontainers/fc.go`)
+/// runs it, with the built-in guest standing in for Kata's kernel and agent: `--version`
+/// (Kata parses `Firecracker vX.Y.Z`), then `--api-sock` with a `--config-file` holding
+/// machine-config (`smt: false`), boot-source, the image as a read-only drive that is not the
+/// root device, a pool of 8 placeholder drives backed by empty files, logger and metrics on
+/// named pipes Kata reads, a hybrid vsock (`vsock_id: "root"`); then `GET /` until `Running`,
+/// and the vsock's socket made 0640.
+#[test]
+fn kata_containers_sequence_boots_with_placeholder_drives() {
+    require_kvm();
+    let out = common::bulkhead().args(["firecracker", "--version"]).output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).to_string();
+    let first = version.lines().next().unwrap_or_default();
+    let fields: Vec<&str> = first.split(' ').collect();
+    assert_eq!(fields[0], "Firecracker", "{version}");
+    assert!(fields[1].trim_start_matches('v').split('.').count() == 3, "{version}");
+
+    let f = files("fc-kata");
+    // Kata's folder for the VM (its "jailer root" even without the jailer); the vsock's
+    // compartment runs as the overflow user and must be able to create the socket there.
+    let root = f.dir.0.join("root");
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534)).unwrap();
+    let fifo = |name: &str| {
+        let path = f.dir.0.join(name);
+        assert!(Command::new("mkfifo").arg(&path).status().unwrap().success());
+        // Kata opens its reader first, without blocking.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        (path, reader)
+    };
+    let (logs, _logs_reader) = fifo("logs.fifo");
+    let (metrics, _metrics_reader) = fifo("metrics.fifo");
+    let image = f.dir.file("rootfs", &vec![0; DISK]);
+    let mut drives = vec![json!({ "drive_id": "rootfs", "is_read_only": true,
+                                  "is_root_device": false, "path_on_host": image })];
+    for i in 0..8 {
+        let placeholder = root.join(format!("drive_{i}"));
+        std::fs::File::create(&placeholder).unwrap();
+        drives.push(json!({ "drive_id": format!("drive_{i}"), "is_read_only": false,
+                            "is_root_device": false, "path_on_host": placeholder }));
+    }
+    let uds = root.join("kata.hvsock");
+    let boot_args = "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4 \
+                     pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on \
+                     acpi=off 8250.nr_uarts=0 agent.log_vport=1025 \
+                     bulkhead.run=boot bulkhead.hold_ms=2000";
+    let config = json!({
+        "boot-source": { "kernel_image_path": f.kernel, "boot_args": boot_args },
+        "machine-config": { "smt": false, "mem_size_mib": 128, "vcpu_count": 1 },
+        "vsock": { "guest_cid": 3, "uds_path": uds, "vsock_id": "root" },
+        "logger": { "level": "Error", "log_path": logs },
+        "metrics": { "metrics_path": metrics },
+        "drives": drives,
+    });
+    check_config_file(&config);
+    let file = f.dir.file("fcConfig.json", config.to_string().as_bytes());
+    let socket = root.join("run").join("firecracker.socket");
+    let vm = front(
+        &f,
+        &["--api-sock", socket.to_str().unwrap(), "--config-file", file.to_str().unwrap()],
+    );
+    let mut c = Client::connect(&socket);
+    let start = Instant::now();
+    while c.call("GET", "/", "").1["state"] != "Running" {
+        assert!(start.elapsed() < Duration::from_secs(10), "Kata's 10 s timeout passed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Kata makes the vsock's socket 0640 as soon as the VM runs: it must be there.
+    std::fs::set_permissions(&uds, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+        .expect("the hybrid vsock's socket once Running");
+    let (_, config_now) = c.call("GET", "/vm/config", "");
+    assert_eq!(config_now["drives"].as_array().unwrap().len(), 9);
+    // PATCH /drives after boot: see the `swap` branch (drive swapped under a running guest);
+    // Kata replaces drive_N's placeholder with a container's disk here:
+    // c.call("PATCH", "/drives/drive_0", &json!({ "drive_id": "drive_0", "path_on_host": … }))
+    let run = vm.wait(T);
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
 }
