@@ -23,6 +23,27 @@ fn boots_with_one_vcpu_and_powers_off() {
     assert_eq!(r.event("done")["status"], "ok");
 }
 
+/// `--boot-timer`: the guest writes 123 to port 0x3f0 once ready and the core logs the time
+/// since it started, in Firecracker's words; without the flag the write is ignored.
+#[test]
+fn the_boot_timer_logs_the_guests_boot_time_only_when_asked() {
+    require_kvm();
+    let r = run(&["run", "--cmdline", "bulkhead.run=boot", "--boot-timer"], T);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let line = r.stderr.lines().find(|l| l.contains("Guest-boot-time")).expect(&r.stderr);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // bulkhead: Guest-boot-time = W us W ms, C CPU us C CPU ms
+    assert_eq!(
+        (words[1], words[2], words[4], words[8], words[9]),
+        ("Guest-boot-time", "=", "us", "CPU", "us")
+    );
+    let us: u64 = words[3].parse().unwrap();
+    assert!((1..30_000_000).contains(&us), "{line}");
+    let r = run(&["run", "--cmdline", "bulkhead.run=boot"], T);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert!(!r.stderr.contains("Guest-boot-time"), "{}", r.stderr);
+}
+
 #[test]
 fn interrupts_reach_the_guest_through_the_ioapic_and_the_lapic_timer() {
     require_kvm();

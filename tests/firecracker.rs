@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{require_kvm, Running, TempDir};
@@ -14,6 +17,74 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
 const DISK: usize = 4 << 20;
+
+/// Firecracker's request and response bodies as JSON schemas, written from its OpenAPI
+/// document (`tests/firecracker/schemas.json` says which commit), one validator per definition.
+fn schemas() -> &'static HashMap<String, jsonschema::Validator> {
+    static SCHEMAS: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let text = include_str!("firecracker/schemas.json");
+        let doc: Value = serde_json::from_str(text).unwrap();
+        let names: Vec<String> = doc["definitions"].as_object().unwrap().keys().cloned().collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let root = json!({ "$ref": format!("#/definitions/{name}"),
+                                   "definitions": doc["definitions"] });
+                let validator = jsonschema::validator_for(&root)
+                    .unwrap_or_else(|e| panic!("the schema {name}: {e}"));
+                (name, validator)
+            })
+            .collect()
+    })
+}
+
+/// Checks `value` against the schema `name`: the errors, if any.
+fn check(name: &str, value: &Value) -> Result<(), String> {
+    let validator = schemas().get(name).unwrap_or_else(|| panic!("no schema {name}"));
+    let errors: Vec<String> =
+        validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{value} is not a valid {name}: {}", errors.join("; ")))
+    }
+}
+
+/// The schema of a request's body, by method and path.
+fn request_schema(method: &str, path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    Some(match (method, segments.as_slice()) {
+        ("PUT", ["boot-source"]) => "BootSource",
+        ("PUT", ["drives", _]) => "Drive",
+        ("PATCH", ["drives", _]) => "PartialDrive",
+        ("PUT", ["machine-config"]) => "MachineConfiguration",
+        ("PATCH", ["machine-config"]) => "MachineConfigurationUpdate",
+        ("PUT", ["network-interfaces", _]) => "NetworkInterface",
+        ("PATCH", ["network-interfaces", _]) => "PartialNetworkInterface",
+        ("PUT", ["vsock"]) => "Vsock",
+        ("PUT", ["entropy"]) => "EntropyDevice",
+        ("PUT", ["logger"]) => "Logger",
+        ("PUT", ["metrics"]) => "Metrics",
+        ("PUT", ["actions"]) => "InstanceActionInfo",
+        ("PUT", ["bulkhead"]) => "BulkheadSettings",
+        _ => return None,
+    })
+}
+
+/// The schema of a response's body: an error, or what a `GET` returns.
+fn response_schema(method: &str, path: &str, status: u16) -> Option<&'static str> {
+    if status >= 400 {
+        return Some("Error");
+    }
+    Some(match (method, path) {
+        ("GET", "/") => "InstanceInfo",
+        ("GET", "/version") => "FirecrackerVersion",
+        ("GET", "/machine-config") => "MachineConfiguration",
+        ("GET", "/vm/config") => "FullVmConfiguration",
+        _ => return None,
+    })
+}
 
 /// A client of the API on one kept-alive connection.
 struct Client {
@@ -59,13 +130,27 @@ impl Client {
         (status, body)
     }
 
+    /// One request, its response checked against Firecracker's schemas: a 204 has no body, a
+    /// 400 is an Error, a `GET` answers its resource; and a request that was carried out must
+    /// be one Firecracker's schema takes.
     fn call(&mut self, method: &str, path: &str, body: &str) -> (u16, Value) {
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        self.raw(request.as_bytes())
+        let (status, reply) = self.raw(request.as_bytes());
+        match response_schema(method, path, status) {
+            Some(name) => check(name, &reply).unwrap_or_else(|e| panic!("{method} {path}: {e}")),
+            None => assert_eq!(reply, Value::Null, "{method} {path}: {status} with a body"),
+        }
+        if status < 300 {
+            if let Some(name) = request_schema(method, path) {
+                let sent: Value = serde_json::from_str(body).expect("a JSON body");
+                check(name, &sent).unwrap_or_else(|e| panic!("{method} {path} was taken: {e}"));
+            }
+        }
+        (status, reply)
     }
 
     fn put(&mut self, path: &str, body: Value) -> (u16, Value) {
@@ -163,18 +248,68 @@ fn calls_one_by_one_as_firecracker_containerd_makes_them_boot_the_guest() {
     c.fault("PUT", "/drives/rootfs", &root_drive(&f).to_string(), after);
     c.fault("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#, "SendCtrlAltDel");
     c.ok("/actions", json!({ "action_type": "FlushMetrics" }));
-    let line = std::fs::read_to_string(&metrics).unwrap();
-    let line: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
-    assert!(line["api_server"]["requests"].as_u64().unwrap() >= 10, "{line}");
-    let devices = line["vmm"]["devices"].as_array().expect("the core's devices");
-    let blk = devices.iter().find(|d| d["kind"] == "blk").expect("blk");
-    assert_eq!(
-        (blk["state"].as_str(), blk["restarts"].as_u64()),
-        (Some("running"), Some(0)),
-        "{line}"
-    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    // Firecracker's names, for the counters Bulkhead keeps; counted since the last line.
+    assert_eq!(line["get_api_requests"]["instance_info_count"], 2, "{line}");
+    // The drive put before boot, and the one refused after.
+    assert_eq!(line["put_api_requests"]["drive_count"], 2, "{line}");
+    assert_eq!(line["put_api_requests"]["drive_fails"], 1, "{line}");
+    assert_eq!(line["put_api_requests"]["machine_cfg_count"], 2, "{line}");
+    assert_eq!(line["put_api_requests"]["machine_cfg_fails"], 1, "{line}");
+    assert!(line["put_api_requests"]["actions_fails"].as_u64().unwrap() >= 2, "{line}");
+    assert!(line["api_server"]["process_startup_time_us"].as_u64().unwrap() > 0, "{line}");
+    assert!(line["entropy"]["entropy_event_count"].is_u64(), "{line}");
+    // Firecracker's block and vmm counters are none Bulkhead keeps: absent, not 0.
+    assert!(line.get("block").is_none() && line.get("vmm").is_none(), "{line}");
+    let blk = &line["bulkhead"]["devices"]["block_rootfs"];
+    assert_eq!((blk["device"].as_str(), blk["state"].as_str()), (Some("blk0"), Some("running")));
+    assert_eq!(blk["restarts"], 0, "{line}");
+    c.ok("/actions", json!({ "action_type": "FlushMetrics" }));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let second: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(second["put_api_requests"]["drive_count"], 0, "{second}");
+    assert_eq!(second["put_api_requests"]["actions_count"], 1, "{second}");
+    assert_eq!(second["api_server"], line["api_server"]);
     let run = vm.wait(T);
     assert_guest_verified(&run, &f);
+    assert!(!run.stderr.contains("Guest-boot-time"), "no --boot-timer: {}", run.stderr);
+}
+
+/// Metrics to a named pipe, as firecracker-containerd and Kata give them: written by the
+/// periodic flush (its period shortened) once the microVM runs, whole lines only; and
+/// `--boot-timer` passed to the core, which logs the guest's boot time.
+#[test]
+fn periodic_metrics_reach_a_named_pipe_and_the_boot_timer_logs() {
+    require_kvm();
+    let f = files("fc-periodic");
+    let socket = f.dir.0.join("api.sock");
+    let id = format!("fc-periodic-{}", std::process::id());
+    let mut cmd = common::bulkhead();
+    cmd.arg("firecracker")
+        .args(["--api-sock", socket.to_str().unwrap(), "--id", &id, "--boot-timer"])
+        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
+        .env("BULKHEAD_FC_METRICS_PERIOD_MS", "200");
+    let vm = Running::start(&mut cmd);
+    let mut c = Client::connect(&socket);
+    let fifo = f.dir.0.join("metrics.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    c.ok("/metrics", json!({ "metrics_path": fifo }));
+    let reader = std::fs::File::open(&fifo).unwrap();
+    c.ok("/boot-source", boot_source(&f, "bulkhead.run=boot bulkhead.hold_ms=1500"));
+    c.ok("/entropy", json!({}));
+    c.ok("/actions", json!({ "action_type": "InstanceStart" }));
+    let lines: Vec<Value> = BufReader::new(reader)
+        .lines()
+        .take(3)
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("a whole JSON line"))
+        .collect();
+    assert_eq!(lines[0]["put_api_requests"]["actions_count"], 1, "{}", lines[0]);
+    assert_eq!(lines[1]["put_api_requests"]["actions_count"], 0, "{}", lines[1]);
+    assert_eq!(lines[2]["bulkhead"]["vm_state"], "Running", "{}", lines[2]);
+    let run = vm.wait(T);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("Guest-boot-time = "), "{}", run.stderr);
 }
 
 #[test]
@@ -187,9 +322,110 @@ fn a_config_file_without_the_api_boots_the_same() {
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
         "entropy": {},
     });
+    check_config_file(&config);
     let file = f.dir.file("vm.json", config.to_string().as_bytes());
     let id = format!("fc-file-{}", std::process::id());
     let vm = front(&f, &["--config-file", file.to_str().unwrap(), "--no-api", "--id", &id]);
+    assert_guest_verified(&vm.wait(T), &f);
+}
+
+/// Each section of a config file against the schema of the request it stands for.
+fn check_config_file(config: &Value) {
+    for (section, value) in config.as_object().unwrap() {
+        let (name, many) = match section.as_str() {
+            "boot-source" => ("BootSource", false),
+            "drives" => ("Drive", true),
+            "machine-config" => ("MachineConfiguration", false),
+            "network-interfaces" => ("NetworkInterface", true),
+            "vsock" => ("Vsock", false),
+            "entropy" => ("EntropyDevice", false),
+            "logger" => ("Logger", false),
+            "metrics" => ("Metrics", false),
+            "bulkhead" => ("BulkheadSettings", false),
+            other => panic!("no schema for the section {other}"),
+        };
+        let values = if many { value.as_array().unwrap().clone() } else { vec![value.clone()] };
+        for v in &values {
+            check(name, v).unwrap_or_else(|e| panic!("the config file's {section}: {e}"));
+        }
+    }
+}
+
+/// The schemas themselves: they take what Firecracker takes and refuse what it refuses — an
+/// unknown field in a request or a response, a value out of its bounds, a missing field.
+#[test]
+fn the_schemas_take_firecrackers_bodies_and_refuse_unknown_fields() {
+    let drive = json!({ "drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
+                        "is_read_only": false, "cache_type": "Unsafe", "io_engine": "Sync" });
+    check("Drive", &drive).unwrap();
+    check(
+        "Drive",
+        &json!({ "drive_id": "rootfs", "is_root_device": true, "rate_limiter":
+        { "bandwidth": { "size": 1048576, "refill_time": 1000 } } }),
+    )
+    .unwrap();
+    let info = json!({ "app_name": "bulkhead", "id": "a", "state": "Running",
+                       "vmm_version": "0.1.0" });
+    check("InstanceInfo", &info).unwrap();
+    let mut extra = info.clone();
+    extra["uptime"] = json!(1);
+    assert!(check("InstanceInfo", &extra).is_err());
+    assert!(check("Error", &json!({ "fault_message": "x", "code": 1 })).is_err());
+    assert!(check(
+        "InstanceInfo",
+        &json!({ "app_name": "b", "id": "a", "state": "Booting",
+                                           "vmm_version": "0" })
+    )
+    .is_err());
+    assert!(check("MachineConfiguration", &json!({ "vcpu_count": 33, "mem_size_mib": 1 })).is_err());
+    assert!(check("MachineConfiguration", &json!({ "vcpu_count": 1 })).is_err());
+    check("MachineConfigurationUpdate", &json!({ "mem_size_mib": 192 })).unwrap();
+    assert!(check("Vsock", &json!({ "guest_cid": 2, "uds_path": "/v" })).is_err());
+    assert!(check("BootSource", &json!({ "kernel_image_path": "/k", "bootargs": "x" })).is_err());
+    assert!(check("InstanceActionInfo", &json!({ "action_type": "Reboot" })).is_err());
+    check(
+        "FullVmConfiguration",
+        &json!({ "balloon": null, "drives": [drive],
+        "boot-source": null, "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 } }),
+    )
+    .unwrap();
+    assert!(check("FullVmConfiguration", &json!({ "drives": [], "balloons": [] })).is_err());
+    assert!(check("BulkheadSettings", &json!({ "mode": "hybrid" })).is_err());
+}
+
+/// Bulkhead's own section of the config file: `"mode": "monolithic"` runs the devices on the
+/// core's threads, as `bulkhead ctl ID status` shows, and the guest's disk check passes.
+#[test]
+fn a_config_files_bulkhead_section_runs_the_devices_on_threads() {
+    require_kvm();
+    let f = files("fc-mono");
+    let config = json!({
+        "boot-source": boot_source(&f, "bulkhead.run=blk-verify bulkhead.seed=7 bulkhead.hold_ms=3000"),
+        "drives": [root_drive(&f)],
+        "entropy": {},
+        "bulkhead": { "mode": "monolithic", "restart": true, "watchdog_s": 5 },
+    });
+    check_config_file(&config);
+    let file = f.dir.file("vm.json", config.to_string().as_bytes());
+    let id = format!("fc-mono-{}", std::process::id());
+    let vm = front(&f, &["--config-file", file.to_str().unwrap(), "--no-api", "--id", &id]);
+    let control = f.dir.0.join("run").join(format!("{id}.sock"));
+    let start = Instant::now();
+    while !control.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the core never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = common::bulkhead()
+        .args(["ctl", &id, "status"])
+        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    for device in ["blk0", "rng0"] {
+        let line = text.lines().find(|l| l.contains(device)).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("thread") && !line.contains("compartment"), "{text}");
+    }
     assert_guest_verified(&vm.wait(T), &f);
 }
 
@@ -257,6 +493,7 @@ fn bad_input_is_answered_as_firecracker_answers_it() {
     // A request the server cannot frame is answered, then the connection closed.
     let (status, reply) = c.raw(b"PUT /entropy HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
     assert_eq!(status, 400, "{reply}");
+    check("Error", &reply).unwrap();
     // Connections are capped: past 64 at once, one is answered 400 and closed.
     let held: Vec<Client> = (0..64).map(|_| Client::connect(&socket)).collect();
     std::thread::sleep(Duration::from_millis(100));
@@ -294,8 +531,12 @@ fn vm_config_reflects_what_was_put() {
                                               "guest_mac": "06:00:ac:10:00:02" }),
     );
     c.ok("/entropy", json!({}));
+    c.ok("/bulkhead", json!({ "mode": "monolithic", "cpu_shares": 512 }));
+    c.fault("PUT", "/bulkhead", r#"{"mode":"hybrid"}"#, "unknown variant `hybrid`");
+    c.fault("PUT", "/bulkhead", r#"{"cgroup":"v2"}"#, "unknown field `cgroup`");
     let (status, config) = c.call("GET", "/vm/config", "");
     assert_eq!(status, 200);
+    assert_eq!(config["bulkhead"], json!({ "mode": "monolithic", "cpu_shares": 512 }));
     assert_eq!(config["machine-config"]["vcpu_count"], 2);
     assert_eq!(config["machine-config"]["mem_size_mib"], 192);
     assert_eq!(config["boot-source"], boot_source(&f, "console=ttyS0"));
@@ -385,4 +626,87 @@ fn a_vsock_put_through_the_api_carries_the_guests_connection() {
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
     assert_eq!(run.assert_check("vsock")["bytes"], "65536");
     assert_eq!(host.join().unwrap(), 65536);
+}
+
+/// Kata Containers' sequence, as its Firecracker driver (`src/runtime/virtcontainers/fc.go`)
+/// runs it, with the built-in guest standing in for Kata's kernel and agent: `--version`
+/// (Kata parses `Firecracker vX.Y.Z`), then `--api-sock` with a `--config-file` holding
+/// machine-config (`smt: false`), boot-source, the image as a read-only drive that is not the
+/// root device, a pool of 8 placeholder drives backed by empty files, logger and metrics on
+/// named pipes Kata reads, a hybrid vsock (`vsock_id: "root"`); then `GET /` until `Running`,
+/// and the vsock's socket made 0640.
+#[test]
+fn kata_containers_sequence_boots_with_placeholder_drives() {
+    require_kvm();
+    let out = common::bulkhead().args(["firecracker", "--version"]).output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).to_string();
+    let first = version.lines().next().unwrap_or_default();
+    let fields: Vec<&str> = first.split(' ').collect();
+    assert_eq!(fields[0], "Firecracker", "{version}");
+    assert!(fields[1].trim_start_matches('v').split('.').count() == 3, "{version}");
+
+    let f = files("fc-kata");
+    // Kata's folder for the VM (its "jailer root" even without the jailer); the vsock's
+    // compartment runs as the overflow user and must be able to create the socket there.
+    let root = f.dir.0.join("root");
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534)).unwrap();
+    let fifo = |name: &str| {
+        let path = f.dir.0.join(name);
+        assert!(Command::new("mkfifo").arg(&path).status().unwrap().success());
+        // Kata opens its reader first, without blocking.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        (path, reader)
+    };
+    let (logs, _logs_reader) = fifo("logs.fifo");
+    let (metrics, _metrics_reader) = fifo("metrics.fifo");
+    let image = f.dir.file("rootfs", &vec![0; DISK]);
+    let mut drives = vec![json!({ "drive_id": "rootfs", "is_read_only": true,
+                                  "is_root_device": false, "path_on_host": image })];
+    for i in 0..8 {
+        let placeholder = root.join(format!("drive_{i}"));
+        std::fs::File::create(&placeholder).unwrap();
+        drives.push(json!({ "drive_id": format!("drive_{i}"), "is_read_only": false,
+                            "is_root_device": false, "path_on_host": placeholder }));
+    }
+    let uds = root.join("kata.hvsock");
+    let boot_args = "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4 \
+                     pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on \
+                     acpi=off 8250.nr_uarts=0 agent.log_vport=1025 \
+                     bulkhead.run=boot bulkhead.hold_ms=2000";
+    let config = json!({
+        "boot-source": { "kernel_image_path": f.kernel, "boot_args": boot_args },
+        "machine-config": { "smt": false, "mem_size_mib": 128, "vcpu_count": 1 },
+        "vsock": { "guest_cid": 3, "uds_path": uds, "vsock_id": "root" },
+        "logger": { "level": "Error", "log_path": logs },
+        "metrics": { "metrics_path": metrics },
+        "drives": drives,
+    });
+    check_config_file(&config);
+    let file = f.dir.file("fcConfig.json", config.to_string().as_bytes());
+    let socket = root.join("run").join("firecracker.socket");
+    let vm = front(
+        &f,
+        &["--api-sock", socket.to_str().unwrap(), "--config-file", file.to_str().unwrap()],
+    );
+    let mut c = Client::connect(&socket);
+    let start = Instant::now();
+    while c.call("GET", "/", "").1["state"] != "Running" {
+        assert!(start.elapsed() < Duration::from_secs(10), "Kata's 10 s timeout passed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Kata makes the vsock's socket 0640 as soon as the VM runs: it must be there.
+    std::fs::set_permissions(&uds, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+        .expect("the hybrid vsock's socket once Running");
+    let (_, config_now) = c.call("GET", "/vm/config", "");
+    assert_eq!(config_now["drives"].as_array().unwrap().len(), 9);
+    // PATCH /drives after boot: see the `swap` branch (drive swapped under a running guest);
+    // Kata replaces drive_N's placeholder with a container's disk here:
+    // c.call("PATCH", "/drives/drive_0", &json!({ "drive_id": "drive_0", "path_on_host": … }))
+    let run = vm.wait(T);
+    assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
 }

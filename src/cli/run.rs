@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bulkhead_core::boot::KernelSource;
+use bulkhead_core::legacy::boot_timer::BootClock;
 use bulkhead_core::supervisor::RestartPolicy;
 use bulkhead_core::virtio::{ConfigSpace, DeviceKind, DeviceShape, ExternalBackend};
 use bulkhead_core::VmConfig;
@@ -106,6 +107,10 @@ pub struct RunArgs {
     /// it stops the core, naming it), log (allowed, logged by the kernel's audit), off.
     #[arg(long, value_enum, default_value = "on")]
     pub core_seccomp: CoreSeccomp,
+    /// Log the guest's boot time on stderr when it writes 123 to I/O port 0x3f0 (as
+    /// Firecracker's --boot-timer), measured from this command's start.
+    #[arg(long)]
+    pub boot_timer: bool,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -362,6 +367,8 @@ impl TryFrom<RunArgs> for Config {
     type Error = anyhow::Error;
 
     fn try_from(args: RunArgs) -> anyhow::Result<Config> {
+        // The boot timer counts from here: as early as the command line is read.
+        let boot_timer = args.boot_timer.then(BootClock::now);
         let kernel = match &args.kernel {
             Some(path) => KernelSource::File(absolute(path)?),
             None => KernelSource::Bytes(bulkhead_guest_elf::GUEST_ELF),
@@ -382,6 +389,7 @@ impl TryFrom<RunArgs> for Config {
         vm.force = args.force;
         vm.verbose = args.verbose;
         vm.restart = restart_policy(&args)?;
+        vm.boot_timer = boot_timer;
         let name = args.name.clone().unwrap_or_else(|| format!("vm-{}", std::process::id()));
         bulkhead_api::paths::check_name(&name).with_context(|| format!("--name {name}"))?;
         let devices = device_requests(&args)?;

@@ -48,6 +48,9 @@ pub struct VmConfig {
     /// installs the thread's seccomp filter and drops its capabilities here.
     /// An error ends the VM.
     pub confine: Option<ConfineHook>,
+    /// Log the guest's boot time, measured from this reading, when it writes the boot
+    /// timer's port (see [`crate::legacy::boot_timer`]); `None`: no boot timer.
+    pub boot_timer: Option<crate::legacy::boot_timer::BootClock>,
 }
 
 /// The core's threads that [`VmConfig::confine`] is called on.
@@ -86,6 +89,7 @@ impl VmConfig {
             on_start: None,
             placement: None,
             confine: None,
+            boot_timer: None,
         }
     }
 }

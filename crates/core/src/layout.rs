@@ -65,6 +65,11 @@ pub mod ports {
     pub const ACPI_RESET: u16 = 0x602;
     /// The value the reset register takes to reset.
     pub const ACPI_RESET_VALUE: u8 = 0x1;
+    /// The boot timer (`bulkhead run --boot-timer`): the guest writes
+    /// [`BOOT_TIMER_DONE`] here once booted.
+    pub const BOOT_TIMER: u16 = 0x3f0;
+    /// The value that says the guest has booted (Firecracker's magic value).
+    pub const BOOT_TIMER_DONE: u8 = 123;
 }
 
 // The boot structures must not overlap: checked at compile time.

@@ -20,6 +20,7 @@ use crate::exit::{ExitLatch, VmExit};
 use crate::host::{self, HostKind};
 use crate::irq::{self, ioapic::IoApic};
 use crate::layout::{self, ports};
+use crate::legacy::boot_timer::{BootClock, BootTimer};
 use crate::legacy::power::{AcpiPower, I8042Reset};
 use crate::legacy::serial::SerialConsole;
 use crate::memory::{GuestRam, MemoryError};
@@ -77,7 +78,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
     let ram = Arc::new(GuestRam::new(config.memory)?);
     let vm = create_vm(&kvm, &ram)?;
     let exit = ExitLatch::new().map_err(io("create the exit event"))?;
-    let mut devices = core_devices(&vm, &exit, config.console)?;
+    let mut devices = core_devices(&vm, &exit, config.console, config.boot_timer)?;
     let virtio = attach_all(&vm, &ram, &devices.ioapic, &mut devices.mmio, config.devices)?;
     if config.verbose {
         for d in &virtio {
@@ -214,7 +215,7 @@ fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
 }
 
 /// The core's own devices: the I/O APIC on the MMIO bus; COM1, the ACPI
-/// power registers and the i8042 reset on the port bus.
+/// power registers, the i8042 reset and, when asked for, the boot timer on the port bus.
 struct CoreDevices {
     pio: Bus,
     mmio: Bus,
@@ -226,6 +227,7 @@ fn core_devices(
     vm: &Arc<VmFd>,
     exit: &ExitLatch,
     console: crate::legacy::serial::ConsoleSink,
+    boot_timer: Option<BootClock>,
 ) -> Result<CoreDevices, VmError> {
     let place = |e: &dyn std::fmt::Display| VmError::Io {
         what: "place the core's devices",
@@ -245,6 +247,10 @@ fn core_devices(
     pio.insert(ports::ACPI_SLEEP_CONTROL.into(), 3, power).map_err(|e| place(&e))?;
     let i8042 = Arc::new(Mutex::new(I8042Reset::new(exit.clone())));
     pio.insert(ports::I8042_COMMAND.into(), 1, i8042).map_err(|e| place(&e))?;
+    if let Some(start) = boot_timer {
+        let timer = Arc::new(Mutex::new(BootTimer::new(start)));
+        pio.insert(ports::BOOT_TIMER.into(), 1, timer).map_err(|e| place(&e))?;
+    }
     Ok(CoreDevices { pio, mmio, ioapic, serial })
 }
 

@@ -3,13 +3,15 @@
 //! collect configuration; `InstanceStart` hands it to [`Launch`], which starts the VMM.
 //! After that, configuring is refused as Firecracker refuses it.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::sync::mpsc::Sender;
 
 use serde_json::json;
 
 use crate::config::{check_id, not_implemented, VmConfig};
 use crate::http::Response;
 use crate::log::{self, Level};
+use crate::metrics::{self, ApiCounts, CoreReading, MetricsFile};
 use crate::model::{self, ActionType};
 
 /// Starts the VMM with the arguments of `bulkhead run`; the error says why it could not.
@@ -24,9 +26,12 @@ pub struct Microvm {
     pub config: VmConfig,
     started: bool,
     launch: Launch,
-    metrics: Option<std::fs::File>,
-    requests: u64,
-    faults: u64,
+    metrics: Option<MetricsFile>,
+    api: ApiCounts,
+    /// The core's device names → Firecracker's metric groups, once started.
+    device_keys: HashMap<String, String>,
+    /// Told once the microVM runs: the periodic metrics start then.
+    pub on_start: Option<Sender<()>>,
 }
 
 impl Microvm {
@@ -37,20 +42,21 @@ impl Microvm {
             started: false,
             launch,
             metrics: None,
-            requests: 0,
-            faults: 0,
+            api: ApiCounts::new(),
+            device_keys: HashMap::new(),
+            on_start: None,
         }
     }
 
     /// Answers one request.
     pub fn handle(&mut self, method: &str, path: &str, body: &[u8]) -> Response {
-        self.requests += 1;
         let response = match self.route(method, path, body) {
             Ok(r) => r,
             Err(message) => Response::bad_request(message),
         };
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        self.api.record(method, &segments, response.status >= 400);
         if response.status >= 400 {
-            self.faults += 1;
             log::log(
                 Level::Warning,
                 &format!("{method} {path}: {}", response.fault_message().unwrap_or("")),
@@ -119,6 +125,10 @@ impl Microvm {
                 self.before_boot()?;
                 self.config.put_entropy(model::parse(body)?).map(|_| Response::no_content())
             }
+            ("PUT", ["bulkhead"]) => {
+                self.before_boot()?;
+                self.config.put_bulkhead(model::parse(body)?).map(|_| Response::no_content())
+            }
             ("PUT", ["logger"]) => self.put_logger(model::parse(body)?),
             ("PUT", ["metrics"]) => self.put_metrics(model::parse(body)?),
             (_, ["balloon", ..]) => Err(not_implemented("The balloon device (/balloon)")),
@@ -148,6 +158,10 @@ impl Microvm {
                 log::log(Level::Info, &format!("InstanceStart: bulkhead {}", args.join(" ")));
                 (self.launch)(&args)?;
                 self.started = true;
+                self.device_keys = self.config.metric_keys();
+                if let Some(tx) = self.on_start.take() {
+                    let _ = tx.send(());
+                }
                 Ok(Response::no_content())
             }
             ActionType::SendCtrlAltDel => Err(not_implemented(
@@ -175,53 +189,33 @@ impl Microvm {
         }
         let file = log::open_output(&m.metrics_path)
             .map_err(|e| format!("Cannot open the metrics file {}: {e}.", m.metrics_path))?;
-        self.metrics = Some(file);
+        self.metrics = Some(MetricsFile::new(file));
         self.config.metrics = Some(m);
         Ok(Response::no_content())
     }
 
-    /// Writes one JSON line: what this front counts and, once the VM runs, the counters the
-    /// core keeps (asked on its control socket, as `bulkhead ctl ID status` does).
-    fn flush_metrics(&mut self) -> Result<(), String> {
+    /// Writes one line of metrics (see [`crate::metrics`]): what this front counts and, once
+    /// the VM runs, what the core counts (asked on its control socket, as `bulkhead ctl ID
+    /// status` does).
+    pub fn flush_metrics(&mut self) -> Result<(), String> {
         if self.metrics.is_none() {
             return Err("The metrics system is not initialized: PUT /metrics first.".into());
         }
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let mut line = json!({
-            "utc_timestamp_ms": ms,
-            "api_server": { "requests": self.requests, "faults": self.faults },
-            "vmm": { "started": self.started },
-        });
-        if self.started {
-            line["vmm"] = core_metrics(&self.id);
-        }
+        let core =
+            if self.started { metrics::read_core(&self.id) } else { CoreReading::NotStarted };
         let file = self.metrics.as_mut().expect("checked above");
-        writeln!(file, "{line}").map_err(|e| format!("Cannot write the metrics file: {e}."))
+        let line = file.line(&mut self.api, metrics::startup(), &core, &self.device_keys);
+        file.write(&line)
     }
-}
 
-/// The core's counters: its uptime and, per device, state, restarts and requests served;
-/// `{"started": true, "error": …}` when the core does not answer.
-fn core_metrics(id: &str) -> serde_json::Value {
-    use bulkhead_api::{Payload, Reply, Request};
-    let status = match bulkhead_ctl::request(id, &Request::Status) {
-        Ok(Reply::Ok { result: Payload::Status(status) }) => status,
-        Ok(Reply::Error { message }) => return json!({ "started": true, "error": message }),
-        Ok(other) => return json!({ "started": true, "error": format!("{other:?}") }),
-        Err(e) => return json!({ "started": true, "error": e.to_string() }),
-    };
-    let devices: Vec<_> = status
-        .devices
-        .iter()
-        .map(|d| {
-            json!({ "id": d.id, "kind": d.kind, "state": d.state, "restarts": d.restarts,
-                    "requests": d.requests })
-        })
-        .collect();
-    json!({ "started": true, "uptime_s": status.uptime_s, "devices": devices })
+    /// The periodic flush: a line if `/metrics` is configured, nothing otherwise.
+    pub fn periodic_flush(&mut self) {
+        if self.metrics.is_some() {
+            if let Err(e) = self.flush_metrics() {
+                log::log(Level::Warning, &format!("periodic metrics: {e}"));
+            }
+        }
+    }
 }
 
 fn same_id(path_id: &str, body_id: &str) -> Result<(), String> {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::model::{
-    BootSource, Drive, Entropy, IoEngine, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, Vsock,
+    BootSource, BulkheadSettings, Drive, Entropy, IoEngine, Logger, MachineConfig,
+    MachineConfigUpdate, Metrics, NetworkInterface, Vsock,
 };
 
 /// What the API has been told.
@@ -23,6 +23,10 @@ pub struct VmConfig {
     pub entropy: Option<Entropy>,
     pub logger: Option<Logger>,
     pub metrics: Option<Metrics>,
+    /// `--boot-timer`: passed to the core.
+    pub boot_timer: bool,
+    /// Bulkhead's own settings (`PUT /bulkhead`).
+    pub bulkhead: Option<BulkheadSettings>,
 }
 
 /// Refuses a feature Bulkhead does not implement, naming it.
@@ -198,8 +202,49 @@ impl VmConfig {
         Ok(())
     }
 
-    /// `GET /vm/config`: Firecracker's FullVmConfiguration.
+    /// `PUT /bulkhead`: what can be checked before the core starts is checked here (numbers
+    /// in range, option values that cannot be mistaken for options); the formats of quotas,
+    /// sizes and CPU lists are `bulkhead run`'s and checked by it at `InstanceStart`.
+    pub fn put_bulkhead(&mut self, b: BulkheadSettings) -> Result<(), String> {
+        for (name, value) in
+            [("restart_window_s", b.restart_window_s), ("watchdog_s", b.watchdog_s)]
+        {
+            if let Some(v) = value {
+                let ok = v.is_finite() && (v > 0.0 || (name == "watchdog_s" && v == 0.0));
+                if !ok || v > 1e9 {
+                    return Err(format!("Invalid {name} {v}: give a number of seconds above 0."));
+                }
+            }
+        }
+        if let Some(shares) = b.cpu_shares {
+            if !(2..=262_144).contains(&shares) {
+                return Err(format!("Invalid cpu_shares {shares}: it must be from 2 to 262144."));
+            }
+        }
+        for (name, value) in bulkhead_strings(&b) {
+            if value.is_empty() || value.starts_with('-') || value.chars().any(char::is_whitespace)
+            {
+                return Err(format!(
+                    "Invalid {name} {value:?}: give the value bulkhead run's --{} takes.",
+                    name.replace('_', "-")
+                ));
+            }
+        }
+        self.bulkhead = Some(b);
+        Ok(())
+    }
+
+    /// `GET /vm/config`: Firecracker's FullVmConfiguration (and Bulkhead's own section when
+    /// it was put).
     pub fn full(&self) -> Value {
+        let mut full = self.firecracker_sections();
+        if let Some(b) = &self.bulkhead {
+            full["bulkhead"] = json!(b);
+        }
+        full
+    }
+
+    fn firecracker_sections(&self) -> Value {
         json!({
             "balloon": null,
             "drives": self.drives,
@@ -272,8 +317,89 @@ impl VmConfig {
         if self.entropy.is_some() {
             args.push("--rng".into());
         }
+        if self.boot_timer {
+            args.push("--boot-timer".into());
+        }
+        if let Some(b) = &self.bulkhead {
+            args.extend(bulkhead_args(b));
+        }
         Ok(args)
     }
+
+    /// The core's names of the devices [`Self::run_args`] asks for, each with Firecracker's
+    /// name for its metrics: `blk0` → `block_rootfs`, `net0` → `net_eth0`, `vsock0` →
+    /// `vsock`, `rng0` → `entropy`. Drives on a file are `--disk`s, named first, in the
+    /// order of `run_args`; drives on a vhost-user socket are named after them.
+    pub fn metric_keys(&self) -> std::collections::HashMap<String, String> {
+        let (roots, others): (Vec<&Drive>, Vec<&Drive>) =
+            self.drives.iter().partition(|d| d.is_root_device);
+        let ordered: Vec<&Drive> = roots.into_iter().chain(others).collect();
+        let (files, sockets): (Vec<&Drive>, Vec<&Drive>) =
+            ordered.into_iter().partition(|d| d.path_on_host.is_some());
+        let mut keys = std::collections::HashMap::new();
+        for (i, d) in files.into_iter().chain(sockets).enumerate() {
+            keys.insert(format!("blk{i}"), format!("block_{}", d.drive_id));
+        }
+        for (i, n) in self.nets.iter().enumerate() {
+            keys.insert(format!("net{i}"), format!("net_{}", n.iface_id));
+        }
+        if self.vsock.is_some() {
+            keys.insert("vsock0".into(), "vsock".into());
+        }
+        if self.entropy.is_some() {
+            keys.insert("rng0".into(), "entropy".into());
+        }
+        keys
+    }
+}
+
+/// The settings given as text, by name.
+fn bulkhead_strings(b: &BulkheadSettings) -> Vec<(&'static str, &String)> {
+    [
+        ("cpu_quota", &b.cpu_quota),
+        ("pin", &b.pin),
+        ("host_cpus", &b.host_cpus),
+        ("memory_limit", &b.memory_limit),
+        ("device_cpu_quota", &b.device_cpu_quota),
+        ("device_memory_limit", &b.device_memory_limit),
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| Some((name, v.as_ref()?)))
+    .collect()
+}
+
+/// `bulkhead run`'s options for Bulkhead's own settings, each as `--option=value`.
+fn bulkhead_args(b: &BulkheadSettings) -> Vec<String> {
+    let word = |v: Value| v.as_str().map(str::to_string).unwrap_or_default();
+    let mut args = Vec::new();
+    if let Some(mode) = b.mode {
+        args.push(format!("--mode={}", word(json!(mode))));
+    }
+    if let Some(on) = b.restart {
+        args.push(format!("--restart={}", if on { "on" } else { "off" }));
+    }
+    if let Some(n) = b.restart_max {
+        args.push(format!("--restart-max={n}"));
+    }
+    if let Some(s) = b.restart_window_s {
+        args.push(format!("--restart-window={s}"));
+    }
+    if let Some(s) = b.watchdog_s {
+        args.push(format!("--watchdog={s}"));
+    }
+    if let Some(n) = b.cpu_shares {
+        args.push(format!("--cpu-shares={n}"));
+    }
+    for (name, value) in bulkhead_strings(b) {
+        args.push(format!("--{}={value}", name.replace('_', "-")));
+    }
+    if let Some(l) = b.limits {
+        args.push(format!("--limits={}", word(json!(l))));
+    }
+    if let Some(c) = b.core_seccomp {
+        args.push(format!("--core-seccomp={}", word(json!(c))));
+    }
+    args
 }
 
 /// rust-vmm's vhost-device-vsock, which serves `/vsock` as a compartment:
@@ -358,6 +484,35 @@ mod tests {
         assert_eq!(line, "console=ttyS0 root=/dev/vda rw");
         assert!(args.contains(&"--rng".to_string()) && args.contains(&"128M".to_string()));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bulkheads_own_settings_become_run_options() {
+        let boot =
+            BootSource { kernel_image_path: "/k".into(), boot_args: None, initrd_path: None };
+        let mut c = VmConfig { boot: Some(boot), ..VmConfig::default() };
+        let b: BulkheadSettings = serde_json::from_value(json!({
+            "mode": "monolithic", "restart": false, "watchdog_s": 0, "cpu_quota": "50%",
+            "limits": "best-effort", "core_seccomp": "log"
+        }))
+        .unwrap();
+        c.put_bulkhead(b).unwrap();
+        let args = c.run_args("vm1").unwrap();
+        for a in [
+            "--mode=monolithic",
+            "--restart=off",
+            "--watchdog=0",
+            "--cpu-quota=50%",
+            "--limits=best-effort",
+            "--core-seccomp=log",
+        ] {
+            assert!(args.iter().any(|x| x == a), "{a} not in {args:?}");
+        }
+        assert_eq!(c.full()["bulkhead"]["mode"], "monolithic");
+        let bad = BulkheadSettings { pin: Some("--net tap0".into()), ..Default::default() };
+        assert!(c.put_bulkhead(bad).unwrap_err().contains("Invalid pin"));
+        let bad = BulkheadSettings { restart_window_s: Some(0.0), ..Default::default() };
+        assert!(c.put_bulkhead(bad).is_err());
     }
 
     #[test]

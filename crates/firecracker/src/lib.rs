@@ -19,6 +19,7 @@ pub mod config;
 pub mod confine;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod model;
 
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -48,21 +49,31 @@ pub struct FirecrackerArgs {
     /// Serve no API (needs --config-file).
     #[arg(long)]
     pub no_api: bool,
-    /// The microVM's id: the VM's name for `bulkhead ctl`.
-    #[arg(long, default_value = "anonymous-instance")]
-    pub id: String,
+    /// The microVM's id: the VM's name for `bulkhead ctl` (default: anonymous-instance-PID,
+    /// so that fronts started without one do not share a name).
+    #[arg(long)]
+    pub id: Option<String>,
     /// The log level of this front: Error, Warning, Info, Debug, Trace or Off.
     #[arg(long)]
     pub level: Option<String>,
     /// Where this front's log lines go (default: stderr).
     #[arg(long)]
     pub log_path: Option<String>,
-    /// Accepted for Firecracker's command line; Bulkhead does not time the boot here yet.
+    /// Log the guest's boot time when it writes 123 to I/O port 0x3f0 (on stderr, by the
+    /// core: `bulkhead run --boot-timer`).
     #[arg(long)]
     pub boot_timer: bool,
     /// MMDS data: refused, MMDS is not implemented.
     #[arg(long)]
     pub metadata: Option<PathBuf>,
+    /// Firecracker's switch for its own seccomp filters, which the SDKs pass: accepted; the
+    /// front's and the core's filters are Bulkhead's and stay (see docs/FIRECRACKER.md).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Print the version of Firecracker's API this speaks, as `firecracker --version` prints
+    /// its own (first line `Firecracker vX.Y.Z`), and Bulkhead's.
+    #[arg(long)]
+    pub version: bool,
 }
 
 /// The core's pid once started (0 before): where SIGTERM and SIGINT go.
@@ -71,6 +82,8 @@ static CORE_PID: AtomicI32 = AtomicI32::new(0);
 static SOCKET: OnceLock<std::ffi::CString> = OnceLock::new();
 /// The most API connections served at once (each has a thread).
 const MAX_CONNECTIONS: usize = 64;
+/// How often metrics are written once the microVM runs: Firecracker's 60 s.
+const METRICS_PERIOD: Duration = Duration::from_secs(60);
 
 /// What the main thread waits for: it alone starts the core, since `PR_SET_PDEATHSIG`
 /// fires when the *thread* that forked the child ends, and the API's threads come and go.
@@ -82,20 +95,27 @@ enum Event {
 }
 
 /// Runs the front; the result is the process exit code (the core's).
-pub fn run(args: FirecrackerArgs) -> anyhow::Result<i32> {
+pub fn run(mut args: FirecrackerArgs) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    if args.version {
+        println!("Firecracker v{API_VERSION} (the API of bulkhead {})", env!("CARGO_PKG_VERSION"));
+        return Ok(0);
+    }
+    let id = args.id.take().unwrap_or_else(|| format!("anonymous-instance-{}", std::process::id()));
     if args.metadata.is_some() {
         bail!("--metadata: MMDS is not implemented in Bulkhead (see docs/FIRECRACKER.md)");
     }
     if args.no_api && args.config_file.is_none() {
         bail!("--no-api needs --config-file: without the API the configuration comes from it");
     }
-    bulkhead_api::paths::check_name(&args.id)
-        .map_err(|e| anyhow::anyhow!("--id {}: {e}", args.id))?;
+    bulkhead_api::paths::check_name(&id).map_err(|e| anyhow::anyhow!("--id {id}: {e}"))?;
     let level =
         args.level.as_deref().map(log::Level::parse).transpose().map_err(anyhow::Error::msg)?;
     log::configure(level, args.log_path.as_deref(), None).map_err(anyhow::Error::msg)?;
     let (events, event_rx) = mpsc::channel();
-    let vm = Arc::new(Mutex::new(api::Microvm::new(args.id.clone(), launcher(events.clone()))));
+    let vm = Arc::new(Mutex::new(api::Microvm::new(id.clone(), launcher(events.clone()))));
+    lock(&vm).config.boot_timer = args.boot_timer;
+    start_periodic_metrics(&vm)?;
     install_signal_forwarding()?;
     if let Some(file) = args.config_file.clone() {
         let vm = vm.clone();
@@ -105,11 +125,19 @@ pub fn run(args: FirecrackerArgs) -> anyhow::Result<i32> {
             }
         })?;
     }
-    let socket = if args.no_api { None } else { Some(serve(&args.api_sock, vm)?) };
+    let socket = if args.no_api { None } else { Some(serve(&args.api_sock, vm.clone())?) };
+    if socket.is_some() {
+        // Firecracker's api_server.process_startup_time_us: from this function's start (the
+        // command line parsed) to the API listening, and the CPU time the process used.
+        let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // Not under the microVM's lock: a config file's InstanceStart holds it, waiting for
+        // this thread to start the core.
+        metrics::set_startup(metrics::Startup { wall_us, cpu_us: metrics::process_cpu_us() });
+    }
     let status = loop {
         match event_rx.recv() {
             Ok(Event::Start(run_args, reply)) => {
-                let (core, result) = start_core(&args.id, &run_args);
+                let (core, result) = start_core(&id, &run_args);
                 let ok = result.is_ok();
                 let _ = reply.send(result);
                 match core {
@@ -133,6 +161,34 @@ pub fn run(args: FirecrackerArgs) -> anyhow::Result<i32> {
     }
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+fn lock(vm: &Mutex<api::Microvm>) -> std::sync::MutexGuard<'_, api::Microvm> {
+    vm.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes a line of metrics every [`METRICS_PERIOD`] from the microVM's start (as Firecracker
+/// does), if `/metrics` is configured by then. `BULKHEAD_FC_METRICS_PERIOD_MS` shortens the
+/// period for tests.
+fn start_periodic_metrics(vm: &Arc<Mutex<api::Microvm>>) -> anyhow::Result<()> {
+    let period = std::env::var("BULKHEAD_FC_METRICS_PERIOD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(METRICS_PERIOD);
+    let (tx, started) = mpsc::channel();
+    lock(vm).on_start = Some(tx);
+    let vm = vm.clone();
+    std::thread::Builder::new().name("fc-metrics".into()).spawn(move || {
+        if started.recv().is_err() {
+            return;
+        }
+        loop {
+            std::thread::sleep(period);
+            lock(&vm).periodic_flush();
+        }
+    })?;
+    Ok(())
 }
 
 /// Applies a configuration file's sections in the order the API would take them, then
@@ -163,6 +219,9 @@ fn boot_from_file(vm: &Mutex<api::Microvm>, file: &Path) -> anyhow::Result<()> {
     };
     if let Some(l) = c.logger {
         put("/logger", serde_json::json!(l))?;
+    }
+    if let Some(b) = c.bulkhead {
+        put("/bulkhead", serde_json::json!(b))?;
     }
     if let Some(m) = c.metrics {
         put("/metrics", serde_json::json!(m))?;

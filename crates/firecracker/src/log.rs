@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Firecracker's log levels, most severe first.
@@ -41,6 +42,14 @@ struct Sink {
     level: Level,
     show_level: bool,
     file: Option<File>,
+}
+
+/// Lines that could not be written (a full pipe): Firecracker's `logger.missed_log_count`.
+static MISSED: AtomicU64 = AtomicU64::new(0);
+
+/// The lines lost since the last call.
+pub fn take_missed() -> u64 {
+    MISSED.swap(0, Ordering::Relaxed)
 }
 
 static SINK: Mutex<Sink> =
@@ -93,11 +102,13 @@ pub fn log(level: Level, message: &str) {
     } else {
         format!("[bulkhead-firecracker] {message}\n")
     };
-    match sink.file.as_mut() {
-        Some(f) => {
-            let _ = f.write_all(line.as_bytes());
-        }
-        None => eprint!("{line}"),
+    // One write: a named pipe's reader gets the line whole or, when full, not at all.
+    let written = match sink.file.as_mut() {
+        Some(f) => f.write(line.as_bytes()),
+        None => std::io::stderr().write(line.as_bytes()),
+    };
+    if !matches!(written, Ok(n) if n == line.len()) {
+        MISSED.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -170,6 +170,81 @@ pub enum ActionType {
     FlushMetrics,
 }
 
+/// Bulkhead's own settings, which Firecracker's API has no place for: `PUT /bulkhead` and
+/// the config file's `bulkhead` section. Each is one of `bulkhead run`'s options (named in
+/// its comment); what is not given keeps `bulkhead run`'s default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkheadSettings {
+    /// `--mode`: device backends in compartments or on the core's threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// `--restart on|off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<bool>,
+    /// `--restart-max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_max: Option<u32>,
+    /// `--restart-window`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_window_s: Option<f64>,
+    /// `--watchdog`, in seconds (0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog_s: Option<f64>,
+    /// `--cpu-quota` (`50%`, `0.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<String>,
+    /// `--pin` (`0=1,1=0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// `--host-cpus` (`0-1,3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpus: Option<String>,
+    /// `--cpu-shares` (2 to 262144).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u64>,
+    /// `--memory-limit` (`1G`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
+    /// `--device-cpu-quota` (`100%`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_cpu_quota: Option<String>,
+    /// `--device-memory-limit` (`512M`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_limit: Option<String>,
+    /// `--limits fail|best-effort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Strictness>,
+    /// `--core-seccomp on|log|off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_seccomp: Option<CoreSeccomp>,
+}
+
+/// `bulkhead run --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Microkernel,
+    Monolithic,
+}
+
+/// `bulkhead run --limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strictness {
+    Fail,
+    BestEffort,
+}
+
+/// `bulkhead run --core-seccomp`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CoreSeccomp {
+    On,
+    Log,
+    Off,
+}
+
 /// Firecracker's JSON configuration file (`--config-file`): the bodies of the `PUT`
 /// requests, by resource. The sections Bulkhead does not implement are parsed so that the
 /// error names them.
@@ -196,6 +271,8 @@ pub struct ConfigFile {
     pub pmem: Option<Value>,
     #[serde(rename = "memory-hotplug")]
     pub memory_hotplug: Option<Value>,
+    /// Bulkhead's own section.
+    pub bulkhead: Option<BulkheadSettings>,
 }
 
 /// Parses a request body into `T`, or says what to fix, as a fault message.
@@ -245,5 +322,12 @@ mod tests {
         assert_eq!(c.drives.len(), 1);
         assert_eq!(c.machine_config.unwrap().vcpu_count, 2);
         assert!(serde_json::from_str::<ConfigFile>(r#"{"boot_source":{}}"#).is_err());
+        let c: ConfigFile =
+            serde_json::from_str(r#"{"bulkhead":{"mode":"monolithic","limits":"best-effort"}}"#)
+                .unwrap();
+        let b = c.bulkhead.unwrap();
+        assert_eq!((b.mode, b.limits), (Some(Mode::Monolithic), Some(Strictness::BestEffort)));
+        let e = parse::<BulkheadSettings>(br#"{"mode":"monolithic","cgroup":"x"}"#).unwrap_err();
+        assert!(e.contains("unknown field `cgroup`"), "{e}");
     }
 }

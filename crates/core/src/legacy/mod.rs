@@ -1,5 +1,7 @@
-//! The few legacy devices the core emulates itself: the serial console and
-//! the power registers. (Everything else a guest uses is a virtio device.)
+//! The few legacy devices the core emulates itself: the serial console,
+//! the power registers and, when asked for, the boot timer. (Everything else
+//! a guest uses is a virtio device.)
 
+pub mod boot_timer;
 pub mod power;
 pub mod serial;

@@ -22,8 +22,14 @@ use crate::work::{self, Checks, Ctx};
 use crate::{arch, bh, irq, power, smp, time, virtio, VERSION};
 use core::fmt::Write as _;
 
+/// The boot timer's port and the value that says "booted" (Firecracker's `--boot-timer`,
+/// `bulkhead run --boot-timer`). A VMM without the device ignores the write.
+const BOOT_TIMER_PORT: u16 = 0x3f0;
+const BOOT_TIMER_DONE: u8 = 123;
+
 pub fn main(start_info: u64) -> ! {
     bh!("ready guest=bulkhead version={} protocol=pvh apic={}", VERSION, arch::apic_id());
+    arch::outb(BOOT_TIMER_PORT, BOOT_TIMER_DONE);
     let boot = match BootInfo::parse(&Identity, start_info) {
         Ok(boot) => boot,
         Err(e) => {
