@@ -677,7 +677,7 @@ fn kata_containers_sequence_boots_with_placeholder_drives() {
     let boot_args = "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4 \
                      pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on \
                      acpi=off 8250.nr_uarts=0 agent.log_vport=1025 \
-                     bulkhead.run=boot bulkhead.hold_ms=2000";
+                     bulkhead.run=boot bulkhead.hold_ms=8000";
     let config = json!({
         "boot-source": { "kernel_image_path": f.kernel, "boot_args": boot_args },
         "machine-config": { "smt": false, "mem_size_mib": 128, "vcpu_count": 1 },
@@ -704,9 +704,128 @@ fn kata_containers_sequence_boots_with_placeholder_drives() {
         .expect("the hybrid vsock's socket once Running");
     let (_, config_now) = c.call("GET", "/vm/config", "");
     assert_eq!(config_now["drives"].as_array().unwrap().len(), 9);
-    // PATCH /drives after boot: see the `swap` branch (drive swapped under a running guest);
-    // Kata replaces drive_N's placeholder with a container's disk here:
-    // c.call("PATCH", "/drives/drive_0", &json!({ "drive_id": "drive_0", "path_on_host": … }))
+    // Kata then replaces a placeholder with a container's disk: the core serves drive_0 from
+    // the new file (a new compartment on it; the guest told the new capacity), holding its
+    // lock.
+    let container = f.dir.file("container.raw", &vec![0; 1 << 20]);
+    let patch = json!({ "drive_id": "drive_0", "path_on_host": container });
+    let (status, reply) = c.call("PATCH", "/drives/drive_0", &patch.to_string());
+    assert_eq!(status, 204, "{reply}");
+    assert!(
+        bulkhead_disk::open(&container, &Default::default()).is_err(),
+        "the new file is not held by the VM"
+    );
+    let (_, config_now) = c.call("GET", "/vm/config", "");
+    assert_eq!(config_now["drives"][1]["path_on_host"], json!(container));
+    // A drive that is not there, a file that is not: 400, and the drive stays as it was.
+    let missing = f.dir.0.join("missing.raw");
+    c.fault(
+        "PATCH",
+        "/drives/drive_9",
+        r#"{"drive_id":"drive_9","path_on_host":"/x"}"#,
+        "Invalid block device ID",
+    );
+    c.fault(
+        "PATCH",
+        "/drives/drive_1",
+        &json!({ "drive_id": "drive_1", "path_on_host": missing }).to_string(),
+        "cannot be opened",
+    );
+    c.fault("PATCH", "/drives/drive_1", r#"{"drive_id":"drive_2"}"#, "does not match");
     let run = vm.wait(T);
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
+}
+
+/// A drive's `rate_limiter` put before boot holds as the guest measures it (1000 requests/s
+/// within 5% over 5 s); `PATCH /drives` with another one, while the guest runs, changes it
+/// (500/s, measured over the windows after the change); the entropy device's limiter and a
+/// bucket of size 0 (no limit) are taken. The guest runs `blk-rate` twice; the patch goes
+/// between the two runs.
+#[test]
+fn a_drives_rate_limiter_holds_and_a_patch_changes_it() {
+    require_kvm();
+    let f = files("fc-rate");
+    let socket = f.dir.0.join("api.sock");
+    let id = format!("fc-rate-{}", std::process::id());
+    let mut front = common::bulkhead()
+        .arg("firecracker")
+        .args(["--api-sock", socket.to_str().unwrap(), "--id", &id])
+        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = common::KillOnDrop(front.id());
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = front.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = Client::connect(&socket);
+    let rate = "bulkhead.run=blk-rate,blk-rate bulkhead.mode=randread bulkhead.bs=4096 \
+                bulkhead.seconds=5 bulkhead.irq=1";
+    c.ok("/boot-source", boot_source(&f, rate));
+    let mut drive = root_drive(&f);
+    drive["rate_limiter"] = json!({ "ops": { "size": 100, "refill_time": 100 },
+                                    "bandwidth": { "size": 0, "refill_time": 0 } });
+    c.ok("/drives/rootfs", drive);
+    let entropy = json!({ "bandwidth": { "size": 4096, "one_time_burst": 0, "refill_time": 100 } });
+    c.ok("/entropy", json!({ "rate_limiter": entropy }));
+    c.ok("/actions", json!({ "action_type": "InstanceStart" }));
+    let mut seen = Vec::new();
+    let mut next = |prefix: &str| loop {
+        let line = lines.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
+            panic!("no {prefix:?}:\n{}", seen.join("\n"));
+        });
+        seen.push(line.clone());
+        if line.starts_with(prefix) {
+            return common::parse_line(&line).unwrap().1;
+        }
+    };
+    let first = next("BH result workload=blk-rate");
+    let field = |kv: &HashMap<String, String>, k: &str| kv[k].parse::<f64>().unwrap();
+    let near = |what: &str, got: f64, want: f64| {
+        eprintln!("{what}: {got:.1} for a limit of {want:.1}");
+        assert!(((got - want) / want).abs() <= 0.05, "{what}: {got:.1}, not within 5% of {want}");
+    };
+    near("requests/s under the limit put before boot", field(&first, "iops"), 1000.0);
+    let patch = json!({ "drive_id": "rootfs",
+                        "rate_limiter": { "ops": { "size": 50, "refill_time": 100 } } });
+    let (status, reply) = c.call("PATCH", "/drives/rootfs", &patch.to_string());
+    assert_eq!(status, 204, "{reply}");
+    // The second run's windows after its first second (which the patch may overlap).
+    let (mut ops, mut ns) = (0.0, 0.0);
+    for second in 2..=5 {
+        let w = next(&format!("BH rate workload=blk-rate second={second} "));
+        ops += field(&w, "ops");
+        ns += field(&w, "ns");
+    }
+    near("requests/s after the patch", ops * 1e9 / ns, 500.0);
+    let (_, config) = c.call("GET", "/vm/config", "");
+    let limiter = &config["drives"][0]["rate_limiter"];
+    assert_eq!(limiter["ops"]["size"], 50, "{config}");
+    assert_eq!(limiter["bandwidth"]["size"], 0, "the bandwidth bucket stays as put: {config}");
+    // The core shows the drive's limits as the patch left them.
+    let status = common::bulkhead()
+        .args(["ctl", &id, "device", "limits", "blk0"])
+        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("ops 50/100ms") && shown.contains("bandwidth none"), "{shown}");
+    c.fault(
+        "PATCH",
+        "/drives/rootfs",
+        r#"{"drive_id":"rootfs","rate_limiter":{"ops":{"size":1,"refill_time":99999999}}}"#,
+        "refill time",
+    );
+    c.fault("PATCH", "/network-interfaces/eth0", r#"{"iface_id":"eth0"}"#, "Invalid network");
+    let done = next("BH done");
+    assert!(seen.last().unwrap().contains("status=ok"), "{done:?}\n{}", seen.join("\n"));
+    let exit = front.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
 }

@@ -8,7 +8,9 @@ use std::sync::mpsc::Sender;
 
 use serde_json::json;
 
-use crate::config::{check_id, not_implemented, VmConfig};
+use bulkhead_api::{Payload, RateLimits, Request};
+
+use crate::config::{self, api_buckets, check_id, check_limiter, not_implemented, VmConfig};
 use crate::http::Response;
 use crate::log::{self, Level};
 use crate::metrics::{self, ApiCounts, CoreReading, MetricsFile};
@@ -16,6 +18,9 @@ use crate::model::{self, ActionType};
 
 /// Starts the VMM with the arguments of `bulkhead run`; the error says why it could not.
 pub type Launch = Box<dyn FnMut(&[String]) -> Result<(), String> + Send>;
+
+/// Firecracker's answer to a `PATCH` before boot.
+const BEFORE_BOOT: &str = "The requested operation is not supported before starting the microVM.";
 
 /// Firecracker's answer to configuring after boot.
 const AFTER_BOOT: &str = "The requested operation is not supported after starting the microVM.";
@@ -102,11 +107,12 @@ impl Microvm {
                 same_id(id, &drive.drive_id)?;
                 self.config.put_drive(drive).map(|_| Response::no_content())
             }
-            ("PATCH", ["drives", _]) => Err(if self.started {
-                not_implemented("PATCH /drives (swapping a drive's file under a running guest)")
-            } else {
-                "The requested operation is not supported before starting the microVM.".into()
-            }),
+            ("PATCH", ["drives", id]) => {
+                self.after_boot()?;
+                let patch: model::PartialDrive = model::parse(body)?;
+                same_id(id, &patch.drive_id)?;
+                self.patch_drive(patch).map(|_| Response::no_content())
+            }
             ("PUT", ["network-interfaces", id]) => {
                 self.before_boot()?;
                 check_id("iface_id", id)?;
@@ -114,8 +120,11 @@ impl Microvm {
                 same_id(id, &net.iface_id)?;
                 self.config.put_net(net).map(|_| Response::no_content())
             }
-            ("PATCH", ["network-interfaces", _]) => {
-                Err(not_implemented("PATCH /network-interfaces (rate limiters)"))
+            ("PATCH", ["network-interfaces", id]) => {
+                self.after_boot()?;
+                let patch: model::PartialNetworkInterface = model::parse(body)?;
+                same_id(id, &patch.iface_id)?;
+                self.patch_net(patch).map(|_| Response::no_content())
             }
             ("PUT", ["vsock"]) => {
                 self.before_boot()?;
@@ -140,6 +149,90 @@ impl Microvm {
             (_, ["hotplug", ..]) => Err(not_implemented("Memory hot-plug (/hotplug)")),
             (_, ["serial"]) => Err(not_implemented("Serial console configuration (/serial)")),
             _ => Err(bad_path()),
+        }
+    }
+
+    fn after_boot(&self) -> Result<(), String> {
+        if !self.started {
+            return Err(BEFORE_BOOT.into());
+        }
+        Ok(())
+    }
+
+    /// `PATCH /drives/{id}`: a new file (the core serves the drive from it, and tells the
+    /// guest its capacity) and new rate limits, in that order, as Firecracker applies them.
+    fn patch_drive(&mut self, patch: model::PartialDrive) -> Result<(), String> {
+        let (device, drive) = self.config.drive_device(&patch.drive_id)?;
+        let unable = |why: String| format!("Unable to patch the block device: {why}");
+        if drive.socket.is_some() {
+            return Err(unable(format!(
+                "{} is a vhost-user drive; its file and rate are its backend's.",
+                patch.drive_id
+            )));
+        }
+        let read_only = drive.is_read_only.unwrap_or(false);
+        if let Some(limiter) = &patch.rate_limiter {
+            check_limiter("rate_limiter", limiter).map_err(unable)?;
+        }
+        if let Some(path) = &patch.path_on_host {
+            config::check_new_file(path, read_only).map_err(unable)?;
+            let path = std::path::absolute(path).map_err(|e| unable(e.to_string()))?;
+            let request = Request::DiskReplace {
+                id: device.clone(),
+                path,
+                format: Some("raw".into()),
+                read_only: None,
+            };
+            self.ask_core(&request).map_err(unable)?;
+            let drive = self.config.drives.iter_mut().find(|d| d.drive_id == patch.drive_id);
+            if let Some(drive) = drive {
+                drive.path_on_host = patch.path_on_host.clone();
+            }
+        }
+        if let Some(limiter) = patch.rate_limiter {
+            let (bandwidth, ops) = api_buckets(&limiter);
+            let limits = RateLimits { bandwidth, ops, ..RateLimits::default() };
+            self.ask_core(&Request::DeviceLimits { id: device, limits }).map_err(unable)?;
+            let drive = self.config.drives.iter_mut().find(|d| d.drive_id == patch.drive_id);
+            if let Some(drive) = drive {
+                drive.rate_limiter = Some(merged(drive.rate_limiter, limiter));
+            }
+        }
+        Ok(())
+    }
+
+    /// `PATCH /network-interfaces/{id}`: new rate limits for what the guest receives (rx)
+    /// and sends (tx).
+    fn patch_net(&mut self, patch: model::PartialNetworkInterface) -> Result<(), String> {
+        let device = self.config.net_device(&patch.iface_id)?;
+        let unable = |why: String| format!("Unable to patch the network interface: {why}");
+        let mut limits = RateLimits::default();
+        if let Some(rx) = &patch.rx_rate_limiter {
+            check_limiter("rx_rate_limiter", rx).map_err(unable)?;
+            (limits.rx_bandwidth, limits.rx_ops) = api_buckets(rx);
+        }
+        if let Some(tx) = &patch.tx_rate_limiter {
+            check_limiter("tx_rate_limiter", tx).map_err(unable)?;
+            (limits.tx_bandwidth, limits.tx_ops) = api_buckets(tx);
+        }
+        self.ask_core(&Request::DeviceLimits { id: device, limits }).map_err(unable)?;
+        if let Some(n) = self.config.nets.iter_mut().find(|n| n.iface_id == patch.iface_id) {
+            if let Some(rx) = patch.rx_rate_limiter {
+                n.rx_rate_limiter = Some(merged(n.rx_rate_limiter, rx));
+            }
+            if let Some(tx) = patch.tx_rate_limiter {
+                n.tx_rate_limiter = Some(merged(n.tx_rate_limiter, tx));
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the core over its control socket (as `bulkhead ctl` does); the error is the
+    /// core's message, or why it could not be asked.
+    fn ask_core(&self, request: &Request) -> Result<Payload, String> {
+        match bulkhead_ctl::request(&self.id, request) {
+            Ok(reply) => reply.into_result(),
+            Err(e) => Err(bulkhead_ctl::describe(&e)),
         }
     }
 
@@ -218,6 +311,12 @@ impl Microvm {
     }
 }
 
+/// A limiter after a `PATCH`: the buckets it names replace the old ones.
+fn merged(old: Option<model::RateLimiter>, patch: model::RateLimiter) -> model::RateLimiter {
+    let old = old.unwrap_or_default();
+    model::RateLimiter { bandwidth: patch.bandwidth.or(old.bandwidth), ops: patch.ops.or(old.ops) }
+}
+
 fn same_id(path_id: &str, body_id: &str) -> Result<(), String> {
     if path_id != body_id {
         return Err("The id from the path does not match the id from the body!".into());
@@ -276,5 +375,10 @@ mod tests {
         assert!(r.fault_message().unwrap().contains("balloon"), "{r:?}");
         let r = vm.handle("PUT", "/actions", br#"{"action_type":"FlushMetrics"}"#);
         assert!(r.fault_message().unwrap().contains("PUT /metrics"), "{r:?}");
+        // Firecracker patches drives and interfaces only once the microVM runs.
+        let r = vm.handle("PATCH", "/drives/a", br#"{"drive_id":"a"}"#);
+        assert_eq!(r.fault_message(), Some(BEFORE_BOOT));
+        let r = vm.handle("PATCH", "/network-interfaces/e", br#"{"iface_id":"e"}"#);
+        assert_eq!(r.fault_message(), Some(BEFORE_BOOT));
     }
 }

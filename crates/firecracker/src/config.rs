@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 
 use crate::model::{
     BootSource, BulkheadSettings, Drive, Entropy, IoEngine, Logger, MachineConfig,
-    MachineConfigUpdate, Metrics, NetworkInterface, Vsock,
+    MachineConfigUpdate, Metrics, NetworkInterface, RateLimiter, TokenBucket, Vsock,
 };
+use bulkhead_devices::limit::BucketSpec;
 
 /// What the API has been told.
 #[derive(Debug, Default)]
@@ -118,8 +119,11 @@ impl VmConfig {
 
     pub fn put_drive(&mut self, d: Drive) -> Result<(), String> {
         check_id("drive_id", &d.drive_id)?;
-        if d.rate_limiter.is_some() {
-            return Err(not_implemented("A drive's rate_limiter"));
+        if let Some(limiter) = &d.rate_limiter {
+            check_limiter("rate_limiter", limiter)?;
+            if d.socket.is_some() && limits_something(limiter) {
+                return Err(VHOST_USER_LIMITS.into());
+            }
         }
         if d.io_engine == Some(IoEngine::Async) {
             return Err(not_implemented("io_engine Async (io_uring); use Sync"));
@@ -150,8 +154,12 @@ impl VmConfig {
 
     pub fn put_net(&mut self, n: NetworkInterface) -> Result<(), String> {
         check_id("iface_id", &n.iface_id)?;
-        if n.rx_rate_limiter.is_some() || n.tx_rate_limiter.is_some() {
-            return Err(not_implemented("A network interface's rx_rate_limiter/tx_rate_limiter"));
+        for (what, limiter) in
+            [("rx_rate_limiter", &n.rx_rate_limiter), ("tx_rate_limiter", &n.tx_rate_limiter)]
+        {
+            if let Some(limiter) = limiter {
+                check_limiter(what, limiter)?;
+            }
         }
         if n.mtu.is_some() {
             return Err(not_implemented("A network interface's mtu"));
@@ -195,8 +203,8 @@ impl VmConfig {
     }
 
     pub fn put_entropy(&mut self, e: Entropy) -> Result<(), String> {
-        if e.rate_limiter.is_some() {
-            return Err(not_implemented("The entropy device's rate_limiter"));
+        if let Some(limiter) = &e.rate_limiter {
+            check_limiter("rate_limiter", limiter)?;
         }
         self.entropy = Some(e);
         Ok(())
@@ -299,7 +307,8 @@ impl VmConfig {
             match (&d.path_on_host, &d.socket) {
                 (Some(path), _) => {
                     let ro = if d.is_read_only.unwrap_or(false) { ",readonly" } else { "" };
-                    args.extend(["--disk".into(), format!("{path},format=raw{ro}")]);
+                    let limits = limit_options("", d.rate_limiter.as_ref());
+                    args.extend(["--disk".into(), format!("{path},format=raw{ro}{limits}")]);
                 }
                 (None, Some(socket)) => {
                     args.extend(["--vhost-user".into(), format!("blk,socket={socket}")])
@@ -309,13 +318,19 @@ impl VmConfig {
         }
         for n in &self.nets {
             let mac = n.guest_mac.as_ref().map(|m| format!(",mac={m}")).unwrap_or_default();
-            args.extend(["--net".into(), format!("tap={}{mac}", n.host_dev_name)]);
+            let rx = limit_options("rx-", n.rx_rate_limiter.as_ref());
+            let tx = limit_options("tx-", n.tx_rate_limiter.as_ref());
+            args.extend(["--net".into(), format!("tap={}{mac}{rx}{tx}", n.host_dev_name)]);
         }
         if let Some(v) = &self.vsock {
             args.extend(["--device".into(), vsock_device(v)?]);
         }
-        if self.entropy.is_some() {
-            args.push("--rng".into());
+        if let Some(e) = &self.entropy {
+            // `--rng=OPTIONS` takes the limits; a bare `--rng` none.
+            match limit_options("", e.rate_limiter.as_ref()).strip_prefix(',') {
+                Some(limits) => args.push(format!("--rng={limits}")),
+                None => args.push("--rng".into()),
+            }
         }
         if self.boot_timer {
             args.push("--boot-timer".into());
@@ -331,13 +346,8 @@ impl VmConfig {
     /// `vsock`, `rng0` → `entropy`. Drives on a file are `--disk`s, named first, in the
     /// order of `run_args`; drives on a vhost-user socket are named after them.
     pub fn metric_keys(&self) -> std::collections::HashMap<String, String> {
-        let (roots, others): (Vec<&Drive>, Vec<&Drive>) =
-            self.drives.iter().partition(|d| d.is_root_device);
-        let ordered: Vec<&Drive> = roots.into_iter().chain(others).collect();
-        let (files, sockets): (Vec<&Drive>, Vec<&Drive>) =
-            ordered.into_iter().partition(|d| d.path_on_host.is_some());
         let mut keys = std::collections::HashMap::new();
-        for (i, d) in files.into_iter().chain(sockets).enumerate() {
+        for (i, d) in self.drives_in_core_order().into_iter().enumerate() {
             keys.insert(format!("blk{i}"), format!("block_{}", d.drive_id));
         }
         for (i, n) in self.nets.iter().enumerate() {
@@ -351,6 +361,119 @@ impl VmConfig {
         }
         keys
     }
+}
+
+impl VmConfig {
+    /// The drives in the order the core names them `blk0`, `blk1`, …: the root drive first,
+    /// drives on a file (`--disk`) before drives on a vhost-user socket.
+    fn drives_in_core_order(&self) -> Vec<&Drive> {
+        let (roots, others): (Vec<&Drive>, Vec<&Drive>) =
+            self.drives.iter().partition(|d| d.is_root_device);
+        let ordered: Vec<&Drive> = roots.into_iter().chain(others).collect();
+        let (files, sockets): (Vec<&Drive>, Vec<&Drive>) =
+            ordered.into_iter().partition(|d| d.path_on_host.is_some());
+        files.into_iter().chain(sockets).collect()
+    }
+
+    /// The core's name of drive `drive_id` (`blk0`, …), or an error naming the drives.
+    pub fn drive_device(&self, drive_id: &str) -> Result<(String, &Drive), String> {
+        let drives = self.drives_in_core_order();
+        match drives.iter().position(|d| d.drive_id == drive_id) {
+            Some(i) => Ok((format!("blk{i}"), drives[i])),
+            None => Err(format!(
+                "Invalid block device ID {drive_id:?}: this microVM's drives are {}.",
+                list(self.drives.iter().map(|d| d.drive_id.as_str()))
+            )),
+        }
+    }
+
+    /// The core's name of interface `iface_id` (`net0`, …), or an error naming the interfaces.
+    pub fn net_device(&self, iface_id: &str) -> Result<String, String> {
+        match self.nets.iter().position(|n| n.iface_id == iface_id) {
+            Some(i) => Ok(format!("net{i}")),
+            None => Err(format!(
+                "Invalid network interface ID {iface_id:?}: this microVM's interfaces are {}.",
+                list(self.nets.iter().map(|n| n.iface_id.as_str()))
+            )),
+        }
+    }
+}
+
+/// Names for a message: `a, b` or `none`.
+fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Checks a drive's new file (`PATCH /drives`): a path Bulkhead's options can carry, that
+/// opens for reading (and writing, unless the drive is read-only).
+pub fn check_new_file(path: &str, read_only: bool) -> Result<(), String> {
+    check_path("path_on_host", path)?;
+    check_opens("The drive's new file", path, !read_only)
+}
+
+/// Why a vhost-user drive cannot be limited.
+const VHOST_USER_LIMITS: &str = "A drive on a vhost-user socket cannot have a rate_limiter: \
+     rate limits are enforced by Bulkhead's own devices, and this drive's backend is another \
+     program.";
+
+/// A bucket as Bulkhead's device options write it.
+fn spec(b: &TokenBucket) -> BucketSpec {
+    BucketSpec {
+        size: b.size,
+        one_time_burst: b.one_time_burst.unwrap_or(0),
+        refill_time_ms: b.refill_time,
+    }
+}
+
+/// Checks a limiter's buckets against what Bulkhead's devices take.
+pub fn check_limiter(what: &str, l: &RateLimiter) -> Result<(), String> {
+    for (name, bucket) in [("bandwidth", &l.bandwidth), ("ops", &l.ops)] {
+        if let Some(b) = bucket {
+            spec(b).check().map_err(|why| format!("Invalid {what}.{name}: {why}."))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a limiter limits anything (`{}`, or buckets of size or refill time 0, do not).
+pub fn limits_something(l: &RateLimiter) -> bool {
+    [l.bandwidth, l.ops].iter().flatten().any(|b| !spec(b).is_unlimited())
+}
+
+/// The device options of a limiter: `,bw=…,ops=…` (with `prefix` `rx-` or `tx-` for a network
+/// interface), only for buckets that limit something; empty for none.
+fn limit_options(prefix: &str, limiter: Option<&RateLimiter>) -> String {
+    let Some(l) = limiter else { return String::new() };
+    let mut out = String::new();
+    for (key, bucket) in [("bw", &l.bandwidth), ("ops", &l.ops)] {
+        if let Some(b) = bucket.map(|b| spec(&b)).filter(|b| !b.is_unlimited()) {
+            out.push_str(&format!(",{prefix}{key}={b}"));
+        }
+    }
+    out
+}
+
+/// A limiter as the management API's `device_limits` takes it: a bucket present is set (or,
+/// of size or refill time 0, removed), a bucket absent left as it is — Firecracker's PATCH.
+pub fn api_buckets(
+    l: &RateLimiter,
+) -> (Option<Option<bulkhead_api::TokenBucket>>, Option<Option<bulkhead_api::TokenBucket>>) {
+    let api = |b: &Option<TokenBucket>| {
+        b.map(|b| {
+            let s = spec(&b);
+            (!s.is_unlimited()).then_some(bulkhead_api::TokenBucket {
+                size: s.size,
+                one_time_burst: s.one_time_burst,
+                refill_time: s.refill_time_ms,
+            })
+        })
+    };
+    (api(&l.bandwidth), api(&l.ops))
 }
 
 /// The settings given as text, by name.
@@ -483,6 +606,66 @@ mod tests {
         let line = args.windows(2).find(|w| w[0] == "--cmdline").unwrap()[1].clone();
         assert_eq!(line, "console=ttyS0 root=/dev/vda rw");
         assert!(args.contains(&"--rng".to_string()) && args.contains(&"128M".to_string()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rate_limiters_become_device_options() {
+        let dir = std::env::temp_dir().join(format!("fc-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (k, a) = (dir.join("k"), dir.join("a"));
+        for f in [&k, &a] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let boot = BootSource {
+            kernel_image_path: k.display().to_string(),
+            boot_args: None,
+            initrd_path: None,
+        };
+        let mut c = VmConfig { boot: Some(boot), ..VmConfig::default() };
+        let mut d = drive("rootfs", &a.display().to_string(), true);
+        d.rate_limiter = Some(
+            serde_json::from_value(json!({
+                "bandwidth": { "size": 10485760, "one_time_burst": 4096, "refill_time": 1000 },
+                "ops": { "size": 0, "refill_time": 100 }
+            }))
+            .unwrap(),
+        );
+        c.put_drive(d).unwrap();
+        let net: NetworkInterface = serde_json::from_value(json!({
+            "iface_id": "eth0", "host_dev_name": "tap0",
+            "rx_rate_limiter": {}, "tx_rate_limiter": { "ops": { "size": 100, "refill_time": 10 } }
+        }))
+        .unwrap();
+        c.put_net(net).unwrap();
+        let e: Entropy = serde_json::from_value(
+            json!({ "rate_limiter": { "bandwidth": { "size": 4096, "refill_time": 100 } } }),
+        )
+        .unwrap();
+        c.put_entropy(e).unwrap();
+        let args = c.run_args("vm1").unwrap();
+        let value = |flag: &str| args.windows(2).find(|w| w[0] == flag).unwrap()[1].clone();
+        // A bucket of size 0 limits nothing, and `{}` (Kata's) nothing either.
+        assert_eq!(value("--disk"), format!("{},format=raw,bw=10485760@1000+4096", a.display()));
+        assert_eq!(value("--net"), "tap=tap0,tx-ops=100@10");
+        assert!(args.contains(&"--rng=bw=4096@100".to_string()), "{args:?}");
+        let mut big = drive("data", &a.display().to_string(), false);
+        big.rate_limiter = Some(
+            serde_json::from_value(json!({ "ops": { "size": 1, "refill_time": 3_600_001 } }))
+                .unwrap(),
+        );
+        assert!(c.put_drive(big).unwrap_err().contains("rate_limiter.ops"));
+        let mut socket: Drive = serde_json::from_value(json!({
+            "drive_id": "vu", "socket": "/tmp/vu.sock", "is_root_device": false,
+            "rate_limiter": { "ops": { "size": 1, "refill_time": 1 } }
+        }))
+        .unwrap();
+        assert!(c.put_drive(socket.clone()).unwrap_err().contains("vhost-user"));
+        socket.rate_limiter = Some(RateLimiter::default());
+        c.put_drive(socket).unwrap();
+        assert_eq!(c.drive_device("vu").unwrap().0, "blk1");
+        assert!(c.drive_device("nope").unwrap_err().contains("rootfs, vu"));
+        assert_eq!(c.net_device("eth0").unwrap(), "net0");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
