@@ -633,8 +633,10 @@ fn a_vsock_put_through_the_api_carries_the_guests_connection() {
 /// (Kata parses `Firecracker vX.Y.Z`), then `--api-sock` with a `--config-file` holding
 /// machine-config (`smt: false`), boot-source, the image as a read-only drive that is not the
 /// root device, a pool of 8 placeholder drives backed by empty files, logger and metrics on
-/// named pipes Kata reads, a hybrid vsock (`vsock_id: "root"`); then `GET /` until `Running`,
-/// and the vsock's socket made 0640.
+/// named pipes Kata reads, a hybrid vsock (`vsock_id: "root"`), a network interface on a tap
+/// with Kata's empty rate limiters; then `GET /` until `Running`, the vsock's socket made 0640,
+/// and a placeholder swapped for a container's disk with `PATCH /drives`, which the guest then
+/// reads (and finds the container's bytes) and writes; the guest pings over the tap meanwhile.
 #[test]
 fn kata_containers_sequence_boots_with_placeholder_drives() {
     require_kvm();
@@ -677,7 +679,9 @@ fn kata_containers_sequence_boots_with_placeholder_drives() {
     let boot_args = "root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4 \
                      pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on \
                      acpi=off 8250.nr_uarts=0 agent.log_vport=1025 \
-                     bulkhead.run=boot bulkhead.hold_ms=8000";
+                     bulkhead.run=net-ping,blk-swap bulkhead.ip=10.0.2.15/24 \
+                     bulkhead.peer=10.0.2.1 bulkhead.count=3 bulkhead.disk=1 bulkhead.seed2=9 \
+                     bulkhead.hold_ms=5000";
     let config = json!({
         "boot-source": { "kernel_image_path": f.kernel, "boot_args": boot_args },
         "machine-config": { "smt": false, "mem_size_mib": 128, "vcpu_count": 1 },
@@ -685,14 +689,20 @@ fn kata_containers_sequence_boots_with_placeholder_drives() {
         "logger": { "level": "Error", "log_path": logs },
         "metrics": { "metrics_path": metrics },
         "drives": drives,
+        "network-interfaces": [{ "iface_id": "eth0", "host_dev_name": "tap0",
+                                 "guest_mac": "52:54:00:12:34:56",
+                                 "rx_rate_limiter": {}, "tx_rate_limiter": {} }],
     });
     check_config_file(&config);
     let file = f.dir.file("fcConfig.json", config.to_string().as_bytes());
     let socket = root.join("run").join("firecracker.socket");
-    let vm = front(
-        &f,
-        &["--api-sock", socket.to_str().unwrap(), "--config-file", file.to_str().unwrap()],
-    );
+    // Kata's tap is in the VM's network namespace; the front runs there, as Kata runs it.
+    let ns = common::NetNs::new("kata");
+    let mut cmd = ns.bulkhead();
+    cmd.arg("firecracker")
+        .args(["--api-sock", socket.to_str().unwrap(), "--config-file", file.to_str().unwrap()])
+        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"));
+    let vm = Running::start(&mut cmd);
     let mut c = Client::connect(&socket);
     let start = Instant::now();
     while c.call("GET", "/", "").1["state"] != "Running" {
@@ -704,19 +714,6 @@ fn kata_containers_sequence_boots_with_placeholder_drives() {
         .expect("the hybrid vsock's socket once Running");
     let (_, config_now) = c.call("GET", "/vm/config", "");
     assert_eq!(config_now["drives"].as_array().unwrap().len(), 9);
-    // Kata then replaces a placeholder with a container's disk: the core serves drive_0 from
-    // the new file (a new compartment on it; the guest told the new capacity), holding its
-    // lock.
-    let container = f.dir.file("container.raw", &vec![0; 1 << 20]);
-    let patch = json!({ "drive_id": "drive_0", "path_on_host": container });
-    let (status, reply) = c.call("PATCH", "/drives/drive_0", &patch.to_string());
-    assert_eq!(status, 204, "{reply}");
-    assert!(
-        bulkhead_disk::open(&container, &Default::default()).is_err(),
-        "the new file is not held by the VM"
-    );
-    let (_, config_now) = c.call("GET", "/vm/config", "");
-    assert_eq!(config_now["drives"][1]["path_on_host"], json!(container));
     // A drive that is not there, a file that is not: 400, and the drive stays as it was.
     let missing = f.dir.0.join("missing.raw");
     c.fault(
@@ -732,8 +729,30 @@ fn kata_containers_sequence_boots_with_placeholder_drives() {
         "cannot be opened",
     );
     c.fault("PATCH", "/drives/drive_1", r#"{"drive_id":"drive_2"}"#, "does not match");
+    // Kata then replaces a placeholder with a container's disk: the core serves drive_0 from
+    // the new file (a new compartment on it; the guest told the new capacity), holding its
+    // lock while the guest uses it.
+    let container = f.dir.file("container.raw", &common::pattern(9, 1 << 20));
+    let patch = json!({ "drive_id": "drive_0", "path_on_host": container });
+    let (status, reply) = c.call("PATCH", "/drives/drive_0", &patch.to_string());
+    assert_eq!(status, 204, "{reply}");
+    assert!(
+        bulkhead_disk::open(&container, &Default::default()).is_err(),
+        "the new file is not held by the VM"
+    );
+    let (_, config_now) = c.call("GET", "/vm/config", "");
+    assert_eq!(config_now["drives"][1]["path_on_host"], json!(container));
     let run = vm.wait(T);
     assert_eq!(run.code, 0, "{}\n{}", run.stderr, run.stdout);
+    let ping = run.assert_check("net-ping");
+    assert_eq!((ping["sent"].as_str(), ping["received"].as_str()), ("3", "3"));
+    // The guest found the container's bytes beyond the placeholder's 0, then wrote its own.
+    let swap = run.assert_check("blk-swap");
+    assert_eq!((swap["old_capacity"].as_str(), swap["capacity"].as_str()), ("0", "1048576"));
+    assert!(
+        std::fs::read(&container).unwrap() == common::pattern(2, 1 << 20),
+        "the guest's writes"
+    );
 }
 
 /// A drive's `rate_limiter` put before boot holds as the guest measures it (1000 requests/s

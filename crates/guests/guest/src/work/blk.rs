@@ -27,7 +27,8 @@
 //!   `BH progress name=blk-swap capacity=M`, reads and checks what lies beyond the old size
 //!   (pattern of `bulkhead.seed2`, default the same seed: an image holding one pattern over
 //!   its whole size has the first image's bytes below the old size), then writes the pattern
-//!   of `seed + 1` over the first MiB (at most the old size), flushes and reads it back:
+//!   of `seed + 1` over the first MiB (at most the old size; of an empty disk, at most the
+//!   new size), flushes and reads it back:
 //!   `BH check name=blk-swap status=ok disk=0 old_capacity=N capacity=M during=R beyond=B
 //!   written=W`; then, with `bulkhead.hold_ms`, keeps the disk that long before it goes on
 //!   (a test looks at the images' locks meanwhile).
@@ -274,7 +275,8 @@ pub fn swap(ctx: &mut Ctx) -> Result<(), Fail> {
     let timeout_ms = ctx.common()?.timeout_ms;
     let (blk, bump) = ctx.devices().blk(o.disk)?;
     let info = *blk.info();
-    let old = span(&info, None)?;
+    // An empty disk (a placeholder, as Kata gives its VMs) has nothing to read until the swap.
+    let old = if info.capacity == 0 { 0 } else { span(&info, None)? };
     blk.buffers(1, o.bs as u32, bump)?;
     read_pass(blk, old, o.bs, o.seed, timeout_ms)?;
     bh!("progress name=blk-swap capacity={}", old);
@@ -288,6 +290,10 @@ pub fn swap(ctx: &mut Ctx) -> Result<(), Fail> {
         if time::passed(until) {
             return Err(Fail::Text("the disk's capacity did not change in time"));
         }
+        if old == 0 {
+            core::hint::spin_loop();
+            continue;
+        }
         // The disk stays in use meanwhile: one read of the old span, checked.
         let len = (old - offset).min(o.bs);
         during += read_range(blk, offset, offset + len, o.bs, o.seed, timeout_ms)?;
@@ -300,7 +306,7 @@ pub fn swap(ctx: &mut Ctx) -> Result<(), Fail> {
     let beyond = read_range(blk, old, new, o.bs, seed2, timeout_ms)?;
     let mut written = 0;
     if !info.read_only {
-        written = old.min(1 << 20);
+        written = (if old == 0 { new } else { old }).min(1 << 20);
         write_pass(blk, written, o.bs, o.seed.wrapping_add(1), info.flush, timeout_ms)?;
         read_pass(blk, written, o.bs, o.seed.wrapping_add(1), timeout_ms)?;
     }
