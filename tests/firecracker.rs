@@ -849,3 +849,45 @@ fn a_drives_rate_limiter_holds_and_a_patch_changes_it() {
     let exit = front.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+/// An image that is not there is refused at its `PUT`; one that another process holds (QEMU's
+/// locks, here `qemu-io`'s) fails `InstanceStart` with the core's words — which process
+/// kind of use, and what to do — and once it is free the same microVM starts.
+#[test]
+fn a_missing_or_locked_image_is_refused_with_what_to_fix() {
+    require_kvm();
+    let f = files("fc-locked");
+    let socket = f.dir.0.join("api.sock");
+    let id = format!("fc-locked-{}", std::process::id());
+    let vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", &id]);
+    let mut c = Client::connect(&socket);
+    c.ok("/boot-source", boot_source(&f, "bulkhead.run=blk-verify bulkhead.seed=7"));
+    let mut missing = root_drive(&f);
+    missing["path_on_host"] = json!(f.dir.0.join("absent.raw"));
+    c.fault("PUT", "/drives/rootfs", &missing.to_string(), "absent.raw cannot be opened");
+    c.ok("/drives/rootfs", root_drive(&f));
+    let mut holder = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "sleep 100000"])
+        .arg(&f.disk)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-io is needed for these tests (qemu-utils)");
+    let start = Instant::now();
+    while bulkhead_disk::open(&f.disk, &Default::default()).is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(30), "qemu-io never locked the image");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.fault(
+        "PUT",
+        "/actions",
+        r#"{"action_type":"InstanceStart"}"#,
+        "is in use by another process (it writes to the image); stop that process first",
+    );
+    assert_eq!(c.call("GET", "/", "").1["state"], "Not started");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    c.ok("/actions", json!({ "action_type": "InstanceStart" }));
+    let run = vm.wait(T);
+    assert_guest_verified(&run, &f);
+}

@@ -22,10 +22,11 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 
+use std::io::{BufRead, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -348,7 +349,7 @@ fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>
     };
     let parent = std::process::id() as i32;
     let mut cmd = Command::new(exe);
-    cmd.args(args);
+    cmd.args(args).stderr(Stdio::piped());
     // SAFETY: the closure runs in the child between fork and exec and calls only
     // async-signal-safe functions (prctl, getppid, _exit), touching no lock or heap.
     unsafe {
@@ -368,18 +369,57 @@ fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>
         Err(e) => return (None, Err(format!("Cannot start the VMM: {e}."))),
     };
     CORE_PID.store(core.id() as i32, Ordering::SeqCst);
+    let errors = core.stderr.take().map(relay_stderr);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !control.exists() && Instant::now() < deadline {
         if let Ok(Some(status)) = core.try_wait() {
-            let message = format!(
-                "The VMM ended before the microVM started ({status}); its error is on this \
-                 process's stderr."
-            );
+            let why = errors.and_then(|e| e.last_line()).unwrap_or_else(|| status.to_string());
+            let why = why.strip_prefix("bulkhead: ").unwrap_or(&why).to_string();
+            let message = format!("The VMM could not start the microVM: {why}");
             return (Some(core), Err(message));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     (Some(core), Ok(()))
+}
+
+/// The core's stderr as this process relays it (see [`relay_stderr`]).
+struct CoreStderr {
+    last: Arc<Mutex<Option<String>>>,
+    ended: mpsc::Receiver<()>,
+}
+
+impl CoreStderr {
+    /// The last line the core wrote, once its stderr has ended (or after 500 ms: a compartment
+    /// the core started may hold the pipe open a little longer).
+    fn last_line(self) -> Option<String> {
+        let _ = self.ended.recv_timeout(Duration::from_millis(500));
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Copies the core's stderr to this process's line by line (the core's messages stay where
+/// they were, for the orchestrator's log), keeping the last line for the answer to an
+/// `InstanceStart` that failed: the core's error says what to fix (an image in use by another
+/// process, a file that is not there).
+fn relay_stderr(pipe: ChildStderr) -> CoreStderr {
+    let last = Arc::new(Mutex::new(None));
+    let (done, ended) = mpsc::channel();
+    let kept = last.clone();
+    let relay = move || {
+        let mut out = std::io::stderr();
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = writeln!(out, "{line}");
+            if !line.trim().is_empty() {
+                *kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(line);
+            }
+        }
+        let _ = done.send(());
+    };
+    if let Err(e) = std::thread::Builder::new().name("fc-core-stderr".into()).spawn(relay) {
+        log::log(log::Level::Error, &format!("cannot relay the core's messages: {e}"));
+    }
+    CoreStderr { last, ended }
 }
 
 extern "C" fn forward(sig: libc::c_int) {
