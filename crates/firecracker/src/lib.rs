@@ -142,9 +142,16 @@ pub fn run(mut args: FirecrackerArgs) -> anyhow::Result<i32> {
                 let ok = result.is_ok();
                 let _ = reply.send(result);
                 match core {
-                    Some(mut core) if ok => break core.wait().context("wait for the VMM")?,
+                    Some((mut core, stderr)) if ok => {
+                        let status = core.wait().context("wait for the VMM")?;
+                        // The core's last words reach this process's stderr before it exits.
+                        if let Some(stderr) = stderr {
+                            stderr.drain();
+                        }
+                        break status;
+                    }
                     // It ended at start: the client is told why and may fix and start again.
-                    Some(mut core) => drop(core.wait()),
+                    Some((mut core, _)) => drop(core.wait()),
                     None => {}
                 }
             }
@@ -338,7 +345,7 @@ fn launcher(events: Sender<Event>) -> api::Launch {
 /// core. `InstanceStart` is answered once the core's control socket is there (the VM is
 /// built and its devices started), or refused if the core ended first; the core comes back
 /// in both cases when it was started, for its status.
-fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>) {
+fn start_core(name: &str, args: &[String]) -> (Option<StartedCore>, Result<(), String>) {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => return (None, Err(format!("Cannot find the bulkhead binary: {e}."))),
@@ -376,12 +383,15 @@ fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>
             let why = errors.and_then(|e| e.last_line()).unwrap_or_else(|| status.to_string());
             let why = why.strip_prefix("bulkhead: ").unwrap_or(&why).to_string();
             let message = format!("The VMM could not start the microVM: {why}");
-            return (Some(core), Err(message));
+            return (Some((core, None)), Err(message));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    (Some(core), Ok(()))
+    (Some((core, errors)), Ok(()))
 }
+
+/// The core's process and its relayed stderr (none when the relay could not start).
+type StartedCore = (Child, Option<CoreStderr>);
 
 /// The core's stderr as this process relays it (see [`relay_stderr`]).
 struct CoreStderr {
@@ -395,6 +405,11 @@ impl CoreStderr {
     fn last_line(self) -> Option<String> {
         let _ = self.ended.recv_timeout(Duration::from_millis(500));
         self.last.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Waits (at most a second) for the core's stderr to end, all of it relayed.
+    fn drain(self) {
+        let _ = self.ended.recv_timeout(Duration::from_secs(1));
     }
 }
 
