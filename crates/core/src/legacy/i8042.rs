@@ -200,7 +200,7 @@ impl I8042 {
 
     /// Bytes from the keyboard, after what waits; false (and nothing queued) if they do not
     /// all fit.
-    fn from_keyboard(&mut self, bytes: &[u8]) -> bool {
+    fn keyboard_sends(&mut self, bytes: &[u8]) -> bool {
         if BUFFER_BYTES - self.output.len() < bytes.len() {
             return false;
         }
@@ -218,7 +218,7 @@ impl I8042 {
             return Ok(Pressed { queued: false, interrupt: false });
         }
         let codes = if self.translating() { CAD_SET1 } else { CAD_SET2 };
-        if !self.from_keyboard(codes) {
+        if !self.keyboard_sends(codes) {
             return Err(PressError::BufferFull { waiting: self.output.len() });
         }
         Ok(Pressed { queued: true, interrupt: self.command_byte & CTR_KBD_INTERRUPT != 0 })
@@ -272,15 +272,15 @@ impl I8042 {
                 }
             }
             Some(Parameter::KeyboardOutput) => {
-                self.from_keyboard(&[byte]);
+                self.keyboard_sends(&[byte]);
             }
             Some(Parameter::Aux) => {}
-            None => self.to_keyboard(byte),
+            None => self.keyboard_takes(byte),
         }
     }
 
     /// A byte for the keyboard: a command, or the argument of the one before.
-    fn to_keyboard(&mut self, byte: u8) {
+    fn keyboard_takes(&mut self, byte: u8) {
         // The keyboard stops sending what it had not sent, and answers.
         self.output.clear();
         let kbd = &mut self.keyboard;
@@ -290,42 +290,42 @@ impl I8042 {
             }
             if command == 0xf0 && byte == 0 {
                 let set = kbd.set;
-                self.from_keyboard(&[ACK, set]);
+                self.keyboard_sends(&[ACK, set]);
             } else {
-                self.from_keyboard(&[ACK]);
+                self.keyboard_sends(&[ACK]);
             }
             return;
         }
         match byte {
             0xff => {
                 *kbd = PsKeyboard::AT_RESET;
-                self.from_keyboard(&[ACK, SELF_TEST_PASSED]);
+                self.keyboard_sends(&[ACK, SELF_TEST_PASSED]);
             }
             0xf2 => {
                 let id = if self.translating() { 0x41 } else { 0x83 };
-                self.from_keyboard(&[ACK, 0xab, id]);
+                self.keyboard_sends(&[ACK, 0xab, id]);
             }
             0xed | 0xf0 | 0xf3 => {
                 kbd.awaiting = Some(byte);
-                self.from_keyboard(&[ACK]);
+                self.keyboard_sends(&[ACK]);
             }
             0xf4 => {
                 kbd.scanning = true;
-                self.from_keyboard(&[ACK]);
+                self.keyboard_sends(&[ACK]);
             }
             0xf5 | 0xf6 => {
                 kbd.scanning = byte == 0xf6;
                 kbd.set = 2;
-                self.from_keyboard(&[ACK]);
+                self.keyboard_sends(&[ACK]);
             }
             0xee => {
-                self.from_keyboard(&[ECHO]);
+                self.keyboard_sends(&[ECHO]);
             }
             0xf7..=0xfe => {
-                self.from_keyboard(&[ACK]);
+                self.keyboard_sends(&[ACK]);
             }
             _ => {
-                self.from_keyboard(&[RESEND]);
+                self.keyboard_sends(&[RESEND]);
             }
         }
     }
