@@ -231,3 +231,123 @@ fn bad_flags_are_refused() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("--cpus must be between 1 and 254"), "{}", r.stderr);
 }
+
+/// A VM started with `--name` under a private run folder, its console read line by line.
+struct Named {
+    child: Option<std::process::Child>,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    run_dir: TempDir,
+    name: String,
+}
+
+impl Named {
+    fn start(tag: &str, cmdline: &str) -> Named {
+        use std::io::BufRead;
+        let run_dir = TempDir::new(tag);
+        let name = format!("{tag}-{}", std::process::id());
+        let mut child = common::bulkhead()
+            .args(["run", "--name", &name, "--cmdline", cmdline])
+            .env("BULKHEAD_RUN_DIR", &run_dir.0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Named { child: Some(child), lines, seen: Vec::new(), run_dir, name }
+    }
+
+    /// The next console line that starts with `prefix` (generous: the host is shared).
+    fn next(&mut self, prefix: &str) -> String {
+        loop {
+            let Ok(line) = self.lines.recv_timeout(Duration::from_secs(120)) else {
+                panic!("no line {prefix:?}; the console had:\n{}", self.seen.join("\n"))
+            };
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        common::bulkhead()
+            .args(["ctl", &self.name])
+            .args(args)
+            .env("BULKHEAD_RUN_DIR", &self.run_dir.0)
+            .output()
+            .unwrap()
+    }
+
+    /// Its end, and the console lines not read yet.
+    fn end(mut self) -> (common::Run, Vec<String>) {
+        let r = common::wait(self.child.take().unwrap(), Duration::from_secs(120));
+        let rest = self.lines.iter().collect();
+        (r, rest)
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `bulkhead ctl VM ctrl-alt-del` presses the keys on the core's i8042; the guest, waiting in
+/// `wait-cad` with its keyboard set up as Linux's drivers set it up, reads them on IRQ 1,
+/// says so and resets through the i8042, and the VM ends with the reboot exit.
+#[test]
+fn ctrl_alt_del_from_ctl_reboots_a_waiting_guest() {
+    require_kvm();
+    let mut vm = Named::start("cad", "bulkhead.run=wait-cad bulkhead.wait_s=300");
+    let listening = vm.next("BH kbd listening");
+    // Linux's view: no translation, so scan code set 2; keyboard interrupt on.
+    assert!(listening.contains("set=2 ctr=0x05"), "{listening}");
+    let out = vm.ctl(&["ctrl-alt-del", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pressed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pressed["keys"], "ctrl-alt-del");
+    assert_eq!(
+        (pressed["queued"].as_bool(), pressed["interrupt"].as_bool()),
+        (Some(true), Some(true))
+    );
+    vm.next("BH ctrl-alt-del");
+    let (r, _) = vm.end();
+    assert_eq!(r.code, 3, "the reboot exit: {}", r.stderr);
+    assert!(r.stderr.contains("the guest rebooted"), "{}", r.stderr);
+}
+
+/// The same while the guest holds (`hold_ms`), through the plain command; and a guest that
+/// waits in vain says so and powers off.
+#[test]
+fn ctrl_alt_del_ends_a_holding_guest_and_waiting_in_vain_fails_the_check() {
+    require_kvm();
+    let mut vm = Named::start("cadhold", "bulkhead.run=boot bulkhead.hold_ms=300000");
+    vm.next("BH hold");
+    vm.next("BH kbd listening");
+    let out = vm.ctl(&["ctrl-alt-del"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("ctrl-alt-del pressed (IRQ 1 raised"), "{said}");
+    vm.next("BH ctrl-alt-del");
+    let (r, _) = vm.end();
+    assert_eq!(r.code, 3, "{}", r.stderr);
+
+    let r = run(&["run", "--cmdline", "bulkhead.run=wait-cad bulkhead.wait_s=0.2"], T);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let check = r.event("check");
+    assert_eq!((check["name"].as_str(), check["status"].as_str()), ("wait-cad", "fail"));
+    assert!(!r.stdout.contains("BH ctrl-alt-del"), "{}", r.stdout);
+}

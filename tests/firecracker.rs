@@ -107,7 +107,9 @@ impl Client {
 
     /// Sends raw bytes and reads one response: status and JSON body (Null when none).
     fn raw(&mut self, bytes: &[u8]) -> (u16, Value) {
-        self.stream.get_mut().write_all(bytes).unwrap();
+        // A server that refuses the connection (past its limit) answers and closes without
+        // reading: the write may then fail, and the answer is still there to read.
+        let _ = self.stream.get_mut().write_all(bytes);
         let mut line = String::new();
         self.stream.read_line(&mut line).unwrap();
         let status: u16 = line.split(' ').nth(1).expect("a status line").parse().unwrap();
@@ -246,7 +248,7 @@ fn calls_one_by_one_as_firecracker_containerd_makes_them_boot_the_guest() {
     c.fault("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#, after);
     c.fault("PUT", "/machine-config", r#"{"vcpu_count":2,"mem_size_mib":128}"#, after);
     c.fault("PUT", "/drives/rootfs", &root_drive(&f).to_string(), after);
-    c.fault("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#, "SendCtrlAltDel");
+    c.fault("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel","delay":1}"#, "unknown field");
     c.ok("/actions", json!({ "action_type": "FlushMetrics" }));
     let text = std::fs::read_to_string(&metrics).unwrap();
     let line: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
@@ -890,4 +892,115 @@ fn a_missing_or_locked_image_is_refused_with_what_to_fix() {
     c.ok("/actions", json!({ "action_type": "InstanceStart" }));
     let run = vm.wait(T);
     assert_guest_verified(&run, &f);
+}
+
+/// A sandbox platform's graceful stop (firecracker-go-sdk's `Machine.Shutdown`): metrics to a
+/// file, the machine, its root drive and a hybrid vsock put one by one, `SendCtrlAltDel`
+/// refused before boot as Firecracker refuses it, `InstanceStart`; the guest's connection to
+/// the host's port 5000 echoed by a host listener; then `SendCtrlAltDel`: the guest (waiting
+/// in `wait-cad`, its keyboard set up as Linux's drivers set it up) reads the keys on IRQ 1,
+/// says so and resets, the VM ends, the front exits with the reboot's status (3), and its last
+/// metrics line counts the actions (the failed one among the fails).
+#[test]
+fn send_ctrl_alt_del_ends_a_sandbox_platforms_vm_after_its_vsock_exchange() {
+    require_kvm();
+    let f = files("fc-cad");
+    let vsock_dir = f.dir.0.join("vsock");
+    std::fs::create_dir(&vsock_dir).unwrap();
+    std::os::unix::fs::chown(&vsock_dir, Some(65534), Some(65534)).unwrap();
+    let uds = vsock_dir.join("v.sock");
+    let listener_path = vsock_dir.join("v.sock_5000");
+    let listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
+    std::fs::set_permissions(&listener_path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .unwrap();
+    let host = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let (mut echoed, mut chunk) = (0, [0u8; 65536]);
+        loop {
+            let n = conn.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                return echoed;
+            }
+            conn.write_all(&chunk[..n]).unwrap();
+            echoed += n;
+        }
+    });
+    let socket = f.dir.0.join("api.sock");
+    let id = format!("fc-cad-{}", std::process::id());
+    let mut front = common::bulkhead()
+        .arg("firecracker")
+        .args(["--api-sock", socket.to_str().unwrap(), "--id", &id])
+        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = common::KillOnDrop(front.id());
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = front.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut err = front.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
+    let mut seen = Vec::new();
+    // Generous: the host is shared, and a VM with a vsock compartment starts in seconds.
+    let mut next = |prefix: &str| loop {
+        let line = lines.recv_timeout(Duration::from_secs(180)).unwrap_or_else(|_| {
+            panic!("no {prefix:?}:\n{}", seen.join("\n"));
+        });
+        seen.push(line.clone());
+        if line.starts_with(prefix) {
+            return common::parse_line(&line).unwrap().1;
+        }
+    };
+    let mut c = Client::connect(&socket);
+    let metrics = f.dir.0.join("metrics.json");
+    c.ok("/metrics", json!({ "metrics_path": metrics }));
+    c.ok("/machine-config", json!({ "vcpu_count": 1, "mem_size_mib": 128 }));
+    let args = "bulkhead.run=vsock,wait-cad bulkhead.vsock_connect=5000 bulkhead.bytes=65536 \
+                bulkhead.wait_s=600";
+    c.ok("/boot-source", boot_source(&f, args));
+    c.ok("/drives/rootfs", root_drive(&f));
+    c.ok("/vsock", json!({ "guest_cid": 3, "uds_path": uds }));
+    let cad = r#"{"action_type":"SendCtrlAltDel"}"#;
+    c.fault("PUT", "/actions", cad, "not supported before starting the microVM");
+    c.ok("/actions", json!({ "action_type": "InstanceStart" }));
+    let vsock = next("BH check name=vsock");
+    assert_eq!((vsock["status"].as_str(), vsock["bytes"].as_str()), ("ok", "65536"), "{vsock:?}");
+    assert_eq!(host.join().unwrap(), 65536);
+    let listening = next("BH kbd listening");
+    assert_eq!(listening["set"], "2");
+    let (status, reply) = c.call("PUT", "/actions", cad);
+    assert_eq!(status, 204, "{reply}");
+    next("BH ctrl-alt-del");
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(exit) = front.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the front did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = stderr.join().unwrap();
+    assert_eq!(exit.code(), Some(3), "the reboot's status: {stderr}");
+    assert!(stderr.contains("the guest rebooted"), "{stderr}");
+    assert!(!socket.exists(), "the API socket is removed at exit");
+    // Every line's deltas together: InstanceStart, and SendCtrlAltDel twice, once refused.
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!lines.is_empty(), "the front writes a line at exit");
+    let sum = |name: &str| -> u64 {
+        lines.iter().map(|l| l["put_api_requests"][name].as_u64().unwrap_or(0)).sum()
+    };
+    assert_eq!((sum("actions_count"), sum("actions_fails")), (3, 1), "{text}");
 }

@@ -1,7 +1,8 @@
 //! Bulkhead's management API: the control socket of a running VM, served from its core.
 //!
 //! Each VM's core serves a unix socket ([`Server`]) on which its user (or root) asks for the
-//! VM's status or for a device's backend to be restarted or upgraded while the guest runs.
+//! VM's status, for a device's backend to be restarted or upgraded while the guest runs, or
+//! for Ctrl-Alt-Del to be pressed on its keyboard.
 //! The core answers through a [`ControlTarget`]; clients — `bulkhead ctl` (the `bulkhead-ctl`
 //! crate), scripts — send one JSON request per connection and read one JSON reply.
 //!
@@ -23,5 +24,6 @@ pub use limits::{LimitsChange, RateLimits, TokenBucket};
 pub use protocol::{NewImage, Payload, ProtocolError, Reply, Request, PROTOCOL_VERSION};
 pub use server::{ControlTarget, Server, ServerError};
 pub use status::{
-    ConfinementStatus, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, VmStatus,
+    ConfinementStatus, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced,
+    KeysPressed, VmStatus,
 };

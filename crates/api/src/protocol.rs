@@ -15,6 +15,7 @@
 //!    {"version":1,"request":"device_upgrade","id":"blk0","binary":"/usr/local/bin/bulkhead"}
 //!    {"version":1,"request":"disk_replace","id":"blk0","path":"/srv/big.qcow2","format":"qcow2","read_only":null}
 //!    {"version":1,"request":"device_limits","id":"blk0","limits":{"ops":{"size":100,"one_time_burst":0,"refill_time":100},"bandwidth":null}}
+//!    {"version":1,"request":"ctrl_alt_del"}
 //!    ```
 //!    `disk_replace` swaps a disk's image under the running guest (what Firecracker's
 //!    `PATCH /drives/{id}` with `path_on_host` does): `path` absolute (the client makes it
@@ -23,6 +24,10 @@
 //!    guest's driver agreed on it when it started).
 //!    `device_limits` changes a device's rate limits while the guest runs ([`crate::limits`]:
 //!    an absent key leaves a bucket as it is, `null` removes its limit).
+//!    `ctrl_alt_del` presses and releases Ctrl, Alt and Delete on the VM's i8042 keyboard
+//!    (what Firecracker's `SendCtrlAltDel` does): a Linux guest reboots, which ends the VM.
+//!    It is answered once the scan codes are in the controller's buffer and its interrupt
+//!    raised, without waiting for the guest, which may ignore them.
 //!    Unknown fields are refused, so that a typo is an error and not a request silently
 //!    carried out without it.
 //! 4. The server checks the request — at most [`MAX_REQUEST_BYTES`] bytes, all of it within
@@ -35,6 +40,7 @@
 //!    {"version":1,"reply":"ok","result":{"device_change":{"id":"blk0","old_pid":4250,"new_pid":4301,"took_ms":12.5}}}
 //!    {"version":1,"reply":"ok","result":{"disk_replaced":{"change":{"id":"blk0","old_pid":4301,"new_pid":4377,"took_ms":48.2},"path":"/srv/big.qcow2","capacity_bytes":4294967296}}}
 //!    {"version":1,"reply":"ok","result":{"limits_change":{"id":"blk0","limits":{"bandwidth":null,"ops":{"size":100,"one_time_burst":0,"refill_time":100}}}}}
+//!    {"version":1,"reply":"ok","result":{"keys_pressed":{"keys":"ctrl-alt-del","queued":true,"interrupt":true}}}
 //!    {"version":1,"reply":"error","message":"no device named blk9; this VM has blk0, rng0"}
 //!    ```
 //!    Anything wrong with the request — garbage, a half-written line, too many bytes, a
@@ -51,7 +57,7 @@
 //! know. Anything else — a field renamed or removed, a new meaning — is a new version.
 
 use crate::limits::{LimitsChange, RateLimits};
-use crate::status::{DeviceChange, DiskReplaced, VmStatus};
+use crate::status::{DeviceChange, DiskReplaced, KeysPressed, VmStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -109,6 +115,8 @@ pub enum Request {
         #[serde(default)]
         read_only: Option<bool>,
     },
+    /// Press and release Ctrl-Alt-Del on the VM's keyboard (the guest decides what it does).
+    CtrlAltDel,
 }
 
 /// A disk's new image, as [`Request::DiskReplace`] names it.
@@ -150,6 +158,8 @@ pub enum Payload {
     DiskReplaced(DiskReplaced),
     /// The answer to [`Request::DeviceLimits`]: the limits now in force.
     LimitsChange(LimitsChange),
+    /// The answer to [`Request::CtrlAltDel`].
+    KeysPressed(KeysPressed),
 }
 
 /// Why a request or a reply could not be read.
@@ -329,6 +339,7 @@ mod tests {
             },
             Request::DeviceLimits { id: "blk0".into(), limits: RateLimits::default() },
             Request::DeviceLimits { id: "net0".into(), limits: sample_limits() },
+            Request::CtrlAltDel,
         ];
         for request in requests {
             let line = request.encode();
@@ -351,6 +362,22 @@ mod tests {
              {\"rx_ops\":null,\"tx_bandwidth\":{\"size\":1048576,\"one_time_burst\":0,\
              \"refill_time\":1000}}}\n"
         );
+    }
+
+    #[test]
+    fn ctrl_alt_del_reads_its_documented_forms() {
+        let line = br#"{"version":1,"request":"ctrl_alt_del"}"#;
+        assert_eq!(Request::parse(line), Ok(Request::CtrlAltDel));
+        assert_eq!(Request::CtrlAltDel.encode(), [&line[..], b"\n"].concat());
+        let extra = br#"{"version":1,"request":"ctrl_alt_del","keys":"f1"}"#;
+        assert!(Request::parse(extra).unwrap_err().to_string().contains("unknown field"));
+        let reply = br#"{"version":1,"reply":"ok","result":{"keys_pressed":{"keys":"ctrl-alt-del","queued":true,"interrupt":true}}}"#;
+        let Ok(Reply::Ok { result: Payload::KeysPressed(pressed) }) = Reply::parse(reply) else {
+            panic!("{:?}", Reply::parse(reply))
+        };
+        assert!(pressed.queued && pressed.interrupt);
+        let again = Reply::Ok { result: Payload::KeysPressed(pressed) };
+        assert_eq!(again.encode(), [&reply[..], b"\n"].concat());
     }
 
     fn sample_limits() -> RateLimits {
@@ -400,6 +427,13 @@ mod tests {
                 result: Payload::LimitsChange(LimitsChange {
                     id: "net0".into(),
                     limits: sample_limits(),
+                }),
+            },
+            Reply::Ok {
+                result: Payload::KeysPressed(KeysPressed {
+                    keys: "ctrl-alt-del".into(),
+                    queued: true,
+                    interrupt: false,
                 }),
             },
             Reply::error("no device named blk9"),

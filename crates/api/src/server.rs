@@ -24,7 +24,7 @@ use crate::limits::{LimitsChange, RateLimits};
 use crate::paths::{self, PathError};
 use crate::peer;
 use crate::protocol::{NewImage, Payload, Reply, Request, MAX_REQUEST_BYTES, REQUEST_DEADLINE};
-use crate::status::{DeviceChange, DiskReplaced, VmStatus};
+use crate::status::{DeviceChange, DiskReplaced, KeysPressed, VmStatus};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -61,6 +61,11 @@ pub trait ControlTarget: Send + Sync {
     fn set_device_limits(&self, id: &str, limits: &RateLimits) -> Result<LimitsChange, String> {
         let _ = limits;
         Err(format!("this VMM cannot change rate limits (asked for {id})"))
+    }
+    /// Presses and releases Ctrl-Alt-Del on the VM's keyboard, without waiting for the guest.
+    /// The error is a sentence for the user.
+    fn ctrl_alt_del(&self) -> Result<KeysPressed, String> {
+        Err("this VM has no keyboard to press Ctrl-Alt-Del on".into())
     }
     /// Called on the serving thread before it accepts its first connection (the core
     /// installs the thread's seccomp filter here). An error leaves the socket unserved.
@@ -415,6 +420,7 @@ fn answer(request: Request, context: &Context) -> Reply {
         Request::DeviceLimits { id, limits } => {
             target.set_device_limits(&id, &limits).map(Payload::LimitsChange)
         }
+        Request::CtrlAltDel => target.ctrl_alt_del().map(Payload::KeysPressed),
     }));
     match outcome {
         Ok(Ok(result)) => Reply::Ok { result },

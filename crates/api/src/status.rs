@@ -141,3 +141,17 @@ pub struct DiskReplaced {
     /// The disk's capacity now, in bytes, as its guest is told it.
     pub capacity_bytes: u64,
 }
+
+/// What pressing keys on the VM's keyboard did (the guest may ignore them: only its driver
+/// knows what they mean to it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysPressed {
+    /// The keys, pressed together and released: `ctrl-alt-del`.
+    pub keys: String,
+    /// The scan codes were put in the keyboard controller's buffer; false when the guest had
+    /// disabled its keyboard, which drops keys as a real one does.
+    pub queued: bool,
+    /// The controller's command byte had keyboard interrupts on, so IRQ 1 was raised; false:
+    /// the codes wait for a guest that reads them without one.
+    pub interrupt: bool,
+}

@@ -89,6 +89,8 @@ fn commands_succeed_with_0() {
         &["vm0", "device", "restart", "blk0"],
         &["vm0", "device", "restart", "rng0", "--json"],
         &["vm0", "device", "upgrade", "blk0", "--binary", "/bin/true"],
+        &["vm0", "ctrl-alt-del"],
+        &["vm0", "ctrl-alt-del", "--json"],
         &["vm0", "--help"],
         &["list"],
         &["list", "--json"],

@@ -68,10 +68,14 @@ fn every_request_round_trips() {
     let reply = request_at(&path, &Request::DeviceRestart { id: "blk9".into() }, TIMEOUT);
     assert_eq!(reply.unwrap(), Reply::error("no device named blk9; this VM has blk0, rng0"));
 
+    let reply = request_at(&path, &Request::CtrlAltDel, TIMEOUT).unwrap();
+    let Reply::Ok { result: Payload::KeysPressed(pressed) } = reply else { panic!("{reply:?}") };
+    assert_eq!((pressed.keys.as_str(), pressed.queued), ("ctrl-alt-del", true));
+
     // The VM gets the binary with its links resolved.
     let real = std::fs::canonicalize("/bin/true").unwrap();
-    let expected =
-        ["status", "restart blk0", &format!("upgrade blk0 {}", real.display()), "restart blk9"];
+    let upgrade = format!("upgrade blk0 {}", real.display());
+    let expected = ["status", "restart blk0", &upgrade, "restart blk9", "ctrl-alt-del"];
     assert_eq!(vm.calls(), expected);
 }
 

@@ -37,8 +37,8 @@ pub struct VmConfig {
     pub verbose: bool,
     /// When and how the supervisor restarts failed device backends.
     pub restart: RestartPolicy,
-    /// Called once the devices run, with the supervisor (the VMM starts
-    /// the management API here); what it returns lives as long as the VM.
+    /// Called once the devices run, with the supervisor and the keyboard
+    /// (the VMM starts the management API here); what it returns lives as long as the VM.
     pub on_start: Option<OnStart>,
     /// Places the vCPU threads (cgroups, CPU affinity); see [`crate::vcpu::Placement`].
     pub placement: Option<Arc<dyn crate::vcpu::Placement>>,
@@ -67,8 +67,17 @@ pub enum CoreThread {
 /// See [`VmConfig::confine`].
 pub type ConfineHook = Arc<dyn Fn(CoreThread) -> Result<(), String> + Send + Sync>;
 
+/// What [`VmConfig::on_start`] is handed once the devices run: the hands the management API
+/// acts with.
+pub struct Started {
+    /// The devices' supervisor: restarts, upgrades, reports.
+    pub supervisor: SupervisorHandle,
+    /// The i8042's keyboard, for keys the host presses.
+    pub keyboard: crate::legacy::i8042::Keyboard,
+}
+
 /// See [`VmConfig::on_start`].
-pub type OnStart = Box<dyn FnOnce(SupervisorHandle) -> Box<dyn std::any::Any>>;
+pub type OnStart = Box<dyn FnOnce(Started) -> Box<dyn std::any::Any>>;
 
 impl VmConfig {
     /// A VM booting `kernel` with default resources, console to stdout.

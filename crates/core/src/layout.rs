@@ -57,8 +57,11 @@ pub mod ports {
     /// The first serial port (8250/16550), IRQ 4.
     pub const COM1: u16 = 0x3f8;
     pub const COM1_IRQ: u32 = 4;
-    /// The i8042 command port, used only for its reset line.
-    pub const I8042_COMMAND: u16 = 0x64;
+    /// The i8042 keyboard controller: data port 0x60, status/command port 0x64
+    /// (the range between reads as all ones), IRQ 1.
+    pub const I8042_DATA: u16 = 0x60;
+    pub const I8042_PORTS: u16 = 5;
+    pub const I8042_IRQ: u32 = 1;
     /// ACPI hardware-reduced sleep control, sleep status and reset registers.
     pub const ACPI_SLEEP_CONTROL: u16 = 0x600;
     pub const ACPI_SLEEP_STATUS: u16 = 0x601;

@@ -21,7 +21,8 @@ use crate::host::{self, HostKind};
 use crate::irq::{self, ioapic::IoApic};
 use crate::layout::{self, ports};
 use crate::legacy::boot_timer::{BootClock, BootTimer};
-use crate::legacy::power::{AcpiPower, I8042Reset};
+use crate::legacy::i8042::{Keyboard, I8042};
+use crate::legacy::power::AcpiPower;
 use crate::legacy::serial::SerialConsole;
 use crate::memory::{GuestRam, MemoryError};
 use crate::supervisor::Supervisor;
@@ -122,7 +123,10 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
     let supervisor =
         Supervisor::start(virtio, config.restart.clone(), exit.clone(), supervisor_started)
             .map_err(io("start the supervisor"))?;
-    let control = config.on_start.map(|start| start(supervisor.handle()));
+    let keyboard = devices.keyboard.clone();
+    let control = config
+        .on_start
+        .map(|start| start(crate::config::Started { supervisor: supervisor.handle(), keyboard }));
     let threads = match start_vcpus(&kvm, &vm, &ram, config.cpus, entry, &shared) {
         Ok(threads) => threads,
         Err(e) => {
@@ -215,12 +219,13 @@ fn register_memory(vm: &VmFd, ram: &GuestRam) -> Result<(), VmError> {
 }
 
 /// The core's own devices: the I/O APIC on the MMIO bus; COM1, the ACPI
-/// power registers, the i8042 reset and, when asked for, the boot timer on the port bus.
+/// power registers, the i8042 and, when asked for, the boot timer on the port bus.
 struct CoreDevices {
     pio: Bus,
     mmio: Bus,
     ioapic: Arc<Mutex<IoApic>>,
     serial: Arc<Mutex<SerialConsole>>,
+    keyboard: Keyboard,
 }
 
 fn core_devices(
@@ -236,22 +241,26 @@ fn core_devices(
     let ioapic = Arc::new(Mutex::new(IoApic::new(vm.clone())));
     let mut mmio = Bus::default();
     mmio.insert(layout::IOAPIC_START, 0x1000, ioapic.clone()).map_err(|e| place(&e))?;
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("create the serial interrupt"))?;
-    let irq = Arc::new(irq);
-    let pin = ports::COM1_IRQ as usize;
-    ioapic.lock().unwrap().connect(pin, irq.clone()).map_err(|e| place(&e))?;
-    let serial = SerialConsole::new(irq, console);
+    let interrupt = |pin: u32, what: &'static str| -> Result<Arc<EventFd>, VmError> {
+        let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io(what))?);
+        ioapic.lock().unwrap().connect(pin as usize, irq.clone()).map_err(|e| place(&e))?;
+        Ok(irq)
+    };
+    let serial =
+        SerialConsole::new(interrupt(ports::COM1_IRQ, "create the serial interrupt")?, console);
+    let kbd_irq = interrupt(ports::I8042_IRQ, "create the keyboard interrupt")?;
     let mut pio = Bus::default();
     pio.insert(ports::COM1.into(), 8, serial.clone()).map_err(|e| place(&e))?;
     let power = Arc::new(Mutex::new(AcpiPower::new(exit.clone(), boot::acpi::S5_SLEEP_TYPE)));
     pio.insert(ports::ACPI_SLEEP_CONTROL.into(), 3, power).map_err(|e| place(&e))?;
-    let i8042 = Arc::new(Mutex::new(I8042Reset::new(exit.clone())));
-    pio.insert(ports::I8042_COMMAND.into(), 1, i8042).map_err(|e| place(&e))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone(), kbd_irq)));
+    pio.insert(ports::I8042_DATA.into(), ports::I8042_PORTS.into(), i8042.clone())
+        .map_err(|e| place(&e))?;
     if let Some(start) = boot_timer {
         let timer = Arc::new(Mutex::new(BootTimer::new(start)));
         pio.insert(ports::BOOT_TIMER.into(), 1, timer).map_err(|e| place(&e))?;
     }
-    Ok(CoreDevices { pio, mmio, ioapic, serial })
+    Ok(CoreDevices { pio, mmio, ioapic, serial, keyboard: Keyboard::new(i8042) })
 }
 
 fn start_vcpus(

@@ -8,6 +8,7 @@
 //! bulkhead ctl VM device replace-disk ID PATH[,readonly][,format=raw|qcow2|vmdk] [--json]
 //! bulkhead ctl VM device limits ID [--bw B] [--ops B] [--rx-bw B] [--rx-ops B] [--tx-bw B]
 //!     [--tx-ops B] [--json]       (B: SIZE@MS[+BURST] or none)
+//! bulkhead ctl VM ctrl-alt-del [--json]
 //! ```
 //!
 //! `VM` is a name, looked up in the run folder ([`bulkhead_api::paths`]), or a socket path (anything
@@ -21,7 +22,7 @@ use anyhow::{anyhow, bail, Context};
 use bulkhead_api::limits::{RateLimits, TokenBucket};
 use bulkhead_api::protocol::{Payload, Reply, Request};
 use bulkhead_api::status::{
-    DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, VmStatus,
+    DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, KeysPressed, VmStatus,
 };
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -36,7 +37,8 @@ use std::path::{Path, PathBuf};
                       bulkhead ctl <VM> device upgrade <ID> --binary <PATH> [--json]\n       \
                       bulkhead ctl <VM> device replace-disk <ID> <PATH[,OPTIONS]> [--json]\n       \
                       bulkhead ctl <VM> device limits <ID> [--bw|--ops|--rx-bw|--rx-ops|--tx-bw|--tx-ops \
-                      SIZE@MS[+BURST]|none]… [--json]",
+                      SIZE@MS[+BURST]|none]… [--json]\n       \
+                      bulkhead ctl <VM> ctrl-alt-del [--json]",
     after_help = "VM is a VM's name, or the path of its control socket (anything with a '/'). \
                   `bulkhead ctl VM --help` tells more."
 )]
@@ -77,6 +79,14 @@ pub enum VmAction {
     /// Restart or upgrade a device's backend, or swap a disk's image, while the guest runs.
     #[command(subcommand)]
     Device(Box<DeviceAction>),
+    /// Press and release Ctrl-Alt-Del on the VM's keyboard (Firecracker's SendCtrlAltDel): a
+    /// Linux guest reboots, which ends the VM (exit code 3). Answered at once; the guest may
+    /// ignore the keys.
+    CtrlAltDel {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// What to do to a device.
@@ -206,11 +216,12 @@ pub fn run(command: CtlCommand) -> anyhow::Result<i32> {
 pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
     let vm = command.vm.as_str();
     let action = match command.action {
-        VmAction::Status { json } => Err(json),
+        VmAction::Status { json } => Err((Request::Status, json)),
+        VmAction::CtrlAltDel { json } => Err((Request::CtrlAltDel, json)),
         VmAction::Device(action) => Ok(*action),
     };
     let (request, json) = match action {
-        Err(json) => (Request::Status, json),
+        Err(simple) => simple,
         Ok(DeviceAction::Restart { id, json }) => (Request::DeviceRestart { id }, json),
         Ok(DeviceAction::Upgrade { id, binary, json }) => {
             let binary = std::path::absolute(&binary)
@@ -252,6 +263,7 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
         (_, Payload::LimitsChange(change)) => {
             println!("{} limits: {}", clean(&change.id), limits_text(&change.limits))
         }
+        (_, Payload::KeysPressed(pressed)) => println!("{vm}: {}", keys_line(&pressed)),
     }
     Ok(0)
 }
@@ -292,6 +304,24 @@ fn to_json(payload: &Payload) -> serde_json::Result<String> {
         Payload::DeviceChange(change) => serde_json::to_string_pretty(change),
         Payload::DiskReplaced(done) => serde_json::to_string_pretty(done),
         Payload::LimitsChange(change) => serde_json::to_string_pretty(change),
+        Payload::KeysPressed(pressed) => serde_json::to_string_pretty(pressed),
+    }
+}
+
+/// `ctrl-alt-del pressed (IRQ 1 raised; what happens is the guest's to decide)`.
+pub fn keys_line(pressed: &KeysPressed) -> String {
+    let keys = clean(&pressed.keys);
+    match (pressed.queued, pressed.interrupt) {
+        (true, true) => {
+            format!("{keys} pressed (IRQ 1 raised; what happens is the guest's to decide)")
+        }
+        (true, false) => format!(
+            "{keys} pressed; the guest has its keyboard interrupt off, so the keys wait until it \
+             reads them"
+        ),
+        (false, _) => {
+            format!("{keys} pressed, but the guest has disabled its keyboard, which drops keys")
+        }
     }
 }
 

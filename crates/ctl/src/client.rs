@@ -109,7 +109,7 @@ pub fn reply_timeout(request: &Request) -> Duration {
         Request::DeviceRestart { .. }
         | Request::DeviceUpgrade { .. }
         | Request::DiskReplace { .. } => Duration::from_secs(60),
-        Request::DeviceLimits { .. } => Duration::from_secs(10),
+        Request::DeviceLimits { .. } | Request::CtrlAltDel => Duration::from_secs(10),
     }
 }
 

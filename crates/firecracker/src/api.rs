@@ -257,10 +257,15 @@ impl Microvm {
                 }
                 Ok(Response::no_content())
             }
-            ActionType::SendCtrlAltDel => Err(not_implemented(
-                "SendCtrlAltDel (the VM has no i8042 keyboard); send SIGTERM to this process to \
-                 stop the VM cleanly",
-            )),
+            // Firecracker's: Ctrl-Alt-Del pressed on the i8042 keyboard, answered at once (the
+            // guest may ignore the keys; a Linux guest reboots, which ends the VM and this
+            // process with the reboot exit code).
+            ActionType::SendCtrlAltDel => {
+                self.after_boot()?;
+                self.ask_core(&Request::CtrlAltDel)
+                    .map_err(|why| format!("Cannot send CTRL+ALT+DEL: {why}"))?;
+                Ok(Response::no_content())
+            }
             ActionType::FlushMetrics => self.flush_metrics().map(|_| Response::no_content()),
         }
     }
@@ -379,6 +384,9 @@ mod tests {
         let r = vm.handle("PATCH", "/drives/a", br#"{"drive_id":"a"}"#);
         assert_eq!(r.fault_message(), Some(BEFORE_BOOT));
         let r = vm.handle("PATCH", "/network-interfaces/e", br#"{"iface_id":"e"}"#);
+        assert_eq!(r.fault_message(), Some(BEFORE_BOOT));
+        // And SendCtrlAltDel, as Firecracker.
+        let r = vm.handle("PUT", "/actions", br#"{"action_type":"SendCtrlAltDel"}"#);
         assert_eq!(r.fault_message(), Some(BEFORE_BOOT));
     }
 }

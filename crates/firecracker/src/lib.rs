@@ -167,6 +167,9 @@ pub fn run(mut args: FirecrackerArgs) -> anyhow::Result<i32> {
     if let Some(path) = socket {
         let _ = std::fs::remove_file(path);
     }
+    // A last line, as Firecracker writes one at exit: what was counted since the previous one
+    // (a SendCtrlAltDel that ended the VM, say) is not lost.
+    lock(&vm).periodic_flush();
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

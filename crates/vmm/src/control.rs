@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bulkhead_api::{
-    ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, NewImage,
-    Server, VmStatus,
+    ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, KeysPressed,
+    NewImage, Server, VmStatus,
 };
 use bulkhead_api::{LimitsChange, RateLimits};
+use bulkhead_core::legacy::i8042::Keyboard;
 use bulkhead_core::supervisor::{self, SupervisorHandle};
 use bulkhead_devices::blk::config::capacity_bytes;
 use bulkhead_devices::blk::DiskSwap;
@@ -23,6 +24,8 @@ pub struct Vm {
     pub memory_bytes: u64,
     pub started: Instant,
     pub supervisor: SupervisorHandle,
+    /// The i8042's keyboard, for Ctrl-Alt-Del.
+    pub keyboard: Keyboard,
     /// The partitioning line of the status (cgroups, pins).
     pub limits: Option<String>,
     /// The limits page of each device that has rate limiters.
@@ -150,6 +153,17 @@ impl ControlTarget for Vm {
                 "{id} is a {} device, which has no rate limiter (blk, net and rng do)",
                 d.kind
             ),
+        })
+    }
+
+    /// Queues the scan codes and raises IRQ 1 (a lock a vCPU holds for one port access, and
+    /// a write to an eventfd: the API thread's filter allows both); the guest is not waited on.
+    fn ctrl_alt_del(&self) -> Result<KeysPressed, String> {
+        let pressed = self.keyboard.press_ctrl_alt_del().map_err(|e| e.to_string())?;
+        Ok(KeysPressed {
+            keys: "ctrl-alt-del".into(),
+            queued: pressed.queued,
+            interrupt: pressed.interrupt,
         })
     }
 

@@ -87,9 +87,19 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
         bulkhead_monolithic::end_vm_on_device_panic();
     }
     let (cpus, memory_bytes, limits) = (u32::from(vm.cpus), vm.memory, partition.summary());
-    vm.on_start = Some(Box::new(move |supervisor| {
+    vm.on_start = Some(Box::new(move |running| {
+        let bulkhead_core::config::Started { supervisor, keyboard } = running;
         let started = Instant::now();
-        let vm = control::Vm { name, cpus, memory_bytes, started, supervisor, limits, rate_limits };
+        let vm = control::Vm {
+            name,
+            cpus,
+            memory_bytes,
+            started,
+            supervisor,
+            keyboard,
+            limits,
+            rate_limits,
+        };
         match control::start(vm) {
             Ok(server) => Box::new(server),
             Err(e) => {

@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
-use bulkhead_api::{ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, VmStatus};
+use bulkhead_api::{
+    ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, KeysPressed, VmStatus,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -91,6 +93,11 @@ impl ControlTarget for FakeVm {
     fn upgrade_device(&self, id: &str, binary: &Path) -> Result<DeviceChange, String> {
         self.calls.lock().unwrap().push(format!("upgrade {id} {}", binary.display()));
         self.change(id)
+    }
+
+    fn ctrl_alt_del(&self) -> Result<KeysPressed, String> {
+        self.calls.lock().unwrap().push("ctrl-alt-del".into());
+        Ok(KeysPressed { keys: "ctrl-alt-del".into(), queued: true, interrupt: true })
     }
 }
 

@@ -89,8 +89,9 @@ fn fadt(dsdt: u64) -> acpi_tables::fadt::FADT {
     fadt.reset_value = ports::ACPI_RESET_VALUE;
     fadt.sleep_control_reg = io_register(ports::ACPI_SLEEP_CONTROL);
     fadt.sleep_status_reg = io_register(ports::ACPI_SLEEP_STATUS);
-    // IA-PC boot architecture flags: no VGA (bit 2), no CMOS RTC (bit 5).
-    fadt.iapc_boot_arch = ((1u16 << 2) | (1 << 5)).into();
+    // IA-PC boot architecture flags: an i8042 on ports 0x60/0x64 (bit 1: Linux probes it
+    // without PNP then), no VGA (bit 2), no CMOS RTC (bit 5).
+    fadt.iapc_boot_arch = ((1u16 << 1) | (1 << 2) | (1 << 5)).into();
     fadt.finalize()
 }
 

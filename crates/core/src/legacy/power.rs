@@ -1,6 +1,6 @@
 //! Power control: the ACPI hardware-reduced sleep control, sleep status
-//! and reset registers the FADT names, and the i8042's reset line, which
-//! Linux uses with `reboot=k` or when ACPI reset fails.
+//! and reset registers the FADT names. (The i8042's reset line, which Linux
+//! uses with `reboot=k` or when ACPI reset fails, is in [`super::i8042`].)
 
 use crate::bus::BusDevice;
 use crate::exit::{ExitLatch, VmExit};
@@ -10,8 +10,6 @@ use crate::layout::ports;
 const SLP_EN: u8 = 1 << 5;
 const SLP_TYP_SHIFT: u8 = 2;
 const SLP_TYP_MASK: u8 = 0x7;
-/// The i8042 command that pulses the CPU reset line.
-const I8042_RESET: u8 = 0xfe;
 
 /// The ACPI registers at [`ports::ACPI_SLEEP_CONTROL`]..+3.
 pub struct AcpiPower {
@@ -47,30 +45,6 @@ impl BusDevice for AcpiPower {
     }
 }
 
-/// Just enough of an i8042 to reset the machine; no keyboard behind it.
-pub struct I8042Reset {
-    exit: ExitLatch,
-}
-
-impl I8042Reset {
-    pub fn new(exit: ExitLatch) -> Self {
-        I8042Reset { exit }
-    }
-}
-
-impl BusDevice for I8042Reset {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        // Status: output buffer empty, input buffer empty.
-        data.fill(0);
-    }
-
-    fn write(&mut self, _offset: u64, data: &[u8]) {
-        if data.first() == Some(&I8042_RESET) {
-            self.exit.request(VmExit::Reboot);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,13 +60,6 @@ mod tests {
 
         let exit = ExitLatch::new().unwrap();
         AcpiPower::new(exit.clone(), 5).write(2, &[ports::ACPI_RESET_VALUE]);
-        assert_eq!(exit.get(), Some(VmExit::Reboot));
-
-        let exit = ExitLatch::new().unwrap();
-        let mut kbd = I8042Reset::new(exit.clone());
-        kbd.write(0, &[0xd1]);
-        assert!(!exit.is_set());
-        kbd.write(0, &[0xfe]);
         assert_eq!(exit.get(), Some(VmExit::Reboot));
     }
 }

@@ -35,6 +35,7 @@ pub mod options;
 pub mod packet;
 pub mod pattern;
 pub mod report;
+pub mod scancode;
 pub mod virtio;
 
 #[cfg(bulkhead_guest)]
@@ -45,6 +46,8 @@ mod cost;
 mod devices;
 #[cfg(bulkhead_guest)]
 mod irq;
+#[cfg(bulkhead_guest)]
+mod kbd;
 #[cfg(bulkhead_guest)]
 mod power;
 #[cfg(bulkhead_guest)]

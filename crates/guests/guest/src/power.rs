@@ -65,6 +65,13 @@ pub fn reboot() -> ! {
     arch::crash()
 }
 
+/// Resets the machine through the i8042's reset line only, as Linux's `reboot=k` does;
+/// never returns.
+pub fn reset_by_keyboard_controller() -> ! {
+    arch::outb(0x64, 0xfe);
+    arch::crash()
+}
+
 /// Halts forever.
 pub fn stop() -> ! {
     static NEVER: AtomicU64 = AtomicU64::new(0);

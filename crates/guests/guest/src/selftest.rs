@@ -9,6 +9,12 @@
 //! and exits cost, see [`crate::cost`]). The device workloads are
 //! in [`crate::work`]. With `bulkhead.hold_ms=N` the guest waits N ms before
 //! powering off.
+//!
+//! The keyboard: while it holds (`hold_ms`) or in the workload `wait-cad` (which waits up to
+//! `bulkhead.wait_s` seconds, default 60), the guest listens to its i8042 keyboard as Linux does
+//! ([`crate::kbd`]: `BH kbd listening set=2 ctr=0x05` once it does), and on Ctrl-Alt-Del
+//! prints `BH ctrl-alt-del` and resets the machine through the i8042 (Linux's `reboot=k`),
+//! which ends a Bulkhead VM with the reboot exit (3).
 
 use core::sync::atomic::Ordering;
 
@@ -16,6 +22,7 @@ use crate::acpi::{self, Acpi};
 use crate::bootinfo::{self, BootInfo, E820_RAM};
 use crate::cmdline::Cmdline;
 use crate::devices::{DevError, Driver, Found};
+use crate::kbd::Keyboard;
 use crate::mem::Identity;
 use crate::virtio::mmio::InitError;
 use crate::work::{self, Checks, Ctx};
@@ -55,6 +62,7 @@ pub fn main(start_info: u64) -> ! {
                 power::reboot();
             }
             "crash" => arch::crash(),
+            "wait-cad" => wait_ctrl_alt_del(&cmdline, ctx.checks),
             "cost" => crate::cost::run(),
             "fault" => {
                 // SAFETY: none; this read is meant to fault (nothing is mapped
@@ -77,12 +85,58 @@ pub fn main(start_info: u64) -> ! {
     bh!("done status={} checks={} failed={}", status, checks.run, checks.failed);
     if let Some(ms) = cmdline.get_u64("bulkhead.hold_ms") {
         bh!("hold ms={}", ms);
+        let mut keyboard = listen_to_keyboard();
         let deadline = time::deadline_ms(ms);
         while !time::passed(deadline) {
+            if keyboard.as_mut().is_some_and(Keyboard::poll) {
+                ctrl_alt_del();
+            }
             core::hint::spin_loop();
         }
     }
     power::poweroff()
+}
+
+/// Sets the keyboard up and says so: `BH kbd listening set=2 ctr=0x05`, or `BH kbd none`.
+fn listen_to_keyboard() -> Option<Keyboard> {
+    let keyboard = Keyboard::listen();
+    match &keyboard {
+        Some(k) => bh!("kbd listening set={} ctr={:#04x}", k.set(), k.command_byte),
+        None => bh!("kbd none"),
+    }
+    keyboard
+}
+
+/// `wait-cad`: halts until Ctrl-Alt-Del (then resets) or `bulkhead.wait_s` (60) pass.
+fn wait_ctrl_alt_del(cmdline: &Cmdline, checks: &mut Checks) {
+    let seconds = cmdline.get("bulkhead.wait_s");
+    let Some(ms) = seconds.map_or(Some(60_000), crate::options::parse_ms).filter(|&ms| ms > 0)
+    else {
+        let ok = checks.record(false);
+        bh!("check name=wait-cad status={} text=bulkhead.wait_s must be a positive number", ok);
+        return;
+    };
+    let Some(mut keyboard) = listen_to_keyboard() else {
+        let ok = checks.record(false);
+        bh!("check name=wait-cad status={} text=no i8042 keyboard controller answers", ok);
+        return;
+    };
+    irq::wake_start();
+    if keyboard.wait(time::deadline_ms(ms)) {
+        ctrl_alt_del();
+    }
+    bh!(
+        "check name=wait-cad status={} interrupts={} text=no Ctrl-Alt-Del within {} ms",
+        checks.record(false),
+        keyboard.interrupts(),
+        ms
+    );
+}
+
+/// What Linux does on Ctrl-Alt-Del (its init's default): reboot, here through the i8042.
+fn ctrl_alt_del() -> ! {
+    bh!("ctrl-alt-del");
+    power::reset_by_keyboard_controller()
 }
 
 fn cmdline_text(boot: &BootInfo) -> &'static str {
