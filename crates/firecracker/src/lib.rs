@@ -17,6 +17,7 @@
 pub mod api;
 pub mod config;
 pub mod confine;
+pub mod core_up;
 pub mod http;
 pub mod log;
 pub mod metrics;
@@ -80,6 +81,10 @@ pub struct FirecrackerArgs {
 static CORE_PID: AtomicI32 = AtomicI32::new(0);
 /// The API socket, removed by a signal that ends this process before the VM starts.
 static SOCKET: OnceLock<std::ffi::CString> = OnceLock::new();
+/// Requests read and not yet answered: the front waits for their answers before it exits.
+static UNANSWERED: AtomicUsize = AtomicUsize::new(0);
+/// How long an exiting front waits for requests still being answered.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// The most API connections served at once (each has a thread).
 const MAX_CONNECTIONS: usize = 64;
 /// How often metrics are written once the microVM runs: Firecracker's 60 s.
@@ -158,6 +163,12 @@ pub fn run(mut args: FirecrackerArgs) -> anyhow::Result<i32> {
     };
     if let Some(path) = socket {
         let _ = std::fs::remove_file(path);
+        // A guest that powers off at once ends its core before InstanceStart's answer has
+        // been written: it is written before this process ends.
+        let deadline = Instant::now() + ANSWER_GRACE;
+        while UNANSWERED.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
@@ -312,11 +323,14 @@ fn serve_connection(stream: UnixStream, vm: &Mutex<api::Microvm>) {
             }
             Err(_) => return,
         };
+        UNANSWERED.fetch_add(1, Ordering::SeqCst);
         let response = {
             let mut vm = vm.lock().unwrap_or_else(|e| e.into_inner());
             vm.handle(&request.method, &request.path, &request.body)
         };
-        if conn.write_response(&response, request.close).is_err() || request.close {
+        let written = conn.write_response(&response, request.close);
+        UNANSWERED.fetch_sub(1, Ordering::SeqCst);
+        if written.is_err() || request.close {
             return;
         }
     }
@@ -335,8 +349,8 @@ fn launcher(events: Sender<Event>) -> api::Launch {
 
 /// Starts `bulkhead run` (this same binary) on the calling thread, which must outlive the
 /// core. `InstanceStart` is answered once the core's control socket is there (the VM is
-/// built and its devices started), or refused if the core ended first; the core comes back
-/// in both cases when it was started, for its status.
+/// built and its devices started; see [`core_up`]), or refused if the core ended first; the
+/// core comes back in both cases when it was started, for its status.
 fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>) {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -346,6 +360,8 @@ fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>
         Ok(path) => path,
         Err(e) => return (None, Err(e.to_string())),
     };
+    // Watched before the core starts, so that a socket that comes and goes is seen.
+    let watch = core_up::SocketWatch::new(&control);
     let parent = std::process::id() as i32;
     let mut cmd = Command::new(exe);
     cmd.args(args);
@@ -368,18 +384,16 @@ fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>
         Err(e) => return (None, Err(format!("Cannot start the VMM: {e}."))),
     };
     CORE_PID.store(core.id() as i32, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !control.exists() && Instant::now() < deadline {
-        if let Ok(Some(status)) = core.try_wait() {
+    match core_up::wait(&control, watch.as_ref(), &mut core) {
+        core_up::Outcome::Ended(status) => {
             let message = format!(
                 "The VMM ended before the microVM started ({status}); its error is on this \
                  process's stderr."
             );
-            return (Some(core), Err(message));
+            (Some(core), Err(message))
         }
-        std::thread::sleep(Duration::from_millis(5));
+        core_up::Outcome::Up | core_up::Outcome::Slow => (Some(core), Ok(())),
     }
-    (Some(core), Ok(()))
 }
 
 extern "C" fn forward(sig: libc::c_int) {
