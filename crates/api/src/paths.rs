@@ -137,7 +137,7 @@ pub(crate) fn check_socket_path(path: &Path) -> Result<(), PathError> {
 
 /// Creates `dir` (mode 0700, parents as needed) or checks the one that is there: a folder,
 /// owned by this user or root, not writable by others unless sticky.
-pub fn prepare_dir(dir: &Path) -> Result<(), PathError> {
+pub(crate) fn prepare_dir(dir: &Path) -> Result<(), PathError> {
     let io_err = |source| PathError::Dir { dir: dir.to_path_buf(), source };
     match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
         Ok(()) => {}

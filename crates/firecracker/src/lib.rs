@@ -360,8 +360,6 @@ fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>
         Ok(path) => path,
         Err(e) => return (None, Err(e.to_string())),
     };
-    // Watched before the core starts, so that a socket that comes and goes is seen.
-    let watch = core_up::SocketWatch::new(&control);
     let parent = std::process::id() as i32;
     let mut cmd = Command::new(exe);
     cmd.args(args);
@@ -384,7 +382,7 @@ fn start_core(name: &str, args: &[String]) -> (Option<Child>, Result<(), String>
         Err(e) => return (None, Err(format!("Cannot start the VMM: {e}."))),
     };
     CORE_PID.store(core.id() as i32, Ordering::SeqCst);
-    match core_up::wait(&control, watch.as_ref(), &mut core) {
+    match core_up::wait(&control, &mut core) {
         core_up::Outcome::Ended(status) => {
             let message = format!(
                 "The VMM ended before the microVM started ({status}); its error is on this \
