@@ -43,6 +43,8 @@ pub struct ApiTimes {
     /// The first request (`PUT /machine-config`) answered: the API's thread, which confines
     /// itself (seccomp, capabilities) before it accepts, serves.
     pub first_ms: f64,
+    /// `InstanceStart` sent.
+    pub start_sent_ms: f64,
     /// `InstanceStart` answered 204.
     pub started_ms: f64,
 }
@@ -86,9 +88,10 @@ impl Front {
         if let Some(path) = metrics {
             client.put("/metrics", &serde_json::json!({ "metrics_path": path }))?;
         }
+        let start_sent_ms = ms(start.elapsed());
         client.put("/actions", &serde_json::json!({ "action_type": "InstanceStart" }))?;
         let started_ms = ms(start.elapsed());
-        Ok((client, ApiTimes { socket_ms, first_ms, started_ms }))
+        Ok((client, ApiTimes { socket_ms, first_ms, start_sent_ms, started_ms }))
     }
 
     /// The core the front started (its only child), once there.
