@@ -2,25 +2,29 @@
 //! each second and the whole run did, and the rate a limit allows must be met within 5% —
 //! from below too, since the unlimited device is far faster here (checked in the same test).
 //! Limits are changed through `bulkhead ctl … device limits` while the guest runs, in both
-//! modes, and hold across a SIGKILL of the block compartment.
+//! modes, and hold across a SIGKILL of the block compartment. A network interface's transmit
+//! limits (frames and bytes) are measured the same way by `net-bench` sending UDP datagrams
+//! over a tap in a private network namespace (root, /dev/net/tun); it reports whole runs
+//! only, so a change is measured by a later run than the one it fell in. The rng's bandwidth
+//! limit is checked by how long a read takes.
 //!
-//! The rates are low (1000 requests/s, 4 MiB/s) and the guest halts between requests
-//! (`bulkhead.irq=1`), so neither the guest nor the device is ever short of CPU on a loaded
-//! host; the waits around them are generous. The first second of a run carries the bucket's
-//! initial contents (a tenth of a second of tokens), so whole runs are 5 s or more and windows
-//! after a change leave out the one the change fell in.
+//! The rates are low (1000 requests or frames/s, 4 MiB/s, 1000 KiB/s) and the guest halts
+//! between requests (`bulkhead.irq=1`), so neither the guest nor the device is ever short of
+//! CPU on a loaded host; the waits around them are generous. The first second of a run
+//! carries the bucket's initial contents (a tenth of a second of tokens), so whole runs are
+//! 5 s or more and windows after a change leave out the one the change fell in.
 
 mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use common::compartments::{wait_compartment, wait_compartment_other};
-use common::{parse_line, require_kvm, TempDir};
+use common::{parse_line, require_kvm, NetNs, TempDir};
 
 const T: Duration = Duration::from_secs(180);
 const TOLERANCE: f64 = 0.05;
@@ -37,15 +41,27 @@ struct LiveVm {
 }
 
 impl LiveVm {
-    /// `bulkhead run --name rl …args` over a 16 MiB raw disk (`{disk}` in `args`).
+    /// `bulkhead run --name rl …args`, with `{disk}` in `args` standing for a 16 MiB raw disk.
     fn start(tag: &str, args: &[&str]) -> LiveVm {
+        LiveVm::start_with(common::bulkhead(), tag, args)
+    }
+
+    /// As [`LiveVm::start`], the VM inside the network namespace `ns` (its tap is `tap0`).
+    fn start_in(ns: &NetNs, tag: &str, args: &[&str]) -> LiveVm {
+        LiveVm::start_with(ns.bulkhead(), tag, args)
+    }
+
+    fn start_with(mut bulkhead: Command, tag: &str, args: &[&str]) -> LiveVm {
         require_kvm();
         let dir = TempDir::new(tag);
-        let image = dir.file("disk.raw", &vec![0u8; 16 << 20]);
         let run_dir = dir.0.join("run");
-        let disk = format!("{},format=raw", image.display());
+        let mut disk = String::new();
+        if args.iter().any(|a| a.contains("{disk}")) {
+            let image = dir.file("disk.raw", &vec![0u8; 16 << 20]);
+            disk = format!("{},format=raw", image.display());
+        }
         let args: Vec<String> = args.iter().map(|a| a.replace("{disk}", &disk)).collect();
-        let mut child = common::bulkhead()
+        let mut child = bulkhead
             .env("BULKHEAD_RUN_DIR", &run_dir)
             .args(["run", "--name", "rl"])
             .args(&args)
@@ -312,5 +328,82 @@ fn the_rng_bandwidth_limit_slows_the_entropy_down() {
     let seconds = field(&check, "seconds");
     eprintln!("rng: 80 KiB in {seconds} s");
     assert!((1.8..6.0).contains(&seconds), "80 KiB of entropy took {seconds} s");
+    vm.finish();
+}
+
+/// `net-bench` transmitting UDP datagrams of 1 KiB (1066-byte Ethernet frames) to the host for
+/// `seconds` each run, `runs` times in a row, completions by interrupt.
+fn net_tx(runs: usize, seconds: u32) -> String {
+    let run = vec!["net-bench"; runs].join(",");
+    format!(
+        "bulkhead.run={run} bulkhead.mode=tx bulkhead.size=1024 bulkhead.seconds={seconds} \
+         bulkhead.irq=1 bulkhead.ip=10.0.2.15/24 bulkhead.peer=10.0.2.1"
+    )
+}
+
+/// The bytes of one `net_tx` frame, as a transmit limiter counts them: the Ethernet frame
+/// (14-byte Ethernet, 20-byte IPv4 and 8-byte UDP headers and the payload).
+const NET_TX_FRAME: f64 = 1024.0 + 42.0;
+
+/// Frames per second of a `net-bench` result line, over the whole run.
+fn pps(result: &HashMap<String, String>) -> f64 {
+    field(result, "packets") / field(result, "seconds")
+}
+
+/// The guest's transmit rate over a tap with no limit, in `mode`.
+fn net_unlimited(ns: &NetNs, mode: &str) -> f64 {
+    let mut vm = LiveVm::start_in(
+        ns,
+        "rl-net-free",
+        &["--mode", mode, "--net", "tap=tap0", "--cmdline", &net_tx(1, 1)],
+    );
+    pps(&vm.wait_for("BH result workload=net-bench"))
+}
+
+/// A network interface's transmit limit of 1000 frames/s (100 per 100 ms) holds the guest's
+/// whole 5 s run within 5%, in both modes; `ctl device limits net0 --tx-ops 50@100` while the
+/// guest runs halves it, which a later run measures (`net-bench` reports whole runs only: the
+/// guest runs it three times, the change falls in the second, the third is measured).
+/// Unlimited, the same device sends over twice the limit.
+#[test]
+fn a_network_interfaces_transmit_limits_hold_and_a_change_takes_effect() {
+    for mode in ["microkernel", "monolithic"] {
+        let ns = NetNs::new("rl-net");
+        let free = net_unlimited(&ns, mode);
+        eprintln!("{mode}: unlimited, {free:.0} frames/s");
+        assert!(free > 2000.0, "{mode}: unlimited, the interface sends only {free:.0} frames/s");
+        let mut vm = LiveVm::start_in(
+            &ns,
+            "rl-net-ops",
+            &["--mode", mode, "--net", "tap=tap0,tx-ops=100@100", "--cmdline", &net_tx(3, 5)],
+        );
+        let status = ctl_when_up(&vm, &["status"]);
+        assert!(status.contains("tx_ops 100/100ms"), "{status}");
+        let first = vm.wait_for("BH result workload=net-bench");
+        assert_near(&format!("{mode}: frames/s over 5 s"), pps(&first), 1000.0);
+        let reply = vm.ctl(&["device", "limits", "net0", "--tx-ops", "50@100"]).unwrap();
+        assert!(reply.contains("tx_ops 50/100ms"), "{reply}");
+        vm.wait_for("BH result workload=net-bench"); // the change fell in this run
+        let third = vm.wait_for("BH result workload=net-bench");
+        assert_near(&format!("{mode}: frames/s after the change"), pps(&third), 500.0);
+        vm.finish();
+    }
+}
+
+/// A transmit bandwidth limit of 1000 KiB/s (100 KiB per 100 ms) holds the guest's frames
+/// (their Ethernet bytes, as the limiter counts them) within 5% over 5 s.
+#[test]
+fn a_network_interfaces_transmit_bandwidth_limit_holds_within_five_percent() {
+    let ns = NetNs::new("rl-net-bw");
+    let free = net_unlimited(&ns, "microkernel") * NET_TX_FRAME;
+    eprintln!("unlimited, {free:.0} frame bytes/s");
+    assert!(free > 2.0 * 1_024_000.0, "unlimited, the interface moves only {free:.0} B/s");
+    let mut vm = LiveVm::start_in(
+        &ns,
+        "rl-net-bw",
+        &["--net", "tap=tap0,tx-bw=100K@100", "--cmdline", &net_tx(1, 5)],
+    );
+    let result = vm.wait_for("BH result workload=net-bench");
+    assert_near("frame bytes/s over 5 s", pps(&result) * NET_TX_FRAME, 1_024_000.0);
     vm.finish();
 }

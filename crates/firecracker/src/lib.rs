@@ -17,6 +17,7 @@
 pub mod api;
 pub mod config;
 pub mod confine;
+pub mod core_up;
 pub mod http;
 pub mod log;
 pub mod metrics;
@@ -81,6 +82,10 @@ pub struct FirecrackerArgs {
 static CORE_PID: AtomicI32 = AtomicI32::new(0);
 /// The API socket, removed by a signal that ends this process before the VM starts.
 static SOCKET: OnceLock<std::ffi::CString> = OnceLock::new();
+/// Requests read and not yet answered: the front waits for their answers before it exits.
+static UNANSWERED: AtomicUsize = AtomicUsize::new(0);
+/// How long an exiting front waits for requests still being answered.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// The most API connections served at once (each has a thread).
 const MAX_CONNECTIONS: usize = 64;
 /// How often metrics are written once the microVM runs: Firecracker's 60 s.
@@ -143,6 +148,10 @@ pub fn run(mut args: FirecrackerArgs) -> anyhow::Result<i32> {
                 let _ = reply.send(result);
                 match core {
                     Some((mut core, stderr)) if ok => {
+                        // What starting took (the command line's parser, the API's filter, the
+                        // configuration) goes back to the system while the VM runs.
+                        // SAFETY: malloc_trim only releases free heap memory.
+                        unsafe { libc::malloc_trim(0) };
                         let status = core.wait().context("wait for the VMM")?;
                         // The core's last words reach this process's stderr before it exits.
                         if let Some(stderr) = stderr {
@@ -166,6 +175,12 @@ pub fn run(mut args: FirecrackerArgs) -> anyhow::Result<i32> {
     };
     if let Some(path) = socket {
         let _ = std::fs::remove_file(path);
+        // A guest that powers off at once ends its core before InstanceStart's answer has
+        // been written: it is written before this process ends.
+        let deadline = Instant::now() + ANSWER_GRACE;
+        while UNANSWERED.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     // A last line, as Firecracker writes one at exit: what was counted since the previous one
     // (a SendCtrlAltDel that ended the VM, say) is not lost.
@@ -323,11 +338,14 @@ fn serve_connection(stream: UnixStream, vm: &Mutex<api::Microvm>) {
             }
             Err(_) => return,
         };
+        UNANSWERED.fetch_add(1, Ordering::SeqCst);
         let response = {
             let mut vm = vm.lock().unwrap_or_else(|e| e.into_inner());
             vm.handle(&request.method, &request.path, &request.body)
         };
-        if conn.write_response(&response, request.close).is_err() || request.close {
+        let written = conn.write_response(&response, request.close);
+        UNANSWERED.fetch_sub(1, Ordering::SeqCst);
+        if written.is_err() || request.close {
             return;
         }
     }
@@ -346,8 +364,8 @@ fn launcher(events: Sender<Event>) -> api::Launch {
 
 /// Starts `bulkhead run` (this same binary) on the calling thread, which must outlive the
 /// core. `InstanceStart` is answered once the core's control socket is there (the VM is
-/// built and its devices started), or refused if the core ended first; the core comes back
-/// in both cases when it was started, for its status.
+/// built and its devices started; see [`core_up`]), or refused if the core ended first; the
+/// core comes back in both cases when it was started, for its status.
 fn start_core(name: &str, args: &[String]) -> (Option<StartedCore>, Result<(), String>) {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -380,17 +398,15 @@ fn start_core(name: &str, args: &[String]) -> (Option<StartedCore>, Result<(), S
     };
     CORE_PID.store(core.id() as i32, Ordering::SeqCst);
     let errors = core.stderr.take().map(relay_stderr);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !control.exists() && Instant::now() < deadline {
-        if let Ok(Some(status)) = core.try_wait() {
+    match core_up::wait(&control, &mut core) {
+        core_up::Outcome::Ended(status) => {
             let why = errors.and_then(|e| e.last_line()).unwrap_or_else(|| status.to_string());
             let why = why.strip_prefix("bulkhead: ").unwrap_or(&why).to_string();
             let message = format!("The VMM could not start the microVM: {why}");
-            return (Some((core, None)), Err(message));
+            (Some((core, None)), Err(message))
         }
-        std::thread::sleep(Duration::from_millis(5));
+        core_up::Outcome::Up | core_up::Outcome::Slow => (Some((core, errors)), Ok(())),
     }
-    (Some((core, errors)), Ok(()))
 }
 
 /// The core's process and its relayed stderr (none when the relay could not start).

@@ -2,6 +2,7 @@
 //! over several runs, as tables ready for `docs/BENCHMARKS.md`.
 
 mod boot;
+mod boot_api;
 mod disk;
 mod fs;
 mod host;
@@ -18,7 +19,8 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Boot time and memory: Bulkhead vs QEMU microvm, same built-in guest.
+    /// Boot time and memory: Bulkhead, Bulkhead through Firecracker's API (`bulkhead
+    /// firecracker`) and QEMU microvm, same built-in guest.
     Boot {
         /// Boots per VMM (each also gets one memory run).
         #[arg(long, default_value_t = 20)]
@@ -26,9 +28,12 @@ pub enum BenchCommand {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 256)]
         memory: u64,
-        /// Measure Bulkhead alone.
+        /// Leave QEMU out.
         #[arg(long)]
         no_qemu: bool,
+        /// Leave out the boot through Firecracker's API.
+        #[arg(long)]
+        no_api: bool,
     },
     /// Block I/O: microkernel vs monolithic vs QEMU microvm (and, with --outside, Bulkhead with
     /// qemu-storage-daemon as the backend), same image.
@@ -171,9 +176,12 @@ fn net(args: &IoArgs) -> anyhow::Result<i32> {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
     println!("{}\n", host::line());
     match cmd {
-        BenchCommand::Boot { runs, memory, no_qemu } => {
-            boot::run(&boot::Options { runs: runs.max(1), memory_mib: memory, with_qemu: !no_qemu })
-        }
+        BenchCommand::Boot { runs, memory, no_qemu, no_api } => boot::run(&boot::Options {
+            runs: runs.max(1),
+            memory_mib: memory,
+            with_qemu: !no_qemu,
+            with_api: !no_api,
+        }),
         BenchCommand::Blk(args) => blk(&args),
         BenchCommand::Disk(args) => disk::run(&args),
         BenchCommand::Net(args) => net(&args),
