@@ -88,6 +88,9 @@ pub struct MmioTransport {
     device_features_sel: u32,
     driver_features_sel: u32,
     acked_features: u64,
+    /// The device-specific features the backend offers: the current backend's, kept while
+    /// none is connected (a driver setting up during a restart or a swap sees the device's).
+    offered_features: u64,
     queue_sel: usize,
     queues: Vec<QueueConfig>,
     status: u32,
@@ -117,6 +120,7 @@ impl MmioTransport {
         let queues = vec![QueueConfig::default(); backend.queues.min(kicks.len())];
         let watch = Arc::new(QueueWatch { ram: ram.clone(), queues: Mutex::new(Vec::new()) });
         let config = backend.config.clone();
+        let offered_features = backend.features;
         MmioTransport {
             kind,
             name,
@@ -127,6 +131,7 @@ impl MmioTransport {
             device_features_sel: 0,
             driver_features_sel: 0,
             acked_features: 0,
+            offered_features,
             queue_sel: 0,
             queues,
             status: 0,
@@ -147,7 +152,7 @@ impl MmioTransport {
     /// The features offered to the driver: the backend's device-specific
     /// bits plus the generic ones this transport supports.
     pub fn device_features(&self) -> u64 {
-        let offered = self.backend.as_ref().map_or(0, |b| b.features);
+        let offered = self.offered_features;
         let generic = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX;
         offered & (DEVICE_FEATURE_MASK | generic)
     }
@@ -255,6 +260,12 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        // Between two backends (a restart, a swap) the queues start when the next one connects
+        // (`replace_backend`): the driver sees a device that runs, a little later.
+        if self.backend.is_none() {
+            log::debug!("{}: DRIVER_OK with no backend connected: started on the next", self.name);
+            return;
+        }
         // The driver's vCPU waits for the whole activation: one deadline for all its messages.
         self.backend_for_guest();
         match self.start_queues() {
@@ -331,6 +342,7 @@ impl MmioTransport {
             self.config = backend.config.clone();
             self.config_generation = self.config_generation.wrapping_add(1);
         }
+        self.offered_features = backend.features;
         self.backend = Some(backend);
         let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
         if self.status & running != running {
@@ -655,6 +667,28 @@ mod tests {
             Err(FrontendError::FeaturesMissing(1)) => {}
             other => panic!("{:?}", other.err()),
         }
+    }
+
+    #[test]
+    fn a_driver_that_sets_up_between_two_backends_runs_on_the_second() {
+        let mut t = transport(false);
+        // The backend goes (killed, or a swap under way) before the driver has started.
+        t.detach_backend();
+        write(&mut t, 0x014, 1);
+        assert_eq!(read(&mut t, 0x010), (VIRTIO_F_VERSION_1 >> 32) as u32, "features kept");
+        negotiate(&mut t);
+        assert_ne!(read(&mut t, 0x070) & STATUS_FEATURES_OK, 0, "the features are taken");
+        write(
+            &mut t,
+            0x070,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert_eq!(read(&mut t, 0x070) & STATUS_NEEDS_RESET, 0, "no backend is not a failure");
+        assert!(!t.active, "nothing runs yet");
+        let next = Connection::connect(fake_backend(false), &DeviceShape::of(DeviceKind::RNG));
+        t.replace_backend(next.unwrap(), Instant::now() + Duration::from_secs(5)).unwrap();
+        assert!(t.active, "the queues run on the next backend");
+        assert_eq!(read(&mut t, 0x070) & STATUS_NEEDS_RESET, 0);
     }
 
     #[test]
