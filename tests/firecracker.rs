@@ -203,6 +203,8 @@ struct LiveFront {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// The front's stderr (its messages and the core's), read to its end.
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl LiveFront {
@@ -210,8 +212,15 @@ impl LiveFront {
         let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
         let out = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -221,13 +230,14 @@ impl LiveFront {
                 }
             }
         });
-        LiveFront { child, lines, seen: Vec::new() }
+        LiveFront { child, lines, seen: Vec::new(), stderr: Some(stderr) }
     }
 
     /// Waits (up to 2 minutes) for a line starting with `prefix`; its fields.
     fn wait_for(&mut self, prefix: &str) -> HashMap<String, String> {
         loop {
-            let Ok(line) = self.lines.recv_timeout(Duration::from_secs(120)) else {
+            // Generous: the host is shared, and a VM with a vsock compartment starts in seconds.
+            let Ok(line) = self.lines.recv_timeout(Duration::from_secs(180)) else {
                 panic!("no {prefix:?} from the guest:\n{}", self.seen.join("\n"));
             };
             self.seen.push(line.clone());
@@ -253,8 +263,21 @@ impl LiveFront {
         self.wait_for("BH done ");
         let done = self.seen.last().unwrap().clone();
         assert!(done.contains("status=ok"), "{done}\n{}", self.seen.join("\n"));
-        let status = self.child.wait().unwrap();
-        status.code()
+        self.exit().0
+    }
+
+    /// Waits (up to 2 minutes) for the front's exit: its code and its stderr.
+    fn exit(mut self) -> (Option<i32>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "the front did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self.stderr.take().map(|t| t.join().unwrap()).unwrap_or_default();
+        (status.code(), stderr)
     }
 }
 
@@ -972,42 +995,12 @@ fn send_ctrl_alt_del_ends_a_sandbox_platforms_vm_after_its_vsock_exchange() {
     });
     let socket = f.dir.0.join("api.sock");
     let id = format!("fc-cad-{}", std::process::id());
-    let mut front = common::bulkhead()
-        .arg("firecracker")
-        .args(["--api-sock", socket.to_str().unwrap(), "--id", &id])
-        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _kill = common::KillOnDrop(front.id());
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    let out = front.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut err = front.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        text
-    });
-    let mut seen = Vec::new();
-    // Generous: the host is shared, and a VM with a vsock compartment starts in seconds.
-    let mut next = |prefix: &str| loop {
-        let line = lines.recv_timeout(Duration::from_secs(180)).unwrap_or_else(|_| {
-            panic!("no {prefix:?}:\n{}", seen.join("\n"));
-        });
-        seen.push(line.clone());
-        if line.starts_with(prefix) {
-            return common::parse_line(&line).unwrap().1;
-        }
-    };
+    let mut front = LiveFront::start(
+        common::bulkhead()
+            .arg("firecracker")
+            .args(["--api-sock", socket.to_str().unwrap(), "--id", &id])
+            .env("BULKHEAD_RUN_DIR", f.dir.0.join("run")),
+    );
     let mut c = Client::connect(&socket);
     let metrics = f.dir.0.join("metrics.json");
     c.ok("/metrics", json!({ "metrics_path": metrics }));
@@ -1020,24 +1013,16 @@ fn send_ctrl_alt_del_ends_a_sandbox_platforms_vm_after_its_vsock_exchange() {
     let cad = r#"{"action_type":"SendCtrlAltDel"}"#;
     c.fault("PUT", "/actions", cad, "not supported before starting the microVM");
     c.ok("/actions", json!({ "action_type": "InstanceStart" }));
-    let vsock = next("BH check name=vsock");
+    let vsock = front.wait_for("BH check name=vsock");
     assert_eq!((vsock["status"].as_str(), vsock["bytes"].as_str()), ("ok", "65536"), "{vsock:?}");
     assert_eq!(host.join().unwrap(), 65536);
-    let listening = next("BH kbd listening");
+    let listening = front.wait_for("BH kbd listening");
     assert_eq!(listening["set"], "2");
     let (status, reply) = c.call("PUT", "/actions", cad);
     assert_eq!(status, 204, "{reply}");
-    next("BH ctrl-alt-del");
-    let start = Instant::now();
-    let exit = loop {
-        if let Some(exit) = front.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120), "the front did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = stderr.join().unwrap();
-    assert_eq!(exit.code(), Some(3), "the reboot's status: {stderr}");
+    front.wait_for("BH ctrl-alt-del");
+    let (code, stderr) = front.exit();
+    assert_eq!(code, Some(3), "the reboot's status: {stderr}");
     assert!(stderr.contains("the guest rebooted"), "{stderr}");
     assert!(!socket.exists(), "the API socket is removed at exit");
     // Every line's deltas together: InstanceStart, and SendCtrlAltDel twice, once refused.
