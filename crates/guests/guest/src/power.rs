@@ -1,5 +1,6 @@
 //! Powering off and resetting the machine the way ACPI says, with the
-//! conventional fallbacks (QEMU's isa-debug-exit, the i8042 reset line).
+//! conventional fallbacks (QEMU's isa-debug-exit, the i8042 reset line, which also ends a
+//! power-off on a microVM without ACPI).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,6 +54,9 @@ pub fn poweroff() -> ! {
         }
     }
     arch::outb(0xf4, 0); // QEMU isa-debug-exit, if present
+    // A VMM with neither (Firecracker without ACPI) ends a microVM on a reset: the i8042's.
+    // Where the power-off above worked, the VM has already ended (Bulkhead keeps the first).
+    arch::outb(0x64, 0xfe);
     stop()
 }
 

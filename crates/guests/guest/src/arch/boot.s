@@ -61,6 +61,10 @@
 pvh_start:
     cli
     cld
+    mov $0xff, %al                  # mask the 8259 PIC (every line of the master, the
+    out %al, $0x21                  # slave's cascade with them): a VMM that has one
+                                    # (Firecracker) would deliver its timer on vector 8 once
+                                    # interrupts are on. Bulkhead has none: one exit at boot
     mov %ebx, %edi                  # PVH start_info pointer, kept for guest_main
     lgdt gdt_ptr
     mov $0x6a0, %eax                # CR4: PAE | PGE | OSFXSR | OSXMMEXCPT
