@@ -107,6 +107,17 @@ pub fn paired_ratio(num: &[f64], den: &[f64]) -> Option<PairedRatio> {
     Some(PairedRatio { n, ratio: mean.exp(), interval, outliers: outliers(&ratios) })
 }
 
+/// About how many rounds an interval of relative half-width `half` over `n` rounds would
+/// need to narrow to `target` at the same spread between rounds (the spread estimated from
+/// the interval: s = ln(1 + half)·√n / t(0.975, n−1); then n' = (1.96·s / ln(1 + target))²).
+pub fn rounds_for(half: f64, n: usize, target: f64) -> usize {
+    if n < 2 {
+        return usize::MAX;
+    }
+    let s = (1.0 + half).ln() * (n as f64).sqrt() / t_975(n - 1);
+    ((1.96 * s / (1.0 + target).ln()).powi(2).ceil() as usize).max(2)
+}
+
 /// How many of `values` lie below Q1 − 1.5·IQR or above Q3 + 1.5·IQR (quartiles by linear
 /// interpolation between order statistics).
 pub fn outliers(values: &[f64]) -> usize {
@@ -228,6 +239,16 @@ mod tests {
         let p = paired_ratio(&[1.0, 1.0, 1.0, 1.0, 2.0], &[1.0; 5]).unwrap();
         assert_eq!(p.outliers, 1);
         assert!(p.ratio > 1.0);
+    }
+
+    #[test]
+    fn rounds_for_a_narrower_interval() {
+        // ±2% over 100 rounds (t = 2.000, the table's row for 60): four times the rounds for ±1%,
+        // times (1.96/2.00)²: 381.
+        let n = rounds_for(0.02, 100, 0.01);
+        assert!((379..=383).contains(&n), "{n}");
+        assert_eq!(rounds_for(0.005, 20, 0.01), 5);
+        assert_eq!(rounds_for(0.5, 1, 0.01), usize::MAX);
     }
 
     #[test]
