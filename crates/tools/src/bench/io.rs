@@ -582,7 +582,11 @@ fn paired_cells(
 ) -> (String, Option<f64>) {
     let p = paired_ratio(samples.rounds(0, w, num, metric), samples.rounds(0, w, den, metric));
     let Some(p) = p else { return (" | - | - | -".into(), None) };
-    let outliers = format!("{} of {}", p.outliers, p.n);
+    // Quartiles of fewer than 4 rounds mark nothing: say so rather than print 0.
+    let outliers = match p.n {
+        0..4 => format!("- ({} rounds)", p.n),
+        n => format!("{} of {n}", p.outliers),
+    };
     let Some((low, high)) = p.interval else {
         return (format!(" | {:.3} [-] | - | {outliers}", p.ratio), None);
     };
