@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{bail, Context};
 
 use super::peer;
-use super::stats::{summarize, Summary};
+use super::stats::{paired_ratio, rounds_for, summarize, Summary, Verdict};
 
 /// How a subject attaches the device under test.
 #[derive(Clone)]
@@ -96,12 +96,16 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
     };
     for &(name, mode) in modes {
         let exe = exe.clone();
+        let pin = opts.pin;
         out.push(Subject {
             name,
             prepare: None,
             make: Box::new(move |attach, cmdline| {
                 let mut c = in_netns(attach, &exe);
                 c.args(["run", "--mode", mode, "--memory", "256M"]);
+                if let Some(pin) = pin {
+                    pin.apply(&mut c);
+                }
                 match attach {
                     Attach::Disk { path, format } => {
                         c.arg("--disk").arg(format!("{},format={format}", path.display()))
@@ -163,6 +167,8 @@ fn subjects(guest: &Path, opts: &Options) -> anyhow::Result<Vec<Subject>> {
 const MONOLITHIC: &str = "Bulkhead monolithic";
 const QEMU: &str = "QEMU microvm";
 const OUTSIDE: &str = "Bulkhead + qemu-storage-daemon";
+/// The ratio that is the cost of isolation.
+const MICRO_MONO: &str = "microkernel/monolithic";
 
 /// Bulkhead's core with qemu-storage-daemon serving `path` over vhost-user-blk: one shell
 /// starts the daemon on a socket of its own, waits for it, runs the VM, then stops the daemon.
@@ -285,6 +291,63 @@ pub struct Options {
     pub with_outside: bool,
     /// How many times a failed run is run again before the benchmark gives up.
     pub retries: usize,
+    /// Where Bulkhead's subjects run (both modes alike), if pinned.
+    pub pin: Option<Pin>,
+}
+
+/// Bulkhead's threads on host CPUs, the same in both modes: the vCPU on one CPU (`bulkhead
+/// run --pin 0=CPU`), every other thread of the VM — the core and the device's backend,
+/// whether a compartment (a child process) or a thread of the core — on another, by the
+/// CPU affinity the VMM starts with and its threads and children inherit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub vcpu: usize,
+    pub rest: usize,
+}
+
+impl Pin {
+    /// `VCPU,REST`, e.g. `1,0`.
+    pub fn parse(s: &str) -> Result<Pin, String> {
+        let bad = || format!("'{s}' is not VCPU_CPU,OTHER_CPU (e.g. 1,0)");
+        let (v, r) = s.split_once(',').ok_or_else(bad)?;
+        let cpu = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
+        let pin = Pin { vcpu: cpu(v)?, rest: cpu(r)? };
+        if pin.vcpu == pin.rest {
+            return Err(format!("'{s}': the vCPU and the other threads need CPUs of their own"));
+        }
+        if pin.vcpu.max(pin.rest) >= libc::CPU_SETSIZE as usize {
+            return Err(format!("'{s}': a host CPU is out of range"));
+        }
+        Ok(pin)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "vCPU on host CPU {}, the core and the device's backend on host CPU {} (both modes)",
+            self.vcpu, self.rest
+        )
+    }
+
+    /// Adds the vCPU's pin to a `bulkhead run` command and starts it on the other CPU.
+    fn apply(&self, c: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        c.args(["--pin", &format!("0={}", self.vcpu)]);
+        // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `rest` is below CPU_SETSIZE (checked by `parse`).
+        unsafe { libc::CPU_SET(self.rest, &mut set) };
+        let hook = move || {
+            // SAFETY: sched_setaffinity is async-signal-safe and reads the live set given.
+            let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        // SAFETY: the hook makes one system call and touches no lock or allocation.
+        unsafe { c.pre_exec(hook) };
+    }
 }
 
 /// Values of each figure by name, one per round.
@@ -304,10 +367,14 @@ impl Samples {
         Samples { subjects, values }
     }
 
+    /// One figure's values, one per round (in round order).
+    pub fn rounds(&self, attach: usize, workload: usize, subject: usize, metric: &str) -> &[f64] {
+        self.values[attach][workload][subject].get(metric).map_or(&[][..], Vec::as_slice)
+    }
+
     /// Median and p99 of one figure across rounds.
     pub fn summary(&self, attach: usize, workload: usize, subject: usize, metric: &str) -> Summary {
-        let values = self.values[attach][workload][subject].get(metric);
-        summarize(values.map_or(&[][..], Vec::as_slice)).unwrap_or(Summary {
+        summarize(self.rounds(attach, workload, subject, metric)).unwrap_or(Summary {
             n: 0,
             median: f64::NAN,
             p99: f64::NAN,
@@ -355,7 +422,13 @@ pub fn measure_subjects(
             attach.warm()?;
             for (w, workload) in workloads.iter().enumerate() {
                 let cmdline = format!("{} bulkhead.seconds={}", workload.cmdline, opts.seconds);
-                for (i, s) in subjects.iter().enumerate() {
+                // Every other round runs the subjects in reverse order, so that neither of a
+                // pair always runs first after a change of workload.
+                let mut order: Vec<usize> = (0..subjects.len()).collect();
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for (i, s) in order.into_iter().map(|i| (i, &subjects[i])) {
                     let fields = run_retried(s, attach, &cmdline, opts.retries)
                         .with_context(|| format!("round {round}, {}", attach.describe()))?;
                     for m in workload.metrics {
@@ -383,7 +456,9 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let samples = measure(&[attach], workloads, opts)?;
     let ratios = io_ratios(&samples);
-    print_table(title, &samples, workloads, opts, &ratios);
+    let paired: Vec<Ratio> =
+        ratios.iter().copied().filter(|&(_, _, name)| name == MICRO_MONO).collect();
+    print_table_paired(title, &samples, workloads, opts, &ratios, &paired);
     Ok(())
 }
 
@@ -395,7 +470,7 @@ fn io_ratios(samples: &Samples) -> Vec<Ratio> {
     let find = |name: &str| samples.subjects.iter().position(|s| *s == name);
     let mut ratios: Vec<Ratio> = Vec::new();
     if let Some(m) = find(MONOLITHIC) {
-        ratios.push((0, m, "microkernel/monolithic"));
+        ratios.push((0, m, MICRO_MONO));
     }
     if let Some(q) = find(QEMU) {
         ratios.push((0, q, "microkernel/QEMU"));
@@ -415,29 +490,112 @@ pub fn print_table(
     opts: &Options,
     ratios: &[Ratio],
 ) {
+    print_table_paired(title, samples, workloads, opts, ratios, &[]);
+}
+
+/// [`print_table`], and for each of `paired` three more columns: the geometric mean of the
+/// per-round ratios with its 95% confidence interval, whether the interval excludes 1
+/// (`cost`, `none`, `gain`), and how many rounds' ratios lie beyond 1.5 IQR (kept in the
+/// mean). Below the table, the widest interval against issue 16's target (±1%).
+pub fn print_table_paired(
+    title: &str,
+    samples: &Samples,
+    workloads: &[Workload],
+    opts: &Options,
+    ratios: &[Ratio],
+    paired: &[Ratio],
+) {
     println!(
         "{title}: medians (p99 across rounds in parentheses) of {} rounds of {} s, interleaved.",
         opts.rounds, opts.seconds
     );
+    if let Some(pin) = &opts.pin {
+        println!("Pinned: {}.", pin.describe());
+    }
+    for (_, _, name) in paired {
+        println!(
+            "{name}, paired: the geometric mean of the per-round ratios [95% confidence \
+             interval, t on their logarithms]; cost/none/gain: whether the interval excludes 1, \
+             and on which side; outliers: rounds beyond 1.5 IQR of the per-round ratios (kept)."
+        );
+    }
     println!();
     let n = samples.subjects.len();
     let mut header = format!("| workload | figure | {}", samples.subjects.join(" | "));
-    for (_, _, name) in ratios {
+    for (num, den, name) in ratios {
         header.push_str(&format!(" | {name}"));
+        if paired.contains(&(*num, *den, *name)) {
+            header.push_str(&format!(" | {name}, paired [95% CI] | cost/none/gain | outliers"));
+        }
     }
     println!("{header} |");
-    println!("|{}", "---|".repeat(2 + n + ratios.len()));
+    let columns = 2 + n + ratios.len() + 3 * paired.len();
+    println!("|{}", "---|".repeat(columns));
+    let mut widest: Option<(f64, String)> = None;
     for (w, workload) in workloads.iter().enumerate() {
         for m in workload.metrics {
             let s: Vec<Summary> = (0..n).map(|i| samples.summary(0, w, i, m)).collect();
             let cells: Vec<String> = s.iter().map(cell).collect();
             let mut row = format!("| {} | {} | {}", workload.label, m, cells.join(" | "));
-            for &(num, den, _) in ratios {
+            for ratio in ratios {
+                let &(num, den, _) = ratio;
                 row.push_str(&format!(" | {:.3}", s[num].median / s[den].median));
+                if paired.contains(ratio) {
+                    let (cells, half) = paired_cells(samples, w, m, num, den);
+                    row.push_str(&cells);
+                    if half.is_some_and(|h| widest.as_ref().is_none_or(|(x, _)| h > *x)) {
+                        widest = half.map(|h| (h, format!("{}, {m}", workload.label)));
+                    }
+                }
             }
             println!("{row} |");
         }
     }
+    if !paired.is_empty() {
+        println!();
+        match widest {
+            Some((h, _)) if h < 0.01 => println!(
+                "Widest 95% interval: ±{:.2}%; issue 16's target, narrower than ±1% on every \
+                 figure: met.",
+                h * 100.0
+            ),
+            Some((h, at)) => println!(
+                "Widest 95% interval: ±{:.1}% ({at}); issue 16's target, narrower than ±1% on \
+                 every figure: missed (at this spread between rounds, about {} rounds would \
+                 reach it).",
+                h * 100.0,
+                rounds_for(h, opts.rounds, 0.01)
+            ),
+            None => println!("No interval: it needs at least 2 rounds (--rounds)."),
+        }
+    }
+}
+
+/// The paired columns of one figure, and the interval's half-width as a fraction of the
+/// ratio (the larger side).
+fn paired_cells(
+    samples: &Samples,
+    w: usize,
+    metric: &str,
+    num: usize,
+    den: usize,
+) -> (String, Option<f64>) {
+    let p = paired_ratio(samples.rounds(0, w, num, metric), samples.rounds(0, w, den, metric));
+    let Some(p) = p else { return (" | - | - | -".into(), None) };
+    // Quartiles of fewer than 4 rounds mark nothing: say so rather than print 0.
+    let outliers = match p.n {
+        0..4 => format!("- ({} rounds)", p.n),
+        n => format!("{} of {n}", p.outliers),
+    };
+    let Some((low, high)) = p.interval else {
+        return (format!(" | {:.3} [-] | - | {outliers}", p.ratio), None);
+    };
+    // Latencies (`_us`) are better lower; rates and throughputs higher.
+    let verdict = Verdict::of((low, high), !metric.ends_with("_us"));
+    let half = (high / p.ratio - 1.0).max(1.0 - low / p.ratio);
+    let cells =
+        format!(" | {:.3} [{low:.3}, {high:.3}] | {} | {outliers}", p.ratio, verdict.word());
+    (cells, Some(half))
 }
 
 /// A table cell: the median, and the p99 across rounds in parentheses.

@@ -89,6 +89,13 @@ pub struct IoArgs {
     /// backend (`--vhost-user blk`), an outside backend beside Bulkhead's own compartment.
     #[arg(long)]
     outside: bool,
+    /// `bench blk`, `net` and `disk`: pin Bulkhead's threads the same way in both modes — the
+    /// vCPU on host CPU VCPU (`bulkhead run --pin 0=VCPU`), the core and the device's backend
+    /// (compartment or thread) on host CPU OTHER, by the affinity the VMM starts with. Bare
+    /// `--pin` is `--pin 1,0`. QEMU and qemu-storage-daemon are not pinned.
+    #[arg(long, value_name = "VCPU,OTHER", num_args = 0..=1, default_missing_value = "1,0",
+          value_parser = io::Pin::parse)]
+    pin: Option<io::Pin>,
 }
 
 impl IoArgs {
@@ -100,6 +107,7 @@ impl IoArgs {
             with_monolithic: true,
             with_outside: self.outside,
             retries: 0,
+            pin: self.pin,
         }
     }
 }
@@ -185,6 +193,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
         BenchCommand::Blk(args) => blk(&args),
         BenchCommand::Disk(args) => disk::run(&args),
         BenchCommand::Net(args) => net(&args),
+        BenchCommand::Vsock(args) | BenchCommand::Fs(args) if args.pin.is_some() => {
+            anyhow::bail!("--pin is for bench blk, net and disk (Bulkhead's own backends)")
+        }
         BenchCommand::Vsock(args) => vsock::run(&args),
         BenchCommand::Fs(args) => fs::run(&args),
         BenchCommand::Interference { rounds, seconds } => {
