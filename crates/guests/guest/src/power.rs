@@ -53,9 +53,10 @@ pub fn poweroff() -> ! {
             arch::outw(fadt.pm1a_cnt as u16, ((slp_typ << 10) | (1 << 13)) as u16);
         }
     }
-    arch::outb(0xf4, 0); // QEMU isa-debug-exit, if present
-    // A VMM with neither (Firecracker without ACPI) ends a microVM on a reset: the i8042's.
-    // Where the power-off above worked, the VM has already ended (Bulkhead keeps the first).
+    // QEMU's isa-debug-exit, if present; then, for a VMM with neither (Firecracker without
+    // ACPI), the i8042's reset, which ends a microVM. Where a power-off above worked, the VM
+    // has already ended (Bulkhead keeps the first request).
+    arch::outb(0xf4, 0);
     arch::outb(0x64, 0xfe);
     stop()
 }
