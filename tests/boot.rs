@@ -243,7 +243,6 @@ struct Named {
 
 impl Named {
     fn start(tag: &str, cmdline: &str) -> Named {
-        use std::io::BufRead;
         let run_dir = TempDir::new(tag);
         let name = format!("{tag}-{}", std::process::id());
         let mut child = common::bulkhead()
@@ -254,15 +253,7 @@ impl Named {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = common::lines_of(child.stdout.take().unwrap());
         Named { child: Some(child), lines, seen: Vec::new(), run_dir, name }
     }
 
@@ -280,12 +271,9 @@ impl Named {
     }
 
     fn ctl(&self, args: &[&str]) -> std::process::Output {
-        common::bulkhead()
-            .args(["ctl", &self.name])
-            .args(args)
-            .env("BULKHEAD_RUN_DIR", &self.run_dir.0)
-            .output()
-            .unwrap()
+        let args: Vec<&str> =
+            std::iter::once(self.name.as_str()).chain(args.iter().copied()).collect();
+        common::ctl(&self.run_dir.0, &args)
     }
 
     /// Its end, and the console lines not read yet.

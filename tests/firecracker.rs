@@ -221,15 +221,7 @@ impl LiveFront {
             let _ = err.read_to_string(&mut text);
             text
         });
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = common::lines_of(child.stdout.take().unwrap());
         LiveFront { child, lines, seen: Vec::new(), stderr: Some(stderr) }
     }
 
@@ -694,18 +686,7 @@ fn a_vsock_put_through_the_api_carries_the_guests_connection() {
     let listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
     std::fs::set_permissions(&listener_path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .unwrap();
-    let host = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let (mut echoed, mut chunk) = (0, [0u8; 65536]);
-        loop {
-            let n = conn.read(&mut chunk).unwrap_or(0);
-            if n == 0 {
-                return echoed;
-            }
-            conn.write_all(&chunk[..n]).unwrap();
-            echoed += n;
-        }
-    });
+    let host = common::echo_once(listener);
     let socket = f.dir.0.join("api.sock");
     let id = format!("fc-vsock-{}", std::process::id());
     let vm = front(&f, &["--api-sock", socket.to_str().unwrap(), "--id", &id]);
@@ -981,18 +962,7 @@ fn send_ctrl_alt_del_ends_a_sandbox_platforms_vm_after_its_vsock_exchange() {
     let listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
     std::fs::set_permissions(&listener_path, std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .unwrap();
-    let host = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let (mut echoed, mut chunk) = (0, [0u8; 65536]);
-        loop {
-            let n = conn.read(&mut chunk).unwrap_or(0);
-            if n == 0 {
-                return echoed;
-            }
-            conn.write_all(&chunk[..n]).unwrap();
-            echoed += n;
-        }
-    });
+    let host = common::echo_once(listener);
     let socket = f.dir.0.join("api.sock");
     let id = format!("fc-cad-{}", std::process::id());
     let mut front = LiveFront::start(

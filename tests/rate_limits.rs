@@ -17,7 +17,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -70,15 +69,7 @@ impl LiveVm {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = common::lines_of(child.stdout.take().unwrap());
         LiveVm { child, lines, pending: Default::default(), seen: Vec::new(), run_dir, _dir: dir }
     }
 
@@ -148,13 +139,8 @@ impl Drop for LiveVm {
 }
 
 fn ctl(run_dir: &Path, args: &[&str]) -> Result<String, String> {
-    let out = common::bulkhead()
-        .env("BULKHEAD_RUN_DIR", run_dir)
-        .arg("ctl")
-        .arg("rl")
-        .args(args)
-        .output();
-    let out = out.unwrap();
+    let args: Vec<&str> = std::iter::once("rl").chain(args.iter().copied()).collect();
+    let out = common::ctl(run_dir, &args);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

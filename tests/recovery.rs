@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::compartments::{compartments, jitter, wait_compartment, wait_compartment_other};
-use common::{require_kvm, NetNs, Running, TempDir};
+use common::{ctl, require_kvm, NetNs, Running, TempDir};
 
 const T: Duration = Duration::from_secs(180);
 
@@ -255,10 +255,6 @@ fn the_transmit_ring_loses_no_buffer_across_two_hundred_net_kills() {
     assert!(sent > 0, "{}", r.stdout);
     assert_eq!(result["packets"], result["sent"], "every datagram sent came back: {}", r.stdout);
     assert_eq!(common::sigkills_seen(&r.stderr, "net0"), 200, "{}", r.stderr);
-}
-
-fn ctl(run_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    common::bulkhead().env("BULKHEAD_RUN_DIR", run_dir).arg("ctl").args(args).output().unwrap()
 }
 
 #[test]

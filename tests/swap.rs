@@ -9,20 +9,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_kvm, Running, TempDir};
+use common::{ctl, require_kvm, Running, TempDir};
 
 const T: Duration = Duration::from_secs(180);
 const MODES: [&str; 2] = ["microkernel", "monolithic"];
 const OLD_SIZE: usize = 2 << 20;
 const NEW_SIZE: usize = 4 << 20;
 const SEED: u64 = 7;
-
-fn ctl(run_dir: &Path, args: &[&str]) -> Output {
-    common::bulkhead().env("BULKHEAD_RUN_DIR", run_dir).arg("ctl").args(args).output().unwrap()
-}
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()

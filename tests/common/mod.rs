@@ -271,6 +271,43 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// `bulkhead ctl ARGS` against the VMs of the run folder `run_dir`.
+pub fn ctl(run_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    bulkhead().env("BULKHEAD_RUN_DIR", run_dir).arg("ctl").args(args).output().unwrap()
+}
+
+/// The lines of `out` (a child's stdout, say) as they arrive, read on a thread of their own.
+pub fn lines_of(out: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// An echo server on the unix socket `listener` binds: it echoes one connection, and the
+/// thread's value is how many bytes it echoed.
+pub fn echo_once(listener: std::os::unix::net::UnixListener) -> std::thread::JoinHandle<usize> {
+    use std::io::Write;
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let (mut echoed, mut chunk) = (0, [0u8; 65536]);
+        loop {
+            let n = conn.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                return echoed;
+            }
+            conn.write_all(&chunk[..n]).unwrap();
+            echoed += n;
+        }
+    })
+}
+
 /// A network namespace holding one tap, `tap0`, with 10.0.2.1/24 (the
 /// guest's peer); deleted, with the tap, when dropped. Nothing outside the
 /// namespace is touched.
