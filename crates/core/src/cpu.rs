@@ -56,6 +56,54 @@ pub fn cpuid_for(base: &CpuId, id: u8, count: u8, tsc_khz: Option<u32>) -> CpuId
     CpuId::from_entries(&entries).expect("CPUID table within KVM's size limit")
 }
 
+/// AMD's hardware configuration register; bit 24, TscFreqSel, says the TSC counts at the P0
+/// frequency, which Linux checks on AMD CPUs that advertise an invariant TSC (and prints
+/// `[Firmware Bug]: TSC doesn't count with P0 frequency!` when it is clear).
+const MSR_K7_HWCR: u32 = 0xc001_0015;
+const HWCR_TSC_FREQ_SEL: u64 = 1 << 24;
+
+/// Whether `cpuid` describes an AMD CPU with an invariant TSC (leaf 0x8000_0007, EDX bit 8).
+fn amd_invariant_tsc(cpuid: &CpuId) -> bool {
+    let leaf = |f| cpuid.as_slice().iter().find(|e| e.function == f && e.index == 0);
+    let amd =
+        leaf(0).is_some_and(|e| (e.ebx, e.edx, e.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163));
+    amd && leaf(0x8000_0007).is_some_and(|e| e.edx & (1 << 8) != 0)
+}
+
+/// `cpuid` without the invariant-TSC bit.
+fn without_invariant_tsc(cpuid: &CpuId) -> CpuId {
+    let mut entries = cpuid.as_slice().to_vec();
+    for e in entries.iter_mut().filter(|e| e.function == 0x8000_0007) {
+        e.edx &= !(1 << 8);
+    }
+    CpuId::from_entries(&entries).expect("the same number of entries")
+}
+
+/// On an AMD CPU with an invariant TSC, sets HWCR.TscFreqSel as AMD's firmware does. A KVM that
+/// does not let it be set (before Linux 6.6) gets the invariant-TSC bit taken out of the CPUID
+/// instead: a guest then calibrates rather than being told a contradiction.
+fn set_tsc_freq_sel(vcpu: &VcpuFd, id: u8, cpuid: &CpuId) -> Result<(), CpuError> {
+    if !amd_invariant_tsc(cpuid) {
+        return Ok(());
+    }
+    let mut hwcr =
+        Msrs::from_entries(&[kvm_msr_entry { index: MSR_K7_HWCR, ..Default::default() }])
+            .expect("one MSR");
+    let read = vcpu.get_msrs(&mut hwcr).unwrap_or(0);
+    let old = if read == 1 { hwcr.as_slice()[0].data } else { 0 };
+    let new = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_K7_HWCR,
+        data: old | HWCR_TSC_FREQ_SEL,
+        ..Default::default()
+    }])
+    .expect("one MSR");
+    if vcpu.set_msrs(&new).unwrap_or(0) != 1 {
+        let cpuid = without_invariant_tsc(cpuid);
+        vcpu.set_cpuid2(&cpuid).map_err(|e| CpuError::Set(id, "CPUID", e))?;
+    }
+    Ok(())
+}
+
 /// MSRs with values a booting kernel expects.
 fn boot_msrs() -> Msrs {
     let msr = |index, data| kvm_msr_entry { index, data, ..Default::default() };
@@ -73,6 +121,7 @@ fn boot_msrs() -> Msrs {
 pub fn configure(vcpu: &VcpuFd, id: u8, cpuid: &CpuId) -> Result<(), CpuError> {
     vcpu.set_cpuid2(cpuid).map_err(|e| CpuError::Set(id, "CPUID", e))?;
     vcpu.set_msrs(&boot_msrs()).map_err(|e| CpuError::Set(id, "MSRs", e))?;
+    set_tsc_freq_sel(vcpu, id, cpuid)?;
     let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
     vcpu.set_fpu(&fpu).map_err(|e| CpuError::Set(id, "FPU", e))?;
     set_lint(vcpu).map_err(|e| CpuError::Set(id, "local APIC", e))
@@ -187,6 +236,32 @@ mod tests {
         let tr = segment(GDT_TSS, 0x18);
         assert_eq!((tr.type_, tr.s, tr.g, tr.limit), (0xb, 0, 1, 0x0fff_ffff));
         assert_eq!(segment(0, 0).unusable, 1);
+    }
+
+    #[test]
+    fn an_amd_invariant_tsc_is_recognised_and_can_be_taken_out() {
+        let vendor = |ebx, edx, ecx| kvm_bindings::kvm_cpuid_entry2 {
+            function: 0,
+            eax: 0x8000_0008,
+            ebx,
+            edx,
+            ecx,
+            ..Default::default()
+        };
+        let amd = vendor(0x6874_7541, 0x6974_6e65, 0x444d_4163); // AuthenticAMD
+        let intel = vendor(0x756e_6547, 0x4965_6e69, 0x6c65_746e); // GenuineIntel
+        let power = kvm_bindings::kvm_cpuid_entry2 {
+            function: 0x8000_0007,
+            edx: (1 << 8) | 1,
+            ..Default::default()
+        };
+        let table = |v| CpuId::from_entries(&[v, power]).unwrap();
+        assert!(amd_invariant_tsc(&table(amd)));
+        assert!(!amd_invariant_tsc(&table(intel)));
+        let stripped = without_invariant_tsc(&table(amd));
+        assert!(!amd_invariant_tsc(&stripped));
+        let leaf = stripped.as_slice().iter().find(|e| e.function == 0x8000_0007).unwrap();
+        assert_eq!(leaf.edx, 1, "only the invariant-TSC bit goes");
     }
 
     #[test]
