@@ -8,6 +8,11 @@
 #   - the Linux test guest: Debian's kernel and a test initramfs, built from
 #     pinned packages (`bulkhead image build`, into ~/.local/share/bulkhead);
 #     a cached build is reused without any apt call;
+#   - the test kernel that boots through Bulkhead's own core on any KVM host:
+#     Linux 6.1 from Debian's pinned linux-source-6.1 with the configuration and
+#     patch in crates/guests/linux-guest/test-kernel/ (`bulkhead image kernel`,
+#     with make, flex, bison, bc, patch and libelf-dev: about 5-7 minutes on 2
+#     cores, once; a cached build is reused without any apt call);
 #   - cargo-fuzz, for the short fuzz run (from crates.io with its locked
 #     dependencies: about 30 s to build on 2 cores, once);
 #   - rust-vmm's vhost-device-vsock 0.3.0, the outside vsock backend the tests
@@ -34,7 +39,12 @@ command -v c++ >/dev/null || need_apt+=(g++)   # libFuzzer, built by the fuzz ta
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v qemu-storage-daemon >/dev/null || need_apt+=(qemu-utils)
 command -v ip >/dev/null || need_apt+=(iproute2)
-for dev in libseccomp-dev libcap-ng-dev; do   # for building virtiofsd
+for tool in make flex bison bc patch; do   # for building the test kernel
+    command -v "$tool" >/dev/null || need_apt+=("$tool")
+done
+command -v xz >/dev/null || need_apt+=(xz-utils)     # the kernel source tarball
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)   # the Linux tests' root images
+for dev in libseccomp-dev libcap-ng-dev libelf-dev; do   # virtiofsd; the test kernel's objtool
     dpkg-query -W -f='${Status}' "$dev" 2>/dev/null | grep -q '^install ok installed' ||
         need_apt+=("$dev")
 done
@@ -63,6 +73,7 @@ if [[ ! -x $virtiofsd_root/bin/virtiofsd ]]; then
     cargo install virtiofsd --version 1.14.0 --locked --root "$virtiofsd_root"
 fi
 cargo run --release --locked -q -- image build
+cargo run --release --locked -q -- image kernel
 
 if [[ ! -c /dev/kvm ]]; then
     echo "warning: /dev/kvm is missing: the tests that boot VMs will fail" >&2

@@ -3,6 +3,7 @@
 //! ```text
 //! bulkhead image build [--update-pins] [--force]   build (or reuse) the Linux guest
 //! bulkhead image path                              print the cached kernel and initrd paths
+//! bulkhead image kernel [--force]                  build (or reuse) the test kernel, print its path
 //! ```
 //!
 //! When Debian's archive no longer has a pinned version, `build` says on standard error, in
@@ -12,6 +13,7 @@
 //! The binary mounts [`ImageArgs`] as its `image` subcommand and calls [`run`].
 
 use crate::image::{self, BuildOptions};
+use crate::kernel;
 use crate::lock::Role;
 use crate::Notice;
 
@@ -31,6 +33,18 @@ pub enum ImageCommand {
     Build(BuildArgs),
     /// Print the paths of the cached kernel and initrd (exit status 1 if none is built).
     Path,
+    /// Build the test kernel (Linux 6.1 from Debian's linux-source-6.1, configured to boot
+    /// through Bulkhead's core on any KVM host, KVM-PVM included), or reuse the cached build
+    /// of the same inputs; print the path of its vmlinux.
+    Kernel(KernelArgs),
+}
+
+/// `bulkhead image kernel` options.
+#[derive(Debug, Default, clap::Args)]
+pub struct KernelArgs {
+    /// Rebuild even if a build of the same inputs is cached.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `bulkhead image build` options.
@@ -49,7 +63,27 @@ pub fn run(command: ImageCommand) -> anyhow::Result<i32> {
     match command {
         ImageCommand::Build(args) => build(&args),
         ImageCommand::Path => Ok(path()),
+        ImageCommand::Kernel(args) => test_kernel(&args),
     }
+}
+
+fn test_kernel(args: &KernelArgs) -> anyhow::Result<i32> {
+    let opts = BuildOptions { force: args.force, ..BuildOptions::default() };
+    let started = std::time::Instant::now();
+    if args.force || kernel::cached(&opts).is_none() {
+        let pin = kernel::source_pin();
+        eprintln!(
+            "bulkhead: building the test kernel from {} {} (about 7 minutes on 2 cores, once)",
+            pin.package, pin.version
+        );
+    }
+    let built = kernel::build(&opts)?;
+    print_notices(&built.notices);
+    println!("vmlinux {}", built.vmlinux.display());
+    println!("release {}", built.release);
+    println!("cmdline {}", kernel::CMDLINE);
+    eprintln!("ready in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(0)
 }
 
 fn build(args: &BuildArgs) -> anyhow::Result<i32> {
@@ -136,6 +170,10 @@ mod tests {
             ImageCommand::Build(BuildArgs { update_pins: false, force: false })
         ));
         assert!(matches!(parse(&["bulkhead", "image", "path"]), ImageCommand::Path));
+        assert!(matches!(
+            parse(&["bulkhead", "image", "kernel", "--force"]),
+            ImageCommand::Kernel(KernelArgs { force: true })
+        ));
         assert!(Cli::try_parse_from(["bulkhead", "image", "nope"]).is_err());
     }
 }

@@ -89,6 +89,27 @@ pub enum BuildError {
     /// The busybox package has no busybox binary.
     #[error("the package {0} has no bin/busybox; pin Debian's busybox-static")]
     NoBusybox(String),
+    /// The kernel-source package has no `usr/src/linux-source-*.tar.xz`.
+    #[error("the package {0} has no usr/src/linux-source-*.tar.xz; pin Debian's linux-source-6.1")]
+    NotKernelSource(String),
+    /// Tools the test kernel's build needs are missing.
+    #[error("building the test kernel needs more tools: run `apt-get install {0}` (scripts/install-deps.sh does)")]
+    KernelTools(String),
+    /// An option of `test-kernel/bulkhead.config` did not take (a dependency is off).
+    #[error("the test kernel's configuration did not take these options of test-kernel/bulkhead.config: {0}; enable what they depend on in the fragment")]
+    KernelConfig(String),
+    /// A step of the test kernel's build failed.
+    #[error(
+        "the test kernel's build failed at: {step} (full log: {log}); its last lines:\n{tail}"
+    )]
+    KernelBuild {
+        /// What was being done.
+        step: &'static str,
+        /// The build log, kept beside the builds.
+        log: PathBuf,
+        /// The log's last lines.
+        tail: String,
+    },
     /// The guest is an x86-64 guest.
     #[error("the Linux guest is built for x86-64 hosts only; this host is {0}")]
     Arch(&'static str),

@@ -33,6 +33,7 @@ pub mod cpio;
 pub mod dirs;
 mod image;
 pub mod initramfs;
+pub mod kernel;
 pub mod lock;
 pub mod modules;
 pub mod qemu;

@@ -38,10 +38,13 @@ pub enum Role {
     Kernel,
     /// `busybox-static`: the initramfs's only program.
     Busybox,
+    /// `linux-source-6.1`: the source of the test kernel (`test-kernel/source.lock`, not
+    /// the guest's lock).
+    KernelSource,
 }
 
 impl Role {
-    /// Every role, in lock-file order.
+    /// Every role of the guest's lock, in lock-file order.
     pub const ALL: [Role; 2] = [Role::Kernel, Role::Busybox];
 
     /// The name used in the lock file.
@@ -49,6 +52,7 @@ impl Role {
         match self {
             Role::Kernel => "kernel",
             Role::Busybox => "busybox",
+            Role::KernelSource => "kernel-source",
         }
     }
 
@@ -58,6 +62,7 @@ impl Role {
         match self {
             Role::Kernel => "linux-image-cloud-amd64",
             Role::Busybox => "busybox-static",
+            Role::KernelSource => "linux-source-6.1",
         }
     }
 }
@@ -95,6 +100,12 @@ impl Lock {
             if count != 1 {
                 return Err(LockError::Roles(format!("{} is pinned {count} times", role.as_str())));
             }
+        }
+        if let Some(other) = pins.iter().find(|p| !Role::ALL.contains(&p.role)) {
+            return Err(LockError::Roles(format!(
+                "{} is not a role of this lock",
+                other.role.as_str()
+            )));
         }
         Ok(Lock { pins })
     }
@@ -136,7 +147,8 @@ impl Lock {
     }
 }
 
-fn parse_line(line: &str) -> Result<Pin, String> {
+/// One pin from a line of a lock file (comment already removed).
+pub(crate) fn parse_line(line: &str) -> Result<Pin, String> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let [role, package, version, sha256] = fields[..] else {
         return Err(format!("expected 4 fields, found {}", fields.len()));
@@ -144,6 +156,7 @@ fn parse_line(line: &str) -> Result<Pin, String> {
     let role = match role {
         "kernel" => Role::Kernel,
         "busybox" => Role::Busybox,
+        "kernel-source" => Role::KernelSource,
         other => return Err(format!("unknown role {other:?}")),
     };
     let hex = sha256.len() == 64
