@@ -8,6 +8,7 @@ mod fs;
 mod host;
 mod interference;
 mod io;
+mod linux;
 mod outside;
 mod peer;
 mod recovery;
@@ -34,6 +35,16 @@ pub enum BenchCommand {
         /// Leave out the boot through Firecracker's API.
         #[arg(long)]
         no_api: bool,
+    },
+    /// Linux to `Run /init`: the test kernel (`bulkhead image kernel`) through Bulkhead's core
+    /// and through QEMU 7.2 microvm, same kernel and root image.
+    LinuxInit {
+        /// Boots per VMM (each takes a minute or more on a KVM-PVM host).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Leave QEMU out.
+        #[arg(long)]
+        no_qemu: bool,
     },
     /// Block I/O: microkernel vs monolithic vs QEMU microvm (and, with --outside, Bulkhead with
     /// qemu-storage-daemon as the backend), same image.
@@ -190,6 +201,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
             with_qemu: !no_qemu,
             with_api: !no_api,
         }),
+        BenchCommand::LinuxInit { runs, no_qemu } => {
+            linux::run(&linux::Options { runs: runs.max(1), with_qemu: !no_qemu })
+        }
         BenchCommand::Blk(args) => blk(&args),
         BenchCommand::Disk(args) => disk::run(&args),
         BenchCommand::Net(args) => net(&args),
