@@ -496,8 +496,8 @@ fn the_init_program_runs_on_this_host() {
 }
 
 /// The whole machine at once, in microkernel mode: a dirty ext4 root on a raw image, a qcow2
-/// and a split VMDK disk, a network device on a tap, the rng and a virtio console, each in its
-/// compartment; Linux finds all six through ACPI, routes their interrupts, replays the root's
+/// and a split VMDK disk, a network device on a tap, the rng, a virtio console and vsock
+/// (rust-vmm's vhost-device-vsock), each in its compartment; Linux finds all seven through ACPI, routes their interrupts, replays the root's
 /// journal through the block compartment, configures the network and logs over it, and takes
 /// its entropy from the rng.
 #[test]
@@ -512,6 +512,16 @@ fn linux_finds_every_device_through_acpi_and_mounts_a_dirty_root_from_a_compartm
     let (stop, netconsole) = netconsole_listener(&ns);
     let run_dir = TempDir::new("linux-all-run");
     let console = dir.0.join("hvc0.sock");
+    // rust-vmm's vhost-device-vsock as a compartment (a backend Bulkhead did not write), its
+    // host side in a folder it may write.
+    let vsock_host = dir.0.join("vsock");
+    std::fs::create_dir(&vsock_host).unwrap();
+    std::os::unix::fs::chown(&vsock_host, Some(65534), Some(65534)).unwrap();
+    let vsock = format!(
+        "vsock,rw={0},exec={1} --guest-cid 3 --socket {{socket}} --uds-path {0}/vsock",
+        vsock_host.display(),
+        common::vhost_device_vsock().display()
+    );
     let extra = format!(
         "ip={GUEST_IP}::{PEER_IP}:255.255.255.0::eth0:off \
          netconsole=6665@{GUEST_IP}/eth0,{NETCONSOLE_PORT}@{PEER_IP}/"
@@ -528,7 +538,8 @@ fn linux_finds_every_device_through_acpi_and_mounts_a_dirty_root_from_a_compartm
         .arg(format!("{},format=vmdk", third.display()))
         .args(["--net", &format!("tap=tap0,mac={MAC}"), "--rng"])
         .arg("--console")
-        .arg(format!("socket={}", console.display()));
+        .arg(format!("socket={}", console.display()))
+        .args(["--device", &vsock]);
     let mut rng_requests = None;
     let mut answered = None;
     let boot = Boot::run(cmd, |line, _| {
@@ -543,7 +554,7 @@ fn linux_finds_every_device_through_acpi_and_mounts_a_dirty_root_from_a_compartm
     drop(stop);
     let logged = netconsole.join().unwrap();
 
-    boot.assert_booted(6);
+    boot.assert_booted(7);
     boot.assert_interrupts_routed();
     boot.assert_disk("vda", 64);
     boot.assert_disk("vdb", 32);
@@ -566,14 +577,15 @@ fn linux_finds_every_device_through_acpi_and_mounts_a_dirty_root_from_a_compartm
     // seeds its own generator from it.
     boot.assert_has("random: crng init done");
     assert!(rng_requests.unwrap_or(0) > 0, "the rng compartment served {rng_requests:?}");
-    boot.assert_has("virtio_console");
+    boot.assert_has("NET: Registered PF_VSOCK protocol family");
 }
 
 /// The same kernel under QEMU 7.2 (`-M microvm`, ACPI, KVM, its own virtio-mmio devices) and
-/// under Bulkhead in monolithic mode (the same device code on the core's threads), side by
-/// side: the same devices found, the same lines about them and the root.
+/// under Bulkhead in both modes (a qcow2 root served by a compartment; a raw root served by the
+/// same device code on the core's threads), side by side: the same devices found, the same
+/// lines about them and the root.
 #[test]
-fn linux_says_the_same_of_its_devices_under_qemu_and_under_bulkhead() {
+fn linux_says_the_same_of_its_devices_under_qemu_and_under_bulkhead_in_both_modes() {
     common::require_kvm();
     let kernel = test_kernel();
     let qemu = bulkhead_linux_guest::qemu::Qemu::find()
@@ -582,30 +594,24 @@ fn linux_says_the_same_of_its_devices_under_qemu_and_under_bulkhead() {
         .to_path_buf();
     let dir = TempDir::new("linux-qemu");
     let qemu_root = dirty_ext4(&dir.0, "qemu", 64);
-    let our_root = convert(&dirty_ext4(&dir.0, "ours", 64), "qcow2");
+    let micro_root = convert(&dirty_ext4(&dir.0, "micro", 64), "qcow2");
+    let mono_root = dirty_ext4(&dir.0, "mono", 64);
 
-    let mut ours = common::bulkhead();
-    ours.args(["run", "-v", "--mode", "monolithic"])
-        .args(force())
-        .args(["--kernel", kernel.vmlinux.to_str().unwrap(), "--cmdline", &cmdline("")])
-        .arg("--disk")
-        .arg(format!("{},format=qcow2", our_root.display()))
-        .arg("--rng");
+    let bulkhead = |mode: &str, disk: String| {
+        let mut cmd = common::bulkhead();
+        cmd.args(["run", "-v", "--mode", mode])
+            .args(force())
+            .args(["--kernel", kernel.vmlinux.to_str().unwrap(), "--cmdline", &cmdline("")])
+            .args(["--disk", &disk, "--rng"]);
+        cmd
+    };
+    let micro = bulkhead("microkernel", format!("{},format=qcow2", micro_root.display()));
+    let mono = bulkhead("monolithic", mono_root.display().to_string());
     let mut theirs = Command::new(&qemu);
     theirs
-        .args([
-            "-M",
-            "microvm,acpi=on",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host,-arch-capabilities",
-            "-m",
-            "256M",
-            "-smp",
-            "1",
-        ])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot"])
+        .args(["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host,-arch-capabilities"])
+        .args(["-m", "256M", "-smp", "1", "-nodefaults", "-no-user-config", "-nographic"])
+        .args(["-serial", "stdio", "-no-reboot"])
         .args(["-kernel", kernel.vmlinux.to_str().unwrap(), "-append", &cmdline("")])
         .arg("-drive")
         .arg(format!("id=root,file={},format=raw,if=none", qemu_root.display()))
@@ -620,25 +626,33 @@ fn linux_says_the_same_of_its_devices_under_qemu_and_under_bulkhead() {
             }
         })
     });
-    let ours = Boot::run(ours, |_, _| {});
-    let theirs = theirs.join().unwrap();
-
-    ours.assert_booted(2);
-    ours.assert_interrupts_routed();
-    ours.assert_disk("vda", 64);
-    ours.assert_root_replayed();
-    assert_replayed(&our_root);
+    let micro = std::thread::spawn(move || Boot::run(micro, |_, _| {}));
+    let mono = Boot::run(mono, |_, _| {});
+    let (micro, theirs) = (micro.join().unwrap(), theirs.join().unwrap());
 
     theirs.assert_has("Run /init as init process");
     assert_replayed(&qemu_root);
-    let (a, b) = (device_lines(&ours), device_lines(&theirs));
-    assert_eq!(a.len(), 10, "{a:#?}");
-    assert_eq!(
-        a,
-        b,
-        "Bulkhead's lines, then QEMU's\n{}\n--- QEMU's log ---\n{}",
-        ours.dump(),
-        theirs.text()
+    let reference = device_lines(&theirs);
+    assert_eq!(reference.len(), 10, "{reference:#?}\n{}", theirs.text());
+    for (ours, root) in [(&micro, &micro_root), (&mono, &mono_root)] {
+        ours.assert_booted(2);
+        ours.assert_interrupts_routed();
+        ours.assert_disk("vda", 64);
+        ours.assert_root_replayed();
+        assert_replayed(root);
+        assert_eq!(
+            device_lines(ours),
+            reference,
+            "Bulkhead's lines, then QEMU's\n{}\n--- QEMU's log ---\n{}",
+            ours.dump(),
+            theirs.text()
+        );
+    }
+    assert!(micro.stderr.contains("blk0 at 0xd0000000 irq 5: compartment pid"), "{}", micro.stderr);
+    assert!(
+        mono.stderr.contains("blk0 at 0xd0000000 irq 5: thread in the core"),
+        "{}",
+        mono.stderr
     );
 }
 

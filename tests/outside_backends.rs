@@ -225,22 +225,6 @@ fn a_bad_vhost_user_device_is_refused_clearly() {
     assert!(r.stderr.contains("absent.sock"), "{}", r.stderr);
 }
 
-/// rust-vmm's vhost-device-vsock, as `scripts/install-deps.sh` installs it:
-/// `$BULKHEAD_VHOST_DEVICE_VSOCK`, else `cargo install`'s copy in Bulkhead's cache folder.
-fn vhost_device_vsock() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("BULKHEAD_VHOST_DEVICE_VSOCK").filter(|v| !v.is_empty()) {
-        return path.into();
-    }
-    let program = cache_dir().join("vhost-device-vsock-0.3.0/bin/vhost-device-vsock");
-    assert!(
-        program.is_file(),
-        "vhost-device-vsock is needed for these tests: run scripts/install-deps.sh (or set \
-         BULKHEAD_VHOST_DEVICE_VSOCK), looked for {}",
-        program.display()
-    );
-    program
-}
-
 /// vhost-device-vsock for guest CID 3 on `socket`, its host side on `uds` (Firecracker's
 /// hybrid vsock: the host connects to `uds` and writes `CONNECT PORT`; a guest connecting to
 /// the host's port P reaches `uds_P`), once it listens on both. It removes `socket` as soon as
@@ -250,7 +234,7 @@ fn vhost_device_vsock() -> std::path::PathBuf {
 fn start_vsock_device(socket: &Path, uds: &Path) -> Daemon {
     let _ = std::fs::remove_file(socket);
     let _ = std::fs::remove_file(uds);
-    let mut cmd = Command::new(vhost_device_vsock());
+    let mut cmd = Command::new(common::vhost_device_vsock());
     cmd.args(["--guest-cid", "3", "--socket"]).arg(socket).arg("--uds-path").arg(uds);
     Daemon::start(cmd, uds)
 }
@@ -640,7 +624,7 @@ fn vhost_device_vsock_as_a_compartment_comes_back_from_kills() {
     let spec = format!(
         "vsock,rw={0},exec={1} --guest-cid 3 --socket {{socket}} --uds-path {2}",
         host.display(),
-        vhost_device_vsock().display(),
+        common::vhost_device_vsock().display(),
         uds.display()
     );
     let run_dir = dir.0.join("run");

@@ -374,3 +374,21 @@ pub fn run_command(mut cmd: Command, timeout: Duration) -> Run {
         .expect("start bulkhead");
     wait(child, timeout)
 }
+
+/// rust-vmm's vhost-device-vsock, as `scripts/install-deps.sh` installs it:
+/// `$BULKHEAD_VHOST_DEVICE_VSOCK`, else `cargo install`'s copy in Bulkhead's cache folder.
+pub fn vhost_device_vsock() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("BULKHEAD_VHOST_DEVICE_VSOCK").filter(|v| !v.is_empty()) {
+        return path.into();
+    }
+    let program = bulkhead_linux_guest::dirs::cache_dir()
+        .expect("a cache folder")
+        .join("vhost-device-vsock-0.3.0/bin/vhost-device-vsock");
+    assert!(
+        program.is_file(),
+        "vhost-device-vsock is needed for these tests: run scripts/install-deps.sh (or set \
+         BULKHEAD_VHOST_DEVICE_VSOCK), looked for {}",
+        program.display()
+    );
+    program
+}

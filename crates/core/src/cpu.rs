@@ -18,9 +18,59 @@ pub enum CpuError {
     Gdt(#[source] vm_memory::GuestMemoryError),
 }
 
-/// The CPUID table KVM supports, read once per VM.
+/// The CPUID table KVM supports, read once per VM, with the host's processor name where KVM
+/// leaves it out.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, CpuError> {
-    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(CpuError::SupportedCpuid)
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(CpuError::SupportedCpuid)?;
+    Ok(match host_brand() {
+        Some(brand) => with_brand(&cpuid, &brand),
+        None => cpuid,
+    })
+}
+
+/// The extended leaves that hold the processor's name (48 bytes of ASCII).
+const BRAND_LEAVES: [u32; 3] = [0x8000_0002, 0x8000_0003, 0x8000_0004];
+
+/// The host's processor name registers, leaf by leaf (EAX, EBX, ECX, EDX), if it has one.
+fn host_brand() -> Option<[[u32; 4]; 3]> {
+    use std::arch::x86_64::__cpuid;
+    if __cpuid(0x8000_0000).eax < BRAND_LEAVES[2] {
+        return None;
+    }
+    let brand = BRAND_LEAVES.map(|leaf| {
+        let r = __cpuid(leaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    });
+    (brand != [[0; 4]; 3]).then_some(brand)
+}
+
+/// `cpuid` with the processor name `brand` in the leaves KVM left empty or out. (KVM-PVM
+/// leaves them out: Linux then calls the CPU "AMD 19/11" where QEMU, which fills them from
+/// the host, says "AMD EPYC", and so does the host's /proc/cpuinfo.)
+fn with_brand(cpuid: &CpuId, brand: &[[u32; 4]; 3]) -> CpuId {
+    let mut entries = cpuid.as_slice().to_vec();
+    let named = entries
+        .iter()
+        .any(|e| BRAND_LEAVES.contains(&e.function) && (e.eax | e.ebx | e.ecx | e.edx) != 0);
+    let ext_max = entries.iter().find(|e| e.function == 0x8000_0000).map_or(0, |e| e.eax);
+    if named || ext_max < BRAND_LEAVES[2] {
+        return cpuid.clone();
+    }
+    entries.retain(|e| !BRAND_LEAVES.contains(&e.function));
+    for (&function, regs) in BRAND_LEAVES.iter().zip(brand) {
+        let [eax, ebx, ecx, edx] = *regs;
+        entries.push(kvm_bindings::kvm_cpuid_entry2 {
+            function,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        });
+    }
+    CpuId::from_entries(&entries).expect("CPUID table within KVM's size limit")
 }
 
 /// The hypervisor timing leaf (TSC and APIC bus rates in kHz), as QEMU and
@@ -262,6 +312,27 @@ mod tests {
         assert!(!amd_invariant_tsc(&stripped));
         let leaf = stripped.as_slice().iter().find(|e| e.function == 0x8000_0007).unwrap();
         assert_eq!(leaf.edx, 1, "only the invariant-TSC bit goes");
+    }
+
+    #[test]
+    fn the_host_processor_name_fills_leaves_kvm_left_empty() {
+        let leaf =
+            |function, eax| kvm_bindings::kvm_cpuid_entry2 { function, eax, ..Default::default() };
+        let brand = [*b"AMD EPYC    ", [0; 12], [0; 12]]
+            .map(|b| [0, 4, 8].map(|i| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])))
+            .map(|[a, b, c]| [a, b, c, 0]);
+        let empty =
+            CpuId::from_entries(&[leaf(0x8000_0000, 0x8000_0008), leaf(0x8000_0002, 0)]).unwrap();
+        let named = with_brand(&empty, &brand);
+        let got = named.as_slice().iter().find(|e| e.function == 0x8000_0002).unwrap();
+        assert_eq!(got.eax.to_le_bytes(), *b"AMD ");
+        assert_eq!(named.as_slice().iter().filter(|e| e.function == 0x8000_0002).count(), 1);
+        assert_eq!(named.as_slice().iter().filter(|e| e.function == 0x8000_0004).count(), 1);
+        // A name KVM gives is kept, and a table whose extended range stops short gets none.
+        let kvm_named = with_brand(&named, &[[1; 4]; 3]);
+        assert_eq!(kvm_named.as_slice(), named.as_slice());
+        let short = CpuId::from_entries(&[leaf(0x8000_0000, 0x8000_0001)]).unwrap();
+        assert_eq!(with_brand(&short, &brand).as_slice(), short.as_slice());
     }
 
     #[test]
