@@ -376,3 +376,81 @@ fn in_monolithic_mode_an_injected_panic_ends_the_vm_naming_the_device() {
     assert!(r.stderr.contains("device thread bh-blk"), "{}", r.stderr);
     assert!(r.stderr.contains("in monolithic mode a device fault ends the VM"), "{}", r.stderr);
 }
+
+/// The serving compartment and the standby of `id`, from `ctl status`, once both are there.
+fn serving_and_standby(
+    run_dir: &std::path::Path,
+    vm: &str,
+    id: &str,
+    not: Option<i64>,
+) -> (i64, i64) {
+    let start = Instant::now();
+    loop {
+        let out = ctl(run_dir, &[vm, "status", "--json"]);
+        if let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            let device =
+                status["devices"].as_array().and_then(|d| d.iter().find(|d| d["id"] == id));
+            if let Some(d) = device {
+                if let (Some(pid), Some(standby)) = (d["pid"].as_i64(), d["standby_pid"].as_i64()) {
+                    if d["state"] == "running" && Some(pid) != not {
+                        return (pid, standby);
+                    }
+                }
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{id}: no serving and standby pair");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// With `--standby on`, a compartment waits, started and sandboxed, beside each one that serves:
+/// every kill is taken over by the standby (the device's new process is the old standby), the
+/// next standby follows, and the guest's blk-stress sees no error, its image whole.
+#[test]
+fn a_standby_compartment_takes_over_each_kill_with_no_io_lost() {
+    require_kvm();
+    const KILLS: usize = 10;
+    let dir = TempDir::new("standby");
+    let size = 4usize << 20;
+    let image = dir.file("disk.raw", &vec![0u8; size]);
+    let run_dir = dir.0.join("run");
+    let mut cmd = common::bulkhead();
+    cmd.env("BULKHEAD_RUN_DIR", &run_dir)
+        .args(["run", "--name", "sb", "--standby", "on", "--rng", "--disk"])
+        .arg(format!("{},format=raw", image.display()))
+        .args(["--cmdline", "bulkhead.run=blk-stress bulkhead.seconds=600 bulkhead.seed=100"]);
+    let mut vm = Running::start(&mut cmd);
+    let core = vm.id();
+    let mut last = None;
+    for kill in 0..KILLS {
+        let (serving, standby) = serving_and_standby(&run_dir, "sb", "blk0", last);
+        let mut both = compartments(core, "blk");
+        both.sort_unstable();
+        let mut want = vec![serving as i32, standby as i32];
+        want.sort_unstable();
+        assert_eq!(both, want, "kill {kill}: the core's blk compartments");
+        assert!(vm.is_running(), "the VM ended during the kills");
+        // SAFETY: killing a compartment this test's VMM started.
+        unsafe { libc::kill(serving as i32, libc::SIGKILL) };
+        let (next, _) = serving_and_standby(&run_dir, "sb", "blk0", Some(serving));
+        assert_eq!(next, standby, "kill {kill}: the standby took over");
+        last = Some(serving);
+    }
+    // The rng has its standby too, and blk-stress runs a last pass on the last compartment.
+    let (_, rng_standby) = serving_and_standby(&run_dir, "sb", "rng0", None);
+    assert!(compartments(core, "rng").contains(&(rng_standby as i32)));
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: signalling the VMM this test started.
+    unsafe { libc::kill(core as i32, libc::SIGTERM) };
+    let r = vm.wait(T);
+    assert_eq!(r.code, 143, "stopped by the test: {}", r.stderr);
+    assert!(
+        !r.stdout.contains("status=fail"),
+        "the guest saw an error:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(common::sigkills_seen(&r.stderr, "blk0"), KILLS, "{}", r.stderr);
+    let passes = r.stdout.lines().filter(|l| l.starts_with("BH progress name=blk-stress")).count();
+    assert!(passes >= 2, "too few passes: {passes}\n{}", r.stdout);
+}

@@ -72,6 +72,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
           action = clap::ArgAction::Set)]
     pub restart: bool,
+    /// Keep a standby compartment for each disk, network interface and rng, started ahead
+    /// (sandboxed, in its cgroup, handed the device's files): a restart is then only the
+    /// vhost-user hand-over. Costs an idle process per device (microkernel mode).
+    #[arg(long, value_name = "on|off", default_value = "off", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    pub standby: bool,
     /// Most restarts of one device within --restart-window before it is marked failed.
     #[arg(long, default_value_t = 100)]
     pub restart_max: u32,
@@ -396,6 +402,12 @@ impl TryFrom<RunArgs> for Config {
         // stdin goes to one console: the serial port's, unless a virtio console is on stdio.
         vm.console_input = stdio_consoles(&devices) == 0;
         args.limits.check(args.cpus, args.memory, args.mode == Mode::Microkernel)?;
+        if args.standby && args.mode != Mode::Microkernel {
+            anyhow::bail!("--standby on is for microkernel mode: monolithic mode's devices are threads of the core, which are not restarted");
+        }
+        if args.standby && !args.restart {
+            anyhow::bail!("--standby on needs --restart on: a standby only takes over a restart");
+        }
         let mut taken = HashMap::new();
         for d in &devices {
             *taken.entry(bulkhead_vmm::backends::core_kind(d.config.kind()).name()).or_insert(0) +=
@@ -420,6 +432,7 @@ impl TryFrom<RunArgs> for Config {
             outside,
             limits: args.limits.limits(args.memory),
             core_seccomp: args.core_seccomp,
+            standby: args.standby,
         })
     }
 }

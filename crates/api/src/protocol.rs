@@ -314,6 +314,7 @@ mod tests {
                 sandbox: Some("seccomp(filter) nnp caps(none)".into()),
                 on_restart: None,
                 rate_limits: Some(RateLimits { ops: Some(None), ..Default::default() }),
+                standby_pid: None,
             }],
             confinement: Vec::new(),
         }

@@ -85,6 +85,10 @@ pub struct DeviceStatus {
     /// device that has no rate limiter (a console, a backend Bulkhead did not write).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<crate::limits::RateLimits>,
+    /// The standby compartment (`bulkhead run --standby`): started ahead, sandboxed and in its
+    /// cgroup, it takes over at the next restart. Absent when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_pid: Option<u32>,
 }
 
 /// Where a device backend runs.

@@ -407,6 +407,9 @@ pub fn status_table(status: &VmStatus) -> String {
         if let Some(limits) = &device.rate_limits {
             out.push_str(&format!("{} limits: {}\n", clean(&device.id), limits_text(limits)));
         }
+        if let Some(pid) = device.standby_pid {
+            out.push_str(&format!("{} standby: compartment pid {pid}, ready\n", clean(&device.id)));
+        }
     }
     out.push_str(&confinement_table(status));
     out
@@ -617,6 +620,7 @@ mod tests {
             sandbox: pid.map(|_| "seccomp(filter) nnp caps(none)".into()),
             on_restart: pid.map(|_| "in-flight requests resubmitted".into()),
             rate_limits: None,
+            standby_pid: None,
         };
         let status = VmStatus {
             name: "web1".into(),

@@ -196,6 +196,7 @@ fn device_status(d: supervisor::DeviceReport) -> DeviceStatus {
         sandbox: Some(d.sandbox),
         on_restart: Some(d.on_restart),
         rate_limits: None,
+        standby_pid: d.standby,
     }
 }
 

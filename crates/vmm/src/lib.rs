@@ -49,12 +49,23 @@ pub struct Config {
     pub limits: Limits,
     /// Seccomp on the core's own threads.
     pub core_seccomp: CoreSeccomp,
+    /// Keep a standby compartment per blk, net and rng device (microkernel mode).
+    pub standby: bool,
 }
 
 /// Runs the VM `config` describes until it ends; the result is the process exit code.
 pub fn run(config: Config) -> anyhow::Result<i32> {
-    let Config { mut vm, name, mode, mut devices, external, outside, limits, core_seccomp } =
-        config;
+    let Config {
+        mut vm,
+        name,
+        mode,
+        mut devices,
+        external,
+        outside,
+        limits,
+        core_seccomp,
+        standby,
+    } = config;
     // Before anything else runs, so that a console that cannot be set up stops the start. Its
     // socket goes with the VM, on this thread (the event loop's filter allows unlink).
     let _sockets = RemoveOnDrop(backends::open_consoles(&mut devices)?);
@@ -66,7 +77,7 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     // The partition (cgroups) outlives the VM: it is removed below.
     let partition = partition::Partition::create(&name, limits, compartments, vm.verbose)?;
     vm.placement = Some(partition.clone());
-    vm.devices = backends::build(devices, mode, &partition)?;
+    vm.devices = backends::build(devices, mode, &partition, standby)?;
     if !outside.is_empty() {
         use confine::lists::{allow_outside_programs, OutsidePrograms};
         let unchecked = outside.iter().any(|o| o.seccomp != backends::outside::Seccomp::On);

@@ -59,6 +59,7 @@ pub fn sample_status() -> VmStatus {
                 sandbox: Some("seccomp(filter) nnp caps(none) ns(mnt,pid,net)".into()),
                 on_restart: None,
                 rate_limits: None,
+                standby_pid: None,
             },
             DeviceStatus {
                 id: "rng0".into(),
@@ -73,6 +74,7 @@ pub fn sample_status() -> VmStatus {
                 sandbox: None,
                 on_restart: None,
                 rate_limits: None,
+                standby_pid: None,
             },
         ],
         confinement: Vec::new(),

@@ -423,6 +423,7 @@ impl DeviceSupervisor {
             report.pid = launched.pid;
             report.sandbox = description;
             report.started = started;
+            report.standby = self.backend.standby_pid();
         }
         self.wait_first_completion(&before);
         self.watch_backend();
@@ -454,6 +455,8 @@ impl DeviceSupervisor {
             }
             DeviceState::Running => {
                 self.backend.tick();
+                let standby = self.backend.standby_pid();
+                self.shared.report().standby = standby;
                 if let Some(hung) = self.check_progress(now) {
                     self.failed(Some(hung));
                 }

@@ -103,6 +103,8 @@ pub struct DeviceReport {
     /// The last restart: from the failure to the first request completed
     /// by the successor (or to its start, if nothing was outstanding).
     pub last_recovery: Option<Duration>,
+    /// The standby compartment, started ahead to take over at the next restart.
+    pub standby: Option<u32>,
 }
 
 impl DeviceReport {
@@ -199,6 +201,7 @@ impl Supervisor {
                     "none: a device fault ends the VM (monolithic mode)".into()
                 },
                 last_recovery: None,
+                standby: None,
             };
             let device_shared = Arc::new(Shared::new(d.name.clone(), report)?);
             let watch = d.transport.lock().unwrap_or_else(|p| p.into_inner()).watch();

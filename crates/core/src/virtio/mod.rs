@@ -254,6 +254,10 @@ pub trait Backend: Send {
     fn mode(&self) -> &'static str {
         "external"
     }
+    /// The process started ahead to take over at the next launch, if there is one.
+    fn standby_pid(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// A backend someone else started, listening on a unix socket: another

@@ -82,6 +82,10 @@ pub enum BenchCommand {
         /// grace period, part of every restart with the default limits.
         #[arg(long)]
         no_device_cgroups: bool,
+        /// Keep a standby compartment per device (`bulkhead run --standby on`): each kill
+        /// waits for the next standby to be ready.
+        #[arg(long)]
+        standby: bool,
     },
 }
 
@@ -215,11 +219,12 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
         BenchCommand::Interference { rounds, seconds } => {
             interference::run(&interference::Options { rounds: rounds.max(1), seconds })
         }
-        BenchCommand::Recovery { kills, interval_ms, no_device_cgroups } => {
+        BenchCommand::Recovery { kills, interval_ms, no_device_cgroups, standby } => {
             recovery::run(&recovery::Options {
                 kills: kills.max(1),
                 interval_ms,
                 no_device_cgroups,
+                standby,
             })
         }
     }

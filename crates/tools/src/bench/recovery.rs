@@ -24,15 +24,50 @@ pub struct Options {
     pub interval_ms: u64,
     /// No cgroup per compartment (see `bench recovery --help`).
     pub no_device_cgroups: bool,
+    /// A standby compartment per device (`bulkhead run --standby on`).
+    pub standby: bool,
 }
 
-/// The `run` options for `opts`'s compartment limits.
-fn limits(opts: &Options) -> &'static [&'static str] {
+/// The `run` options for `opts`'s compartment limits and standbys.
+fn limits(opts: &Options) -> Vec<&'static str> {
+    let mut args = Vec::new();
     if opts.no_device_cgroups {
-        &["--device-cpu-quota", "none", "--device-memory-limit", "none"]
-    } else {
-        &[]
+        args.extend(["--device-cpu-quota", "none", "--device-memory-limit", "none"]);
     }
+    if opts.standby {
+        args.extend(["--standby", "on"]);
+    }
+    args
+}
+
+/// The pids of the device `id` (`blk0`) of the VM whose core is `core` (named `vm-CORE`, in
+/// the default run folder): the serving compartment and the standby, from `ctl status`.
+fn device_pids(core: u32, id: &str) -> Option<(i32, Option<i32>)> {
+    let exe = std::env::current_exe().ok()?;
+    let out =
+        Command::new(exe).args(["ctl", &format!("vm-{core}"), "status", "--json"]).output().ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let device = status["devices"].as_array()?.iter().find(|d| d["id"] == id)?;
+    if device["state"] != "running" {
+        return None;
+    }
+    let pid = device["pid"].as_i64()? as i32;
+    Some((pid, device["standby_pid"].as_i64().map(|p| p as i32)))
+}
+
+/// With standbys: waits until the device serves from a compartment other than `not` and its
+/// next standby is ready; returns the serving one.
+fn serving_with_standby(core: u32, id: &str, not: Option<i32>) -> anyhow::Result<i32> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Some((pid, Some(_))) = device_pids(core, id) {
+            if Some(pid) != not {
+                return Ok(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    bail!("{id} did not serve with a standby ready within 10 s")
 }
 
 /// The core's child running `bulkhead device KIND`, once it serves.
@@ -82,12 +117,17 @@ fn run_one(mut cmd: Command, kind: &str, opts: &Options) -> anyhow::Result<(Vec<
             let _ = tx.send(line);
         }
     });
-    let mut pid = compartment(core, kind, None).context("at start")?;
+    let id = format!("{kind}0");
+    let find = |not| match opts.standby {
+        true => serving_with_standby(core, &id, not),
+        false => compartment(core, kind, not),
+    };
+    let mut pid = find(None).context("at start")?;
     std::thread::sleep(Duration::from_millis(300));
     for kill in 0..opts.kills {
         // SAFETY: killing a compartment of the VM this benchmark started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        pid = match compartment(core, kind, Some(pid)) {
+        pid = match find(Some(pid)) {
             Ok(pid) => pid,
             Err(e) => {
                 let _ = child.kill();
@@ -150,10 +190,11 @@ pub fn run(opts: &Options) -> anyhow::Result<i32> {
         "Recovery from SIGKILL of a compartment while the guest does I/O: {} kills each, {} ms apart; {}.",
         opts.kills,
         opts.interval_ms,
-        if opts.no_device_cgroups {
-            "compartments without cgroups"
-        } else {
-            "compartments in their own cgroups (the default limits)"
+        match (opts.no_device_cgroups, opts.standby) {
+            (true, false) => "compartments without cgroups",
+            (false, false) => "compartments in their own cgroups (the default limits)",
+            (true, true) => "compartments without cgroups, a standby each",
+            (false, true) => "compartments in their own cgroups (the default limits), a standby each",
         }
     );
     println!();

@@ -90,11 +90,13 @@ pub fn open_consoles(requests: &mut [Request]) -> anyhow::Result<Vec<std::path::
 }
 
 /// One backend per request, in `mode`; compartments get their cgroup
-/// below the VM's, with the limits of `partition`.
+/// below the VM's, with the limits of `partition`, and, with `standby`, a standby compartment
+/// each (blk, net, rng).
 pub fn build(
     requests: Vec<Request>,
     mode: Mode,
     partition: &Arc<Partition>,
+    standby: bool,
 ) -> anyhow::Result<Vec<Box<dyn Backend>>> {
     let mut out: Vec<Box<dyn Backend>> = Vec::new();
     for r in requests {
@@ -111,7 +113,9 @@ pub fn build(
                 }
                 Box::new(backend)
             }
-            Mode::Microkernel => Box::new(process::CompartmentBackend::new(r, partition.clone())?),
+            Mode::Microkernel => {
+                Box::new(process::CompartmentBackend::new(r, partition.clone(), standby)?)
+            }
         });
     }
     Ok(out)

@@ -63,6 +63,15 @@ pub struct CompartmentBackend {
     /// A successor started with a new configuration, serving but not yet handed the device
     /// (see [`Backend::prepare`]); the next launch puts it in place of the running one.
     prepared: Option<Prepared>,
+    /// Whether to keep a standby ([`Self::standby`]): `--standby`, for devices whose
+    /// compartments are all alike (blk, net, rng; not a console, whose files change with its
+    /// clients).
+    keep_standby: bool,
+    /// A compartment started ahead for the same configuration — sandboxed, in its cgroup,
+    /// handed the device's files, waiting on its vhost-user socket — that the next launch puts
+    /// in place at once: a recovery is then only the vhost-user hand-over. Started on the
+    /// supervisor's tick after each launch, never on the recovery's path.
+    standby: Option<Serving>,
 }
 
 /// A compartment that serves: its process, its start-up socket, the core's end of its
@@ -82,7 +91,16 @@ struct Prepared {
 }
 
 impl CompartmentBackend {
-    pub fn new(mut request: Request, partition: Arc<Partition>) -> anyhow::Result<Self> {
+    pub fn new(
+        mut request: Request,
+        partition: Arc<Partition>,
+        standby: bool,
+    ) -> anyhow::Result<Self> {
+        let keep_standby = standby
+            && matches!(
+                request.config,
+                DeviceConfig::Blk(_) | DeviceConfig::Net(_) | DeviceConfig::Rng(_)
+            );
         let mut policy = policy_for(&request.name, None)?;
         policy.set_cgroup_limits(partition.device_limits().clone());
         let mut tap = None;
@@ -118,7 +136,40 @@ impl CompartmentBackend {
             kept: Vec::new(),
             broker,
             prepared: None,
+            keep_standby,
+            standby: None,
         })
+    }
+
+    /// Starts the standby if one is wanted and none is there, and lets go of one that ended.
+    fn refresh_standby(&mut self) {
+        if let Some(standby) = &mut self.standby {
+            if !matches!(standby.child.try_wait(), Ok(None)) {
+                eprintln!(
+                    "bulkhead: {}: the standby compartment (pid {}) ended; starting another",
+                    self.request.name,
+                    standby.child.pid()
+                );
+                self.standby = None;
+            }
+        }
+        if !self.keep_standby || self.standby.is_some() || self.child.is_none() {
+            return;
+        }
+        if self.prepared.is_some() {
+            return;
+        }
+        match self.start_compartment(&self.request, &self.broker, &self.kept) {
+            Ok(serving) => self.standby = Some(serving),
+            Err(e) => {
+                // Recoveries go on without one, starting each successor then.
+                eprintln!(
+                    "bulkhead: {}: cannot start a standby compartment, recovering without: {e}",
+                    self.request.name
+                );
+                self.keep_standby = false;
+            }
+        }
     }
 
     fn stop(&mut self) {
@@ -302,6 +353,11 @@ impl Backend for CompartmentBackend {
             return Ok(self.run(serving));
         }
         self.stop();
+        if let Some(mut standby) = self.standby.take() {
+            if matches!(standby.child.try_wait(), Ok(None)) {
+                return Ok(self.run(standby));
+            }
+        }
         let serving = self.start_compartment(&self.request, &self.broker, &self.kept)?;
         Ok(self.run(serving))
     }
@@ -320,6 +376,8 @@ impl Backend for CompartmentBackend {
         };
         let broker = Broker::for_config(&request.config);
         self.prepared = None;
+        // A standby serves the old image: the next one is started for the new.
+        self.standby = None;
         let handed = self.handed_for(&request.config);
         let serving = self
             .start_compartment(&request, &broker, handed)
@@ -361,11 +419,18 @@ impl Backend for CompartmentBackend {
             self.take_uses(&startup);
             self.startup = Some(startup);
         }
+        self.refresh_standby();
     }
 
     fn set_program(&mut self, program: &std::path::Path) -> Result<(), String> {
         self.program = Some(program.to_path_buf());
+        // An upgrade runs the new program: a standby of the old one is let go.
+        self.standby = None;
         Ok(())
+    }
+
+    fn standby_pid(&self) -> Option<u32> {
+        self.standby.as_ref().map(|s| s.child.pid() as u32)
     }
 
     fn mode(&self) -> &'static str {
