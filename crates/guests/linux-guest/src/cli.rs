@@ -73,7 +73,7 @@ fn test_kernel(args: &KernelArgs) -> anyhow::Result<i32> {
     if args.force || kernel::cached(&opts).is_none() {
         let pin = kernel::source_pin();
         eprintln!(
-            "bulkhead: building the test kernel from {} {} (about 7 minutes on 2 cores, once)",
+            "bulkhead: building the test kernel from {} {} (about 5 minutes on 2 cores, once)",
             pin.package, pin.version
         );
     }
