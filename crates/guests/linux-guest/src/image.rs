@@ -330,7 +330,8 @@ fn build_into(
     let staging = paths.data.join(format!(".staging-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     let result = assemble(&staging, (&kernel.1, &kernel.0), (&busybox.1, &busybox.0));
-    let result = result.and_then(|()| publish(&staging.join("out"), out, replace));
+    let result = result
+        .and_then(|()| publish(&staging.join("out"), out, replace, |d| complete(d).is_some()));
     let _ = fs::remove_dir_all(&staging);
     result
 }
@@ -349,7 +350,8 @@ fn assemble(
     fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
 
     let not_a_kernel = || BuildError::NotAKernel(kernel.1.package.clone());
-    let vmlinuz = find_prefixed(&kernel_root.join("boot"), "vmlinuz-").ok_or_else(not_a_kernel)?;
+    let vmlinuz =
+        find_prefixed(&kernel_root.join("boot"), "vmlinuz-", "").ok_or_else(not_a_kernel)?;
     let release = vmlinuz
         .file_name()
         .and_then(|n| n.to_str())
@@ -386,10 +388,15 @@ fn manifest(release: &str, pins: &[&Pin], modules: &[PathBuf]) -> String {
 }
 
 /// Moves a finished build into place. A complete build of the same inputs already there (from a
-/// concurrent builder) is kept unless `replace`.
-fn publish(built: &Path, out: &Path, replace: bool) -> Result<(), BuildError> {
+/// concurrent builder) is kept unless `replace`; `complete` says whether a folder holds one.
+pub(crate) fn publish(
+    built: &Path,
+    out: &Path,
+    replace: bool,
+    complete: impl Fn(&Path) -> bool,
+) -> Result<(), BuildError> {
     if out.exists() {
-        if !replace && complete(out).is_some() {
+        if !replace && complete(out) {
             return Ok(());
         }
         fs::remove_dir_all(out).map_err(|e| io_err(out, e))?;
@@ -397,23 +404,28 @@ fn publish(built: &Path, out: &Path, replace: bool) -> Result<(), BuildError> {
     match fs::rename(built, out) {
         Ok(()) => Ok(()),
         // Another builder of the same inputs finished first.
-        Err(_) if complete(out).is_some() => Ok(()),
+        Err(_) if complete(out) => Ok(()),
         Err(e) => Err(io_err(out, e)),
     }
 }
 
-fn find_prefixed(dir: &Path, prefix: &str) -> Option<PathBuf> {
+/// The last, in name order, of the entries of `dir` named `prefix…suffix`.
+pub(crate) fn find_prefixed(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
         .ok()?
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(prefix) && name.ends_with(suffix)
+        })
         .map(|e| e.path())
         .collect();
     found.sort();
     found.pop()
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> BuildError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> BuildError {
     BuildError::Io { path: path.to_path_buf(), source }
 }
 
@@ -467,7 +479,7 @@ mod tests {
         }
         let out = Paths::new(&opts).unwrap().output(&lock());
         fs::create_dir_all(out.parent().unwrap()).unwrap();
-        publish(&built, &out, false).unwrap();
+        publish(&built, &out, false, |d| complete(d).is_some()).unwrap();
         assert_eq!(cached_with(&opts).unwrap().initrd, out.join(INITRD));
     }
 
@@ -492,7 +504,7 @@ mod tests {
             fs::write(built.join(name), b"x").unwrap();
         }
         fs::create_dir_all(&paths.data).unwrap();
-        publish(&built, &out, false).unwrap();
+        publish(&built, &out, false, |d| complete(d).is_some()).unwrap();
         assert!(cached_with(&opts).is_none(), "found without a record");
 
         paths.record_fallback(&pinned, &used).unwrap();

@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use crate::apt;
-use crate::image::{BuildError, BuildOptions};
+use crate::image::{find_prefixed, io_err, publish, BuildError, BuildOptions};
 use crate::lock::{parse_line, Pin, Role};
 use crate::resolve::{Apt, Notice, Resolver};
 
@@ -105,7 +105,7 @@ pub fn build(opts: &BuildOptions) -> Result<TestKernel, BuildError> {
     let (used, deb) = resolver.resolve(&pinned)?;
     let out = data.join(key(&used));
     if opts.force || complete(&out).is_none() {
-        compile(&data, &deb, &used, &out)?;
+        compile(&data, &deb, &used, &out, opts.force)?;
     }
     if used != pinned && resolver.refresh_error().is_none() {
         let record = fallback_record(&data, &pinned);
@@ -198,12 +198,20 @@ fn check_tools() -> Result<(), BuildError> {
     }
 }
 
-/// Unpacks, patches, configures and builds the kernel of `deb` into `out`.
-fn compile(data: &Path, deb: &Path, source: &Pin, out: &Path) -> Result<(), BuildError> {
+/// Unpacks, patches, configures and builds the kernel of `deb` into `out` (replacing a build
+/// there with `replace`).
+fn compile(
+    data: &Path,
+    deb: &Path,
+    source: &Pin,
+    out: &Path,
+    replace: bool,
+) -> Result<(), BuildError> {
     let name = out.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let staging = data.join(format!(".staging-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let result = compile_in(&staging, deb, source).and_then(|built| publish(&built, out));
+    let result = compile_in(&staging, deb, source)
+        .and_then(|built| publish(&built, out, replace, |d| complete(d).is_some()));
     if result.is_err() {
         // Keep the log for the error message, drop the 1.5 GB tree.
         let log = staging.join("build.log");
@@ -325,46 +333,11 @@ pub fn options_not_taken(fragment: &str, config: &str) -> Vec<String> {
     ignored
 }
 
-/// Moves a finished build into place; one from a concurrent builder is kept.
-fn publish(built: &Path, out: &Path) -> Result<(), BuildError> {
-    if out.exists() {
-        if complete(out).is_some() {
-            return Ok(());
-        }
-        fs::remove_dir_all(out).map_err(|e| io_err(out, e))?;
-    }
-    match fs::rename(built, out) {
-        Ok(()) => Ok(()),
-        Err(_) if complete(out).is_some() => Ok(()),
-        Err(e) => Err(io_err(out, e)),
-    }
-}
-
-fn find_prefixed(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with(prefix) && n.ends_with(suffix)
-            })
-        })
-        .collect();
-    found.sort();
-    found.pop()
-}
-
 /// The last `n` lines of a log.
 fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn io_err(path: &Path, source: std::io::Error) -> BuildError {
-    BuildError::Io { path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]
