@@ -12,6 +12,23 @@ use common::{ctl, require_kvm, NetNs, Running, TempDir};
 
 const T: Duration = Duration::from_secs(180);
 
+/// Stops a VM running blk-stress by SIGTERM; checks it ended by the signal and the guest saw no
+/// error; returns how it ended and the passes it reported.
+fn stop_stress(vm: Running) -> (common::Run, usize) {
+    // SAFETY: signalling the VMM this test started.
+    unsafe { libc::kill(vm.id() as i32, libc::SIGTERM) };
+    let r = vm.wait(T);
+    assert_eq!(r.code, 143, "stopped by the test: {}", r.stderr);
+    assert!(
+        !r.stdout.contains("status=fail"),
+        "the guest saw an error:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let passes = r.stdout.lines().filter(|l| l.starts_with("BH progress name=blk-stress")).count();
+    (r, passes)
+}
+
 /// Runs blk-stress over a 4 MiB disk while `disrupt` is applied to the block
 /// compartment `times` times; then checks the guest saw no error, every pass
 /// verified, and the image holds the last pass's pattern.
@@ -37,17 +54,7 @@ fn stress_with(tag: &str, extra: &[&str], times: usize, disrupt: impl Fn(i32)) -
     // stop the VM by a signal.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(compartments(core, "blk"), vec![pid]);
-    // SAFETY: signalling the VMM this test started.
-    unsafe { libc::kill(core as i32, libc::SIGTERM) };
-    let r = vm.wait(T);
-    assert_eq!(r.code, 143, "stopped by the test: {}", r.stderr);
-    assert!(
-        !r.stdout.contains("status=fail"),
-        "the guest saw an error:\n{}\n{}",
-        r.stdout,
-        r.stderr
-    );
-    let passes = r.stdout.lines().filter(|l| l.starts_with("BH progress name=blk-stress")).count();
+    let (r, passes) = stop_stress(vm);
     assert!(passes >= 3, "too few passes: {passes}\n{}", r.stdout);
     // The image holds a whole pass: the last completed one, or the one in
     // progress when the VM was stopped (partly written over the last).
@@ -440,17 +447,7 @@ fn a_standby_compartment_takes_over_each_kill_with_no_io_lost() {
     let (_, rng_standby) = serving_and_standby(&run_dir, "sb", "rng0", None);
     assert!(compartments(core, "rng").contains(&(rng_standby as i32)));
     std::thread::sleep(Duration::from_millis(600));
-    // SAFETY: signalling the VMM this test started.
-    unsafe { libc::kill(core as i32, libc::SIGTERM) };
-    let r = vm.wait(T);
-    assert_eq!(r.code, 143, "stopped by the test: {}", r.stderr);
-    assert!(
-        !r.stdout.contains("status=fail"),
-        "the guest saw an error:\n{}\n{}",
-        r.stdout,
-        r.stderr
-    );
+    let (r, passes) = stop_stress(vm);
     assert_eq!(common::sigkills_seen(&r.stderr, "blk0"), KILLS, "{}", r.stderr);
-    let passes = r.stdout.lines().filter(|l| l.starts_with("BH progress name=blk-stress")).count();
     assert!(passes >= 2, "too few passes: {passes}\n{}", r.stdout);
 }
