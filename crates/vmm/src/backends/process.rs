@@ -153,10 +153,9 @@ impl CompartmentBackend {
                 self.standby = None;
             }
         }
-        if !self.keep_standby || self.standby.is_some() || self.child.is_none() {
-            return;
-        }
-        if self.prepared.is_some() {
+        // None while a successor with a new configuration waits to take over.
+        let wanted = self.keep_standby && self.child.is_some() && self.prepared.is_none();
+        if !wanted || self.standby.is_some() {
             return;
         }
         match self.start_compartment(&self.request, &self.broker, &self.kept) {
