@@ -32,6 +32,9 @@ use crate::virtio::{Backend, DeviceKind, Reconfiguration};
 const HANDOVER: Duration = Duration::from_secs(10);
 /// How long a restart waits for the new backend's first completion, to time the recovery.
 const FIRST_COMPLETION: Duration = Duration::from_millis(200);
+/// How long a standby may take to be connected and handed the device's set-up: an idle
+/// process answers in a millisecond; the tick it holds up must stay short.
+const STANDBY_SETUP: Duration = Duration::from_millis(500);
 
 /// What the device's thread and the rest of the core share.
 pub(super) struct Shared {
@@ -160,6 +163,9 @@ pub(super) struct DeviceSupervisor {
     /// The descriptors watched now: the socket and the pidfd.
     pub watched: Vec<RawFd>,
     pub epoll: Epoll,
+    /// The backend's standby (its pid) connected and handed the device's set-up ahead
+    /// ([`DeviceSupervisor::prepare_standby`]), so that a restart only starts its queues.
+    pub standby: Option<(u32, Connection)>,
 }
 
 fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
@@ -394,11 +400,18 @@ impl DeviceSupervisor {
     fn start(&mut self) -> Result<Change, SupervisorError> {
         let t0 = Instant::now();
         let old_pid = self.shared.report().pid;
+        let standby = self.standby.take();
         let launched = self.backend.launch().map_err(SupervisorError::Launch)?;
         let deadline = t0 + HANDOVER;
         let shape = self.backend.shape();
-        let handed_over = Connection::connect_within(launched.conn, &shape, deadline)
-            .and_then(|conn| lock(&self.transport).replace_backend(conn, deadline));
+        // The standby it launched was connected and handed the set-up ahead: only its queues
+        // start now.
+        let connected = match standby {
+            Some((pid, conn)) if Some(pid) == launched.pid => Ok(conn),
+            _ => Connection::connect_within(launched.conn, &shape, deadline),
+        };
+        let handed_over =
+            connected.and_then(|conn| lock(&self.transport).replace_backend(conn, deadline));
         if let Err(error) = handed_over {
             // Its connection broke during the hand-over: most often because it died (a kill
             // that came then), which is the reason to keep, not the broken socket.
@@ -409,11 +422,14 @@ impl DeviceSupervisor {
             });
         }
         let before = self.watch.progress(self.kind);
+        let started = Instant::now();
+        self.wait_first_completion(&before);
+        // The recovery ends here: what follows only reports it.
+        let took = t0.elapsed();
         let description = match self.backend.status() {
             Some(status) => format!("{}; now: {status}", launched.description),
             None => launched.description,
         };
-        let started = Instant::now();
         self.last_progress = started;
         self.last_used = before.iter().map(|p| p.1).collect();
         let on_restart = lock(&self.transport).restart_guarantee();
@@ -425,10 +441,9 @@ impl DeviceSupervisor {
             report.started = started;
             report.standby = self.backend.standby_pid();
         }
-        self.wait_first_completion(&before);
         self.watch_backend();
         let config = lock(&self.transport).config_space();
-        Ok(Change { old_pid, new_pid: launched.pid, took: t0.elapsed(), config })
+        Ok(Change { old_pid, new_pid: launched.pid, took, config })
     }
 
     /// Polls the used indices until one moves past `before`, for at most
@@ -455,6 +470,7 @@ impl DeviceSupervisor {
             }
             DeviceState::Running => {
                 self.backend.tick();
+                self.prepare_standby();
                 let standby = self.backend.standby_pid();
                 self.shared.report().standby = standby;
                 if let Some(hung) = self.check_progress(now) {
@@ -462,6 +478,29 @@ impl DeviceSupervisor {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Connects the backend's standby, if it has a new one, and hands it what it has not been
+    /// sent of the device's set-up (the driver's features and queues change with a reset). One
+    /// that does not take it within [`STANDBY_SETUP`] is let go.
+    fn prepare_standby(&mut self) {
+        let Some((pid, socket)) = self.backend.standby_connection() else {
+            self.standby = None;
+            return;
+        };
+        let deadline = Instant::now() + STANDBY_SETUP;
+        let conn = match self.standby.take() {
+            Some((known, mut conn)) if known == pid => {
+                conn.set_deadline(deadline);
+                Ok(conn)
+            }
+            _ => Connection::connect_within(socket, &self.backend.shape(), deadline),
+        };
+        let setup = lock(&self.transport).standby_setup();
+        match conn.and_then(|mut conn| conn.prepare(&setup).map(|()| conn)) {
+            Ok(conn) => self.standby = Some((pid, conn)),
+            Err(e) => self.backend.discard_standby(&with_causes(&e)),
         }
     }
 

@@ -223,6 +223,7 @@ impl Supervisor {
                 last_progress: now,
                 watched: Vec::new(),
                 epoll: Epoll::new()?,
+                standby: None,
             };
             let started = started.clone();
             let name: String = format!("sup-{}", d.name).chars().take(15).collect();

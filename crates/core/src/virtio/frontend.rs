@@ -10,6 +10,12 @@
 //! the protocol wants), base index, kick and call eventfds, and enables it.
 //! On reset it stops each queue with GET_VRING_BASE.
 //!
+//! A standby backend (`bulkhead run --standby on`) is connected and handed all of that but the
+//! queues' start ahead ([`Connection::prepare`]): the features, the memory table, the inflight
+//! region, each queue's size and addresses. A connection remembers what it was sent, so the
+//! activation that makes it the device's backend sends only the rest: each queue's base index,
+//! kick and call eventfds, and enable.
+//!
 //! Every operation has one deadline (a guest's activation or reset: 5 s; a
 //! restart's whole hand-over: the supervisor's), which each of its messages
 //! is armed with ([`super::alarm`]): a backend that stops answering fails
@@ -18,6 +24,7 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
@@ -76,6 +83,27 @@ pub struct Inflight {
     file: std::fs::File,
 }
 
+/// What a device's backend needs before its queues start, all of which can be sent to a
+/// standby ahead ([`Connection::prepare`]).
+#[derive(Clone)]
+pub struct Setup {
+    pub ram: Arc<GuestRam>,
+    /// The features the driver acked, once it has.
+    pub acked: Option<u64>,
+    pub queues: Vec<QueueConfig>,
+    pub inflight: Option<Arc<Inflight>>,
+}
+
+/// What a connection has been sent of its [`Setup`], so that no message is sent twice.
+#[derive(Default)]
+struct Sent {
+    features: Option<u64>,
+    mem_table: bool,
+    inflight: Option<Arc<Inflight>>,
+    /// Each queue's size and addresses, by index.
+    rings: Vec<Option<QueueConfig>>,
+}
+
 /// The used ring's index of queue `q`, from guest memory.
 pub fn used_index(ram: &GuestRam, q: &QueueConfig) -> Option<u16> {
     ram.memory.read_obj::<u16>(GuestAddress(q.device.checked_add(2)?)).ok()
@@ -98,6 +126,7 @@ pub struct Connection {
     pub config: Vec<u8>,
     /// When the operation under way must be done.
     deadline: Instant,
+    sent: Sent,
 }
 
 impl Connection {
@@ -120,6 +149,7 @@ impl Connection {
             queues: 0,
             config: Vec::new(),
             deadline,
+            sent: Sent::default(),
         };
         c.call("SET_OWNER", |f| f.set_owner())?;
         let features = c.call("GET_FEATURES", |f| f.get_features())?;
@@ -194,29 +224,35 @@ impl Connection {
         Ok(Inflight { info, file })
     }
 
-    /// Hands the configured queues to the backend and starts them. With an
-    /// inflight region (kept by the core across backend restarts), each
-    /// queue restarts from the used ring's index in guest memory and the
-    /// backend resubmits what the region records as in flight.
-    pub fn activate(
-        &mut self,
-        ram: &GuestRam,
-        acked: u64,
-        queues: &[QueueConfig],
-        kicks: &[EventFd],
-        call: &EventFd,
-        inflight: Option<&Inflight>,
-    ) -> Result<(), FrontendError> {
-        let own = self.features & VHOST_USER_F_PROTOCOL_FEATURES;
-        self.call("SET_FEATURES", |f| f.set_features(acked | own))?;
-        let table = memory_table(ram);
-        self.call("SET_MEM_TABLE", |f| f.set_mem_table(&table))?;
-        if let Some(inflight) = inflight {
-            let fd = inflight.file.as_raw_fd();
-            self.call("SET_INFLIGHT_FD", |f| f.set_inflight_fd(&inflight.info, fd))?;
+    /// Sends `setup` but for the queues' start: the features (once acked), the memory table,
+    /// the inflight region and each ready queue's size and addresses — what a standby is handed
+    /// ahead of taking over, leaving only each queue's base, eventfds and enable for
+    /// [`Connection::activate`]. Sends only what differs from what this backend was sent.
+    pub fn prepare(&mut self, setup: &Setup) -> Result<(), FrontendError> {
+        if let Some(acked) = setup.acked {
+            let acked = acked | (self.features & VHOST_USER_F_PROTOCOL_FEATURES);
+            if self.sent.features != Some(acked) {
+                self.call("SET_FEATURES", |f| f.set_features(acked))?;
+                self.sent.features = Some(acked);
+            }
         }
-        for (index, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
-            let addr = |what, gpa| host_address(ram, index, what, gpa);
+        if !self.sent.mem_table {
+            let table = memory_table(&setup.ram);
+            self.call("SET_MEM_TABLE", |f| f.set_mem_table(&table))?;
+            self.sent.mem_table = true;
+        }
+        if let Some(inflight) = setup.inflight.as_ref().filter(|_| self.keeps_inflight()) {
+            if !self.sent.inflight.as_ref().is_some_and(|sent| Arc::ptr_eq(sent, inflight)) {
+                let fd = inflight.file.as_raw_fd();
+                self.call("SET_INFLIGHT_FD", |f| f.set_inflight_fd(&inflight.info, fd))?;
+                self.sent.inflight = Some(inflight.clone());
+            }
+        }
+        for (index, q) in setup.queues.iter().enumerate().filter(|(_, q)| q.ready) {
+            if self.sent.rings.get(index) == Some(&Some(*q)) {
+                continue;
+            }
+            let addr = |what, gpa| host_address(&setup.ram, index, what, gpa);
             let data = VringConfigData {
                 queue_max_size: super::QUEUE_MAX_SIZE,
                 queue_size: q.size,
@@ -228,10 +264,45 @@ impl Connection {
             };
             self.call("SET_VRING_NUM", |f| f.set_vring_num(index, q.size))?;
             self.call("SET_VRING_ADDR", |f| f.set_vring_addr(index, &data))?;
-            let base = used_index(ram, q).unwrap_or(0);
-            self.call("SET_VRING_BASE", |f| f.set_vring_base(index, base))?;
-            self.call("SET_VRING_KICK", |f| f.set_vring_kick(index, &kicks[index]))?;
-            self.call("SET_VRING_CALL", |f| f.set_vring_call(index, call))?;
+            if self.sent.rings.len() <= index {
+                self.sent.rings.resize(index + 1, None);
+            }
+            self.sent.rings[index] = Some(*q);
+        }
+        Ok(())
+    }
+
+    /// Hands the configured queues to the backend and starts them (what
+    /// [`Connection::prepare`] sent ahead is not sent again). With an
+    /// inflight region (kept by the core across backend restarts), each
+    /// queue restarts from the used ring's index in guest memory and the
+    /// backend resubmits what the region records as in flight.
+    pub fn activate(
+        &mut self,
+        setup: &Setup,
+        kicks: &[EventFd],
+        call: &EventFd,
+    ) -> Result<(), FrontendError> {
+        // The queues a standby was handed ahead: it has taken their size and addresses.
+        let handed: Vec<bool> = (setup.queues.iter().enumerate())
+            .map(|(index, q)| self.sent.rings.get(index) == Some(&Some(*q)))
+            .collect();
+        self.prepare(setup)?;
+        let own = self.features & VHOST_USER_F_PROTOCOL_FEATURES;
+        for (index, q) in setup.queues.iter().enumerate().filter(|(_, q)| q.ready) {
+            // A queue it has taken the rest of starts in one round trip: its base and
+            // eventfds go unacknowledged (a backend processes its messages in order), the
+            // last message is acknowledged — as QEMU's frontend does for all four.
+            let quick = handed[index];
+            let base = used_index(&setup.ram, q).unwrap_or(0);
+            self.call_maybe_unacked(quick, "SET_VRING_BASE", |f| f.set_vring_base(index, base))?;
+            self.call_maybe_unacked(quick, "SET_VRING_KICK", |f| {
+                f.set_vring_kick(index, &kicks[index])
+            })?;
+            let last = own == 0;
+            self.call_maybe_unacked(quick && !last, "SET_VRING_CALL", |f| {
+                f.set_vring_call(index, call)
+            })?;
             if own != 0 {
                 self.call("SET_VRING_ENABLE", |f| f.set_vring_enable(index, true))?;
             }
@@ -239,8 +310,27 @@ impl Connection {
         Ok(())
     }
 
-    /// Stops every started queue (the device reset).
+    /// [`Connection::call`], without asking for an acknowledgement when `unacked`.
+    fn call_maybe_unacked<T>(
+        &mut self,
+        unacked: bool,
+        what: &'static str,
+        f: impl FnOnce(&mut Frontend) -> Result<T, vhost::Error>,
+    ) -> Result<T, FrontendError> {
+        let acks = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        if !(unacked && acks) {
+            return self.call(what, f);
+        }
+        self.frontend.set_hdr_flags(VhostUserHeaderFlag::empty());
+        let result = self.call(what, f);
+        self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        result
+    }
+
+    /// Stops every started queue (the device reset). The next activation sends everything
+    /// again, as QEMU's frontend does at each start.
     pub fn reset(&mut self, queues: &[QueueConfig]) -> Result<(), FrontendError> {
+        self.sent = Sent::default();
         for (index, _) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
             self.call("GET_VRING_BASE", |f| f.get_vring_base(index))?;
         }
@@ -335,6 +425,105 @@ mod tests {
             }
             _ => None,
         })
+    }
+
+    /// The messages a fake backend has seen: request code, and whether it asked for a reply.
+    type Seen = std::sync::Mutex<Vec<(u32, bool)>>;
+
+    /// A backend that offers protocol features with REPLY_ACK, acknowledges every message that
+    /// asks for it, and records each message's request code and whether it asked.
+    fn recording_backend() -> (UnixStream, Arc<Seen>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let conn = fake::backend_seeing_flags(move |request, flags, _| {
+            let need_reply = flags & 0x8 != 0;
+            record.lock().unwrap().push((request, need_reply));
+            match request {
+                fake::GET_FEATURES => Some(
+                    (super::super::VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES)
+                        .to_le_bytes()
+                        .to_vec(),
+                ),
+                fake::GET_PROTOCOL_FEATURES => Some((1u64 << 3).to_le_bytes().to_vec()),
+                _ if need_reply => Some(0u64.to_le_bytes().to_vec()),
+                _ => None,
+            }
+        });
+        (conn, seen)
+    }
+
+    /// vhost-user request codes (QEMU's `docs/interop/vhost-user.rst`).
+    const SET_FEATURES: u32 = 2;
+    const SET_MEM_TABLE: u32 = 5;
+    const SET_VRING_NUM: u32 = 8;
+    const SET_VRING_ADDR: u32 = 9;
+    const SET_VRING_BASE: u32 = 10;
+    const SET_VRING_KICK: u32 = 12;
+    const SET_VRING_CALL: u32 = 13;
+    const SET_VRING_ENABLE: u32 = 18;
+
+    /// Waits until the fake has seen `n` messages, and takes them.
+    fn take(seen: &Seen, n: usize) -> Vec<(u32, bool)> {
+        let start = Instant::now();
+        while seen.lock().unwrap().len() < n && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::mem::take(&mut *seen.lock().unwrap())
+    }
+
+    /// A standby is sent all but the queues' start ahead; taking over then sends each queue's
+    /// base, kick and call unacknowledged and its enable acknowledged, and nothing else. What
+    /// changed since (a guest's reset set the queue up elsewhere) is sent again, acknowledged.
+    #[test]
+    fn a_prepared_standby_is_only_sent_the_queues_start() {
+        super::super::alarm::start(|| {}).unwrap();
+        let ram = Arc::new(GuestRam::new(16 << 20).unwrap());
+        let queue =
+            QueueConfig { size: 16, ready: true, desc: 0x1000, driver: 0x2000, device: 0x3000 };
+        let mut setup = Setup {
+            ram,
+            acked: Some(super::super::VIRTIO_F_VERSION_1),
+            queues: vec![queue],
+            inflight: None,
+        };
+        let (conn, seen) = recording_backend();
+        let mut c = Connection::connect(conn, &DeviceShape::of(DeviceKind::RNG)).unwrap();
+        take(&seen, 4);
+        c.prepare(&setup).unwrap();
+        let codes: Vec<u32> = take(&seen, 4).iter().map(|m| m.0).collect();
+        assert_eq!(codes, [SET_FEATURES, SET_MEM_TABLE, SET_VRING_NUM, SET_VRING_ADDR]);
+        // Nothing changed: a second preparation sends nothing.
+        c.prepare(&setup).unwrap();
+        let kicks = [EventFd::new(0).unwrap()];
+        let call = EventFd::new(0).unwrap();
+        c.activate(&setup, &kicks, &call).unwrap();
+        let start = [
+            (SET_VRING_BASE, false),
+            (SET_VRING_KICK, false),
+            (SET_VRING_CALL, false),
+            (SET_VRING_ENABLE, true),
+        ];
+        assert_eq!(take(&seen, 4), start);
+        // After a reset, the same queue elsewhere: its size and addresses again, all acked.
+        c.reset(&[]).unwrap();
+        setup.queues[0].desc = 0x4000;
+        c.activate(&setup, &kicks, &call).unwrap();
+        let codes: Vec<(u32, bool)> = take(&seen, 8);
+        assert!(codes.iter().all(|m| m.1), "{codes:?}");
+        let codes: Vec<u32> = codes.iter().map(|m| m.0).collect();
+        assert_eq!(
+            codes,
+            [
+                SET_FEATURES,
+                SET_MEM_TABLE,
+                SET_VRING_NUM,
+                SET_VRING_ADDR,
+                SET_VRING_BASE,
+                SET_VRING_KICK,
+                SET_VRING_CALL,
+                SET_VRING_ENABLE
+            ]
+        );
     }
 
     fn vsock() -> DeviceShape {

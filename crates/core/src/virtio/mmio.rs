@@ -25,7 +25,7 @@ use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::frontend::{
-    avail_index, used_index, Connection, FrontendError, Inflight, QueueConfig, REPLY_TIMEOUT,
+    avail_index, used_index, Connection, FrontendError, Inflight, QueueConfig, Setup, REPLY_TIMEOUT,
 };
 use super::{
     DeviceKind, DEVICE_FEATURE_MASK, QUEUE_MAX_SIZE, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
@@ -100,7 +100,7 @@ pub struct MmioTransport {
     /// while none is connected, and compared with each new backend's.
     config: Vec<u8>,
     /// The backend's inflight region, kept across backend restarts.
-    inflight: Option<Inflight>,
+    inflight: Option<Arc<Inflight>>,
     /// The queues are running in the current backend.
     active: bool,
     /// The running queues, for the supervisor's watchdog.
@@ -285,17 +285,15 @@ impl MmioTransport {
             return Err(FrontendError::NoBackend);
         };
         if backend.keeps_inflight() && self.inflight.is_none() {
-            self.inflight = Some(backend.new_inflight(self.queues.len())?);
+            self.inflight = Some(Arc::new(backend.new_inflight(self.queues.len())?));
         }
-        let inflight = if backend.keeps_inflight() { self.inflight.as_ref() } else { None };
-        backend.activate(
-            &self.ram,
-            self.acked_features,
-            &self.queues,
-            &self.kicks,
-            &self.call,
-            inflight,
-        )?;
+        let setup = Setup {
+            ram: self.ram.clone(),
+            acked: Some(self.acked_features),
+            queues: self.queues.clone(),
+            inflight: self.inflight.clone(),
+        };
+        backend.activate(&setup, &self.kicks, &self.call)?;
         self.set_active(true);
         // A kick for every started queue, as QEMU's frontend gives each new backend: a backend
         // without an inflight region (qemu-storage-daemon, say) does not look at its rings
@@ -357,6 +355,19 @@ impl MmioTransport {
         self.interrupt_status |= INT_VRING;
         let _ = self.call.write(1);
         Ok(())
+    }
+
+    /// What a standby backend can be sent ahead of taking the device over
+    /// ([`Connection::prepare`]): the driver's features and queues once it has set them up.
+    pub fn standby_setup(&self) -> Setup {
+        let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
+        let running = self.status & running == running;
+        Setup {
+            ram: self.ram.clone(),
+            acked: running.then_some(self.acked_features),
+            queues: if running { self.queues.clone() } else { Vec::new() },
+            inflight: self.inflight.clone(),
+        }
     }
 
     /// Drops the backend connection (it is dead or being replaced).

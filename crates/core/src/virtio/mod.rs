@@ -258,6 +258,17 @@ pub trait Backend: Send {
     fn standby_pid(&self) -> Option<u32> {
         None
     }
+    /// The standby's pid and its vhost-user socket (a second descriptor of the one the launch
+    /// that takes it will return), for the supervisor to hand it the device's set-up ahead
+    /// ([`frontend::Connection::prepare`]).
+    fn standby_connection(&self) -> Option<(u32, UnixStream)> {
+        None
+    }
+    /// Lets the standby go, because it could not be handed the set-up (`why`): recoveries go
+    /// on without one, starting each successor then.
+    fn discard_standby(&mut self, why: &str) {
+        let _ = why;
+    }
 }
 
 /// A backend someone else started, listening on a unix socket: another
@@ -357,6 +368,13 @@ mod fake {
     /// message, `reply(request, body)` gives the body of its answer, or `None` for no answer.
     /// Reads every message, with or without descriptors, until the socket closes.
     pub fn backend(reply: impl Fn(u32, &[u8]) -> Option<Vec<u8>> + Send + 'static) -> UnixStream {
+        backend_seeing_flags(move |request, _, body| reply(request, body))
+    }
+
+    /// [`backend`], whose `reply` also sees each message's header flags.
+    pub fn backend_seeing_flags(
+        reply: impl Fn(u32, u32, &[u8]) -> Option<Vec<u8>> + Send + 'static,
+    ) -> UnixStream {
         let (core, mut backend) = UnixStream::pair().unwrap();
         std::thread::spawn(move || loop {
             let mut header = [0u8; 12];
@@ -364,12 +382,13 @@ mod fake {
                 return;
             }
             let request = u32::from_le_bytes(header[0..4].try_into().unwrap());
+            let flags = u32::from_le_bytes(header[4..8].try_into().unwrap());
             let size = u32::from_le_bytes(header[8..12].try_into().unwrap());
             let mut body = vec![0u8; size as usize];
             if backend.read_exact(&mut body).is_err() {
                 return;
             }
-            let Some(reply_body) = reply(request, &body) else { continue };
+            let Some(reply_body) = reply(request, flags, &body) else { continue };
             let mut message = request.to_le_bytes().to_vec();
             message.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes()); // version 1, a reply
             message.extend_from_slice(&(reply_body.len() as u32).to_le_bytes());

@@ -427,6 +427,20 @@ impl Cgroup {
     }
 }
 
+impl Cgroup {
+    /// Removes what it can of the cgroup's directories now, never waiting: true once all are
+    /// gone. A directory whose exiting tasks have not all left yet (`EBUSY`) stays for the
+    /// next try.
+    pub fn try_remove(&mut self) -> bool {
+        self.dirs.retain(|dir| match fs::remove_dir(&dir.path) {
+            Ok(()) => false,
+            Err(e) => e.kind() != io::ErrorKind::NotFound,
+        });
+        self.removed = self.dirs.is_empty();
+        self.removed
+    }
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
         if !self.removed {

@@ -54,6 +54,13 @@ impl Compartment {
         self.cgroup.as_ref()
     }
 
+    /// Takes the compartment's cgroup: reaping it then leaves the cgroup to the caller, who
+    /// removes it when it suits ([`Cgroup::try_remove`]) — removing waits while the exiting
+    /// tasks leave, which a restart need not wait for.
+    pub fn take_cgroup(&mut self) -> Option<Cgroup> {
+        self.cgroup.take()
+    }
+
     /// Reads the compartment's sandbox from outside (`/proc/PID/status`, `/proc/PID/ns`).
     pub fn status(&self) -> Result<ProcStatus, StatusError> {
         ProcStatus::read(self.pid)
@@ -95,6 +102,22 @@ impl Compartment {
             Some(status) => Ok(status),
             None => Err(io::Error::other("waitpid returned without a status")),
         }
+    }
+
+    /// How the compartment is ending, once its main thread has begun to exit and before it has
+    /// finished: read from `/proc/PID/stat` (`PF_EXITING` in its flags, and the status `waitpid`
+    /// will give). The last steps of an exit, such as freeing a mount namespace, wait for an
+    /// RCU grace period; a caller that knows the process can do nothing more (its threads have
+    /// all closed their files: a socket only it held reads as closed) and wants to know how it
+    /// ended need not wait for them. `None` while it runs, once it has been reaped, or where
+    /// the kernel hides the status (it shows 0 then, which is also an exit with status 0: the
+    /// caller waits for those).
+    pub fn exiting_status(&self) -> Option<ExitStatus> {
+        if self.exit.is_some() {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        exiting_status(&stat)
     }
 
     /// Reaps the compartment if it has exited.
@@ -157,11 +180,50 @@ impl Compartment {
     }
 }
 
+/// The exit status in a `/proc/PID/stat` line of a process whose threads all exit (see
+/// [`Compartment::exiting_status`]).
+fn exiting_status(stat: &str) -> Option<ExitStatus> {
+    /// `PF_EXITING`: the thread has entered `do_exit`.
+    const EXITING: u64 = 0x4;
+    // The fields after the command's closing parenthesis, from the third (the state) on.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let flags: u64 = fields.get(9 - 3)?.parse().ok()?;
+    let code: i32 = fields.get(52 - 3)?.parse().ok()?;
+    (flags & EXITING != 0 && code != 0).then(|| ExitStatus::from_raw(code))
+}
+
 impl Drop for Compartment {
     fn drop(&mut self) {
         if self.exit.is_none() {
             let _ = self.kill();
             let _ = self.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `/proc/PID/stat` line with `flags` and `exit_code` (fields 9 and 52), and a command
+    /// name with spaces and parentheses, as a process may name itself.
+    fn stat(flags: u64, exit_code: i32) -> String {
+        let mut fields: Vec<String> = (3..=52).map(|_| "0".to_string()).collect();
+        fields[0] = "S".into();
+        fields[9 - 3] = flags.to_string();
+        fields[52 - 3] = exit_code.to_string();
+        format!("4242 (bulk (he) ad) {}", fields.join(" "))
+    }
+
+    #[test]
+    fn an_exiting_process_says_how_it_ends_and_a_running_one_does_not() {
+        let killed = exiting_status(&stat(0x4 | 0x40, libc::SIGKILL)).unwrap();
+        assert_eq!(killed.signal(), Some(libc::SIGKILL));
+        let exited = exiting_status(&stat(0x4, 3 << 8)).unwrap();
+        assert_eq!(exited.code(), Some(3));
+        // Running (no PF_EXITING), or a status of 0 (hidden, or a clean exit): wait for it.
+        assert!(exiting_status(&stat(0x40, libc::SIGKILL)).is_none());
+        assert!(exiting_status(&stat(0x4, 0)).is_none());
+        assert!(exiting_status("4242 (short) S 1 2").is_none());
     }
 }

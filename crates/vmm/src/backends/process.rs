@@ -2,7 +2,7 @@
 //! KIND --fd 3 …` re-executed from this binary in new namespaces, entering
 //! its own sandbox before it reads a message.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -51,6 +51,14 @@ pub struct CompartmentBackend {
     /// compartment says on it which files it uses when they change (a console's client).
     startup: Option<Startup>,
     child: Option<Compartment>,
+    /// A second descriptor of the running compartment's vhost-user socket, whose other end
+    /// only the compartment holds: once that reads as closed, every thread of it has let go
+    /// of its files and can do nothing more.
+    conn: Option<UnixStream>,
+    /// Compartments that ended and are being reaped on the supervisor's tick: the last steps
+    /// of a process's exit (freeing its namespaces) wait for an RCU grace period, which a
+    /// restart does not wait for.
+    dying: Vec<Compartment>,
     /// The binary to run; this one unless upgraded.
     program: Option<std::path::PathBuf>,
     /// The VM's cgroups and the compartment's limits.
@@ -72,6 +80,9 @@ pub struct CompartmentBackend {
     /// in place at once: a recovery is then only the vhost-user hand-over. Started on the
     /// supervisor's tick after each launch, never on the recovery's path.
     standby: Option<Serving>,
+    /// The cgroups of compartments that ended, removed on the supervisor's tick: removing one
+    /// waits while its exiting tasks leave, which a restart does not wait for.
+    leaving: Vec<bulkhead_sandbox::Cgroup>,
 }
 
 /// A compartment that serves: its process, its start-up socket, the core's end of its
@@ -131,6 +142,8 @@ impl CompartmentBackend {
             console,
             startup: None,
             child: None,
+            conn: None,
+            dying: Vec::new(),
             program: None,
             partition,
             kept: Vec::new(),
@@ -138,6 +151,7 @@ impl CompartmentBackend {
             prepared: None,
             keep_standby,
             standby: None,
+            leaving: Vec::new(),
         })
     }
 
@@ -172,8 +186,10 @@ impl CompartmentBackend {
     }
 
     fn stop(&mut self) {
+        self.conn = None;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
+            self.leaving.extend(child.take_cgroup());
             let _ = child.wait();
         }
         // What it said last about the files it uses, up to its end, is what its successor gets.
@@ -270,6 +286,7 @@ impl CompartmentBackend {
         let description = format!("compartment pid {}: {}", child.pid(), child.report());
         let pid = Some(child.pid() as u32);
         self.child = Some(child);
+        self.conn = conn.try_clone().ok();
         Launched { conn, pid, description }
     }
 
@@ -392,6 +409,15 @@ impl Backend for CompartmentBackend {
 
     fn exit_reason(&mut self) -> Option<String> {
         let mut child = self.child.take()?;
+        self.leaving.extend(child.take_cgroup());
+        // Every thread of it has closed its files and it is exiting: how is known already; it
+        // is reaped on a later tick.
+        if self.conn.take().as_ref().is_some_and(peer_closed) {
+            if let Some(status) = child.exiting_status() {
+                self.dying.push(child);
+                return Some(describe(status));
+            }
+        }
         // Its socket closed: it is ending. Give it a moment, then make sure.
         if let Ok(Some(status)) = child.wait_for(EXIT_WAIT) {
             return Some(describe(status));
@@ -418,6 +444,8 @@ impl Backend for CompartmentBackend {
             self.take_uses(&startup);
             self.startup = Some(startup);
         }
+        self.dying.retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+        self.leaving.retain_mut(|cgroup| !cgroup.try_remove());
         self.refresh_standby();
     }
 
@@ -430,6 +458,23 @@ impl Backend for CompartmentBackend {
 
     fn standby_pid(&self) -> Option<u32> {
         self.standby.as_ref().map(|s| s.child.pid() as u32)
+    }
+
+    fn standby_connection(&self) -> Option<(u32, UnixStream)> {
+        let standby = self.standby.as_ref()?;
+        let conn = standby.conn.try_clone().ok()?;
+        Some((standby.child.pid() as u32, conn))
+    }
+
+    fn discard_standby(&mut self, why: &str) {
+        if let Some(standby) = self.standby.take() {
+            eprintln!(
+                "bulkhead: {}: the standby compartment (pid {}) could not be readied, recovering without one: {why}",
+                self.request.name,
+                standby.child.pid()
+            );
+            self.keep_standby = false;
+        }
     }
 
     fn mode(&self) -> &'static str {
@@ -457,8 +502,22 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// Whether the other end of `conn` has been closed (never waits).
+fn peer_closed(conn: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: poll reads and writes one pollfd that lives for the call; it does not wait.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP) != 0
+}
+
 impl Drop for CompartmentBackend {
     fn drop(&mut self) {
         self.stop();
+        for mut child in self.dying.drain(..) {
+            let _ = child.wait();
+        }
+        for cgroup in self.leaving.drain(..) {
+            let _ = cgroup.remove();
+        }
     }
 }
