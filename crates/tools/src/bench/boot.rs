@@ -1,8 +1,9 @@
 //! `bulkhead bench boot`: time from process start to the built-in guest's
 //! ready line and to process exit, and the VMM's memory beyond guest RAM,
 //! for Bulkhead, Bulkhead started through Firecracker's API (`bulkhead
-//! firecracker`, see [`super::boot_api`]) and QEMU microvm booting the same
-//! guest, runs interleaved.
+//! firecracker`, see [`super::boot_api`]), QEMU microvm, and the peers named
+//! with `--peer` (Firecracker, Cloud Hypervisor) booting the same guest, runs
+//! interleaved.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -62,12 +63,16 @@ pub struct Options {
     pub memory_mib: u64,
     pub with_qemu: bool,
     pub with_api: bool,
+    /// Firecracker or Cloud Hypervisor binaries to boot the guest beside Bulkhead.
+    pub peers: Vec<PathBuf>,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<i32> {
     let mut subjects = vec![bulkhead_subject(opts.memory_mib)?];
     let guest_file = write_guest()?;
     let api_dir = std::env::temp_dir().join(format!("bulkhead-bench-fc-{}", std::process::id()));
+    // Removed however the run ends.
+    let _files = RemoveOnDrop(vec![guest_file.clone(), api_dir.clone()]);
     if opts.with_api {
         std::fs::create_dir_all(&api_dir)?;
         let exe = std::env::current_exe().context("cannot find the bulkhead binary")?;
@@ -80,6 +85,20 @@ pub fn run(opts: &Options) -> anyhow::Result<i32> {
             None => bail!("QEMU was not found: run scripts/install-qemu.sh, set BULKHEAD_QEMU, or pass --no-qemu"),
         }
     }
+    for path in &opts.peers {
+        let peer = peer::Peer::identify(path)?;
+        let (guest, dir, memory_mib) = (guest_file.clone(), api_dir.clone(), opts.memory_mib);
+        std::fs::create_dir_all(&dir)?;
+        subjects.push(Subject {
+            name: peer.version.clone(),
+            how: How::Command(Box::new(move |cmdline| {
+                peer.command(&guest, memory_mib, cmdline, &dir).unwrap_or_else(|e| {
+                    eprintln!("bulkhead: {e:#}");
+                    std::process::exit(1)
+                })
+            })),
+        });
+    }
     let mut boots: Vec<Vec<Boot>> = subjects.iter().map(|_| Vec::new()).collect();
     let mut mems: Vec<Vec<Memory>> = subjects.iter().map(|_| Vec::new()).collect();
     // Warm the page cache and KVM once each, then interleave the subjects.
@@ -89,15 +108,121 @@ pub fn run(opts: &Options) -> anyhow::Result<i32> {
     for round in 0..opts.runs {
         for (i, s) in subjects.iter().enumerate() {
             boots[i].push(boot_once(s).with_context(|| format!("{} boot {round}", s.name))?);
-            mems[i].push(memory_once(s).with_context(|| format!("{} memory {round}", s.name))?);
+            mems[i].push(
+                memory_once(s, opts.memory_mib << 20)
+                    .with_context(|| format!("{} memory {round}", s.name))?,
+            );
         }
     }
     print_table(opts, &subjects, &boots, &mems);
     print_api(&subjects, &boots, &mems);
     print_costs(&subjects)?;
-    let _ = std::fs::remove_file(&guest_file);
-    let _ = std::fs::remove_dir_all(&api_dir);
+    // Through the API the core is the same as the plain subject's.
+    for s in subjects.iter().filter(|s| matches!(s.how, How::Command(_))) {
+        print_breakdown(s, opts.memory_mib << 20)?;
+    }
     Ok(0)
+}
+
+/// Where a VMM's memory goes: one more held boot, its `smaps` summed by kind of mapping.
+fn print_breakdown(s: &Subject, guest: u64) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut boot = start_boot(s, "bulkhead.run=boot bulkhead.hold_ms=400", start, false)?;
+    wait_ready(&boot.lines)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = boot.child.id();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+    boot.lines.iter().for_each(drop);
+    boot.child.wait()?;
+    println!();
+    println!(
+        "Where {}'s memory goes (`/proc/PID/smaps` of one more boot, 200 ms after the ready line, \
+         summed by kind of mapping; KiB):",
+        s.name
+    );
+    println!();
+    println!("| mapping | resident | of it anonymous |");
+    println!("|---|---|---|");
+    let rows = breakdown(&smaps, &exe.to_string_lossy(), guest);
+    for (kind, rss, anon) in &rows {
+        println!("| {kind} | {rss:.0} | {anon:.0} |");
+    }
+    let counted = rows.iter().filter(|r| r.0 != GUEST_RAM);
+    let (rss, anon) = counted.fold((0.0, 0.0), |(r, a), row| (r + row.1, a + row.2));
+    println!("| **beyond guest memory** | **{rss:.0}** ({:.2} MiB) | {anon:.0} |", rss / 1024.0);
+    Ok(())
+}
+
+/// The guest's RAM's row in [`breakdown`], not counted in the VMM's memory.
+const GUEST_RAM: &str = "guest RAM (not counted)";
+
+/// `smaps` summed by kind of mapping: (kind, resident KiB, anonymous KiB), in a fixed order,
+/// rows with nothing resident left out. `exe` is the VMM binary's path; `guest` the guest's
+/// RAM in bytes (see [`process_memory`]).
+fn breakdown(smaps: &str, exe: &str, guest: u64) -> Vec<(&'static str, f64, f64)> {
+    const KINDS: [&str; 10] = [
+        "the VMM binary's code (`r-xp`)",
+        "the VMM binary's read-only data and relro (`r--p`)",
+        "the VMM binary's data (`rw-p`)",
+        "libc",
+        "other libraries (libm, ld.so, libgcc_s…)",
+        "heap",
+        "main thread's stack",
+        "other anonymous (thread stacks, allocations by mmap)",
+        "vCPU `kvm_run` pages, vdso, other",
+        GUEST_RAM,
+    ];
+    let mut sums = [(0.0, 0.0); KINDS.len()];
+    let mut kind = KINDS.len() - 2;
+    for line in smaps.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let first = words.first().copied().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let size = match (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
+                (Ok(start), Ok(end)) => end.saturating_sub(start),
+                _ => 0,
+            };
+            let perms = words.get(1).copied().unwrap_or("");
+            let path = words.get(5).copied().unwrap_or("");
+            kind = match path {
+                _ if size > 64 << 20 && size >= guest / 2 => 9,
+                p if p == exe && perms.starts_with("r-x") => 0,
+                p if p == exe && perms.starts_with("rw") => 2,
+                p if p == exe => 1,
+                p if p.contains("/libc.so") => 3,
+                p if p.contains(".so") => 4,
+                "[heap]" => 5,
+                "[stack]" => 6,
+                "" => 7,
+                _ => 8,
+            };
+            continue;
+        }
+        let kib = || words.get(1).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        match first {
+            "Rss:" => sums[kind].0 += kib(),
+            "Anonymous:" => sums[kind].1 += kib(),
+            _ => {}
+        }
+    }
+    KINDS
+        .iter()
+        .zip(sums)
+        .filter(|(_, (rss, _))| *rss > 0.0)
+        .map(|(k, (r, a))| (*k, r, a))
+        .collect()
+}
+
+/// Files and folders removed when it is dropped.
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path));
+        }
+    }
 }
 
 fn bulkhead_subject(memory_mib: u64) -> anyhow::Result<Subject> {
@@ -200,12 +325,15 @@ fn watch(out: ChildStdout) -> Receiver<(String, Instant)> {
 
 /// Waits for the guest's ready line; the time it arrived.
 fn wait_ready(lines: &Receiver<(String, Instant)>) -> anyhow::Result<Instant> {
+    let mut said = Vec::new();
     for (line, at) in lines.iter() {
         if line.contains("BH ready") {
             return Ok(at);
         }
+        said.push(line);
     }
-    bail!("the VMM exited before the guest's ready line")
+    let last = said[said.len().saturating_sub(10)..].concat();
+    bail!("the VMM exited before the guest's ready line; its last lines:\n{last}")
 }
 
 fn boot_once(s: &Subject) -> anyhow::Result<Boot> {
@@ -218,17 +346,18 @@ fn boot_once(s: &Subject) -> anyhow::Result<Boot> {
     Ok(Boot { ready_ms: ms(ready), exit_ms: ms(exit), api: boot.api })
 }
 
-fn memory_once(s: &Subject) -> anyhow::Result<Memory> {
+/// `guest` is the guest's RAM in bytes.
+fn memory_once(s: &Subject, guest: u64) -> anyhow::Result<Memory> {
     let start = Instant::now();
     let mut boot = start_boot(s, "bulkhead.run=boot bulkhead.hold_ms=400", start, true)?;
     wait_ready(&boot.lines)?;
     std::thread::sleep(Duration::from_millis(200));
     let pid = boot.child.id();
     let memory = match boot.client.as_mut() {
-        None => Memory { vmm: process_memory(pid)?, front: None },
+        None => Memory { vmm: process_memory(pid, guest)?, front: None },
         Some((client, metrics)) => {
-            let core = process_memory(Front::core_pid(pid)?)?;
-            let front = process_memory(pid)?;
+            let core = process_memory(Front::core_pid(pid)?, guest)?;
+            let front = process_memory(pid, guest)?;
             let cpu_us = match metrics {
                 Some(path) => client.startup_cpu_us(path)?,
                 None => f64::NAN,
@@ -242,9 +371,13 @@ fn memory_once(s: &Subject) -> anyhow::Result<Memory> {
     Ok(memory)
 }
 
-/// `/proc/PID/status`'s resident memory beyond shared memory (the guest's RAM), now and at
-/// its peak, and its anonymous part.
-fn process_memory(pid: u32) -> anyhow::Result<ProcessMemory> {
+/// The process's resident memory beyond the guest's RAM, now and at its peak, and its
+/// anonymous part: `/proc/PID/status`'s figures less what the guest's RAM has resident. The
+/// guest's RAM is each mapping of more than 64 MiB and at least half of `guest` bytes (a
+/// malloc arena reserves 64 MiB): shared memory for Bulkhead and QEMU (a memfd), private
+/// anonymous memory for Firecracker and Cloud Hypervisor. Its resident size is taken now; the
+/// guest's RAM only grows while it holds, so the peak less it is the VMM's own at most.
+fn process_memory(pid: u32, guest: u64) -> anyhow::Result<ProcessMemory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> f64 {
         status
@@ -254,12 +387,39 @@ fn process_memory(pid: u32) -> anyhow::Result<ProcessMemory> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    let shmem = field("RssShmem:");
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let (guest_rss, guest_anon) = guest_resident(&smaps, guest);
     Ok(ProcessMemory {
-        rss_beyond_guest_kib: field("VmRSS:") - shmem,
-        peak_beyond_guest_kib: field("VmHWM:") - shmem,
-        anon_kib: field("RssAnon:"),
+        rss_beyond_guest_kib: field("VmRSS:") - guest_rss,
+        peak_beyond_guest_kib: field("VmHWM:") - guest_rss,
+        anon_kib: field("RssAnon:") - guest_anon,
     })
+}
+
+/// The resident and anonymous KiB of the guest's RAM mappings in `smaps` (see
+/// [`process_memory`]).
+fn guest_resident(smaps: &str, guest: u64) -> (f64, f64) {
+    let (mut rss, mut anon) = (0.0, 0.0);
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let size = match (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
+                (Ok(start), Ok(end)) => end.saturating_sub(start),
+                _ => 0,
+            };
+            in_guest = size > 64 << 20 && size >= guest / 2;
+            continue;
+        }
+        let kib = || words.clone().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        match first {
+            "Rss:" if in_guest => rss += kib(),
+            "Anonymous:" if in_guest => anon += kib(),
+            _ => {}
+        }
+    }
+    (rss, anon)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -291,16 +451,26 @@ fn print_table(opts: &Options, subjects: &[Subject], boots: &[Vec<Boot>], mems: 
             mem(&|m| m.peak_beyond_guest_kib)
         );
     }
-    let find = |name: &str| subjects.iter().position(|s| s.name == name);
-    if let (Some(d), Some(q)) =
-        (find(DIRECT), subjects.iter().position(|s| s.name.contains("QEMU")))
-    {
-        let med = |i: usize, f: &dyn Fn(&Boot) -> f64| median(&boots[i], f);
+    let Some(d) = subjects.iter().position(|s| s.name == DIRECT) else { return };
+    let med = |i: usize, f: &dyn Fn(&Boot) -> f64| median(&boots[i], f);
+    let mem = |i: usize| median(&mems[i], &|m: &Memory| m.vmm.peak_beyond_guest_kib);
+    let others: Vec<usize> = (0..subjects.len()).filter(|&i| subjects[i].name != VIA_API).collect();
+    if others.len() > 1 {
         println!();
         println!(
-            "QEMU/Bulkhead, median time to ready: {:.1}x; to exit: {:.1}x",
-            med(q, &|b| b.ready_ms) / med(d, &|b| b.ready_ms),
-            med(q, &|b| b.exit_ms) / med(d, &|b| b.exit_ms)
+            "Bulkhead's medians over each other VMM's (below 1: Bulkhead is quicker, smaller):"
+        );
+        println!();
+        println!("| Bulkhead / | to ready line | to exit | peak RSS beyond guest memory |");
+        println!("|---|---|---|---|");
+    }
+    for &o in others.iter().filter(|&&o| o != d) {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} |",
+            subjects[o].name,
+            med(d, &|b| b.ready_ms) / med(o, &|b| b.ready_ms),
+            med(d, &|b| b.exit_ms) / med(o, &|b| b.exit_ms),
+            mem(d) / mem(o)
         );
     }
 }
@@ -426,5 +596,39 @@ fn fmt(s: Option<Summary>) -> String {
         Some(s) if s.median >= 100.0 => format!("{:.0} ({:.0})", s.median, s.p99),
         Some(s) => format!("{:.2} ({:.2})", s.median, s.p99),
         None => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guest's RAM is told from a malloc arena and the binary by its size.
+    #[test]
+    fn the_guest_ram_is_the_large_mapping() {
+        let smaps = "\
+55d0c0000000-55d0c0200000 r-xp 00000000 fd:01 123 /usr/bin/vmm
+Rss:                2048 kB
+Anonymous:             0 kB
+7f0000000000-7f0004000000 rw-p 00000000 00:00 0
+Rss:                 512 kB
+Anonymous:           512 kB
+7f1000000000-7f1010000000 rw-p 00000000 00:00 0
+Rss:                1536 kB
+Anonymous:          1536 kB
+VmFlags: rd wr mr mw me ac
+";
+        assert_eq!(guest_resident(smaps, 256 << 20), (1536.0, 1536.0));
+        let rows = breakdown(smaps, "/usr/bin/vmm", 256 << 20);
+        assert_eq!(
+            rows,
+            [
+                ("the VMM binary's code (`r-xp`)", 2048.0, 0.0),
+                ("other anonymous (thread stacks, allocations by mmap)", 512.0, 512.0),
+                (GUEST_RAM, 1536.0, 1536.0)
+            ]
+        );
+        // A guest of 64 MiB is not told from an arena: nothing is taken off.
+        assert_eq!(guest_resident(smaps, 64 << 20).0, 1536.0);
     }
 }

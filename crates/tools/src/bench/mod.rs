@@ -4,6 +4,7 @@
 mod boot;
 mod boot_api;
 mod disk;
+mod docs;
 mod fs;
 mod host;
 mod interference;
@@ -35,6 +36,11 @@ pub enum BenchCommand {
         /// Leave out the boot through Firecracker's API.
         #[arg(long)]
         no_api: bool,
+        /// Also boot the guest under this VMM binary, Firecracker or Cloud Hypervisor (told
+        /// apart by its `--version`); repeat for both, or list them, colon-separated, in
+        /// `BULKHEAD_BENCH_PEERS`.
+        #[arg(long, value_name = "PATH", env = "BULKHEAD_BENCH_PEERS", value_delimiter = ':')]
+        peer: Vec<std::path::PathBuf>,
     },
     /// Linux to `Run /init`: the test kernel (`bulkhead image kernel`) through Bulkhead's core
     /// and through QEMU 7.2 microvm, same kernel and root image.
@@ -67,6 +73,20 @@ pub enum BenchCommand {
         /// Seconds per probe run.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+    },
+    /// Re-measures the tables of docs/BENCHMARKS.md in one sitting: runs each benchmark named
+    /// by a `<!-- bench: ARGS -->` marker, in order, and puts what it printed between the
+    /// marker and the next `<!-- end bench -->`.
+    UpdateDocs {
+        /// The document.
+        #[arg(default_value = "docs/BENCHMARKS.md")]
+        file: std::path::PathBuf,
+        /// Only the benchmarks whose arguments contain this (`boot`, `recovery --kills`).
+        #[arg(long)]
+        only: Option<String>,
+        /// List what would run, and stop.
+        #[arg(long)]
+        list: bool,
     },
     /// Recovery from killed compartments while the guest does I/O (blk and net).
     Recovery {
@@ -197,13 +217,19 @@ fn net(args: &IoArgs) -> anyhow::Result<i32> {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
+    if let BenchCommand::UpdateDocs { file, only, list } = cmd {
+        // Each benchmark it runs prints its own host line.
+        return docs::run(&docs::Options { file, only, list });
+    }
     println!("{}\n", host::line());
     match cmd {
-        BenchCommand::Boot { runs, memory, no_qemu, no_api } => boot::run(&boot::Options {
+        BenchCommand::UpdateDocs { .. } => unreachable!("handled above"),
+        BenchCommand::Boot { runs, memory, no_qemu, no_api, peer } => boot::run(&boot::Options {
             runs: runs.max(1),
             memory_mib: memory,
             with_qemu: !no_qemu,
             with_api: !no_api,
+            peers: peer,
         }),
         BenchCommand::LinuxInit { runs, no_qemu } => {
             linux::run(&linux::Options { runs: runs.max(1), with_qemu: !no_qemu })
