@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bulkhead_core::memory::GuestRam;
-use bulkhead_core::virtio::frontend::{Connection, QueueConfig};
+use bulkhead_core::virtio::frontend::{Connection, QueueConfig, Setup};
 use bulkhead_core::virtio::DeviceKind as CoreKind;
 use bulkhead_core::virtio::DeviceShape;
 use bulkhead_devices::net::config::Mac;
@@ -197,7 +197,13 @@ pub fn core_session(conn: UnixStream, kind: CoreKind) {
     let inflight = if c.keeps_inflight() { c.new_inflight(kind.queues()).ok() } else { None };
     let acked = c.features & (bulkhead_core::virtio::VIRTIO_F_VERSION_1 | 0xff_ffff);
     let q = queues(kind);
-    let _ = c.activate(&ram(), acked, &q, &kicks, &call, inflight.as_ref());
+    let setup = Setup {
+        ram: ram(),
+        acked: Some(acked),
+        queues: q.clone(),
+        inflight: inflight.map(Arc::new),
+    };
+    let _ = c.activate(&setup, &kicks, &call);
     if kind.config_size() > 0 {
         let _ = c.write_config(0, &[0]);
     }
