@@ -38,6 +38,11 @@ fn blocks(text: &str) -> anyhow::Result<Vec<Block>> {
     let mut at = 0;
     while let Some(offset) = text[at..].find(START) {
         let start = at + offset;
+        // A marker starts its line; prose may quote one.
+        if start > 0 && !text[..start].ends_with('\n') {
+            at = start + START.len();
+            continue;
+        }
         let line_end = text[start..].find('\n').map_or(text.len(), |n| start + n);
         let line = &text[start..line_end];
         let Some(command) = line[START.len()..].strip_suffix(START_END) else {
@@ -51,7 +56,9 @@ fn blocks(text: &str) -> anyhow::Result<Vec<Block>> {
         let Some(end) = text[body_start..].find(END).map(|n| body_start + n) else {
             bail!("the bench marker `{command}` has no `{END}` after it");
         };
-        if text[body_start..end].contains(START) {
+        if text[body_start..end].contains(&format!("\n{START}"))
+            || text[body_start..end].starts_with(START)
+        {
             bail!("the bench marker `{command}` has another marker before its `{END}`");
         }
         found.push(Block { args, body: body_start..end });
@@ -127,7 +134,7 @@ pub fn run(opts: &Options) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
 
-    const DOC: &str = "# Title\n\nProse.\n\n<!-- bench: boot --runs 20 -->\nold table\n<!-- end bench -->\n\nMore prose.\n<!-- bench: recovery --kills 100 --standby -->\n<!-- end bench -->\nEnd.\n";
+    const DOC: &str = "# Title\n\nProse quoting `<!-- bench: ARGS -->`.\n\n<!-- bench: boot --runs 20 -->\nold table\n<!-- end bench -->\n\nMore prose.\n<!-- bench: recovery --kills 100 --standby -->\n<!-- end bench -->\nEnd.\n";
 
     #[test]
     fn the_marked_parts_and_their_commands_are_found() {
@@ -147,7 +154,7 @@ mod tests {
         );
         let twice = replaced(&once, 1, "new").unwrap();
         assert!(twice.contains("--standby -->\nnew\n<!-- end bench -->\nEnd.\n"));
-        assert!(twice.starts_with("# Title\n\nProse.\n\n"));
+        assert!(twice.starts_with("# Title\n\nProse quoting `<!-- bench: ARGS -->`.\n\n"));
         assert!(twice.contains("\n\nMore prose.\n"));
         // Replacing again gives the same document.
         assert_eq!(replaced(&twice, 1, "new").unwrap(), twice);
