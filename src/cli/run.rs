@@ -73,8 +73,9 @@ pub struct RunArgs {
           action = clap::ArgAction::Set)]
     pub restart: bool,
     /// Keep a standby compartment for each disk, network interface and rng, started ahead
-    /// (sandboxed, in its cgroup, handed the device's files): a restart is then only the
-    /// vhost-user hand-over. Costs an idle process per device (microkernel mode).
+    /// (sandboxed, in its cgroup, handed the device's files and its vhost-user set-up): a
+    /// restart then only starts its queues. Costs an idle process per device (microkernel
+    /// mode).
     #[arg(long, value_name = "on|off", default_value = "off", value_parser = parse_on_off,
           action = clap::ArgAction::Set)]
     pub standby: bool,
