@@ -295,7 +295,12 @@ fn limits_land_on_the_right_threads_and_leave_with_the_vm() {
     // SAFETY: kill takes plain integers; `first` is the compartment this test watches.
     unsafe { libc::kill(first, libc::SIGKILL) };
     let second = until("the restarted compartment", || {
-        children(pid).into_iter().find(|&c| c != first && cgroup_dir(c, "cpu").0 != core_dir)
+        // Placed: a child shows before the launcher has moved it into each hierarchy's cgroup.
+        children(pid).into_iter().find(|&c| {
+            c != first
+                && cgroup_dir(c, "cpu").0 != core_dir
+                && cgroup_dir(c, "memory").0 != core_mem
+        })
     });
     let second_dir = check_compartment(second);
     assert_ne!(first_dir, second_dir);
