@@ -485,7 +485,7 @@ impl DeviceSupervisor {
     /// sent of the device's set-up (the driver's features and queues change with a reset). One
     /// that does not take it within [`STANDBY_SETUP`] is let go.
     fn prepare_standby(&mut self) {
-        let Some((pid, socket)) = self.backend.standby_connection() else {
+        let Some(pid) = self.backend.standby_pid() else {
             self.standby = None;
             return;
         };
@@ -495,7 +495,10 @@ impl DeviceSupervisor {
                 conn.set_deadline(deadline);
                 Ok(conn)
             }
-            _ => Connection::connect_within(socket, &self.backend.shape(), deadline),
+            _ => match self.backend.standby_connection() {
+                Some(socket) => Connection::connect_within(socket, &self.backend.shape(), deadline),
+                None => return,
+            },
         };
         let setup = lock(&self.transport).standby_setup();
         match conn.and_then(|mut conn| conn.prepare(&setup).map(|()| conn)) {

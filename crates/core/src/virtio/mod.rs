@@ -258,10 +258,10 @@ pub trait Backend: Send {
     fn standby_pid(&self) -> Option<u32> {
         None
     }
-    /// The standby's pid and its vhost-user socket (a second descriptor of the one the launch
-    /// that takes it will return), for the supervisor to hand it the device's set-up ahead
+    /// The standby's vhost-user socket (a second descriptor of the one the launch that takes
+    /// it will return), for the supervisor to hand it the device's set-up ahead
     /// ([`frontend::Connection::prepare`]).
-    fn standby_connection(&self) -> Option<(u32, UnixStream)> {
+    fn standby_connection(&self) -> Option<UnixStream> {
         None
     }
     /// Lets the standby go, because it could not be handed the set-up (`why`): recoveries go

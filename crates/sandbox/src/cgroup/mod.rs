@@ -417,17 +417,6 @@ impl Cgroup {
         }
     }
 
-    /// Removes the cgroup's directories; its processes must have exited and been reaped.
-    pub fn remove(mut self) -> Result<(), CgroupError> {
-        self.removed = true;
-        for dir in &self.dirs {
-            remove_dir(&dir.path)?;
-        }
-        Ok(())
-    }
-}
-
-impl Cgroup {
     /// Removes what it can of the cgroup's directories now, never waiting: true once all are
     /// gone. A directory whose exiting tasks have not all left yet (`EBUSY`) stays for the
     /// next try.
@@ -438,6 +427,15 @@ impl Cgroup {
         });
         self.removed = self.dirs.is_empty();
         self.removed
+    }
+
+    /// Removes the cgroup's directories; its processes must have exited and been reaped.
+    pub fn remove(mut self) -> Result<(), CgroupError> {
+        self.removed = true;
+        for dir in &self.dirs {
+            remove_dir(&dir.path)?;
+        }
+        Ok(())
     }
 }
 

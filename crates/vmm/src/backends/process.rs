@@ -460,10 +460,8 @@ impl Backend for CompartmentBackend {
         self.standby.as_ref().map(|s| s.child.pid() as u32)
     }
 
-    fn standby_connection(&self) -> Option<(u32, UnixStream)> {
-        let standby = self.standby.as_ref()?;
-        let conn = standby.conn.try_clone().ok()?;
-        Some((standby.child.pid() as u32, conn))
+    fn standby_connection(&self) -> Option<UnixStream> {
+        self.standby.as_ref()?.conn.try_clone().ok()
     }
 
     fn discard_standby(&mut self, why: &str) {
