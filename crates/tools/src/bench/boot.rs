@@ -174,37 +174,21 @@ fn breakdown(smaps: &str, exe: &str, guest: u64) -> Vec<(&'static str, f64, f64)
         GUEST_RAM,
     ];
     let mut sums = [(0.0, 0.0); KINDS.len()];
-    let mut kind = KINDS.len() - 2;
-    for line in smaps.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let first = words.first().copied().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
-            let size = match (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
-                (Ok(start), Ok(end)) => end.saturating_sub(start),
-                _ => 0,
-            };
-            let perms = words.get(1).copied().unwrap_or("");
-            let path = words.get(5).copied().unwrap_or("");
-            kind = match path {
-                _ if size > 64 << 20 && size >= guest / 2 => 9,
-                p if p == exe && perms.starts_with("r-x") => 0,
-                p if p == exe && perms.starts_with("rw") => 2,
-                p if p == exe => 1,
-                p if p.contains("/libc.so") => 3,
-                p if p.contains(".so") => 4,
-                "[heap]" => 5,
-                "[stack]" => 6,
-                "" => 7,
-                _ => 8,
-            };
-            continue;
-        }
-        let kib = || words.get(1).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        match first {
-            "Rss:" => sums[kind].0 += kib(),
-            "Anonymous:" => sums[kind].1 += kib(),
-            _ => {}
-        }
+    for m in mappings(smaps) {
+        let kind = match m.path {
+            _ if is_guest_ram(m.size, guest) => 9,
+            p if p == exe && m.perms.starts_with("r-x") => 0,
+            p if p == exe && m.perms.starts_with("rw") => 2,
+            p if p == exe => 1,
+            p if p.contains("/libc.so") => 3,
+            p if p.contains(".so") => 4,
+            "[heap]" => 5,
+            "[stack]" => 6,
+            "" => 7,
+            _ => 8,
+        };
+        sums[kind].0 += m.rss;
+        sums[kind].1 += m.anon;
     }
     KINDS
         .iter()
@@ -399,27 +383,50 @@ fn process_memory(pid: u32, guest: u64) -> anyhow::Result<ProcessMemory> {
 /// The resident and anonymous KiB of the guest's RAM mappings in `smaps` (see
 /// [`process_memory`]).
 fn guest_resident(smaps: &str, guest: u64) -> (f64, f64) {
-    let (mut rss, mut anon) = (0.0, 0.0);
-    let mut in_guest = false;
+    let guest_ram = mappings(smaps).into_iter().filter(|m| is_guest_ram(m.size, guest));
+    guest_ram.fold((0.0, 0.0), |(rss, anon), m| (rss + m.rss, anon + m.anon))
+}
+
+/// Whether a mapping of `size` bytes is the guest's RAM of `guest` bytes: more than 64 MiB (a
+/// malloc arena reserves 64 MiB) and at least half of it.
+fn is_guest_ram(size: u64, guest: u64) -> bool {
+    size > 64 << 20 && size >= guest / 2
+}
+
+/// One mapping of `/proc/PID/smaps`: its size in bytes, permissions, path (empty when
+/// anonymous), and its resident and anonymous KiB.
+struct Mapping<'a> {
+    size: u64,
+    perms: &'a str,
+    path: &'a str,
+    rss: f64,
+    anon: f64,
+}
+
+/// The mappings of an `smaps` text, in order.
+fn mappings(smaps: &str) -> Vec<Mapping<'_>> {
+    let mut found: Vec<Mapping> = Vec::new();
     for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let first = words.next().unwrap_or("");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let first = words.first().copied().unwrap_or("");
         if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
             let size = match (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
                 (Ok(start), Ok(end)) => end.saturating_sub(start),
                 _ => 0,
             };
-            in_guest = size > 64 << 20 && size >= guest / 2;
+            let perms = words.get(1).copied().unwrap_or("");
+            let path = words.get(5).copied().unwrap_or("");
+            found.push(Mapping { size, perms, path, rss: 0.0, anon: 0.0 });
             continue;
         }
-        let kib = || words.clone().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        match first {
-            "Rss:" if in_guest => rss += kib(),
-            "Anonymous:" if in_guest => anon += kib(),
+        let kib = || words.get(1).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        match (first, found.last_mut()) {
+            ("Rss:", Some(m)) => m.rss += kib(),
+            ("Anonymous:", Some(m)) => m.anon += kib(),
             _ => {}
         }
     }
-    (rss, anon)
+    found
 }
 
 fn ms(d: Duration) -> f64 {
