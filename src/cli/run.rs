@@ -105,6 +105,12 @@ pub struct RunArgs {
     /// The VM's name for `bulkhead ctl` (default: vm-PID).
     #[arg(long)]
     pub name: Option<String>,
+    /// Restore the VM a snapshot folder holds (`bulkhead ctl VM snapshot --to DIR`) instead of
+    /// booting: its memory and its vCPUs' and devices' state, with the devices it was started
+    /// with (the same images, taps and options, which the snapshot names). Beside it only
+    /// --name and -v may be given.
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
     /// Describe the devices at start and say how the VM ended, on stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -439,5 +445,90 @@ impl TryFrom<RunArgs> for Config {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
-    bulkhead_vmm::run(args.try_into()?)
+    let argv = run_arguments();
+    if let Some(dir) = &args.restore {
+        return bulkhead_vmm::run(restore_config(dir, &args, &argv)?);
+    }
+    let mut config: Config = args.try_into()?;
+    config.vm.recipe = Some(recipe(&argv));
+    bulkhead_vmm::run(config)
+}
+
+/// The arguments after `run`, as this process was given them.
+fn run_arguments() -> Vec<String> {
+    let all: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    match all.iter().position(|a| a == "run") {
+        Some(i) => all[i + 1..].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// What a snapshot keeps of how the VM was started: `run`'s arguments and the folder they were
+/// given in (relative paths in them are resolved there on restore).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Recipe {
+    args: Vec<String>,
+    cwd: Option<PathBuf>,
+}
+
+fn recipe(argv: &[String]) -> String {
+    let recipe = Recipe { args: argv.to_vec(), cwd: std::env::current_dir().ok() };
+    serde_json::to_string(&recipe).expect("a recipe serializes")
+}
+
+/// `bulkhead run` parsed from a snapshot's recipe.
+#[derive(clap::Parser)]
+#[command(name = "bulkhead run")]
+struct RecipeArgs {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The VM a snapshot holds, as its recipe starts it, to be restored from `dir`.
+fn restore_config(dir: &Path, given: &RunArgs, argv: &[String]) -> anyhow::Result<Config> {
+    // Only the name and -v are this run's own; the rest is the snapshot's VM.
+    let mut rest = argv.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--restore" | "--name" => {
+                rest.next();
+            }
+            "-v" | "--verbose" => {}
+            a if a.starts_with("--restore=") || a.starts_with("--name=") => {}
+            other => anyhow::bail!(
+                "--restore starts the VM with the options it was started with, which the \
+                 snapshot keeps; give only --name and -v beside it, not {other}"
+            ),
+        }
+    }
+    let dir = absolute(dir)?;
+    let snapshot = bulkhead_core::state::Snapshot::load(&dir)
+        .map_err(|e| anyhow::anyhow!(bulkhead_core::state::with_causes(&e)))?;
+    let text = snapshot.manifest.recipe.clone().with_context(|| {
+        format!("{}: the snapshot does not say how its VM was started", dir.display())
+    })?;
+    let recipe: Recipe = serde_json::from_str(&text).with_context(|| {
+        format!("{}: the snapshot's recipe is not one `bulkhead run` wrote", dir.display())
+    })?;
+    if recipe.args.iter().any(|a| a == "--restore" || a.starts_with("--restore=")) {
+        anyhow::bail!("{}: the snapshot's recipe restores another snapshot", dir.display());
+    }
+    // Relative paths in the recipe are the original folder's.
+    if let Some(cwd) = recipe.cwd.as_deref().filter(|cwd| cwd.is_dir()) {
+        std::env::set_current_dir(cwd).with_context(|| {
+            format!("cannot enter the snapshot's VM's folder {}", cwd.display())
+        })?;
+    }
+    let argv = std::iter::once("bulkhead run".to_string()).chain(recipe.args.iter().cloned());
+    let mut args = <RecipeArgs as clap::Parser>::try_parse_from(argv)
+        .map_err(|e| anyhow::anyhow!("{}: the snapshot's recipe: {e}", dir.display()))?
+        .run;
+    if given.name.is_some() {
+        args.name.clone_from(&given.name);
+    }
+    args.verbose |= given.verbose;
+    let mut config: Config = args.try_into()?;
+    config.vm.recipe = Some(text);
+    config.vm.restore = Some(Box::new(snapshot));
+    Ok(config)
 }

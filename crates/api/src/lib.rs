@@ -25,5 +25,5 @@ pub use protocol::{NewImage, Payload, ProtocolError, Reply, Request, PROTOCOL_VE
 pub use server::{ControlTarget, Server, ServerError};
 pub use status::{
     ConfinementStatus, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced,
-    KeysPressed, VmStatus,
+    KeysPressed, RunState, SnapshotWritten, VmStatus,
 };

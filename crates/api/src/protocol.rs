@@ -57,7 +57,7 @@
 //! know. Anything else — a field renamed or removed, a new meaning — is a new version.
 
 use crate::limits::{LimitsChange, RateLimits};
-use crate::status::{DeviceChange, DiskReplaced, KeysPressed, VmStatus};
+use crate::status::{DeviceChange, DiskReplaced, KeysPressed, RunState, SnapshotWritten, VmStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -117,6 +117,16 @@ pub enum Request {
     },
     /// Press and release Ctrl-Alt-Del on the VM's keyboard (the guest decides what it does).
     CtrlAltDel,
+    /// Pause the VM: its vCPUs stop, its devices' queues stop; the compartments keep running.
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Write the VM's state and memory to a folder (`bulkhead run --restore` reads it). A
+    /// running VM is paused for it and resumed after.
+    Snapshot {
+        /// The folder: an absolute path (the client makes it absolute); created if missing.
+        to: PathBuf,
+    },
 }
 
 /// A disk's new image, as [`Request::DiskReplace`] names it.
@@ -160,6 +170,10 @@ pub enum Payload {
     LimitsChange(LimitsChange),
     /// The answer to [`Request::CtrlAltDel`].
     KeysPressed(KeysPressed),
+    /// The answer to [`Request::Pause`] and [`Request::Resume`].
+    RunState(RunState),
+    /// The answer to [`Request::Snapshot`].
+    SnapshotWritten(SnapshotWritten),
 }
 
 /// Why a request or a reply could not be read.
@@ -317,6 +331,7 @@ mod tests {
                 standby_pid: None,
             }],
             confinement: Vec::new(),
+            paused: false,
         }
     }
 

@@ -24,7 +24,7 @@ use crate::limits::{LimitsChange, RateLimits};
 use crate::paths::{self, PathError};
 use crate::peer;
 use crate::protocol::{NewImage, Payload, Reply, Request, MAX_REQUEST_BYTES, REQUEST_DEADLINE};
-use crate::status::{DeviceChange, DiskReplaced, KeysPressed, VmStatus};
+use crate::status::{DeviceChange, DiskReplaced, KeysPressed, RunState, SnapshotWritten, VmStatus};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -66,6 +66,19 @@ pub trait ControlTarget: Send + Sync {
     /// The error is a sentence for the user.
     fn ctrl_alt_del(&self) -> Result<KeysPressed, String> {
         Err("this VM has no keyboard to press Ctrl-Alt-Del on".into())
+    }
+    /// Pauses the VM (`changed` false if it was paused already).
+    fn pause(&self) -> Result<RunState, String> {
+        Err("this VM cannot be paused".into())
+    }
+    /// Resumes a paused VM.
+    fn resume(&self) -> Result<RunState, String> {
+        Err("this VM cannot be paused".into())
+    }
+    /// Writes a snapshot of the VM to `dir` (absolute, which the server checked).
+    fn snapshot(&self, dir: &Path) -> Result<SnapshotWritten, String> {
+        let _ = dir;
+        Err("this VM cannot be snapshotted".into())
     }
     /// Called on the serving thread before it accepts its first connection (the core
     /// installs the thread's seccomp filter here). An error leaves the socket unserved.
@@ -421,6 +434,18 @@ fn answer(request: Request, context: &Context) -> Reply {
             target.set_device_limits(&id, &limits).map(Payload::LimitsChange)
         }
         Request::CtrlAltDel => target.ctrl_alt_del().map(Payload::KeysPressed),
+        Request::Pause => target.pause().map(Payload::RunState),
+        Request::Resume => target.resume().map(Payload::RunState),
+        Request::Snapshot { to } => {
+            if to.is_absolute() {
+                target.snapshot(&to).map(Payload::SnapshotWritten)
+            } else {
+                Err(format!(
+                    "{} is not an absolute path; give the snapshot folder's absolute path",
+                    to.display()
+                ))
+            }
+        }
     }));
     match outcome {
         Ok(Ok(result)) => Reply::Ok { result },

@@ -28,6 +28,9 @@ pub struct VmStatus {
     /// How each class of threads of the core and of each compartment is confined.
     #[serde(default)]
     pub confinement: Vec<ConfinementStatus>,
+    /// The VM is paused (`bulkhead ctl VM pause`): its vCPUs and devices' queues stopped.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// One class of threads of one process (the core or a compartment), as the kernel reports it
@@ -158,4 +161,32 @@ pub struct KeysPressed {
     /// The controller's command byte had keyboard interrupts on, so IRQ 1 was raised; false:
     /// the codes wait for a guest that reads them without one.
     pub interrupt: bool,
+}
+
+/// What a pause or a resume did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Whether the VM is paused now.
+    pub paused: bool,
+    /// Whether the request changed anything (false: it was already so).
+    pub changed: bool,
+    /// How long it took, in milliseconds.
+    pub took_ms: f64,
+}
+
+/// What a snapshot wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotWritten {
+    /// The snapshot's folder.
+    pub dir: std::path::PathBuf,
+    /// Bytes of guest memory written (the pages that are not zero).
+    pub memory_written: u64,
+    /// Bytes of the machine's state (`machine.json`).
+    pub state_bytes: u64,
+    /// From the request to the VM paused, in milliseconds.
+    pub paused_ms: f64,
+    /// From the request to the snapshot written (and the VM resumed), in milliseconds.
+    pub took_ms: f64,
+    /// Whether the VM was left paused (it was paused before the snapshot).
+    pub left_paused: bool,
 }

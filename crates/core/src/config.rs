@@ -51,6 +51,12 @@ pub struct VmConfig {
     /// Log the guest's boot time, measured from this reading, when it writes the boot
     /// timer's port (see [`crate::legacy::boot_timer`]); `None`: no boot timer.
     pub boot_timer: Option<crate::legacy::boot_timer::BootClock>,
+    /// Kept with every snapshot of this VM, unread by the core: how the VMM starts it again
+    /// (`bulkhead run` keeps its arguments and folder here).
+    pub recipe: Option<String>,
+    /// Start from this snapshot instead of booting the kernel: its memory, its vCPUs' and
+    /// devices' state (the devices themselves are `devices`, as the snapshot's VM had them).
+    pub restore: Option<Box<crate::state::Snapshot>>,
 }
 
 /// The core's threads that [`VmConfig::confine`] is called on.
@@ -74,6 +80,8 @@ pub struct Started {
     pub supervisor: SupervisorHandle,
     /// The i8042's keyboard, for keys the host presses.
     pub keyboard: crate::legacy::i8042::Keyboard,
+    /// Pausing, resuming and snapshots of the VM.
+    pub machine: crate::state::Machine,
 }
 
 /// See [`VmConfig::on_start`].
@@ -99,6 +107,8 @@ impl VmConfig {
             placement: None,
             confine: None,
             boot_timer: None,
+            recipe: None,
+            restore: None,
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod irq;
 pub mod layout;
 pub mod legacy;
 pub mod memory;
+pub mod state;
 pub mod supervisor;
 pub mod vcpu;
 pub mod virtio;

@@ -4,7 +4,7 @@
 
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,6 +27,120 @@ pub struct VcpuShared {
     pub placement: Option<Arc<dyn Placement>>,
     /// Confines each vCPU thread as it starts (see `VmConfig::confine`).
     pub confine: Option<crate::config::ConfineHook>,
+    /// Where vCPUs park while the VM is paused, and save their state.
+    pub gate: Arc<Gate>,
+    /// The MSRs a vCPU's saved state holds ([`crate::state::cpu::readable_msrs`]).
+    pub msrs: Arc<Vec<u32>>,
+    /// Whether KVM saves XCR0 (`KVM_CAP_XCRS`).
+    pub xcrs: bool,
+}
+
+/// Pausing the vCPUs: a pause is asked for, each vCPU leaves `KVM_RUN` (kicked), finishes its
+/// last exit and parks here until the VM resumes; parked, it saves its state when asked.
+pub struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+struct GateState {
+    paused: bool,
+    parked: usize,
+    /// Bumped for each save asked for; a vCPU saves once per value.
+    save: u64,
+    saved: Vec<Option<Result<crate::state::cpu::VcpuState, String>>>,
+}
+
+/// How often a parked vCPU looks at the stop flag.
+const PARKED_TICK: Duration = Duration::from_millis(20);
+
+impl Gate {
+    pub fn new(cpus: u8) -> Gate {
+        let state = GateState {
+            paused: false,
+            parked: 0,
+            save: 0,
+            saved: (0..cpus).map(|_| None).collect(),
+        };
+        Gate { state: Mutex::new(state), changed: Condvar::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the vCPUs to park (they must be kicked out of `KVM_RUN` to see it).
+    pub fn pause(&self) {
+        self.lock().paused = true;
+    }
+
+    pub fn paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Lets the parked vCPUs run on.
+    pub fn resume(&self) {
+        self.lock().paused = false;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `count` vCPUs are parked, or `timeout` has passed.
+    pub fn wait_parked(&self, count: usize, timeout: Duration) -> bool {
+        let guard = self.lock();
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |s| s.parked < count)
+            .unwrap_or_else(|p| p.into_inner());
+        guard.parked >= count
+    }
+
+    /// Asks every parked vCPU to save its state, and waits (up to `timeout`) for all of them.
+    pub fn save_all(&self, timeout: Duration) -> Result<Vec<crate::state::cpu::VcpuState>, String> {
+        let mut guard = self.lock();
+        guard.save += 1;
+        guard.saved.iter_mut().for_each(|s| *s = None);
+        self.changed.notify_all();
+        let (mut guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |s| s.saved.iter().any(Option::is_none))
+            .unwrap_or_else(|p| p.into_inner());
+        let mut states = Vec::new();
+        for (id, saved) in guard.saved.iter_mut().enumerate() {
+            match saved.take() {
+                Some(Ok(state)) => states.push(state),
+                Some(Err(e)) => return Err(format!("vCPU {id}: {e}")),
+                None => return Err(format!("vCPU {id} did not save its state in {timeout:?}")),
+            }
+        }
+        Ok(states)
+    }
+
+    /// Called by vCPU `id`'s thread out of `KVM_RUN`: parks while the VM is paused, saving its
+    /// state each time that is asked for.
+    fn park(&self, id: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) {
+        crate::state::cpu::complete_exit(vcpu);
+        let mut guard = self.lock();
+        if !guard.paused {
+            return;
+        }
+        guard.parked += 1;
+        self.changed.notify_all();
+        let mut saved = guard.save;
+        while guard.paused && !shared.stop.load(Ordering::Acquire) {
+            if guard.save != saved {
+                saved = guard.save;
+                let state = crate::state::cpu::save(vcpu, &shared.msrs, shared.xcrs)
+                    .map_err(|e| crate::state::with_causes(&e));
+                if let Some(slot) = guard.saved.get_mut(usize::from(id)) {
+                    *slot = Some(state);
+                }
+                self.changed.notify_all();
+                continue;
+            }
+            guard =
+                self.changed.wait_timeout(guard, PARKED_TICK).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        guard.parked -= 1;
+    }
 }
 
 /// Where vCPU threads run: the VMM decides (cgroups, CPU affinity);
@@ -83,6 +197,15 @@ impl VcpuThread {
         Ok(VcpuThread { handle })
     }
 
+    /// Kicks the thread out of `KVM_RUN` once (a pause: it parks at the gate).
+    pub fn kick(&self) {
+        if !self.handle.is_finished() {
+            // SAFETY: the pthread id belongs to a thread we spawned and have not joined (we
+            // hold its handle); the kick signal has a no-op handler installed.
+            unsafe { libc::pthread_kill(self.handle.as_pthread_t(), kick_signal()) };
+        }
+    }
+
     /// Kicks the thread out of `KVM_RUN` until it ends (it checks the stop
     /// flag after every exit), then joins it.
     pub fn stop(self) {
@@ -104,6 +227,10 @@ fn run(id: u8, mut vcpu: VcpuFd, shared: &VcpuShared) {
         }
     }
     while !shared.stop.load(Ordering::Acquire) {
+        if shared.gate.paused() {
+            shared.gate.park(id, &mut vcpu, shared);
+            continue;
+        }
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(id, exit, shared),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),

@@ -52,6 +52,10 @@ pub enum VmError {
     Setup { what: &'static str, source: kvm_ioctls::Error },
     #[error("cannot {what}")]
     Io { what: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Snapshot(#[from] crate::state::SnapshotError),
+    #[error("cannot restore {}: {reason}", dir.display())]
+    Restore { dir: std::path::PathBuf, reason: String },
 }
 
 fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -76,11 +80,31 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         }
     })
     .map_err(io("start the alarm"))?;
+    let restore = config.restore;
+    let restoring = |reason: String| VmError::Restore {
+        dir: restore.as_ref().map(|s| s.dir.clone()).unwrap_or_default(),
+        reason,
+    };
+    if let Some(snapshot) = &restore {
+        let m = &snapshot.manifest;
+        if m.memory_bytes != config.memory || m.cpus != config.cpus {
+            return Err(restoring(format!(
+                "the snapshot has {} vCPUs and {} bytes of memory where the VM was given {} and {}",
+                m.cpus, m.memory_bytes, config.cpus, config.memory
+            )));
+        }
+    }
     let ram = Arc::new(GuestRam::new(config.memory)?);
+    if let Some(snapshot) = &restore {
+        snapshot.fill(&ram)?;
+    }
     let vm = create_vm(&kvm, &ram)?;
     let exit = ExitLatch::new().map_err(io("create the exit event"))?;
     let mut devices = core_devices(&vm, &exit, config.console, config.boot_timer)?;
     let virtio = attach_all(&vm, &ram, &devices.ioapic, &mut devices.mmio, config.devices)?;
+    if let Some(snapshot) = &restore {
+        restore_devices(&snapshot.machine, &devices, &virtio).map_err(restoring)?;
+    }
     if config.verbose {
         for d in &virtio {
             eprintln!(
@@ -97,7 +121,11 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         cpus: config.cpus,
         devices: windows,
     };
-    let entry = boot::load(&ram.memory, ram.size, &spec)?;
+    // A restored VM's memory holds its kernel, where it stood.
+    let entry = match &restore {
+        None => Some(boot::load(&ram.memory, ram.size, &spec)?),
+        Some(_) => None,
+    };
     // Refused only once it loaded, so that a malformed image is reported as such.
     if kernel.kind.is_foreign() && !host.runs_linux() && !config.force {
         return Err(VmError::ForeignKernelOnPvm {
@@ -106,6 +134,8 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         });
     }
     let serial = devices.serial.clone();
+    let gate = Arc::new(crate::vcpu::Gate::new(config.cpus));
+    let ioapic = devices.ioapic.clone();
     let shared = VcpuShared {
         pio: Arc::new(devices.pio),
         mmio: Arc::new(devices.mmio),
@@ -114,6 +144,9 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         stop: Arc::new(AtomicBool::new(false)),
         placement: config.placement.clone(),
         confine: config.confine.clone(),
+        gate: gate.clone(),
+        msrs: Arc::new(Vec::new()),
+        xcrs: kvm.check_extension(Cap::Xcrs),
     };
     let confine = config.confine.clone();
     let supervisor_started: crate::supervisor::ThreadStart = Arc::new(move || match &confine {
@@ -124,16 +157,37 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         Supervisor::start(virtio, config.restart.clone(), exit.clone(), supervisor_started)
             .map_err(io("start the supervisor"))?;
     let keyboard = devices.keyboard.clone();
-    let control = config
-        .on_start
-        .map(|start| start(crate::config::Started { supervisor: supervisor.handle(), keyboard }));
-    let threads = match start_vcpus(&kvm, &vm, &ram, config.cpus, entry, &shared) {
+    let machine = crate::state::Machine::new(crate::state::Parts {
+        vm: vm.clone(),
+        ram: ram.clone(),
+        gate,
+        ioapic,
+        serial: serial.clone(),
+        supervisor: supervisor.handle(),
+        recipe: config.recipe.clone(),
+        cpus: config.cpus,
+    });
+    let control = config.on_start.map(|start| {
+        start(crate::config::Started {
+            supervisor: supervisor.handle(),
+            keyboard,
+            machine: machine.clone(),
+        })
+    });
+    let start = match (&restore, entry) {
+        (Some(snapshot), _) => Start::Restore(&snapshot.machine),
+        (None, Some(entry)) => Start::Boot(entry),
+        (None, None) => unreachable!("a VM either boots or is restored"),
+    };
+    let threads = match start_vcpus(&kvm, &vm, &ram, config.cpus, start, shared.clone()) {
         Ok(threads) => threads,
         Err(e) => {
             supervisor.stop();
             return Err(e);
         }
     };
+    drop(restore);
+    machine.set_threads(threads);
     // What the set-up allocated (the command line's parser, the guest image as read, the
     // tables) is free by now: the heap's free pages go back to the host, 0.1–0.2 MiB of
     // resident memory for the whole run.
@@ -150,7 +204,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
     // First release whatever waits on a backend (a vCPU in a round trip), then stop.
     supervisor.interrupt();
     shared.stop.store(true, Ordering::Release);
-    for t in threads {
+    for t in machine.take_threads() {
         t.stop();
     }
     drop(control);
@@ -269,13 +323,19 @@ fn core_devices(
     Ok(CoreDevices { pio, mmio, ioapic, serial, keyboard: Keyboard::new(i8042) })
 }
 
+/// How the vCPUs start: at the kernel's entry, or where a snapshot's stood.
+enum Start<'a> {
+    Boot(boot::BootEntry),
+    Restore(&'a crate::state::MachineState),
+}
+
 fn start_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
     ram: &GuestRam,
     count: u8,
-    entry: boot::BootEntry,
-    shared: &VcpuShared,
+    start: Start,
+    mut shared: VcpuShared,
 ) -> Result<Vec<VcpuThread>, VmError> {
     let base = cpu::supported_cpuid(kvm)?;
     let mut vcpus = Vec::new();
@@ -284,11 +344,31 @@ fn start_vcpus(
         let tsc_khz =
             if kvm.check_extension(Cap::GetTscKhz) { vcpu.get_tsc_khz().ok() } else { None };
         cpu::configure(&vcpu, id, &cpu::cpuid_for(&base, id, count, tsc_khz))?;
-        if id == 0 {
-            cpu::set_boot_registers(&vcpu, &ram.memory, entry)?;
+        match &start {
+            Start::Boot(entry) if id == 0 => cpu::set_boot_registers(&vcpu, &ram.memory, *entry)?,
+            Start::Boot(_) => {}
+            Start::Restore(machine) => {
+                crate::state::cpu::restore(&vcpu, &machine.vcpus[usize::from(id)]).map_err(
+                    |e| VmError::Restore {
+                        dir: Default::default(),
+                        reason: format!("vCPU {id}: {}", crate::state::with_causes(&e)),
+                    },
+                )?;
+            }
         }
         vcpus.push(vcpu);
     }
+    if let Start::Restore(machine) = &start {
+        let clock = kvm_bindings::kvm_clock_data { clock: machine.clock_ns, ..Default::default() };
+        vm.set_clock(&clock).map_err(setup("set the VM clock"))?;
+    }
+    // The MSRs a snapshot saves: those KVM lists that the vCPU lets read (listed once here,
+    // where the main thread may still ask KVM for its list).
+    if let Some(first) = vcpus.first() {
+        let listed = kvm.get_msr_index_list().map_err(setup("list the MSRs"))?;
+        shared.msrs = Arc::new(crate::state::cpu::readable_msrs(first, listed.as_slice()));
+    }
+    let shared = &shared;
     let mut threads = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         match VcpuThread::spawn(id as u8, vcpu, shared.clone()) {
@@ -302,6 +382,29 @@ fn start_vcpus(
         }
     }
     Ok(threads)
+}
+
+/// Puts a snapshot's I/O APIC, serial port and transports in place, once the devices' backends
+/// are connected: their queues start where they stood.
+fn restore_devices(
+    machine: &crate::state::MachineState,
+    devices: &CoreDevices,
+    virtio: &[crate::virtio::attach::Attached],
+) -> Result<(), String> {
+    if machine.devices.len() != virtio.len() {
+        let names = |n: Vec<&str>| n.join(", ");
+        return Err(format!(
+            "the snapshot's VM had the devices {} where this one has {}",
+            names(machine.devices.iter().map(|d| d.name.as_str()).collect()),
+            names(virtio.iter().map(|d| d.name.as_str()).collect())
+        ));
+    }
+    devices.ioapic.lock().unwrap_or_else(|p| p.into_inner()).restore(&machine.ioapic)?;
+    devices.serial.lock().unwrap_or_else(|p| p.into_inner()).restore(&machine.serial)?;
+    for (saved, device) in machine.devices.iter().zip(virtio) {
+        device.transport.lock().unwrap_or_else(|p| p.into_inner()).restore(saved)?;
+    }
+    Ok(())
 }
 
 /// The eventfd SIGINT/SIGTERM write to (-1 until installed).

@@ -22,7 +22,8 @@ use anyhow::{anyhow, bail, Context};
 use bulkhead_api::limits::{RateLimits, TokenBucket};
 use bulkhead_api::protocol::{Payload, Reply, Request};
 use bulkhead_api::status::{
-    DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, KeysPressed, VmStatus,
+    DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, KeysPressed, RunState,
+    SnapshotWritten, VmStatus,
 };
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -83,6 +84,30 @@ pub enum VmAction {
     /// Linux guest reboots, which ends the VM (exit code 3). Answered at once; the guest may
     /// ignore the keys.
     CtrlAltDel {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause the VM: its vCPUs stop and its devices' queues stop (the compartments keep
+    /// running, nothing in flight is lost).
+    Pause {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused VM.
+    Resume {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the VM's complete state and memory to a folder, for `bulkhead run --restore DIR`.
+    /// A running VM is paused for it and resumed after; a paused one stays paused. Disks are
+    /// not copied: restore against the same images, as they were (pause, snapshot, stop).
+    Snapshot {
+        /// The folder (created if missing; a snapshot in it is replaced).
+        #[arg(long)]
+        to: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -218,6 +243,13 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
     let action = match command.action {
         VmAction::Status { json } => Err((Request::Status, json)),
         VmAction::CtrlAltDel { json } => Err((Request::CtrlAltDel, json)),
+        VmAction::Pause { json } => Err((Request::Pause, json)),
+        VmAction::Resume { json } => Err((Request::Resume, json)),
+        VmAction::Snapshot { to, json } => {
+            let to = std::path::absolute(&to)
+                .with_context(|| format!("cannot make {} absolute", to.display()))?;
+            Err((Request::Snapshot { to }, json))
+        }
         VmAction::Device(action) => Ok(*action),
     };
     let (request, json) = match action {
@@ -264,6 +296,8 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
             println!("{} limits: {}", clean(&change.id), limits_text(&change.limits))
         }
         (_, Payload::KeysPressed(pressed)) => println!("{vm}: {}", keys_line(&pressed)),
+        (_, Payload::RunState(state)) => println!("{vm}: {}", run_state_line(&state)),
+        (_, Payload::SnapshotWritten(done)) => println!("{vm}: {}", snapshot_line(&done)),
     }
     Ok(0)
 }
@@ -305,10 +339,33 @@ fn to_json(payload: &Payload) -> serde_json::Result<String> {
         Payload::DiskReplaced(done) => serde_json::to_string_pretty(done),
         Payload::LimitsChange(change) => serde_json::to_string_pretty(change),
         Payload::KeysPressed(pressed) => serde_json::to_string_pretty(pressed),
+        Payload::RunState(state) => serde_json::to_string_pretty(state),
+        Payload::SnapshotWritten(done) => serde_json::to_string_pretty(done),
     }
 }
 
 /// `ctrl-alt-del pressed (IRQ 1 raised; what happens is the guest's to decide)`.
+pub fn run_state_line(state: &RunState) -> String {
+    match (state.paused, state.changed) {
+        (true, true) => format!("paused in {:.2} ms", state.took_ms),
+        (true, false) => "already paused".into(),
+        (false, true) => format!("resumed in {:.2} ms", state.took_ms),
+        (false, false) => "not paused; nothing to resume".into(),
+    }
+}
+
+pub fn snapshot_line(done: &SnapshotWritten) -> String {
+    format!(
+        "snapshot in {} ({:.1} MiB of memory, {:.1} KiB of state): paused in {:.2} ms, written in {:.1} ms{}",
+        clean(&done.dir.display().to_string()),
+        done.memory_written as f64 / (1 << 20) as f64,
+        done.state_bytes as f64 / 1024.0,
+        done.paused_ms,
+        done.took_ms,
+        if done.left_paused { "; the VM stays paused" } else { "; the VM runs on" }
+    )
+}
+
 pub fn keys_line(pressed: &KeysPressed) -> String {
     let keys = clean(&pressed.keys);
     match (pressed.queued, pressed.interrupt) {
@@ -373,13 +430,14 @@ pub fn change_line(change: &DeviceChange, upgraded_to: Option<&Path>) -> String 
 /// The status as a heading, a device table, and each compartment's sandbox line.
 pub fn status_table(status: &VmStatus) -> String {
     let mut out = format!(
-        "VM {}: core pid {}, {} vCPU{}, {} of memory, up {}\n",
+        "VM {}: core pid {}, {} vCPU{}, {} of memory, up {}{}\n",
         status.name,
         status.core_pid,
         status.cpus,
         if status.cpus == 1 { "" } else { "s" },
         bytes(status.memory_bytes),
         duration(status.uptime_s),
+        if status.paused { ", PAUSED" } else { "" },
     );
     if let Some(limits) = &status.limits {
         out.push_str(&format!("limits: {}\n", clean(limits)));
@@ -629,6 +687,7 @@ mod tests {
             memory_bytes: 1 << 30,
             uptime_s: 3720,
             limits: None,
+            paused: false,
             devices: vec![
                 device("blk0", DeviceMode::Compartment, Some(4250), Some("killed by signal 9")),
                 device("rng0", DeviceMode::Thread, None, None),

@@ -110,6 +110,9 @@ pub fn reply_timeout(request: &Request) -> Duration {
         | Request::DeviceUpgrade { .. }
         | Request::DiskReplace { .. } => Duration::from_secs(60),
         Request::DeviceLimits { .. } | Request::CtrlAltDel => Duration::from_secs(10),
+        Request::Pause | Request::Resume => Duration::from_secs(30),
+        // Guest memory goes to disk: a few GiB at the disk's speed.
+        Request::Snapshot { .. } => Duration::from_secs(600),
     }
 }
 

@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use bulkhead_api::{
     ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, KeysPressed,
-    NewImage, Server, VmStatus,
+    NewImage, RunState, Server, SnapshotWritten, VmStatus,
 };
 use bulkhead_api::{LimitsChange, RateLimits};
 use bulkhead_core::legacy::i8042::Keyboard;
+use bulkhead_core::state::Machine;
 use bulkhead_core::supervisor::{self, SupervisorHandle};
 use bulkhead_devices::blk::config::capacity_bytes;
 use bulkhead_devices::blk::DiskSwap;
@@ -30,6 +31,8 @@ pub struct Vm {
     pub limits: Option<String>,
     /// The limits page of each device that has rate limiters.
     pub rate_limits: Vec<LimitedDevice>,
+    /// Pausing, resuming, snapshots.
+    pub machine: Machine,
 }
 
 impl Vm {
@@ -94,6 +97,7 @@ impl ControlTarget for Vm {
             uptime_s: self.started.elapsed().as_secs(),
             devices,
             limits: self.limits.clone(),
+            paused: self.machine.is_paused(),
         }
     }
 
@@ -158,6 +162,33 @@ impl ControlTarget for Vm {
 
     /// Queues the scan codes and raises IRQ 1 (a lock a vCPU holds for one port access, and
     /// a write to an eventfd: the API thread's filter allows both); the guest is not waited on.
+    fn pause(&self) -> Result<RunState, String> {
+        let paused = self.machine.pause()?;
+        Ok(RunState {
+            paused: true,
+            changed: !paused.already,
+            took_ms: paused.took.as_secs_f64() * 1000.0,
+        })
+    }
+
+    fn resume(&self) -> Result<RunState, String> {
+        let start = Instant::now();
+        let changed = self.machine.resume()?;
+        Ok(RunState { paused: false, changed, took_ms: start.elapsed().as_secs_f64() * 1000.0 })
+    }
+
+    fn snapshot(&self, dir: &Path) -> Result<SnapshotWritten, String> {
+        let done = self.machine.snapshot(dir)?;
+        Ok(SnapshotWritten {
+            dir: done.dir,
+            memory_written: done.memory_written,
+            state_bytes: done.state_bytes,
+            paused_ms: done.paused.as_secs_f64() * 1000.0,
+            took_ms: done.took.as_secs_f64() * 1000.0,
+            left_paused: self.machine.is_paused(),
+        })
+    }
+
     fn ctrl_alt_del(&self) -> Result<KeysPressed, String> {
         let pressed = self.keyboard.press_ctrl_alt_del().map_err(|e| e.to_string())?;
         Ok(KeysPressed {

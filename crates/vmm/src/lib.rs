@@ -99,7 +99,7 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     }
     let (cpus, memory_bytes, limits) = (u32::from(vm.cpus), vm.memory, partition.summary());
     vm.on_start = Some(Box::new(move |running| {
-        let bulkhead_core::config::Started { supervisor, keyboard } = running;
+        let bulkhead_core::config::Started { supervisor, keyboard, machine } = running;
         let started = Instant::now();
         let vm = control::Vm {
             name,
@@ -110,6 +110,7 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
             keyboard,
             limits,
             rate_limits,
+            machine,
         };
         match control::start(vm) {
             Ok(server) => Box::new(server),

@@ -78,6 +78,7 @@ pub fn sample_status() -> VmStatus {
             },
         ],
         confinement: Vec::new(),
+        paused: false,
     }
 }
 

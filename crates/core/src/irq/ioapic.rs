@@ -40,6 +40,15 @@ pub struct IoApic {
     registered: [bool; IOAPIC_PINS],
 }
 
+/// The I/O APIC's registers in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoApicState {
+    pub id: u32,
+    pub select: u32,
+    /// The 24 redirection entries.
+    pub entries: Vec<u64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IoApicError {
     #[error("I/O APIC pin {0} does not exist or is already taken")]
@@ -67,6 +76,28 @@ impl IoApic {
             }
             _ => Err(IoApicError::Pin(pin)),
         }
+    }
+
+    /// What the guest programmed, for a snapshot.
+    pub fn state(&self) -> IoApicState {
+        IoApicState { id: self.id, select: self.select, entries: self.entries.to_vec() }
+    }
+
+    /// Takes what a snapshot saved, and routes every connected pin it unmasks.
+    pub fn restore(&mut self, state: &IoApicState) -> Result<(), String> {
+        if state.entries.len() != IOAPIC_PINS {
+            return Err(format!(
+                "the I/O APIC has {} redirection entries where {IOAPIC_PINS} were expected",
+                state.entries.len()
+            ));
+        }
+        self.id = state.id & 0xf;
+        self.select = state.select;
+        self.entries.copy_from_slice(&state.entries);
+        for pin in 0..IOAPIC_PINS {
+            self.update(pin);
+        }
+        Ok(())
     }
 
     /// An end of interrupt for `vector` (split-irqchip EOI exit). Entries are

@@ -40,13 +40,30 @@ pub type ConsoleSink = Box<dyn Write + Send>;
 
 pub struct SerialConsole {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, Collector>,
+    irq: Arc<EventFd>,
     sink: ConsoleSink,
+}
+
+/// The UART's registers and its receive FIFO in a snapshot (vm-superio's `SerialState`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSaved {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
 }
 
 impl SerialConsole {
     pub fn new(irq: Arc<EventFd>, sink: ConsoleSink) -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(SerialConsole {
-            uart: Serial::new(IrqTrigger(irq), Collector { pending: Vec::new() }),
+            uart: Serial::new(IrqTrigger(irq.clone()), Collector { pending: Vec::new() }),
+            irq,
             sink,
         }))
     }
@@ -54,6 +71,44 @@ impl SerialConsole {
     /// Feeds host input to the guest.
     pub fn input(&mut self, bytes: &[u8]) -> usize {
         self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+
+    /// The UART's state, for a snapshot.
+    pub fn state(&self) -> SerialSaved {
+        let s = self.uart.state();
+        SerialSaved {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Takes a snapshot's UART state (the output goes on to this console's sink).
+    pub fn restore(&mut self, saved: &SerialSaved) -> Result<(), String> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: saved.baud_divisor_low,
+            baud_divisor_high: saved.baud_divisor_high,
+            interrupt_enable: saved.interrupt_enable,
+            interrupt_identification: saved.interrupt_identification,
+            line_control: saved.line_control,
+            line_status: saved.line_status,
+            modem_control: saved.modem_control,
+            modem_status: saved.modem_status,
+            scratch: saved.scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        let trigger = IrqTrigger(self.irq.clone());
+        let collector = Collector { pending: Vec::new() };
+        self.uart = Serial::from_state(&state, trigger, vm_superio::serial::NoEvents, collector)
+            .map_err(|e| format!("the serial port's state: {e:?}"))?;
+        Ok(())
     }
 
     fn drain(&mut self) {

@@ -47,6 +47,8 @@ pub(super) struct Shared {
     /// A duplicate of the current backend's socket, to shut it down when the VM ends: any
     /// thread blocked on that backend (a vCPU, the device's own) returns at once.
     socket: Mutex<Option<OwnedFd>>,
+    /// The device's transport, read for a snapshot (the VM paused).
+    pub transport: Arc<Mutex<MmioTransport>>,
 }
 
 /// A request to the device's thread.
@@ -58,11 +60,18 @@ pub(super) enum Command {
         change: Reconfiguration,
         reply: mpsc::SyncSender<Result<Change, SupervisorError>>,
     },
+    /// Stop the queues for a pause (`freeze`), or start them again, and answer.
+    Freeze { freeze: bool, reply: mpsc::SyncSender<Result<(), String>> },
 }
 
 impl Shared {
-    pub fn new(name: String, report: DeviceReport) -> std::io::Result<Shared> {
+    pub fn new(
+        name: String,
+        report: DeviceReport,
+        transport: Arc<Mutex<MmioTransport>>,
+    ) -> std::io::Result<Shared> {
         Ok(Shared {
+            transport,
             name,
             report: Mutex::new(report),
             commands: Mutex::new(VecDeque::new()),
@@ -245,6 +254,12 @@ impl DeviceSupervisor {
                 }
                 Command::Reconfigure { change, reply } => {
                     let _ = reply.send(self.reconfigure(change));
+                }
+                Command::Freeze { freeze, reply } => {
+                    let mut transport = lock(&self.transport);
+                    let done = if freeze { transport.freeze() } else { transport.thaw() };
+                    drop(transport);
+                    let _ = reply.send(done.map_err(|e| format!("{}: {e}", self.shared.name)));
                 }
             }
         }

@@ -203,7 +203,7 @@ impl Supervisor {
                 last_recovery: None,
                 standby: None,
             };
-            let device_shared = Arc::new(Shared::new(d.name.clone(), report)?);
+            let device_shared = Arc::new(Shared::new(d.name.clone(), report, d.transport.clone())?);
             let watch = d.transport.lock().unwrap_or_else(|p| p.into_inner()).watch();
             let supervisor = DeviceSupervisor {
                 shared: device_shared.clone(),
@@ -290,6 +290,54 @@ impl SupervisorHandle {
         change: Reconfiguration,
     ) -> Result<Change, SupervisorError> {
         self.ask(name, |reply| Command::Reconfigure { change, reply })
+    }
+
+    /// Stops every device's queues for a pause: each device's thread stops its own (a backend
+    /// that does not answer fails the pause at its deadline). The first failure is returned
+    /// once all have answered.
+    pub fn freeze_all(&self) -> Result<(), String> {
+        self.freeze_each(true)
+    }
+
+    /// Starts again every device's queues [`Self::freeze_all`] stopped.
+    pub fn thaw_all(&self) -> Result<(), String> {
+        self.freeze_each(false)
+    }
+
+    fn freeze_each(&self, freeze: bool) -> Result<(), String> {
+        let answers: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| {
+                let (reply, answer) = mpsc::sync_channel(1);
+                d.send(Command::Freeze { freeze, reply });
+                answer
+            })
+            .collect();
+        let mut first = Ok(());
+        for answer in answers {
+            let done = match answer.recv_timeout(REPLACE_WAIT) {
+                Ok(done) => done,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    Err(SupervisorError::Busy(REPLACE_WAIT).to_string())
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    Err(SupervisorError::Ending.to_string())
+                }
+            };
+            if first.is_ok() {
+                first = done;
+            }
+        }
+        first
+    }
+
+    /// Every device's transport state, in attachment order (the VM paused).
+    pub fn transport_states(&self) -> Result<Vec<crate::virtio::mmio::TransportState>, String> {
+        self.devices
+            .iter()
+            .map(|d| d.transport.lock().unwrap_or_else(|p| p.into_inner()).state())
+            .collect()
     }
 
     /// Sends device `name`'s thread the command `make` builds around the reply channel, and

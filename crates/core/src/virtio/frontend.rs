@@ -67,7 +67,7 @@ fn request(what: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
 }
 
 /// One queue as the driver configured it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueConfig {
     pub size: u16,
     pub ready: bool,
@@ -81,6 +81,27 @@ pub struct QueueConfig {
 pub struct Inflight {
     info: VhostUserInflight,
     file: std::fs::File,
+}
+
+impl Inflight {
+    /// The region's bytes, for a snapshot.
+    pub fn read_all(&self) -> std::io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; self.info.mmap_size as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut bytes, self.info.mmap_offset)?;
+        Ok(bytes)
+    }
+
+    /// Writes a snapshot's bytes into the region; refused unless they fill it exactly.
+    pub fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.len() as u64 != self.info.mmap_size {
+            return Err(std::io::Error::other(format!(
+                "the saved inflight region has {} bytes where the backend's has {}",
+                bytes.len(),
+                self.info.mmap_size
+            )));
+        }
+        std::os::unix::fs::FileExt::write_all_at(&self.file, bytes, self.info.mmap_offset)
+    }
 }
 
 /// What a device's backend needs before its queues start, all of which can be sent to a

@@ -105,6 +105,29 @@ pub struct MmioTransport {
     active: bool,
     /// The running queues, for the supervisor's watchdog.
     watch: Arc<QueueWatch>,
+    /// The VM is paused: the queues are stopped and start only when it resumes ([`Self::thaw`]).
+    frozen: bool,
+}
+
+/// A transport in a snapshot: the registers the driver wrote, the queues, the configuration
+/// space it saw and the inflight region.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub name: String,
+    /// The device type's name (`blk`, `net`, …).
+    pub kind: String,
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub acked_features: u64,
+    pub queue_sel: u32,
+    pub queues: Vec<QueueConfig>,
+    pub interrupt_status: u32,
+    pub config_generation: u32,
+    /// The configuration space as the driver last saw it, in hex.
+    pub config: String,
+    /// The backend's inflight region, in hex (devices that keep one, once started).
+    pub inflight: Option<String>,
 }
 
 impl MmioTransport {
@@ -141,7 +164,126 @@ impl MmioTransport {
             inflight: None,
             active: false,
             watch,
+            frozen: false,
         }
+    }
+
+    /// The transport's state for a snapshot (taken while the VM is paused, its queues stopped).
+    pub fn state(&self) -> Result<TransportState, String> {
+        let inflight = match &self.inflight {
+            Some(region) => Some(crate::state::hex::encode(
+                &region
+                    .read_all()
+                    .map_err(|e| format!("{}: the inflight region: {e}", self.name))?,
+            )),
+            None => None,
+        };
+        Ok(TransportState {
+            name: self.name.clone(),
+            kind: self.kind.name().to_string(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel as u32,
+            queues: self.queues.clone(),
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            config: crate::state::hex::encode(&self.config),
+            inflight,
+        })
+    }
+
+    /// Puts a snapshot's state in place on a transport whose backend has just connected, and
+    /// starts a running device's queues where they stood (as a restart does: from the used
+    /// index, with the saved inflight region resubmitted), with an interrupt in case a
+    /// completion's was not delivered before the snapshot.
+    pub fn restore(&mut self, saved: &TransportState) -> Result<(), String> {
+        let name = self.name.clone();
+        let fail = |what: String| format!("{name}: {what}");
+        if saved.kind != self.kind.name() || saved.name != self.name {
+            return Err(fail(format!(
+                "the snapshot has the {} device {} here",
+                saved.kind, saved.name
+            )));
+        }
+        if saved.queues.len() != self.queues.len() {
+            return Err(fail(format!(
+                "{} queues saved where the device has {}",
+                saved.queues.len(),
+                self.queues.len()
+            )));
+        }
+        if let Some(q) = saved.queues.iter().find(|q| q.size > QUEUE_MAX_SIZE) {
+            return Err(fail(format!("a queue of {} entries", q.size)));
+        }
+        let config = crate::state::hex::decode(&saved.config).map_err(fail)?;
+        if saved.acked_features & !self.device_features() != 0 {
+            return Err(fail(format!(
+                "the driver acked features {:#x} this backend does not offer",
+                saved.acked_features & !self.device_features()
+            )));
+        }
+        self.status = saved.status;
+        self.device_features_sel = saved.device_features_sel;
+        self.driver_features_sel = saved.driver_features_sel;
+        self.acked_features = saved.acked_features;
+        self.queue_sel = saved.queue_sel as usize;
+        self.queues.clone_from(&saved.queues);
+        self.interrupt_status = saved.interrupt_status;
+        self.config_generation = saved.config_generation;
+        if config != self.config {
+            // The backend reports another space (a disk resized since): the driver is told.
+            self.config_generation = self.config_generation.wrapping_add(1);
+            self.interrupt_status |= INT_CONFIG;
+        }
+        let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
+        if self.status & running != running {
+            return Ok(());
+        }
+        let queues = self.queues.len();
+        let Some(backend) = self.backend_for_guest() else {
+            return Err(fail("no backend to run the device".into()));
+        };
+        if let (Some(bytes), true) = (&saved.inflight, backend.keeps_inflight()) {
+            let bytes = crate::state::hex::decode(bytes).map_err(fail)?;
+            let region = backend.new_inflight(queues).map_err(|e| fail(e.to_string()))?;
+            region.write_all(&bytes).map_err(|e| fail(e.to_string()))?;
+            self.inflight = Some(Arc::new(region));
+        }
+        self.start_queues().map_err(|e| fail(format!("cannot start the queues: {e}")))?;
+        self.interrupt_status |= INT_VRING;
+        let _ = self.call.write(1);
+        Ok(())
+    }
+
+    /// Stops the queues for a pause (each backend's queue stopped with `GET_VRING_BASE`, the
+    /// request in progress finished first): nothing is written to guest memory until
+    /// [`Self::thaw`]. A backend put in place meanwhile (a restart) waits too.
+    pub fn freeze(&mut self) -> Result<(), FrontendError> {
+        self.frozen = true;
+        if !self.active {
+            return Ok(());
+        }
+        self.set_active(false);
+        let queues = self.queues.clone();
+        match self.backend_for_guest() {
+            Some(backend) => backend.reset(&queues),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the queues [`Self::freeze`] stopped, where they stood, with an interrupt.
+    pub fn thaw(&mut self) -> Result<(), FrontendError> {
+        self.frozen = false;
+        let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
+        if self.active || self.status & running != running || self.backend_for_guest().is_none() {
+            return Ok(());
+        }
+        self.start_queues()?;
+        self.interrupt_status |= INT_VRING;
+        let _ = self.call.write(1);
+        Ok(())
     }
 
     /// The running queues, readable without this transport's lock.
@@ -343,7 +485,11 @@ impl MmioTransport {
         self.offered_features = backend.features;
         self.backend = Some(backend);
         let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
-        if self.status & running != running {
+        if self.status & running != running || self.frozen {
+            // Paused: `thaw` starts the queues (and raises the interrupt) when the VM resumes.
+            if config_changed && self.status & running == running {
+                self.interrupt_status |= INT_CONFIG;
+            }
             return Ok(());
         }
         if config_changed {

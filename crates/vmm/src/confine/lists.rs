@@ -197,12 +197,25 @@ fn common() -> Vec<SyscallRule> {
 /// KVM ioctl request numbers, derived as linux/kvm.h defines them: direction,
 /// KVMIO, number and the size of the argument's struct.
 mod kvm {
-    use kvm_bindings::{kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, KVMIO};
-    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+    use kvm_bindings::{
+        kvm_clock_data, kvm_debugregs, kvm_irq_routing, kvm_irqfd, kvm_lapic_state, kvm_mp_state,
+        kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
+    };
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
     ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
     ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    // A vCPU's state, saved by its own thread for a snapshot.
+    ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    // The VM's clock, read by the API's thread for a snapshot.
+    ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
     ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
     ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 }
@@ -212,8 +225,20 @@ mod kvm {
 /// messages when a driver starts or resets a device.
 fn vcpu() -> Vec<SyscallRule> {
     use kvm::*;
-    let mut list =
-        ioctls(&[KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS(), KVM_IRQFD(), KVM_SET_GSI_ROUTING()]);
+    let mut list = ioctls(&[
+        KVM_RUN(),
+        KVM_GET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_IRQFD(),
+        KVM_SET_GSI_ROUTING(),
+        KVM_GET_MSRS(),
+        KVM_GET_LAPIC(),
+        KVM_GET_MP_STATE(),
+        KVM_GET_VCPU_EVENTS(),
+        KVM_GET_DEBUGREGS(),
+        KVM_GET_XSAVE(),
+        KVM_GET_XCRS(),
+    ]);
     list.extend(seccomp::rules(&["sendmsg", "recvmsg", "recvfrom", "poll"]));
     list
 }
@@ -298,9 +323,21 @@ fn api() -> Vec<SyscallRule> {
         "newfstatat",
         "fstat",
         "readlink",
+        // pausing: kicking the vCPUs out of KVM_RUN
+        "tgkill",
+        // a snapshot: its folder and files, guest memory and inflight regions read from
+        // their memfds (the files may go anywhere the VM's user says: `openat` for writing)
+        "mkdir",
+        "openat",
+        "pread64",
+        "pwrite64",
+        "lseek",
+        "ftruncate",
+        "fsync",
+        "rename",
+        "unlink",
     ]);
-    list.extend(ioctls(&[libc::FIONBIO]));
-    list.extend(read_only_open());
+    list.extend(ioctls(&[libc::FIONBIO, kvm::KVM_GET_CLOCK()]));
     list
 }
 
@@ -449,6 +486,14 @@ mod tests {
         assert_eq!(kvm::KVM_GET_SREGS(), 0x8138_ae83);
         assert_eq!(kvm::KVM_IRQFD(), 0x4020_ae76);
         assert_eq!(kvm::KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
+        assert_eq!(kvm::KVM_GET_MSRS(), 0xc008_ae88);
+        assert_eq!(kvm::KVM_GET_LAPIC(), 0x8400_ae8e);
+        assert_eq!(kvm::KVM_GET_MP_STATE(), 0x8004_ae98);
+        assert_eq!(kvm::KVM_GET_VCPU_EVENTS(), 0x8040_ae9f);
+        assert_eq!(kvm::KVM_GET_DEBUGREGS(), 0x8080_aea1);
+        assert_eq!(kvm::KVM_GET_XSAVE(), 0x9000_aea4);
+        assert_eq!(kvm::KVM_GET_XCRS(), 0x8188_aea6);
+        assert_eq!(kvm::KVM_GET_CLOCK(), 0x8030_ae7c);
     }
 
     #[test]

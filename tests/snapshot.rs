@@ -1,0 +1,354 @@
+//! Snapshots: a running built-in guest paused, written to a folder, its process ended, and
+//! restored in a new process from the files — again and again while it works — in both
+//! modes and with several vCPUs; and damaged snapshots refused, naming the file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use common::{bulkhead, lines_of, TempDir};
+
+/// How long any one step may take (a debug build on a busy 2-core host).
+const STEP: Duration = Duration::from_secs(60);
+
+/// One process of a VM's life: its console lines as they come, and its errors.
+struct Process {
+    child: Child,
+    lines: Receiver<String>,
+    errors: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn start(cmd: &mut Command) -> Process {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bulkhead");
+        let lines = lines_of(child.stdout.take().unwrap());
+        let errors = lines_of(child.stderr.take().unwrap());
+        Process { child, lines, errors, seen: Vec::new() }
+    }
+
+    /// Waits for a console line containing `wanted`; fails with what was seen.
+    fn wait_for(&mut self, wanted: &str) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(wanted) {
+                        return line;
+                    }
+                }
+                Err(_) => self.fail(&format!("no console line with {wanted:?}")),
+            }
+        }
+    }
+
+    /// Ends the process with SIGTERM (a clean stop: its compartments end with it) and waits.
+    fn stop(mut self) {
+        // SAFETY: signalling the VMM this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the guest's end; returns the exit code, the console and the errors.
+    fn finish(mut self) -> (i32, String, String) {
+        let deadline = Instant::now() + STEP;
+        while let Ok(line) =
+            self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                self.fail("the VM did not end");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let errors: Vec<String> = self.errors.try_iter().collect();
+        (status.code().unwrap_or(-1), self.seen.join("\n"), errors.join("\n"))
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let errors: Vec<String> = self.errors.try_iter().collect();
+        panic!("{why}; the console:\n{}\nthe errors:\n{}", self.seen.join("\n"), errors.join("\n"));
+    }
+}
+
+/// `bulkhead ctl ARGS` against the VMs of `run_dir`; fails unless it succeeds.
+fn ctl(run_dir: &Path, args: &[&str]) -> String {
+    let out = common::ctl(run_dir, args);
+    assert!(
+        out.status.success(),
+        "bulkhead ctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A VM whose disk (a raw image beside it, named by a relative path) takes blk-stress passes,
+/// snapshotted `cycles` times while it works: each time paused, written to a folder, its
+/// process stopped, and restored in a new process started in another folder. The guest must
+/// end with every pass verified, and the image hold the last pass.
+fn snapshot_cycles(tag: &str, mode: &str, cpus: u32, workload: &str, cycles: usize) {
+    common::require_kvm();
+    let dir = TempDir::new(tag);
+    let run_dir = dir.0.join("run");
+    let vm_dir = dir.0.join("vm");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let bytes = 4 << 20;
+    std::fs::write(vm_dir.join("disk.raw"), vec![0u8; 16 << 20]).unwrap();
+    // Enough passes that the guest is still working at the last cycle (one or two per cycle).
+    let rounds = 3 * cycles + 3;
+    let cmdline = format!(
+        "bulkhead.run={workload} bulkhead.rounds={rounds} bulkhead.seconds=3600 \
+         bulkhead.bytes={bytes} bulkhead.seed=3"
+    );
+    let cmdline = match workload {
+        "storm" => cmdline.replace("bulkhead.seconds=3600", "bulkhead.seconds=8"),
+        _ => cmdline.replace(" bulkhead.seconds=3600", ""),
+    };
+    let mut vm = Process::start(
+        bulkhead()
+            .current_dir(&vm_dir)
+            .env("BULKHEAD_RUN_DIR", &run_dir)
+            .args(["run", "--name", &format!("{tag}-0"), "--mode", mode])
+            .args(["--cpus", &cpus.to_string(), "--disk", "disk.raw", "--cmdline", &cmdline]),
+    );
+    for cycle in 0..cycles {
+        let name = format!("{tag}-{cycle}");
+        vm.wait_for("BH progress name=blk-stress");
+        let paused = ctl(&run_dir, &[&name, "pause"]);
+        assert!(paused.contains("paused in"), "{paused}");
+        let status = ctl(&run_dir, &[&name, "status"]);
+        assert!(status.contains("PAUSED"), "{status}");
+        let snapshot = dir.0.join(format!("snap-{cycle}"));
+        let written = ctl(&run_dir, &[&name, "snapshot", "--to", snapshot.to_str().unwrap()]);
+        assert!(written.contains("the VM stays paused"), "{written}");
+        vm.stop();
+        // Restored from another folder: the disk's relative path is the snapshot's VM's.
+        vm = Process::start(
+            bulkhead()
+                .current_dir("/")
+                .env("BULKHEAD_RUN_DIR", &run_dir)
+                .arg("run")
+                .arg("--restore")
+                .arg(&snapshot)
+                .args(["--name", &format!("{tag}-{}", cycle + 1)]),
+        );
+    }
+    let (code, console, errors) = vm.finish();
+    assert_eq!(code, 0, "{console}\n{errors}");
+    let check = format!("BH check name={workload} status=ok");
+    assert!(console.contains(&check), "{console}\n{errors}");
+    assert!(console.contains("BH done status=ok"), "{console}\n{errors}");
+    let stress = console
+        .lines()
+        .filter_map(common::parse_line)
+        .find(|(event, kv)| {
+            event == "check" && kv.get("name").map(String::as_str) == Some("blk-stress")
+        })
+        .map(|(_, kv)| kv)
+        .unwrap_or_else(|| panic!("no blk-stress check:\n{console}"));
+    let passes: u64 = stress["rounds"].parse().unwrap();
+    let image = std::fs::read(vm_dir.join("disk.raw")).unwrap();
+    assert!(
+        image[..bytes] == common::pattern(3 + passes - 1, bytes)[..],
+        "the image does not hold the last of {passes} passes"
+    );
+}
+
+#[test]
+fn blk_stress_survives_twenty_snapshot_restore_cycles_in_microkernel_mode() {
+    snapshot_cycles("snap-micro", "microkernel", 1, "blk-stress", 20);
+}
+
+#[test]
+fn blk_stress_survives_snapshot_restore_cycles_in_monolithic_mode() {
+    snapshot_cycles("snap-mono", "monolithic", 1, "blk-stress", 5);
+}
+
+/// Two and four vCPUs (the application processors spinning, the bootstrap one verifying
+/// passes): every vCPU's state comes back, and the guest's end-of-run checks pass.
+#[test]
+fn smp_guests_survive_snapshot_restore_cycles() {
+    snapshot_cycles("snap-smp2", "microkernel", 2, "storm", 3);
+    snapshot_cycles("snap-smp4", "microkernel", 4, "storm", 2);
+}
+
+/// A snapshot of a small paused VM (a disk and the rng), for the damaged-snapshot checks.
+fn take_snapshot(dir: &Path) -> PathBuf {
+    let run_dir = dir.join("run");
+    std::fs::write(dir.join("disk.raw"), vec![0u8; 1 << 20]).unwrap();
+    let mut vm = Process::start(
+        bulkhead()
+            .env("BULKHEAD_RUN_DIR", &run_dir)
+            .args(["run", "--name", "damaged", "--rng", "--disk"])
+            .arg(dir.join("disk.raw"))
+            .args([
+                "--cmdline",
+                "bulkhead.run=blk-stress bulkhead.rounds=100000 bulkhead.bytes=65536",
+            ]),
+    );
+    vm.wait_for("BH progress name=blk-stress");
+    let snapshot = dir.join("good");
+    ctl(&run_dir, &["damaged", "pause"]);
+    ctl(&run_dir, &["damaged", "snapshot", "--to", snapshot.to_str().unwrap()]);
+    vm.stop();
+    snapshot
+}
+
+/// A copy of the snapshot `good` as `name`, changed by `damage`.
+fn damaged(good: &Path, name: &str, damage: impl FnOnce(&Path)) -> PathBuf {
+    let copy = good.parent().unwrap().join(name);
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(good).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    damage(&copy);
+    copy
+}
+
+fn flip_byte(file: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(file).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+}
+
+/// The offset of the first byte that is not zero in `file`.
+fn first_data(file: &Path) -> u64 {
+    let bytes = std::fs::read(file).unwrap();
+    bytes.iter().position(|&b| b != 0).expect("memory holds something") as u64
+}
+
+fn rewrite_manifest(dir: &Path, change: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("snapshot.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    change(&mut manifest);
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+}
+
+#[test]
+fn damaged_snapshots_are_refused_naming_the_file() {
+    common::require_kvm();
+    let dir = TempDir::new("snap-damaged");
+    let good = take_snapshot(&dir.0);
+    let truncate = |file: &'static str, keep: u64| {
+        move |d: &Path| {
+            let f = std::fs::OpenOptions::new().write(true).open(d.join(file)).unwrap();
+            f.set_len(keep).unwrap();
+        }
+    };
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            damaged(&good, "no-manifest", |d| {
+                std::fs::remove_file(d.join("snapshot.json")).unwrap()
+            }),
+            "has no snapshot.json",
+        ),
+        (
+            damaged(&good, "manifest-cut", truncate("snapshot.json", 40)),
+            "snapshot.json is malformed",
+        ),
+        (damaged(&good, "machine-cut", truncate("machine.json", 100)), "machine.json is damaged"),
+        (
+            damaged(&good, "machine-flipped", |d| flip_byte(&d.join("machine.json"), 200)),
+            "machine.json is damaged",
+        ),
+        (damaged(&good, "memory-cut", truncate("memory.bin", 1 << 20)), "memory.bin is damaged"),
+        (
+            damaged(&good, "memory-flipped", |d| {
+                let f = d.join("memory.bin");
+                flip_byte(&f, first_data(&f));
+            }),
+            "memory.bin is damaged",
+        ),
+        (
+            damaged(&good, "memory-gone", |d| std::fs::remove_file(d.join("memory.bin")).unwrap()),
+            "memory.bin",
+        ),
+        (
+            damaged(&good, "version", |d| rewrite_manifest(d, |m| m["version"] = 99.into())),
+            "format version 99",
+        ),
+        (
+            damaged(&good, "more-memory", |d| {
+                rewrite_manifest(d, |m| {
+                    let recipe: serde_json::Value =
+                        serde_json::from_str(m["recipe"].as_str().unwrap()).unwrap();
+                    let mut recipe = recipe;
+                    let args = recipe["args"].as_array_mut().unwrap();
+                    args.push("--memory".into());
+                    args.push("512M".into());
+                    m["recipe"] = recipe.to_string().into();
+                })
+            }),
+            "bytes of memory where the VM was given",
+        ),
+    ];
+    for (snapshot, wanted) in cases {
+        let run = common::run_command(
+            {
+                let mut cmd = bulkhead();
+                cmd.env("BULKHEAD_RUN_DIR", dir.0.join("run"))
+                    .arg("run")
+                    .arg("--restore")
+                    .arg(&snapshot);
+                cmd
+            },
+            STEP,
+        );
+        assert_ne!(run.code, 0, "{}: restored:\n{}", snapshot.display(), run.stdout);
+        assert!(
+            run.stderr.contains(wanted),
+            "{}: {:?} not in:\n{}",
+            snapshot.display(),
+            wanted,
+            run.stderr
+        );
+        assert!(
+            !run.stdout.contains("BH "),
+            "{}: the guest ran:\n{}",
+            snapshot.display(),
+            run.stdout
+        );
+    }
+    // The good one restores (and the options beside --restore are refused).
+    let refused = common::run_command(
+        {
+            let mut cmd = bulkhead();
+            cmd.arg("run").arg("--restore").arg(&good).args(["--memory", "1G"]);
+            cmd
+        },
+        STEP,
+    );
+    assert!(refused.stderr.contains("give only --name and -v beside it"), "{}", refused.stderr);
+    let mut vm = Process::start(
+        bulkhead()
+            .env("BULKHEAD_RUN_DIR", dir.0.join("run"))
+            .arg("run")
+            .arg("--restore")
+            .arg(&good),
+    );
+    vm.wait_for("BH progress name=blk-stress");
+    vm.stop();
+}
