@@ -68,6 +68,7 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
 
 /// Boots the VM described by `config` and runs it to its end.
 pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
+    let started = std::time::Instant::now();
     let host = HostKind::detect();
     let kvm = host::open_kvm()?;
     let kernel = Kernel::open(&config.kernel)?;
@@ -95,8 +96,11 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         }
     }
     let ram = Arc::new(GuestRam::new(config.memory)?);
+    let mut filled = None;
     if let Some(snapshot) = &restore {
+        let start = std::time::Instant::now();
         snapshot.fill(&ram)?;
+        filled = Some(start.elapsed());
     }
     let vm = create_vm(&kvm, &ram)?;
     let exit = ExitLatch::new().map_err(io("create the exit event"))?;
@@ -186,6 +190,15 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
             return Err(e);
         }
     };
+    if let (Some(snapshot), Some(filled), true) = (&restore, filled, config.verbose) {
+        eprintln!(
+            "bulkhead: restored from {}: vCPUs running {:.2} ms after the core started (memory \
+             filled in {:.2} ms)",
+            snapshot.dir.display(),
+            started.elapsed().as_secs_f64() * 1000.0,
+            filled.as_secs_f64() * 1000.0
+        );
+    }
     drop(restore);
     machine.set_threads(threads);
     // What the set-up allocated (the command line's parser, the guest image as read, the

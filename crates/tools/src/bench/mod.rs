@@ -13,6 +13,7 @@ mod linux;
 mod outside;
 mod peer;
 mod recovery;
+mod snapshot;
 mod stats;
 mod svg;
 mod vsock;
@@ -106,6 +107,16 @@ pub enum BenchCommand {
         /// waits for the next standby to be ready.
         #[arg(long)]
         standby: bool,
+    },
+    /// Pause, snapshot and restore (`ctl VM snapshot`, `run --restore`) of a guest doing block
+    /// I/O, both modes.
+    Snapshot {
+        /// Runs per mode.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u64,
     },
 }
 
@@ -244,6 +255,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<i32> {
         BenchCommand::Fs(args) => fs::run(&args),
         BenchCommand::Interference { rounds, seconds } => {
             interference::run(&interference::Options { rounds: rounds.max(1), seconds })
+        }
+        BenchCommand::Snapshot { runs, memory } => {
+            snapshot::run(&snapshot::Options { runs: runs.max(1), memory_mib: memory })
         }
         BenchCommand::Recovery { kills, interval_ms, no_device_cgroups, standby } => {
             recovery::run(&recovery::Options {
