@@ -68,6 +68,7 @@ fn request_schema(method: &str, path: &str) -> Option<&'static str> {
         ("PUT", ["metrics"]) => "Metrics",
         ("PUT", ["actions"]) => "InstanceActionInfo",
         ("PUT", ["bulkhead"]) => "BulkheadSettings",
+        ("PATCH", ["vm"]) => "Vm",
         _ => return None,
     })
 }
@@ -318,15 +319,29 @@ fn calls_one_by_one_as_firecracker_containerd_makes_them_boot_the_guest() {
     c.ok("/entropy", json!({}));
     let metrics = f.dir.0.join("metrics.json");
     c.ok("/metrics", json!({ "metrics_path": metrics }));
+    c.fault("PATCH", "/vm", r#"{"state":"Paused"}"#, "not supported before starting");
     c.ok("/actions", json!({ "action_type": "InstanceStart" }));
     assert_eq!(c.call("GET", "/", "").1["state"], "Running");
     // Bulkhead's own socket answers for the VM the API started.
-    let status = common::bulkhead()
-        .args(["ctl", &id, "status"])
-        .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status = || {
+        let out = common::bulkhead()
+            .args(["ctl", &id, "status"])
+            .env("BULKHEAD_RUN_DIR", f.dir.0.join("run"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!status().contains("PAUSED"));
+    // Pausing and resuming (`PATCH /vm`): the core's vCPUs and queues stop, then go on; the
+    // guest's verification below passes across it.
+    assert_eq!(c.call("PATCH", "/vm", r#"{"state":"Paused"}"#).0, 204);
+    assert_eq!(c.call("GET", "/", "").1["state"], "Paused");
+    assert!(status().contains("PAUSED"));
+    c.fault("PATCH", "/vm", r#"{"state":"Stopped"}"#, "unknown variant");
+    assert_eq!(c.call("PATCH", "/vm", r#"{"state":"Resumed"}"#).0, 204);
+    assert_eq!(c.call("GET", "/", "").1["state"], "Running");
+    assert!(!status().contains("PAUSED"));
     let after = "not supported after starting the microVM";
     c.fault("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#, after);
     c.fault("PUT", "/machine-config", r#"{"vcpu_count":2,"mem_size_mib":128}"#, after);
@@ -336,7 +351,8 @@ fn calls_one_by_one_as_firecracker_containerd_makes_them_boot_the_guest() {
     let text = std::fs::read_to_string(&metrics).unwrap();
     let line: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     // Firecracker's names, for the counters Bulkhead keeps; counted since the last line.
-    assert_eq!(line["get_api_requests"]["instance_info_count"], 2, "{line}");
+    // (Before and after the start, and paused and resumed.)
+    assert_eq!(line["get_api_requests"]["instance_info_count"], 4, "{line}");
     // The drive put before boot, and the one refused after.
     assert_eq!(line["put_api_requests"]["drive_count"], 2, "{line}");
     assert_eq!(line["put_api_requests"]["drive_fails"], 1, "{line}");

@@ -30,6 +30,8 @@ pub struct Microvm {
     id: String,
     pub config: VmConfig,
     started: bool,
+    /// Paused through `PATCH /vm`.
+    paused: bool,
     launch: Launch,
     metrics: Option<MetricsFile>,
     api: ApiCounts,
@@ -45,6 +47,7 @@ impl Microvm {
             id,
             config: VmConfig::default(),
             started: false,
+            paused: false,
             launch,
             metrics: None,
             api: ApiCounts::new(),
@@ -79,7 +82,11 @@ impl Microvm {
             ("GET", []) => Ok(Response::ok(json!({
                 "app_name": "bulkhead",
                 "id": self.id,
-                "state": if self.started { "Running" } else { "Not started" },
+                "state": match (self.started, self.paused) {
+                    (false, _) => "Not started",
+                    (true, false) => "Running",
+                    (true, true) => "Paused",
+                },
                 "vmm_version": env!("CARGO_PKG_VERSION"),
             }))),
             ("GET", ["version"]) => {
@@ -144,7 +151,17 @@ impl Microvm {
             (_, ["mmds", ..]) => Err(not_implemented("MMDS (/mmds)")),
             (_, ["cpu-config"]) => Err(not_implemented("CPU templates (/cpu-config)")),
             (_, ["snapshot", ..]) => Err(not_implemented("Snapshots (/snapshot)")),
-            (_, ["vm"]) => Err(not_implemented("Pausing and resuming (PATCH /vm)")),
+            ("PATCH", ["vm"]) => {
+                self.after_boot()?;
+                let change: model::VmStateChange = model::parse(body)?;
+                let request = match change.state {
+                    model::VmState::Paused => Request::Pause,
+                    model::VmState::Resumed => Request::Resume,
+                };
+                self.ask_core(&request)?;
+                self.paused = change.state == model::VmState::Paused;
+                Ok(Response::no_content())
+            }
             (_, ["pmem", ..]) => Err(not_implemented("virtio-pmem (/pmem)")),
             (_, ["hotplug", ..]) => Err(not_implemented("Memory hot-plug (/hotplug)")),
             (_, ["serial"]) => Err(not_implemented("Serial console configuration (/serial)")),

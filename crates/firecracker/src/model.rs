@@ -214,6 +214,20 @@ pub enum ActionType {
     FlushMetrics,
 }
 
+/// `PATCH /vm`: pause or resume the microVM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmStateChange {
+    pub state: VmState,
+}
+
+/// The states `PATCH /vm` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum VmState {
+    Paused,
+    Resumed,
+}
+
 /// Bulkhead's own settings, which Firecracker's API has no place for: `PUT /bulkhead` and
 /// the config file's `bulkhead` section. Each is one of `bulkhead run`'s options (named in
 /// its comment); what is not given keeps `bulkhead run`'s default.
