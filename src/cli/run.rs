@@ -502,8 +502,7 @@ fn restore_config(dir: &Path, given: &RunArgs, argv: &[String]) -> anyhow::Resul
         }
     }
     let dir = absolute(dir)?;
-    let snapshot = bulkhead_core::state::Snapshot::load(&dir)
-        .map_err(|e| anyhow::anyhow!(bulkhead_core::state::with_causes(&e)))?;
+    let snapshot = bulkhead_core::state::Snapshot::load(&dir)?;
     let text = snapshot.manifest.recipe.clone().with_context(|| {
         format!("{}: the snapshot does not say how its VM was started", dir.display())
     })?;

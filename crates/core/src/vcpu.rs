@@ -29,7 +29,8 @@ pub struct VcpuShared {
     pub confine: Option<crate::config::ConfineHook>,
     /// Where vCPUs park while the VM is paused, and save their state.
     pub gate: Arc<Gate>,
-    /// The MSRs a vCPU's saved state holds ([`crate::state::cpu::readable_msrs`]).
+    /// The MSRs KVM lists (`KVM_GET_MSR_INDEX_LIST`): a vCPU's saved state holds those it
+    /// lets read ([`crate::state::cpu::save`]).
     pub msrs: Arc<Vec<u32>>,
     /// Whether KVM saves XCR0 (`KVM_CAP_XCRS`).
     pub xcrs: bool,
@@ -210,9 +211,7 @@ impl VcpuThread {
     /// flag after every exit), then joins it.
     pub fn stop(self) {
         while !self.handle.is_finished() {
-            // SAFETY: the pthread id belongs to a thread we spawned and have
-            // not joined; the kick signal has a no-op handler installed.
-            unsafe { libc::pthread_kill(self.handle.as_pthread_t(), kick_signal()) };
+            self.kick();
             std::thread::sleep(Duration::from_micros(200));
         }
         let _ = self.handle.join();

@@ -179,7 +179,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         })
     });
     let start = match (&restore, entry) {
-        (Some(snapshot), _) => Start::Restore(&snapshot.machine),
+        (Some(snapshot), _) => Start::Restore(snapshot),
         (None, Some(entry)) => Start::Boot(entry),
         (None, None) => unreachable!("a VM either boots or is restored"),
     };
@@ -339,7 +339,7 @@ fn core_devices(
 /// How the vCPUs start: at the kernel's entry, or where a snapshot's stood.
 enum Start<'a> {
     Boot(boot::BootEntry),
-    Restore(&'a crate::state::MachineState),
+    Restore(&'a crate::state::Snapshot),
 }
 
 fn start_vcpus(
@@ -360,27 +360,25 @@ fn start_vcpus(
         match &start {
             Start::Boot(entry) if id == 0 => cpu::set_boot_registers(&vcpu, &ram.memory, *entry)?,
             Start::Boot(_) => {}
-            Start::Restore(machine) => {
-                crate::state::cpu::restore(&vcpu, &machine.vcpus[usize::from(id)]).map_err(
-                    |e| VmError::Restore {
-                        dir: Default::default(),
-                        reason: format!("vCPU {id}: {}", crate::state::with_causes(&e)),
-                    },
-                )?;
+            Start::Restore(snapshot) => {
+                let saved = &snapshot.machine.vcpus[usize::from(id)];
+                crate::state::cpu::restore(&vcpu, saved).map_err(|e| VmError::Restore {
+                    dir: snapshot.dir.clone(),
+                    reason: format!("vCPU {id}: {}", crate::state::with_causes(&e)),
+                })?;
             }
         }
         vcpus.push(vcpu);
     }
-    if let Start::Restore(machine) = &start {
-        let clock = kvm_bindings::kvm_clock_data { clock: machine.clock_ns, ..Default::default() };
+    if let Start::Restore(snapshot) = &start {
+        let clock =
+            kvm_bindings::kvm_clock_data { clock: snapshot.machine.clock_ns, ..Default::default() };
         vm.set_clock(&clock).map_err(setup("set the VM clock"))?;
     }
-    // The MSRs a snapshot saves: those KVM lists that the vCPU lets read (listed once here,
-    // where the main thread may still ask KVM for its list).
-    if let Some(first) = vcpus.first() {
-        let listed = kvm.get_msr_index_list().map_err(setup("list the MSRs"))?;
-        shared.msrs = Arc::new(crate::state::cpu::readable_msrs(first, listed.as_slice()));
-    }
+    // The MSRs a snapshot saves (those of the list the vCPU lets read): listed here, where the
+    // main thread may still ask KVM for its list.
+    let listed = kvm.get_msr_index_list().map_err(setup("list the MSRs"))?;
+    shared.msrs = Arc::new(listed.as_slice().to_vec());
     let shared = &shared;
     let mut threads = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {

@@ -60,7 +60,8 @@ fn set(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> CpuStateError {
     move |e| CpuStateError::Set(what, e)
 }
 
-/// Reads `vcpu`'s state; `msrs` are the MSRs to read ([`readable_msrs`]). The vCPU must be
+/// Reads `vcpu`'s state; `msrs` are the MSRs KVM lists, of which those it lets read are saved
+/// ([`read_msrs`]). The vCPU must be
 /// out of `KVM_RUN`, with the exit it last made completed ([`complete_exit`]).
 pub fn save(vcpu: &VcpuFd, msrs: &[u32], xcrs: bool) -> Result<VcpuState, CpuStateError> {
     // The order Firecracker and QEMU read in: the run state and events before the registers
@@ -75,9 +76,7 @@ pub fn save(vcpu: &VcpuFd, msrs: &[u32], xcrs: bool) -> Result<VcpuState, CpuSta
     };
     let debugregs = vcpu.get_debug_regs().map_err(get("debug registers"))?;
     let lapic = vcpu.get_lapic().map_err(get("local APIC"))?;
-    let mut list = msr_list(msrs.iter().map(|&index| (index, 0)))?;
-    let read = vcpu.get_msrs(&mut list).map_err(get("MSRs"))?;
-    let msrs = list.as_slice()[..read].iter().map(|e| (e.index, e.data)).collect();
+    let msrs = read_msrs(vcpu, msrs)?;
     let events = vcpu.get_vcpu_events().map_err(get("pending events"))?;
     Ok(VcpuState { regs, sregs, xsave, xcrs, lapic, events, mp_state, debugregs, msrs })
 }
@@ -115,19 +114,19 @@ pub fn complete_exit(vcpu: &mut VcpuFd) {
     vcpu.set_kvm_immediate_exit(0);
 }
 
-/// Of the MSRs KVM lists, those this vCPU lets read: KVM reads a list up to the first it
-/// refuses, which is left out, and the rest read again.
-pub fn readable_msrs(vcpu: &VcpuFd, listed: &[u32]) -> Vec<u32> {
-    let mut readable = Vec::with_capacity(listed.len());
+/// The (index, value) of each of the `listed` MSRs this vCPU lets read: KVM reads a list up to
+/// the first MSR it refuses, which is left out, and the rest is read again.
+fn read_msrs(vcpu: &VcpuFd, listed: &[u32]) -> Result<Vec<(u32, u64)>, CpuStateError> {
+    let mut values = Vec::with_capacity(listed.len());
     let mut rest = listed;
     while !rest.is_empty() {
-        let Ok(mut list) = msr_list(rest.iter().map(|&index| (index, 0))) else { break };
-        let read = vcpu.get_msrs(&mut list).unwrap_or(0);
-        readable.extend_from_slice(&rest[..read]);
-        // The one at `read` was refused (or the call failed): skip it.
+        let mut list = msr_list(rest.iter().map(|&index| (index, 0)))?;
+        let read = vcpu.get_msrs(&mut list).map_err(get("MSRs"))?;
+        values.extend(list.as_slice()[..read].iter().map(|e| (e.index, e.data)));
+        // The one at `read` was refused: skip it.
         rest = rest.get(read + 1..).unwrap_or(&[]);
     }
-    readable
+    Ok(values)
 }
 
 fn msr_list(entries: impl Iterator<Item = (u32, u64)>) -> Result<Msrs, CpuStateError> {

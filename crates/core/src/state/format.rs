@@ -182,27 +182,38 @@ fn crc(bytes: &[u8]) -> u32 {
 fn write_memory(path: &Path, ram: &GuestRam) -> Result<(u64, u32), SnapshotError> {
     let file = File::create(path).map_err(write_err(path))?;
     file.set_len(ram.size).map_err(write_err(path))?;
+    let copied = copy_pages((&ram.file, Path::new("guest memory")), (&file, path), ram.size)?;
+    file.sync_all().map_err(write_err(path))?;
+    Ok(copied)
+}
+
+/// Copies the pages of `from` that are not all zeros, below `len`, to the same offsets of `to`
+/// (each a file and the name its errors give), reading only where `from` holds data; returns
+/// the bytes copied and the pages' checksum ([`hash_pages`]). Memory goes to a snapshot and
+/// comes back from one this way, so both sides count the same pages.
+fn copy_pages(
+    (from, from_path): (&File, &Path),
+    (to, to_path): (&File, &Path),
+    len: u64,
+) -> Result<(u64, u32), SnapshotError> {
     let mut hasher = crc32fast::Hasher::new();
-    let mut written = 0;
+    let mut copied = 0;
     let mut buf = vec![0u8; CHUNK];
-    for (start, end) in data_extents(&ram.file, ram.size) {
+    for (start, end) in data_extents(from, len) {
         let mut at = start;
         while at < end {
             let n = ((end - at) as usize).min(CHUNK);
-            ram.file
-                .read_exact_at(&mut buf[..n], at)
-                .map_err(read_err(Path::new("guest memory")))?;
+            from.read_exact_at(&mut buf[..n], at).map_err(read_err(from_path))?;
             for (first, last) in nonzero_runs(&buf[..n]) {
                 let offset = at + first as u64;
                 hash_pages(&mut hasher, offset, &buf[first..last]);
-                file.write_all_at(&buf[first..last], offset).map_err(write_err(path))?;
-                written += (last - first) as u64;
+                to.write_all_at(&buf[first..last], offset).map_err(write_err(to_path))?;
+                copied += (last - first) as u64;
             }
             at += n as u64;
         }
     }
-    file.sync_all().map_err(write_err(path))?;
-    Ok((written, hasher.finalize()))
+    Ok((copied, hasher.finalize()))
 }
 
 /// The runs of pages of `buf` that are not all zeros: (first byte, end byte) of each.
@@ -374,25 +385,10 @@ impl Snapshot {
                 ),
             });
         }
-        let mut hasher = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
-        for (start, end) in data_extents(&self.memory, ram.size) {
-            let mut at = start;
-            while at < end {
-                let n = ((end - at) as usize).min(CHUNK);
-                self.memory.read_exact_at(&mut buf[..n], at).map_err(read_err(&path))?;
-                for (first, last) in nonzero_runs(&buf[..n]) {
-                    let offset = at + first as u64;
-                    hash_pages(&mut hasher, offset, &buf[first..last]);
-                    ram.file
-                        .write_all_at(&buf[first..last], offset)
-                        .map_err(write_err(Path::new("guest memory")))?;
-                }
-                at += n as u64;
-            }
-        }
+        let (_, crc) =
+            copy_pages((&self.memory, &path), (&ram.file, Path::new("guest memory")), ram.size)?;
         let want = self.manifest.files.iter().find(|f| f.name == MEMORY).map(|f| f.crc32);
-        if Some(hasher.finalize()) != want {
+        if Some(crc) != want {
             return Err(SnapshotError::Corrupt {
                 path,
                 reason: "its checksum does not match the manifest's".into(),

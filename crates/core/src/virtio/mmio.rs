@@ -237,8 +237,7 @@ impl MmioTransport {
             self.config_generation = self.config_generation.wrapping_add(1);
             self.interrupt_status |= INT_CONFIG;
         }
-        let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
-        if self.status & running != running {
+        if !self.driver_running() {
             return Ok(());
         }
         let queues = self.queues.len();
@@ -251,10 +250,7 @@ impl MmioTransport {
             region.write_all(&bytes).map_err(|e| fail(e.to_string()))?;
             self.inflight = Some(Arc::new(region));
         }
-        self.start_queues().map_err(|e| fail(format!("cannot start the queues: {e}")))?;
-        self.interrupt_status |= INT_VRING;
-        let _ = self.call.write(1);
-        Ok(())
+        self.start_queues_and_signal().map_err(|e| fail(format!("cannot start the queues: {e}")))
     }
 
     /// Stops the queues for a pause (each backend's queue stopped with `GET_VRING_BASE`, the
@@ -276,10 +272,21 @@ impl MmioTransport {
     /// Starts the queues [`Self::freeze`] stopped, where they stood, with an interrupt.
     pub fn thaw(&mut self) -> Result<(), FrontendError> {
         self.frozen = false;
-        let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
-        if self.active || self.status & running != running || self.backend_for_guest().is_none() {
+        if self.active || !self.driver_running() || self.backend_for_guest().is_none() {
             return Ok(());
         }
+        self.start_queues_and_signal()
+    }
+
+    /// Whether the driver has the device running (DRIVER_OK with FEATURES_OK).
+    fn driver_running(&self) -> bool {
+        let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
+        self.status & running == running
+    }
+
+    /// Starts the queues in the current backend and raises the device's interrupt: a
+    /// completion's may have gone with the old backend, or to a vCPU parked for a pause.
+    fn start_queues_and_signal(&mut self) -> Result<(), FrontendError> {
         self.start_queues()?;
         self.interrupt_status |= INT_VRING;
         let _ = self.call.write(1);
@@ -484,30 +491,24 @@ impl MmioTransport {
         }
         self.offered_features = backend.features;
         self.backend = Some(backend);
-        let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
-        if self.status & running != running || self.frozen {
-            // Paused: `thaw` starts the queues (and raises the interrupt) when the VM resumes.
-            if config_changed && self.status & running == running {
-                self.interrupt_status |= INT_CONFIG;
-            }
-            return Ok(());
-        }
-        if config_changed {
-            // Raised with the queues' interrupt below: one signal for both causes.
+        let running = self.driver_running();
+        if config_changed && running {
+            // Raised with the queues' interrupt: one signal for both causes.
             self.interrupt_status |= INT_CONFIG;
         }
-        self.start_queues()?;
+        if !running || self.frozen {
+            // Paused: `thaw` starts the queues (and raises the interrupt) when the VM resumes.
+            return Ok(());
+        }
+        self.start_queues_and_signal()?;
         self.status &= !STATUS_NEEDS_RESET;
-        self.interrupt_status |= INT_VRING;
-        let _ = self.call.write(1);
         Ok(())
     }
 
     /// What a standby backend can be sent ahead of taking the device over
     /// ([`Connection::prepare`]): the driver's features and queues once it has set them up.
     pub fn standby_setup(&self) -> Setup {
-        let running = STATUS_DRIVER_OK | STATUS_FEATURES_OK;
-        let running = self.status & running == running;
+        let running = self.driver_running();
         Setup {
             ram: self.ram.clone(),
             acked: running.then_some(self.acked_features),
