@@ -1,6 +1,8 @@
-//! Snapshots: a running built-in guest paused, written to a folder, its process ended, and
-//! restored in a new process from the files — again and again while it works — in both
-//! modes and with several vCPUs; and damaged snapshots refused, naming the file.
+//! A VM's state out of its process. Snapshots: a running built-in guest paused, written to a
+//! folder, its process ended, and restored in a new process from the files — again and again
+//! while it works — in both modes and with several vCPUs; damaged snapshots refused, naming
+//! the file. Core updates: the same guest handed from one core binary to another in its
+//! process, again and again; a new core that cannot take it over hands it back.
 
 mod common;
 
@@ -81,8 +83,17 @@ impl Process {
     }
 
     fn fail(&mut self, why: &str) -> ! {
+        // A VM that is ending says why on its way out: a moment for it first.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut ended = None;
+        while Instant::now() < deadline && ended.is_none() {
+            ended = self.child.try_wait().ok().flatten();
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.seen.extend(self.lines.try_iter());
+        self.seen.push(format!("(the VM: {ended:?})"));
         std::thread::sleep(Duration::from_millis(100));
         let errors: Vec<String> = self.errors.try_iter().collect();
         panic!("{why}; the console:\n{}\nthe errors:\n{}", self.seen.join("\n"), errors.join("\n"));
@@ -101,16 +112,34 @@ fn ctl(run_dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What each cycle of [`cycles`] does to the running VM.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// Pause, snapshot, stop the process, restore in a new process started in another folder.
+    Snapshot,
+    /// `update-core` to the other of two copies of the binary (the VM runs the first).
+    UpdateCore,
+}
+
+/// The two copies of the binary a VM's core is updated between, in `dir`.
+fn core_copies(dir: &Path) -> [PathBuf; 2] {
+    ["core-a", "core-b"].map(|name| {
+        let copy = dir.join(name);
+        std::fs::copy(env!("CARGO_BIN_EXE_bulkhead"), &copy).unwrap();
+        copy
+    })
+}
+
 /// A VM whose disk (a raw image beside it, named by a relative path) takes blk-stress passes,
-/// snapshotted `cycles` times while it works: each time paused, written to a folder, its
-/// process stopped, and restored in a new process started in another folder. The guest must
-/// end with every pass verified, and the image hold the last pass.
-fn snapshot_cycles(tag: &str, mode: &str, cpus: u32, workload: &str, cycles: usize) {
+/// put through `cycles` of `op` while it works. The guest must end with every pass verified,
+/// and the image hold the last pass.
+fn cycles(tag: &str, mode: &str, cpus: u32, workload: &str, cycles: usize, op: Op) {
     common::require_kvm();
     let dir = TempDir::new(tag);
     let run_dir = dir.0.join("run");
     let vm_dir = dir.0.join("vm");
     std::fs::create_dir_all(&vm_dir).unwrap();
+    let cores = core_copies(&dir.0);
     let bytes = 4 << 20;
     std::fs::write(vm_dir.join("disk.raw"), vec![0u8; 16 << 20]).unwrap();
     // Enough passes that the guest is still working at the last cycle (one or two per cycle).
@@ -119,26 +148,55 @@ fn snapshot_cycles(tag: &str, mode: &str, cpus: u32, workload: &str, cycles: usi
         "bulkhead.run={workload} bulkhead.rounds={rounds} bulkhead.seconds=3600 \
          bulkhead.bytes={bytes} bulkhead.seed=3"
     );
-    let cmdline = match workload {
-        "storm" => cmdline.replace("bulkhead.seconds=3600", "bulkhead.seconds=8"),
+    let cmdline = match (workload, op) {
+        ("storm", _) => cmdline.replace("bulkhead.seconds=3600", "bulkhead.seconds=8"),
+        // An update is quick, and the guest's passes are not held up by it: the guest works
+        // for a time long enough for every update, however busy the host, rather than a count
+        // of passes it could finish first.
+        (_, Op::UpdateCore) => cmdline
+            .replace(&format!("bulkhead.rounds={rounds}"), "bulkhead.rounds=1000000")
+            .replace("bulkhead.seconds=3600", &format!("bulkhead.seconds={}", 10 + 3 * cycles)),
         _ => cmdline.replace(" bulkhead.seconds=3600", ""),
     };
+    let name = |cycle: usize| match op {
+        Op::Snapshot => format!("{tag}-{cycle}"),
+        Op::UpdateCore => tag.to_string(),
+    };
     let mut vm = Process::start(
-        bulkhead()
+        Command::new(&cores[0])
             .current_dir(&vm_dir)
             .env("BULKHEAD_RUN_DIR", &run_dir)
-            .args(["run", "--name", &format!("{tag}-0"), "--mode", mode])
+            .args(["run", "--name", &name(0), "--mode", mode])
             .args(["--cpus", &cpus.to_string(), "--disk", "disk.raw", "--cmdline", &cmdline]),
     );
+    let core = vm.child.id();
     for cycle in 0..cycles {
-        let name = format!("{tag}-{cycle}");
         vm.wait_for("BH progress name=blk-stress");
-        let paused = ctl(&run_dir, &[&name, "pause"]);
+        if op == Op::UpdateCore {
+            let next = &cores[(cycle + 1) % 2];
+            let out =
+                common::ctl(&run_dir, &[tag, "update-core", "--binary", next.to_str().unwrap()]);
+            let said = format!("core updated to {} (update {})", next.display(), cycle + 1);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !text.contains(&said) {
+                vm.fail(&format!(
+                    "update {}: {text}{}",
+                    cycle + 1,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            // The same process, now running the other binary.
+            let exe = std::fs::read_link(format!("/proc/{core}/exe")).unwrap();
+            assert_eq!(&exe, next);
+            continue;
+        }
+        let paused = ctl(&run_dir, &[&name(cycle), "pause"]);
         assert!(paused.contains("paused in"), "{paused}");
-        let status = ctl(&run_dir, &[&name, "status"]);
+        let status = ctl(&run_dir, &[&name(cycle), "status"]);
         assert!(status.contains("PAUSED"), "{status}");
         let snapshot = dir.0.join(format!("snap-{cycle}"));
-        let written = ctl(&run_dir, &[&name, "snapshot", "--to", snapshot.to_str().unwrap()]);
+        let written =
+            ctl(&run_dir, &[&name(cycle), "snapshot", "--to", snapshot.to_str().unwrap()]);
         assert!(written.contains("the VM stays paused"), "{written}");
         vm.stop();
         // Restored from another folder: the disk's relative path is the snapshot's VM's.
@@ -149,8 +207,15 @@ fn snapshot_cycles(tag: &str, mode: &str, cpus: u32, workload: &str, cycles: usi
                 .arg("run")
                 .arg("--restore")
                 .arg(&snapshot)
-                .args(["--name", &format!("{tag}-{}", cycle + 1)]),
+                .args(["--name", &name(cycle + 1)]),
         );
+    }
+    if op == Op::UpdateCore {
+        let status: serde_json::Value =
+            serde_json::from_str(&ctl(&run_dir, &[tag, "status", "--json"])).unwrap();
+        assert_eq!(status["core"]["updates"], cycles as u64, "{status}");
+        assert_eq!(status["core_pid"], core, "{status}");
+        assert!(status["core"]["last_update"]["pause_ms"].as_f64().unwrap() > 0.0, "{status}");
     }
     let (code, console, errors) = vm.finish();
     assert_eq!(code, 0, "{console}\n{errors}");
@@ -175,20 +240,84 @@ fn snapshot_cycles(tag: &str, mode: &str, cpus: u32, workload: &str, cycles: usi
 
 #[test]
 fn blk_stress_survives_twenty_snapshot_restore_cycles_in_microkernel_mode() {
-    snapshot_cycles("snap-micro", "microkernel", 1, "blk-stress", 20);
+    cycles("snap-micro", "microkernel", 1, "blk-stress", 20, Op::Snapshot);
 }
 
 #[test]
 fn blk_stress_survives_snapshot_restore_cycles_in_monolithic_mode() {
-    snapshot_cycles("snap-mono", "monolithic", 1, "blk-stress", 5);
+    cycles("snap-mono", "monolithic", 1, "blk-stress", 5, Op::Snapshot);
 }
 
 /// Two and four vCPUs (the application processors spinning, the bootstrap one verifying
 /// passes): every vCPU's state comes back, and the guest's end-of-run checks pass.
 #[test]
 fn smp_guests_survive_snapshot_restore_cycles() {
-    snapshot_cycles("snap-smp2", "microkernel", 2, "storm", 3);
-    snapshot_cycles("snap-smp4", "microkernel", 4, "storm", 2);
+    cycles("snap-smp2", "microkernel", 2, "storm", 3, Op::Snapshot);
+    cycles("snap-smp4", "microkernel", 4, "storm", 2, Op::Snapshot);
+}
+
+#[test]
+fn blk_stress_survives_twenty_core_updates_in_microkernel_mode() {
+    cycles("update-micro", "microkernel", 1, "blk-stress", 20, Op::UpdateCore);
+}
+
+#[test]
+fn blk_stress_survives_core_updates_in_monolithic_mode() {
+    cycles("update-mono", "monolithic", 1, "blk-stress", 5, Op::UpdateCore);
+}
+
+#[test]
+fn smp_guests_survive_core_updates() {
+    cycles("update-smp2", "microkernel", 2, "storm", 3, Op::UpdateCore);
+    cycles("update-smp4", "microkernel", 4, "storm", 2, Op::UpdateCore);
+}
+
+/// Updates that cannot be done change nothing, and a new core that fails to take the VM over
+/// hands it back: the guest runs on with the binary it had, and a later update works.
+#[test]
+fn a_core_update_that_cannot_be_done_leaves_the_vm_running() {
+    common::require_kvm();
+    let dir = TempDir::new("update-refused");
+    let run_dir = dir.0.join("run");
+    let [a, b] = core_copies(&dir.0);
+    std::fs::write(dir.0.join("disk.raw"), vec![0u8; 16 << 20]).unwrap();
+    let mut vm = Process::start(
+        Command::new(&a)
+            .current_dir(&dir.0)
+            .env("BULKHEAD_RUN_DIR", &run_dir)
+            // Debug builds: a core whose binary is named core-b fails to take a VM over.
+            .env("BULKHEAD_TAKEOVER_FAULT", "core-b")
+            .args(["run", "--name", "refused", "--rng", "--disk", "disk.raw"])
+            .args(["--cmdline", "bulkhead.run=blk-stress bulkhead.rounds=40 bulkhead.seed=5"]),
+    );
+    let core = vm.child.id();
+    vm.wait_for("BH progress name=blk-stress");
+    let update = |binary: &Path| {
+        common::ctl(&run_dir, &["refused", "update-core", "--binary", binary.to_str().unwrap()])
+    };
+    let refused = |out: std::process::Output, why: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && err.contains(why), "{why}: {err}");
+    };
+    refused(update(Path::new("/bin/true")), "is not a Bulkhead core that can take a VM over");
+    refused(update(&dir.0.join("disk.raw")), "is not executable");
+    ctl(&run_dir, &["refused", "pause"]);
+    refused(update(&b), "the VM is paused: resume it");
+    ctl(&run_dir, &["refused", "resume"]);
+    // core-b starts, fails, and hands the VM back to core-a.
+    refused(update(&b), "the new core did not take the VM over: BULKHEAD_TAKEOVER_FAULT");
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl(&run_dir, &["refused", "status", "--json"])).unwrap();
+    assert_eq!(status["core"]["updates"], 0, "{status}");
+    assert_eq!(status["core"]["attempts"], 1, "{status}");
+    assert_eq!(std::fs::read_link(format!("/proc/{core}/exe")).unwrap(), a);
+    // A working update after it.
+    let out = ctl(&run_dir, &["refused", "update-core", "--binary", a.to_str().unwrap()]);
+    assert!(out.contains("(update 1)"), "{out}");
+    let (code, console, errors) = vm.finish();
+    assert_eq!(code, 0, "{console}\n{errors}");
+    assert!(console.contains("BH done status=ok"), "{console}\n{errors}");
+    assert!(errors.contains("handing it back to"), "{errors}");
 }
 
 /// A snapshot of a small paused VM (a disk and the rng), for the damaged-snapshot checks.

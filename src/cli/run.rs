@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bulkhead_core::boot::KernelSource;
+use bulkhead_core::config::Resume;
 use bulkhead_core::legacy::boot_timer::BootClock;
 use bulkhead_core::supervisor::RestartPolicy;
 use bulkhead_core::virtio::{ConfigSpace, DeviceKind, DeviceShape, ExternalBackend};
@@ -111,6 +112,15 @@ pub struct RunArgs {
     /// --name and -v may be given.
     #[arg(long, value_name = "DIR")]
     pub restore: Option<PathBuf>,
+    /// Let `bulkhead ctl VM update-core` hand this VM to a new core binary: a thread of the
+    /// core keeps the rights to execute it (see docs/ARCHITECTURE.md, "Updating the core").
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    pub core_update: bool,
+    /// Take over the VM a previous core hands over in the memfd FD (what `update-core` runs;
+    /// not for users).
+    #[arg(long, value_name = "FD", hide = true)]
+    pub takeover: Option<i32>,
     /// Describe the devices at start and say how the VM ended, on stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -440,12 +450,17 @@ impl TryFrom<RunArgs> for Config {
             limits: args.limits.limits(args.memory),
             core_seccomp: args.core_seccomp,
             standby: args.standby,
+            core_update: args.core_update,
+            taken_over: false,
         })
     }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let argv = run_arguments();
+    if let Some(fd) = args.takeover {
+        return take_over(fd, &argv);
+    }
     if let Some(dir) = &args.restore {
         return bulkhead_vmm::run(restore_config(dir, &args, &argv)?);
     }
@@ -506,28 +521,88 @@ fn restore_config(dir: &Path, given: &RunArgs, argv: &[String]) -> anyhow::Resul
     let text = snapshot.manifest.recipe.clone().with_context(|| {
         format!("{}: the snapshot does not say how its VM was started", dir.display())
     })?;
-    let recipe: Recipe = serde_json::from_str(&text).with_context(|| {
-        format!("{}: the snapshot's recipe is not one `bulkhead run` wrote", dir.display())
-    })?;
-    if recipe.args.iter().any(|a| a == "--restore" || a.starts_with("--restore=")) {
-        anyhow::bail!("{}: the snapshot's recipe restores another snapshot", dir.display());
-    }
-    // Relative paths in the recipe are the original folder's.
-    if let Some(cwd) = recipe.cwd.as_deref().filter(|cwd| cwd.is_dir()) {
-        std::env::set_current_dir(cwd).with_context(|| {
-            format!("cannot enter the snapshot's VM's folder {}", cwd.display())
-        })?;
-    }
-    let argv = std::iter::once("bulkhead run".to_string()).chain(recipe.args.iter().cloned());
-    let mut args = <RecipeArgs as clap::Parser>::try_parse_from(argv)
-        .map_err(|e| anyhow::anyhow!("{}: the snapshot's recipe: {e}", dir.display()))?
-        .run;
+    let what = format!("{}: the snapshot's", dir.display());
+    let mut args = recipe_args(&text, &what)?;
     if given.name.is_some() {
         args.name.clone_from(&given.name);
     }
     args.verbose |= given.verbose;
     let mut config: Config = args.try_into()?;
     config.vm.recipe = Some(text);
-    config.vm.restore = Some(Box::new(snapshot));
+    config.vm.resume = Some(Resume::Snapshot(Box::new(snapshot)));
     Ok(config)
+}
+
+/// `bulkhead run` as the recipe `text` starts it, in the folder it names (relative paths in
+/// it are that folder's); `what` names the recipe in errors.
+fn recipe_args(text: &str, what: &str) -> anyhow::Result<RunArgs> {
+    let recipe: Recipe = serde_json::from_str(text)
+        .with_context(|| format!("{what} recipe is not one `bulkhead run` wrote"))?;
+    if recipe.args.iter().any(|a| a == "--restore" || a.starts_with("--restore=")) {
+        anyhow::bail!("{what} recipe restores another snapshot");
+    }
+    if let Some(cwd) = recipe.cwd.as_deref().filter(|cwd| cwd.is_dir()) {
+        std::env::set_current_dir(cwd).with_context(|| {
+            format!("cannot enter the folder the VM was started in, {}", cwd.display())
+        })?;
+    }
+    let argv = std::iter::once("bulkhead run".to_string()).chain(recipe.args.iter().cloned());
+    Ok(<RecipeArgs as clap::Parser>::try_parse_from(argv)
+        .map_err(|e| anyhow::anyhow!("{what} recipe: {e}"))?
+        .run)
+}
+
+/// Test-only (debug builds): `BULKHEAD_TAKEOVER_FAULT=NAME` makes a core whose binary's file
+/// is named NAME fail to take a VM over, so that the hand-back is tested against a real new
+/// binary.
+fn takeover_fault() -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        let own = std::env::current_exe().ok();
+        let name = own.as_deref().and_then(Path::file_name).and_then(|n| n.to_str());
+        if let (Ok(faulty), Some(name)) = (std::env::var("BULKHEAD_TAKEOVER_FAULT"), name) {
+            if faulty == name {
+                anyhow::bail!("BULKHEAD_TAKEOVER_FAULT names this binary ({name})");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bulkhead run --takeover FD`: the VM a previous core handed over (see
+/// `bulkhead_vmm::update`), resumed on its memory; if this core cannot, the VM is handed back.
+fn take_over(fd: i32, argv: &[String]) -> anyhow::Result<i32> {
+    if argv.len() != 2 {
+        anyhow::bail!("--takeover is given alone: it is how a core hands its VM to the next");
+    }
+    let received = bulkhead_vmm::update::Received::read(fd)?;
+    let config = (|| {
+        takeover_fault()?;
+        let h = &received.handover;
+        let mut args = recipe_args(&h.recipe, "the handover's")?;
+        args.name = Some(h.name.clone());
+        args.verbose = h.verbose;
+        let mut config: Config = args.try_into()?;
+        if config.vm.memory != h.memory_bytes {
+            anyhow::bail!(
+                "the recipe asks for {} bytes of memory where the VM has {}",
+                config.vm.memory,
+                h.memory_bytes
+            );
+        }
+        config.vm.recipe = Some(h.recipe.clone());
+        config.taken_over = true;
+        let takeover = bulkhead_core::state::handover::Takeover {
+            machine: received.machine()?,
+            memory: received.memory()?,
+            paused_at_ns: h.paused_at_ns,
+        };
+        config.vm.resume = Some(Resume::Takeover(Box::new(takeover)));
+        Ok(config)
+    })();
+    let failed = match config.map(bulkhead_vmm::run) {
+        Ok(Ok(code)) => return Ok(code),
+        Ok(Err(e)) if bulkhead_core::vm::vcpus_started() => return Err(e),
+        Ok(Err(e)) | Err(e) => e,
+    };
+    Err(received.hand_back(&failed))
 }

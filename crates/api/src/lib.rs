@@ -24,6 +24,6 @@ pub use limits::{LimitsChange, RateLimits, TokenBucket};
 pub use protocol::{NewImage, Payload, ProtocolError, Reply, Request, PROTOCOL_VERSION};
 pub use server::{ControlTarget, Server, ServerError};
 pub use status::{
-    ConfinementStatus, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced,
-    KeysPressed, RunState, SnapshotWritten, VmStatus,
+    ConfinementStatus, CoreStatus, CoreUpdateStarted, CoreUpdateStatus, DeviceChange, DeviceMode,
+    DeviceState, DeviceStatus, DiskReplaced, KeysPressed, RunState, SnapshotWritten, VmStatus,
 };

@@ -57,7 +57,9 @@
 //! know. Anything else — a field renamed or removed, a new meaning — is a new version.
 
 use crate::limits::{LimitsChange, RateLimits};
-use crate::status::{DeviceChange, DiskReplaced, KeysPressed, RunState, SnapshotWritten, VmStatus};
+use crate::status::{
+    CoreUpdateStarted, DeviceChange, DiskReplaced, KeysPressed, RunState, SnapshotWritten, VmStatus,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -127,6 +129,13 @@ pub enum Request {
         /// The folder: an absolute path (the client makes it absolute); created if missing.
         to: PathBuf,
     },
+    /// Hand the running VM to a new core binary in the same process: the guest is paused,
+    /// the new binary takes it over and resumes it (or, if it cannot, hands it back).
+    UpdateCore {
+        /// The new binary: an absolute path (the client makes it absolute), checked as for
+        /// [`Request::DeviceUpgrade`].
+        binary: PathBuf,
+    },
 }
 
 /// A disk's new image, as [`Request::DiskReplace`] names it.
@@ -174,6 +183,8 @@ pub enum Payload {
     RunState(RunState),
     /// The answer to [`Request::Snapshot`].
     SnapshotWritten(SnapshotWritten),
+    /// The answer to [`Request::UpdateCore`].
+    CoreUpdateStarted(CoreUpdateStarted),
 }
 
 /// Why a request or a reply could not be read.
@@ -332,6 +343,7 @@ mod tests {
             }],
             confinement: Vec::new(),
             paused: false,
+            core: None,
         }
     }
 

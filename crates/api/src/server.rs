@@ -24,7 +24,9 @@ use crate::limits::{LimitsChange, RateLimits};
 use crate::paths::{self, PathError};
 use crate::peer;
 use crate::protocol::{NewImage, Payload, Reply, Request, MAX_REQUEST_BYTES, REQUEST_DEADLINE};
-use crate::status::{DeviceChange, DiskReplaced, KeysPressed, RunState, SnapshotWritten, VmStatus};
+use crate::status::{
+    CoreUpdateStarted, DeviceChange, DiskReplaced, KeysPressed, RunState, SnapshotWritten, VmStatus,
+};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -79,6 +81,11 @@ pub trait ControlTarget: Send + Sync {
     fn snapshot(&self, dir: &Path) -> Result<SnapshotWritten, String> {
         let _ = dir;
         Err("this VM cannot be snapshotted".into())
+    }
+    /// Hands the VM to the core binary `binary` (checked by the server as for an upgrade).
+    fn update_core(&self, binary: &Path) -> Result<CoreUpdateStarted, String> {
+        let _ = binary;
+        Err("this VM's core cannot be updated".into())
     }
     /// Called on the serving thread before it accepts its first connection (the core
     /// installs the thread's seccomp filter here). An error leaves the socket unserved.
@@ -436,6 +443,10 @@ fn answer(request: Request, context: &Context) -> Reply {
         Request::CtrlAltDel => target.ctrl_alt_del().map(Payload::KeysPressed),
         Request::Pause => target.pause().map(Payload::RunState),
         Request::Resume => target.resume().map(Payload::RunState),
+        Request::UpdateCore { binary } => match check_binary(&binary, context.vm_uid) {
+            Ok(binary) => target.update_core(&binary).map(Payload::CoreUpdateStarted),
+            Err(e) => Err(format!("core update refused: {e}")),
+        },
         Request::Snapshot { to } => {
             if to.is_absolute() {
                 target.snapshot(&to).map(Payload::SnapshotWritten)

@@ -31,6 +31,55 @@ pub struct VmStatus {
     /// The VM is paused (`bulkhead ctl VM pause`): its vCPUs and devices' queues stopped.
     #[serde(default)]
     pub paused: bool,
+    /// The core's binary and its updates (`bulkhead ctl VM update-core`); absent from VMMs
+    /// that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core: Option<Box<CoreStatus>>,
+}
+
+/// The core process's binary, and the updates it took the VM through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoreStatus {
+    /// The binary the core runs now.
+    pub binary: std::path::PathBuf,
+    /// Its version.
+    pub version: String,
+    /// Core updates the VM went through (the process, and its PID, stayed the same).
+    pub updates: u32,
+    /// Update attempts, those that failed and handed the VM back included.
+    pub attempts: u32,
+    /// The last attempt, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<CoreUpdateStatus>,
+}
+
+/// One core update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoreUpdateStatus {
+    /// The binary that handed the VM over.
+    pub from: std::path::PathBuf,
+    /// The binary asked for.
+    pub to: std::path::PathBuf,
+    /// Why the new binary did not take the VM over (it was handed back); `None`: it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// How long the guest was paused: from its vCPUs stopped in the old core to their threads
+    /// started in the core that runs it now (the new one, or the old one it was handed back
+    /// to), in milliseconds; `None` until they run.
+    pub pause_ms: Option<f64>,
+}
+
+/// The answer to an accepted core update: the VM is being handed to the new binary. The
+/// client then watches `status` for the outcome ([`CoreStatus::attempts`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoreUpdateStarted {
+    /// The binary now, and the one asked for.
+    pub from: std::path::PathBuf,
+    pub to: std::path::PathBuf,
+    /// Attempts before this one: the new core reports one more.
+    pub attempts_before: u32,
+    /// From the request to the VM paused, in milliseconds.
+    pub paused_ms: f64,
 }
 
 /// One class of threads of one process (the core or a compartment), as the kernel reports it

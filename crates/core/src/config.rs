@@ -54,9 +54,18 @@ pub struct VmConfig {
     /// Kept with every snapshot of this VM, unread by the core: how the VMM starts it again
     /// (`bulkhead run` keeps its arguments and folder here).
     pub recipe: Option<String>,
-    /// Start from this snapshot instead of booting the kernel: its memory, its vCPUs' and
-    /// devices' state (the devices themselves are `devices`, as the snapshot's VM had them).
-    pub restore: Option<Box<crate::state::Snapshot>>,
+    /// Start from a snapshot or a predecessor's handover instead of booting the kernel: its
+    /// memory, its vCPUs' and devices' state (the devices themselves are `devices`, as the
+    /// saved VM had them).
+    pub resume: Option<Resume>,
+}
+
+/// Where a VM that does not boot resumes from.
+pub enum Resume {
+    /// A snapshot's folder (`bulkhead run --restore`): memory filled from its file.
+    Snapshot(Box<crate::state::Snapshot>),
+    /// A core update: the state and the memory's memfd the previous core handed over.
+    Takeover(Box<crate::state::handover::Takeover>),
 }
 
 /// The core's threads that [`VmConfig::confine`] is called on.
@@ -108,7 +117,7 @@ impl VmConfig {
             confine: None,
             boot_timer: None,
             recipe: None,
-            restore: None,
+            resume: None,
         }
     }
 }

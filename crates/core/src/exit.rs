@@ -18,6 +18,9 @@ pub enum VmExit {
     Signal(i32),
     /// The VMM itself failed.
     Error(String),
+    /// The core handed the paused VM over to a new core binary (`update-core`): the VMM
+    /// takes [`crate::state::handover::take`] and executes it; the guest goes on there.
+    HandOver,
 }
 
 impl VmExit {
@@ -29,6 +32,7 @@ impl VmExit {
             VmExit::Reboot => 3,
             VmExit::Crashed(_) => 4,
             VmExit::Signal(s) => 128 + s,
+            VmExit::HandOver => 0,
         }
     }
 
@@ -39,6 +43,7 @@ impl VmExit {
             VmExit::Crashed(why) => format!("the guest crashed: {why}"),
             VmExit::Signal(s) => format!("stopped by signal {s}"),
             VmExit::Error(e) => format!("the VMM failed: {e}"),
+            VmExit::HandOver => "the core handed the VM over to a new core binary".into(),
         }
     }
 }

@@ -25,6 +25,8 @@ pub enum MemoryError {
     Unaligned(u64),
     #[error("cannot create the guest memory file (memfd)")]
     Memfd(#[source] std::io::Error),
+    #[error("the guest memory handed over cannot be used: {0}")]
+    HandedOver(String),
     #[error("cannot map guest memory")]
     Map(#[source] vm_memory::mmap::FromRangesError),
 }
@@ -41,6 +43,23 @@ impl GuestRam {
     pub fn new(size: u64) -> Result<Self, MemoryError> {
         check_size(size, host_memory())?;
         let file = Arc::new(create_memfd("bulkhead-guest-ram", size).map_err(MemoryError::Memfd)?);
+        Self::map(file, size)
+    }
+
+    /// Guest RAM of `size` bytes in a memfd another core made (a core update hands it over,
+    /// with the guest's memory in it as it stood): mapped, not copied.
+    pub fn from_file(file: File, size: u64) -> Result<Self, MemoryError> {
+        check_size(size, None)?;
+        let len = file.metadata().map_err(|e| MemoryError::HandedOver(e.to_string()))?.len();
+        if len != size {
+            return Err(MemoryError::HandedOver(format!(
+                "its file holds {len} bytes where the VM has {size}"
+            )));
+        }
+        Self::map(Arc::new(file), size)
+    }
+
+    fn map(file: Arc<File>, size: u64) -> Result<Self, MemoryError> {
         let mut offset = 0;
         let ranges: Vec<_> = layout::ram_ranges(size)
             .into_iter()

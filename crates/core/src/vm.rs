@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootSpec, Kernel, KernelKind, MmioDevice};
 use crate::bus::Bus;
-use crate::config::{VmConfig, DEFAULT_LINUX_CMDLINE};
+use crate::config::{Resume, VmConfig, DEFAULT_LINUX_CMDLINE};
 use crate::cpu;
 use crate::exit::{ExitLatch, VmExit};
 use crate::host::{self, HostKind};
@@ -81,12 +81,14 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         }
     })
     .map_err(io("start the alarm"))?;
-    let restore = config.restore;
-    let restoring = |reason: String| VmError::Restore {
-        dir: restore.as_ref().map(|s| s.dir.clone()).unwrap_or_default(),
-        reason,
+    let resume = config.resume;
+    let from = match &resume {
+        Some(Resume::Snapshot(snapshot)) => snapshot.dir.clone(),
+        Some(Resume::Takeover(_)) => "the previous core's handover".into(),
+        None => Default::default(),
     };
-    if let Some(snapshot) = &restore {
+    let restoring = |reason: String| VmError::Restore { dir: from.clone(), reason };
+    if let Some(Resume::Snapshot(snapshot)) = &resume {
         let m = &snapshot.manifest;
         if m.memory_bytes != config.memory || m.cpus != config.cpus {
             return Err(restoring(format!(
@@ -95,19 +97,37 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
             )));
         }
     }
-    let ram = Arc::new(GuestRam::new(config.memory)?);
     let mut filled = None;
-    if let Some(snapshot) = &restore {
-        let start = std::time::Instant::now();
-        snapshot.fill(&ram)?;
-        filled = Some(start.elapsed());
-    }
+    let (ram, machine_state) = match resume {
+        None => (Arc::new(GuestRam::new(config.memory)?), None),
+        Some(Resume::Snapshot(snapshot)) => {
+            let ram = Arc::new(GuestRam::new(config.memory)?);
+            let start = std::time::Instant::now();
+            snapshot.fill(&ram)?;
+            filled = Some(start.elapsed());
+            (ram, Some((snapshot.machine, None)))
+        }
+        Some(Resume::Takeover(takeover)) => {
+            let crate::state::handover::Takeover { machine, memory, paused_at_ns } = *takeover;
+            if machine.vcpus.len() != usize::from(config.cpus) {
+                return Err(restoring(format!(
+                    "the VM had {} vCPUs where this core was given {}",
+                    machine.vcpus.len(),
+                    config.cpus
+                )));
+            }
+            (
+                Arc::new(GuestRam::from_file(memory, config.memory)?),
+                Some((machine, Some(paused_at_ns))),
+            )
+        }
+    };
     let vm = create_vm(&kvm, &ram)?;
     let exit = ExitLatch::new().map_err(io("create the exit event"))?;
     let mut devices = core_devices(&vm, &exit, config.console, config.boot_timer)?;
     let virtio = attach_all(&vm, &ram, &devices.ioapic, &mut devices.mmio, config.devices)?;
-    if let Some(snapshot) = &restore {
-        restore_devices(&snapshot.machine, &devices, &virtio).map_err(restoring)?;
+    if let Some((machine, _)) = &machine_state {
+        restore_devices(machine, &devices, &virtio).map_err(restoring)?;
     }
     if config.verbose {
         for d in &virtio {
@@ -126,7 +146,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         devices: windows,
     };
     // A restored VM's memory holds its kernel, where it stood.
-    let entry = match &restore {
+    let entry = match &machine_state {
         None => Some(boot::load(&ram.memory, ram.size, &spec)?),
         Some(_) => None,
     };
@@ -170,6 +190,7 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
         supervisor: supervisor.handle(),
         recipe: config.recipe.clone(),
         cpus: config.cpus,
+        exit: exit.clone(),
     });
     let control = config.on_start.map(|start| {
         start(crate::config::Started {
@@ -178,8 +199,8 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
             machine: machine.clone(),
         })
     });
-    let start = match (&restore, entry) {
-        (Some(snapshot), _) => Start::Restore(snapshot),
+    let start = match (&machine_state, entry) {
+        (Some((machine, _)), _) => Start::Restore { machine, from: &from },
         (None, Some(entry)) => Start::Boot(entry),
         (None, None) => unreachable!("a VM either boots or is restored"),
     };
@@ -190,17 +211,33 @@ pub fn run(config: VmConfig) -> Result<VmExit, VmError> {
             return Err(e);
         }
     };
-    if let (Some(snapshot), Some(filled), true) = (&restore, filled, config.verbose) {
-        eprintln!(
+    // Before the takeover is reported (`set_resumed`): the API may pause the VM from then on.
+    machine.set_threads(threads);
+    match (&machine_state, filled) {
+        (Some((_, Some(paused_at_ns))), _) => {
+            let pause = crate::state::handover::monotonic_ns().saturating_sub(*paused_at_ns);
+            let pause = std::time::Duration::from_nanos(pause);
+            machine.set_resumed(crate::state::handover::Resumed { pause });
+            if config.verbose {
+                eprintln!(
+                    "bulkhead: took the VM over from the previous core: the guest was paused \
+                     {:.2} ms (vCPUs running {:.2} ms after this core started)",
+                    pause.as_secs_f64() * 1000.0,
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+            }
+        }
+        (Some(_), Some(filled)) if config.verbose => eprintln!(
             "bulkhead: restored from {}: vCPUs running {:.2} ms after the core started (memory \
              filled in {:.2} ms)",
-            snapshot.dir.display(),
+            from.display(),
             started.elapsed().as_secs_f64() * 1000.0,
             filled.as_secs_f64() * 1000.0
-        );
+        ),
+        _ => {}
     }
-    drop(restore);
-    machine.set_threads(threads);
+    VCPUS_STARTED.store(true, Ordering::Release);
+    drop(machine_state);
     // What the set-up allocated (the command line's parser, the guest image as read, the
     // tables) is free by now: the heap's free pages go back to the host, 0.1–0.2 MiB of
     // resident memory for the whole run.
@@ -336,10 +373,20 @@ fn core_devices(
     Ok(CoreDevices { pio, mmio, ioapic, serial, keyboard: Keyboard::new(i8042) })
 }
 
-/// How the vCPUs start: at the kernel's entry, or where a snapshot's stood.
+/// How the vCPUs start: at the kernel's entry, or where a snapshot's or a predecessor's stood
+/// (`from` names it in errors).
 enum Start<'a> {
     Boot(boot::BootEntry),
-    Restore(&'a crate::state::Snapshot),
+    Restore { machine: &'a crate::state::MachineState, from: &'a std::path::Path },
+}
+
+/// Set once this process's vCPUs run: a core that took a VM over and fails before then hands it
+/// back to its predecessor (the VMM asks, [`vcpus_started`]).
+static VCPUS_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process's VM has started its vCPUs.
+pub fn vcpus_started() -> bool {
+    VCPUS_STARTED.load(Ordering::Acquire)
 }
 
 fn start_vcpus(
@@ -360,19 +407,18 @@ fn start_vcpus(
         match &start {
             Start::Boot(entry) if id == 0 => cpu::set_boot_registers(&vcpu, &ram.memory, *entry)?,
             Start::Boot(_) => {}
-            Start::Restore(snapshot) => {
-                let saved = &snapshot.machine.vcpus[usize::from(id)];
+            Start::Restore { machine, from } => {
+                let saved = &machine.vcpus[usize::from(id)];
                 crate::state::cpu::restore(&vcpu, saved).map_err(|e| VmError::Restore {
-                    dir: snapshot.dir.clone(),
+                    dir: from.to_path_buf(),
                     reason: format!("vCPU {id}: {}", crate::state::with_causes(&e)),
                 })?;
             }
         }
         vcpus.push(vcpu);
     }
-    if let Start::Restore(snapshot) = &start {
-        let clock =
-            kvm_bindings::kvm_clock_data { clock: snapshot.machine.clock_ns, ..Default::default() };
+    if let Start::Restore { machine, .. } = &start {
+        let clock = kvm_bindings::kvm_clock_data { clock: machine.clock_ns, ..Default::default() };
         vm.set_clock(&clock).map_err(setup("set the VM clock"))?;
     }
     // The MSRs a snapshot saves (those of the list the vCPU lets read): listed here, where the

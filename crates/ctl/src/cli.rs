@@ -25,6 +25,7 @@ use bulkhead_api::status::{
     DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, KeysPressed, RunState,
     SnapshotWritten, VmStatus,
 };
+use bulkhead_api::CoreStatus;
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -109,6 +110,18 @@ pub enum VmAction {
         #[arg(long)]
         to: PathBuf,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand the running VM to a new core binary in the same process (same PID): the guest is
+    /// paused, the new core takes its state and memory over and resumes it. If the new core
+    /// cannot, the VM is handed back and runs on with the binary it had. Waits for the outcome.
+    UpdateCore {
+        /// The new binary (a `bulkhead` build); owned by root or the VM's user, not writable
+        /// by others.
+        #[arg(long)]
+        binary: PathBuf,
+        /// Print JSON (the core's status once the update is done).
         #[arg(long)]
         json: bool,
     },
@@ -250,6 +263,11 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
                 .with_context(|| format!("cannot make {} absolute", to.display()))?;
             Err((Request::Snapshot { to }, json))
         }
+        VmAction::UpdateCore { binary, json } => {
+            let binary = std::path::absolute(&binary)
+                .with_context(|| format!("cannot make {} absolute", binary.display()))?;
+            return update_core(vm, binary, json);
+        }
         VmAction::Device(action) => Ok(*action),
     };
     let (request, json) = match action {
@@ -298,8 +316,81 @@ pub fn run_vm(command: VmCommand) -> anyhow::Result<i32> {
         (_, Payload::KeysPressed(pressed)) => println!("{vm}: {}", keys_line(&pressed)),
         (_, Payload::RunState(state)) => println!("{vm}: {}", run_state_line(&state)),
         (_, Payload::SnapshotWritten(done)) => println!("{vm}: {}", snapshot_line(&done)),
+        (_, Payload::CoreUpdateStarted(started)) => {
+            println!("{vm}: handing over to {}", clean(&started.to.display().to_string()))
+        }
     }
     Ok(0)
+}
+
+/// How long `update-core` waits for the new core (or the old one, handed back) to answer.
+const UPDATE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `bulkhead ctl VM update-core`: asks for the update, then watches `status` until the core
+/// that answers says how the attempt ended.
+fn update_core(vm: &str, binary: PathBuf, json: bool) -> anyhow::Result<i32> {
+    // The socket goes with the old core and comes back with the new one: found first.
+    let socket = client::resolve(vm).map_err(|e| anyhow!(crate::describe(&e)))?;
+    let request = Request::UpdateCore { binary };
+    let reply = client::request_at(&socket, &request, client::reply_timeout(&request))
+        .map_err(|e| anyhow!(crate::describe(&e)))?;
+    let started = match reply {
+        Reply::Ok { result: Payload::CoreUpdateStarted(started) } => started,
+        Reply::Ok { .. } => bail!("{vm}: the VM answered the update with something else"),
+        Reply::Error { message } => bail!("{vm}: {}", clean(&message)),
+    };
+    let deadline = std::time::Instant::now() + UPDATE_WAIT;
+    let core = loop {
+        let status =
+            client::request_at(&socket, &Request::Status, client::reply_timeout(&Request::Status));
+        if let Ok(Reply::Ok { result: Payload::Status(status) }) = status {
+            // Done once the vCPUs run again — in the new core, or in the old one the VM was
+            // handed back to (which says why) — and the core says how long the guest was paused.
+            let done = |c: &CoreStatus| {
+                let last = c.last_update.as_ref();
+                c.attempts > started.attempts_before && last.is_some_and(|l| l.pause_ms.is_some())
+            };
+            if let Some(core) = status.core.filter(|c| done(c)) {
+                break core;
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{vm}: no core answered within {} s of the handover to {}; see the VM's log",
+                UPDATE_WAIT.as_secs(),
+                started.to.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&core)?);
+    }
+    let last = core.last_update.as_ref();
+    match last.and_then(|l| l.failed.as_deref()) {
+        Some(why) => {
+            if !json {
+                eprintln!(
+                    "{vm}: the new core did not take the VM over: {}; the VM runs on with {}",
+                    clean(why),
+                    clean(&core.binary.display().to_string())
+                );
+            }
+            Ok(1)
+        }
+        None => {
+            if !json {
+                let pause = last.and_then(|l| l.pause_ms);
+                println!(
+                    "{vm}: core updated to {} (update {}); the guest was paused {}",
+                    clean(&core.binary.display().to_string()),
+                    core.updates,
+                    pause.map_or("an unknown time".into(), |ms| format!("{ms:.2} ms"))
+                );
+            }
+            Ok(0)
+        }
+    }
 }
 
 /// `bulkhead ctl list`.
@@ -341,6 +432,7 @@ fn to_json(payload: &Payload) -> serde_json::Result<String> {
         Payload::KeysPressed(pressed) => serde_json::to_string_pretty(pressed),
         Payload::RunState(state) => serde_json::to_string_pretty(state),
         Payload::SnapshotWritten(done) => serde_json::to_string_pretty(done),
+        Payload::CoreUpdateStarted(started) => serde_json::to_string_pretty(started),
     }
 }
 
@@ -427,6 +519,31 @@ pub fn change_line(change: &DeviceChange, upgraded_to: Option<&Path>) -> String 
     format!("{} {what}: {pids}, {:.1} ms without a backend", clean(&change.id), change.took_ms)
 }
 
+/// `core: /usr/bin/bulkhead 0.1.0; 2 updates (the last paused the guest 41.20 ms)`.
+fn core_line(core: &CoreStatus) -> String {
+    let mut line =
+        format!("core: {} {}", clean(&core.binary.display().to_string()), clean(&core.version));
+    if core.attempts > 0 {
+        let plural = if core.updates == 1 { "" } else { "s" };
+        line.push_str(&format!("; {} update{plural}", core.updates));
+        match core.last_update.as_ref() {
+            Some(last) if last.failed.is_some() => line.push_str(&format!(
+                " (the last, to {}, failed: {})",
+                clean(&last.to.display().to_string()),
+                clean(last.failed.as_deref().unwrap_or_default())
+            )),
+            Some(last) => {
+                if let Some(ms) = last.pause_ms {
+                    line.push_str(&format!(" (the last paused the guest {ms:.2} ms)"));
+                }
+            }
+            None => {}
+        }
+    }
+    line.push('\n');
+    line
+}
+
 /// The status as a heading, a device table, and each compartment's sandbox line.
 pub fn status_table(status: &VmStatus) -> String {
     let mut out = format!(
@@ -441,6 +558,9 @@ pub fn status_table(status: &VmStatus) -> String {
     );
     if let Some(limits) = &status.limits {
         out.push_str(&format!("limits: {}\n", clean(limits)));
+    }
+    if let Some(core) = &status.core {
+        out.push_str(&core_line(core));
     }
     if status.devices.is_empty() {
         out.push_str("no devices\n");
@@ -688,6 +808,7 @@ mod tests {
             uptime_s: 3720,
             limits: None,
             paused: false,
+            core: None,
             devices: vec![
                 device("blk0", DeviceMode::Compartment, Some(4250), Some("killed by signal 9")),
                 device("rng0", DeviceMode::Thread, None, None),

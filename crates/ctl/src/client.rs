@@ -111,6 +111,8 @@ pub fn reply_timeout(request: &Request) -> Duration {
         | Request::DiskReplace { .. } => Duration::from_secs(60),
         Request::DeviceLimits { .. } | Request::CtrlAltDel => Duration::from_secs(10),
         Request::Pause | Request::Resume => Duration::from_secs(30),
+        // The binary is read and checked; the VM paused and its state taken.
+        Request::UpdateCore { .. } => Duration::from_secs(30),
         // Guest memory goes to disk: a few GiB at the disk's speed.
         Request::Snapshot { .. } => Duration::from_secs(600),
     }

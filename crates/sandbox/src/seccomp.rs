@@ -407,6 +407,24 @@ pub fn compile(rules: &[SyscallRule], deny: DenyAction) -> Result<CompiledFilter
     Ok(CompiledFilter { main, errno, allowed, action: deny })
 }
 
+/// Installs on the calling thread a filter that answers each call in `names` with `errno`
+/// and lets every other call through: a deny-list, for a thread whose calls cannot be
+/// listed ahead (the core's updater: whatever it executes starts under the filter). Sets
+/// `PR_SET_NO_NEW_PRIVS` on the thread first (seccompiler does). Returns how many calls it
+/// denies.
+pub fn install_deny_list_this_thread(names: &[&str], errno: i32) -> Result<usize, SeccompError> {
+    let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for name in names {
+        let nr =
+            syscall_number(name).ok_or_else(|| SeccompError::UnknownSyscall(name.to_string()))?;
+        denied.insert(nr, Vec::new());
+    }
+    let count = denied.len();
+    let program = build(denied, SeccompAction::Allow, SeccompAction::Errno(errno as u32))?;
+    seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(e.to_string()))?;
+    Ok(count)
+}
+
 fn build(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     mismatch: SeccompAction,

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bulkhead_api::{
-    ControlTarget, DeviceChange, DeviceMode, DeviceState, DeviceStatus, DiskReplaced, KeysPressed,
-    NewImage, RunState, Server, SnapshotWritten, VmStatus,
+    ControlTarget, CoreStatus, CoreUpdateStarted, CoreUpdateStatus, DeviceChange, DeviceMode,
+    DeviceState, DeviceStatus, DiskReplaced, KeysPressed, NewImage, RunState, Server,
+    SnapshotWritten, VmStatus,
 };
 use bulkhead_api::{LimitsChange, RateLimits};
 use bulkhead_core::legacy::i8042::Keyboard;
@@ -98,6 +99,7 @@ impl ControlTarget for Vm {
             devices,
             limits: self.limits.clone(),
             paused: self.machine.is_paused(),
+            core: Some(Box::new(self.core_status())),
         }
     }
 
@@ -189,6 +191,22 @@ impl ControlTarget for Vm {
         })
     }
 
+    /// Checks what can be checked while the VM runs (the binary is a core that takes a VM
+    /// over; this core can hand over), then hands the VM over: see [`crate::update`].
+    fn update_core(&self, binary: &Path) -> Result<CoreUpdateStarted, String> {
+        crate::update::available()?;
+        crate::update::check_binary(binary).map_err(|e| format!("core update refused: {e}"))?;
+        let attempts_before = crate::update::record().attempts;
+        crate::update::request(binary.to_path_buf());
+        let paused = self.machine.hand_over()?;
+        Ok(CoreUpdateStarted {
+            from: crate::update::own_path(),
+            to: binary.to_path_buf(),
+            attempts_before,
+            paused_ms: paused.as_secs_f64() * 1000.0,
+        })
+    }
+
     fn ctrl_alt_del(&self) -> Result<KeysPressed, String> {
         let pressed = self.keyboard.press_ctrl_alt_del().map_err(|e| e.to_string())?;
         Ok(KeysPressed {
@@ -200,6 +218,25 @@ impl ControlTarget for Vm {
 
     fn serving_thread_started(&self) -> Result<(), String> {
         crate::confine::confine(crate::confine::ThreadClass::Api)
+    }
+}
+
+impl Vm {
+    fn core_status(&self) -> CoreStatus {
+        let record = crate::update::record();
+        let pause_ms = self.machine.resumed().map(|r| r.pause.as_secs_f64() * 1000.0);
+        CoreStatus {
+            binary: crate::update::own_path(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            updates: record.updates,
+            attempts: record.attempts,
+            last_update: record.last.map(|(from, to, failed)| CoreUpdateStatus {
+                from,
+                to,
+                pause_ms,
+                failed,
+            }),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod confine;
 pub mod control;
 pub mod limits;
 pub mod partition;
+pub mod update;
 
 use std::time::Instant;
 
@@ -51,6 +52,11 @@ pub struct Config {
     pub core_seccomp: CoreSeccomp,
     /// Keep a standby compartment per blk, net and rng device (microkernel mode).
     pub standby: bool,
+    /// Start the updater thread, so that `ctl VM update-core` can hand the VM to a new core.
+    pub core_update: bool,
+    /// This core took the VM over from a previous one (`run --takeover`): the updater's
+    /// filter is in place already.
+    pub taken_over: bool,
 }
 
 /// Runs the VM `config` describes until it ends; the result is the process exit code.
@@ -65,7 +71,11 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
         limits,
         core_seccomp,
         standby,
+        core_update,
+        taken_over,
     } = config;
+    update::open_own_binary();
+    let handover_name = name.clone();
     // Before anything else runs, so that a console that cannot be set up stops the start. Its
     // socket goes with the VM, on this thread (the event loop's filter allows unlink).
     let _sockets = RemoveOnDrop(backends::open_consoles(&mut devices)?);
@@ -127,12 +137,21 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     // removes the VM's cgroups when it ends.
     let launcher = compartments || partition.has_cgroups() || disks;
     confine::setup(core_seccomp, launcher, &mut vm)?;
+    if core_update {
+        confine::updater::start(core_seccomp, taken_over)
+            .map_err(|e| anyhow::anyhow!("cannot start the updater thread: {e}"))?;
+    }
     let verbose = vm.verbose;
     let exit = bulkhead_core::vm::run(vm);
     // Removing the VM's cgroups needs capabilities the main thread gave up (a v1 hierarchy's
     // root directory is read-only but for CAP_DAC_OVERRIDE): the launcher thread kept them.
     confine::launcher::call(move || drop(partition));
     let exit = exit.context("cannot run the VM")?;
+    if exit == bulkhead_core::VmExit::HandOver {
+        // Its successor opens its own sockets, on the same paths.
+        drop(_sockets);
+        return Err(update::hand_over(&handover_name, verbose));
+    }
     if verbose || exit.code() != 0 {
         eprintln!("bulkhead: {} (exit code {})", exit.describe(), exit.code());
     }

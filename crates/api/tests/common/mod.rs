@@ -45,6 +45,7 @@ pub fn sample_status() -> VmStatus {
         memory_bytes: 512 << 20,
         uptime_s: 61,
         limits: None,
+        core: None,
         devices: vec![
             DeviceStatus {
                 id: "blk0".into(),

@@ -16,6 +16,7 @@
 
 pub mod cpu;
 pub mod format;
+pub mod handover;
 pub mod hex;
 
 use std::path::Path;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
 
+use crate::exit::{ExitLatch, VmExit};
 use crate::irq::ioapic::{IoApic, IoApicState};
 use crate::legacy::serial::{SerialConsole, SerialSaved};
 use crate::memory::GuestRam;
@@ -87,7 +89,11 @@ struct Inner {
     /// What the VMM asked to be kept with a snapshot (how to start the VM again).
     recipe: Option<String>,
     cpus: u8,
-    /// One pause, resume or snapshot at a time.
+    /// Ends the VM's run for a handover.
+    exit: ExitLatch,
+    /// What the last core update cost the guest, when this core took the VM over.
+    resumed: Mutex<Option<handover::Resumed>>,
+    /// One pause, resume, snapshot or handover at a time.
     op: Mutex<()>,
 }
 
@@ -101,11 +107,12 @@ pub struct Parts {
     pub supervisor: SupervisorHandle,
     pub recipe: Option<String>,
     pub cpus: u8,
+    pub exit: ExitLatch,
 }
 
 impl Machine {
     pub fn new(parts: Parts) -> Machine {
-        let Parts { vm, ram, gate, ioapic, serial, supervisor, recipe, cpus } = parts;
+        let Parts { vm, ram, gate, ioapic, serial, supervisor, recipe, cpus, exit } = parts;
         let inner = Inner {
             vm,
             ram,
@@ -116,6 +123,8 @@ impl Machine {
             supervisor,
             recipe,
             cpus,
+            exit,
+            resumed: Mutex::new(None),
             op: Mutex::new(()),
         };
         Machine { inner: Arc::new(inner) }
@@ -222,6 +231,53 @@ impl Machine {
         written.paused = paused.took;
         written.took = start.elapsed();
         Ok(written)
+    }
+
+    /// Pauses the VM, takes its state and leaves it with the memory's file for the VMM
+    /// ([`handover::take`]), and ends the VM's run with [`VmExit::HandOver`]: the VMM
+    /// executes the new core, which resumes the guest. Returns how long pausing took. A VM
+    /// that cannot be handed over runs on.
+    pub fn hand_over(&self) -> Result<Duration, String> {
+        let _op = self.op();
+        let inner = &self.inner;
+        if inner.gate.paused() {
+            return Err("the VM is paused: resume it, then update its core".into());
+        }
+        let paused = self.pause_locked()?;
+        let paused_at_ns = handover::monotonic_ns();
+        let machine = match self.take_state() {
+            Ok(machine) => machine,
+            Err(e) => {
+                let _ = self.resume_locked();
+                return Err(format!("cannot take the VM's state ({e}); the VM runs on"));
+            }
+        };
+        handover::leave(handover::Handoff {
+            machine,
+            memory: inner.ram.file.clone(),
+            memory_bytes: inner.ram.size,
+            cpus: inner.cpus,
+            recipe: inner.recipe.clone(),
+            paused_at_ns,
+        });
+        inner.exit.request(VmExit::HandOver);
+        if inner.exit.get() != Some(VmExit::HandOver) {
+            // The VM ended for another reason first: nothing is handed over.
+            drop(handover::take());
+            return Err("the VM is ending; its core is not updated".into());
+        }
+        Ok(paused.took)
+    }
+
+    /// Records what this core's takeover cost the guest (see [`Self::resumed`]).
+    pub(crate) fn set_resumed(&self, resumed: handover::Resumed) {
+        *self.inner.resumed.lock().unwrap_or_else(|p| p.into_inner()) = Some(resumed);
+    }
+
+    /// What the core update that started this core cost the guest; `None` for a core that
+    /// booted or restored the VM.
+    pub fn resumed(&self) -> Option<handover::Resumed> {
+        *self.inner.resumed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The state of every part but memory, the VM paused.

@@ -1,10 +1,12 @@
-//! `bulkhead bench snapshot`: pause, snapshot and restore a built-in guest that does block I/O,
-//! in both modes, and time each step.
+//! `bulkhead bench snapshot`: pause, snapshot, update the core of, and restore a built-in guest
+//! that does block I/O, in both modes, and time each step.
 //!
 //! Each run starts a VM whose guest runs blk-stress passes over a small disk, waits for its
 //! first pass, then asks it for a snapshot while it runs (`ctl VM snapshot`: the VM is paused,
 //! written and resumed; the reply says how long the pause took and when the files were synced).
-//! The VM is then paused and stopped, and `bulkhead run --restore` is started: the time to the
+//! Its core is then updated to a copy of the binary (`ctl VM update-core`: the new core says
+//! how long the guest was paused, from the old core's vCPUs stopped to its own running), and
+//! the time from the request to the new core's answer is taken. The VM is then paused and stopped, and `bulkhead run --restore` is started: the time to the
 //! core's "vCPUs running" line (measured from the spawn, process start-up included) and to the
 //! guest's next console line (a pass it finishes after the restore).
 
@@ -31,6 +33,8 @@ struct Figures {
     running_ms: Vec<f64>,
     fill_ms: Vec<f64>,
     console_ms: Vec<f64>,
+    update_pause_ms: Vec<f64>,
+    update_ms: Vec<f64>,
 }
 
 /// A process with its stdout and stderr lines, each with when it arrived.
@@ -149,6 +153,16 @@ fn one_run(
     figures.pause_ms.push(done["paused_ms"].as_f64().unwrap_or(f64::NAN));
     figures.snapshot_ms.push(done["took_ms"].as_f64().unwrap_or(f64::NAN));
     figures.memory_mib.push(done["memory_written"].as_f64().unwrap_or(0.0) / f64::from(1 << 20));
+    let next = dir.join("core-next");
+    if !next.exists() {
+        std::fs::copy(exe, &next).context("cannot copy the binary for the core update")?;
+    }
+    let start = Instant::now();
+    let out =
+        ctl(exe, &run_dir, &[&name, "update-core", "--binary", next.to_str().unwrap(), "--json"])?;
+    figures.update_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+    let core: serde_json::Value = serde_json::from_str(&out)?;
+    figures.update_pause_ms.push(core["last_update"]["pause_ms"].as_f64().unwrap_or(f64::NAN));
     // The restore starts from a snapshot of a paused VM, whose disk is as the snapshot left it.
     ctl(exe, &run_dir, &[&name, "pause"])?;
     ctl(exe, &run_dir, &[&name, "snapshot", "--to", snapshot.to_str().unwrap()])?;
@@ -195,13 +209,19 @@ pub fn run(opts: &Options) -> anyhow::Result<i32> {
     );
     println!("| step | microkernel, a disk | monolithic, a disk | no device |");
     println!("|---|---|---|---|");
-    let rows: [(&str, Column, &str); 6] = [
+    let rows: [(&str, Column, &str); 8] = [
         ("running VM: request → paused (vCPUs parked, queues stopped)", |f| &f.pause_ms, "ms"),
         ("running VM: request → snapshot synced and VM resumed", |f| &f.snapshot_ms, "ms"),
         ("guest memory written (pages not all zero)", |f| &f.memory_mib, "MiB"),
         ("restore: spawn → vCPUs running", |f| &f.running_ms, "ms"),
         ("restore: of which memory filled from memory.bin", |f| &f.fill_ms, "ms"),
         ("restore: spawn → guest's next console line", |f| &f.console_ms, "ms"),
+        (
+            "core update: guest paused (old core's vCPUs stopped → new core's running)",
+            |f| &f.update_pause_ms,
+            "ms",
+        ),
+        ("core update: request → the new core answers `status`", |f| &f.update_ms, "ms"),
     ];
     for (label, values, unit) in rows {
         let cells: Vec<String> = figures

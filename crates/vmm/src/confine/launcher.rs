@@ -23,9 +23,7 @@
 use std::sync::mpsc::{self, Sender};
 use std::sync::OnceLock;
 
-use super::{confine, ThreadClass};
-
-type Job = Box<dyn FnOnce() + Send + 'static>;
+use super::{confine, Job, ThreadClass};
 
 static LAUNCHER: OnceLock<Sender<Job>> = OnceLock::new();
 
@@ -34,24 +32,7 @@ pub const THREAD_NAME: &str = "bulkhead-launch";
 
 /// Starts the launcher thread, which confines itself as [`ThreadClass::Launcher`].
 pub fn start() -> std::io::Result<()> {
-    let (tx, rx) = mpsc::channel::<Job>();
-    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
-    std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
-        let confined = confine(ThreadClass::Launcher);
-        let failed = confined.is_err();
-        let _ = ready_tx.send(confined);
-        if failed {
-            return;
-        }
-        for job in rx {
-            job();
-        }
-    })?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(std::io::Error::other(e)),
-        Err(_) => return Err(std::io::Error::other("the launcher thread ended at start")),
-    }
+    let tx = super::start_job_thread(THREAD_NAME, || confine(ThreadClass::Launcher))?;
     LAUNCHER.set(tx).map_err(|_| std::io::Error::other("the launcher was already started"))
 }
 

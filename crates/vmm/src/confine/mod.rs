@@ -25,6 +25,7 @@
 pub mod launcher;
 pub mod lists;
 pub mod status;
+pub mod updater;
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
@@ -33,6 +34,35 @@ use bulkhead_sandbox::seccomp::{DenyAction, RuleAction, SyscallRule};
 use bulkhead_sandbox::thread::confine_this_thread;
 
 pub use lists::ThreadClass;
+
+/// A job for a thread that runs jobs (the launcher, the updater).
+pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Starts thread `name`, which runs `setup` (confining itself) and then each job sent to it;
+/// returns once `setup` is done, with its error if it failed.
+pub(crate) fn start_job_thread(
+    name: &str,
+    setup: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> std::io::Result<std::sync::mpsc::Sender<Job>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        let done = setup();
+        let failed = done.is_err();
+        let _ = ready_tx.send(done);
+        if failed {
+            return;
+        }
+        for job in rx {
+            job();
+        }
+    })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(tx),
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Err(std::io::Error::other(format!("the {name} thread ended at start"))),
+    }
+}
 
 /// `--core-seccomp`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
