@@ -170,8 +170,19 @@ fn cycles(tag: &str, mode: &str, cpus: u32, workload: &str, cycles: usize, op: O
             .args(["--cpus", &cpus.to_string(), "--disk", "disk.raw", "--cmdline", &cmdline]),
     );
     let core = vm.child.id();
+    let status = |run_dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&ctl(run_dir, &[tag, "status", "--json"])).unwrap()
+    };
+    let mut compartment = None;
     for cycle in 0..cycles {
         vm.wait_for("BH progress name=blk-stress");
+        if op == Op::UpdateCore && mode == "microkernel" {
+            // The disk's compartment goes on under each new core: the same process.
+            let blk = &status(&run_dir)["devices"][0];
+            assert_eq!(blk["restarts"], 0, "{blk}");
+            let pid = blk["pid"].as_u64().unwrap();
+            assert_eq!(*compartment.get_or_insert(pid), pid, "update {cycle}: {blk}");
+        }
         if op == Op::UpdateCore {
             let next = &cores[(cycle + 1) % 2];
             let out =
@@ -211,8 +222,7 @@ fn cycles(tag: &str, mode: &str, cpus: u32, workload: &str, cycles: usize, op: O
         );
     }
     if op == Op::UpdateCore {
-        let status: serde_json::Value =
-            serde_json::from_str(&ctl(&run_dir, &[tag, "status", "--json"])).unwrap();
+        let status = status(&run_dir);
         assert_eq!(status["core"]["updates"], cycles as u64, "{status}");
         assert_eq!(status["core_pid"], core, "{status}");
         assert!(status["core"]["last_update"]["pause_ms"].as_f64().unwrap() > 0.0, "{status}");
@@ -270,6 +280,63 @@ fn blk_stress_survives_core_updates_in_monolithic_mode() {
 fn smp_guests_survive_core_updates() {
     cycles("update-smp2", "microkernel", 2, "storm", 3, Op::UpdateCore);
     cycles("update-smp4", "microkernel", 4, "storm", 2, Op::UpdateCore);
+}
+
+/// A network interface and the rng across core updates: their compartments (and the tap) go
+/// on under each new core, and every echo request the guest sends meanwhile is answered.
+#[test]
+fn net_and_rng_compartments_are_kept_across_core_updates() {
+    common::require_kvm();
+    let dir = TempDir::new("update-net");
+    let run_dir = dir.0.join("run");
+    let [a, b] = core_copies(&dir.0);
+    let ns = common::NetNs::new("upd-net");
+    let mut vm = Process::start(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(&a)
+            .env("BULKHEAD_RUN_DIR", &run_dir)
+            .args(["run", "--name", "update-net", "--net", "tap=tap0", "--rng", "--cmdline"])
+            .arg(
+                "bulkhead.run=net-bench,rng bulkhead.mode=pingpong bulkhead.seconds=8 \
+                 bulkhead.ip=10.0.2.15/24 bulkhead.peer=10.0.2.1 bulkhead.timeout_ms=2000",
+            ),
+    );
+    vm.wait_for("BH ready");
+    let pids = |vm: &mut Process| -> Vec<u64> {
+        let out = common::ctl(&run_dir, &["update-net", "status", "--json"]);
+        if !out.status.success() {
+            vm.fail(&String::from_utf8_lossy(&out.stderr));
+        }
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let devices = status["devices"].as_array().unwrap().clone();
+        devices.iter().map(|d| d["pid"].as_u64().unwrap()).collect()
+    };
+    let before = pids(&mut vm);
+    for (i, next) in [&b, &a, &b].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(700));
+        let out = common::ctl(
+            &run_dir,
+            &["update-net", "update-core", "--binary", next.to_str().unwrap()],
+        );
+        if !out.status.success() {
+            vm.fail(&format!("update {}: {}", i + 1, String::from_utf8_lossy(&out.stderr)));
+        }
+        assert_eq!(pids(&mut vm), before, "update {}: the compartments changed", i + 1);
+    }
+    let (code, console, errors) = vm.finish();
+    assert_eq!(code, 0, "{console}\n{errors}");
+    let (_, result) = console
+        .lines()
+        .filter_map(common::parse_line)
+        .find(|(event, kv)| {
+            event == "result" && kv.get("workload").map(String::as_str) == Some("net-bench")
+        })
+        .unwrap_or_else(|| panic!("no net-bench result:\n{console}"));
+    assert!(result["sent"].parse::<u64>().unwrap() > 100, "{result:?}");
+    assert_eq!(result["sent"], result["packets"], "echo requests went unanswered: {result:?}");
+    assert!(console.contains("BH check name=rng status=ok"), "{console}\n{errors}");
+    assert!(console.contains("BH done status=ok"), "{console}\n{errors}");
 }
 
 /// Updates that cannot be done change nothing, and a new core that fails to take the VM over

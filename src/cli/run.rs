@@ -452,6 +452,7 @@ impl TryFrom<RunArgs> for Config {
             standby: args.standby,
             core_update: args.core_update,
             taken_over: false,
+            kept: Vec::new(),
         })
     }
 }
@@ -591,6 +592,7 @@ fn take_over(fd: i32, argv: &[String]) -> anyhow::Result<i32> {
         }
         config.vm.recipe = Some(h.recipe.clone());
         config.taken_over = true;
+        config.kept = received.kept();
         let takeover = bulkhead_core::state::handover::Takeover {
             machine: received.machine()?,
             memory: received.memory()?,

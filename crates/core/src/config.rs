@@ -94,7 +94,7 @@ pub struct Started {
 }
 
 /// See [`VmConfig::on_start`].
-pub type OnStart = Box<dyn FnOnce(Started) -> Box<dyn std::any::Any>>;
+pub type OnStart = Box<dyn FnOnce(Started) -> Box<dyn std::any::Any> + Send>;
 
 impl VmConfig {
     /// A VM booting `kernel` with default resources, console to stdout.

@@ -134,10 +134,18 @@ impl ControlTarget for Vm {
     }
 
     fn set_device_limits(&self, id: &str, limits: &RateLimits) -> Result<LimitsChange, String> {
-        if let Some(device) = self.rate_limits.iter().find(|l| l.name == id) {
-            return device.change(limits);
-        }
         let reports = self.supervisor.report();
+        if let Some(device) = self.rate_limits.iter().find(|l| l.name == id) {
+            let change = device.change(limits)?;
+            // A compartment kept across a core update reads the previous core's page, which
+            // nothing writes any more: its successor maps this core's.
+            if reports.iter().any(|d| d.name == id && d.kept) {
+                self.supervisor.replace(id, None).map_err(|e| {
+                    format!("{id}'s new limits take effect at its next restart, which failed: {e}")
+                })?;
+            }
+            return Ok(change);
+        }
         let Some(d) = reports.iter().find(|d| d.name == id) else {
             let names: Vec<&str> = reports.iter().map(|d| d.name.as_str()).collect();
             return Err(format!("there is no device {id}; this VM has {}", names.join(", ")));

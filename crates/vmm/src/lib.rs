@@ -57,10 +57,21 @@ pub struct Config {
     /// This core took the VM over from a previous one (`run --takeover`): the updater's
     /// filter is in place already.
     pub taken_over: bool,
+    /// The compartments the previous core kept running for this one (a core update).
+    pub kept: Vec<backends::KeptState>,
 }
 
-/// Runs the VM `config` describes until it ends; the result is the process exit code.
+/// Runs the VM `config` describes until it ends; the result is the process exit code. The VM
+/// runs on a thread of its own; the calling thread, the process's main thread, becomes the
+/// launcher ([`confine::launcher::run_beside`]).
 pub fn run(config: Config) -> anyhow::Result<i32> {
+    confine::configure(config.core_seccomp);
+    let updates = config.core_update.then_some((config.core_seccomp, config.taken_over));
+    confine::launcher::run_beside(updates, move || run_vm(config))
+        .context("cannot start the VM's thread")?
+}
+
+fn run_vm(config: Config) -> anyhow::Result<i32> {
     let Config {
         mut vm,
         name,
@@ -69,10 +80,11 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
         external,
         outside,
         limits,
-        core_seccomp,
+        core_seccomp: _,
         standby,
-        core_update,
-        taken_over,
+        core_update: _,
+        taken_over: _,
+        kept,
     } = config;
     update::open_own_binary();
     let handover_name = name.clone();
@@ -81,13 +93,10 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     let _sockets = RemoveOnDrop(backends::open_consoles(&mut devices)?);
     let rate_limits = backends::create_limits_pages(&mut devices)?;
     let compartments = (mode == Mode::Microkernel && !devices.is_empty()) || !outside.is_empty();
-    // In monolithic mode a disk swapped for another image is opened, and its thread started,
-    // on the launcher (see `bulkhead_monolithic::Launcher`).
-    let disks = devices.iter().any(|d| matches!(d.config, bulkhead_devices::DeviceConfig::Blk(_)));
     // The partition (cgroups) outlives the VM: it is removed below.
     let partition = partition::Partition::create(&name, limits, compartments, vm.verbose)?;
     vm.placement = Some(partition.clone());
-    vm.devices = backends::build(devices, mode, &partition, standby)?;
+    vm.devices = backends::build(devices, mode, &partition, standby, kept)?;
     if !outside.is_empty() {
         use confine::lists::{allow_outside_programs, OutsidePrograms};
         let unchecked = outside.iter().any(|o| o.seccomp != backends::outside::Seccomp::On);
@@ -133,14 +142,7 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
             }
         }
     }));
-    // The launcher starts compartments (and in monolithic mode a swapped disk's thread), and
-    // removes the VM's cgroups when it ends.
-    let launcher = compartments || partition.has_cgroups() || disks;
-    confine::setup(core_seccomp, launcher, &mut vm)?;
-    if core_update {
-        confine::updater::start(core_seccomp, taken_over)
-            .map_err(|e| anyhow::anyhow!("cannot start the updater thread: {e}"))?;
-    }
+    confine::setup(&mut vm);
     let verbose = vm.verbose;
     let exit = bulkhead_core::vm::run(vm);
     // Removing the VM's cgroups needs capabilities the main thread gave up (a v1 hierarchy's

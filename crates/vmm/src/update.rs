@@ -8,7 +8,7 @@
 //!    ([`bulkhead_core::state::Machine::hand_over`]), and the VM's run ends.
 //! 3. Everything else is torn down as at any end: the vCPU threads, the compartments, the KVM
 //!    VM, the cgroups, the sockets. The guest's memory stays in its memfd.
-//! 4. The updater thread ([`crate::confine::updater`]) executes the new binary in this process
+//! 4. The launcher thread ([`crate::confine::updater`]) executes the new binary in this process
 //!    (the same PID) as `bulkhead run --takeover FD`, FD a memfd holding a [`Handover`]: the
 //!    state, how the VM was started (its recipe), the memory's descriptor and the previous
 //!    binary's.
@@ -30,6 +30,7 @@ use anyhow::Context;
 use bulkhead_core::state::MachineState;
 use serde::{Deserialize, Serialize};
 
+use crate::backends::{Kept, KeptState};
 use crate::confine::updater::{self, Program};
 
 /// The handover's version: a binary takes over only the version it speaks.
@@ -68,6 +69,8 @@ pub struct Handover {
     pub attempts: u32,
     /// Set when the VM is handed back: why the new core did not take it.
     pub failed: Option<String>,
+    /// The compartments kept running for the new core.
+    pub kept: Vec<KeptState>,
 }
 
 /// What the running core says of itself in `status`.
@@ -141,8 +144,8 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
-/// The VM's run ended with a handover: executes the new binary with it, on the updater
-/// thread (the calling thread's filter allows none of it). Returns only if neither the new
+/// The VM's run ended with a handover: executes the new binary with it, on the launcher
+/// thread (the calling thread's filter allows none of it; see [`crate::confine::updater`]). Returns only if neither the new
 /// binary nor this one could be executed (the VM is then lost).
 pub fn hand_over(name: &str, verbose: bool) -> anyhow::Error {
     let Some(handoff) = bulkhead_core::state::handover::take() else {
@@ -157,13 +160,10 @@ pub fn hand_over(name: &str, verbose: bool) -> anyhow::Error {
         );
     };
     let name = name.to_string();
-    match updater::call(move || execute_handover(handoff, binary, name, verbose)) {
-        Some(e) => e,
-        None => anyhow::anyhow!("the VM is lost: the updater thread is gone"),
-    }
+    crate::confine::launcher::call(move || execute_handover(handoff, binary, name, verbose))
 }
 
-/// [`hand_over`], on the updater thread.
+/// [`hand_over`], on the launcher thread.
 fn execute_handover(
     handoff: bulkhead_core::state::handover::Handoff,
     binary: PathBuf,
@@ -185,8 +185,20 @@ fn execute_handover(
         Ok(fd) => fd,
         Err(e) => return anyhow::anyhow!("cannot keep this binary to hand back to: {e}"),
     };
+    // What keeps the kept compartments' descriptors open, until the new binary runs.
+    let held: Vec<Box<Kept>> =
+        handoff.kept.into_iter().filter_map(|(_, kept)| kept.downcast::<Kept>().ok()).collect();
+    let kept: Vec<KeptState> = held.iter().map(|k| k.state.clone()).collect();
+    if verbose {
+        let names: Vec<&str> = kept.iter().map(|k| k.device.as_str()).collect();
+        eprintln!("bulkhead: handing the VM over; compartments kept running: {names:?}");
+    }
+    for fd in kept.iter().flat_map(KeptState::fds) {
+        set_cloexec(fd, false);
+    }
     let mut handover = Handover {
         version: VERSION,
+        kept,
         name,
         verbose,
         recipe,
@@ -212,7 +224,7 @@ fn execute_handover(
     let e = match execute(Program::Fd(previous.as_raw_fd()), &handover) {
         Ok(e) | Err(e) => e,
     };
-    drop((memory, previous));
+    drop((memory, previous, held));
     anyhow::anyhow!("the VM is lost: cannot execute the new core nor this one again ({e})")
 }
 
@@ -302,12 +314,20 @@ impl Received {
         // Children must not inherit them; a hand-back clears the flag again.
         set_cloexec(handover.memory_fd, true);
         set_cloexec(handover.previous_fd, true);
+        for fd in handover.kept.iter().flat_map(KeptState::fds) {
+            set_cloexec(fd, true);
+        }
         let attempts = handover.attempts + 1;
         let last =
             Some((handover.previous.clone(), handover.binary.clone(), handover.failed.clone()));
         let updates = handover.updates + u32::from(handover.failed.is_none());
         set_record(Record { updates, attempts, last });
         Ok(Received { handover, text })
+    }
+
+    /// The compartments kept running for this core.
+    pub fn kept(&self) -> Vec<KeptState> {
+        self.handover.kept.clone()
     }
 
     /// The VM's state, for the new core to resume (a copy: the handover keeps its own).
@@ -344,6 +364,15 @@ impl Received {
             self.handover.previous.display()
         );
         self.handover.failed = Some(why);
+        // The previous core starts the devices' backends again: the kept compartments end.
+        for kept in std::mem::take(&mut self.handover.kept) {
+            // SAFETY: signalling, then reaping, a child of this process (one this core did not
+            // take over, or took and has let go of: then both calls fail harmlessly).
+            unsafe {
+                libc::kill(kept.pid, libc::SIGKILL);
+                libc::waitpid(kept.pid, std::ptr::null_mut(), 0);
+            }
+        }
         set_cloexec(self.handover.memory_fd, false);
         set_cloexec(self.handover.previous_fd, false);
         let previous = self.handover.previous_fd;

@@ -24,6 +24,8 @@ pub struct Handoff {
     pub recipe: Option<String>,
     /// When the vCPUs had stopped, on the monotonic clock ([`monotonic_ns`]).
     pub paused_at_ns: u64,
+    /// The backends that go on under the next core, by device name.
+    pub kept: Vec<(String, crate::virtio::Kept)>,
 }
 
 /// What a new core resumes the VM from: the state and the memory its predecessor handed over.

@@ -252,7 +252,10 @@ impl Machine {
                 return Err(format!("cannot take the VM's state ({e}); the VM runs on"));
             }
         };
+        // Taken last: a backend let go of is not watched by this core any more.
+        let kept = inner.supervisor.keep_all();
         handover::leave(handover::Handoff {
+            kept,
             machine,
             memory: inner.ram.file.clone(),
             memory_bytes: inner.ram.size,

@@ -62,6 +62,9 @@ pub(super) enum Command {
     },
     /// Stop the queues for a pause (`freeze`), or start them again, and answer.
     Freeze { freeze: bool, reply: mpsc::SyncSender<Result<(), String>> },
+    /// Let the backend go on under the next core (the VM paused, about to be handed over):
+    /// answer with what it needs, and watch the backend no more.
+    Keep { reply: mpsc::SyncSender<Option<crate::virtio::Kept>> },
 }
 
 impl Shared {
@@ -261,6 +264,16 @@ impl DeviceSupervisor {
                     drop(transport);
                     let _ = reply.send(done.map_err(|e| format!("{}: {e}", self.shared.name)));
                 }
+                Command::Keep { reply } => {
+                    let kept = self.backend.keep_for_successor();
+                    if kept.is_some() {
+                        // Its end is the next core's business; its socket must not be shut
+                        // down when this VM's run ends.
+                        self.unwatch();
+                        self.shared.set_socket(None);
+                    }
+                    let _ = reply.send(kept);
+                }
             }
         }
     }
@@ -455,6 +468,7 @@ impl DeviceSupervisor {
             report.sandbox = description;
             report.started = started;
             report.standby = self.backend.standby_pid();
+            report.kept = self.backend.adopted();
         }
         self.watch_backend();
         let config = lock(&self.transport).config_space();

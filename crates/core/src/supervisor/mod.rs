@@ -105,6 +105,8 @@ pub struct DeviceReport {
     pub last_recovery: Option<Duration>,
     /// The standby compartment, started ahead to take over at the next restart.
     pub standby: Option<u32>,
+    /// The running backend was kept from a previous core (a core update), not started since.
+    pub kept: bool,
 }
 
 impl DeviceReport {
@@ -202,6 +204,7 @@ impl Supervisor {
                 },
                 last_recovery: None,
                 standby: None,
+                kept: d.backend.adopted(),
             };
             let device_shared = Arc::new(Shared::new(d.name.clone(), report, d.transport.clone())?);
             let watch = d.transport.lock().unwrap_or_else(|p| p.into_inner()).watch();
@@ -330,6 +333,24 @@ impl SupervisorHandle {
             }
         }
         first
+    }
+
+    /// Lets every backend that can go on under the next core, and returns what each needs to
+    /// be handed over, by device name (the VM paused; see [`crate::virtio::Backend::keep_for_successor`]).
+    pub fn keep_all(&self) -> Vec<(String, crate::virtio::Kept)> {
+        let answers: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| {
+                let (reply, answer) = mpsc::sync_channel(1);
+                d.send(Command::Keep { reply });
+                (d.name.clone(), answer)
+            })
+            .collect();
+        answers
+            .into_iter()
+            .filter_map(|(name, answer)| Some((name, answer.recv_timeout(REPLACE_WAIT).ok()??)))
+            .collect()
     }
 
     /// Every device's transport state, in attachment order (the VM paused).

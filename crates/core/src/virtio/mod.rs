@@ -192,6 +192,9 @@ pub struct Launched {
     pub description: String,
 }
 
+/// A backend kept for the next core ([`Backend::keep_for_successor`]), opaque to the core.
+pub type Kept = Box<dyn std::any::Any + Send>;
+
 /// A new configuration for a device's backend, opaque to the core: what it holds is the VMM's
 /// business (a disk's new image, say). See [`Backend::prepare`].
 pub type Reconfiguration = Box<dyn std::any::Any + Send>;
@@ -231,6 +234,17 @@ pub trait Backend: Send {
     /// what a backend watches on its own (a compartment reads which files its process says
     /// it uses now). Must not wait.
     fn tick(&mut self) {}
+    /// Lets the running backend go on under the next core (a core update): returns what the
+    /// VMM needs to hand it over, its descriptors held open, and lets go of it. `None` for a
+    /// backend that cannot be kept: it ends with this core and the next starts another.
+    fn keep_for_successor(&mut self) -> Option<Kept> {
+        None
+    }
+    /// Whether the running backend was kept from a previous core (see
+    /// [`Backend::keep_for_successor`]) and not started since.
+    fn adopted(&self) -> bool {
+        false
+    }
     /// Whether the supervisor may start it again. Threads of the core
     /// (monolithic mode) may not: a device fault there ends the VM.
     fn restartable(&self) -> bool {

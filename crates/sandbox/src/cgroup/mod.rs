@@ -211,6 +211,11 @@ impl Cgroup {
         Ok(cgroup)
     }
 
+    /// Its name: the last part of its path below the hierarchies' base.
+    pub fn name(&self) -> Option<String> {
+        self.rel.file_name().and_then(|n| n.to_str()).map(str::to_string)
+    }
+
     /// Creates `name` as a child of this cgroup (a compartment below its VM).
     pub fn child(&self, name: &str, limits: &CgroupLimits) -> Result<Cgroup, CgroupError> {
         Cgroup::create_in(&self.hierarchies.clone(), Some(self), name, limits)

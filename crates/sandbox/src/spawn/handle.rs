@@ -30,6 +30,28 @@ impl Compartment {
         Compartment { pid, pidfd, report: Report::new(), cgroup, exit: None }
     }
 
+    /// Takes a running compartment over: process `pid`, a child of this process that a core
+    /// before this one started (a core update), in `cgroup`. Fails if it is no longer there.
+    pub fn adopt(pid: i32, cgroup: Option<Cgroup>) -> io::Result<Compartment> {
+        // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+        let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        let mut compartment = Compartment::new(pid, Some(pidfd), cgroup);
+        match compartment.try_wait() {
+            Ok(None) => Ok(compartment),
+            Ok(Some(status)) => Err(io::Error::other(format!("it has ended ({status})"))),
+            Err(e) => {
+                // Not a child of this process: never to be signalled from here.
+                compartment.exit = Some(ExitStatus::from_raw(0));
+                Err(e)
+            }
+        }
+    }
+
     /// The host PID.
     pub fn pid(&self) -> i32 {
         self.pid

@@ -8,6 +8,7 @@ mod broker;
 pub mod outside;
 mod policy;
 mod process;
+pub use process::{Kept, KeptState};
 
 use std::sync::Arc;
 
@@ -97,9 +98,11 @@ pub fn build(
     mode: Mode,
     partition: &Arc<Partition>,
     standby: bool,
+    mut kept: Vec<process::KeptState>,
 ) -> anyhow::Result<Vec<Box<dyn Backend>>> {
     let mut out: Vec<Box<dyn Backend>> = Vec::new();
     for r in requests {
+        let adopt = kept.iter().position(|k| k.device == r.name).map(|i| kept.remove(i));
         out.push(match mode {
             Mode::Monolithic => {
                 let kind = r.config.kind();
@@ -114,9 +117,17 @@ pub fn build(
                 Box::new(backend)
             }
             Mode::Microkernel => {
-                Box::new(process::CompartmentBackend::new(r, partition.clone(), standby)?)
+                Box::new(process::CompartmentBackend::new(r, partition.clone(), standby, adopt)?)
             }
         });
+    }
+    for left in kept {
+        // A kept compartment for a device this VM does not have: it ends here.
+        // SAFETY: signalling, then reaping, a child of this process.
+        unsafe {
+            libc::kill(left.pid, libc::SIGKILL);
+            libc::waitpid(left.pid, std::ptr::null_mut(), 0);
+        }
     }
     Ok(out)
 }

@@ -83,6 +83,47 @@ pub struct CompartmentBackend {
     /// The cgroups of compartments that ended, removed on the supervisor's tick: removing one
     /// waits while its exiting tasks leave, which a restart does not wait for.
     leaving: Vec<bulkhead_sandbox::Cgroup>,
+    /// A compartment a previous core started and handed over (a core update): the first
+    /// launch takes it over instead of starting one.
+    adopt: Option<KeptState>,
+    /// Whether the running compartment was taken over from a previous core: it reads that
+    /// core's limits page, which no one writes any more ([`Backend::adopted`]).
+    adopted: bool,
+}
+
+/// A compartment kept running for the next core (a core update): what holds its descriptors
+/// open until the new binary is executed, and what the next core needs to take it over.
+pub struct Kept {
+    pub state: KeptState,
+    /// The compartment's handle, its start-up and vhost-user sockets, the files it uses and
+    /// the tap: kept open (never dropped: the process executes the next core).
+    _held: (Compartment, Startup, UnixStream, Vec<StartupFile>, Option<Tap>),
+}
+
+/// A kept compartment as the next core reads it: numbers of descriptors it inherits.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct KeptState {
+    /// The device (`blk0`).
+    pub device: String,
+    pub pid: i32,
+    /// Its cgroup's name below the VM's (created again, as it is, by the next core).
+    pub cgroup: Option<String>,
+    pub conn: i32,
+    pub startup: i32,
+    /// The files it uses: descriptor, the name it opened, whether for writing.
+    pub files: Vec<(i32, std::path::PathBuf, bool)>,
+    pub tap: Option<i32>,
+    /// The arguments its device was started with (a net device's MAC among them).
+    pub args: Vec<String>,
+    pub program: Option<std::path::PathBuf>,
+}
+
+impl KeptState {
+    /// Every descriptor the next core inherits.
+    pub fn fds(&self) -> Vec<i32> {
+        let files = self.files.iter().map(|(fd, _, _)| *fd);
+        [self.conn, self.startup].into_iter().chain(files).chain(self.tap).collect()
+    }
 }
 
 /// A compartment that serves: its process, its start-up socket, the core's end of its
@@ -102,10 +143,13 @@ struct Prepared {
 }
 
 impl CompartmentBackend {
+    /// `adopt`: the compartment a previous core kept running for this device, taken over at
+    /// the first launch.
     pub fn new(
         mut request: Request,
         partition: Arc<Partition>,
         standby: bool,
+        adopt: Option<KeptState>,
     ) -> anyhow::Result<Self> {
         let keep_standby = standby
             && matches!(
@@ -119,11 +163,18 @@ impl CompartmentBackend {
             let TapSource::Name(name) = &net.tap else {
                 anyhow::bail!("{}: give the tap by name (tap=NAME)", request.name);
             };
-            tap = Some(Tap::open(name)?);
+            match adopt.as_ref().and_then(|a| a.tap) {
+                // The kept compartment holds the tap: it cannot be opened again by name.
+                Some(fd) => tap = Some(Tap::from_fd(fd)?),
+                None => tap = Some(Tap::open(name)?),
+            }
             // The MAC is chosen once, so a restarted compartment keeps it.
             let mac = net.mac.unwrap_or_else(Mac::random);
             request.args =
                 vec!["--tap-fd".into(), TAP_FD.to_string(), "--mac".into(), mac.to_string()];
+            if let Some(kept) = &adopt {
+                request.args.clone_from(&kept.args);
+            }
         }
         let mut console = None;
         if let DeviceConfig::Console(c) = &request.config {
@@ -144,7 +195,6 @@ impl CompartmentBackend {
             child: None,
             conn: None,
             dying: Vec::new(),
-            program: None,
             partition,
             kept: Vec::new(),
             broker,
@@ -152,7 +202,38 @@ impl CompartmentBackend {
             keep_standby,
             standby: None,
             leaving: Vec::new(),
+            program: adopt.as_ref().and_then(|a| a.program.clone()),
+            adopted: false,
+            adopt,
         })
+    }
+
+    /// Takes over the compartment a previous core kept running: its process, its sockets and
+    /// the files it uses. Fails if any of it is gone.
+    fn take_over(&self, kept: &KeptState) -> std::io::Result<Serving> {
+        use std::os::fd::FromRawFd;
+        let cgroup = match (&kept.cgroup, self.partition.vm_cgroup()) {
+            (Some(name), Some(vm)) => {
+                Some(vm.child(name, self.policy.cgroup_limits()).map_err(std::io::Error::other)?)
+            }
+            _ => None,
+        };
+        let child = Compartment::adopt(kept.pid, cgroup)?;
+        let startup = Startup::from_inherited(kept.startup)?;
+        // SAFETY: the previous core handed this descriptor over for this compartment; nothing
+        // else in this process owns it.
+        let conn = unsafe { UnixStream::from_raw_fd(kept.conn) };
+        let files = kept
+            .files
+            .iter()
+            .map(|(fd, path, writable)| StartupFile {
+                path: path.clone(),
+                writable: *writable,
+                // SAFETY: as above, one of the files the kept compartment uses.
+                file: unsafe { std::fs::File::from_raw_fd(*fd) },
+            })
+            .collect();
+        Ok(Serving { child, startup, conn, files })
     }
 
     /// Starts the standby if one is wanted and none is there, and lets go of one that ended.
@@ -361,6 +442,23 @@ impl Backend for CompartmentBackend {
     }
 
     fn launch(&mut self) -> std::io::Result<Launched> {
+        self.adopted = false;
+        if let Some(kept) = self.adopt.take() {
+            match self.take_over(&kept) {
+                Ok(serving) => {
+                    self.adopted = true;
+                    let mut launched = self.run(serving);
+                    launched.description =
+                        format!("compartment pid {} (kept across a core update)", kept.pid);
+                    return Ok(launched);
+                }
+                Err(e) => eprintln!(
+                    "bulkhead: {}: cannot take over its compartment (pid {}) from the previous \
+                     core: {e}; starting another",
+                    self.request.name, kept.pid
+                ),
+            }
+        }
         if let Some(Prepared { request, broker, serving }) = self.prepared.take() {
             // The successor was started with the new configuration while this one served.
             self.stop();
@@ -400,6 +498,38 @@ impl Backend for CompartmentBackend {
             .map_err(|e| format!("cannot serve {name} from the new image: {e}"))?;
         self.prepared = Some(Prepared { request, broker, serving });
         Ok(())
+    }
+
+    /// The running compartment goes on under the next core with its sockets and files; a
+    /// console's (whose host side the core reopens) and one being replaced do not.
+    fn keep_for_successor(&mut self) -> Option<bulkhead_core::virtio::Kept> {
+        use std::os::fd::AsRawFd;
+        if matches!(self.request.config, DeviceConfig::Console(_)) || self.prepared.is_some() {
+            return None;
+        }
+        let (Some(child), Some(startup), Some(conn)) =
+            (self.child.take(), self.startup.take(), self.conn.take())
+        else {
+            return None;
+        };
+        let files = std::mem::take(&mut self.kept);
+        let tap = self.tap.take();
+        let state = KeptState {
+            device: self.request.name.clone(),
+            pid: child.pid(),
+            cgroup: child.cgroup().and_then(bulkhead_sandbox::Cgroup::name),
+            conn: conn.as_raw_fd(),
+            startup: startup.as_fd().as_raw_fd(),
+            files: files.iter().map(|f| (f.file.as_raw_fd(), f.path.clone(), f.writable)).collect(),
+            tap: tap.as_ref().map(Tap::fd),
+            args: self.request.args.clone(),
+            program: self.program.clone(),
+        };
+        Some(Box::new(Kept { state, _held: (child, startup, conn, files, tap) }))
+    }
+
+    fn adopted(&self) -> bool {
+        self.adopted
     }
 
     fn status(&self) -> Option<String> {

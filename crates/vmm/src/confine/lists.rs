@@ -80,9 +80,6 @@ impl ThreadClass {
         if name.starts_with("sup-") {
             return Some(ThreadClass::Supervisor);
         }
-        if name == super::launcher::THREAD_NAME {
-            return Some(ThreadClass::Launcher);
-        }
         let kind = name.strip_prefix("bh-")?;
         DeviceKind::ALL.into_iter().find(|k| kind.starts_with(k.name())).map(ThreadClass::Device)
     }

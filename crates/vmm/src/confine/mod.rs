@@ -35,34 +35,8 @@ use bulkhead_sandbox::thread::confine_this_thread;
 
 pub use lists::ThreadClass;
 
-/// A job for a thread that runs jobs (the launcher, the updater).
+/// A job for the launcher.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
-
-/// Starts thread `name`, which runs `setup` (confining itself) and then each job sent to it;
-/// returns once `setup` is done, with its error if it failed.
-pub(crate) fn start_job_thread(
-    name: &str,
-    setup: impl FnOnce() -> Result<(), String> + Send + 'static,
-) -> std::io::Result<std::sync::mpsc::Sender<Job>> {
-    let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
-    std::thread::Builder::new().name(name.into()).spawn(move || {
-        let done = setup();
-        let failed = done.is_err();
-        let _ = ready_tx.send(done);
-        if failed {
-            return;
-        }
-        for job in rx {
-            job();
-        }
-    })?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(tx),
-        Ok(Err(e)) => Err(std::io::Error::other(e)),
-        Err(_) => Err(std::io::Error::other(format!("the {name} thread ended at start"))),
-    }
-}
 
 /// `--core-seccomp`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -155,7 +129,7 @@ pub fn confine(class: ThreadClass) -> Result<(), String> {
     Ok(())
 }
 
-fn record(class: ThreadClass, allowed: Option<usize>) {
+pub(crate) fn record(class: ThreadClass, allowed: Option<usize>) {
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::gettid() };
     CONFINED.lock().unwrap_or_else(|p| p.into_inner()).push(Confined { tid, class, allowed });
@@ -187,20 +161,10 @@ fn refused_in(rules: &[SyscallRule]) -> usize {
     refused.len()
 }
 
-/// Sets up the core's confinement for a VM: the setting, the launcher
-/// thread if `launcher` (microkernel mode: compartments are started there;
-/// and a VM with cgroups: they are removed there), and the hook the core
-/// calls on each vCPU thread, on its event loop and on each device's
-/// supervisor thread.
-pub fn setup(
-    setting: CoreSeccomp,
-    launcher: bool,
-    config: &mut bulkhead_core::VmConfig,
-) -> anyhow::Result<()> {
-    configure(setting);
-    if launcher {
-        launcher::start().map_err(|e| anyhow::anyhow!("cannot start the launcher thread: {e}"))?;
-    }
+/// Sets up the hook the core calls on each vCPU thread, on its event loop and on each
+/// device's supervisor thread to confine it. (The launcher is the main thread:
+/// [`launcher::run_beside`].)
+pub fn setup(config: &mut bulkhead_core::VmConfig) {
     config.confine = Some(std::sync::Arc::new(|thread| {
         confine(match thread {
             bulkhead_core::config::CoreThread::Vcpu => ThreadClass::Vcpu,
@@ -208,7 +172,6 @@ pub fn setup(
             bulkhead_core::config::CoreThread::Supervisor => ThreadClass::Supervisor,
         })
     }));
-    Ok(())
 }
 
 #[cfg(test)]

@@ -32,22 +32,18 @@ pub fn core() -> Vec<ConfinementStatus> {
     }
     rows.sort_by_key(|(c, _)| ThreadClass::ALL.iter().position(|a| a == c));
     let filtering = super::setting() != super::CoreSeccomp::Off;
-    let mut out: Vec<ConfinementStatus> = rows
-        .into_iter()
+    rows.into_iter()
         .map(|(class, list)| {
             let recorded = installed.iter().find(|(c, _)| *c == class).map(|(_, n)| *n);
-            let allowed = recorded.or_else(|| filtering.then(|| allowed_count(class)));
+            // A launcher that may execute a new core runs under a deny-list (see
+            // `super::updater`): no count of allowed calls.
+            let deny_list = class == ThreadClass::Launcher && super::updater::started();
+            let allowed =
+                recorded.or_else(|| (filtering && !deny_list).then(|| allowed_count(class)));
             let allowed = allowed.map(|n| n as u32);
             row("core", pid, class.label(), &list, allowed)
         })
-        .collect();
-    // The updater runs under a deny-list (see `super::updater`): no count of allowed calls.
-    let updater: Vec<&ThreadStatus> =
-        threads.iter().filter(|t| t.name == super::updater::THREAD_NAME).collect();
-    if !updater.is_empty() {
-        out.push(row("core", pid, "updater", &updater, None));
-    }
-    out
+        .collect()
 }
 
 /// The row for a compartment serving a device of `kind`.

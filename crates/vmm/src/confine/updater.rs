@@ -1,31 +1,33 @@
-//! The updater: the one thread of the core that may execute a new core binary in this process
-//! (`bulkhead ctl VM update-core`, see [`crate::update`]).
+//! Core updates' side of the core's confinement: the launcher thread executes a new core
+//! binary in this process (`bulkhead ctl VM update-core`, see [`crate::update`]).
 //!
 //! A binary executed in place starts under the seccomp filter and the capabilities of the
 //! thread that executed it, and it must then set a whole VM up again: KVM, memory, cgroups,
 //! compartments, the management socket — every call of every class of the core's threads,
-//! and what they do before they confine themselves. No allow-list of one class would do, so
-//! this thread, started before any other confines itself, keeps the capabilities the core
-//! started with and installs a deny-list instead: the calls no part of the core ever makes
-//! and that would most help an attacker (debugging other processes, loading kernel code or
-//! BPF, keys, the clock, swap, rebooting) fail with `EPERM`. The executed core inherits that
-//! filter and stacks its own threads' allow-lists on it, as at any start; a core that took a
-//! VM over does not install it again (one layer, however many updates).
+//! and what they do before they confine themselves. No allow-list of one class would do. And
+//! it must be the launcher that executes it: a compartment dies with the thread that started
+//! it (`PR_SET_PDEATHSIG` follows that thread), and only the thread that calls `execve`
+//! lives on in the new program, so only the launcher's compartments can be kept running.
 //!
-//! The cost, as for the launcher: the updater shares the core's address space and holds a
-//! wide filter, so an attacker who already runs code in another thread of the core could make
-//! it execute a program. `--core-update off` starts no updater (and refuses updates).
+//! So with `--core-update on` (the default) the launcher keeps the capabilities the core
+//! started with and, instead of its allow-list, installs a deny-list: the calls no part of the
+//! core ever makes and that would most help an attacker (debugging other processes, loading
+//! kernel code or BPF, keys, the clock, swap, rebooting) fail with `EPERM`. The executed core
+//! inherits that filter and stacks its own threads' allow-lists on it, as at any start; a core
+//! that took a VM over does not install it again (one layer, however many updates). The cost:
+//! an attacker who already runs code in the core and gets the launcher to run it is held by
+//! the deny-list only, where `--core-update off` holds the launcher to its allow-list.
 
 use std::ffi::CString;
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{CoreSeccomp, Job};
+use super::CoreSeccomp;
 
-/// The updater thread's name.
-pub const THREAD_NAME: &str = "bulkhead-update";
+/// Whether the launcher may execute a new core (`--core-update on`).
+static UPDATABLE: AtomicBool = AtomicBool::new(false);
 
-/// What the updater's filter refuses (with `EPERM`): calls the core never makes.
+/// What the launcher's filter refuses (with `EPERM`) when it may execute a new core: calls the
+/// core never makes.
 pub const DENIED: &[&str] = &[
     "ptrace",
     "process_vm_readv",
@@ -62,53 +64,25 @@ pub const DENIED: &[&str] = &[
     "lookup_dcookie",
 ];
 
-static UPDATER: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-
-thread_local! {
-    /// Set on the updater thread: its own calls run there at once.
-    static ON_UPDATER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Starts the updater thread. `inherited`: this core took a VM over and already runs under
-/// the updater's filter (every thread does), so none is installed again.
-pub fn start(setting: CoreSeccomp, inherited: bool) -> std::io::Result<()> {
-    let tx = super::start_job_thread(THREAD_NAME, move || {
-        if matches!(setting, CoreSeccomp::On | CoreSeccomp::Log) && !inherited {
-            bulkhead_sandbox::seccomp::install_deny_list_this_thread(DENIED, libc::EPERM)
-                .map_err(|e| format!("cannot confine the updater thread: {e}"))?;
-        }
-        ON_UPDATER.with(|on| on.set(true));
-        Ok(())
-    })?;
-    UPDATER
-        .set(Mutex::new(tx))
-        .map_err(|_| std::io::Error::other("the updater was already started"))
-}
-
-/// Whether an updater runs (`--core-update on`).
-pub fn started() -> bool {
-    UPDATER.get().is_some()
-}
-
-/// Runs `f` on the updater thread and returns its value (an `execve` that worked does not
-/// return); `None` when no updater was started.
-pub fn call<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    let updater = UPDATER.get()?;
-    if ON_UPDATER.with(|on| on.get()) {
-        return Some(f());
+/// Confines the launcher thread for core updates: the deny-list (unless this core inherited it
+/// from the one that handed the VM over), every capability kept. Called on the launcher.
+pub fn confine_launcher(setting: CoreSeccomp, inherited: bool) -> Result<(), String> {
+    if matches!(setting, CoreSeccomp::On | CoreSeccomp::Log) && !inherited {
+        bulkhead_sandbox::seccomp::install_deny_list_this_thread(DENIED, libc::EPERM)
+            .map_err(|e| format!("cannot confine the launcher thread for core updates: {e}"))?;
     }
-    let (done_tx, done_rx) = mpsc::sync_channel::<R>(1);
-    let job: Job = Box::new(move || {
-        let _ = done_tx.send(f());
-    });
-    updater.lock().unwrap_or_else(|p| p.into_inner()).send(job).ok()?;
-    done_rx.recv().ok()
+    UPDATABLE.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Whether this core can execute a new one (its launcher was confined for it).
+pub fn started() -> bool {
+    UPDATABLE.load(Ordering::SeqCst)
 }
 
 /// Executes `program` (a path, or a descriptor of the file to run) in this process with
-/// `args` and this process's environment, from the updater thread (from the calling thread
-/// when none was started: a new core handing the VM back before its threads are confined).
-/// Returns only if the kernel refused.
+/// `args` and this process's environment, on the launcher thread (on the calling thread when
+/// none was started: a new core handing the VM back early). Returns only if the kernel refused.
 pub fn execute(program: Program, args: Vec<String>) -> std::io::Error {
     let to_c = |s: Vec<u8>| CString::new(s).map_err(|_| std::io::Error::other("a NUL byte"));
     let argv: Result<Vec<CString>, _> = args.into_iter().map(|a| to_c(a.into_bytes())).collect();
@@ -124,11 +98,7 @@ pub fn execute(program: Program, args: Vec<String>) -> std::io::Error {
         (Ok(argv), Ok(envp)) => Exec { program, argv, envp },
         (Err(e), _) | (_, Err(e)) => return e,
     };
-    let on_updater = exec.clone();
-    match call(move || on_updater.run()) {
-        Some(e) => e,
-        None => exec.run(),
-    }
+    super::launcher::call(move || exec.run())
 }
 
 /// What [`execute`] runs.
@@ -139,7 +109,6 @@ pub enum Program {
     Fd(i32),
 }
 
-#[derive(Clone)]
 struct Exec {
     program: Program,
     argv: Vec<CString>,
