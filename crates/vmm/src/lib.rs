@@ -145,15 +145,18 @@ fn run_vm(config: Config) -> anyhow::Result<i32> {
     confine::setup(&mut vm);
     let verbose = vm.verbose;
     let exit = bulkhead_core::vm::run(vm);
-    // Removing the VM's cgroups needs capabilities the main thread gave up (a v1 hierarchy's
-    // root directory is read-only but for CAP_DAC_OVERRIDE): the launcher thread kept them.
-    confine::launcher::call(move || drop(partition));
-    let exit = exit.context("cannot run the VM")?;
-    if exit == bulkhead_core::VmExit::HandOver {
+    if let Ok(bulkhead_core::VmExit::HandOver) = exit {
+        // The next core takes the VM's cgroups as they are, the core in its own already (a
+        // move into a v1 cgroup and out waits for an RCU grace period each): never removed.
+        std::mem::forget(partition);
         // Its successor opens its own sockets, on the same paths.
         drop(_sockets);
         return Err(update::hand_over(&handover_name, verbose));
     }
+    // Removing the VM's cgroups needs capabilities the main thread gave up (a v1 hierarchy's
+    // root directory is read-only but for CAP_DAC_OVERRIDE): the launcher thread kept them.
+    confine::launcher::call(move || drop(partition));
+    let exit = exit.context("cannot run the VM")?;
     if verbose || exit.code() != 0 {
         eprintln!("bulkhead: {} (exit code {})", exit.describe(), exit.code());
     }

@@ -104,6 +104,24 @@ impl Hierarchies {
     pub fn list(&self) -> &[Hierarchy] {
         &self.list
     }
+
+    /// These hierarchies seen from above `inner`: where the calling process sits in
+    /// `…/inner` (a core that took its VM over sits in the VM's `core` cgroup), the base is
+    /// what is above `inner`; elsewhere it is unchanged. Returns whether any base changed.
+    pub fn above(&mut self, inner: &Path) -> bool {
+        let mut changed = false;
+        for h in &mut self.list {
+            if let Some(outer) =
+                h.base.to_str().and_then(|b| b.strip_suffix(inner.to_str().unwrap_or("\0")))
+            {
+                if let Some(outer) = outer.strip_suffix('/') {
+                    h.base = PathBuf::from(outer);
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
 }
 
 struct MountLine<'a> {

@@ -71,6 +71,9 @@ pub struct VmCgroups {
     pid: i32,
     /// Opened with `core`: how the core leaves it at the end without opening a file.
     leave: Option<super::MoveOut>,
+    /// The core is in `core` already (it took the VM over): [`VmCgroups::enter_core`] has
+    /// nothing to do (a move into a v1 cgroup waits for an RCU grace period).
+    entered: bool,
 }
 
 impl VmCgroups {
@@ -82,7 +85,14 @@ impl VmCgroups {
         limits: &VmLimits,
         device_controllers: &[Controller],
     ) -> Result<VmCgroups, CgroupError> {
-        VmCgroups::create_in(&Hierarchies::detect()?, name, limits, device_controllers)
+        let mut hierarchies = Hierarchies::detect()?;
+        // A core that took its VM over from the one before it (a core update, the same
+        // process) is in the VM's `core` cgroup already: the VM's cgroups are there, kept.
+        let own = format!("bulkhead-{name}-{}/core", std::process::id());
+        let kept = hierarchies.above(std::path::Path::new(&own));
+        let mut cgroups = VmCgroups::create_in(&hierarchies, name, limits, device_controllers)?;
+        cgroups.entered = kept;
+        Ok(cgroups)
     }
 
     /// As [`VmCgroups::create`], in `hierarchies`.
@@ -106,7 +116,8 @@ impl VmCgroups {
             &limits.vm(),
             &used,
         )?;
-        let mut cgroups = VmCgroups { vcpus: None, core: None, vm, pid, leave: None };
+        let mut cgroups =
+            VmCgroups { vcpus: None, core: None, vm, pid, leave: None, entered: false };
         // The core goes wherever the VM has a directory: a VM-wide limit
         // (memory, cpuset) must hold it too.
         let core_controllers = cgroups.vm.controllers();
@@ -142,6 +153,9 @@ impl VmCgroups {
 
     /// Moves the calling process (all its threads) into `core`.
     pub fn enter_core(&self) -> Result<(), CgroupError> {
+        if self.entered {
+            return Ok(());
+        }
         match &self.core {
             Some(core) => core.add_process(self.pid),
             None => Ok(()),
