@@ -191,7 +191,15 @@ fn execute_handover(
     let kept: Vec<KeptState> = held.iter().map(|k| k.state.clone()).collect();
     if verbose {
         let names: Vec<&str> = kept.iter().map(|k| k.device.as_str()).collect();
-        eprintln!("bulkhead: handing the VM over; compartments kept running: {names:?}");
+        let since = bulkhead_core::state::handover::monotonic_ns()
+            .saturating_sub(handoff.paused_at_ns) as f64
+            / 1e6;
+        eprintln!(
+            "bulkhead: handing the VM over to {} ({since:.2} ms after its vCPUs stopped); \
+             compartments kept running: {}",
+            binary.display(),
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        );
     }
     for fd in kept.iter().flat_map(KeptState::fds) {
         set_cloexec(fd, false);

@@ -247,6 +247,26 @@ mod tests {
     }
 
     #[test]
+    fn a_core_that_took_its_vm_over_sees_the_cgroups_above_its_own() {
+        let membership =
+            "4:memory:/process_api/faf8/bulkhead-web-77/core\n1:cpu:/bulkhead-web-77/core\n";
+        let mut found = Hierarchies::parse(MOUNTINFO, membership, |_| None);
+        assert!(found.above(Path::new("bulkhead-web-77/core")));
+        let memory = found.for_controller(Controller::Memory).unwrap();
+        assert_eq!(memory.base, Path::new("/sys/fs/cgroup/memory/process_api/faf8"));
+        assert_eq!(
+            found.for_controller(Controller::Cpu).unwrap().base,
+            Path::new("/sys/fs/cgroup/cpu")
+        );
+        // Another VM's name, or a core that booted its VM: nothing changes.
+        let mut other = Hierarchies::parse(MOUNTINFO, membership, |_| None);
+        assert!(!other.above(Path::new("bulkhead-db-77/core")));
+        let mut fresh = Hierarchies::parse(MOUNTINFO, MEMBERSHIP, |_| None);
+        assert!(!fresh.above(Path::new("bulkhead-web-77/core")));
+        assert_eq!(fresh, Hierarchies::parse(MOUNTINFO, MEMBERSHIP, |_| None));
+    }
+
+    #[test]
     fn mount_roots_and_escapes() {
         let mountinfo =
             "30 23 0:26 /lxc/c1 /sys/fs/cgroup/my\\040mem rw - cgroup cgroup rw,memory\n";

@@ -55,8 +55,6 @@ pub const DENIED: &[&str] = &[
     "adjtimex",
     "iopl",
     "ioperm",
-    "open_by_handle_at",
-    "name_to_handle_at",
     "quotactl",
     "syslog",
     "vhangup",
@@ -67,7 +65,10 @@ pub const DENIED: &[&str] = &[
 /// Confines the launcher thread for core updates: the deny-list (unless this core inherited it
 /// from the one that handed the VM over), every capability kept. Called on the launcher.
 pub fn confine_launcher(setting: CoreSeccomp, inherited: bool) -> Result<(), String> {
-    if matches!(setting, CoreSeccomp::On | CoreSeccomp::Log) && !inherited {
+    // An outside backend's program run with seccomp=log or off inherits the launcher's filter:
+    // it gets none, as with the allow-list (see `super::confine`).
+    let unchecked = super::lists::outside_unchecked();
+    if matches!(setting, CoreSeccomp::On | CoreSeccomp::Log) && !inherited && !unchecked {
         bulkhead_sandbox::seccomp::install_deny_list_this_thread(DENIED, libc::EPERM)
             .map_err(|e| format!("cannot confine the launcher thread for core updates: {e}"))?;
     }
