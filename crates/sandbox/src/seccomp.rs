@@ -409,7 +409,8 @@ pub fn compile(rules: &[SyscallRule], deny: DenyAction) -> Result<CompiledFilter
 
 /// Installs on the calling thread a filter that answers each call in `names` with `errno`
 /// and lets every other call through: a deny-list, for a thread whose calls cannot be
-/// listed ahead (the core's updater: whatever it executes starts under the filter). Sets
+/// listed ahead (the core's launcher when it may execute a new core, which starts under the
+/// filter). Sets
 /// `PR_SET_NO_NEW_PRIVS` on the thread first (seccompiler does). Returns how many calls it
 /// denies.
 pub fn install_deny_list_this_thread(names: &[&str], errno: i32) -> Result<usize, SeccompError> {

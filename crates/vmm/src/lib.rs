@@ -52,10 +52,11 @@ pub struct Config {
     pub core_seccomp: CoreSeccomp,
     /// Keep a standby compartment per blk, net and rng device (microkernel mode).
     pub standby: bool,
-    /// Start the updater thread, so that `ctl VM update-core` can hand the VM to a new core.
+    /// Let the launcher execute a new core, so that `ctl VM update-core` can hand the VM over
+    /// (see [`confine::updater`]).
     pub core_update: bool,
-    /// This core took the VM over from a previous one (`run --takeover`): the updater's
-    /// filter is in place already.
+    /// This core took the VM over from a previous one (`run --takeover`): the launcher's
+    /// deny-list is in place already.
     pub taken_over: bool,
     /// The compartments the previous core kept running for this one (a core update).
     pub kept: Vec<backends::KeptState>,
@@ -90,7 +91,7 @@ fn run_vm(config: Config) -> anyhow::Result<i32> {
     let handover_name = name.clone();
     // Before anything else runs, so that a console that cannot be set up stops the start. Its
     // socket goes with the VM, on this thread (the event loop's filter allows unlink).
-    let _sockets = RemoveOnDrop(backends::open_consoles(&mut devices)?);
+    let sockets = RemoveOnDrop(backends::open_consoles(&mut devices)?);
     let rate_limits = backends::create_limits_pages(&mut devices)?;
     let compartments = (mode == Mode::Microkernel && !devices.is_empty()) || !outside.is_empty();
     // The partition (cgroups) outlives the VM: it is removed below.
@@ -150,7 +151,7 @@ fn run_vm(config: Config) -> anyhow::Result<i32> {
         // move into a v1 cgroup and out waits for an RCU grace period each): never removed.
         std::mem::forget(partition);
         // Its successor opens its own sockets, on the same paths.
-        drop(_sockets);
+        drop(sockets);
         return Err(update::hand_over(&handover_name, verbose));
     }
     // Removing the VM's cgroups needs capabilities the main thread gave up (a v1 hierarchy's

@@ -131,7 +131,8 @@ pub fn request(binary: PathBuf) {
     *REQUESTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(binary);
 }
 
-/// Whether this core can update: it has an updater thread and its own binary to hand back to.
+/// Whether this core can update: its launcher may execute a new core, and it has its own
+/// binary to hand back to.
 pub fn available() -> Result<(), String> {
     if !updater::started() {
         return Err("this VM runs with --core-update off: its core cannot be updated".into());
@@ -144,9 +145,9 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
-/// The VM's run ended with a handover: executes the new binary with it, on the launcher
-/// thread (the calling thread's filter allows none of it; see [`crate::confine::updater`]). Returns only if neither the new
-/// binary nor this one could be executed (the VM is then lost).
+/// The VM's run ended with a handover: executes the new binary with it, on the launcher (the
+/// calling thread's filter allows none of it; see [`crate::confine::updater`]). Returns only if
+/// neither the new binary nor this one could be executed (the VM is then lost).
 pub fn hand_over(name: &str, verbose: bool) -> anyhow::Error {
     let Some(handoff) = bulkhead_core::state::handover::take() else {
         return anyhow::anyhow!(
@@ -221,25 +222,24 @@ fn execute_handover(
         attempts: record.attempts,
         failed: None,
     };
-    let e = match execute(Program::Path(binary.clone()), &handover) {
-        Ok(e) | Err(e) => e,
-    };
+    let e = execute(Program::Path(binary.clone()), &handover);
     eprintln!(
         "bulkhead: cannot execute the new core {}: {e}; the VM goes on with this one",
         binary.display()
     );
     handover.failed = Some(format!("cannot execute {}: {e}", binary.display()));
-    let e = match execute(Program::Fd(previous.as_raw_fd()), &handover) {
-        Ok(e) | Err(e) => e,
-    };
+    let e = execute(Program::Fd(previous.as_raw_fd()), &handover);
     drop((memory, previous, held));
     anyhow::anyhow!("the VM is lost: cannot execute the new core nor this one again ({e})")
 }
 
-/// Writes `handover` to an inheritable memfd and executes `program` with it. Returns the
-/// kernel's refusal, or an error before the attempt.
-fn execute(program: Program, handover: &Handover) -> Result<std::io::Error, std::io::Error> {
-    let file = write_handover(handover)?;
+/// Writes `handover` to an inheritable memfd and executes `program` with it. Returns only on
+/// failure: the kernel's refusal, or why the handover could not be written.
+fn execute(program: Program, handover: &Handover) -> std::io::Error {
+    let file = match write_handover(handover) {
+        Ok(file) => file,
+        Err(e) => return e,
+    };
     let args = vec![
         "bulkhead".to_string(),
         "run".to_string(),
@@ -248,7 +248,7 @@ fn execute(program: Program, handover: &Handover) -> Result<std::io::Error, std:
     ];
     let e = updater::execute(program, args);
     drop(file);
-    Ok(e)
+    e
 }
 
 fn write_handover(handover: &Handover) -> std::io::Result<OwnedFd> {
@@ -292,8 +292,8 @@ fn set_cloexec(fd: i32, on: bool) {
 /// it names still open in case the VM is handed back.
 pub struct Received {
     pub handover: Handover,
-    /// The handover as read: the new core's copy of the state comes from it, and this one
-    /// stays for a hand-back.
+    /// The handover as read: the new core's copy of the state is parsed from it again (KVM's
+    /// XSAVE area cannot be cloned), and `handover` keeps its own for a hand-back.
     text: Vec<u8>,
 }
 
@@ -373,21 +373,14 @@ impl Received {
         );
         self.handover.failed = Some(why);
         // The previous core starts the devices' backends again: the kept compartments end.
+        // (One this core took over and has let go of is gone already: nothing happens.)
         for kept in std::mem::take(&mut self.handover.kept) {
-            // SAFETY: signalling, then reaping, a child of this process (one this core did not
-            // take over, or took and has let go of: then both calls fail harmlessly).
-            unsafe {
-                libc::kill(kept.pid, libc::SIGKILL);
-                libc::waitpid(kept.pid, std::ptr::null_mut(), 0);
-            }
+            kept.end();
         }
         set_cloexec(self.handover.memory_fd, false);
         set_cloexec(self.handover.previous_fd, false);
         let previous = self.handover.previous_fd;
-        match execute(Program::Fd(previous), &self.handover) {
-            Ok(e) | Err(e) => {
-                anyhow::anyhow!("the VM is lost: cannot hand it back to the previous core ({e})")
-            }
-        }
+        let e = execute(Program::Fd(previous), &self.handover);
+        anyhow::anyhow!("the VM is lost: cannot hand it back to the previous core ({e})")
     }
 }

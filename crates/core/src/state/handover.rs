@@ -3,10 +3,11 @@
 //!
 //! The VM is paused and its state taken as for a snapshot ([`super::MachineState`]), but
 //! memory stays where it is: the memfd is handed over, not written. [`super::Machine::hand_over`]
-//! leaves that here and ends the VM's run with [`crate::VmExit::HandOver`]; the VMM takes it
-//! ([`take`]), tears the rest down (the compartments, the KVM VM, the cgroups), and executes
-//! the new binary in this process, which gets the state back as a [`Takeover`] and resumes
-//! the VM the way a restore does, on the same memory.
+//! leaves that here, with the backends that go on under the next core, and ends the VM's run
+//! with [`crate::VmExit::HandOver`]; the VMM takes it ([`take`]), lets the rest end (the vCPU
+//! threads, the KVM VM, the backends not kept), and executes the new binary in this process,
+//! which gets the state back as a [`Takeover`] and resumes the VM the way a restore does, on
+//! the same memory.
 
 use std::fs::File;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,6 @@ pub struct Handoff {
     /// The guest memory's memfd.
     pub memory: Arc<File>,
     pub memory_bytes: u64,
-    pub cpus: u8,
     /// The VM's recipe (how the VMM starts it), as given in its configuration.
     pub recipe: Option<String>,
     /// When the vCPUs had stopped, on the monotonic clock ([`monotonic_ns`]).

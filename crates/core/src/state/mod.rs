@@ -259,7 +259,6 @@ impl Machine {
             machine,
             memory: inner.ram.file.clone(),
             memory_bytes: inner.ram.size,
-            cpus: inner.cpus,
             recipe: inner.recipe.clone(),
             paused_at_ns,
         });

@@ -336,7 +336,8 @@ impl SupervisorHandle {
     }
 
     /// Lets every backend that can go on under the next core, and returns what each needs to
-    /// be handed over, by device name (the VM paused; see [`crate::virtio::Backend::keep_for_successor`]).
+    /// be handed over, by device name (the VM paused; see
+    /// [`crate::virtio::Backend::keep_for_successor`]).
     pub fn keep_all(&self) -> Vec<(String, crate::virtio::Kept)> {
         let answers: Vec<_> = self
             .devices

@@ -6,7 +6,8 @@
 //! written and resumed; the reply says how long the pause took and when the files were synced).
 //! Its core is then updated to a copy of the binary (`ctl VM update-core`: the new core says
 //! how long the guest was paused, from the old core's vCPUs stopped to its own running), and
-//! the time from the request to the new core's answer is taken. The VM is then paused and stopped, and `bulkhead run --restore` is started: the time to the
+//! the time from the request to the new core's answer is taken. The VM is then paused,
+//! snapshotted again and stopped, and `bulkhead run --restore` is started: the time to the
 //! core's "vCPUs running" line (measured from the spawn, process start-up included) and to the
 //! guest's next console line (a pass it finishes after the restore).
 

@@ -121,13 +121,7 @@ pub fn build(
             }
         });
     }
-    for left in kept {
-        // A kept compartment for a device this VM does not have: it ends here.
-        // SAFETY: signalling, then reaping, a child of this process.
-        unsafe {
-            libc::kill(left.pid, libc::SIGKILL);
-            libc::waitpid(left.pid, std::ptr::null_mut(), 0);
-        }
-    }
+    // A kept compartment for a device this VM does not have ends here.
+    kept.iter().for_each(KeptState::end);
     Ok(out)
 }

@@ -119,6 +119,16 @@ pub struct KeptState {
 }
 
 impl KeptState {
+    /// Ends the kept compartment, one the next core does not take over: killed and reaped.
+    pub fn end(&self) {
+        // SAFETY: signalling, then reaping, a child of this process; one already reaped makes
+        // both calls fail harmlessly.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+
     /// Every descriptor the next core inherits.
     pub fn fds(&self) -> Vec<i32> {
         let files = self.files.iter().map(|(fd, _, _)| *fd);
@@ -507,11 +517,18 @@ impl Backend for CompartmentBackend {
         if matches!(self.request.config, DeviceConfig::Console(_)) || self.prepared.is_some() {
             return None;
         }
+        // All three or none: a handle taken and dropped alone would kill the compartment.
+        if self.child.is_none() || self.startup.is_none() || self.conn.is_none() {
+            return None;
+        }
         let (Some(child), Some(startup), Some(conn)) =
             (self.child.take(), self.startup.take(), self.conn.take())
         else {
             return None;
         };
+        // What it said last about the files it uses is what the next core keeps, as `stop`
+        // keeps it for a successor.
+        self.take_uses(&startup);
         let files = std::mem::take(&mut self.kept);
         let tap = self.tap.take();
         let state = KeptState {

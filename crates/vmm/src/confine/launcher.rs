@@ -84,8 +84,8 @@ pub fn run_beside<R: Send + 'static>(
     Err(std::io::Error::other("the VM's thread ended without a word"))
 }
 
-/// Runs `f` on the launcher thread and returns its value; runs it here when
-/// no launcher was started (monolithic mode, tests).
+/// Runs `f` on the launcher and returns its value; runs it here on the launcher itself, or
+/// when no launcher was started (a process that runs no VM, unit tests).
 pub fn call<'a, R: Send + 'a>(f: impl FnOnce() -> R + Send + 'a) -> R {
     let Some(launcher) = LAUNCHER.get() else { return f() };
     if ON_LAUNCHER.with(|on| on.get()) {
